@@ -1,0 +1,122 @@
+"""One small interface for every rung.
+
+The public flow is written once here (:meth:`Backend.run`: check → plan → record → execute →
+collect → finish); a rung fills in :meth:`unavailable_reason`, :meth:`plan` and
+:meth:`_execute`. Every rung can dry-run: :meth:`plan` builds the exact per-host contract and
+launch commands without starting anything.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from abc import ABC, abstractmethod
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+from harness import metrics
+from harness.contract import HostContract
+from harness.errors import RungUnavailable, UsageError
+from harness.jobspec import JobSpec
+from harness.record import RecordWriter, RunRecord, Status, new_run_id, write_json
+
+Progress = Callable[[str, str], None]  # (host, line)
+
+
+@dataclass(frozen=True)
+class Capabilities:
+    """What a rung can reproduce, so callers can reason about what a diff may show."""
+
+    gpus: bool
+    separate_hosts: bool  # each host its own machine/filesystem (vs processes sharing one)
+    containers: bool
+
+
+@dataclass
+class Plan:
+    """What a rung would do: printable (the dry-run) and then executed as is."""
+
+    rung: str
+    job: JobSpec
+    hosts: dict[str, HostContract]
+    facts: dict[str, Any] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "rung": self.rung,
+            "facts": self.facts,
+            "hosts": {
+                name: {"command": c.command, "cwd": str(c.cwd), "env": c.env, "files": c.files}
+                for name, c in self.hosts.items()
+            },
+        }
+
+    def describe(self) -> str:
+        return json.dumps(self.to_dict(), indent=2)
+
+
+class Backend(ABC):
+    """A rung: one way of running a job, behind the same contract and record."""
+
+    name: ClassVar[str]
+    capabilities: ClassVar[Capabilities]
+
+    @abstractmethod
+    def unavailable_reason(self) -> str | None:
+        """Why this rung cannot run on this machine at all, or None."""
+
+    def unsupported_reason(self, job: JobSpec) -> str | None:
+        """Why this rung cannot run this particular job, or None."""
+        return None
+
+    @abstractmethod
+    def plan(self, job: JobSpec) -> Plan:
+        """The exact per-host contract and commands, without running anything."""
+
+    @abstractmethod
+    def _execute(self, plan: Plan, record: RecordWriter, progress: Progress | None) -> Status:
+        """Run the plan, writing logs and per-host results into ``record``."""
+
+    def check(self, job: JobSpec) -> None:
+        reason = self.unavailable_reason() or self.unsupported_reason(job)
+        if reason:
+            raise RungUnavailable(f"rung {self.name!r} cannot run here: {reason}")
+
+    def run(self, job: JobSpec, records_dir: Path, *, progress: Progress | None = None) -> RunRecord:
+        """Run ``job`` on this rung and return its complete record (also when the job fails)."""
+        self.check(job)
+        plan = self.plan(job)
+        root = records_dir / new_run_id(job.name, self.name)
+        if root.exists():
+            raise UsageError(f"{root} already exists", hint="choose another --records directory")
+        record = RecordWriter(root, job, self.name)
+        record.start()
+        record.manifest["rung_facts"].update(plan.facts)
+        status: Status = "error"
+        try:
+            status = self._execute(plan, record, progress)
+        except KeyboardInterrupt:
+            status = "interrupted"
+            raise
+        except Exception as exc:
+            record.manifest["error"] = f"{type(exc).__name__}: {exc}"
+            raise
+        finally:
+            self._finish(job, record, status)
+        return RunRecord.load(root)
+
+    def _finish(self, job: JobSpec, record: RecordWriter, status: Status) -> None:
+        sources = {host: record.root / "hosts" / host / "log.txt" for host in job.hosts}
+        sources.update({f"rank-{p.stem.removeprefix('rank-')}": p
+                        for p in sorted((record.root / "ranks").glob("rank-*.log"))})
+        write_json(record.root / "metrics.json", metrics.parse_logs(job.metric_definitions, sources))
+        record.finish(status)
+
+
+def copy_source(job: JobSpec, destination: Path) -> None:
+    """The job's ``source_dir`` as the container sees it at ``/opt/ml/code``."""
+    if job.source_dir is not None:
+        shutil.copytree(job.source_dir, destination, dirs_exist_ok=True,
+                        ignore=shutil.ignore_patterns("__pycache__", ".git"))

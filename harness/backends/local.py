@@ -1,0 +1,231 @@
+"""The ``local`` and ``local-gpu`` rungs: every host's processes on this machine, no containers.
+
+Each SageMaker host becomes a launcher process with its own ``/opt/ml`` tree built by
+:mod:`harness.contract`. With private namespaces (:mod:`harness.sandbox`) the job sees exactly
+what SageMaker gives it: ``algo-N`` resolve (to this run's private loopback), port 7777 is free,
+and ``/opt/ml`` is the host's own tree, so scripts that hard-code ``/opt/ml`` paths write into the
+record's work dir, never into the machine's real ``/opt/ml``. Without namespaces the rung runs
+*degraded*: paths point into the work dir, the rendezvous moves to ``127.0.0.1`` on a free port,
+writes to the real ``/opt/ml`` are refused by the probe, and the record lists each adaptation.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import socket
+import subprocess
+import sys
+import tempfile
+import uuid
+from pathlib import Path, PurePosixPath
+
+from harness import artifacts, sandbox
+from harness.backends.base import Backend, Capabilities, Plan, Progress, copy_source
+from harness.contract import OPT_ML, PLATFORM_DIRS, HostContract, Machine, host_contract
+from harness.jobspec import JobSpec
+from harness.record import RecordWriter, Status, redact_env, write_json
+from harness.supervise import HostLaunch, run_hosts
+
+PROBE_DIR = Path(__file__).resolve().parent.parent / "probe"
+#: Inherited variables that would leak one launcher's view into another's.
+_INHERITED_NOISE = ("SM_", "RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
+                    "TORCHELASTIC_", "GROUP_RANK", "LOCAL_WORLD_SIZE", "HARNESS_")
+
+
+@functools.cache
+def _namespaces_unavailable() -> str | None:
+    return sandbox.unavailable_reason()
+
+
+@functools.cache
+def cuda_device_count() -> int:
+    """GPUs torch sees here (asked in a child so the harness itself never imports torch)."""
+    try:
+        out = subprocess.run([sys.executable, "-c", "import torch; print(torch.cuda.device_count())"],
+                             capture_output=True, text=True, timeout=120, check=True)
+        return int(out.stdout.strip() or 0)
+    except (subprocess.SubprocessError, ValueError, OSError):
+        return 0
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class LocalBackend(Backend):
+    name = "local"
+    capabilities = Capabilities(gpus=False, separate_hosts=False, containers=False)
+
+    def unavailable_reason(self) -> str | None:
+        return None
+
+    def unsupported_reason(self, job: JobSpec) -> str | None:
+        if not job.is_script_mode:
+            return "a bring-your-own image runs only on container rungs (docker, sagemaker-local)"
+        s3 = [name for name, channel in job.channels.items() if channel.is_s3]
+        if s3:
+            return f"channels {s3} are s3:// URIs; this rung reads local directories only"
+        return None
+
+    def _machine(self) -> Machine:
+        return Machine(num_cpus=os.cpu_count() or 1, num_gpus=0, network_interface="lo", python=sys.executable)
+
+    def plan(self, job: JobSpec) -> Plan:
+        degraded = _namespaces_unavailable()
+        work = Path(tempfile.gettempdir()) / f"harness-{self.name}-{uuid.uuid4().hex[:8]}"
+        machine = self._machine()
+        contracts: dict[str, HostContract] = {}
+        for host in job.hosts:
+            opt_ml = OPT_ML if degraded is None else PurePosixPath(work / host / "opt_ml")
+            contracts[host] = host_contract(job, host, machine, opt_ml)
+        facts: dict[str, object] = {
+            "work_dir": str(work),
+            "namespaces": "private network and mount namespaces" if degraded is None else f"none: {degraded}",
+            "opt_ml": "each host's tree mounted on /opt/ml" if degraded is None
+            else "not emulated: paths point into the work dir; writes to /opt/ml are refused",
+            "hostnames": "algo-N resolve to the run's private loopback" if degraded is None
+            else "algo-N do not resolve; the rendezvous uses 127.0.0.1",
+            "channels": "symbolic links to the local source directories",
+            "machine": {"num_cpus": machine.num_cpus, "num_gpus": machine.num_gpus,
+                        "network_interface": machine.network_interface},
+        }
+        if degraded is not None:
+            port = _free_port()
+            facts["adapted"] = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port}
+            contracts = {h: _degrade(c, port) for h, c in contracts.items()}
+        return Plan(self.name, job, contracts, facts)
+
+    def _execute(self, plan: Plan, record: RecordWriter, progress: Progress | None) -> Status:
+        job = plan.job
+        work = Path(str(plan.facts["work_dir"]))
+        namespaced = _namespaces_unavailable() is None
+        try:
+            with sandbox.RunNetwork() if namespaced else _no_network() as network:
+                launches = [self._prepare_host(job, contract, work, record, network)
+                            for contract in plan.hosts.values()]
+                outcome = run_hosts(launches, max_run_s=job.max_run, sink=progress)
+            trees = {host: work / host / "opt_ml" for host in plan.hosts}
+            for host, code in outcome.exit_codes.items():
+                _collect_failure(trees[host], record, host, code, outcome.started_at[host], outcome.ended_at[host])
+            record.manifest["artifacts"] = _artifact_overview(artifacts.collect(trees, record.root))
+            record.manifest["ranks"] = _ranks(record.root)
+        finally:
+            _remove_tree(work)
+        if outcome.timed_out:
+            return "timeout"
+        return "succeeded" if all(code == 0 for code in outcome.exit_codes.values()) else "failed"
+
+    def _prepare_host(self, job: JobSpec, contract: HostContract, work: Path, record: RecordWriter,
+                      network: sandbox.RunNetwork | None) -> HostLaunch:
+        host = contract.host
+        tree = work / host / "opt_ml"
+        for sub in PLATFORM_DIRS:
+            (tree / sub).mkdir(parents=True, exist_ok=True)
+        for relative, content in contract.files.items():
+            (tree / relative).write_text(content, encoding="utf-8")
+        for name, channel in job.channels.items():
+            (tree / "input" / "data" / name).symlink_to(channel.source, target_is_directory=True)
+        copy_source(job, tree / PurePosixPath(contract.cwd).relative_to(contract.opt_ml))
+        env = _host_env(contract, record.root)
+        received = record.host_dir(host) / "received"
+        write_json(received / "command.json", {"argv": contract.command, "cwd": str(contract.cwd)})
+        write_json(received / "env.json", redact_env(env))
+        for relative, content in contract.files.items():
+            (received / PurePosixPath(relative).name).write_text(content, encoding="utf-8")
+        preexec = None
+        cwd = Path(str(contract.cwd))
+        if network is not None:
+            hosts_path = work / host / "hosts"
+            hosts_path.write_text(sandbox.hosts_file(job.hosts), encoding="utf-8")
+            preexec = network.host_entry(host=host, opt_ml=tree, hosts_path=hosts_path, overlay_dir=work / host / "overlay",
+                                         cwd=str(contract.cwd))
+            cwd = tree / PurePosixPath(contract.cwd).relative_to(OPT_ML)  # same directory, seen from outside
+        return HostLaunch(host, contract.command, env, cwd, record.host_dir(host) / "log.txt", preexec)
+
+
+class LocalGpuBackend(LocalBackend):
+    """The same as ``local`` on this machine's CUDA devices."""
+
+    name = "local-gpu"
+    capabilities = Capabilities(gpus=True, separate_hosts=False, containers=False)
+
+    def unavailable_reason(self) -> str | None:
+        if cuda_device_count() == 0:
+            return "no CUDA device visible to torch on this machine"
+        return None
+
+    def _machine(self) -> Machine:
+        return Machine(num_cpus=os.cpu_count() or 1, num_gpus=cuda_device_count(), network_interface="lo",
+                       python=sys.executable)
+
+
+class _no_network:
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, *exc: object) -> None:
+        return None
+
+
+def _degrade(contract: HostContract, port: int) -> HostContract:
+    """Without private namespaces algo-1 cannot resolve: rendezvous on loopback instead."""
+    command = list(contract.command)
+    if "--master_addr" in command:
+        command[command.index("--master_addr") + 1] = "127.0.0.1"
+        command[command.index("--master_port") + 1] = str(port)
+    launcher_env = {**contract.launcher_env, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+    return HostContract(contract.host, contract.opt_ml, contract.files, contract.platform_env, launcher_env,
+                        command, contract.cwd, {**contract.facts, "degraded": True})
+
+
+def _host_env(contract: HostContract, record_root: Path) -> dict[str, str]:
+    inherited = {k: v for k, v in os.environ.items() if not k.startswith(_INHERITED_NOISE)}
+    python_path = os.pathsep.join(
+        p for p in (str(PROBE_DIR), contract.env.get("PYTHONPATH"), inherited.get("PYTHONPATH")) if p)
+    env = {
+        **inherited,
+        "PYTHONUNBUFFERED": "1",  # the PyTorch DLCs set it; without it logs arrive at exit
+        **contract.env,
+        "PATH": os.pathsep.join((os.path.dirname(sys.executable), inherited.get("PATH", os.defpath))),
+        "PYTHONPATH": python_path,
+        "HARNESS_PROBE_DIR": str(record_root),
+        "HARNESS_HOST": contract.host,
+    }
+    if contract.facts.get("degraded"):
+        env["HARNESS_GUARD_OPT_ML"] = "1"
+    return env
+
+
+def _collect_failure(tree: Path, record: RecordWriter, host: str, code: int, started: str, ended: str) -> None:
+    failure_file = tree / "output" / "failure"
+    failure = failure_file.read_text(errors="replace") if failure_file.is_file() else None
+    if failure is not None:
+        (record.host_dir(host) / "failure").write_text(failure)
+    record.host_result(host, exit_code=code, started_at=started, ended_at=ended,
+                       failure_reason=failure[:1024] if failure else None)
+
+
+def _artifact_overview(summary: dict[str, dict[str, object]]) -> dict[str, object]:
+    return {name: {"files": len(info["files"]), "clashes": info["clashes"]}  # type: ignore[arg-type]
+            for name, info in summary.items()}
+
+
+def _ranks(record_root: Path) -> dict[str, object]:
+    """Per global rank: the host and pid that ran it, from the probe's process records."""
+    ranks: dict[str, object] = {}
+    for path in sorted((record_root / "processes").glob("*.json")):
+        info = json.loads(path.read_text())
+        if info.get("rank") is not None:
+            ranks[str(info["rank"])] = {key: info.get(key) for key in ("host", "pid", "local_rank", "ended_at",
+                                                                         "exception")}
+    return dict(sorted(ranks.items(), key=lambda item: int(item[0])))
+
+
+def _remove_tree(path: Path) -> None:
+    import shutil
+
+    shutil.rmtree(path, ignore_errors=True)

@@ -1,0 +1,56 @@
+"""The exception tree of the harness.
+
+Every error the harness raises on purpose derives from :class:`HarnessError` and carries a
+message that says what went wrong *and what to do about it* (a ``hint``). The CLI turns any
+``HarnessError`` into one line on stderr and exit code 2 (bad input) or 1 (the job or a rung
+failed); anything else is a bug and keeps its traceback.
+
+::
+
+    HarnessError
+    ├── UsageError            bad input: exit 2
+    │   ├── JobSpecError      a job file or request that does not validate
+    │   └── RecordError       a run-record directory that cannot be read
+    ├── RungUnavailable       a rung cannot run on this machine (skipped, with the reason)
+    ├── ImageError            an image could not be built or found
+    └── RungFailed            a rung broke down while running (not the job failing)
+"""
+
+from __future__ import annotations
+
+
+class HarnessError(Exception):
+    """Root of every error the harness raises on purpose."""
+
+    exit_code = 1
+
+    def __init__(self, message: str, *, hint: str | None = None) -> None:
+        self.message = message
+        self.hint = hint
+        super().__init__(message if hint is None else f"{message}\nHint: {hint}")
+
+
+class UsageError(HarnessError):
+    """The user gave input the harness cannot act on; nothing was run."""
+
+    exit_code = 2
+
+
+class JobSpecError(UsageError):
+    """A job spec (YAML, Python or CreateTrainingJob request) does not validate."""
+
+
+class RecordError(UsageError):
+    """A path given as a run record is not one, or is from an unknown format version."""
+
+
+class RungUnavailable(HarnessError):
+    """A rung cannot run here (no GPU, no Docker engine, no SDK); the ladder skips it."""
+
+
+class ImageError(HarnessError):
+    """A container image could not be built, bootstrapped or found."""
+
+
+class RungFailed(HarnessError):
+    """The harness itself could not carry a rung through (as opposed to the job failing)."""

@@ -1,0 +1,241 @@
+"""The job spec: one training job, described once, run on every rung.
+
+A job is what a team would submit to SageMaker, in the words SageMaker uses: script mode
+(``source_dir`` + ``entry_point`` run on a base ``image``) or bring-your-own image (its ``train``
+program), hyperparameters, channels, instance count and type, distribution, environment, metric
+definitions, ``max_run`` and a checkpoint location. It comes from a YAML file
+(:func:`load_job`), from Python (:class:`JobSpec` directly) or from a boto3
+``create_training_job`` request (:mod:`harness.request`).
+
+Validation is strict on purpose: an unknown key or a wrong type is an error naming the file, the
+key and what was expected, never a silently ignored option.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PositiveInt,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from harness.errors import JobSpecError
+
+HyperparameterValue = bool | int | float | str | list[Any] | dict[str, Any]
+
+#: Which launcher inside the container turns the platform's files into a process: the SageMaker
+#: training toolkit of the deep learning containers, or the SDK v3 ``ModelTrainer`` drivers.
+Launcher = Literal["toolkit", "model-trainer"]
+Distribution = Literal["none", "torchrun"]
+
+_NAME = r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$"  # SageMaker's TrainingJobName / ChannelName pattern
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, strict=False)
+
+
+class Channel(_Strict):
+    """One input channel, as ``InputDataConfig`` describes it."""
+
+    source: str = Field(description="Local directory (relative to the job file) or s3:// URI.")
+    content_type: str | None = None
+    input_mode: Literal["File", "FastFile"] = "File"
+    distribution: Literal["FullyReplicated", "ShardedByS3Key"] = "FullyReplicated"
+
+    @property
+    def is_s3(self) -> bool:
+        return self.source.startswith("s3://")
+
+
+class MetricDefinition(_Strict):
+    """A metric parsed from the job's logs, exactly as SageMaker's ``MetricDefinitions``."""
+
+    name: Annotated[str, Field(min_length=1, max_length=255)]
+    regex: Annotated[str, Field(min_length=1, max_length=500)]
+
+    @field_validator("regex")
+    @classmethod
+    def _compiles_with_one_group(cls, regex: str) -> str:
+        try:
+            compiled = re.compile(regex)
+        except re.error as exc:
+            raise ValueError(f"not a valid regular expression: {exc}") from None
+        if compiled.groups < 1:
+            raise ValueError("needs one capture group around the value, e.g. 'loss=([0-9.]+)'")
+        return regex
+
+
+class Checkpoint(_Strict):
+    """``CheckpointConfig``: where the job writes checkpoints and where they are synced."""
+
+    local_path: str = "/opt/ml/checkpoints"
+    s3_uri: str | None = None
+
+
+class JobSpec(_Strict):
+    """One SageMaker-style training job; the single input of every rung."""
+
+    name: Annotated[str, Field(pattern=_NAME)]
+    source_dir: Path | None = None
+    entry_point: str | None = None
+    image: str | None = Field(
+        default=None,
+        description="Script mode: the base image container rungs run the entry point on. "
+        "Without entry_point: a bring-your-own image whose `train` program is the job.",
+    )
+    hyperparameters: dict[str, HyperparameterValue] = Field(default_factory=dict)
+    channels: dict[Annotated[str, Field(pattern=_NAME)], Channel] = Field(default_factory=dict)
+    instance_count: PositiveInt = 1
+    instance_type: str = "ml.m5.xlarge"
+    processes_per_host: PositiveInt = 1
+    distribution: Distribution = "none"
+    launcher: Launcher = "toolkit"
+    environment: dict[str, str] = Field(default_factory=dict)
+    metric_definitions: list[MetricDefinition] = Field(default_factory=list)
+    max_run: PositiveInt = 86400
+    checkpoint: Checkpoint | None = None
+    output_path: str | None = Field(default=None, description="S3OutputPath for model.tar.gz.")
+
+    @field_validator("instance_type")
+    @classmethod
+    def _sagemaker_instance_type(cls, value: str) -> str:
+        if not value.startswith("ml."):
+            raise ValueError(f"expected a SageMaker instance type such as 'ml.m5.xlarge', got {value!r}")
+        return value
+
+    @field_validator("environment")
+    @classmethod
+    def _valid_env_names(cls, env: dict[str, str]) -> dict[str, str]:
+        for key in env:
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
+                raise ValueError(f"{key!r} is not a valid environment variable name")
+        return env
+
+    @model_validator(mode="after")
+    def _script_or_image(self) -> JobSpec:
+        if self.entry_point is None and self.image is None:
+            raise ValueError("give entry_point (script mode) or image (bring-your-own image)")
+        if self.entry_point is not None and self.source_dir is None:
+            raise ValueError("entry_point needs source_dir, the directory that holds it")
+        if self.distribution == "none" and self.processes_per_host > 1:
+            raise ValueError(
+                "processes_per_host > 1 needs distribution: torchrun "
+                "(without a distribution SageMaker starts one process per host)"
+            )
+        return self
+
+    @property
+    def world_size(self) -> int:
+        """Processes the job runs in total when every rung keeps the target topology."""
+        return self.instance_count * self.processes_per_host
+
+    @property
+    def hosts(self) -> list[str]:
+        """SageMaker's host names, sorted as in ``resourceconfig.json``."""
+        return [f"algo-{i}" for i in range(1, self.instance_count + 1)]
+
+    @property
+    def is_script_mode(self) -> bool:
+        return self.entry_point is not None
+
+    def check_local_paths(self, origin: str) -> None:
+        """Raise :class:`JobSpecError` for local paths that do not exist (before anything runs)."""
+        if self.source_dir is not None:
+            if not self.source_dir.is_dir():
+                raise JobSpecError(
+                    f"{origin}: source_dir: {self.source_dir} is not a directory",
+                    hint="paths in a job file are relative to the file itself",
+                )
+            script = self.source_dir / (self.entry_point or "")
+            if not script.is_file():
+                raise JobSpecError(
+                    f"{origin}: entry_point: {self.entry_point!r} not found in {self.source_dir}",
+                    hint="entry_point is a path relative to source_dir",
+                )
+        for name, channel in self.channels.items():
+            if not channel.is_s3 and not Path(channel.source).is_dir():
+                raise JobSpecError(
+                    f"{origin}: channels.{name}.source: {channel.source} is not a directory",
+                    hint="a channel is a local directory or an s3:// URI",
+                )
+
+
+def job_from_mapping(data: Any, *, origin: str, base_dir: Path) -> JobSpec:
+    """Validate a parsed job document; relative paths resolve against ``base_dir``."""
+    if not isinstance(data, dict):
+        raise JobSpecError(f"{origin}: expected a mapping of job keys, got {type(data).__name__}")
+    data = dict(data)
+    if isinstance(data.get("source_dir"), str):
+        data["source_dir"] = base_dir / data["source_dir"]
+    channels = data.get("channels")
+    if isinstance(channels, dict):
+        data["channels"] = {
+            name: _resolve_channel(spec, base_dir) for name, spec in channels.items()
+        }
+    try:
+        job = JobSpec.model_validate(data)
+    except ValidationError as exc:
+        raise JobSpecError(_describe(exc, origin)) from None
+    job.check_local_paths(origin)
+    return job
+
+
+def _resolve_channel(spec: Any, base_dir: Path) -> Any:
+    """Accept ``name: path`` as shorthand and make local sources absolute."""
+    if isinstance(spec, str):
+        spec = {"source": spec}
+    if isinstance(spec, dict) and isinstance(spec.get("source"), str):
+        source = spec["source"]
+        if not source.startswith("s3://"):
+            spec = {**spec, "source": str((base_dir / source).resolve())}
+    return spec
+
+
+def _describe(exc: ValidationError, origin: str) -> str:
+    lines = []
+    for error in exc.errors():
+        key = ".".join(str(part) for part in error["loc"]) or "(job)"
+        if error["type"] == "extra_forbidden":
+            message = f"unknown key; expected one of: {_known_keys(error['loc'])}"
+        else:
+            message = error["msg"].removeprefix("Value error, ")
+            if "input" in error and error["type"] not in ("missing",):
+                message += f" (got {error['input']!r})"
+        lines.append(f"{origin}: {key}: {message}")
+    return "\n".join(lines)
+
+
+def _known_keys(loc: tuple[Any, ...]) -> str:
+    model: type[BaseModel] = JobSpec
+    if len(loc) >= 3 and loc[0] == "channels":
+        model = Channel
+    elif len(loc) >= 3 and loc[0] == "metric_definitions":
+        model = MetricDefinition
+    elif len(loc) >= 2 and loc[0] == "checkpoint":
+        model = Checkpoint
+    return ", ".join(model.model_fields)
+
+
+def load_job(path: Path) -> JobSpec:
+    """Read and validate a YAML job file."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise JobSpecError(f"{path}: no such job file") from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise JobSpecError(f"{path}: cannot read job file: {exc}") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise JobSpecError(f"{path}: not valid YAML: {exc}") from None
+    return job_from_mapping(data, origin=str(path), base_dir=path.resolve().parent)

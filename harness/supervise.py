@@ -1,0 +1,115 @@
+"""Running processes the way a training platform does: logs captured line by line with the time
+they arrived, a wall-clock limit (``max_run``), and a stop that leaves nothing running.
+
+Each host's launcher gets its own process group, so stopping a host stops everything it
+started (torchrun's workers, DataLoader workers, the probe's tees). Stopping follows SageMaker's
+``docker stop``: SIGTERM, a grace period, then SIGKILL.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from harness.record import now
+
+#: Seconds between SIGTERM and SIGKILL (SageMaker waits 120 s; a harness run should not).
+STOP_GRACE_S = 10.0
+LineSink = Callable[[str, str], None]  # (host, line)
+
+
+@dataclass
+class HostLaunch:
+    """One host's launcher process as the rung wants it started."""
+
+    host: str
+    argv: list[str]
+    env: dict[str, str]
+    cwd: Path
+    log_path: Path
+    preexec_fn: Callable[[], None] | None = None
+
+
+@dataclass
+class Outcome:
+    exit_codes: dict[str, int] = field(default_factory=dict)
+    timed_out: bool = False
+    started_at: dict[str, str] = field(default_factory=dict)
+    ended_at: dict[str, str] = field(default_factory=dict)
+
+
+def _pump(stream: object, log_path: Path, host: str, sink: LineSink | None) -> None:
+    with log_path.open("ab", buffering=0) as log:
+        for raw in stream:  # type: ignore[attr-defined]
+            log.write(now().encode() + b" " + raw)
+            if sink is not None:
+                sink(host, raw.decode("utf-8", "replace").rstrip("\n"))
+
+
+def _signal_group(proc: subprocess.Popen[bytes], sig: int) -> None:
+    try:
+        os.killpg(proc.pid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def stop(procs: dict[str, subprocess.Popen[bytes]], grace_s: float = STOP_GRACE_S) -> None:
+    """SIGTERM every host's process group, then SIGKILL what is left after ``grace_s``."""
+    for proc in procs.values():
+        _signal_group(proc, signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    for proc in procs.values():
+        try:
+            proc.wait(timeout=max(0.0, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            pass
+    for proc in procs.values():
+        _signal_group(proc, signal.SIGKILL)  # also reaps grandchildren that outlived their parent
+        proc.wait()
+
+
+def run_hosts(launches: list[HostLaunch], *, max_run_s: float, sink: LineSink | None = None) -> Outcome:
+    """Start every host, wait for all of them, stop them all on timeout or interrupt."""
+    outcome = Outcome()
+    procs: dict[str, subprocess.Popen[bytes]] = {}
+    pumps: list[threading.Thread] = []
+    try:
+        for launch in launches:
+            launch.log_path.parent.mkdir(parents=True, exist_ok=True)
+            proc = subprocess.Popen(
+                launch.argv, env=launch.env, cwd=launch.cwd, stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+                preexec_fn=launch.preexec_fn,
+            )
+            procs[launch.host] = proc
+            outcome.started_at[launch.host] = now()
+            pump = threading.Thread(target=_pump, args=(proc.stdout, launch.log_path, launch.host, sink),
+                                    daemon=True)
+            pump.start()
+            pumps.append(pump)
+        deadline = time.monotonic() + max_run_s
+        while any(p.poll() is None for p in procs.values()):
+            if time.monotonic() > deadline:
+                outcome.timed_out = True
+                break
+            for host, proc in procs.items():
+                if proc.returncode is not None and host not in outcome.ended_at:
+                    outcome.ended_at[host] = now()
+            time.sleep(0.05)
+    finally:
+        if any(p.poll() is None for p in procs.values()):
+            stop(procs)
+        for pump in pumps:  # the probe's tees flush a rank's last lines after it exits
+            pump.join(timeout=5)
+        for proc in procs.values():  # reap whatever the launchers left running in their groups
+            _signal_group(proc, signal.SIGKILL)
+    for host, proc in procs.items():
+        outcome.exit_codes[host] = proc.returncode
+        outcome.ended_at.setdefault(host, now())
+    return outcome
