@@ -5,8 +5,8 @@ from Debian packages (:func:`bootstrap_base_image`) and Python packages come fro
 downloaded on the host (:func:`build_wheelhouse`) and installed offline (:func:`build_image`).
 A team with a registry skips the first step and passes its own base, e.g. ``python:3.11-slim``.
 
-Every image is tagged by a hash of what went into it, so asking again for the same image finds
-the first one and returns at once, and a changed input can never be served a stale image. Every
+Every image is tagged by a hash of what went into it: asking again for the same image finds the
+first one and returns at once, and a changed input can never be served a stale image. Every
 image carries the label ``harness.managed=true``, so leftovers can be found and removed.
 """
 
@@ -33,49 +33,44 @@ from docker.utils import parse_repository_tag
 
 from harness.errors import ImageError
 
-__all__ = [
-    "LABELS",
-    "TORCH_REQUIREMENTS",
-    "bootstrap_base_image",
-    "build_image",
-    "build_wheelhouse",
-    "ensure_torch_image",
-]
+__all__ = ["bootstrap_base_image", "build_image", "build_wheelhouse", "ensure_torch_image"]
 
 log = logging.getLogger(__name__)
 
-LABELS = {"harness.managed": "true"}
-TORCH_REQUIREMENTS = ("torch==2.13.0", "numpy")
+_LABEL = "harness.managed=true"
+_TORCH_REQUIREMENTS = ("torch==2.13.0", "numpy")
 
 _DEBIAN_MIRROR = "http://deb.debian.org/debian"
-# SageMaker's training driver looks for `python3 || python` and `pip3 || pip`; other launchers
-# call `python`, which python-is-python3 provides.
+# SageMaker's training driver runs `python3 || python` and `pip3 || pip`; other launchers call
+# `python`, which python-is-python3 provides.
 _BASE_PACKAGES = ("python3", "python3-pip", "python3-venv", "python-is-python3", "ca-certificates")
 # Debian marks its Python "externally managed" (PEP 668), so `pip install` outside a venv fails.
-# python:* and SageMaker images allow it; deleting the marker (rather than setting
-# PIP_BREAK_SYSTEM_PACKAGES) keeps the job's environment free of variables those images lack.
+# python:* and SageMaker images allow it. Deleting the marker, rather than setting
+# PIP_BREAK_SYSTEM_PACKAGES, keeps the job's environment free of a variable those images lack.
 _BASE_REMOVED = ("usr/lib/python3*/EXTERNALLY-MANAGED",)
-# An imported rootfs has no image config; give it what python:* images set.
+# An imported rootfs has no image config: give it what python:* images set.
 _BASE_CHANGES = (
-    "LABEL harness.managed=true",
+    f"LABEL {_LABEL}",
     "ENV PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
     "ENV LANG=C.UTF-8",
     'CMD ["python3"]',
 )
-_DOCKERFILE = ".harness.Dockerfile"
+_DOCKERFILE = ".harness.Dockerfile"  # names in the build context that a user's files won't have
 _WHEELS = ".harness-wheels"
 
 
-def bootstrap_base_image(client: DockerClient, *, suite: str = "bookworm", tag: str | None = None) -> str:
-    """Make a Debian ``suite`` image with python3, pip and venv, and return its tag.
+def bootstrap_base_image(
+    client: DockerClient, *, suite: str = "bookworm", tag: str | None = None
+) -> str:
+    """Make a Debian ``suite`` image with python3, pip and venv; return its tag.
 
-    The default tag hashes the recipe (suite, mirror, packages, fixes), so a changed recipe
-    makes a new image and an unchanged one is reused. Needs root, debootstrap and the Debian
-    mirror (about a minute); nothing else from the network.
+    The default tag hashes the recipe (suite, mirror, packages, fixes): an unchanged recipe
+    reuses the image, a changed one makes another. Needs root, debootstrap and the Debian
+    mirror; about a minute.
     """
     recipe = (suite, _DEBIAN_MIRROR, *_BASE_PACKAGES, *_BASE_REMOVED, *_BASE_CHANGES)
     tag = tag or f"harness/base:{suite}-{_digest(*recipe)}"
-    if _exists(client, tag):
+    if client.images.list(name=tag):
         return tag
     if shutil.which("debootstrap") is None:
         raise ImageError(
@@ -84,30 +79,33 @@ def bootstrap_base_image(client: DockerClient, *, suite: str = "bookworm", tag: 
         )
     started = time.monotonic()
     with _scratch_dir("harness-rootfs-") as scratch:
-        rootfs = scratch / "rootfs"
+        rootfs, archive = scratch / "rootfs", scratch / "rootfs.tar"
         _debootstrap(suite, rootfs)
-        for pattern in _BASE_REMOVED:
-            for path in rootfs.glob(pattern):
-                path.unlink()
-        archive = scratch / "rootfs.tar"
-        _run(["tar", "-C", str(rootfs), "-cf", str(archive), "."], what="packing the rootfs", hint="check free space in $TMPDIR")
+        for path in (p for pattern in _BASE_REMOVED for p in rootfs.glob(pattern)):
+            path.unlink()
+        tar = ["tar", "-C", str(rootfs), "-cf", str(archive), "."]
+        _run(tar, what="packing the rootfs", hint="check the free space in $TMPDIR")
         repository, version = parse_repository_tag(tag)
-        try:
-            client.api.import_image_from_file(str(archive), repository=repository, tag=version, changes=list(_BASE_CHANGES))
+        try:  # the daemon can report a failed import in an HTTP 200 body: look for the image
+            client.api.import_image_from_file(
+                str(archive), repository=repository, tag=version, changes=list(_BASE_CHANGES)
+            )
+            client.images.get(tag)
         except APIError as exc:
-            raise ImageError(f"docker could not import the {suite} rootfs as {tag}: {exc}", hint="see the dockerd log") from exc
-    if not _exists(client, tag):
-        raise ImageError(f"importing the {suite} rootfs did not produce {tag}", hint="see the dockerd log")
+            raise ImageError(
+                f"docker could not import the {suite} rootfs as {tag}: {exc}",
+                hint="see the dockerd log",
+            ) from exc
     log.info("bootstrapped %s in %.0f s", tag, time.monotonic() - started)
     return tag
 
 
 def build_wheelhouse(packages: Sequence[str], dest: Path, python_version: str = "3.11") -> Path:
-    """Download wheels of ``packages`` and their dependencies, for ``python_version``, and return the folder.
+    """Download wheels of ``packages`` and their dependencies; return the folder they are in.
 
-    Runs the host's pip, so the host's pip configuration (index, find-links, certificates) applies;
-    the image then installs the wheels with no network. The folder under ``dest`` is keyed by the
-    requirements and reused when present. Wheels only: an image may have no compiler.
+    The host's pip runs, with the host's configuration (index, find-links, certificates), so
+    the image can install them with no network. The folder under ``dest`` is keyed by
+    ``python_version`` and the requirements, and reused. Wheels only: an image may lack a compiler.
     """
     target = dest / f"py{python_version}-{_digest(python_version, *sorted(packages))}"
     if target.is_dir():
@@ -115,15 +113,16 @@ def build_wheelhouse(packages: Sequence[str], dest: Path, python_version: str = 
     dest.mkdir(parents=True, exist_ok=True)
     started = time.monotonic()
     partial = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=dest))
+    pip = [sys.executable, "-m", "pip", "download", "--only-binary=:all:"]
     try:
         _run(
-            [sys.executable, "-m", "pip", "download", "--only-binary=:all:", "--python-version", python_version, "--dest", str(partial), *packages],
+            [*pip, "--python-version", python_version, "--dest", str(partial), *packages],
             what=f"pip download {' '.join(packages)}",
-            hint=f"the host's pip needs an index or find-links with wheels of these for CPython {python_version}",
+            hint=f"pip needs an index or find-links with wheels for CPython {python_version}",
         )
-        partial.rename(target)
+        partial.rename(target)  # only a complete download gets the name that is reused
     except OSError:
-        if not target.is_dir():  # another process renaming first is fine; anything else is not
+        if not target.is_dir():  # another process renamed its download first: use that one
             raise
     finally:
         shutil.rmtree(partial, ignore_errors=True)
@@ -140,53 +139,60 @@ def build_image(
     wheelhouse: Path | None = None,
     name: str = "harness/image",
 ) -> str:
-    """Build ``steps`` (Dockerfile lines) on ``base``, after installing ``wheelhouse``; return the tag.
+    """Build ``steps`` (Dockerfile lines) on ``base``, wheels first; return the image's tag.
 
     ``context`` is a folder whose files the steps can ``COPY``. The tag is ``name:<hash>`` of the
     Dockerfile, the context files, the wheel names and the base image's id, so a rebuilt base
-    gives a new image. The wheels are installed with the base's own ``python3 -m pip``, so any
-    base with python3 and pip works; their files stay in a lower layer (the legacy builder has
-    no build mounts), which costs disk but nothing else for images that are never pushed.
+    gives a new image. The wheels are installed by the base's own ``python3 -m pip``, so any
+    base with python3 and pip works; their files stay in a lower layer (the engine's legacy
+    builder has no build mounts), which costs disk but nothing else for images never pushed.
     """
     base_id = _image_id(client, base)
     dockerfile = _dockerfile(base, steps, with_wheels=wheelhouse is not None)
-    tag = f"{name}:{_digest(base_id, dockerfile, *_tree_digests(context), *_wheel_names(wheelhouse))}"
-    if _exists(client, tag):
+    inputs = [base_id, dockerfile, *_tree_digests(context), *_wheel_names(wheelhouse)]
+    tag = f"{name}:{_digest(*inputs)}"
+    if client.images.list(name=tag):
         return tag
     started = time.monotonic()
     with tempfile.TemporaryFile() as archive:
         _write_context(archive, dockerfile, context, wheelhouse)
         archive.seek(0)
         try:
-            client.images.build(fileobj=archive, custom_context=True, dockerfile=_DOCKERFILE, tag=tag, rm=True, forcerm=True, timeout=None)
+            client.images.build(
+                fileobj=archive, custom_context=True, dockerfile=_DOCKERFILE, tag=tag, forcerm=True
+            )
         except BuildError as exc:
-            log_tail = "".join(str(chunk.get("stream", "")) for chunk in exc.build_log)[-3000:]
-            raise ImageError(f"building {tag} on {base} failed: {exc.msg}\n{log_tail}", hint="the step that failed is at the end of the log above") from exc
+            output = "".join(str(chunk.get("stream", "")) for chunk in exc.build_log)
+            raise ImageError(
+                f"building {tag} on {base} failed: {exc.msg}\n{output[-3000:]}",
+                hint="the step that failed is at the end of the build output above",
+            ) from exc
         except APIError as exc:
-            raise ImageError(f"docker refused to build {tag}: {exc}", hint="see the dockerd log") from exc
+            raise ImageError(
+                f"docker refused to build {tag}: {exc}", hint="see the dockerd log"
+            ) from exc
     log.info("built %s in %.0f s", tag, time.monotonic() - started)
     return tag
 
 
 def ensure_torch_image(client: DockerClient) -> str:
-    """Return the tag of an image with python3, pip, torch and numpy, building what is missing.
+    """Return the tag of the image tests and CI run torch jobs in: python3, pip, torch, numpy.
 
-    This is the image tests and CI run torch jobs in. The wheelhouse is cached under
-    ``$XDG_CACHE_HOME/harness/wheels`` (``~/.cache`` by default). A first build takes a few
-    minutes (debootstrap, the torch download, the install); later calls take about a second.
+    Builds what is missing: the first call takes a couple of minutes, later ones under a second.
+    The wheels are kept under ``$XDG_CACHE_HOME/harness/wheels`` (``~/.cache`` by default).
     """
     cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "harness" / "wheels"
     base = bootstrap_base_image(client)
-    wheels = build_wheelhouse(TORCH_REQUIREMENTS, cache)
+    wheels = build_wheelhouse(_TORCH_REQUIREMENTS, cache)
     return build_image(client, base=base, wheelhouse=wheels, name="harness/torch")
 
 
 def _debootstrap(suite: str, rootfs: Path) -> None:
-    argv = ["debootstrap", "--variant=minbase", f"--include={','.join(_BASE_PACKAGES)}", suite, str(rootfs), _DEBIAN_MIRROR]
+    include = f"--include={','.join(_BASE_PACKAGES)}"
+    argv = ["debootstrap", "--variant=minbase", include, suite, str(rootfs), _DEBIAN_MIRROR]
     try:
-        _run(argv, what=f"debootstrap {suite}", hint=f"debootstrap needs root and access to {_DEBIAN_MIRROR}")
-    except ImageError as exc:
-        # debootstrap points at its own log, which is about to be deleted with the rootfs.
+        _run(argv, what=f"debootstrap {suite}", hint=f"debootstrap needs root and {_DEBIAN_MIRROR}")
+    except ImageError as exc:  # the log debootstrap points at is deleted with the rootfs
         own_log = rootfs / "debootstrap" / "debootstrap.log"
         if not own_log.is_file():
             raise
@@ -195,8 +201,8 @@ def _debootstrap(suite: str, rootfs: Path) -> None:
 
 
 def _dockerfile(base: str, steps: Sequence[str], *, with_wheels: bool) -> str:
-    lines = [f"FROM {base}", "LABEL harness.managed=true"]
-    if with_wheels:  # removed again so that the job does not see them in /tmp
+    lines = [f"FROM {base}", f"LABEL {_LABEL}"]
+    if with_wheels:  # deleted after the install so that jobs do not find them in /tmp
         lines += [
             f"COPY {_WHEELS} /tmp/harness-wheels",
             "RUN python3 -m pip install --no-index --no-cache-dir --find-links /tmp/harness-wheels"
@@ -205,29 +211,30 @@ def _dockerfile(base: str, steps: Sequence[str], *, with_wheels: bool) -> str:
     return "\n".join([*lines, *steps, ""])
 
 
-def _write_context(archive: IO[bytes], dockerfile: str, context: Path | None, wheelhouse: Path | None) -> None:
+def _write_context(
+    archive: IO[bytes], dockerfile: str, context: Path | None, wheelhouse: Path | None
+) -> None:
     with tarfile.open(fileobj=archive, mode="w") as tar:
         for child in sorted(context.iterdir()) if context else ():
             tar.add(child, arcname=child.name)
         if wheelhouse:
             tar.add(wheelhouse, arcname=_WHEELS)
-        data = dockerfile.encode()
         info = tarfile.TarInfo(_DOCKERFILE)
-        info.size = len(data)
-        tar.addfile(info, io.BytesIO(data))
+        info.size = len(dockerfile.encode())
+        tar.addfile(info, io.BytesIO(dockerfile.encode()))
 
 
 def _tree_digests(root: Path | None) -> list[str]:
     if root is None:
         return []
-    files = sorted(path for path in root.rglob("*") if path.is_file())
-    return [f"{path.relative_to(root)}={hashlib.sha256(path.read_bytes()).hexdigest()}" for path in files]
+    files = sorted(p for p in root.rglob("*") if p.is_file())
+    return [f"{p.relative_to(root)}={hashlib.sha256(p.read_bytes()).hexdigest()}" for p in files]
 
 
 def _wheel_names(wheelhouse: Path | None) -> list[str]:
-    """Wheel file names carry name, version and platform, and an index never changes a released
-    file, so names stand in for content without reading a gigabyte on every call."""
-    return sorted(path.name for path in wheelhouse.glob("*.whl")) if wheelhouse else []
+    """Names stand in for content: a wheel's name holds its version and platform, and an index
+    never changes a released file, so a gigabyte need not be read on every call."""
+    return sorted(p.name for p in wheelhouse.glob("*.whl")) if wheelhouse else []
 
 
 def _image_id(client: DockerClient, ref: str) -> str:
@@ -240,16 +247,8 @@ def _image_id(client: DockerClient, ref: str) -> str:
     except APIError as exc:
         raise ImageError(
             f"base image {ref} is not here and cannot be pulled: {exc}",
-            hint="make one without a registry with bootstrap_base_image(), or docker load it",
+            hint="make one without a registry with bootstrap_base_image(), or `docker load` it",
         ) from exc
-
-
-def _exists(client: DockerClient, ref: str) -> bool:
-    try:
-        client.images.get(ref)
-    except ImageNotFound:
-        return False
-    return True
 
 
 def _digest(*parts: str) -> str:
@@ -257,10 +256,10 @@ def _digest(*parts: str) -> str:
 
 
 def _run(argv: list[str], *, what: str, hint: str) -> None:
-    proc = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, errors="replace")
-    if proc.returncode != 0:
-        tail = "\n".join(proc.stdout.splitlines()[-20:])
-        raise ImageError(f"{what} failed (exit {proc.returncode}):\n{tail}", hint=hint)
+    out = subprocess.run(argv, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    if out.returncode != 0:
+        tail = "\n".join(out.stdout.splitlines()[-20:])
+        raise ImageError(f"{what} failed (exit {out.returncode}):\n{tail}", hint=hint)
 
 
 @contextmanager
@@ -268,14 +267,8 @@ def _scratch_dir(prefix: str) -> Iterator[Path]:
     path = Path(tempfile.mkdtemp(prefix=prefix))
     try:
         yield path
-    finally:
-        _unmount_below(path)
+    finally:  # unmount what an interrupted debootstrap left (/proc, /dev binds) before deleting
+        mounts = [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()]
+        for mount in sorted((m for m in mounts if m.startswith(f"{path}/")), reverse=True):
+            subprocess.run(["umount", "--lazy", mount], check=False)
         shutil.rmtree(path)
-
-
-def _unmount_below(root: Path) -> None:
-    """Unmount what an interrupted debootstrap left mounted in the rootfs (/proc, /sys, /dev
-    binds), so that removing the rootfs cannot walk into the host's."""
-    mounts = [line.split()[1] for line in Path("/proc/mounts").read_text().splitlines()]
-    for mount in sorted((m for m in mounts if m.startswith(f"{root}/")), reverse=True):
-        subprocess.run(["umount", "--lazy", mount], check=False)

@@ -12,13 +12,15 @@ from harness.errors import UsageError
 RUNGS: dict[str, str] = {
     "local": "harness.backends.local:LocalBackend",
     "local-gpu": "harness.backends.local:LocalGpuBackend",
+    "docker": "harness.backends.docker:DockerBackend",
 }
 
 
-def get_backend(name: str) -> Backend:
+def get_backend(name: str, **options: object) -> Backend:
+    """The rung called ``name``; ``options`` are that rung's settings (e.g. docker's ``shm_size``)."""
     try:
         target = RUNGS[name]
     except KeyError:
         raise UsageError(f"unknown rung {name!r}; choose from {', '.join(RUNGS)}") from None
     module, cls = target.split(":")
-    return getattr(importlib.import_module(module), cls)()  # type: ignore[no-any-return]
+    return getattr(importlib.import_module(module), cls)(**options)  # type: ignore[no-any-return]

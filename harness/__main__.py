@@ -1,0 +1,4 @@
+import sys
+from harness.cli import main
+
+sys.exit(main())

@@ -1,0 +1,229 @@
+"""``harness``: the command line. Exit codes: 0 parity (or success), 1 divergence or failure
+found, 2 bad usage or input, 130 interrupted. Documented in docs/cli.md."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+from harness import __version__
+from harness.backends import RUNGS, get_backend
+from harness.backends.base import Progress
+from harness.errors import HarnessError, RungUnavailable, UsageError
+from harness.jobspec import JobSpec, load_job
+from harness.record import RunRecord
+from harness.report import to_json, to_text
+from harness.request import load_request
+from harness.verdict import DEFAULT_ATOL, DEFAULT_RTOL, Verdict, judge
+
+#: What `harness ladder` climbs when no --rungs are given: every rung this machine can run
+#: with nothing but the core install; the others are listed as skipped, with the reason.
+DEFAULT_LADDER = ("local", "local-gpu", "docker")
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # argparse exits 2 too; keep our one-line format
+        raise UsageError(message, hint=f"see `{self.prog} --help`")
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="harness", description=__doc__)
+    parser.add_argument("--version", action="version", version=f"harness {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    def job_args(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument("job", nargs="?", type=Path, help="job file (YAML)")
+        sub.add_argument("--from-request", type=Path, metavar="JSON",
+                         help="a boto3 create_training_job request instead of a job file")
+        sub.add_argument("--source-dir", type=Path, help="local code for a request whose code is on S3")
+        sub.add_argument("--records", type=Path, default=Path("runs"), help="where run records go (default: runs/)")
+        sub.add_argument("--shm-size", help="docker rung: /dev/shm size (default mirrors SageMaker)")
+        sub.add_argument("-v", "--verbose", action="store_true", help="stream every log line")
+
+    def tolerance_args(sub: argparse.ArgumentParser) -> None:
+        sub.add_argument("--rtol", type=float, default=DEFAULT_RTOL, help="relative tolerance of metric curves")
+        sub.add_argument("--atol", type=float, default=DEFAULT_ATOL, help="absolute tolerance of metric curves")
+        sub.add_argument("--json", type=Path, metavar="FILE", help="also write the JSON report here")
+
+    run = commands.add_parser("run", help="run a job on one rung and keep its record")
+    job_args(run)
+    run.add_argument("--rung", default="local", choices=list(RUNGS))
+    run.add_argument("--dry-run", action="store_true", help="print what would run, start nothing")
+
+    ladder = commands.add_parser("ladder", help="run a job up the ladder and give the verdict")
+    job_args(ladder)
+    ladder.add_argument("--rungs", help=f"comma-separated rungs (default: {','.join(DEFAULT_LADDER)})")
+    tolerance_args(ladder)
+
+    diff = commands.add_parser("diff", help="compare two run records")
+    diff.add_argument("baseline", type=Path)
+    diff.add_argument("candidate", type=Path)
+    tolerance_args(diff)
+
+    show = commands.add_parser("show", help="summarise a run record")
+    show.add_argument("record", type=Path)
+
+    commands.add_parser("doctor", help="which rungs can run here, and why not")
+    commands.add_parser("gc", help="remove containers and networks left by crashed runs")
+    image = commands.add_parser("image", help="container images without a registry")
+    image.add_argument("action", choices=["bootstrap"])
+    return parser
+
+
+def _job(args: argparse.Namespace) -> JobSpec:
+    if args.from_request and args.job:
+        raise UsageError("give a job file or --from-request, not both")
+    if args.from_request:
+        return load_request(args.from_request, source_dir=args.source_dir)
+    if args.job is None:
+        raise UsageError("no job given", hint="pass a job file, e.g. scenarios/ddp_csv/job.yaml")
+    return load_job(args.job)
+
+
+def _options(args: argparse.Namespace, rung: str) -> dict[str, object]:
+    return {"shm_size": args.shm_size} if rung == "docker" and args.shm_size else {}
+
+
+class _ProgressLine:
+    """One status line on a terminal (elapsed time and the last line a host printed)."""
+
+    def __init__(self, rung: str, verbose: bool) -> None:
+        self.rung, self.verbose, self.start = rung, verbose, time.monotonic()
+        self.tty = sys.stderr.isatty()
+
+    def __call__(self, host: str, line: str) -> None:
+        if self.verbose:
+            print(f"[{self.rung} {host}] {line}", file=sys.stderr)
+        elif self.tty:
+            text = f"[{self.rung} {time.monotonic() - self.start:6.1f}s] {host}: {line}"
+            print(f"\r\x1b[K{text[:150]}", end="", file=sys.stderr, flush=True)
+
+    def done(self) -> None:
+        if self.tty and not self.verbose:
+            print("\r\x1b[K", end="", file=sys.stderr, flush=True)
+
+
+def _run_rung(job: JobSpec, rung: str, args: argparse.Namespace) -> RunRecord:
+    backend = get_backend(rung, **_options(args, rung))
+    progress = _ProgressLine(rung, args.verbose)
+    callback: Progress = progress
+    try:
+        record = backend.run(job, args.records, progress=callback)
+    finally:
+        progress.done()
+    print(f"{rung}: {record.status} ({record.root})")
+    return record
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    job = _job(args)
+    backend = get_backend(args.rung, **_options(args, args.rung))
+    if args.dry_run:
+        backend.check(job)
+        print(backend.plan(job).describe())
+        return 0
+    return 0 if _run_rung(job, args.rung, args).status == "succeeded" else 1
+
+
+def _report(verdict: Verdict, args: argparse.Namespace) -> int:
+    print(to_text(verdict))
+    if args.json:
+        args.json.write_text(to_json(verdict) + "\n", encoding="utf-8")
+    return verdict.exit_code
+
+
+def cmd_ladder(args: argparse.Namespace) -> int:
+    job = _job(args)
+    rungs = args.rungs.split(",") if args.rungs else list(DEFAULT_LADDER)
+    for rung in rungs:
+        if rung not in RUNGS:
+            raise UsageError(f"unknown rung {rung!r}; choose from {', '.join(RUNGS)}")
+    records, skipped = [], {}
+    for rung in rungs:
+        try:
+            get_backend(rung, **_options(args, rung)).check(job)
+        except RungUnavailable as exc:
+            skipped[rung] = exc.message.split(": ", 1)[-1]
+            print(f"{rung}: skipped ({skipped[rung]})")
+            continue
+        records.append(_run_rung(job, rung, args))
+    if not records:
+        raise RungUnavailable("no rung of the ladder can run here", hint="see `harness doctor`")
+    return _report(judge(records, rtol=args.rtol, atol=args.atol, skipped=skipped), args)
+
+
+def cmd_diff(args: argparse.Namespace) -> int:
+    records = [RunRecord.load(args.baseline), RunRecord.load(args.candidate)]
+    return _report(judge(records, rtol=args.rtol, atol=args.atol), args)
+
+
+def cmd_show(args: argparse.Namespace) -> int:
+    record = RunRecord.load(args.record)
+    m = record.manifest
+    complete = "" if m["complete"] else "  (INCOMPLETE: the run was cut off)"
+    print(f"{m['run_id']}: {m['job']['name']} on {m['rung']}: {m['status']}{complete}")
+    print(f"  started {m['started_at']}, ended {m['ended_at']}; harness {m['harness_version']}")
+    topology = m["topology"]
+    print(f"  {len(topology['hosts'])} hosts x {topology['processes_per_host']} processes "
+          f"({topology['distribution']}, {topology['launcher']} launcher)")
+    for host, result in m["hosts"].items():
+        print(f"  {host}: exit {result.get('exit_code')}" + (f": {result['failure_reason'][:120]}"
+                                                            if result.get("failure_reason") else ""))
+    for name, sources in record.metrics().items():
+        for source, values in sources.items():
+            if values:
+                print(f"  {name} [{source}]: {len(values)} points, first {values[0]:g}, last {values[-1]:g}")
+    for key, value in m["rung_facts"].items():
+        print(f"  fact {key}: {value}")
+    return 0
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    for rung in RUNGS:
+        try:
+            reason = get_backend(rung).unavailable_reason()
+        except ImportError as exc:
+            reason = f"not installed ({exc.name}); install the extra for this rung"
+        print(f"{rung:16} {'ready' if reason is None else 'unavailable: ' + reason}")
+    return 0
+
+
+def cmd_gc(args: argparse.Namespace) -> int:
+    from harness.backends import docker
+
+    removed = docker.gc(docker.client())
+    print("\n".join(removed) if removed else "nothing to remove")
+    return 0
+
+
+def cmd_image(args: argparse.Namespace) -> int:
+    from harness import images
+    from harness.backends import docker
+
+    print(images.bootstrap_base_image(docker.client()))
+    return 0
+
+
+COMMANDS = {"run": cmd_run, "ladder": cmd_ladder, "diff": cmd_diff, "show": cmd_show,
+            "doctor": cmd_doctor, "gc": cmd_gc, "image": cmd_image}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    try:
+        args = _parser().parse_args(argv)
+        return COMMANDS[args.command](args)
+    except HarnessError as exc:
+        print(f"harness: error: {exc.message}", file=sys.stderr)
+        if exc.hint:
+            print(f"hint: {exc.hint}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("harness: interrupted; every process was stopped and the record marked interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
