@@ -23,7 +23,7 @@ from pathlib import Path, PurePosixPath
 
 from harness import artifacts, sandbox
 from harness.backends.base import Backend, Capabilities, Plan, Progress, copy_source
-from harness.contract import OPT_ML, PLATFORM_DIRS, HostContract, Machine, host_contract
+from harness.contract import OPT_ML, PLATFORM_DIRS, HostContract, Machine, failure_message, host_contract
 from harness.jobspec import JobSpec
 from harness.record import RecordWriter, Status, redact_env, write_json
 from harness.supervise import HostLaunch, run_hosts
@@ -110,7 +110,8 @@ class LocalBackend(Backend):
                 outcome = run_hosts(launches, max_run_s=job.max_run, sink=progress)
             trees = {host: work / host / "opt_ml" for host in plan.hosts}
             for host, code in outcome.exit_codes.items():
-                _collect_failure(trees[host], record, host, code, outcome.started_at[host], outcome.ended_at[host])
+                _collect_failure(job, plan.hosts[host], trees[host], record, code, outcome.started_at[host],
+                                 outcome.ended_at[host])
             record.manifest["artifacts"] = _artifact_overview(artifacts.collect(trees, record.root))
             record.manifest["ranks"] = _ranks(record.root)
         finally:
@@ -200,13 +201,22 @@ def _host_env(contract: HostContract, record_root: Path) -> dict[str, str]:
     return env
 
 
-def _collect_failure(tree: Path, record: RecordWriter, host: str, code: int, started: str, ended: str) -> None:
+def _collect_failure(job: JobSpec, contract: HostContract, tree: Path, record: RecordWriter, code: int,
+                     started: str, ended: str) -> None:
+    """Exit code and ``/opt/ml/output/failure`` of one host; where the job wrote no failure file,
+    the one its launcher would have written (marked ``failure_written_by: launcher``)."""
+    host = contract.host
     failure_file = tree / "output" / "failure"
     failure = failure_file.read_text(errors="replace") if failure_file.is_file() else None
+    written_by = "job" if failure else None
+    if failure is None and code != 0:
+        log = (record.host_dir(host) / "log.txt").read_text(errors="replace").splitlines()
+        errors = [line.split(" ", 1)[-1] for line in log if "Error" in line or "error" in line][-5:]
+        failure, written_by = failure_message(job, code, contract.command, errors), "launcher"
     if failure is not None:
         (record.host_dir(host) / "failure").write_text(failure)
     record.host_result(host, exit_code=code, started_at=started, ended_at=ended,
-                       failure_reason=failure[:1024] if failure else None)
+                       failure_reason=failure[:1024] if failure else None, failure_written_by=written_by)
 
 
 def _artifact_overview(summary: dict[str, dict[str, object]]) -> dict[str, object]:
