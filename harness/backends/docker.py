@@ -1,0 +1,417 @@
+"""The ``docker`` rung: one container per SageMaker host, on a network made for the run.
+
+The service runs ``docker run image train`` once per instance; this rung does the same with
+each host ``algo-N`` as a container whose hostname and network alias are ``algo-N``, on a
+private bridge network, with its own ``/opt/ml`` (a bind-mounted directory written from the
+contract exactly as the local rung writes it). Channels are mounted read-only, the probe is
+mounted read-only on ``PYTHONPATH``. What a machine decides rather than the contract
+(``/dev/shm`` size, ulimits, GPUs, CPU count) is an explicit setting, recorded in ``rung_facts``.
+
+Every container and network carries ``harness.managed=true`` and ``harness.run_id`` (and the
+pid and host name of the harness that owns it) and is removed in a ``finally``: success,
+failure, timeout and Ctrl-C leave nothing behind, and :func:`gc` removes what a killed harness
+could not. The rung creates no volumes; anonymous volumes an image declares go with their
+container.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+import socket
+import subprocess
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+import docker
+from docker import DockerClient
+from docker.errors import APIError, DockerException, ImageNotFound, NotFound
+from docker.models.containers import Container
+from docker.models.networks import Network
+from docker.types import DeviceRequest, Mount, Ulimit
+from docker.utils import parse_bytes
+
+from harness import artifacts
+from harness.backends.base import Backend, Capabilities, Plan, Progress, copy_source
+from harness.backends.local import PROBE_DIR, _artifact_overview, _collect_failure, _ranks
+from harness.contract import OPT_ML, PLATFORM_DIRS, HostContract, Machine, host_contract
+from harness.errors import ImageError
+from harness.jobspec import JobSpec
+from harness.record import RecordWriter, Status, now, redact_env, write_json
+from harness.supervise import STOP_GRACE_S
+
+MANAGED, RUN_ID, OWNER_PID, OWNER_HOST = "harness.managed", "harness.run_id", "harness.pid", "harness.hostname"
+PROBE_MOUNT = "/opt/harness/probe"
+RECORD_MOUNT = "/opt/harness/record"  # only its processes/ and ranks/ are mounted: the job never sees the manifest
+PING_TIMEOUT_S = 5
+#: Docker's own /dev/shm size, which SageMaker local mode keeps (no shm setting in SDK v3).
+DOCKER_DEFAULT_SHM = "64m"
+#: ``--ulimit memlock=-1 --ulimit stack=67108864``: what NVIDIA's framework containers ask for, so
+#: pinned memory and deep recursion behave as on a training instance rather than under Docker's
+#: 64 KiB memlock. SageMaker's own limits are not documented (UNVERIFIED).
+DEFAULT_ULIMITS = {"memlock": -1, "stack": 67108864}
+
+
+def default_shm_size() -> str:
+    """Half of this machine's memory: the size the kernel gives a tmpfs ``/dev/shm`` by default.
+
+    SageMaker does not document its ``/dev/shm`` size (UNVERIFIED), but DataLoader jobs that fail
+    under Docker's 64 MB in local mode run on the service (aws/sagemaker-python-sdk#937, #3331),
+    so the service's is large; the instance's own tmpfs default is the closest stand-in.
+    """
+    total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    return f"{total // 2 // (1 << 20)}m"
+
+
+@functools.cache
+def host_gpu_count() -> int:
+    """NVIDIA GPUs here, counted as the toolkit counts them (``nvidia-smi --list-gpus``)."""
+    try:
+        out = subprocess.run(["nvidia-smi", "--list-gpus"], capture_output=True, text=True, timeout=60, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return 0
+    return sum(line.startswith("GPU ") for line in out.stdout.splitlines())
+
+
+class DockerBackend(Backend):
+    """Settings: ``image`` (script-mode base; default the job's, else :func:`ensure_torch_image`),
+    ``gpus`` (default: when this machine has NVIDIA GPUs and the engine can pass them), ``shm_size``
+    (default :func:`default_shm_size`; ``"64m"`` reproduces Docker and local mode), ``ulimits``."""
+
+    name = "docker"
+    capabilities = Capabilities(gpus=True, separate_hosts=True, containers=True)
+
+    def __init__(self, *, image: str | None = None, gpus: bool | None = None, shm_size: str | None = None,
+                 ulimits: dict[str, int] | None = None, stop_grace_s: float = STOP_GRACE_S,
+                 client: DockerClient | None = None) -> None:
+        self.image = image
+        self.gpus = gpus
+        self.shm_size = shm_size or default_shm_size()
+        self.ulimits = dict(DEFAULT_ULIMITS if ulimits is None else ulimits)
+        self.stop_grace_s = stop_grace_s
+        self._docker = client
+
+    def client(self) -> DockerClient:
+        if self._docker is None:
+            self._docker = docker.from_env()
+        return self._docker
+
+    def unavailable_reason(self) -> str | None:
+        try:  # a short-timeout client of its own, so that a dead DOCKER_HOST never hangs the ladder
+            docker.from_env(timeout=PING_TIMEOUT_S).ping()
+        except (DockerException, OSError) as exc:
+            return f"no Docker engine answers ({exc}); start dockerd or set DOCKER_HOST"
+        if self.gpus and not self._engine_gpus():
+            return "gpus=True, but this machine has no NVIDIA GPU or the engine has no NVIDIA runtime"
+        return None
+
+    def unsupported_reason(self, job: JobSpec) -> str | None:
+        s3 = [name for name, channel in job.channels.items() if channel.is_s3]
+        return f"channels {s3} are s3:// URIs; this rung mounts local directories only" if s3 else None
+
+    def _engine_gpus(self) -> bool:
+        runtimes = self.client().info().get("Runtimes") or {}
+        return host_gpu_count() > 0 and ("nvidia" in runtimes or shutil.which("nvidia-container-runtime-hook") is not None)
+
+    def _gpu_ids(self, job: JobSpec) -> dict[str, list[str]]:
+        """Each host's own GPUs, as each instance has its own; all of them to every host where there
+        are fewer GPUs than hosts (what local mode does, and recorded as such)."""
+        enabled = self.gpus if self.gpus is not None else self._engine_gpus()
+        count = host_gpu_count() if enabled else 0
+        per = count // len(job.hosts)
+        if per == 0:
+            return {host: [str(i) for i in range(count)] for host in job.hosts}
+        return {host: [str(i) for i in range(n * per, (n + 1) * per)] for n, host in enumerate(job.hosts)}
+
+    def _planned_image(self, job: JobSpec) -> str:
+        if not job.is_script_mode:
+            return str(job.image)
+        return self.image or job.image or "harness/torch (to be built by harness.images.ensure_torch_image)"
+
+    def plan(self, job: JobSpec) -> Plan:
+        gpus = self._gpu_ids(job)
+        machine = Machine(num_cpus=os.cpu_count() or 1, num_gpus=len(gpus[job.hosts[0]]), network_interface="eth0",
+                          python="python3")
+        nccl = {"NCCL_DEBUG": "INFO", **{k: v for k, v in job.environment.items() if k.startswith("NCCL_")}}
+        contracts = {host: host_contract(job, host, machine) for host in job.hosts}
+        if machine.num_gpus:
+            contracts = {h: _with_launcher_env(c, nccl) for h, c in contracts.items()}
+        facts: dict[str, Any] = {
+            "work_dir": str(Path(tempfile.gettempdir()) / f"harness-docker-{uuid.uuid4().hex[:8]}"),
+            "image": self._planned_image(job),
+            "network": "a bridge network per run; each container's hostname and alias is its host name",
+            "opt_ml": "each host's own tree bind-mounted on /opt/ml",
+            "channels": "local directories bind-mounted read-only on /opt/ml/input/data/<channel>",
+            "shm_size": self.shm_size, "shm_size_bytes": parse_bytes(self.shm_size),
+            "ulimits": self.ulimits,
+            "gpus": gpus if machine.num_gpus else "none",
+            "gpu_sharing": "each host its own devices" if machine.num_gpus and len(set(map(tuple, gpus.values()))) > 1
+            else ("every host sees every device" if machine.num_gpus else "n/a"),
+            "nccl_env": nccl if machine.num_gpus else "contract only (no GPUs)",
+            "machine": {"num_cpus": machine.num_cpus, "num_gpus": machine.num_gpus, "network_interface": "eth0",
+                        "num_cpus_source": "os.cpu_count() of the Docker host (no CPU limit is set)"},
+            "init": "none: the command is PID 1, as under `docker run image train`",
+            "stop": f"SIGTERM, SIGKILL after {self.stop_grace_s:g} s",
+        }
+        return Plan(self.name, job, contracts, facts)
+
+    def _execute(self, plan: Plan, record: RecordWriter, progress: Progress | None) -> Status:
+        client, job = self.client(), plan.job
+        work = Path(str(plan.facts["work_dir"]))
+        labels = run_labels(str(record.manifest["run_id"]))
+        containers: dict[str, Container] = {}
+        network: Network | None = None
+        image = ""
+        try:
+            image = self._resolve_image(client, job)
+            record.set_fact("image", image)
+            network = client.networks.create(f"harness-{labels[RUN_ID]}", driver="bridge", labels=labels)
+            for host, contract in plan.hosts.items():
+                mounts = self._prepare_host(job, contract, work / host / "opt_ml", record)
+                containers[host] = self._create(client, image, job, contract, mounts, network, labels,
+                                                plan.facts["gpus"])
+            for host, container in containers.items():
+                started = time.monotonic()
+                container.start()
+                record.host_result(host, container=container.name,
+                                   container_start_s=round(time.monotonic() - started, 3))
+            timed_out = self._supervise(containers, job.max_run, record, progress)
+            _shielded(lambda: _reclaim(client, image, [work]))
+            trees = {host: work / host / "opt_ml" for host in plan.hosts}
+            codes = {host: self._host_result(c, trees[host], record, host) for host, c in containers.items()}
+            record.manifest["artifacts"] = _artifact_overview(artifacts.collect(trees, record.root))
+            record.manifest["ranks"] = _ranks(record.root)
+        finally:
+            _shielded(lambda: _teardown(client, list(containers.values()), network, image, work))
+        if timed_out:
+            return "timeout"
+        return "succeeded" if all(code == 0 for code in codes.values()) else "failed"
+
+    def _resolve_image(self, client: DockerClient, job: JobSpec) -> str:
+        if job.is_script_mode and not (self.image or job.image):
+            from harness.images import ensure_torch_image  # builds only what is missing
+
+            return ensure_torch_image(client)
+        image = (self.image or job.image) if job.is_script_mode else job.image
+        assert image is not None  # a job without entry_point has an image (JobSpec validates it)
+        try:
+            client.images.get(image)
+        except ImageNotFound:
+            try:
+                client.images.pull(image)
+            except APIError as exc:
+                raise ImageError(f"image {image} is not here and cannot be pulled: {exc}",
+                                 hint="build or `docker load` it first, or pass image= to the rung") from exc
+        return image
+
+    def _prepare_host(self, job: JobSpec, contract: HostContract, tree: Path, record: RecordWriter) -> list[Mount]:
+        """Write the host's /opt/ml tree and its ``received/`` record; return its mounts."""
+        for sub in PLATFORM_DIRS:
+            (tree / sub).mkdir(parents=True, exist_ok=True)
+        for relative, content in contract.files.items():
+            (tree / relative).write_text(content, encoding="utf-8")
+        copy_source(job, tree / PurePosixPath(contract.cwd).relative_to(contract.opt_ml))
+        mounts = [Mount(str(OPT_ML), str(tree), type="bind"),
+                  Mount(PROBE_MOUNT, str(PROBE_DIR), type="bind", read_only=True)]
+        for name, channel in job.channels.items():
+            (tree / "input" / "data" / name).mkdir(exist_ok=True)  # made here, so that Docker does not make it as root
+            mounts.append(Mount(f"{OPT_ML}/input/data/{name}", channel.source, type="bind", read_only=True))
+        for sub in ("processes", "ranks"):
+            (record.root / sub).mkdir(exist_ok=True)
+            mounts.append(Mount(f"{RECORD_MOUNT}/{sub}", str(record.root / sub), type="bind"))
+        received = record.host_dir(contract.host) / "received"
+        write_json(received / "command.json", {"argv": contract.command, "cwd": str(contract.cwd)})
+        write_json(received / "env.json", redact_env(_container_env(contract)))
+        for relative, content in contract.files.items():
+            (received / PurePosixPath(relative).name).write_text(content, encoding="utf-8")
+        return mounts
+
+    def _create(self, client: DockerClient, image: str, job: JobSpec, contract: HostContract, mounts: list[Mount],
+                network: Network, labels: dict[str, str], gpus: object) -> Container:
+        host = contract.host
+        script = {"entrypoint": contract.command, "working_dir": str(contract.cwd)} if job.is_script_mode else {
+            "command": ["train"]}  # bring-your-own image: `docker run image train`, its own entrypoint
+        devices = [DeviceRequest(driver="nvidia", device_ids=gpus[host], capabilities=[["gpu"]])] \
+            if isinstance(gpus, dict) and gpus[host] else None
+        return client.containers.create(
+            image, name=f"{labels[RUN_ID]}-{host}", hostname=host, environment=_container_env(contract),
+            labels={**labels, "harness.host": host}, network=network.name, mounts=mounts,
+            networking_config={network.name: client.api.create_endpoint_config(aliases=[host])},
+            shm_size=self.shm_size, ulimits=[Ulimit(name=k, soft=v, hard=v) for k, v in self.ulimits.items()],
+            device_requests=devices, **script)
+
+    def _supervise(self, containers: dict[str, Container], max_run: int, record: RecordWriter,
+                   progress: Progress | None) -> bool:
+        """Stream every host's log until all have exited; stop them all at ``max_run`` or on Ctrl-C."""
+        pumps = [threading.Thread(target=_pump, args=(c, record.host_dir(h) / "log.txt", h, progress), daemon=True)
+                 for h, c in containers.items()]
+        for pump in pumps:
+            pump.start()
+        deadline, timed_out = time.monotonic() + max_run, False
+        try:
+            while any(_running(c) for c in containers.values()):
+                if time.monotonic() > deadline:
+                    timed_out = True
+                    break
+                time.sleep(0.25)
+        finally:
+            _shielded(lambda: _stop(list(containers.values()), self.stop_grace_s))
+            for pump in pumps:
+                pump.join(timeout=5)
+        return timed_out
+
+    def _host_result(self, container: Container, tree: Path, record: RecordWriter, host: str) -> int:
+        state = container.client.api.inspect_container(container.id)["State"]
+        code = int(state["ExitCode"])
+        _collect_failure(tree, record, host, code, _millis(state["StartedAt"]), _millis(state["FinishedAt"]))
+        record.host_result(host, oom_killed=bool(state.get("OOMKilled")))
+        return code
+
+
+def run_labels(run_id: str) -> dict[str, str]:
+    """Labels on everything a run creates; the owner's pid and host name tell :func:`gc` it is live."""
+    return {MANAGED: "true", RUN_ID: run_id, OWNER_PID: str(os.getpid()), OWNER_HOST: socket.gethostname()}
+
+
+def gc(client: DockerClient, *, include_live: bool = False) -> list[str]:
+    """Remove the containers, networks and volumes of harness runs that are over; return what went.
+
+    A run is over when the harness process named by its ``harness.pid`` label no longer exists on
+    this machine (``harness.hostname``). Resources labelled by a harness on another machine sharing
+    this engine cannot be checked and are kept; ``include_live=True`` removes everything labelled.
+    Only resources carrying a ``harness.run_id`` are touched: containers started by hand from the
+    harness's images inherit ``harness.managed=true`` from the image and are not runs. Images are
+    caches and are never removed here.
+    """
+    filters = {"label": [f"{MANAGED}=true", RUN_ID]}
+    removed: list[str] = []
+    for container in client.containers.list(all=True, filters=filters):
+        if include_live or not _live(container.labels):
+            _quietly(lambda: container.remove(force=True, v=True))
+            removed.append(f"container {container.name}")
+    for network in client.networks.list(filters=filters):
+        if include_live or not _live(network.attrs.get("Labels") or {}):
+            if _quietly(network.remove):
+                removed.append(f"network {network.name}")
+    for volume in client.volumes.list(filters=filters):
+        if include_live or not _live(volume.attrs.get("Labels") or {}):
+            if _quietly(lambda: volume.remove(force=True)):
+                removed.append(f"volume {volume.name}")
+    return removed
+
+
+def _live(labels: dict[str, str]) -> bool:
+    if labels.get(OWNER_HOST) != socket.gethostname():
+        return OWNER_HOST in labels  # another machine's run: cannot tell, so keep it
+    try:
+        os.kill(int(labels.get(OWNER_PID, "")), 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _container_env(contract: HostContract) -> dict[str, str]:
+    """The contract's variables plus the probe's; nothing is inherited from the harness's machine."""
+    python_path = ":".join(p for p in (PROBE_MOUNT, contract.env.get("PYTHONPATH")) if p)
+    return {"PYTHONUNBUFFERED": "1", **contract.env, "PYTHONPATH": python_path,
+            "HARNESS_PROBE_DIR": RECORD_MOUNT, "HARNESS_HOST": contract.host}
+
+
+def _with_launcher_env(contract: HostContract, extra: dict[str, str]) -> HostContract:
+    return HostContract(contract.host, contract.opt_ml, contract.files, contract.platform_env,
+                        {**contract.launcher_env, **extra}, contract.command, contract.cwd, contract.facts)
+
+
+def _pump(container: Container, log_path: Path, host: str, sink: Progress | None) -> None:
+    """Write the container's output as ``<timestamp> <line>``, the engine's time cut to milliseconds."""
+    pending = b""
+    with log_path.open("ab", buffering=0) as log:
+        for chunk in container.logs(stream=True, follow=True, timestamps=True):
+            *lines, pending = (pending + chunk).split(b"\n")
+            for line in lines:
+                stamp, _, text = line.partition(b" ")
+                log.write(_millis(stamp.decode(errors="replace")).encode() + b" " + text + b"\n")
+                if sink is not None:
+                    sink(host, text.decode("utf-8", "replace").rstrip("\r"))
+        if pending:
+            log.write(now().encode() + b" " + pending + b"\n")
+
+
+def _millis(stamp: str) -> str:
+    """Docker's RFC 3339 nanosecond time (trailing zeros dropped) in the record's millisecond form."""
+    head, _, fraction = stamp.rstrip("Z").partition(".")
+    if len(head) != 19 or head[10] != "T":
+        return now()
+    return f"{head}.{(fraction + '000')[:3]}Z"
+
+
+def _running(container: Container) -> bool:
+    try:
+        return bool(container.client.api.inspect_container(container.id)["State"]["Running"])
+    except NotFound:
+        return False
+
+
+def _stop(containers: list[Container], grace_s: float) -> None:
+    """``docker stop`` for all at once: SIGTERM, then SIGKILL for what is left after ``grace_s``."""
+    running = [c for c in containers if _running(c)]
+    for container in running:
+        _quietly(lambda: container.kill(signal="SIGTERM"))
+    deadline = time.monotonic() + grace_s
+    while any(_running(c) for c in running) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    for container in running:
+        if _running(container):
+            _quietly(lambda: container.kill(signal="SIGKILL"))
+
+
+def _reclaim(client: DockerClient, image: str, paths: list[Path]) -> None:
+    """Give files the containers' root made back to this user, so the work dir can be removed."""
+    existing = [p for p in paths if p.exists()]
+    if os.geteuid() == 0 or not image or not existing:
+        return
+    mounts = [Mount(f"/reclaim/{i}", str(p), type="bind") for i, p in enumerate(existing)]
+    _quietly(lambda: client.containers.run(
+        image, entrypoint=["chown", "-R", f"{os.geteuid()}:{os.getegid()}", *(m["Target"] for m in mounts)],
+        mounts=mounts, labels=run_labels("reclaim"), network_mode="none", remove=True))
+
+
+def _teardown(client: DockerClient, containers: list[Container], network: Network | None, image: str,
+              work: Path) -> None:
+    for container in containers:
+        _quietly(lambda: container.remove(force=True, v=True))
+    if network is not None:
+        _quietly(network.remove)
+    _reclaim(client, image, [work])
+    shutil.rmtree(work, ignore_errors=True)
+
+
+def _quietly(action: Callable[[], object]) -> bool:
+    """Cleanup goes on past a resource that is already gone or refuses; True if it succeeded."""
+    try:
+        action()
+    except (APIError, DockerException, OSError):
+        return False
+    return True
+
+
+def _shielded(action: Callable[[], None]) -> None:
+    """Run cleanup to its end even if Ctrl-C is pressed again meanwhile; then re-raise it."""
+    worker = threading.Thread(target=action)
+    worker.start()
+    interrupted = False
+    while worker.is_alive():
+        try:
+            worker.join()
+        except KeyboardInterrupt:
+            interrupted = True
+    if interrupted:
+        raise KeyboardInterrupt

@@ -1,0 +1,132 @@
+"""The `local` rung with real torch processes: records, self-spawning jobs, /opt/ml, stops."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tarfile
+import time
+from pathlib import Path
+
+import pytest
+
+from harness.backends import get_backend
+from harness.cli import main
+from harness.jobspec import load_job
+from harness.record import RunRecord
+
+pytestmark = pytest.mark.slow
+
+
+def _processes_with(marker: str) -> list[str]:
+    out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True, check=True).stdout
+    return [line for line in out.splitlines() if marker in line and "ps -eo" not in line]
+
+
+@pytest.fixture(scope="module")
+def reference_record(tmp_path_factory: pytest.TempPathFactory) -> RunRecord:
+    job = load_job(Path(__file__).resolve().parent.parent / "scenarios" / "ddp_csv" / "job.yaml")
+    return get_backend("local").run(job, tmp_path_factory.mktemp("records"))
+
+
+def test_reference_job_record(reference_record: RunRecord) -> None:
+    record = reference_record
+    manifest = record.manifest
+    assert record.status == "succeeded" and manifest["complete"]
+    assert {h: r["exit_code"] for h, r in manifest["hosts"].items()} == {"algo-1": 0, "algo-2": 0}
+    assert sorted(manifest["ranks"]) == ["0", "1", "2", "3"]
+    assert {manifest["ranks"][r]["host"] for r in ("2", "3")} == {"algo-2"}
+    assert sorted(record.rank_logs()) == [0, 1, 2, 3]
+    first = record.rank_logs()[0].read_text().splitlines()
+    assert any("step=0 loss=" in line for line in first)
+    assert first[0][:4].isdigit() and first[0].split(" ", 1)[0].endswith("Z")  # timestamped
+    losses = record.metrics()["train:loss"]["algo-1"]
+    assert len(losses) == 64 and losses[-1] < losses[0]
+    received = record.root / "hosts" / "algo-2" / "received"
+    assert json.loads((received / "resourceconfig.json").read_text())["current_host"] == "algo-2"
+    assert json.loads((received / "env.json").read_text())["SM_CURRENT_HOST"] == "algo-2"
+    command = json.loads((received / "command.json").read_text())["argv"]
+    assert command[:3] == ["torchrun", "--nnodes", "2"] and "--node_rank" in command
+    with tarfile.open(record.root / "artifacts" / "model.tar.gz") as tar:
+        assert tar.getnames() == ["model.pt"]
+    worker = [json.loads(p.read_text()) for p in (record.root / "processes").glob("*.json")]
+    assert any(p["rank"] == "3" and p["cwd"] == "/opt/ml/code" for p in worker)
+
+
+def test_self_spawning_job_rendezvous_on_algo_1(scenarios: Path, records: Path) -> None:
+    record = get_backend("local").run(load_job(scenarios / "self_spawn" / "job.yaml"), records)
+    assert record.status == "succeeded", (record.root / "hosts" / "algo-1" / "log.txt").read_text()
+    assert len(record.metrics()["train:loss"]["algo-1"]) == 32  # 2 epochs x 1024 rows / 4 ranks / 16
+
+
+def test_hardcoded_opt_ml_writes_the_hosts_tree_not_the_machine(scenarios: Path, records: Path) -> None:
+    existed = Path("/opt/ml").exists()
+    record = get_backend("local").run(load_job(scenarios / "hardcoded_opt_ml" / "job.yaml"), records)
+    assert record.status == "succeeded"
+    with tarfile.open(record.root / "artifacts" / "model.tar.gz") as tar:
+        assert sorted(tar.getnames()) == ["algo-1.txt", "algo-2.txt"]
+        text = tar.extractfile("algo-2.txt").read().decode()  # type: ignore[union-attr]
+    assert "hostname algo-2" in text
+    assert Path("/opt/ml").exists() == existed
+    assert "mounted on /opt/ml" in record.manifest["rung_facts"]["opt_ml"]
+
+
+def _write_job(tmp_path: Path, script: str, **extra: object) -> Path:
+    (tmp_path / "src").mkdir(exist_ok=True)
+    (tmp_path / "src" / "train.py").write_text(script)
+    lines = ["name: scratch", "source_dir: src", "entry_point: train.py"]
+    lines += [f"{key}: {value}" for key, value in extra.items()]
+    job = tmp_path / "job.yaml"
+    job.write_text("\n".join(lines) + "\n")
+    return job
+
+
+def test_failing_job_gives_failed_record_and_exit_1(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    job = _write_job(tmp_path, "raise ValueError('bad shape in layer 3')\n")
+    assert main(["run", str(job), "--records", str(tmp_path / "records")]) == 1
+    record = RunRecord.load(next((tmp_path / "records").iterdir()))
+    assert record.status == "failed"
+    result = record.manifest["hosts"]["algo-1"]
+    assert result["exit_code"] == 1 and result["failure_written_by"] == "launcher"
+    assert "ValueError: bad shape in layer 3" in result["failure_reason"]
+
+
+def test_max_run_stops_every_process(tmp_path: Path) -> None:
+    marker = f"harness-sleeper-{os.getpid()}"
+    script = f"import subprocess, time\nsubprocess.Popen(['sleep', '300', '{marker}'])\ntime.sleep(300)\n"
+    job = load_job(_write_job(tmp_path, script, max_run=2, instance_count=2))
+    record = get_backend("local").run(job, tmp_path / "records")
+    assert record.status == "timeout" and record.manifest["complete"]
+    assert _processes_with(marker) == []
+
+
+def test_ctrl_c_stops_everything_and_marks_the_record(tmp_path: Path) -> None:
+    marker = f"harness-ctrlc-{os.getpid()}"
+    script = (f"import subprocess, time\nsubprocess.Popen(['sleep', '300', '{marker}'])\n"
+              "print('ready', flush=True)\ntime.sleep(300)\n")
+    job = _write_job(tmp_path, script, instance_count=2)
+    harness = subprocess.Popen([sys.executable, "-m", "harness", "run", str(job), "--records",
+                                str(tmp_path / "records"), "-v"], stderr=subprocess.PIPE, text=True)
+    assert harness.stderr is not None
+    for line in harness.stderr:
+        if "ready" in line:
+            break
+    time.sleep(0.5)
+    harness.send_signal(signal.SIGINT)
+    assert harness.wait(timeout=60) == 130
+    record = RunRecord.load(next((tmp_path / "records").iterdir()))
+    assert record.status == "interrupted" and record.manifest["complete"]
+    assert _processes_with(marker) == []
+    assert not Path(record.manifest["rung_facts"]["work_dir"]).exists()
+
+
+def test_ladder_of_the_same_rung_twice_is_parity(scenarios: Path, tmp_path: Path,
+                                                  capsys: pytest.CaptureFixture[str]) -> None:
+    """The noise floor of CPU gloo: a rung run twice gives bit-identical curves (tolerance 0)."""
+    code = main(["ladder", str(scenarios / "ddp_csv" / "job.yaml"), "--rungs", "local,local",
+                 "--rtol", "0", "--atol", "0", "--records", str(tmp_path), "--json", str(tmp_path / "v.json")])
+    assert code == 0, capsys.readouterr().out
+    assert json.loads((tmp_path / "v.json").read_text())["outcome"] == "parity"
