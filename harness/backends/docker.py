@@ -184,7 +184,7 @@ class DockerBackend(Backend):
             timed_out = self._supervise(containers, job.max_run, record, progress)
             _shielded(lambda: _reclaim(client, image, [work]))
             trees = {host: work / host / "opt_ml" for host in plan.hosts}
-            codes = {host: self._host_result(c, trees[host], record, host) for host, c in containers.items()}
+            codes = {host: _host_result(job, plan.hosts[host], c, trees[host], record) for host, c in containers.items()}
             record.manifest["artifacts"] = _artifact_overview(artifacts.collect(trees, record.root))
             record.manifest["ranks"] = _ranks(record.root)
         finally:
@@ -266,12 +266,14 @@ class DockerBackend(Backend):
                 pump.join(timeout=5)
         return timed_out
 
-    def _host_result(self, container: Container, tree: Path, record: RecordWriter, host: str) -> int:
-        state = container.client.api.inspect_container(container.id)["State"]
-        code = int(state["ExitCode"])
-        _collect_failure(tree, record, host, code, _millis(state["StartedAt"]), _millis(state["FinishedAt"]))
-        record.host_result(host, oom_killed=bool(state.get("OOMKilled")))
-        return code
+
+def _host_result(job: JobSpec, contract: HostContract, container: Container, tree: Path, record: RecordWriter) -> int:
+    """Exit code, failure file and the engine's start and end times of one host."""
+    state = container.client.api.inspect_container(container.id)["State"]
+    code = int(state["ExitCode"])
+    _collect_failure(job, contract, tree, record, code, _millis(state["StartedAt"]), _millis(state["FinishedAt"]))
+    record.host_result(contract.host, oom_killed=bool(state.get("OOMKilled")))
+    return code
 
 
 def run_labels(run_id: str) -> dict[str, str]:
@@ -290,20 +292,15 @@ def gc(client: DockerClient, *, include_live: bool = False) -> list[str]:
     caches and are never removed here.
     """
     filters = {"label": [f"{MANAGED}=true", RUN_ID]}
-    removed: list[str] = []
-    for container in client.containers.list(all=True, filters=filters):
-        if include_live or not _live(container.labels):
-            _quietly(lambda: container.remove(force=True, v=True))
-            removed.append(f"container {container.name}")
-    for network in client.networks.list(filters=filters):
-        if include_live or not _live(network.attrs.get("Labels") or {}):
-            if _quietly(network.remove):
-                removed.append(f"network {network.name}")
-    for volume in client.volumes.list(filters=filters):
-        if include_live or not _live(volume.attrs.get("Labels") or {}):
-            if _quietly(lambda: volume.remove(force=True)):
-                removed.append(f"volume {volume.name}")
-    return removed
+    found: list[tuple[str, Any, Callable[[], object]]] = [
+        *((f"container {c.name}", c.labels, functools.partial(c.remove, force=True, v=True))
+          for c in client.containers.list(all=True, filters=filters)),
+        *((f"network {n.name}", n.attrs.get("Labels"), n.remove) for n in client.networks.list(filters=filters)),
+        *((f"volume {v.name}", v.attrs.get("Labels"), functools.partial(v.remove, force=True))
+          for v in client.volumes.list(filters=filters)),
+    ]  # containers first: a network cannot go while a container is attached to it
+    return [name for name, labels, remove in found
+            if (include_live or not _live(labels or {})) and _quietly(remove)]
 
 
 def _live(labels: dict[str, str]) -> bool:
@@ -364,13 +361,13 @@ def _stop(containers: list[Container], grace_s: float) -> None:
     """``docker stop`` for all at once: SIGTERM, then SIGKILL for what is left after ``grace_s``."""
     running = [c for c in containers if _running(c)]
     for container in running:
-        _quietly(lambda: container.kill(signal="SIGTERM"))
+        _quietly(functools.partial(container.kill, signal="SIGTERM"))
     deadline = time.monotonic() + grace_s
     while any(_running(c) for c in running) and time.monotonic() < deadline:
         time.sleep(0.1)
     for container in running:
         if _running(container):
-            _quietly(lambda: container.kill(signal="SIGKILL"))
+            _quietly(functools.partial(container.kill, signal="SIGKILL"))
 
 
 def _reclaim(client: DockerClient, image: str, paths: list[Path]) -> None:
@@ -387,7 +384,7 @@ def _reclaim(client: DockerClient, image: str, paths: list[Path]) -> None:
 def _teardown(client: DockerClient, containers: list[Container], network: Network | None, image: str,
               work: Path) -> None:
     for container in containers:
-        _quietly(lambda: container.remove(force=True, v=True))
+        _quietly(functools.partial(container.remove, force=True, v=True))
     if network is not None:
         _quietly(network.remove)
     _reclaim(client, image, [work])
