@@ -90,6 +90,7 @@ class LocalBackend(Backend):
             "hostnames": "algo-N resolve to the run's private loopback" if degraded is None
             else "algo-N do not resolve; the rendezvous uses 127.0.0.1",
             "channels": "symbolic links to the local source directories",
+            "gpus": "hidden (CUDA_VISIBLE_DEVICES='')" if machine.num_gpus == 0 else f"{machine.num_gpus} visible",
             "machine": {"num_cpus": machine.num_cpus, "num_gpus": machine.num_gpus,
                         "network_interface": machine.network_interface},
         }
@@ -198,6 +199,8 @@ def _host_env(contract: HostContract, record_root: Path) -> dict[str, str]:
     }
     if contract.facts.get("degraded"):
         env["HARNESS_GUARD_OPT_ML"] = "1"
+    if contract.env.get("SM_NUM_GPUS") == "0":
+        env["CUDA_VISIBLE_DEVICES"] = ""  # the CPU rung hides GPUs, as a CPU instance has none
     return env
 
 

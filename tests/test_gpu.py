@@ -1,0 +1,30 @@
+"""`local-gpu` on a real CUDA device: NCCL, and parity with `local` within float tolerance."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from harness.backends import get_backend
+from harness.backends.local import cuda_device_count
+from harness.jobspec import load_job
+from harness.verdict import judge
+
+pytestmark = [pytest.mark.gpu, pytest.mark.slow,
+              pytest.mark.skipif(cuda_device_count() == 0, reason="no CUDA device visible to torch")]
+
+
+def test_local_gpu_runs_nccl_and_matches_local(scenarios: Path, records: Path) -> None:
+    # One process per GPU: the single-GPU topology of the reference job (NCCL needs a GPU per rank).
+    job = load_job(scenarios / "ddp_csv" / "job.yaml").model_copy(update={"instance_count": 1,
+                                                                          "processes_per_host": 1})
+    cpu = get_backend("local").run(job, records)
+    gpu = get_backend("local-gpu").run(job, records)
+    assert gpu.status == "succeeded", (gpu.root / "hosts" / "algo-1" / "log.txt").read_text()
+    assert gpu.manifest["rung_facts"]["machine"]["num_gpus"] >= 1
+    env = (gpu.root / "hosts" / "algo-1" / "received" / "env.json").read_text()
+    assert '"SM_NUM_GPUS": "' in env and '"SM_NUM_GPUS": "0"' not in env
+    # GPU kernels differ from CPU ones in the last bits; the curve must agree to 1e-4 relative.
+    verdict = judge([cpu, gpu], rtol=1e-4, atol=1e-6)
+    assert verdict.outcome == "parity", verdict.to_dict()
