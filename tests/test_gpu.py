@@ -25,6 +25,7 @@ def test_local_gpu_runs_nccl_and_matches_local(scenarios: Path, records: Path) -
     assert gpu.manifest["rung_facts"]["machine"]["num_gpus"] >= 1
     env = (gpu.root / "hosts" / "algo-1" / "received" / "env.json").read_text()
     assert '"SM_NUM_GPUS": "' in env and '"SM_NUM_GPUS": "0"' not in env
-    # GPU kernels differ from CPU ones in the last bits; the curve must agree to 1e-4 relative.
-    verdict = judge([cpu, gpu], rtol=1e-4, atol=1e-6)
+    # GPU kernels differ from CPU ones in the last bits: measured on an H100, the printed losses
+    # (6 decimals) differ by at most 1e-6 over 256 steps. Tolerance: 2 units of that precision.
+    verdict = judge([cpu, gpu], rtol=1e-4, atol=2e-6)
     assert verdict.outcome == "parity", verdict.to_dict()

@@ -19,7 +19,7 @@ def check(baseline: RunRecord, candidate: RunRecord) -> list[Finding]:
     if keys:
         findings.append(Finding(
             "contract", "note", f"{len(keys)} SageMaker-relevant variables differ on {host}",
-            [f"{k}: {a.get(k, '<unset>')!r} -> {b.get(k, '<unset>')!r}" for k in keys[:20]],
+            [f"{k}: {_short(a.get(k, '<unset>'))} -> {_short(b.get(k, '<unset>'))}" for k in keys[:20]],
         ))
     for name in ("hyperparameters.json", "resourceconfig.json", "inputdataconfig.json"):
         x = baseline.read_json(f"hosts/{host}/received/{name}")
@@ -27,3 +27,8 @@ def check(baseline: RunRecord, candidate: RunRecord) -> list[Finding]:
         if x != y:
             findings.append(Finding("contract", "note", f"{name} differs on {host}", [f"{x!r} -> {y!r}"[:400]]))
     return findings
+
+
+def _short(value: str, limit: int = 120) -> str:
+    text = repr(value)
+    return text if len(text) <= limit else text[:limit] + "…"
