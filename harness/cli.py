@@ -12,17 +12,13 @@ from pathlib import Path
 from harness import __version__
 from harness.backends import RUNGS, get_backend
 from harness.backends.base import Progress
-from harness.errors import HarnessError, RungUnavailable, UsageError
+from harness.errors import HarnessError, UsageError
 from harness.jobspec import JobSpec, load_job
+from harness.ladder import DEFAULT_RUNGS, climb
 from harness.record import RunRecord
 from harness.report import to_json, to_text
 from harness.request import load_request
 from harness.verdict import DEFAULT_ATOL, DEFAULT_RTOL, Verdict, judge
-
-#: What `harness ladder` climbs when no --rungs are given: every rung this machine can run
-#: with nothing but the core install; the others are listed as skipped, with the reason.
-DEFAULT_LADDER = ("local", "local-gpu", "docker")
-
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # argparse exits 2 too; keep our one-line format
@@ -55,7 +51,7 @@ def _parser() -> argparse.ArgumentParser:
 
     ladder = commands.add_parser("ladder", help="run a job up the ladder and give the verdict")
     job_args(ladder)
-    ladder.add_argument("--rungs", help=f"comma-separated rungs (default: {','.join(DEFAULT_LADDER)})")
+    ladder.add_argument("--rungs", help=f"comma-separated rungs (default: {','.join(DEFAULT_RUNGS)})")
     tolerance_args(ladder)
 
     diff = commands.add_parser("diff", help="compare two run records")
@@ -137,22 +133,20 @@ def _report(verdict: Verdict, args: argparse.Namespace) -> int:
 
 def cmd_ladder(args: argparse.Namespace) -> int:
     job = _job(args)
-    rungs = args.rungs.split(",") if args.rungs else list(DEFAULT_LADDER)
-    for rung in rungs:
-        if rung not in RUNGS:
-            raise UsageError(f"unknown rung {rung!r}; choose from {', '.join(RUNGS)}")
-    records, skipped = [], {}
-    for rung in rungs:
-        try:
-            get_backend(rung, **_options(args, rung)).check(job)
-        except RungUnavailable as exc:
-            skipped[rung] = exc.message.split(": ", 1)[-1]
-            print(f"{rung}: skipped ({skipped[rung]})")
-            continue
-        records.append(_run_rung(job, rung, args))
-    if not records:
-        raise RungUnavailable("no rung of the ladder can run here", hint="see `harness doctor`")
-    return _report(judge(records, rtol=args.rtol, atol=args.atol, skipped=skipped), args)
+    rungs = args.rungs.split(",") if args.rungs else list(DEFAULT_RUNGS)
+    lines: dict[str, _ProgressLine] = {}
+
+    def progress(rung: str) -> Progress:
+        lines[rung] = _ProgressLine(rung, args.verbose)
+        return lines[rung]
+
+    def done(record: RunRecord) -> None:
+        lines[record.rung].done()
+        print(f"{record.rung}: {record.status} ({record.root})")
+
+    result = climb(job, args.records, rungs=rungs, rtol=args.rtol, atol=args.atol,
+                   options=lambda rung: _options(args, rung), progress=progress, on_record=done)
+    return _report(result.verdict, args)
 
 
 def cmd_diff(args: argparse.Namespace) -> int:

@@ -130,3 +130,29 @@ def test_ladder_of_the_same_rung_twice_is_parity(scenarios: Path, tmp_path: Path
                  "--rtol", "0", "--atol", "0", "--records", str(tmp_path), "--json", str(tmp_path / "v.json")])
     assert code == 0, capsys.readouterr().out
     assert json.loads((tmp_path / "v.json").read_text())["outcome"] == "parity"
+
+
+@pytest.fixture
+def without_namespaces(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The rung as it runs for a user who may not create namespaces."""
+    from harness.backends import local
+
+    monkeypatch.setattr(local, "_namespaces_unavailable", lambda: "not permitted here (test)")
+
+
+@pytest.mark.usefixtures("without_namespaces")
+def test_degraded_rung_still_runs_distributed_jobs(scenarios: Path, records: Path) -> None:
+    record = get_backend("local").run(load_job(scenarios / "ddp_csv" / "job.yaml"), records)
+    assert record.status == "succeeded"
+    facts = record.manifest["rung_facts"]
+    assert facts["adapted"]["MASTER_ADDR"] == "127.0.0.1" and facts["namespaces"].startswith("none")
+    env = json.loads((record.root / "hosts" / "algo-1" / "received" / "env.json").read_text())
+    assert env["SM_MODEL_DIR"].endswith("algo-1/opt_ml/model")
+
+
+@pytest.mark.usefixtures("without_namespaces")
+def test_degraded_rung_refuses_writes_to_the_real_opt_ml(scenarios: Path, records: Path) -> None:
+    record = get_backend("local").run(load_job(scenarios / "hardcoded_opt_ml" / "job.yaml"), records)
+    assert record.status == "failed"
+    assert "this rung does not emulate /opt/ml" in record.manifest["hosts"]["algo-1"]["failure_reason"]
+    assert not Path("/opt/ml/model/algo-1.txt").exists()

@@ -80,6 +80,8 @@ class Backend(ABC):
         """Run the plan, writing logs and per-host results into ``record``."""
 
     def check(self, job: JobSpec) -> None:
+        """Raise :class:`RungUnavailable` (or :class:`JobSpecError`) before anything starts."""
+        job.check_local_paths(f"job {job.name!r}")
         reason = self.unavailable_reason() or self.unsupported_reason(job)
         if reason:
             raise RungUnavailable(f"rung {self.name!r} cannot run here: {reason}")

@@ -18,14 +18,18 @@ from __future__ import annotations
 
 import functools
 import os
+import re
+import resource
 import shutil
 import socket
 import subprocess
+import sys
 import tempfile
 import threading
 import time
 import uuid
 from collections.abc import Callable
+from dataclasses import replace
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -69,6 +73,31 @@ def default_shm_size() -> str:
     return f"{total // 2 // (1 << 20)}m"
 
 
+def effective_ulimits(requested: dict[str, int]) -> tuple[dict[str, int], dict[str, str]]:
+    """The requested ulimits, or this machine's hard limit where it is lower and cannot be raised.
+
+    An engine without CAP_SYS_RESOURCE (dockerd inside a CI container) refuses to start a
+    container whose limit exceeds its own ("error setting rlimit"); the engine is taken to run
+    here, under this process's limits. Returns the limits to set and why any was lowered.
+    """
+    effective, lowered = dict(requested), {}
+    for name, value in requested.items():
+        kind = getattr(resource, f"RLIMIT_{name.upper()}", None)
+        hard = resource.getrlimit(kind)[1] if kind is not None else resource.RLIM_INFINITY
+        wanted = resource.RLIM_INFINITY if value < 0 else value
+        if kind is not None and hard != resource.RLIM_INFINITY and (wanted == resource.RLIM_INFINITY or wanted > hard) \
+                and not _can_raise(kind):
+            effective[name] = hard
+            lowered[name] = f"{value} requested; this machine's hard limit is {hard} and cannot be raised here"
+    return effective, lowered
+
+
+@functools.cache
+def _can_raise(kind: int) -> bool:
+    code = f"import resource; resource.setrlimit({kind}, (resource.RLIM_INFINITY, resource.RLIM_INFINITY))"
+    return subprocess.run([sys.executable, "-c", code], check=False, capture_output=True).returncode == 0
+
+
 @functools.cache
 def host_gpu_count() -> int:
     """NVIDIA GPUs here, counted as the toolkit counts them (``nvidia-smi --list-gpus``)."""
@@ -98,15 +127,20 @@ class DockerBackend(Backend):
         self._docker = client
 
     def client(self) -> DockerClient:
+        """Made on first use, so that planning and importing need no engine."""
         if self._docker is None:
             self._docker = docker.from_env()
         return self._docker
 
     def unavailable_reason(self) -> str | None:
         try:  # a short-timeout client of its own, so that a dead DOCKER_HOST never hangs the ladder
-            docker.from_env(timeout=PING_TIMEOUT_S).ping()
+            (self._docker or docker.from_env(timeout=PING_TIMEOUT_S)).ping()
         except (DockerException, OSError) as exc:
-            return f"no Docker engine answers ({exc}); start dockerd or set DOCKER_HOST"
+            cause = re.search(r"Connection refused|No such file or directory|Permission denied|timed out|"
+                              r"Network is unreachable", str(exc))
+            where = os.environ.get("DOCKER_HOST", "the default socket")
+            return (f"no Docker engine answers at {where} ({cause.group(0) if cause else type(exc).__name__}); "
+                    "start dockerd, join the docker group or set DOCKER_HOST")
         if self.gpus and not self._engine_gpus():
             return "gpus=True, but this machine has no NVIDIA GPU or the engine has no NVIDIA runtime"
         return None
@@ -116,8 +150,11 @@ class DockerBackend(Backend):
         return f"channels {s3} are s3:// URIs; this rung mounts local directories only" if s3 else None
 
     def _engine_gpus(self) -> bool:
+        """GPUs here and an engine that can pass them (asked only when there are GPUs)."""
+        if host_gpu_count() == 0:
+            return False
         runtimes = self.client().info().get("Runtimes") or {}
-        return host_gpu_count() > 0 and ("nvidia" in runtimes or shutil.which("nvidia-container-runtime-hook") is not None)
+        return "nvidia" in runtimes or shutil.which("nvidia-container-runtime-hook") is not None
 
     def _gpu_ids(self, job: JobSpec) -> dict[str, list[str]]:
         """Each host's own GPUs, as each instance has its own; all of them to every host where there
@@ -140,19 +177,22 @@ class DockerBackend(Backend):
                           python="python3")
         nccl = {"NCCL_DEBUG": "INFO", **{k: v for k, v in job.environment.items() if k.startswith("NCCL_")}}
         contracts = {host: host_contract(job, host, machine) for host in job.hosts}
-        if machine.num_gpus:
-            contracts = {h: _with_launcher_env(c, nccl) for h, c in contracts.items()}
+        ulimits, lowered = effective_ulimits(self.ulimits)
+        if machine.num_gpus:  # NCCL's INFO lines are the evidence a GPU diff needs; the job's NCCL_* win
+            contracts = {h: replace(c, launcher_env={**c.launcher_env, **nccl}) for h, c in contracts.items()}
         facts: dict[str, Any] = {
             "work_dir": str(Path(tempfile.gettempdir()) / f"harness-docker-{uuid.uuid4().hex[:8]}"),
             "image": self._planned_image(job),
             "network": "a bridge network per run; each container's hostname and alias is its host name",
             "opt_ml": "each host's own tree bind-mounted on /opt/ml",
             "channels": "local directories bind-mounted read-only on /opt/ml/input/data/<channel>",
+            "environment": "the contract's platform and launcher layers" if job.is_script_mode
+            else "the platform layer only: the image's own program adds SM_*",
             "shm_size": self.shm_size, "shm_size_bytes": parse_bytes(self.shm_size),
-            "ulimits": self.ulimits,
+            "ulimits": ulimits, "ulimits_requested": self.ulimits, "ulimits_lowered": lowered,
             "gpus": gpus if machine.num_gpus else "none",
-            "gpu_sharing": "each host its own devices" if machine.num_gpus and len(set(map(tuple, gpus.values()))) > 1
-            else ("every host sees every device" if machine.num_gpus else "n/a"),
+            "gpu_sharing": "n/a" if not machine.num_gpus else "every host sees every device"
+            if len(job.hosts) > 1 and gpus[job.hosts[0]] == gpus[job.hosts[1]] else "each host its own devices",
             "nccl_env": nccl if machine.num_gpus else "contract only (no GPUs)",
             "machine": {"num_cpus": machine.num_cpus, "num_gpus": machine.num_gpus, "network_interface": "eth0",
                         "num_cpus_source": "os.cpu_count() of the Docker host (no CPU limit is set)"},
@@ -166,29 +206,27 @@ class DockerBackend(Backend):
         work = Path(str(plan.facts["work_dir"]))
         labels = run_labels(str(record.manifest["run_id"]))
         containers: dict[str, Container] = {}
-        network: Network | None = None
         image = ""
-        try:
+        try:  # everything made below carries the run's labels; the finally removes it by label
             image = self._resolve_image(client, job)
             record.set_fact("image", image)
             network = client.networks.create(f"harness-{labels[RUN_ID]}", driver="bridge", labels=labels)
             for host, contract in plan.hosts.items():
                 mounts = self._prepare_host(job, contract, work / host / "opt_ml", record)
-                containers[host] = self._create(client, image, job, contract, mounts, network, labels,
-                                                plan.facts["gpus"])
-            for host, container in containers.items():
                 started = time.monotonic()
-                container.start()
-                record.host_result(host, container=container.name,
-                                   container_start_s=round(time.monotonic() - started, 3))
+                containers[host] = self._create(client, image, job, contract, mounts, network, labels, plan.facts)
+                created = time.monotonic()
+                containers[host].start()
+                record.host_result(host, container=containers[host].name, container_create_s=round(created - started, 3),
+                                   container_start_s=round(time.monotonic() - created, 3))
             timed_out = self._supervise(containers, job.max_run, record, progress)
-            _shielded(lambda: _reclaim(client, image, [work]))
+            _shielded(lambda: _reclaim(client, image, [work, record.root / "processes", record.root / "ranks"], labels))
             trees = {host: work / host / "opt_ml" for host in plan.hosts}
             codes = {host: _host_result(job, plan.hosts[host], c, trees[host], record) for host, c in containers.items()}
             record.manifest["artifacts"] = _artifact_overview(artifacts.collect(trees, record.root))
             record.manifest["ranks"] = _ranks(record.root)
         finally:
-            _shielded(lambda: _teardown(client, list(containers.values()), network, image, work))
+            _shielded(lambda: _teardown(client, labels, image, work))
         if timed_out:
             return "timeout"
         return "succeeded" if all(code == 0 for code in codes.values()) else "failed"
@@ -227,23 +265,23 @@ class DockerBackend(Backend):
             mounts.append(Mount(f"{RECORD_MOUNT}/{sub}", str(record.root / sub), type="bind"))
         received = record.host_dir(contract.host) / "received"
         write_json(received / "command.json", {"argv": contract.command, "cwd": str(contract.cwd)})
-        write_json(received / "env.json", redact_env(_container_env(contract)))
+        write_json(received / "env.json", redact_env(_container_env(job, contract)))
         for relative, content in contract.files.items():
             (received / PurePosixPath(relative).name).write_text(content, encoding="utf-8")
         return mounts
 
     def _create(self, client: DockerClient, image: str, job: JobSpec, contract: HostContract, mounts: list[Mount],
-                network: Network, labels: dict[str, str], gpus: object) -> Container:
-        host = contract.host
+                network: Network, labels: dict[str, str], facts: dict[str, Any]) -> Container:
+        host, gpus = contract.host, facts["gpus"]
         script = {"entrypoint": contract.command, "working_dir": str(contract.cwd)} if job.is_script_mode else {
             "command": ["train"]}  # bring-your-own image: `docker run image train`, its own entrypoint
         devices = [DeviceRequest(driver="nvidia", device_ids=gpus[host], capabilities=[["gpu"]])] \
             if isinstance(gpus, dict) and gpus[host] else None
         return client.containers.create(
-            image, name=f"{labels[RUN_ID]}-{host}", hostname=host, environment=_container_env(contract),
+            image, name=f"{labels[RUN_ID]}-{host}", hostname=host, environment=_container_env(job, contract),
             labels={**labels, "harness.host": host}, network=network.name, mounts=mounts,
             networking_config={network.name: client.api.create_endpoint_config(aliases=[host])},
-            shm_size=self.shm_size, ulimits=[Ulimit(name=k, soft=v, hard=v) for k, v in self.ulimits.items()],
+            shm_size=self.shm_size, ulimits=[Ulimit(name=k, soft=v, hard=v) for k, v in facts["ulimits"].items()],
             device_requests=devices, **script)
 
     def _supervise(self, containers: dict[str, Container], max_run: int, record: RecordWriter,
@@ -291,7 +329,12 @@ def gc(client: DockerClient, *, include_live: bool = False) -> list[str]:
     harness's images inherit ``harness.managed=true`` from the image and are not runs. Images are
     caches and are never removed here.
     """
-    filters = {"label": [f"{MANAGED}=true", RUN_ID]}
+    keep = (lambda labels: False) if include_live else _live
+    return _remove_labelled(client, [f"{MANAGED}=true", RUN_ID], keep)
+
+
+def _remove_labelled(client: DockerClient, labels: list[str], keep: Callable[[dict[str, str]], bool]) -> list[str]:
+    filters = {"label": labels}
     found: list[tuple[str, Any, Callable[[], object]]] = [
         *((f"container {c.name}", c.labels, functools.partial(c.remove, force=True, v=True))
           for c in client.containers.list(all=True, filters=filters)),
@@ -300,7 +343,7 @@ def gc(client: DockerClient, *, include_live: bool = False) -> list[str]:
           for v in client.volumes.list(filters=filters)),
     ]  # containers first: a network cannot go while a container is attached to it
     return [name for name, labels, remove in found
-            if (include_live or not _live(labels or {})) and _quietly(remove)]
+            if not keep(labels or {}) and _quietly(remove)]
 
 
 def _live(labels: dict[str, str]) -> bool:
@@ -315,16 +358,15 @@ def _live(labels: dict[str, str]) -> bool:
     return True
 
 
-def _container_env(contract: HostContract) -> dict[str, str]:
-    """The contract's variables plus the probe's; nothing is inherited from the harness's machine."""
-    python_path = ":".join(p for p in (PROBE_MOUNT, contract.env.get("PYTHONPATH")) if p)
-    return {"PYTHONUNBUFFERED": "1", **contract.env, "PYTHONPATH": python_path,
+def _container_env(job: JobSpec, contract: HostContract) -> dict[str, str]:
+    """The contract's variables plus the probe's; nothing is inherited from the harness's machine.
+
+    A bring-your-own image gets the platform layer only, as from the service: the launcher layer
+    (``SM_*``) is what the image's own program (the toolkit, if it has it) adds."""
+    env = contract.env if job.is_script_mode else contract.platform_env
+    python_path = ":".join(p for p in (PROBE_MOUNT, env.get("PYTHONPATH")) if p)
+    return {"PYTHONUNBUFFERED": "1", **env, "PYTHONPATH": python_path,
             "HARNESS_PROBE_DIR": RECORD_MOUNT, "HARNESS_HOST": contract.host}
-
-
-def _with_launcher_env(contract: HostContract, extra: dict[str, str]) -> HostContract:
-    return HostContract(contract.host, contract.opt_ml, contract.files, contract.platform_env,
-                        {**contract.launcher_env, **extra}, contract.command, contract.cwd, contract.facts)
 
 
 def _pump(container: Container, log_path: Path, host: str, sink: Progress | None) -> None:
@@ -370,7 +412,7 @@ def _stop(containers: list[Container], grace_s: float) -> None:
             _quietly(functools.partial(container.kill, signal="SIGKILL"))
 
 
-def _reclaim(client: DockerClient, image: str, paths: list[Path]) -> None:
+def _reclaim(client: DockerClient, image: str, paths: list[Path], labels: dict[str, str]) -> None:
     """Give files the containers' root made back to this user, so the work dir can be removed."""
     existing = [p for p in paths if p.exists()]
     if os.geteuid() == 0 or not image or not existing:
@@ -378,16 +420,13 @@ def _reclaim(client: DockerClient, image: str, paths: list[Path]) -> None:
     mounts = [Mount(f"/reclaim/{i}", str(p), type="bind") for i, p in enumerate(existing)]
     _quietly(lambda: client.containers.run(
         image, entrypoint=["chown", "-R", f"{os.geteuid()}:{os.getegid()}", *(m["Target"] for m in mounts)],
-        mounts=mounts, labels=run_labels("reclaim"), network_mode="none", remove=True))
+        mounts=mounts, labels=labels, network_mode="none", remove=True))
 
 
-def _teardown(client: DockerClient, containers: list[Container], network: Network | None, image: str,
-              work: Path) -> None:
-    for container in containers:
-        _quietly(functools.partial(container.remove, force=True, v=True))
-    if network is not None:
-        _quietly(network.remove)
-    _reclaim(client, image, [work])
+def _teardown(client: DockerClient, labels: dict[str, str], image: str, work: Path) -> None:
+    """Remove everything labelled with the run (also what a Ctrl-C mid-create left unnamed here)."""
+    _remove_labelled(client, [f"{RUN_ID}={labels[RUN_ID]}"], keep=lambda _: False)
+    _reclaim(client, image, [work], labels)
     shutil.rmtree(work, ignore_errors=True)
 
 

@@ -75,15 +75,16 @@ def _tee_rank_output(rank):
 
 
 def _guard_opt_ml():
-    """Where the rung cannot give this process its own /opt/ml, refuse writes to the real one."""
+    """Where the rung cannot give this process its own /opt/ml, any use of the machine's real one
+    fails at once with the reason, instead of reading stale files or writing outside the run."""
+    events = {"open", "os.mkdir", "os.rename", "os.listdir", "os.scandir", "os.remove", "shutil.copyfile"}
+
     def audit(event, args):
-        if event == "open" and isinstance(args[0], str) and args[0].startswith("/opt/ml"):
-            mode, flags = args[1] or "r", args[2] or 0
-            if any(c in mode for c in "wax+") or flags & (os.O_WRONLY | os.O_RDWR | os.O_CREAT):
-                raise PermissionError("harness: this rung does not emulate /opt/ml; refusing to write "
-                                      "%s. Use SM_MODEL_DIR / SM_OUTPUT_DATA_DIR instead" % args[0])
-        elif event in ("os.mkdir", "os.rename") and str(args[0]).startswith("/opt/ml"):
-            raise PermissionError("harness: this rung does not emulate /opt/ml; refusing %s %s" % (event, args[0]))
+        if event in events and args and str(args[0]).startswith("/opt/ml"):
+            raise PermissionError(
+                "harness: this rung does not emulate /opt/ml (no private namespaces here), so %s on %s "
+                "was refused. Read paths from SM_MODEL_DIR, SM_CHANNEL_<NAME>, SM_INPUT_CONFIG_DIR, or run "
+                "the harness as root" % (event, args[0]))
     sys.addaudithook(audit)
 
 

@@ -1,0 +1,264 @@
+"""The `docker` rung on a real engine: parity with `local`, /dev/shm, nothing left behind, gc."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import textwrap
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import docker
+import pytest
+from docker import DockerClient
+from docker.errors import NotFound
+
+from harness.backends import get_backend
+from harness.backends.docker import DockerBackend, gc, host_gpu_count, run_labels
+from harness.jobspec import JobSpec, load_job
+from harness.record import RunRecord
+
+ROOT = Path(__file__).resolve().parent.parent
+SCENARIOS = ROOT / "scenarios"
+
+
+@pytest.fixture(scope="module")
+def engine() -> Iterator[DockerClient]:
+    """A client for a reachable engine; every test using it is skipped, with the reason, where none is."""
+    reason = DockerBackend(gpus=False).unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    client = docker.from_env()
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="module")
+def torch_image(engine: DockerClient) -> str:
+    from harness.images import ensure_torch_image  # minutes the first time on a machine, then a second
+
+    return ensure_torch_image(engine)
+
+
+def _labelled(what: str, label: str) -> list[str]:
+    """`docker ps -a` / `docker network ls` filtered by ``label``, as a user would check."""
+    argv = {"containers": ["docker", "ps", "-a", "--format", "{{.Names}}"],
+            "networks": ["docker", "network", "ls", "--format", "{{.Name}}"]}[what]
+    out = subprocess.run([*argv, "--filter", f"label={label}"], capture_output=True, text=True, check=True).stdout
+    return out.split()
+
+
+def test_plan_is_a_dry_run_with_the_machine_settings() -> None:
+    """No engine needed: planning starts, builds and pulls nothing."""
+    job = load_job(SCENARIOS / "ddp_csv" / "job.yaml")
+    plan = DockerBackend(gpus=False, shm_size="64m").plan(job)
+    assert plan.facts["shm_size"] == "64m" and plan.facts["shm_size_bytes"] == 64 * 2**20
+    assert plan.facts["ulimits_requested"] == {"memlock": -1, "stack": 67108864}
+    assert "to be built" in plan.facts["image"]
+    assert plan.hosts["algo-2"].command[:3] == ["torchrun", "--nnodes", "2"]
+    assert plan.hosts["algo-2"].env["SM_NETWORK_INTERFACE_NAME"] == "eth0"
+    assert not Path(plan.facts["work_dir"]).exists()
+
+
+def test_an_unreachable_engine_is_a_reason_not_a_hang(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("DOCKER_HOST", "tcp://127.0.0.1:9")  # discard port: refused at once
+    reason = DockerBackend(gpus=False).unavailable_reason()
+    assert reason is not None and "no Docker engine answers" in reason
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+def test_reference_job_on_two_containers_matches_local_exactly(engine: DockerClient, torch_image: str,
+                                                               tmp_path: Path) -> None:
+    job = load_job(SCENARIOS / "ddp_csv" / "job.yaml")
+    seen: dict[str, Any] = {}
+
+    def watch(host: str, line: str) -> None:  # called from the log streams while the job runs
+        if "step=0 " in line and not seen:
+            try:
+                run_id = next(tmp_path.glob("ddp-csv-docker-*")).name
+                containers = engine.containers.list(filters={"label": f"harness.run_id={run_id}"})
+                seen["containers"] = {c.attrs["Config"]["Hostname"]: c.attrs["NetworkSettings"]["Networks"]
+                                      for c in containers}
+                seen["network"] = engine.networks.get(f"harness-{run_id}").attrs
+            except Exception as exc:  # noqa: BLE001 - a failing callback must not end the log stream
+                seen["error"] = exc
+
+    docker_record = get_backend("docker").run(job, tmp_path, progress=watch)
+    local_record = get_backend("local").run(job, tmp_path)
+    assert docker_record.status == "succeeded", docker_record.host_log("algo-1").read_text()[-3000:]
+    assert local_record.status == "succeeded"
+    assert "error" not in seen, seen
+    # Two real containers, running at once, each on the run's own network under its host name.
+    network = seen["network"]
+    assert network["Driver"] == "bridge" and network["Labels"]["harness.managed"] == "true"
+    assert sorted(seen["containers"]) == ["algo-1", "algo-2"]
+    for host, networks in seen["containers"].items():
+        assert list(networks) == [network["Name"]] and host in networks[network["Name"]]["Aliases"]
+    assert {docker_record.manifest["ranks"][r]["host"] for r in ("2", "3")} == {"algo-2"}
+    # gloo on CPU reduces in the same order for the same world size, wherever the ranks run, so the
+    # curve (and the saved weights) must be bit-identical: tolerance 0.
+    docker_loss = docker_record.metrics()["train:loss"]["algo-1"]
+    assert len(docker_loss) == 64
+    assert docker_loss == local_record.metrics()["train:loss"]["algo-1"]
+    assert _model_digest(docker_record) == _model_digest(local_record)
+
+
+def _model_digest(record: RunRecord) -> str:
+    return str(record.read_json("artifacts/summary.json")["model.tar.gz"]["files"]["model.pt"]["sha256"])
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+def test_shm_hungry_job_needs_more_than_dockers_64m(engine: DockerClient, torch_image: str, tmp_path: Path) -> None:
+    job = load_job(SCENARIOS / "shm_hungry" / "job.yaml")
+    small = get_backend("docker", shm_size="64m").run(job, tmp_path)
+    default = get_backend("docker").run(job, tmp_path)
+    assert small.status == "failed"
+    assert small.manifest["rung_facts"]["shm_size"] == "64m"
+    reason = small.manifest["hosts"]["algo-1"]["failure_reason"]
+    assert re.search(r"shared memory|No space left on device|Bus error", reason), reason
+    assert default.status == "succeeded", default.host_log("algo-1").read_text()[-3000:]
+    assert default.manifest["rung_facts"]["shm_size_bytes"] >= 2**30
+    assert len(default.metrics()["train:loss"]["algo-1"]) == 6
+
+
+@pytest.mark.docker
+def test_bring_your_own_image_runs_its_train_program(engine: DockerClient, tmp_path: Path) -> None:
+    from harness.images import bootstrap_base_image, build_image
+
+    train = '#!/bin/sh\necho "train on $(hostname) as $TRAINING_JOB_NAME, SM_HOSTS=${SM_HOSTS:-unset}"\necho ok > /opt/ml/model/byo.txt\n'
+    (tmp_path / "context").mkdir()
+    (tmp_path / "context" / "train").write_text(train)
+    image = build_image(engine, base=bootstrap_base_image(engine), context=tmp_path / "context",
+                        steps=["COPY train /usr/local/bin/train", "RUN chmod +x /usr/local/bin/train"],
+                        name="harness/test-byo")
+    try:
+        job = JobSpec(name="byo", image=image, instance_count=2)
+        record = get_backend("docker").run(job, tmp_path / "records")
+    finally:
+        engine.images.remove(image, force=True)
+    assert record.status == "succeeded", record.host_log("algo-1").read_text()
+    # The platform layer only: SM_* variables come from the image's own launcher, as on the service.
+    assert "train on algo-2 as byo, SM_HOSTS=unset" in record.host_log("algo-2").read_text()
+    assert record.read_json("hosts/algo-1/received/command.json")["argv"] == ["train"]
+    assert record.read_json("artifacts/summary.json")["model.tar.gz"]["per_host"]["algo-2"]["byo.txt"]
+
+
+_SLEEPER = """
+import sys, time
+from pathlib import Path
+from harness.backends import get_backend
+from harness.jobspec import JobSpec, load_job
+get_backend("docker", image=sys.argv[3], stop_grace_s=2).run(load_job(Path(sys.argv[1])), Path(sys.argv[2]))
+"""
+
+
+def _sleeper_job(directory: Path, max_run: int) -> Path:
+    """Two hosts that print one line and then sleep for ten minutes."""
+    (directory / "src").mkdir()
+    (directory / "src" / "train.py").write_text("import time\nprint('up', flush=True)\ntime.sleep(600)\n")
+    (directory / "job.yaml").write_text(textwrap.dedent(f"""\
+        name: sleeper
+        source_dir: src
+        entry_point: train.py
+        instance_count: 2
+        max_run: {max_run}
+    """))
+    return directory / "job.yaml"
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+def test_max_run_stops_every_container(engine: DockerClient, torch_image: str, tmp_path: Path) -> None:
+    record = get_backend("docker", image=torch_image, stop_grace_s=1).run(load_job(_sleeper_job(tmp_path, 3)),
+                                                                           tmp_path / "records")
+    assert record.status == "timeout"
+    assert {host: result["exit_code"] for host, result in record.manifest["hosts"].items()} == {
+        "algo-1": 137, "algo-2": 137}  # python as PID 1 ignores SIGTERM, so SIGKILL ends it, as under `docker stop`
+    assert _labelled("containers", f"harness.run_id={record.root.name}") == []
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+def test_ctrl_c_mid_run_leaves_no_container_or_network(engine: DockerClient, torch_image: str,
+                                                       tmp_path: Path) -> None:
+    job = _sleeper_job(tmp_path, 900)
+    records = tmp_path / "records"
+    proc = subprocess.Popen([sys.executable, "-c", _SLEEPER, str(job), str(records), torch_image], cwd=ROOT)
+    try:
+        run_id = _wait_for_running_containers(engine, records, count=2)
+        proc.send_signal(signal.SIGINT)
+        proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert _labelled("containers", f"harness.run_id={run_id}") == []
+    assert _labelled("networks", f"harness.run_id={run_id}") == []
+    manifest = RunRecord.load(records / run_id).manifest
+    assert manifest["status"] == "interrupted"
+    assert not Path(manifest["rung_facts"]["work_dir"]).exists()
+
+
+def _wait_for_running_containers(engine: DockerClient, records: Path, count: int, timeout_s: float = 300) -> str:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        runs = list(records.glob("sleeper-docker-*"))
+        if runs:
+            running = engine.containers.list(filters={"label": f"harness.run_id={runs[0].name}",
+                                                      "status": "running"})
+            if len(running) == count:
+                return runs[0].name
+        time.sleep(0.2)
+    raise AssertionError(f"{count} containers of the run did not start within {timeout_s:g} s")
+
+
+@pytest.mark.docker
+def test_gc_removes_leftovers_of_runs_that_are_over(engine: DockerClient, torch_image: str) -> None:
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
+                          check=True).stdout.strip()
+    dead_run, live_run = f"gc-test-dead-{os.getpid()}", f"gc-test-live-{os.getpid()}"
+    leftover_labels = {**run_labels(dead_run), "harness.pid": dead}  # as a killed harness leaves them
+    leftover = engine.containers.create(torch_image, ["true"], labels=leftover_labels)
+    network = engine.networks.create(f"harness-{dead_run}", labels=leftover_labels)
+    live = engine.containers.create(torch_image, ["true"], labels=run_labels(live_run))
+    try:
+        removed = gc(engine)
+        assert f"container {leftover.name}" in removed and f"network harness-{dead_run}" in removed
+        assert _labelled("containers", f"harness.run_id={dead_run}") == []
+        assert _labelled("networks", f"harness.run_id={dead_run}") == []
+        assert _labelled("containers", f"harness.run_id={live_run}") == [live.name]  # its harness still runs
+    finally:
+        for remove in (lambda: leftover.remove(force=True), lambda: live.remove(force=True), network.remove):
+            try:
+                remove()
+            except NotFound:
+                pass
+
+
+@pytest.mark.gpu
+@pytest.mark.docker
+def test_gpus_are_split_between_hosts_and_nccl_is_verbose(engine: DockerClient) -> None:
+    if host_gpu_count() == 0 or not DockerBackend()._engine_gpus():
+        pytest.skip("no NVIDIA GPU here, or the engine has no NVIDIA runtime")
+    job = load_job(SCENARIOS / "ddp_csv" / "job.yaml").model_copy(update={"environment": {"NCCL_ALGO": "Ring"}})
+    plan = DockerBackend(gpus=True).plan(job)
+    gpus = plan.facts["gpus"]
+    assert set(gpus) == {"algo-1", "algo-2"} and all(gpus.values())
+    env = plan.hosts["algo-1"].env
+    assert env["NCCL_DEBUG"] == "INFO" and env["NCCL_ALGO"] == "Ring"
+    assert env["SM_NUM_GPUS"] == str(len(gpus["algo-1"]))
+    assert json.loads(env["SM_HOSTS"]) == ["algo-1", "algo-2"]
+
+
+def test_labels_name_the_owner() -> None:
+    labels = run_labels("r")
+    assert labels["harness.managed"] == "true" and labels["harness.run_id"] == "r"
+    assert labels["harness.pid"] == str(os.getpid()) and labels["harness.hostname"] == socket.gethostname()
