@@ -1,4 +1,10 @@
-"""A finding: one difference between two records (or within one), with its evidence."""
+"""A finding: one difference between two records (or within one record), with its evidence.
+
+Every check module in this package returns findings; :mod:`harness.verdict` ranks them. A
+finding's ``cause`` is a stable identifier of the likely cause (e.g. ``data-not-sharded``,
+``collective-mismatch``): reports show it, scenarios state the cause they expect, and the
+ranking puts root causes before their echoes.
+"""
 
 from __future__ import annotations
 
@@ -7,19 +13,25 @@ from typing import Any, Literal
 
 from harness.record import RunRecord
 
-Kind = Literal["failure", "metrics", "artifacts", "contract"]
+Kind = Literal["failure", "metrics", "artifacts", "tensors", "contract", "environment", "logs", "ranks",
+               "hyperparameters", "hang"]
+Severity = Literal["failure", "divergence", "note"]
 
 
 @dataclass(frozen=True)
 class Finding:
-    """``severity``: ``divergence`` changes the verdict; ``note`` only explains one."""
+    """``severity``: ``failure`` and ``divergence`` decide the verdict; ``note`` only explains.
+    ``confidence`` (0..1) orders findings of the same severity: how surely this is the cause."""
 
     kind: Kind
-    severity: Literal["failure", "divergence", "note"]
+    severity: Severity
     title: str
     evidence: list[str] = field(default_factory=list)
     hint: str | None = None
     step: int | None = None
+    cause: str | None = None
+    rank: int | None = None
+    confidence: float = 0.5
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
