@@ -1,8 +1,10 @@
 """The verdict over a ladder of records: ``parity``, ``diverged`` or ``failed``, the first rung
-that departs from the one below it, the first divergent step, and the findings ranked.
+that departs, the first divergent step, and the likely causes ranked with their evidence.
 
-Each rung is compared with the rung below it (the ladder changes one thing at a time), so the
-first rung with a failure or divergence is where the difference came in.
+Each rung is checked on its own (across its ranks) and against the rung below it (the ladder
+changes one thing at a time), so the first rung with a failure or divergence is where the
+difference came in. Causes are ranked by severity (failures, then divergences, then notes
+that explain them), then by how surely each check identifies its cause.
 """
 
 from __future__ import annotations
@@ -10,12 +12,12 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from harness.diff import Finding, compare
+from harness.diff import Finding, check_run, compare
 from harness.diff.failures import describe_failure
 from harness.record import RunRecord
 
 Outcome = Literal["parity", "diverged", "failed"]
-_RANK = {"failure": 0, "divergence": 1, "note": 2}
+_SEVERITY = {"failure": 0, "divergence": 1, "note": 2}
 
 DEFAULT_RTOL = 1e-5
 DEFAULT_ATOL = 1e-6
@@ -30,35 +32,51 @@ class Verdict:
     first_step: int | None = None
     findings: list[Finding] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)
+    records: list[str] = field(default_factory=list)
 
     @property
     def exit_code(self) -> int:
         return 0 if self.outcome == "parity" else 1
 
+    @property
+    def causes(self) -> list[str]:
+        """Cause ids of the decisive findings, most likely first."""
+        return [f.cause for f in self.findings if f.severity != "note" and f.cause]
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "outcome": self.outcome, "rungs": self.rungs, "first_rung": self.first_rung,
             "baseline_rung": self.baseline_rung, "first_step": self.first_step,
-            "findings": [f.to_dict() for f in self.findings], "skipped": self.skipped,
+            "findings": [f.to_dict() for f in self.findings], "skipped": self.skipped, "records": self.records,
         }
+
+
+def rank_findings(findings: list[Finding]) -> list[Finding]:
+    return sorted(findings, key=lambda f: (_SEVERITY[f.severity], -f.confidence))
+
+
+def _findings_for(record: RunRecord, below: RunRecord | None, *, rtol: float, atol: float) -> list[Finding]:
+    findings = check_run(record)
+    if below is not None:
+        findings += compare(below, record, rtol=rtol, atol=atol)
+    elif record.status != "succeeded":
+        findings.append(Finding("failure", "failure", f"the job {record.status} on {record.rung}",
+                                describe_failure(record), cause="job-failed", confidence=0.3))
+    return rank_findings(findings)
 
 
 def judge(records: list[RunRecord], *, rtol: float = DEFAULT_RTOL, atol: float = DEFAULT_ATOL,
           skipped: dict[str, str] | None = None) -> Verdict:
     """Walk the ladder upwards; stop at the first rung that fails or diverges."""
-    rungs = [r.rung for r in records]
-    verdict = Verdict("parity", rungs, skipped=dict(skipped or {}))
-    if records and records[0].status != "succeeded":
-        verdict.outcome, verdict.first_rung = "failed", records[0].rung
-        verdict.findings = [Finding("failure", "failure", f"the job {records[0].status} on {records[0].rung}",
-                                    describe_failure(records[0]))]
-        return verdict
-    for below, above in zip(records, records[1:]):
-        findings = sorted(compare(below, above, rtol=rtol, atol=atol), key=lambda f: _RANK[f.severity])
+    verdict = Verdict("parity", [r.rung for r in records], skipped=dict(skipped or {}),
+                      records=[str(r.root) for r in records])
+    for index, record in enumerate(records):
+        below = records[index - 1] if index else None
+        findings = _findings_for(record, below, rtol=rtol, atol=atol)
         decisive = [f for f in findings if f.severity != "note"]
         if decisive:
             verdict.outcome = "failed" if decisive[0].severity == "failure" else "diverged"
-            verdict.first_rung, verdict.baseline_rung = above.rung, below.rung
+            verdict.first_rung, verdict.baseline_rung = record.rung, below.rung if below else None
             steps = [f.step for f in decisive if f.step is not None]
             verdict.first_step = min(steps) if steps else None
             verdict.findings = findings

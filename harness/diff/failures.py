@@ -35,4 +35,5 @@ def check(baseline: RunRecord, candidate: RunRecord) -> list[Finding]:
     if candidate.status == "succeeded" or baseline.status != "succeeded":
         return []
     return [Finding("failure", "failure", f"the job {candidate.status} on {candidate.rung} "
-                    f"but succeeded on {baseline.rung}", describe_failure(candidate))]
+                    f"but succeeded on {baseline.rung}", describe_failure(candidate), cause="job-failed",
+                    confidence=0.3)]

@@ -39,11 +39,19 @@ class Finding:
 
 def compare(baseline: RunRecord, candidate: RunRecord, *, rtol: float, atol: float) -> list[Finding]:
     """Every finding between two records, in the order the checks run."""
-    from harness.diff import artifacts, contract, failures, metrics
+    from harness.diff import artifacts, contract, environment, failures, metrics
 
     return [
         *failures.check(baseline, candidate),
         *metrics.check(baseline, candidate, rtol=rtol, atol=atol),
         *artifacts.check(baseline, candidate),
         *contract.check(baseline, candidate),
+        *environment.check(baseline, candidate),
     ]
+
+
+def check_run(record: RunRecord) -> list[Finding]:
+    """Every finding within one record (across its ranks and processes)."""
+    from harness.diff import ranks
+
+    return ranks.check_run(record)

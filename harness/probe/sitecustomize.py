@@ -1,77 +1,14 @@
-"""The harness probe, imported by every Python process a rung starts (through PYTHONPATH).
-
-It must never change what the job computes, and it runs where the harness is not installed
-(inside containers), so it is one standalone file using only the standard library. It records
-what each process really received and tees each rank's output into its own timestamped log.
-Everything is written under ``HARNESS_PROBE_DIR``; without that variable the probe does nothing.
+"""Entry point of the harness probe (see ``_harness_probe``): imported by every Python process a
+rung starts, because the rung puts this directory first on ``PYTHONPATH``. Without
+``HARNESS_PROBE_DIR`` it does nothing but hand over to the ``sitecustomize`` it shadows.
 """
 
-import atexit
-import datetime
 import importlib.machinery
 import importlib.util
-import json
 import os
-import re
-import subprocess
 import sys
 
-_DIR = os.environ.get("HARNESS_PROBE_DIR")
 _HERE = os.path.dirname(os.path.abspath(__file__))
-_SECRET = re.compile(r"SECRET|TOKEN|PASSWORD|PASSWD|CREDENTIAL|PRIVATE|_KEY$|^AWS_ACCESS_KEY_ID$", re.I)
-# Runs in a child process started with -S, so it never loads this probe again. It outlives a
-# crashing rank and so keeps the traceback its rank printed last.
-_TEE = r"""
-import datetime, sys
-out = open(sys.argv[1], "ab", buffering=0)
-passthrough = sys.stdout.buffer
-for line in sys.stdin.buffer:
-    stamp = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="microseconds")
-    out.write(stamp.replace("+00:00", "Z").encode() + b" " + line)
-    passthrough.write(line)
-    passthrough.flush()
-"""
-
-
-def _now():
-    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
-def _write_json(path, data):
-    tmp = path + ".tmp"
-    with open(tmp, "w", encoding="utf-8") as handle:
-        json.dump(data, handle, indent=2)
-    os.replace(tmp, path)
-
-
-def _record_process():
-    """What this process received: argv, working dir, environment (secrets redacted)."""
-    env = {k: ("<redacted>" if _SECRET.search(k) else v) for k, v in os.environ.items()}
-    info = {
-        "pid": os.getpid(), "ppid": os.getppid(), "host": os.environ.get("HARNESS_HOST"),
-        "rank": os.environ.get("RANK"), "local_rank": os.environ.get("LOCAL_RANK"),
-        "argv": [sys.executable, *sys.argv] if sys.argv and sys.argv[0] else [sys.executable],
-        "orig_argv": list(getattr(sys, "orig_argv", [])), "cwd": os.getcwd(),
-        "started_at": _now(), "env": env,
-    }
-    directory = os.path.join(_DIR, "processes")
-    os.makedirs(directory, exist_ok=True)
-    path = os.path.join(directory, "%s-%d.json" % (info["host"] or "host", os.getpid()))
-    _write_json(path, info)
-    atexit.register(lambda: _write_json(path, {**info, "ended_at": _now()}))
-
-
-def _tee_rank_output(rank):
-    """Route this rank's stdout and stderr through a timestamping tee into ranks/rank-N.log."""
-    directory = os.path.join(_DIR, "ranks")
-    os.makedirs(directory, exist_ok=True)
-    sys.stdout.flush()
-    sys.stderr.flush()
-    tee = subprocess.Popen([sys.executable, "-S", "-c", _TEE, os.path.join(directory, "rank-%s.log" % rank)],
-                           stdin=subprocess.PIPE, close_fds=True)
-    os.dup2(tee.stdin.fileno(), 1)
-    os.dup2(tee.stdin.fileno(), 2)
-    tee.stdin.close()
 
 
 def _guard_opt_ml():
@@ -97,10 +34,13 @@ def _chain_next_sitecustomize():
         spec.loader.exec_module(module)
 
 
-if _DIR:
-    _record_process()
-    if os.environ.get("RANK") is not None:
-        _tee_rank_output(os.environ["RANK"])
+if os.environ.get("HARNESS_PROBE_DIR"):
+    try:
+        import _harness_probe
+
+        _harness_probe.install()
+    except Exception as exc:  # the probe must never stop the job
+        sys.stderr.write("harness probe disabled: %r\n" % (exc,))
     if os.environ.get("HARNESS_GUARD_OPT_ML"):
         _guard_opt_ml()
 _chain_next_sitecustomize()
