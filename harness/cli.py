@@ -37,6 +37,9 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument("--source-dir", type=Path, help="local code for a request whose code is on S3")
         sub.add_argument("--records", type=Path, default=Path("runs"), help="where run records go (default: runs/)")
         sub.add_argument("--shm-size", help="docker rung: /dev/shm size (default mirrors SageMaker)")
+        sub.add_argument("--hang-after", type=float, metavar="SECONDS",
+                         help="stop a job whose ranks make no progress this long, after dumping their stacks "
+                              "(default 300)")
         sub.add_argument("-v", "--verbose", action="store_true", help="stream every log line")
 
     def tolerance_args(sub: argparse.ArgumentParser) -> None:
@@ -80,7 +83,13 @@ def _job(args: argparse.Namespace) -> JobSpec:
 
 
 def _options(args: argparse.Namespace, rung: str) -> dict[str, object]:
-    return {"shm_size": args.shm_size} if rung == "docker" and args.shm_size else {}
+    """Rung settings from the command line; each rung takes only the ones it has."""
+    options: dict[str, object] = {}
+    if rung == "docker" and args.shm_size:
+        options["shm_size"] = args.shm_size
+    if args.hang_after is not None:
+        options["hang_after_s"] = args.hang_after
+    return options
 
 
 class _ProgressLine:

@@ -26,7 +26,7 @@ from harness.jobspec import JobSpec
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 
-Status = Literal["running", "succeeded", "failed", "timeout", "interrupted", "error"]
+Status = Literal["running", "succeeded", "failed", "timeout", "hung", "interrupted", "error"]
 _SECRET_NAME = re.compile(r"SECRET|TOKEN|PASSWORD|PASSWD|CREDENTIAL|PRIVATE|_KEY$|^AWS_ACCESS_KEY_ID$", re.I)
 
 

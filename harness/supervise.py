@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from harness.hang import HangWatch
 from harness.record import now
 
 #: Seconds between SIGTERM and SIGKILL (SageMaker waits 120 s; a harness run should not).
@@ -40,6 +41,7 @@ class HostLaunch:
 class Outcome:
     exit_codes: dict[str, int] = field(default_factory=dict)
     timed_out: bool = False
+    hung: bool = False
     started_at: dict[str, str] = field(default_factory=dict)
     ended_at: dict[str, str] = field(default_factory=dict)
 
@@ -74,8 +76,9 @@ def stop(procs: dict[str, subprocess.Popen[bytes]], grace_s: float = STOP_GRACE_
         proc.wait()
 
 
-def run_hosts(launches: list[HostLaunch], *, max_run_s: float, sink: LineSink | None = None) -> Outcome:
-    """Start every host, wait for all of them, stop them all on timeout or interrupt."""
+def run_hosts(launches: list[HostLaunch], *, max_run_s: float, sink: LineSink | None = None,
+              hang: HangWatch | None = None) -> Outcome:
+    """Start every host, wait for all of them, stop them all on timeout, hang or interrupt."""
     outcome = Outcome()
     procs: dict[str, subprocess.Popen[bytes]] = {}
     pumps: list[threading.Thread] = []
@@ -97,6 +100,9 @@ def run_hosts(launches: list[HostLaunch], *, max_run_s: float, sink: LineSink | 
         while any(p.poll() is None for p in procs.values()):
             if time.monotonic() > deadline:
                 outcome.timed_out = True
+                break
+            if hang is not None and hang.poll():
+                outcome.hung = True
                 break
             for host, proc in procs.items():
                 if proc.returncode is not None and host not in outcome.ended_at:

@@ -26,6 +26,7 @@ from harness.backends.base import Backend, Capabilities, Plan, Progress, copy_so
 from harness.contract import OPT_ML, PLATFORM_DIRS, HostContract, Machine, failure_message, host_contract
 from harness.jobspec import JobSpec
 from harness.record import RecordWriter, Status, redact_env, write_json
+from harness.hang import DEFAULT_HANG_AFTER_S, HangWatch
 from harness.supervise import HostLaunch, run_hosts
 
 PROBE_DIR = Path(__file__).resolve().parent.parent / "probe"
@@ -59,6 +60,9 @@ def _free_port() -> int:
 class LocalBackend(Backend):
     name = "local"
     capabilities = Capabilities(gpus=False, separate_hosts=False, containers=False)
+
+    def __init__(self, *, hang_after_s: float = DEFAULT_HANG_AFTER_S) -> None:
+        self.hang_after_s = hang_after_s
 
     def unavailable_reason(self) -> str | None:
         return None
@@ -108,7 +112,8 @@ class LocalBackend(Backend):
             with sandbox.RunNetwork() if namespaced else _no_network() as network:
                 launches = [self._prepare_host(job, contract, work, record, network)
                             for contract in plan.hosts.values()]
-                outcome = run_hosts(launches, max_run_s=job.max_run, sink=progress)
+                outcome = run_hosts(launches, max_run_s=job.max_run, sink=progress,
+                                    hang=HangWatch(record.root, self.hang_after_s))
             trees = {host: work / host / "opt_ml" for host in plan.hosts}
             for host, code in outcome.exit_codes.items():
                 _collect_failure(job, plan.hosts[host], trees[host], record, code, outcome.started_at[host],
@@ -117,6 +122,8 @@ class LocalBackend(Backend):
             record.manifest["ranks"] = _ranks(record.root)
         finally:
             _remove_tree(work)
+        if outcome.hung:
+            return "hung"
         if outcome.timed_out:
             return "timeout"
         return "succeeded" if all(code == 0 for code in outcome.exit_codes.values()) else "failed"

@@ -52,6 +52,6 @@ def compare(baseline: RunRecord, candidate: RunRecord, *, rtol: float, atol: flo
 
 def check_run(record: RunRecord) -> list[Finding]:
     """Every finding within one record (across its ranks and processes)."""
-    from harness.diff import ranks
+    from harness.diff import hang, ranks
 
-    return ranks.check_run(record)
+    return [*ranks.check_run(record), *hang.check(record)]

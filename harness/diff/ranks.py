@@ -88,8 +88,7 @@ def _collective_mismatch(events: dict[int, list[dict[str, Any]]]) -> list[Findin
                 for rank, c in calls.items()}
         if len(set(seen.values())) == 1:
             continue
-        majority, _ = Counter(seen.values()).most_common(1)[0]
-        odd = sorted(rank for rank, call in seen.items() if call != majority)
+        odd = _odd_ranks(calls, seen, index)
         evidence = []
         for rank in sorted(seen):
             call = calls[rank][index] if index < len(calls[rank]) else None
@@ -105,6 +104,20 @@ def _collective_mismatch(events: dict[int, list[dict[str, Any]]]) -> list[Findin
             cause="collective-mismatch", rank=blame, confidence=0.95,
         )]
     return []
+
+
+def _odd_ranks(calls: dict[int, list[dict[str, Any]]], seen: dict[int, Any], index: int) -> list[int]:
+    """The ranks at fault for a mismatch at ``index``: those whose call site no other rank ever
+    uses (an extra collective under ``if rank == 0``); else those outside the majority."""
+    def site(rank: int) -> str | None:
+        return calls[rank][index]["caller"] if index < len(calls[rank]) else None
+
+    unique = [rank for rank in calls if site(rank) is not None and not any(
+        site(rank) == call["caller"] for other in calls if other != rank for call in calls[other])]
+    if unique:
+        return sorted(unique)
+    majority, _ = Counter(seen.values()).most_common(1)[0]
+    return sorted(rank for rank, call in seen.items() if call != majority)
 
 
 def _last_caller(calls: list[dict[str, Any]]) -> str | None:

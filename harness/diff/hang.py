@@ -1,0 +1,50 @@
+"""A hung run explained: which ranks were stuck, on which line of the user's code, inside
+which call, from the stacks every rank dumped before the harness stopped it."""
+
+from __future__ import annotations
+
+import json
+import re
+
+from harness.diff.findings import Finding
+from harness.record import RunRecord
+
+_FRAME = re.compile(r'^\s+File "(?P<file>[^"]+)", line (?P<line>\d+) in (?P<func>\S+)')
+_LIBRARY = ("/torch/", "/threading.py", "/site-packages/", "/dist-packages/", "_harness_probe", "/multiprocessing/",
+            "/lib/python3")
+
+
+def _last_dump(text: str) -> list[tuple[str, int, str]]:
+    """Frames (innermost first) of the thread that received the dump in the last dump."""
+    blocks = re.split(r"^(?=(?:Current thread|Thread) 0x)", text, flags=re.M)
+    current = [b for b in blocks if b.startswith("Current thread")]
+    block = current[-1] if current else (blocks[-1] if blocks else "")
+    return [(m["file"], int(m["line"]), m["func"]) for m in map(_FRAME.match, block.splitlines()) if m]
+
+
+def check(record: RunRecord) -> list[Finding]:
+    if record.status != "hung":
+        return []
+    evidence, stuck = [], []
+    for path in sorted((record.root / "ranks").glob("rank-*.stacks.txt"), key=lambda p: int(p.name.split("-")[1].split(".")[0])):
+        rank = int(path.name.split("-")[1].split(".")[0])
+        frames = _last_dump(path.read_text(errors="replace"))
+        if not frames:
+            continue
+        user = next(((f, line, fn) for f, line, fn in frames if not any(lib in f for lib in _LIBRARY)), None)
+        innermost = frames[0][2]
+        beat_path = record.root / "ranks" / f"rank-{rank}.heartbeat"
+        beat = json.loads(beat_path.read_text()) if beat_path.is_file() else {}
+        where = f"{user[0]}:{user[1]}" if user else f"{frames[0][0]}:{frames[0][1]}"
+        stuck.append(rank)
+        evidence.append(f"rank {rank} stuck at {where} in {innermost} "
+                        f"(collectives {beat.get('collectives')}, batches {beat.get('batches')})")
+    if not stuck:
+        return [Finding("hang", "failure", "the job stopped making progress (no stacks could be dumped)",
+                        cause="hang", confidence=0.5)]
+    return [Finding(
+        "hang", "failure", f"the job hung: ranks {stuck} made no progress", evidence,
+        hint="ranks waiting in different collectives, or some ranks in a collective that others never reach, "
+             "hang until the backend's timeout: make every rank issue the same collectives",
+        cause="hang", confidence=0.7,
+    )]

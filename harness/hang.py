@@ -1,0 +1,59 @@
+"""Hang detection: when no rank makes progress for a while, dump every rank's Python stack,
+then let the rung stop the job. The probe keeps ``ranks/rank-N.heartbeat`` (batches,
+collectives, optimizer steps) current and dumps its stacks on SIGUSR1."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+#: Seconds without any rank's progress after which a job counts as hung.
+DEFAULT_HANG_AFTER_S = 300.0
+_DUMP_WAIT_S = 2.0
+
+
+def _signal_local(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGUSR1)
+    except ProcessLookupError:
+        pass
+
+
+class HangWatch:
+    """Polled by the rung while the job runs; ``poll()`` is True once the job is hung (and its
+    stacks are dumped). ``signal_rank`` reaches a rank's pid (a container rung supplies its own)."""
+
+    def __init__(self, record_root: Path, after_s: float = DEFAULT_HANG_AFTER_S,
+                 signal_rank: Callable[[int], None] = _signal_local) -> None:
+        self.ranks_dir = record_root / "ranks"
+        self.after_s, self.signal_rank = after_s, signal_rank
+        self.progress: tuple[object, ...] = ()
+        self.since = time.monotonic()
+
+    def _beats(self) -> dict[str, dict[str, float]]:
+        beats = {}
+        for path in self.ranks_dir.glob("rank-*.heartbeat"):
+            try:
+                beats[path.name] = json.loads(path.read_text())
+            except (OSError, json.JSONDecodeError):
+                continue
+        return beats
+
+    def poll(self) -> bool:
+        beats = self._beats()
+        progress = tuple(sorted((name, b.get("batches"), b.get("collectives"), b.get("steps"))
+                                for name, b in beats.items()))
+        now = time.monotonic()
+        if progress != self.progress:
+            self.progress, self.since = progress, now
+            return False
+        if not beats or now - self.since < self.after_s:
+            return False
+        for beat in beats.values():
+            self.signal_rank(int(beat["pid"]))
+        time.sleep(_DUMP_WAIT_S)
+        return True
