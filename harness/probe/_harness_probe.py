@@ -339,12 +339,26 @@ def instrument_optimizer(module):
     module.register_optimizer_step_post_hook(after_step)
 
 
+def instrument_serialization(module):
+    """torch.save writes through C++, past Python's audit hooks: record its target here."""
+    original_save = module.save
+
+    def save(obj, f, *args, **kwargs):
+        if RANK is not None and isinstance(f, (str, os.PathLike)):
+            _record_write(os.path.abspath(os.fspath(f)))
+        return original_save(obj, f, *args, **kwargs)
+
+    save.__wrapped__ = original_save
+    module.save = save
+
+
 #: module name → instrumentation applied right after the module is executed (before anyone
 #: can bind its names), so ``from torch.distributed import all_reduce`` gets the wrapper too.
 _HOOKS = {
     "torch.distributed.distributed_c10d": instrument_distributed,
     "torch.utils.data.dataloader": instrument_dataloader,
     "torch.optim.optimizer": instrument_optimizer,
+    "torch.serialization": instrument_serialization,
 }
 
 
@@ -430,25 +444,29 @@ def record_multiprocessing_children():
     mp.BaseProcess._bootstrap = _bootstrap
 
 
+_WRITES = {"seen": set(), "contract": (), "ignored": ()}
+
+
+def _record_write(path):
+    if path in _WRITES["seen"] or path.startswith(_WRITES["ignored"]):
+        return
+    _WRITES["seen"].add(path)
+    RANK.emit("write", path=path, contract=path.startswith(_WRITES["contract"]), caller=caller())
+
+
 def record_writes():
     """Files each rank opens for writing: several ranks writing one model file, or files written
     where SageMaker keeps nothing, are findings of their own."""
     roots = [os.environ.get(k) for k in ("SM_MODEL_DIR", "SM_OUTPUT_DIR", "SM_OUTPUT_DATA_DIR")]
-    contract = tuple(p for p in [*roots, "/opt/ml/model", "/opt/ml/output", "/opt/ml/checkpoints"] if p)
-    ignored = ("/tmp", "/var/tmp", "/dev", "/proc", "/sys", DIR)
-    seen = set()
+    _WRITES["contract"] = tuple(p for p in [*roots, "/opt/ml/model", "/opt/ml/output", "/opt/ml/checkpoints"] if p)
+    _WRITES["ignored"] = ("/tmp", "/var/tmp", "/dev", "/proc", "/sys", DIR)
 
     def audit(event, args):
         if event != "open" or RANK is None or not isinstance(args[0], str):
             return
         mode, flags = args[1] or "r", args[2] or 0
-        if not (("w" in mode or "a" in mode or "x" in mode or "+" in mode) or flags & (os.O_WRONLY | os.O_RDWR)):
-            return
-        path = os.path.abspath(args[0])
-        if path in seen or path.startswith(ignored):
-            return
-        seen.add(path)
-        RANK.emit("write", path=path, contract=path.startswith(contract), caller=caller())
+        if ("w" in mode or "a" in mode or "x" in mode or "+" in mode) or flags & (os.O_WRONLY | os.O_RDWR):
+            _record_write(os.path.abspath(args[0]))
 
     sys.addaudithook(audit)
 

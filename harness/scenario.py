@@ -1,0 +1,120 @@
+"""A scenario: a job, the ladder it climbs, and the diagnosis expected of the harness.
+
+Scenarios test the harness's mechanisms (the planted-fault ones in ``scenarios/`` each carry a
+realistic bug and the cause the verdict must rank first); teams can write them for their own
+jobs too. ``scenario.yaml``::
+
+    job: job.yaml
+    steps:                          # the ladder, bottom first (default: local, docker)
+      - rung: local
+        overrides: {instance_count: 1, processes_per_host: 1, distribution: none}
+      - rung: docker
+        options: {shm_size: 64m}    # rung settings
+    tolerance: {rtol: 1e-5, atol: 1e-6}
+    expect: {outcome: diverged, cause: data-not-sharded, first_rung: local}
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from harness.backends import get_backend
+from harness.errors import JobSpecError, RungUnavailable
+from harness.jobspec import JobSpec, load_job
+from harness.record import RunRecord
+from harness.verdict import DEFAULT_ATOL, DEFAULT_RTOL, Verdict, judge
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Step(_Strict):
+    rung: str
+    options: dict[str, Any] = Field(default_factory=dict)
+    overrides: dict[str, Any] = Field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        return self.rung + (f"({', '.join(f'{k}={v}' for k, v in {**self.overrides, **self.options}.items())})"
+                            if self.overrides or self.options else "")
+
+
+class Expectation(_Strict):
+    outcome: Literal["parity", "diverged", "failed"]
+    cause: str | None = None
+    first_rung: str | None = None
+
+
+class Tolerance(_Strict):
+    rtol: float = DEFAULT_RTOL
+    atol: float = DEFAULT_ATOL
+
+
+class ScenarioSpec(_Strict):
+    description: str = ""
+    job: str = "job.yaml"
+    steps: list[Step] = Field(default_factory=lambda: [Step(rung="local"), Step(rung="docker")])
+    tolerance: Tolerance = Field(default_factory=Tolerance)
+    expect: Expectation
+
+
+@dataclass
+class ScenarioResult:
+    name: str
+    spec: ScenarioSpec
+    verdict: Verdict | None
+    records: list[RunRecord] = field(default_factory=list)
+    skipped: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def cause_rank(self) -> int | None:
+        """Position (1-based) of the expected cause among the verdict's causes; None if absent."""
+        if self.verdict is None or self.spec.expect.cause is None:
+            return None
+        causes = self.verdict.causes
+        return causes.index(self.spec.expect.cause) + 1 if self.spec.expect.cause in causes else None
+
+    @property
+    def as_expected(self) -> bool:
+        if self.verdict is None:
+            return False
+        expect = self.spec.expect
+        return (self.verdict.outcome == expect.outcome
+                and (expect.cause is None or self.cause_rank == 1)
+                and (expect.first_rung is None or self.verdict.first_rung == expect.first_rung))
+
+
+def load_scenario(directory: Path) -> ScenarioSpec:
+    path = directory / "scenario.yaml"
+    try:
+        return ScenarioSpec.model_validate(yaml.safe_load(path.read_text(encoding="utf-8")))
+    except (OSError, yaml.YAMLError, ValidationError) as exc:
+        raise JobSpecError(f"{path}: {exc}") from None
+
+
+def all_scenarios(root: Path) -> list[Path]:
+    return sorted(p.parent for p in root.glob("*/scenario.yaml"))
+
+
+def run_scenario(directory: Path, records_dir: Path) -> ScenarioResult:
+    """Climb the scenario's steps; a step whose rung cannot run here is skipped (with why)."""
+    spec = load_scenario(directory)
+    base = load_job(directory / spec.job)
+    records, skipped = [], {}
+    for step in spec.steps:
+        job = JobSpec.model_validate({**base.model_dump(), **step.overrides})
+        backend = get_backend(step.rung, **step.options)
+        try:
+            backend.check(job)
+        except RungUnavailable as exc:
+            skipped[step.label] = exc.message.split(": ", 1)[-1]
+            continue
+        records.append(backend.run(job, records_dir))
+    verdict = judge(records, rtol=spec.tolerance.rtol, atol=spec.tolerance.atol, skipped=skipped) if records else None
+    return ScenarioResult(directory.name, spec, verdict, records, skipped)
