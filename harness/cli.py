@@ -16,7 +16,7 @@ from harness.errors import HarnessError, UsageError
 from harness.jobspec import JobSpec, load_job
 from harness.ladder import DEFAULT_RUNGS, climb
 from harness.record import RunRecord
-from harness.report import to_json, to_text
+from harness.report import to_html, to_json, to_markdown, to_text
 from harness.request import load_request
 from harness.verdict import DEFAULT_ATOL, DEFAULT_RTOL, Verdict, judge
 
@@ -46,6 +46,8 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument("--rtol", type=float, default=DEFAULT_RTOL, help="relative tolerance of metric curves")
         sub.add_argument("--atol", type=float, default=DEFAULT_ATOL, help="absolute tolerance of metric curves")
         sub.add_argument("--json", type=Path, metavar="FILE", help="also write the JSON report here")
+        sub.add_argument("--html", type=Path, metavar="FILE", help="also write a self-contained HTML report here")
+        sub.add_argument("--markdown", type=Path, metavar="FILE", help="also write a Markdown summary (PR comment)")
 
     run = commands.add_parser("run", help="run a job on one rung and keep its record")
     job_args(run)
@@ -135,8 +137,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def _report(verdict: Verdict, args: argparse.Namespace) -> int:
     print(to_text(verdict))
-    if args.json:
-        args.json.write_text(to_json(verdict) + "\n", encoding="utf-8")
+    for path, render in ((args.json, to_json), (args.html, to_html), (args.markdown, to_markdown)):
+        if path is not None:
+            path.write_text(render(verdict) + "\n", encoding="utf-8")
     return verdict.exit_code
 
 

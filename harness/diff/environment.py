@@ -16,8 +16,15 @@ def _fingerprint(record: RunRecord) -> dict[str, Any]:
     return record.read_json(f"hosts/{record.hosts[0]}/fingerprint.json") or {}
 
 
+#: Variables the contract check already compares (harness.diff.contract), left out here.
+_CONTRACT_ENV = ("SM_", "TRAINING_JOB", "MASTER_", "RANK", "LOCAL_RANK", "WORLD_SIZE")
+
+
 def _changed(label: str, a: Any, b: Any) -> list[str]:
-    return [] if a == b else [f"{label}: {a!r} -> {b!r}"]
+    if a == b:
+        return []
+    text = f"{label}: {a!r} -> {b!r}"
+    return [text if len(text) <= 240 else text[:240] + "…"]
 
 
 def environment_changes(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
@@ -34,7 +41,7 @@ def environment_changes(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
     for name in sorted(set(pa) | set(pb)):
         lines += _changed(f"package {name}", pa.get(name, "<absent>"), pb.get(name, "<absent>"))
     ea, eb = a.get("env", {}), b.get("env", {})
-    for name in sorted(set(ea) | set(eb)):
+    for name in sorted(n for n in set(ea) | set(eb) if not n.startswith(_CONTRACT_ENV)):
         lines += _changed(f"env {name}", ea.get(name, "<unset>"), eb.get(name, "<unset>"))
     return lines
 

@@ -33,11 +33,12 @@ def check(baseline: RunRecord, candidate: RunRecord, *, rtol: float, atol: float
                 "metrics", "divergence", f"{name} diverges at step {step} on {candidate.rung}",
                 [f"step {step}: {baseline.rung}={a[step]!r} {candidate.rung}={b[step]!r} "
                  f"(tolerance rtol={rtol}, atol={atol})"],
-                step=step,
+                step=step, cause="metric-divergence", confidence=0.5,
             ))
         elif len(a) != len(b) and candidate.status == "succeeded":
             findings.append(Finding(
                 "metrics", "divergence", f"{name} has {len(b)} points on {candidate.rung}, {len(a)} on {baseline.rung}",
                 [f"{source}: the first {min(len(a), len(b))} points agree"], step=min(len(a), len(b)),
+                cause="metric-length", confidence=0.4,
             ))
     return findings
