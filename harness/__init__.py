@@ -8,6 +8,16 @@ from harness.jobspec import Channel, JobSpec, MetricDefinition, load_job  # noqa
 from harness.record import RunRecord  # noqa: E402
 
 __all__ = [
-    "Channel", "HarnessError", "JobSpec", "JobSpecError", "MetricDefinition", "RecordError", "RunRecord",
-    "RungFailed", "RungUnavailable", "UsageError", "__version__", "load_job",
+    "Channel",
+    "HarnessError",
+    "JobSpec",
+    "JobSpecError",
+    "MetricDefinition",
+    "RecordError",
+    "RunRecord",
+    "RungFailed",
+    "RungUnavailable",
+    "UsageError",
+    "__version__",
+    "load_job",
 ]

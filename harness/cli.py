@@ -8,6 +8,7 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
+from typing import NoReturn
 
 from harness import __version__
 from harness.backends import RUNGS, get_backend
@@ -20,8 +21,9 @@ from harness.report import to_html, to_json, to_markdown, to_text
 from harness.request import load_request
 from harness.verdict import DEFAULT_ATOL, DEFAULT_RTOL, Verdict, judge
 
+
 class _Parser(argparse.ArgumentParser):
-    def error(self, message: str) -> None:  # argparse exits 2 too; keep our one-line format
+    def error(self, message: str) -> NoReturn:  # argparse exits 2 too; keep our one-line format
         raise UsageError(message, hint=f"see `{self.prog} --help`")
 
 
@@ -32,14 +34,21 @@ def _parser() -> argparse.ArgumentParser:
 
     def job_args(sub: argparse.ArgumentParser) -> None:
         sub.add_argument("job", nargs="?", type=Path, help="job file (YAML)")
-        sub.add_argument("--from-request", type=Path, metavar="JSON",
-                         help="a boto3 create_training_job request instead of a job file")
+        sub.add_argument(
+            "--from-request",
+            type=Path,
+            metavar="JSON",
+            help="a boto3 create_training_job request instead of a job file",
+        )
         sub.add_argument("--source-dir", type=Path, help="local code for a request whose code is on S3")
         sub.add_argument("--records", type=Path, default=Path("runs"), help="where run records go (default: runs/)")
         sub.add_argument("--shm-size", help="docker rung: /dev/shm size (default mirrors SageMaker)")
-        sub.add_argument("--hang-after", type=float, metavar="SECONDS",
-                         help="stop a job whose ranks make no progress this long, after dumping their stacks "
-                              "(default 300)")
+        sub.add_argument(
+            "--hang-after",
+            type=float,
+            metavar="SECONDS",
+            help="stop a job whose ranks make no progress this long, after dumping their stacks (default 300)",
+        )
         sub.add_argument("-v", "--verbose", action="store_true", help="stream every log line")
 
     def tolerance_args(sub: argparse.ArgumentParser) -> None:
@@ -156,8 +165,16 @@ def cmd_ladder(args: argparse.Namespace) -> int:
         lines[record.rung].done()
         print(f"{record.rung}: {record.status} ({record.root})")
 
-    result = climb(job, args.records, rungs=rungs, rtol=args.rtol, atol=args.atol,
-                   options=lambda rung: _options(args, rung), progress=progress, on_record=done)
+    result = climb(
+        job,
+        args.records,
+        rungs=rungs,
+        rtol=args.rtol,
+        atol=args.atol,
+        options=lambda rung: _options(args, rung),
+        progress=progress,
+        on_record=done,
+    )
     return _report(result.verdict, args)
 
 
@@ -173,11 +190,15 @@ def cmd_show(args: argparse.Namespace) -> int:
     print(f"{m['run_id']}: {m['job']['name']} on {m['rung']}: {m['status']}{complete}")
     print(f"  started {m['started_at']}, ended {m['ended_at']}; harness {m['harness_version']}")
     topology = m["topology"]
-    print(f"  {len(topology['hosts'])} hosts x {topology['processes_per_host']} processes "
-          f"({topology['distribution']}, {topology['launcher']} launcher)")
+    print(
+        f"  {len(topology['hosts'])} hosts x {topology['processes_per_host']} processes "
+        f"({topology['distribution']}, {topology['launcher']} launcher)"
+    )
     for host, result in m["hosts"].items():
-        print(f"  {host}: exit {result.get('exit_code')}" + (f": {result['failure_reason'][:120]}"
-                                                            if result.get("failure_reason") else ""))
+        print(
+            f"  {host}: exit {result.get('exit_code')}"
+            + (f": {result['failure_reason'][:120]}" if result.get("failure_reason") else "")
+        )
     for name, sources in record.metrics().items():
         for source, values in sources.items():
             if values:
@@ -213,8 +234,15 @@ def cmd_image(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"run": cmd_run, "ladder": cmd_ladder, "diff": cmd_diff, "show": cmd_show,
-            "doctor": cmd_doctor, "gc": cmd_gc, "image": cmd_image}
+COMMANDS = {
+    "run": cmd_run,
+    "ladder": cmd_ladder,
+    "diff": cmd_diff,
+    "show": cmd_show,
+    "doctor": cmd_doctor,
+    "gc": cmd_gc,
+    "image": cmd_image,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -38,13 +38,24 @@ OPT_ML = PurePosixPath("/opt/ml")
 #: ``MASTER_PORT`` both launchers use (PyTorch toolkit ``training.py``; v3 ``environment.py``).
 MASTER_PORT = 7777
 #: Hyperparameters SDK v2 framework estimators add for the toolkit (``estimator.py``).
-_TOOLKIT_RESERVED = ("sagemaker_program", "sagemaker_submit_directory",
-                     "sagemaker_container_log_level", "sagemaker_job_name", "sagemaker_region")
+_TOOLKIT_RESERVED = (
+    "sagemaker_program",
+    "sagemaker_submit_directory",
+    "sagemaker_container_log_level",
+    "sagemaker_job_name",
+    "sagemaker_region",
+)
 #: Reserved ``sagemaker_*`` keys the toolkit keeps out of ``SM_FRAMEWORK_PARAMS`` (``params.py``).
 _TOOLKIT_NOT_FRAMEWORK = {
-    "sagemaker_program", "sagemaker_submit_directory", "sagemaker_enable_cloudwatch_metrics",
-    "sagemaker_region", "sagemaker_container_log_level", "sagemaker_job_name",
-    "sagemaker_default_user_module_name", "_tuning_objective_metric", "sagemaker_s3_output",
+    "sagemaker_program",
+    "sagemaker_submit_directory",
+    "sagemaker_enable_cloudwatch_metrics",
+    "sagemaker_region",
+    "sagemaker_container_log_level",
+    "sagemaker_job_name",
+    "sagemaker_default_user_module_name",
+    "_tuning_objective_metric",
+    "sagemaker_s3_output",
 }
 
 
@@ -104,13 +115,15 @@ def serialized_hyperparameters(job: JobSpec) -> dict[str, str]:
         return {key: _safe_serialize(value) for key, value in job.hyperparameters.items()}
     encoded = {key: json.dumps(value) for key, value in job.hyperparameters.items()}
     if job.is_script_mode:
-        encoded.update({
-            "sagemaker_program": json.dumps(job.entry_point),
-            "sagemaker_submit_directory": json.dumps(str(OPT_ML / "code")),
-            "sagemaker_container_log_level": "20",
-            "sagemaker_job_name": json.dumps(job.name),
-            "sagemaker_region": json.dumps("us-east-1"),
-        })
+        encoded.update(
+            {
+                "sagemaker_program": json.dumps(job.entry_point),
+                "sagemaker_submit_directory": json.dumps(str(OPT_ML / "code")),
+                "sagemaker_container_log_level": "20",
+                "sagemaker_job_name": json.dumps(job.name),
+                "sagemaker_region": json.dumps("us-east-1"),
+            }
+        )
     if job.distribution == "torchrun":
         encoded["sagemaker_torch_distributed_enabled"] = "true"
         encoded["sagemaker_instance_type"] = json.dumps(job.instance_type)
@@ -128,11 +141,13 @@ def resource_config(job: JobSpec, host: str, machine: Machine) -> dict[str, Any]
         "current_instance_type": job.instance_type,
         "current_group_name": "homogeneousCluster",
         "hosts": job.hosts,
-        "instance_groups": [{
-            "instance_group_name": "homogeneousCluster",
-            "instance_type": job.instance_type,
-            "hosts": job.hosts,
-        }],
+        "instance_groups": [
+            {
+                "instance_group_name": "homogeneousCluster",
+                "instance_type": job.instance_type,
+                "hosts": job.hosts,
+            }
+        ],
         "network_interface_name": machine.network_interface,
     }
 
@@ -152,8 +167,11 @@ def input_data_config(job: JobSpec) -> dict[str, Any]:
     if job.launcher == "model-trainer" and job.is_script_mode:
         # ModelTrainer ships the code and its drivers as two extra channels, after the user's.
         for name in ("code", "sm_drivers"):
-            config[name] = {"TrainingInputMode": "File", "S3DistributionType": "FullyReplicated",
-                            "RecordWrapperType": "None"}
+            config[name] = {
+                "TrainingInputMode": "File",
+                "S3DistributionType": "FullyReplicated",
+                "RecordWrapperType": "None",
+            }
     return config
 
 
@@ -167,8 +185,7 @@ def platform_files(job: JobSpec, host: str, machine: Machine) -> dict[str, str]:
 
 
 #: Directories the platform creates in every container (``/opt/ml/...``).
-PLATFORM_DIRS = ("input/config", "input/data", "model", "output/data", "output/intermediate", "code",
-                 "checkpoints")
+PLATFORM_DIRS = ("input/config", "input/data", "model", "output/data", "output/intermediate", "code", "checkpoints")
 
 
 def platform_env(job: JobSpec) -> dict[str, str]:
@@ -235,7 +252,8 @@ def _toolkit_env(job: JobSpec, host: str, machine: Machine, opt_ml: PurePosixPat
     """``Environment.to_env_vars()`` (TK environment.py) plus what ``training.py`` (PT) sets."""
     hps = decoded_hyperparameters(job)
     framework = {
-        key: json.loads(raw) for key, raw in serialized_hyperparameters(job).items()
+        key: json.loads(raw)
+        for key, raw in serialized_hyperparameters(job).items()
         if key.startswith("sagemaker_") and key not in _TOOLKIT_NOT_FRAMEWORK
     }
     hosts = job.hosts
@@ -359,31 +377,46 @@ def _model_trainer_env(job: JobSpec, host: str, machine: Machine, opt_ml: PurePo
     env.update({key: value for key, value in paths.items() if key.startswith("SM_CHANNEL_")})
     env["SM_CHANNELS"] = paths["SM_CHANNELS"]
     env.update({f"SM_HP_{key.replace('-', '_').upper()}": _safe_serialize(value) for key, value in hps.items()})
-    env.update({
-        "SM_HPS": json.dumps(hps),
-        "SM_CURRENT_HOST": host,
-        "SM_CURRENT_INSTANCE_TYPE": job.instance_type,
-        "SM_HOSTS": json.dumps(hosts),
-        "SM_NETWORK_INTERFACE_NAME": machine.network_interface,
-        "SM_HOST_COUNT": str(len(hosts)),
-        "SM_CURRENT_HOST_RANK": str(hosts.index(host)),
-        "SM_NUM_CPUS": str(machine.num_cpus),
-        "SM_NUM_GPUS": str(machine.num_gpus),
-        "SM_NUM_NEURONS": "0",
-        "SM_RESOURCE_CONFIG": json.dumps(config),
-        "SM_INPUT_DATA_CONFIG": json.dumps(input_data_config(job)),
-        "SM_TRAINING_ENV": json.dumps({
-            "channel_input_dirs": {n: str(opt_ml / "input" / "data" / n) for n in channels_seen(job)},
-            "current_host": host, "current_instance_type": job.instance_type, "hosts": hosts,
-            "master_addr": "algo-1", "master_port": MASTER_PORT, "hyperparameters": hps,
-            "input_data_config": input_data_config(job), "input_config_dir": paths["SM_INPUT_CONFIG_DIR"],
-            "input_data_dir": env["SM_INPUT_DATA_DIR"], "input_dir": paths["SM_INPUT_DIR"], "job_name": job.name,
-            "log_level": 20, "model_dir": paths["SM_MODEL_DIR"],
-            "network_interface_name": machine.network_interface, "num_cpus": machine.num_cpus,
-            "num_gpus": machine.num_gpus, "num_neurons": 0, "output_data_dir": paths["SM_OUTPUT_DATA_DIR"],
-            "resource_config": config,
-        }),
-    })
+    env.update(
+        {
+            "SM_HPS": json.dumps(hps),
+            "SM_CURRENT_HOST": host,
+            "SM_CURRENT_INSTANCE_TYPE": job.instance_type,
+            "SM_HOSTS": json.dumps(hosts),
+            "SM_NETWORK_INTERFACE_NAME": machine.network_interface,
+            "SM_HOST_COUNT": str(len(hosts)),
+            "SM_CURRENT_HOST_RANK": str(hosts.index(host)),
+            "SM_NUM_CPUS": str(machine.num_cpus),
+            "SM_NUM_GPUS": str(machine.num_gpus),
+            "SM_NUM_NEURONS": "0",
+            "SM_RESOURCE_CONFIG": json.dumps(config),
+            "SM_INPUT_DATA_CONFIG": json.dumps(input_data_config(job)),
+            "SM_TRAINING_ENV": json.dumps(
+                {
+                    "channel_input_dirs": {n: str(opt_ml / "input" / "data" / n) for n in channels_seen(job)},
+                    "current_host": host,
+                    "current_instance_type": job.instance_type,
+                    "hosts": hosts,
+                    "master_addr": "algo-1",
+                    "master_port": MASTER_PORT,
+                    "hyperparameters": hps,
+                    "input_data_config": input_data_config(job),
+                    "input_config_dir": paths["SM_INPUT_CONFIG_DIR"],
+                    "input_data_dir": env["SM_INPUT_DATA_DIR"],
+                    "input_dir": paths["SM_INPUT_DIR"],
+                    "job_name": job.name,
+                    "log_level": 20,
+                    "model_dir": paths["SM_MODEL_DIR"],
+                    "network_interface_name": machine.network_interface,
+                    "num_cpus": machine.num_cpus,
+                    "num_gpus": machine.num_gpus,
+                    "num_neurons": 0,
+                    "output_data_dir": paths["SM_OUTPUT_DATA_DIR"],
+                    "resource_config": config,
+                }
+            ),
+        }
+    )
     if job.distribution == "torchrun":  # torchrun_driver.py setup_env()
         env.update({"NCCL_SOCKET_IFNAME": machine.network_interface, "NCCL_PROTO": "simple"})
     return env
@@ -445,9 +478,12 @@ def failure_message(job: JobSpec, exit_code: int, command: list[str], error_line
     """What the launcher writes to ``/opt/ml/output/failure`` when the entry point fails
     (only where the job wrote none itself). TK ``errors.py`` / v3 ``sm_train.sh``."""
     if job.launcher == "model-trainer":
-        return ("Training Execution failed. For more details, see CloudWatch logs at "
-                f"'aws/sagemaker/TrainingJobs'.\nTrainingJob - {job.name}")
+        return (
+            "Training Execution failed. For more details, see CloudWatch logs at "
+            f"'aws/sagemaker/TrainingJobs'.\nTrainingJob - {job.name}"
+        )
     info = '\nExtraInfo "OutOfMemory: Process killed by SIGKILL (signal 9)"' if exit_code == 137 else ""
     message = "\n".join(dict.fromkeys(error_lines))
-    return (f'ExecuteUserScriptError:\nExitCode {exit_code}\nErrorMessage "{message}"{info}\n'
-            f'Command "{" ".join(command)}"')
+    return (
+        f'ExecuteUserScriptError:\nExitCode {exit_code}\nErrorMessage "{message}"{info}\nCommand "{" ".join(command)}"'
+    )

@@ -4,6 +4,7 @@ collectives, optimizer steps) current and dumps its stacks on SIGUSR1."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -17,18 +18,20 @@ _DUMP_WAIT_S = 2.0
 
 
 def _signal_local(pid: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGUSR1)
-    except ProcessLookupError:
-        pass
 
 
 class HangWatch:
     """Polled by the rung while the job runs; ``poll()`` is True once the job is hung (and its
     stacks are dumped). ``signal_rank`` reaches a rank's pid (a container rung supplies its own)."""
 
-    def __init__(self, record_root: Path, after_s: float = DEFAULT_HANG_AFTER_S,
-                 signal_rank: Callable[[int], None] = _signal_local) -> None:
+    def __init__(
+        self,
+        record_root: Path,
+        after_s: float = DEFAULT_HANG_AFTER_S,
+        signal_rank: Callable[[int], None] = _signal_local,
+    ) -> None:
         self.ranks_dir = record_root / "ranks"
         self.after_s, self.signal_rank = after_s, signal_rank
         self.progress: tuple[object, ...] = ()
@@ -45,8 +48,9 @@ class HangWatch:
 
     def poll(self) -> bool:
         beats = self._beats()
-        progress = tuple(sorted((name, b.get("batches"), b.get("collectives"), b.get("steps"))
-                                for name, b in beats.items()))
+        progress = tuple(
+            sorted((name, b.get("batches"), b.get("collectives"), b.get("steps")) for name, b in beats.items())
+        )
         now = time.monotonic()
         if progress != self.progress:
             self.progress, self.since = progress, now

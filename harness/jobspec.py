@@ -179,9 +179,7 @@ def job_from_mapping(data: Any, *, origin: str, base_dir: Path) -> JobSpec:
         data["source_dir"] = base_dir / data["source_dir"]
     channels = data.get("channels")
     if isinstance(channels, dict):
-        data["channels"] = {
-            name: _resolve_channel(spec, base_dir) for name, spec in channels.items()
-        }
+        data["channels"] = {name: _resolve_channel(spec, base_dir) for name, spec in channels.items()}
     try:
         job = JobSpec.model_validate(data)
     except ValidationError as exc:

@@ -55,6 +55,8 @@ def climb(
         on_record(record)
         records.append(record)
     if not records:
-        raise RungUnavailable("no rung of the ladder can run here: " + "; ".join(f"{r}: {why}" for r, why in skipped.items()),
-                              hint="see `harness doctor`")
+        raise RungUnavailable(
+            "no rung of the ladder can run here: " + "; ".join(f"{r}: {why}" for r, why in skipped.items()),
+            hint="see `harness doctor`",
+        )
     return LadderResult(judge(records, rtol=rtol, atol=atol, skipped=skipped), records, skipped)

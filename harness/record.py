@@ -31,11 +31,11 @@ _SECRET_NAME = re.compile(r"SECRET|TOKEN|PASSWORD|PASSWD|CREDENTIAL|PRIVATE|_KEY
 
 
 def now() -> str:
-    return dt.datetime.now(dt.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def new_run_id(job_name: str, rung: str) -> str:
-    stamp = dt.datetime.now(dt.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     return f"{job_name}-{rung}-{stamp}-{secrets.token_hex(3)}"
 
 
@@ -137,16 +137,19 @@ class RunRecord:
     def load(cls, root: Path) -> RunRecord:
         manifest_path = root / MANIFEST
         if not manifest_path.is_file():
-            raise RecordError(f"{root}: not a run record (no {MANIFEST})",
-                              hint="pass the directory `harness run` printed")
+            raise RecordError(
+                f"{root}: not a run record (no {MANIFEST})", hint="pass the directory `harness run` printed"
+            )
         try:
             manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError) as exc:
             raise RecordError(f"{manifest_path}: unreadable manifest: {exc}") from None
         version = manifest.get("format_version") if isinstance(manifest, dict) else None
         if version != FORMAT_VERSION:
-            raise RecordError(f"{root}: record format {version!r}, this harness reads {FORMAT_VERSION}",
-                              hint=f"re-run the job with harness {__version__}")
+            raise RecordError(
+                f"{root}: record format {version!r}, this harness reads {FORMAT_VERSION}",
+                hint=f"re-run the job with harness {__version__}",
+            )
         return cls(root, manifest)
 
     @property

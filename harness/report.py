@@ -50,8 +50,11 @@ def to_text(verdict: Verdict) -> str:
 def to_markdown(verdict: Verdict) -> str:
     """A pull-request comment: the verdict, the top causes with their first evidence line."""
     icon = {"parity": "✅", "diverged": "⚠️", "failed": "❌"}[verdict.outcome]
-    lines = [f"### {icon} Parity harness: **{verdict.outcome}**", "",
-             f"Rungs: {' → '.join(f'`{r}`' for r in verdict.rungs) or 'none'}"]
+    lines = [
+        f"### {icon} Parity harness: **{verdict.outcome}**",
+        "",
+        f"Rungs: {' → '.join(f'`{r}`' for r in verdict.rungs) or 'none'}",
+    ]
     if verdict.first_rung:
         lines.append(f"\n{_where(verdict).capitalize()}.")
     decisive = [f for f in verdict.findings if f.severity != "note"][:3]
@@ -99,21 +102,27 @@ def _svg_curves(name: str, series: list[tuple[str, list[float]]], mark: int | No
         y = height - pad - (height - 2 * pad) * ((v - low) / span)
         return f"{x:.1f},{y:.1f}"
 
-    parts = [f'<svg viewBox="0 0 {width} {height}" width="100%" role="img" aria-label="{html.escape(name)}">',
-             f'<rect x="{pad}" y="{pad}" width="{width - 2 * pad}" height="{height - 2 * pad}" fill="none" stroke="#ccc"/>',
-             f'<text x="{pad}" y="{pad - 8}" font-size="12">{html.escape(name)}: {low:.4g} … {high:.4g}</text>',
-             f'<text x="{width - pad}" y="{height - 12}" font-size="11" text-anchor="end">step ({longest})</text>']
+    parts = [
+        f'<svg viewBox="0 0 {width} {height}" width="100%" role="img" aria-label="{html.escape(name)}">',
+        f'<rect x="{pad}" y="{pad}" width="{width - 2 * pad}" height="{height - 2 * pad}" fill="none" stroke="#ccc"/>',
+        f'<text x="{pad}" y="{pad - 8}" font-size="12">{html.escape(name)}: {low:.4g} … {high:.4g}</text>',
+        f'<text x="{width - pad}" y="{height - 12}" font-size="11" text-anchor="end">step ({longest})</text>',
+    ]
     if mark is not None and longest > 1:
         x = point(mark, low).split(",")[0]
         parts.append(f'<line x1="{x}" x2="{x}" y1="{pad}" y2="{height - pad}" stroke="#d62728" stroke-dasharray="4"/>')
     for index, (label, ys) in enumerate(series):
         colour = _COLOURS[index % len(_COLOURS)]
         dash = ' stroke-dasharray="6 3"' if index else ""
-        parts.append(f'<polyline fill="none" stroke="{colour}" stroke-width="1.6"{dash} '
-                     f'points="{" ".join(point(i, v) for i, v in enumerate(ys))}"><title>{html.escape(label)}</title></polyline>')
+        parts.append(
+            f'<polyline fill="none" stroke="{colour}" stroke-width="1.6"{dash} '
+            f'points="{" ".join(point(i, v) for i, v in enumerate(ys))}"><title>{html.escape(label)}</title></polyline>'
+        )
     parts.append("</svg>")
-    legend = "".join(f'<span style="color:{_COLOURS[i % len(_COLOURS)]}">■ {html.escape(label)}</span>'
-                     for i, (label, _) in enumerate(series))
+    legend = "".join(
+        f'<span style="color:{_COLOURS[i % len(_COLOURS)]}">■ {html.escape(label)}</span>'
+        for i, (label, _) in enumerate(series)
+    )
     return "".join(parts) + f'<div class="legend">{legend}</div>'
 
 
@@ -123,8 +132,10 @@ def _curves(verdict: Verdict, records: list[RunRecord]) -> str:
         names.update(dict.fromkeys(record.metrics()))
     blocks = []
     for name in names:
-        series = [(f"{i + 1}. {r.rung} ({r.hosts[0]})", r.metrics().get(name, {}).get(r.hosts[0], []))
-                  for i, r in enumerate(records)]
+        series = [
+            (f"{i + 1}. {r.rung} ({r.hosts[0]})", r.metrics().get(name, {}).get(r.hosts[0], []))
+            for i, r in enumerate(records)
+        ]
         blocks.append(_svg_curves(name, [s for s in series if s[1]], verdict.first_step))
     return "".join(blocks) or "<p>No metrics were parsed (the job has no metric_definitions).</p>"
 
@@ -139,8 +150,16 @@ def _timeline(records: list[RunRecord]) -> str:
     rows = []
     for record in records:
         for host, result in record.manifest.get("hosts", {}).items():
-            rows.append([record.rung, host, result.get("started_at"), result.get("ended_at"), result.get("exit_code"),
-                         (result.get("failure_reason") or "").splitlines()[0][:120] if result.get("failure_reason") else ""])
+            rows.append(
+                [
+                    record.rung,
+                    host,
+                    result.get("started_at"),
+                    result.get("ended_at"),
+                    result.get("exit_code"),
+                    (result.get("failure_reason") or "").splitlines()[0][:120] if result.get("failure_reason") else "",
+                ]
+            )
     return _table(["rung", "host", "started", "ended", "exit", "failure"], rows)
 
 
@@ -150,16 +169,22 @@ def _artifacts(records: list[RunRecord]) -> str:
         summary = record.read_json("artifacts/summary.json") or {}
         for archive, info in summary.items():
             for name, entry in info.get("files", {}).items():
-                rows.append([record.rung, archive, name, entry["size"], entry["sha256"][:16], ", ".join(entry.get("hosts", []))])
-    return _table(["rung", "archive", "file", "bytes", "sha256", "written by"], rows) if rows else "<p>No artifacts.</p>"
+                rows.append(
+                    [record.rung, archive, name, entry["size"], entry["sha256"][:16], ", ".join(entry.get("hosts", []))]
+                )
+    return (
+        _table(["rung", "archive", "file", "bytes", "sha256", "written by"], rows) if rows else "<p>No artifacts.</p>"
+    )
 
 
 def _finding_html(number: int, finding: Any) -> str:
     evidence = html.escape("\n".join(finding.evidence))
     hint = f'<div class="hint">hint: {html.escape(finding.hint)}</div>' if finding.hint else ""
     cause = f" <code>{html.escape(finding.cause)}</code>" if finding.cause else ""
-    return (f'<div class="finding {finding.severity}"><b>{number}. [{finding.severity}] {html.escape(finding.title)}</b>'
-            f"{cause}<pre>{evidence}</pre>{hint}</div>")
+    return (
+        f'<div class="finding {finding.severity}"><b>{number}. [{finding.severity}] {html.escape(finding.title)}</b>'
+        f"{cause}<pre>{evidence}</pre>{hint}</div>"
+    )
 
 
 def to_html(verdict: Verdict) -> str:
@@ -169,18 +194,30 @@ def to_html(verdict: Verdict) -> str:
     notes = [f for f in verdict.findings if f.severity == "note"]
     ladder = " → ".join(f"{html.escape(r.rung)} ({html.escape(r.status)})" for r in records) or "none"
     skipped = "".join(f"<li>{html.escape(r)}: {html.escape(why)}</li>" for r, why in verdict.skipped.items())
-    return "".join([
-        "<!doctype html><html><head><meta charset='utf-8'><title>harness verdict: ",
-        html.escape(verdict.outcome), f"</title><style>{_STYLE}</style></head><body>",
-        f'<h1>Verdict: <span class="badge" style="background:{_BADGE[verdict.outcome]}">',
-        html.escape(verdict.outcome.upper()), "</span></h1>",
-        f"<p>Ladder: {ladder}</p>", f"<p><b>{html.escape(_where(verdict))}</b></p>" if verdict.first_rung else "",
-        f"<ul>{skipped}</ul>" if skipped else "",
-        "<h2>Likely causes</h2>", "".join(_finding_html(i, f) for i, f in enumerate(decisive, 1)) or "<p>None: parity.</p>",
-        "<h2>Loss curves</h2>", _curves(verdict, records),
-        "<h2>What else differs</h2>", "".join(_finding_html(i, f) for i, f in enumerate(notes, 1)) or "<p>Nothing.</p>",
-        "<h2>Artifacts</h2>", _artifacts(records),
-        "<h2>Timeline</h2>", _timeline(records),
-        "<h2>Records</h2><ul>", "".join(f"<li><code>{html.escape(str(r.root))}</code></li>" for r in records), "</ul>",
-        "</body></html>",
-    ])
+    return "".join(
+        [
+            "<!doctype html><html><head><meta charset='utf-8'><title>harness verdict: ",
+            html.escape(verdict.outcome),
+            f"</title><style>{_STYLE}</style></head><body>",
+            f'<h1>Verdict: <span class="badge" style="background:{_BADGE[verdict.outcome]}">',
+            html.escape(verdict.outcome.upper()),
+            "</span></h1>",
+            f"<p>Ladder: {ladder}</p>",
+            f"<p><b>{html.escape(_where(verdict))}</b></p>" if verdict.first_rung else "",
+            f"<ul>{skipped}</ul>" if skipped else "",
+            "<h2>Likely causes</h2>",
+            "".join(_finding_html(i, f) for i, f in enumerate(decisive, 1)) or "<p>None: parity.</p>",
+            "<h2>Loss curves</h2>",
+            _curves(verdict, records),
+            "<h2>What else differs</h2>",
+            "".join(_finding_html(i, f) for i, f in enumerate(notes, 1)) or "<p>Nothing.</p>",
+            "<h2>Artifacts</h2>",
+            _artifacts(records),
+            "<h2>Timeline</h2>",
+            _timeline(records),
+            "<h2>Records</h2><ul>",
+            "".join(f"<li><code>{html.escape(str(r.root))}</code></li>" for r in records),
+            "</ul>",
+            "</body></html>",
+        ]
+    )

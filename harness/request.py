@@ -30,7 +30,7 @@ def _get(data: dict[str, Any], origin: str, *path: str, required: bool = False) 
             raise JobSpecError(f"{origin}: {'.'.join(path[:depth])}: expected an object, got {type(node).__name__}")
         if key not in node:
             if required:
-                raise JobSpecError(f"{origin}: {'.'.join(path[:depth + 1])}: required by CreateTrainingJob")
+                raise JobSpecError(f"{origin}: {'.'.join(path[: depth + 1])}: required by CreateTrainingJob")
             return None
         node = node[key]
     return node
@@ -70,14 +70,19 @@ def job_from_request(request: dict[str, Any], *, origin: str, source_dir: Path |
         "instance_count": _get(request, origin, "ResourceConfig", "InstanceCount") or 1,
         "instance_type": _get(request, origin, "ResourceConfig", "InstanceType") or "ml.m5.xlarge",
         "environment": _get(request, origin, "Environment") or {},
-        "metric_definitions": [{"name": m.get("Name"), "regex": m.get("Regex")}
-                               for m in _get(request, origin, "AlgorithmSpecification", "MetricDefinitions") or []],
+        "metric_definitions": [
+            {"name": m.get("Name"), "regex": m.get("Regex")}
+            for m in _get(request, origin, "AlgorithmSpecification", "MetricDefinitions") or []
+        ],
         "max_run": _get(request, origin, "StoppingCondition", "MaxRuntimeInSeconds") or 86400,
         "output_path": _get(request, origin, "OutputDataConfig", "S3OutputPath"),
     }
     checkpoint = _get(request, origin, "CheckpointConfig")
     if checkpoint:
-        data["checkpoint"] = {"s3_uri": checkpoint.get("S3Uri"), "local_path": checkpoint.get("LocalPath", "/opt/ml/checkpoints")}
+        data["checkpoint"] = {
+            "s3_uri": checkpoint.get("S3Uri"),
+            "local_path": checkpoint.get("LocalPath", "/opt/ml/checkpoints"),
+        }
     if hps.get("sagemaker_torch_distributed_enabled") is True:
         data["distribution"] = "torchrun"
         data["processes_per_host"] = int(hps.get("sagemaker_mpi_num_of_processes_per_host", 1))

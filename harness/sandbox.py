@@ -39,8 +39,16 @@ def _check(result: int, what: str) -> None:
 
 
 def _mount(source: str, target: str, fstype: str | None, flags: int, data: str | None = None) -> None:
-    _check(_libc.mount(source.encode(), target.encode(), fstype.encode() if fstype else None,
-                       ctypes.c_ulong(flags), data.encode() if data else None), f"mount {target}")
+    _check(
+        _libc.mount(
+            source.encode(),
+            target.encode(),
+            fstype.encode() if fstype else None,
+            ctypes.c_ulong(flags),
+            data.encode() if data else None,
+        ),
+        f"mount {target}",
+    )
 
 
 def unavailable_reason() -> str | None:
@@ -48,14 +56,20 @@ def unavailable_reason() -> str | None:
     if not sys.platform.startswith("linux"):
         return f"private namespaces need Linux (this is {sys.platform})"
     probe = subprocess.run(
-        [sys.executable, "-S", "-c",
-         "import ctypes,os;l=ctypes.CDLL(None,use_errno=True);"
-         f"os._exit(0 if l.unshare({CLONE_NEWNET | CLONE_NEWNS | CLONE_NEWUTS})==0 else ctypes.get_errno())"],
+        [
+            sys.executable,
+            "-S",
+            "-c",
+            "import ctypes,os;l=ctypes.CDLL(None,use_errno=True);"
+            f"os._exit(0 if l.unshare({CLONE_NEWNET | CLONE_NEWNS | CLONE_NEWUTS})==0 else ctypes.get_errno())",
+        ],
         check=False,
     )
     if probe.returncode != 0:
-        return (f"cannot create network and mount namespaces ({os.strerror(probe.returncode)}); "
-                "run as root or in a privileged container")
+        return (
+            f"cannot create network and mount namespaces ({os.strerror(probe.returncode)}); "
+            "run as root or in a privileged container"
+        )
     return None
 
 
@@ -84,7 +98,9 @@ class RunNetwork:
     def __enter__(self) -> RunNetwork:
         self._anchor = subprocess.Popen(
             [sys.executable, "-S", "-c", "import sys; sys.stdout.write('up\\n'); sys.stdout.flush(); sys.stdin.read()"],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, preexec_fn=_enter_new_network,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            preexec_fn=_enter_new_network,
             start_new_session=True,
         )
         assert self._anchor.stdout is not None
@@ -104,8 +120,9 @@ class RunNetwork:
         assert self._anchor is not None, "RunNetwork used outside its `with` block"
         return f"/proc/{self._anchor.pid}/ns/net"
 
-    def host_entry(self, *, host: str, opt_ml: Path, hosts_path: Path, overlay_dir: Path,
-                   cwd: str) -> Callable[[], None]:
+    def host_entry(
+        self, *, host: str, opt_ml: Path, hosts_path: Path, overlay_dir: Path, cwd: str
+    ) -> Callable[[], None]:
         """A ``preexec_fn`` that puts a child into this run's network and its host's mounts."""
         netns = self.netns_path
 

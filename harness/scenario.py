@@ -41,8 +41,11 @@ class Step(_Strict):
 
     @property
     def label(self) -> str:
-        return self.rung + (f"({', '.join(f'{k}={v}' for k, v in {**self.overrides, **self.options}.items())})"
-                            if self.overrides or self.options else "")
+        return self.rung + (
+            f"({', '.join(f'{k}={v}' for k, v in {**self.overrides, **self.options}.items())})"
+            if self.overrides or self.options
+            else ""
+        )
 
 
 class Expectation(_Strict):
@@ -85,9 +88,11 @@ class ScenarioResult:
         if self.verdict is None:
             return False
         expect = self.spec.expect
-        return (self.verdict.outcome == expect.outcome
-                and (expect.cause is None or self.cause_rank == 1)
-                and (expect.first_rung is None or self.verdict.first_rung == expect.first_rung))
+        return (
+            self.verdict.outcome == expect.outcome
+            and (expect.cause is None or self.cause_rank == 1)
+            and (expect.first_rung is None or self.verdict.first_rung == expect.first_rung)
+        )
 
 
 def load_scenario(directory: Path) -> ScenarioSpec:

@@ -8,6 +8,7 @@ started (torchrun's workers, DataLoader workers, the probe's tees). Stopping fol
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -55,10 +56,8 @@ def _pump(stream: object, log_path: Path, host: str, sink: LineSink | None) -> N
 
 
 def _signal_group(proc: subprocess.Popen[bytes], sig: int) -> None:
-    try:
+    with contextlib.suppress(ProcessLookupError):
         os.killpg(proc.pid, sig)
-    except ProcessLookupError:
-        pass
 
 
 def stop(procs: dict[str, subprocess.Popen[bytes]], grace_s: float = STOP_GRACE_S) -> None:
@@ -67,17 +66,16 @@ def stop(procs: dict[str, subprocess.Popen[bytes]], grace_s: float = STOP_GRACE_
         _signal_group(proc, signal.SIGTERM)
     deadline = time.monotonic() + grace_s
     for proc in procs.values():
-        try:
+        with contextlib.suppress(subprocess.TimeoutExpired):
             proc.wait(timeout=max(0.0, deadline - time.monotonic()))
-        except subprocess.TimeoutExpired:
-            pass
     for proc in procs.values():
         _signal_group(proc, signal.SIGKILL)  # also reaps grandchildren that outlived their parent
         proc.wait()
 
 
-def run_hosts(launches: list[HostLaunch], *, max_run_s: float, sink: LineSink | None = None,
-              hang: HangWatch | None = None) -> Outcome:
+def run_hosts(
+    launches: list[HostLaunch], *, max_run_s: float, sink: LineSink | None = None, hang: HangWatch | None = None
+) -> Outcome:
     """Start every host, wait for all of them, stop them all on timeout, hang or interrupt."""
     outcome = Outcome()
     procs: dict[str, subprocess.Popen[bytes]] = {}
@@ -86,14 +84,18 @@ def run_hosts(launches: list[HostLaunch], *, max_run_s: float, sink: LineSink | 
         for launch in launches:
             launch.log_path.parent.mkdir(parents=True, exist_ok=True)
             proc = subprocess.Popen(
-                launch.argv, env=launch.env, cwd=launch.cwd, stdin=subprocess.DEVNULL,
-                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True,
+                launch.argv,
+                env=launch.env,
+                cwd=launch.cwd,
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
                 preexec_fn=launch.preexec_fn,
             )
             procs[launch.host] = proc
             outcome.started_at[launch.host] = now()
-            pump = threading.Thread(target=_pump, args=(proc.stdout, launch.log_path, launch.host, sink),
-                                    daemon=True)
+            pump = threading.Thread(target=_pump, args=(proc.stdout, launch.log_path, launch.host, sink), daemon=True)
             pump.start()
             pumps.append(pump)
         deadline = time.monotonic() + max_run_s

@@ -45,9 +45,14 @@ class Verdict:
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "outcome": self.outcome, "rungs": self.rungs, "first_rung": self.first_rung,
-            "baseline_rung": self.baseline_rung, "first_step": self.first_step,
-            "findings": [f.to_dict() for f in self.findings], "skipped": self.skipped, "records": self.records,
+            "outcome": self.outcome,
+            "rungs": self.rungs,
+            "first_rung": self.first_rung,
+            "baseline_rung": self.baseline_rung,
+            "first_step": self.first_step,
+            "findings": [f.to_dict() for f in self.findings],
+            "skipped": self.skipped,
+            "records": self.records,
         }
 
 
@@ -60,16 +65,30 @@ def _findings_for(record: RunRecord, below: RunRecord | None, *, rtol: float, at
     if below is not None:
         findings += compare(below, record, rtol=rtol, atol=atol)
     elif record.status != "succeeded":
-        findings.append(Finding("failure", "failure", f"the job {record.status} on {record.rung}",
-                                describe_failure(record), cause="job-failed", confidence=0.3))
+        findings.append(
+            Finding(
+                "failure",
+                "failure",
+                f"the job {record.status} on {record.rung}",
+                describe_failure(record),
+                cause="job-failed",
+                confidence=0.3,
+            )
+        )
     return rank_findings(findings)
 
 
-def judge(records: list[RunRecord], *, rtol: float = DEFAULT_RTOL, atol: float = DEFAULT_ATOL,
-          skipped: dict[str, str] | None = None) -> Verdict:
+def judge(
+    records: list[RunRecord],
+    *,
+    rtol: float = DEFAULT_RTOL,
+    atol: float = DEFAULT_ATOL,
+    skipped: dict[str, str] | None = None,
+) -> Verdict:
     """Walk the ladder upwards; stop at the first rung that fails or diverges."""
-    verdict = Verdict("parity", [r.rung for r in records], skipped=dict(skipped or {}),
-                      records=[str(r.root) for r in records])
+    verdict = Verdict(
+        "parity", [r.rung for r in records], skipped=dict(skipped or {}), records=[str(r.root) for r in records]
+    )
     for index, record in enumerate(records):
         below = records[index - 1] if index else None
         findings = _findings_for(record, below, rtol=rtol, atol=atol)

@@ -111,8 +111,9 @@ class Backend(ABC):
 
     def _finish(self, job: JobSpec, record: RecordWriter, status: Status) -> None:
         sources = {host: record.root / "hosts" / host / "log.txt" for host in job.hosts}
-        sources.update({f"rank-{p.stem.removeprefix('rank-')}": p
-                        for p in sorted((record.root / "ranks").glob("rank-*.log"))})
+        sources.update(
+            {f"rank-{p.stem.removeprefix('rank-')}": p for p in sorted((record.root / "ranks").glob("rank-*.log"))}
+        )
         write_json(record.root / "metrics.json", metrics.parse_logs(job.metric_definitions, sources))
         record.finish(status)
 
@@ -120,5 +121,6 @@ class Backend(ABC):
 def copy_source(job: JobSpec, destination: Path) -> None:
     """The job's ``source_dir`` as the container sees it at ``/opt/ml/code``."""
     if job.source_dir is not None:
-        shutil.copytree(job.source_dir, destination, dirs_exist_ok=True,
-                        ignore=shutil.ignore_patterns("__pycache__", ".git"))
+        shutil.copytree(
+            job.source_dir, destination, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__", ".git")
+        )

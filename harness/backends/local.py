@@ -24,15 +24,25 @@ from pathlib import Path, PurePosixPath
 from harness import artifacts, sandbox
 from harness.backends.base import Backend, Capabilities, Plan, Progress, copy_source
 from harness.contract import OPT_ML, PLATFORM_DIRS, HostContract, Machine, failure_message, host_contract
+from harness.hang import DEFAULT_HANG_AFTER_S, HangWatch
 from harness.jobspec import JobSpec
 from harness.record import RecordWriter, Status, redact_env, write_json
-from harness.hang import DEFAULT_HANG_AFTER_S, HangWatch
 from harness.supervise import HostLaunch, run_hosts
 
 PROBE_DIR = Path(__file__).resolve().parent.parent / "probe"
 #: Inherited variables that would leak one launcher's view into another's.
-_INHERITED_NOISE = ("SM_", "RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
-                    "TORCHELASTIC_", "GROUP_RANK", "LOCAL_WORLD_SIZE", "HARNESS_")
+_INHERITED_NOISE = (
+    "SM_",
+    "RANK",
+    "LOCAL_RANK",
+    "WORLD_SIZE",
+    "MASTER_ADDR",
+    "MASTER_PORT",
+    "TORCHELASTIC_",
+    "GROUP_RANK",
+    "LOCAL_WORLD_SIZE",
+    "HARNESS_",
+)
 
 
 @functools.cache
@@ -44,8 +54,13 @@ def _namespaces_unavailable() -> str | None:
 def cuda_device_count() -> int:
     """GPUs torch sees here (asked in a child so the harness itself never imports torch)."""
     try:
-        out = subprocess.run([sys.executable, "-c", "import torch; print(torch.cuda.device_count())"],
-                             capture_output=True, text=True, timeout=120, check=True)
+        out = subprocess.run(
+            [sys.executable, "-c", "import torch; print(torch.cuda.device_count())"],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=True,
+        )
         return int(out.stdout.strip() or 0)
     except (subprocess.SubprocessError, ValueError, OSError):
         return 0
@@ -89,14 +104,19 @@ class LocalBackend(Backend):
         facts: dict[str, object] = {
             "work_dir": str(work),
             "namespaces": "private network and mount namespaces" if degraded is None else f"none: {degraded}",
-            "opt_ml": "each host's tree mounted on /opt/ml" if degraded is None
+            "opt_ml": "each host's tree mounted on /opt/ml"
+            if degraded is None
             else "not emulated: paths point into the work dir; writes to /opt/ml are refused",
-            "hostnames": "algo-N resolve to the run's private loopback" if degraded is None
+            "hostnames": "algo-N resolve to the run's private loopback"
+            if degraded is None
             else "algo-N do not resolve; the rendezvous uses 127.0.0.1",
             "channels": "symbolic links to the local source directories",
             "gpus": "hidden (CUDA_VISIBLE_DEVICES='')" if machine.num_gpus == 0 else f"{machine.num_gpus} visible",
-            "machine": {"num_cpus": machine.num_cpus, "num_gpus": machine.num_gpus,
-                        "network_interface": machine.network_interface},
+            "machine": {
+                "num_cpus": machine.num_cpus,
+                "num_gpus": machine.num_gpus,
+                "network_interface": machine.network_interface,
+            },
         }
         if degraded is not None:
             port = _free_port()
@@ -110,14 +130,17 @@ class LocalBackend(Backend):
         namespaced = _namespaces_unavailable() is None
         try:
             with sandbox.RunNetwork() if namespaced else _no_network() as network:
-                launches = [self._prepare_host(job, contract, work, record, network)
-                            for contract in plan.hosts.values()]
-                outcome = run_hosts(launches, max_run_s=job.max_run, sink=progress,
-                                    hang=HangWatch(record.root, self.hang_after_s))
+                launches = [
+                    self._prepare_host(job, contract, work, record, network) for contract in plan.hosts.values()
+                ]
+                outcome = run_hosts(
+                    launches, max_run_s=job.max_run, sink=progress, hang=HangWatch(record.root, self.hang_after_s)
+                )
             trees = {host: work / host / "opt_ml" for host in plan.hosts}
             for host, code in outcome.exit_codes.items():
-                _collect_failure(job, plan.hosts[host], trees[host], record, code, outcome.started_at[host],
-                                 outcome.ended_at[host])
+                _collect_failure(
+                    job, plan.hosts[host], trees[host], record, code, outcome.started_at[host], outcome.ended_at[host]
+                )
             record.manifest["artifacts"] = _artifact_overview(artifacts.collect(trees, record.root))
             record.manifest["ranks"] = _ranks(record.root)
         finally:
@@ -128,8 +151,9 @@ class LocalBackend(Backend):
             return "timeout"
         return "succeeded" if all(code == 0 for code in outcome.exit_codes.values()) else "failed"
 
-    def _prepare_host(self, job: JobSpec, contract: HostContract, work: Path, record: RecordWriter,
-                      network: sandbox.RunNetwork | None) -> HostLaunch:
+    def _prepare_host(
+        self, job: JobSpec, contract: HostContract, work: Path, record: RecordWriter, network: sandbox.RunNetwork | None
+    ) -> HostLaunch:
         host = contract.host
         tree = work / host / "opt_ml"
         for sub in PLATFORM_DIRS:
@@ -150,8 +174,13 @@ class LocalBackend(Backend):
         if network is not None:
             hosts_path = work / host / "hosts"
             hosts_path.write_text(sandbox.hosts_file(job.hosts), encoding="utf-8")
-            preexec = network.host_entry(host=host, opt_ml=tree, hosts_path=hosts_path, overlay_dir=work / host / "overlay",
-                                         cwd=str(contract.cwd))
+            preexec = network.host_entry(
+                host=host,
+                opt_ml=tree,
+                hosts_path=hosts_path,
+                overlay_dir=work / host / "overlay",
+                cwd=str(contract.cwd),
+            )
             cwd = tree / PurePosixPath(contract.cwd).relative_to(OPT_ML)  # same directory, seen from outside
         return HostLaunch(host, contract.command, env, cwd, record.host_dir(host) / "log.txt", preexec)
 
@@ -168,8 +197,9 @@ class LocalGpuBackend(LocalBackend):
         return None
 
     def _machine(self) -> Machine:
-        return Machine(num_cpus=os.cpu_count() or 1, num_gpus=cuda_device_count(), network_interface="lo",
-                       python=sys.executable)
+        return Machine(
+            num_cpus=os.cpu_count() or 1, num_gpus=cuda_device_count(), network_interface="lo", python=sys.executable
+        )
 
 
 class _no_network:
@@ -187,14 +217,23 @@ def _degrade(contract: HostContract, port: int) -> HostContract:
         command[command.index("--master_addr") + 1] = "127.0.0.1"
         command[command.index("--master_port") + 1] = str(port)
     launcher_env = {**contract.launcher_env, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
-    return HostContract(contract.host, contract.opt_ml, contract.files, contract.platform_env, launcher_env,
-                        command, contract.cwd, {**contract.facts, "degraded": True})
+    return HostContract(
+        contract.host,
+        contract.opt_ml,
+        contract.files,
+        contract.platform_env,
+        launcher_env,
+        command,
+        contract.cwd,
+        {**contract.facts, "degraded": True},
+    )
 
 
 def _host_env(contract: HostContract, record_root: Path) -> dict[str, str]:
     inherited = {k: v for k, v in os.environ.items() if not k.startswith(_INHERITED_NOISE)}
     python_path = os.pathsep.join(
-        p for p in (str(PROBE_DIR), contract.env.get("PYTHONPATH"), inherited.get("PYTHONPATH")) if p)
+        p for p in (str(PROBE_DIR), contract.env.get("PYTHONPATH"), inherited.get("PYTHONPATH")) if p
+    )
     env = {
         **inherited,
         "PYTHONUNBUFFERED": "1",  # the PyTorch DLCs set it; without it logs arrive at exit
@@ -211,8 +250,9 @@ def _host_env(contract: HostContract, record_root: Path) -> dict[str, str]:
     return env
 
 
-def _collect_failure(job: JobSpec, contract: HostContract, tree: Path, record: RecordWriter, code: int,
-                     started: str, ended: str) -> None:
+def _collect_failure(
+    job: JobSpec, contract: HostContract, tree: Path, record: RecordWriter, code: int, started: str, ended: str
+) -> None:
     """Exit code and ``/opt/ml/output/failure`` of one host; where the job wrote no failure file,
     the one its launcher would have written (marked ``failure_written_by: launcher``)."""
     host = contract.host
@@ -225,13 +265,21 @@ def _collect_failure(job: JobSpec, contract: HostContract, tree: Path, record: R
         failure, written_by = failure_message(job, code, contract.command, errors), "launcher"
     if failure is not None:
         (record.host_dir(host) / "failure").write_text(failure)
-    record.host_result(host, exit_code=code, started_at=started, ended_at=ended,
-                       failure_reason=failure[:1024] if failure else None, failure_written_by=written_by)
+    record.host_result(
+        host,
+        exit_code=code,
+        started_at=started,
+        ended_at=ended,
+        failure_reason=failure[:1024] if failure else None,
+        failure_written_by=written_by,
+    )
 
 
 def _artifact_overview(summary: dict[str, dict[str, object]]) -> dict[str, object]:
-    return {name: {"files": len(info["files"]), "clashes": info["clashes"]}  # type: ignore[arg-type]
-            for name, info in summary.items()}
+    return {
+        name: {"files": len(info["files"]), "clashes": info["clashes"]}  # type: ignore[arg-type]
+        for name, info in summary.items()
+    }
 
 
 def _ranks(record_root: Path) -> dict[str, object]:
@@ -240,8 +288,9 @@ def _ranks(record_root: Path) -> dict[str, object]:
     for path in sorted((record_root / "processes").glob("*.json")):
         info = json.loads(path.read_text())
         if info.get("rank") is not None:
-            ranks[str(info["rank"])] = {key: info.get(key) for key in ("host", "pid", "local_rank", "ended_at",
-                                                                         "exception")}
+            ranks[str(info["rank"])] = {
+                key: info.get(key) for key in ("host", "pid", "local_rank", "ended_at", "exception")
+            }
     return dict(sorted(ranks.items(), key=lambda item: int(item[0])))
 
 

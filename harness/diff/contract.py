@@ -17,10 +17,14 @@ def check(baseline: RunRecord, candidate: RunRecord) -> list[Finding]:
     b = candidate.read_json(f"hosts/{host}/received/env.json") or {}
     keys = sorted(k for k in set(a) | set(b) if k.startswith(RELEVANT) and a.get(k) != b.get(k))
     if keys:
-        findings.append(Finding(
-            "contract", "note", f"{len(keys)} SageMaker-relevant variables differ on {host}",
-            [f"{k}: {_short(a.get(k, '<unset>'))} -> {_short(b.get(k, '<unset>'))}" for k in keys[:20]],
-        ))
+        findings.append(
+            Finding(
+                "contract",
+                "note",
+                f"{len(keys)} SageMaker-relevant variables differ on {host}",
+                [f"{k}: {_short(a.get(k, '<unset>'))} -> {_short(b.get(k, '<unset>'))}" for k in keys[:20]],
+            )
+        )
     for name in ("hyperparameters.json", "resourceconfig.json", "inputdataconfig.json"):
         x = baseline.read_json(f"hosts/{host}/received/{name}")
         y = candidate.read_json(f"hosts/{host}/received/{name}")

@@ -52,13 +52,34 @@ def check(baseline: RunRecord, candidate: RunRecord) -> list[Finding]:
     if a and b:
         lines = environment_changes(a, b)
         if lines:
-            shown = lines[:_MAX_LINES] + ([f"... and {len(lines) - _MAX_LINES} more"] if len(lines) > _MAX_LINES else [])
-            findings.append(Finding("environment", "note", f"{len(lines)} environment differences on {candidate.rung}",
-                                    shown, cause="environment", confidence=0.3))
+            shown = lines[:_MAX_LINES] + (
+                [f"... and {len(lines) - _MAX_LINES} more"] if len(lines) > _MAX_LINES else []
+            )
+            findings.append(
+                Finding(
+                    "environment",
+                    "note",
+                    f"{len(lines)} environment differences on {candidate.rung}",
+                    shown,
+                    cause="environment",
+                    confidence=0.3,
+                )
+            )
     facts_a, facts_b = baseline.manifest.get("rung_facts", {}), candidate.manifest.get("rung_facts", {})
-    changed = [f"{k}: {facts_a.get(k)!r} -> {facts_b.get(k)!r}" for k in sorted(set(facts_a) | set(facts_b))
-               if k != "work_dir" and facts_a.get(k) != facts_b.get(k)]
+    changed = [
+        f"{k}: {facts_a.get(k)!r} -> {facts_b.get(k)!r}"
+        for k in sorted(set(facts_a) | set(facts_b))
+        if k != "work_dir" and facts_a.get(k) != facts_b.get(k)
+    ]
     if changed:
-        findings.append(Finding("environment", "note", f"how {candidate.rung} differs from {baseline.rung}",
-                                changed[:_MAX_LINES], cause="rung-facts", confidence=0.2))
+        findings.append(
+            Finding(
+                "environment",
+                "note",
+                f"how {candidate.rung} differs from {baseline.rung}",
+                changed[:_MAX_LINES],
+                cause="rung-facts",
+                confidence=0.2,
+            )
+        )
     return findings

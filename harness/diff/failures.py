@@ -34,6 +34,13 @@ def describe_failure(record: RunRecord) -> list[str]:
 def check(baseline: RunRecord, candidate: RunRecord) -> list[Finding]:
     if candidate.status == "succeeded" or baseline.status != "succeeded":
         return []
-    return [Finding("failure", "failure", f"the job {candidate.status} on {candidate.rung} "
-                    f"but succeeded on {baseline.rung}", describe_failure(candidate), cause="job-failed",
-                    confidence=0.3)]
+    return [
+        Finding(
+            "failure",
+            "failure",
+            f"the job {candidate.status} on {candidate.rung} but succeeded on {baseline.rung}",
+            describe_failure(candidate),
+            cause="job-failed",
+            confidence=0.3,
+        )
+    ]

@@ -13,8 +13,9 @@ from typing import Any, Literal
 
 from harness.record import RunRecord
 
-Kind = Literal["failure", "metrics", "artifacts", "tensors", "contract", "environment", "logs", "ranks",
-               "hyperparameters", "hang"]
+Kind = Literal[
+    "failure", "metrics", "artifacts", "tensors", "contract", "environment", "logs", "ranks", "hyperparameters", "hang"
+]
 Severity = Literal["failure", "divergence", "note"]
 
 

@@ -10,8 +10,15 @@ from harness.diff.findings import Finding
 from harness.record import RunRecord
 
 _FRAME = re.compile(r'^\s+File "(?P<file>[^"]+)", line (?P<line>\d+) in (?P<func>\S+)')
-_LIBRARY = ("/torch/", "/threading.py", "/site-packages/", "/dist-packages/", "_harness_probe", "/multiprocessing/",
-            "/lib/python3")
+_LIBRARY = (
+    "/torch/",
+    "/threading.py",
+    "/site-packages/",
+    "/dist-packages/",
+    "_harness_probe",
+    "/multiprocessing/",
+    "/lib/python3",
+)
 
 
 def _last_dump(text: str) -> list[tuple[str, int, str]]:
@@ -26,7 +33,9 @@ def check(record: RunRecord) -> list[Finding]:
     if record.status != "hung":
         return []
     evidence, stuck = [], []
-    for path in sorted((record.root / "ranks").glob("rank-*.stacks.txt"), key=lambda p: int(p.name.split("-")[1].split(".")[0])):
+    for path in sorted(
+        (record.root / "ranks").glob("rank-*.stacks.txt"), key=lambda p: int(p.name.split("-")[1].split(".")[0])
+    ):
         rank = int(path.name.split("-")[1].split(".")[0])
         frames = _last_dump(path.read_text(errors="replace"))
         if not frames:
@@ -37,14 +46,29 @@ def check(record: RunRecord) -> list[Finding]:
         beat = json.loads(beat_path.read_text()) if beat_path.is_file() else {}
         where = f"{user[0]}:{user[1]}" if user else f"{frames[0][0]}:{frames[0][1]}"
         stuck.append(rank)
-        evidence.append(f"rank {rank} stuck at {where} in {innermost} "
-                        f"(collectives {beat.get('collectives')}, batches {beat.get('batches')})")
+        evidence.append(
+            f"rank {rank} stuck at {where} in {innermost} "
+            f"(collectives {beat.get('collectives')}, batches {beat.get('batches')})"
+        )
     if not stuck:
-        return [Finding("hang", "failure", "the job stopped making progress (no stacks could be dumped)",
-                        cause="hang", confidence=0.5)]
-    return [Finding(
-        "hang", "failure", f"the job hung: ranks {stuck} made no progress", evidence,
-        hint="ranks waiting in different collectives, or some ranks in a collective that others never reach, "
-             "hang until the backend's timeout: make every rank issue the same collectives",
-        cause="hang", confidence=0.7,
-    )]
+        return [
+            Finding(
+                "hang",
+                "failure",
+                "the job stopped making progress (no stacks could be dumped)",
+                cause="hang",
+                confidence=0.5,
+            )
+        ]
+    return [
+        Finding(
+            "hang",
+            "failure",
+            f"the job hung: ranks {stuck} made no progress",
+            evidence,
+            hint="ranks waiting in different collectives, or some ranks in a collective that others never reach, "
+            "hang until the backend's timeout: make every rank issue the same collectives",
+            cause="hang",
+            confidence=0.7,
+        )
+    ]

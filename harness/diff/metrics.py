@@ -13,7 +13,7 @@ from harness.record import RunRecord
 
 
 def first_divergence(a: list[float], b: list[float], *, rtol: float, atol: float) -> int | None:
-    for step, (x, y) in enumerate(zip(a, b)):
+    for step, (x, y) in enumerate(zip(a, b, strict=False)):
         if abs(x - y) > atol + rtol * abs(x):
             return step
     return None
@@ -29,16 +29,30 @@ def check(baseline: RunRecord, candidate: RunRecord, *, rtol: float, atol: float
             continue
         step = first_divergence(a, b, rtol=rtol, atol=atol)
         if step is not None:
-            findings.append(Finding(
-                "metrics", "divergence", f"{name} diverges at step {step} on {candidate.rung}",
-                [f"step {step}: {baseline.rung}={a[step]!r} {candidate.rung}={b[step]!r} "
-                 f"(tolerance rtol={rtol}, atol={atol})"],
-                step=step, cause="metric-divergence", confidence=0.5,
-            ))
+            findings.append(
+                Finding(
+                    "metrics",
+                    "divergence",
+                    f"{name} diverges at step {step} on {candidate.rung}",
+                    [
+                        f"step {step}: {baseline.rung}={a[step]!r} {candidate.rung}={b[step]!r} "
+                        f"(tolerance rtol={rtol}, atol={atol})"
+                    ],
+                    step=step,
+                    cause="metric-divergence",
+                    confidence=0.5,
+                )
+            )
         elif len(a) != len(b) and candidate.status == "succeeded":
-            findings.append(Finding(
-                "metrics", "divergence", f"{name} has {len(b)} points on {candidate.rung}, {len(a)} on {baseline.rung}",
-                [f"{source}: the first {min(len(a), len(b))} points agree"], step=min(len(a), len(b)),
-                cause="metric-length", confidence=0.4,
-            ))
+            findings.append(
+                Finding(
+                    "metrics",
+                    "divergence",
+                    f"{name} has {len(b)} points on {candidate.rung}, {len(a)} on {baseline.rung}",
+                    [f"{source}: the first {min(len(a), len(b))} points agree"],
+                    step=min(len(a), len(b)),
+                    cause="metric-length",
+                    confidence=0.4,
+                )
+            )
     return findings
