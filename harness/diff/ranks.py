@@ -61,8 +61,8 @@ def _hidden_failures(record: RunRecord, processes: list[dict[str, Any]]) -> list
                 + (f", {p['exception']}" if p.get("exception") else "")
                 for p in crashed[:10]
             ],
-            hint="check every child's exit code (multiprocessing: join() then exitcode; or use torch.multiprocessing.spawn, "
-            "which raises when a child fails)",
+            hint="check every child's exit code (multiprocessing: join(), then exitcode), "
+            "or use torch.multiprocessing.spawn, which raises when a child fails",
             cause="hidden-child-failure",
             confidence=0.9,
         )
