@@ -76,8 +76,10 @@ class LocalBackend(Backend):
     name = "local"
     capabilities = Capabilities(gpus=False, separate_hosts=False, containers=False)
 
-    def __init__(self, *, hang_after_s: float = DEFAULT_HANG_AFTER_S) -> None:
+    def __init__(self, *, hang_after_s: float = DEFAULT_HANG_AFTER_S, probe: bool = True) -> None:
+        """``probe=False`` runs the job without the probe (to measure its cost, or to rule it out)."""
         self.hang_after_s = hang_after_s
+        self.probe = probe
 
     def unavailable_reason(self) -> str | None:
         return None
@@ -103,6 +105,7 @@ class LocalBackend(Backend):
             contracts[host] = host_contract(job, host, machine, opt_ml)
         facts: dict[str, object] = {
             "work_dir": str(work),
+            "probe": "on" if self.probe else "off",
             "namespaces": "private network and mount namespaces" if degraded is None else f"none: {degraded}",
             "opt_ml": "each host's tree mounted on /opt/ml"
             if degraded is None
@@ -163,7 +166,7 @@ class LocalBackend(Backend):
         for name, channel in job.channels.items():
             (tree / "input" / "data" / name).symlink_to(channel.source, target_is_directory=True)
         copy_source(job, tree / PurePosixPath(contract.cwd).relative_to(contract.opt_ml))
-        env = _host_env(contract, record.root)
+        env = _host_env(contract, record.root if self.probe else None)
         received = record.host_dir(host) / "received"
         write_json(received / "command.json", {"argv": contract.command, "cwd": str(contract.cwd)})
         write_json(received / "env.json", redact_env(env))
@@ -229,7 +232,7 @@ def _degrade(contract: HostContract, port: int) -> HostContract:
     )
 
 
-def _host_env(contract: HostContract, record_root: Path) -> dict[str, str]:
+def _host_env(contract: HostContract, probe_dir: Path | None) -> dict[str, str]:
     inherited = {k: v for k, v in os.environ.items() if not k.startswith(_INHERITED_NOISE)}
     python_path = os.pathsep.join(
         p for p in (str(PROBE_DIR), contract.env.get("PYTHONPATH"), inherited.get("PYTHONPATH")) if p
@@ -240,9 +243,10 @@ def _host_env(contract: HostContract, record_root: Path) -> dict[str, str]:
         **contract.env,
         "PATH": os.pathsep.join((os.path.dirname(sys.executable), inherited.get("PATH", os.defpath))),
         "PYTHONPATH": python_path,
-        "HARNESS_PROBE_DIR": str(record_root),
         "HARNESS_HOST": contract.host,
     }
+    if probe_dir is not None:
+        env["HARNESS_PROBE_DIR"] = str(probe_dir)
     if contract.facts.get("degraded"):
         env["HARNESS_GUARD_OPT_ML"] = "1"
     if contract.env.get("SM_NUM_GPUS") == "0":
