@@ -3,10 +3,14 @@
 Values match when ``|a - b| <= atol + rtol * |a|`` (numpy's ``isclose`` rule). CPU gloo runs are
 bit-identical across topologies here, so the default tolerance only has to absorb the
 printing precision of the job's own log lines; GPU rungs need the noise floor of a rung run
-twice (pass it as ``rtol``/``atol``).
+twice (pass it as ``rtol``/``atol``). When the two runs see different numbers of samples per
+step (world size or batch size changed), curves are compared at equal samples seen instead,
+and the change of effective batch is reported: it changes the curve even for a correct job.
 """
 
 from __future__ import annotations
+
+import json
 
 from harness.diff.findings import Finding
 from harness.record import RunRecord
@@ -19,23 +23,73 @@ def first_divergence(a: list[float], b: list[float], *, rtol: float, atol: float
     return None
 
 
+def samples_per_step(record: RunRecord) -> int | None:
+    """Samples all ranks consume per step, from the probe's first batch of every rank."""
+    total = 0
+    for path in (record.root / "ranks").glob("rank-*.jsonl"):
+        with path.open(encoding="utf-8") as handle:
+            first = next((json.loads(line) for line in handle if '"kind": "batch"' in line), None)
+        if first is None or not first.get("size"):
+            return None
+        total += int(first["size"])
+    return total or None
+
+
+def _at_equal_samples(a: list[float], b: list[float], sa: int, sb: int) -> tuple[list[float], list[float], list[int]]:
+    """Points of both curves taken where the two runs have seen the same number of samples."""
+    pa, pb, xs, ys, seen = 0, 0, [], [], []
+    while pa < len(a) and pb < len(b):
+        seen_a, seen_b = (pa + 1) * sa, (pb + 1) * sb
+        if seen_a == seen_b:
+            xs.append(a[pa])
+            ys.append(b[pb])
+            seen.append(seen_a)
+            pa, pb = pa + 1, pb + 1
+        elif seen_a < seen_b:
+            pa += 1
+        else:
+            pb += 1
+    return xs, ys, seen
+
+
 def check(baseline: RunRecord, candidate: RunRecord, *, rtol: float, atol: float) -> list[Finding]:
     findings = []
     source = baseline.hosts[0]
     theirs = candidate.metrics()
+    sa, sb = samples_per_step(baseline), samples_per_step(candidate)
+    by_samples = sa is not None and sb is not None and sa != sb
+    if by_samples:
+        findings.append(
+            Finding(
+                "metrics",
+                "note",
+                f"{candidate.rung} consumes {sb} samples per step, {baseline.rung} {sa}",
+                [
+                    f"world size {baseline.manifest['topology']['world_size']} -> {candidate.manifest['topology']['world_size']}",
+                    "curves compared at equal samples seen",
+                ],
+                hint="keep the global batch (per-rank batch x world size) and the learning rate together when the "
+                "topology changes",
+                cause="effective-batch-changed",
+                confidence=0.6,
+            )
+        )
     for name, sources in baseline.metrics().items():
         a, b = sources.get(source, []), theirs.get(name, {}).get(source, [])
         if not a and not b:
             continue
+        if by_samples:
+            a, b = _at_equal_samples(a, b, sa, sb)  # type: ignore[arg-type]
         step = first_divergence(a, b, rtol=rtol, atol=atol)
+        unit = "point at equal samples" if by_samples else "step"
         if step is not None:
             findings.append(
                 Finding(
                     "metrics",
                     "divergence",
-                    f"{name} diverges at step {step} on {candidate.rung}",
+                    f"{name} diverges at {unit} {step} on {candidate.rung}",
                     [
-                        f"step {step}: {baseline.rung}={a[step]!r} {candidate.rung}={b[step]!r} "
+                        f"{unit} {step}: {baseline.rung}={a[step]!r} {candidate.rung}={b[step]!r} "
                         f"(tolerance rtol={rtol}, atol={atol})"
                     ],
                     step=step,
@@ -43,7 +97,7 @@ def check(baseline: RunRecord, candidate: RunRecord, *, rtol: float, atol: float
                     confidence=0.5,
                 )
             )
-        elif len(a) != len(b) and candidate.status == "succeeded":
+        elif len(a) != len(b) and candidate.status == "succeeded" and not by_samples:
             findings.append(
                 Finding(
                     "metrics",

@@ -266,6 +266,16 @@ def digest(obj, hasher):
         hasher.update(repr(obj).encode())
 
 
+def batch_size(batch):
+    """Samples in a batch: the first dimension of its first tensor."""
+    while isinstance(batch, (list, tuple)) and batch:
+        batch = batch[0]
+    if isinstance(batch, dict) and batch:
+        return batch_size(next(iter(batch.values())))
+    shape = getattr(batch, "shape", None)
+    return int(shape[0]) if shape else None
+
+
 def instrument_distributed(c10d):
     original_init = c10d.init_process_group
 
@@ -312,7 +322,7 @@ def instrument_dataloader(module):
             hasher = hashlib.blake2b(digest_size=12)
             digest(batch, hasher)
             RANK.counters["batches"] += 1
-            RANK.emit("batch", n=RANK.counters["batches"], digest=hasher.hexdigest())
+            RANK.emit("batch", n=RANK.counters["batches"], digest=hasher.hexdigest(), size=batch_size(batch))
         return batch
 
     base.__next__ = __next__
