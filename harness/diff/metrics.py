@@ -52,6 +52,10 @@ def _at_equal_samples(a: list[float], b: list[float], sa: int, sb: int) -> tuple
     return xs, ys, seen
 
 
+def _world(record: RunRecord) -> int:
+    return int(record.manifest["topology"]["world_size"])
+
+
 def check(baseline: RunRecord, candidate: RunRecord, *, rtol: float, atol: float) -> list[Finding]:
     findings = []
     source = baseline.hosts[0]
@@ -64,10 +68,7 @@ def check(baseline: RunRecord, candidate: RunRecord, *, rtol: float, atol: float
                 "metrics",
                 "note",
                 f"{candidate.rung} consumes {sb} samples per step, {baseline.rung} {sa}",
-                [
-                    f"world size {baseline.manifest['topology']['world_size']} -> {candidate.manifest['topology']['world_size']}",
-                    "curves compared at equal samples seen",
-                ],
+                [f"world size {_world(baseline)} -> {_world(candidate)}", "curves compared at equal samples seen"],
                 hint="keep the global batch (per-rank batch x world size) and the learning rate together when the "
                 "topology changes",
                 cause="effective-batch-changed",
@@ -78,18 +79,19 @@ def check(baseline: RunRecord, candidate: RunRecord, *, rtol: float, atol: float
         a, b = sources.get(source, []), theirs.get(name, {}).get(source, [])
         if not a and not b:
             continue
+        seen: list[int] = []
         if by_samples:
-            a, b = _at_equal_samples(a, b, sa, sb)  # type: ignore[arg-type]
+            a, b, seen = _at_equal_samples(a, b, sa, sb)  # type: ignore[arg-type]
         step = first_divergence(a, b, rtol=rtol, atol=atol)
-        unit = "point at equal samples" if by_samples else "step"
         if step is not None:
+            where = f"{seen[step]} samples seen" if by_samples else f"step {step}"
             findings.append(
                 Finding(
                     "metrics",
                     "divergence",
-                    f"{name} diverges at {unit} {step} on {candidate.rung}",
+                    f"{name} diverges at {where} on {candidate.rung}",
                     [
-                        f"{unit} {step}: {baseline.rung}={a[step]!r} {candidate.rung}={b[step]!r} "
+                        f"{where}: {baseline.rung}={a[step]!r} {candidate.rung}={b[step]!r} "
                         f"(tolerance rtol={rtol}, atol={atol})"
                     ],
                     step=step,
