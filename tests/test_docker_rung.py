@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
@@ -9,6 +10,7 @@ import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import textwrap
 import time
 from collections.abc import Iterator
@@ -88,7 +90,7 @@ def test_reference_job_on_two_containers_matches_local_exactly(engine: DockerCli
                 seen["containers"] = {c.attrs["Config"]["Hostname"]: c.attrs["NetworkSettings"]["Networks"]
                                       for c in containers}
                 seen["network"] = engine.networks.get(f"harness-{run_id}").attrs
-            except Exception as exc:  # noqa: BLE001 - a failing callback must not end the log stream
+            except Exception as exc:  # a failing callback must not end the log stream it runs in
                 seen["error"] = exc
 
     docker_record = get_backend("docker").run(job, tmp_path, progress=watch)
@@ -134,7 +136,8 @@ def test_shm_hungry_job_needs_more_than_dockers_64m(engine: DockerClient, torch_
 def test_bring_your_own_image_runs_its_train_program(engine: DockerClient, tmp_path: Path) -> None:
     from harness.images import bootstrap_base_image, build_image
 
-    train = '#!/bin/sh\necho "train on $(hostname) as $TRAINING_JOB_NAME, SM_HOSTS=${SM_HOSTS:-unset}"\necho ok > /opt/ml/model/byo.txt\n'
+    train = ('#!/bin/sh\necho "train on $(hostname) as $TRAINING_JOB_NAME, SM_HOSTS=${SM_HOSTS:-unset}"\n'
+             "echo ok > /opt/ml/model/byo.txt\n")
     (tmp_path / "context").mkdir()
     (tmp_path / "context" / "train").write_text(train)
     image = build_image(engine, base=bootstrap_base_image(engine), context=tmp_path / "context",
@@ -153,10 +156,10 @@ def test_bring_your_own_image_runs_its_train_program(engine: DockerClient, tmp_p
 
 
 _SLEEPER = """
-import sys, time
+import sys
 from pathlib import Path
 from harness.backends import get_backend
-from harness.jobspec import JobSpec, load_job
+from harness.jobspec import load_job
 get_backend("docker", image=sys.argv[3], stop_grace_s=2).run(load_job(Path(sys.argv[1])), Path(sys.argv[2]))
 """
 
@@ -225,7 +228,8 @@ def test_gc_removes_leftovers_of_runs_that_are_over(engine: DockerClient, torch_
     dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
                           check=True).stdout.strip()
     dead_run, live_run = f"gc-test-dead-{os.getpid()}", f"gc-test-live-{os.getpid()}"
-    leftover_labels = {**run_labels(dead_run), "harness.pid": dead}  # as a killed harness leaves them
+    work = tempfile.mkdtemp(prefix="harness-docker-")  # a killed harness leaves its work dir too
+    leftover_labels = {**run_labels(dead_run), "harness.pid": dead, "harness.work_dir": work}
     leftover = engine.containers.create(torch_image, ["true"], labels=leftover_labels)
     network = engine.networks.create(f"harness-{dead_run}", labels=leftover_labels)
     live = engine.containers.create(torch_image, ["true"], labels=run_labels(live_run))
@@ -235,23 +239,24 @@ def test_gc_removes_leftovers_of_runs_that_are_over(engine: DockerClient, torch_
         assert _labelled("containers", f"harness.run_id={dead_run}") == []
         assert _labelled("networks", f"harness.run_id={dead_run}") == []
         assert _labelled("containers", f"harness.run_id={live_run}") == [live.name]  # its harness still runs
+        assert not Path(work).exists()
     finally:
         for remove in (lambda: leftover.remove(force=True), lambda: live.remove(force=True), network.remove):
-            try:
+            with contextlib.suppress(NotFound):
                 remove()
-            except NotFound:
-                pass
 
 
 @pytest.mark.gpu
 @pytest.mark.docker
 def test_gpus_are_split_between_hosts_and_nccl_is_verbose(engine: DockerClient) -> None:
-    if host_gpu_count() == 0 or not DockerBackend()._engine_gpus():
-        pytest.skip("no NVIDIA GPU here, or the engine has no NVIDIA runtime")
+    reason = DockerBackend(gpus=True).unavailable_reason()
+    if reason:
+        pytest.skip(reason)
     job = load_job(SCENARIOS / "ddp_csv" / "job.yaml").model_copy(update={"environment": {"NCCL_ALGO": "Ring"}})
     plan = DockerBackend(gpus=True).plan(job)
-    gpus = plan.facts["gpus"]
+    gpus = plan.facts["gpus"]["devices"]
     assert set(gpus) == {"algo-1", "algo-2"} and all(gpus.values())
+    assert plan.facts["gpus"]["shared_by_all_hosts"] == (len(gpus["algo-1"]) == host_gpu_count())
     env = plan.hosts["algo-1"].env
     assert env["NCCL_DEBUG"] == "INFO" and env["NCCL_ALGO"] == "Ring"
     assert env["SM_NUM_GPUS"] == str(len(gpus["algo-1"]))

@@ -1,17 +1,14 @@
 """The ``docker`` rung: one container per SageMaker host, on a network made for the run.
 
-The service runs ``docker run image train`` once per instance; this rung does the same with
-each host ``algo-N`` as a container whose hostname and network alias are ``algo-N``, on a
-private bridge network, with its own ``/opt/ml`` (a bind-mounted directory written from the
-contract exactly as the local rung writes it). Channels are mounted read-only, the probe is
-mounted read-only on ``PYTHONPATH``. What a machine decides rather than the contract
-(``/dev/shm`` size, ulimits, GPUs, CPU count) is an explicit setting, recorded in ``rung_facts``.
+The service runs ``docker run image train`` once per instance; here each host ``algo-N`` is a
+container with hostname and network alias ``algo-N`` on a private bridge network, its own
+``/opt/ml`` bind-mounted from a tree written from the contract as the local rung writes it,
+channels and the probe mounted read-only. What a machine rather than the contract decides
+(``/dev/shm``, ulimits, GPUs, CPUs) is an explicit setting, recorded in ``rung_facts``.
 
-Every container and network carries ``harness.managed=true`` and ``harness.run_id`` (and the
-pid and host name of the harness that owns it) and is removed in a ``finally``: success,
-failure, timeout and Ctrl-C leave nothing behind, and :func:`gc` removes what a killed harness
-could not. The rung creates no volumes; anonymous volumes an image declares go with their
-container.
+Everything a run creates carries ``harness.managed=true``, ``harness.run_id`` and its owner's
+pid and host name, and is removed by label in a ``finally`` (success, failure, timeout, Ctrl-C);
+:func:`gc` removes what a killed harness could not. The rung makes no volumes.
 """
 
 from __future__ import annotations
@@ -51,6 +48,7 @@ from harness.record import RecordWriter, Status, now, redact_env, write_json
 from harness.supervise import STOP_GRACE_S
 
 MANAGED, RUN_ID, OWNER_PID, OWNER_HOST = "harness.managed", "harness.run_id", "harness.pid", "harness.hostname"
+WORK_DIR = "harness.work_dir"
 PROBE_MOUNT = "/opt/harness/probe"
 RECORD_MOUNT = "/opt/harness/record"  # only its processes/ and ranks/ are mounted: the job never sees the manifest
 PING_TIMEOUT_S = 5
@@ -74,19 +72,17 @@ def default_shm_size() -> str:
 
 
 def effective_ulimits(requested: dict[str, int]) -> tuple[dict[str, int], dict[str, str]]:
-    """The requested ulimits, or this machine's hard limit where it is lower and cannot be raised.
+    """The requested ulimits, lowered to this machine's hard limit where that cannot be raised.
 
-    An engine without CAP_SYS_RESOURCE (dockerd inside a CI container) refuses to start a
-    container whose limit exceeds its own ("error setting rlimit"); the engine is taken to run
-    here, under this process's limits. Returns the limits to set and why any was lowered.
+    An engine without CAP_SYS_RESOURCE (dockerd in a CI container) cannot start a container
+    whose limit exceeds its own ("error setting rlimit"); it is taken to run here, under this
+    process's limits. Returns the limits to set and why any was lowered.
     """
     effective, lowered = dict(requested), {}
     for name, value in requested.items():
         kind = getattr(resource, f"RLIMIT_{name.upper()}", None)
         hard = resource.getrlimit(kind)[1] if kind is not None else resource.RLIM_INFINITY
-        wanted = resource.RLIM_INFINITY if value < 0 else value
-        if kind is not None and hard != resource.RLIM_INFINITY and (wanted == resource.RLIM_INFINITY or wanted > hard) \
-                and not _can_raise(kind):
+        if hard != resource.RLIM_INFINITY and (value < 0 or value > hard) and not _can_raise(kind):
             effective[name] = hard
             lowered[name] = f"{value} requested; this machine's hard limit is {hard} and cannot be raised here"
     return effective, lowered
@@ -129,7 +125,7 @@ class DockerBackend(Backend):
     def client(self) -> DockerClient:
         """Made on first use, so that planning and importing need no engine."""
         if self._docker is None:
-            self._docker = docker.from_env()
+            self._docker = client()
         return self._docker
 
     def unavailable_reason(self) -> str | None:
@@ -166,11 +162,6 @@ class DockerBackend(Backend):
             return {host: [str(i) for i in range(count)] for host in job.hosts}
         return {host: [str(i) for i in range(n * per, (n + 1) * per)] for n, host in enumerate(job.hosts)}
 
-    def _planned_image(self, job: JobSpec) -> str:
-        if not job.is_script_mode:
-            return str(job.image)
-        return self.image or job.image or "harness/torch (to be built by harness.images.ensure_torch_image)"
-
     def plan(self, job: JobSpec) -> Plan:
         gpus = self._gpu_ids(job)
         machine = Machine(num_cpus=os.cpu_count() or 1, num_gpus=len(gpus[job.hosts[0]]), network_interface="eth0",
@@ -182,7 +173,8 @@ class DockerBackend(Backend):
             contracts = {h: replace(c, launcher_env={**c.launcher_env, **nccl}) for h, c in contracts.items()}
         facts: dict[str, Any] = {
             "work_dir": str(Path(tempfile.gettempdir()) / f"harness-docker-{uuid.uuid4().hex[:8]}"),
-            "image": self._planned_image(job),
+            "image": (self.image or job.image if job.is_script_mode else job.image)
+            or "harness/torch (to be built by harness.images.ensure_torch_image)",
             "network": "a bridge network per run; each container's hostname and alias is its host name",
             "opt_ml": "each host's own tree bind-mounted on /opt/ml",
             "channels": "local directories bind-mounted read-only on /opt/ml/input/data/<channel>",
@@ -190,10 +182,8 @@ class DockerBackend(Backend):
             else "the platform layer only: the image's own program adds SM_*",
             "shm_size": self.shm_size, "shm_size_bytes": parse_bytes(self.shm_size),
             "ulimits": ulimits, "ulimits_requested": self.ulimits, "ulimits_lowered": lowered,
-            "gpus": gpus if machine.num_gpus else "none",
-            "gpu_sharing": "n/a" if not machine.num_gpus else "every host sees every device"
-            if len(job.hosts) > 1 and gpus[job.hosts[0]] == gpus[job.hosts[1]] else "each host its own devices",
-            "nccl_env": nccl if machine.num_gpus else "contract only (no GPUs)",
+            "gpus": {"devices": gpus, "shared_by_all_hosts": len(job.hosts) > 1 and gpus[job.hosts[0]] == gpus[
+                job.hosts[-1]], "nccl_env": nccl} if machine.num_gpus else "none",
             "machine": {"num_cpus": machine.num_cpus, "num_gpus": machine.num_gpus, "network_interface": "eth0",
                         "num_cpus_source": "os.cpu_count() of the Docker host (no CPU limit is set)"},
             "init": "none: the command is PID 1, as under `docker run image train`",
@@ -204,25 +194,27 @@ class DockerBackend(Backend):
     def _execute(self, plan: Plan, record: RecordWriter, progress: Progress | None) -> Status:
         client, job = self.client(), plan.job
         work = Path(str(plan.facts["work_dir"]))
-        labels = run_labels(str(record.manifest["run_id"]))
+        labels = {**run_labels(str(record.manifest["run_id"])), WORK_DIR: str(work)}
         containers: dict[str, Container] = {}
         image = ""
         try:  # everything made below carries the run's labels; the finally removes it by label
             image = self._resolve_image(client, job)
             record.set_fact("image", image)
             network = client.networks.create(f"harness-{labels[RUN_ID]}", driver="bridge", labels=labels)
+            trees = {host: work / host / "opt_ml" for host in plan.hosts}
             for host, contract in plan.hosts.items():
-                mounts = self._prepare_host(job, contract, work / host / "opt_ml", record)
+                mounts = self._prepare_host(job, contract, trees[host], record)
                 started = time.monotonic()
                 containers[host] = self._create(client, image, job, contract, mounts, network, labels, plan.facts)
                 created = time.monotonic()
                 containers[host].start()
-                record.host_result(host, container=containers[host].name, container_create_s=round(created - started, 3),
+                record.host_result(host, container=containers[host].name,
+                                   container_create_s=round(created - started, 3),
                                    container_start_s=round(time.monotonic() - created, 3))
             timed_out = self._supervise(containers, job.max_run, record, progress)
-            _shielded(lambda: _reclaim(client, image, [work, record.root / "processes", record.root / "ranks"], labels))
-            trees = {host: work / host / "opt_ml" for host in plan.hosts}
-            codes = {host: _host_result(job, plan.hosts[host], c, trees[host], record) for host, c in containers.items()}
+            owned_by_root = [work, record.root / "processes", record.root / "ranks"]
+            _shielded(lambda: _reclaim(client, image, owned_by_root, labels))
+            codes = {h: _host_result(job, plan.hosts[h], c, trees[h], record) for h, c in containers.items()}
             record.manifest["artifacts"] = _artifact_overview(artifacts.collect(trees, record.root))
             record.manifest["ranks"] = _ranks(record.root)
         finally:
@@ -232,12 +224,11 @@ class DockerBackend(Backend):
         return "succeeded" if all(code == 0 for code in codes.values()) else "failed"
 
     def _resolve_image(self, client: DockerClient, job: JobSpec) -> str:
-        if job.is_script_mode and not (self.image or job.image):
+        image = self.image or job.image if job.is_script_mode else job.image
+        if image is None:
             from harness.images import ensure_torch_image  # builds only what is missing
 
             return ensure_torch_image(client)
-        image = (self.image or job.image) if job.is_script_mode else job.image
-        assert image is not None  # a job without entry_point has an image (JobSpec validates it)
         try:
             client.images.get(image)
         except ImageNotFound:
@@ -275,8 +266,8 @@ class DockerBackend(Backend):
         host, gpus = contract.host, facts["gpus"]
         script = {"entrypoint": contract.command, "working_dir": str(contract.cwd)} if job.is_script_mode else {
             "command": ["train"]}  # bring-your-own image: `docker run image train`, its own entrypoint
-        devices = [DeviceRequest(driver="nvidia", device_ids=gpus[host], capabilities=[["gpu"]])] \
-            if isinstance(gpus, dict) and gpus[host] else None
+        devices = [DeviceRequest(driver="nvidia", device_ids=gpus["devices"][host], capabilities=[["gpu"]])] \
+            if isinstance(gpus, dict) else None
         return client.containers.create(
             image, name=f"{labels[RUN_ID]}-{host}", hostname=host, environment=_container_env(job, contract),
             labels={**labels, "harness.host": host}, network=network.name, mounts=mounts,
@@ -314,6 +305,11 @@ def _host_result(job: JobSpec, contract: HostContract, container: Container, tre
     return code
 
 
+def client() -> DockerClient:
+    """A client for the engine ``DOCKER_HOST`` names, else the default socket (``harness gc`` uses it)."""
+    return docker.from_env()
+
+
 def run_labels(run_id: str) -> dict[str, str]:
     """Labels on everything a run creates; the owner's pid and host name tell :func:`gc` it is live."""
     return {MANAGED: "true", RUN_ID: run_id, OWNER_PID: str(os.getpid()), OWNER_HOST: socket.gethostname()}
@@ -322,28 +318,29 @@ def run_labels(run_id: str) -> dict[str, str]:
 def gc(client: DockerClient, *, include_live: bool = False) -> list[str]:
     """Remove the containers, networks and volumes of harness runs that are over; return what went.
 
-    A run is over when the harness process named by its ``harness.pid`` label no longer exists on
-    this machine (``harness.hostname``). Resources labelled by a harness on another machine sharing
-    this engine cannot be checked and are kept; ``include_live=True`` removes everything labelled.
-    Only resources carrying a ``harness.run_id`` are touched: containers started by hand from the
-    harness's images inherit ``harness.managed=true`` from the image and are not runs. Images are
-    caches and are never removed here.
+    A run is over when its ``harness.pid`` no longer exists on this machine (``harness.hostname``);
+    another machine's runs on a shared engine cannot be checked and are kept. ``include_live=True``
+    removes every labelled run. Only resources with a ``harness.run_id`` are runs (containers made
+    by hand from harness images inherit ``harness.managed=true``); images are caches, kept.
     """
     keep = (lambda labels: False) if include_live else _live
     return _remove_labelled(client, [f"{MANAGED}=true", RUN_ID], keep)
 
 
 def _remove_labelled(client: DockerClient, labels: list[str], keep: Callable[[dict[str, str]], bool]) -> list[str]:
-    filters = {"label": labels}
+    filters = {"label": labels}  # containers first: a network cannot go while one is attached
     found: list[tuple[str, Any, Callable[[], object]]] = [
         *((f"container {c.name}", c.labels, functools.partial(c.remove, force=True, v=True))
           for c in client.containers.list(all=True, filters=filters)),
         *((f"network {n.name}", n.attrs.get("Labels"), n.remove) for n in client.networks.list(filters=filters)),
         *((f"volume {v.name}", v.attrs.get("Labels"), functools.partial(v.remove, force=True))
           for v in client.volumes.list(filters=filters)),
-    ]  # containers first: a network cannot go while a container is attached to it
-    return [name for name, labels, remove in found
-            if not keep(labels or {}) and _quietly(remove)]
+    ]
+    gone = [(name, labels or {}) for name, labels, remove in found if not keep(labels or {}) and _quietly(remove)]
+    for work in {labels.get(WORK_DIR, "") for _, labels in gone}:  # a killed harness's work dir too
+        if Path(work).name.startswith("harness-docker-"):
+            shutil.rmtree(work, ignore_errors=True)
+    return [name for name, _ in gone]
 
 
 def _live(labels: dict[str, str]) -> bool:
@@ -353,8 +350,8 @@ def _live(labels: dict[str, str]) -> bool:
         os.kill(int(labels.get(OWNER_PID, "")), 0)
     except (ValueError, ProcessLookupError):
         return False
-    except PermissionError:
-        return True
+    except PermissionError:  # alive, someone else's
+        pass
     return True
 
 
@@ -440,13 +437,23 @@ def _quietly(action: Callable[[], object]) -> bool:
 
 
 def _shielded(action: Callable[[], None]) -> None:
-    """Run cleanup to its end even if Ctrl-C is pressed again meanwhile; then re-raise it."""
-    worker = threading.Thread(target=action)
-    worker.start()
-    interrupted = False
-    while worker.is_alive():
+    """Run cleanup to its end even if Ctrl-C is pressed again meanwhile; then re-raise it.
+
+    The action runs in a thread and this one polls an event: an interrupted ``Thread.join`` can
+    report a thread that is still running as finished (CPython before 3.13)."""
+    done = threading.Event()
+
+    def run() -> None:
         try:
-            worker.join()
+            action()
+        finally:
+            done.set()
+
+    interrupted = False
+    threading.Thread(target=run).start()
+    while not done.is_set():
+        try:
+            time.sleep(0.05)
         except KeyboardInterrupt:
             interrupted = True
     if interrupted:
