@@ -76,7 +76,8 @@ def stop(procs: dict[str, subprocess.Popen[bytes]], grace_s: float = STOP_GRACE_
 def run_hosts(
     launches: list[HostLaunch], *, max_run_s: float, sink: LineSink | None = None, hang: HangWatch | None = None
 ) -> Outcome:
-    """Start every host, wait for all of them, stop them all on timeout, hang or interrupt."""
+    """Start every host and wait for all of them; stop them all on timeout, hang, interrupt, or as
+    soon as one host fails (as SageMaker stops a training job's instances)."""
     outcome = Outcome()
     procs: dict[str, subprocess.Popen[bytes]] = {}
     pumps: list[threading.Thread] = []
@@ -109,6 +110,8 @@ def run_hosts(
             for host, proc in procs.items():
                 if proc.returncode is not None and host not in outcome.ended_at:
                     outcome.ended_at[host] = now()
+            if any(p.returncode not in (None, 0) for p in procs.values()):
+                break  # a training job fails, and its instances stop, as soon as one host fails
             time.sleep(0.05)
     finally:
         if any(p.poll() is None for p in procs.values()):
