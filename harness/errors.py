@@ -13,6 +13,7 @@ failed); anything else is a bug and keeps its traceback.
     │   └── RecordError       a run-record directory that cannot be read
     ├── RungUnavailable       a rung cannot run on this machine (skipped, with the reason)
     ├── ImageError            an image could not be built or found
+    ├── CheckpointError       a checkpoint cannot be read for a tensor-level diff
     └── RungFailed            a rung broke down while running (not the job failing)
 """
 
@@ -54,3 +55,7 @@ class ImageError(HarnessError):
 
 class RungFailed(HarnessError):
     """The harness itself could not carry a rung through (as opposed to the job failing)."""
+
+
+class CheckpointError(HarnessError):
+    """A checkpoint cannot be loaded for a tensor-level comparison (format, torch missing)."""

@@ -1,17 +1,47 @@
 """Artifacts compared file by file (names, sizes, sha256) in the merged ``model.tar.gz`` and
-``output.tar.gz``. A missing or extra file is a divergence; different bytes are a note, because
-float noise changes bytes too. A clash (a file written by several hosts) is a finding of its own."""
+``output.tar.gz``, and checkpoints tensor by tensor.
+
+A missing or extra file is a divergence. Different bytes alone decide nothing: float noise
+changes them, and so do the order of keys and pickled metadata. So a checkpoint whose bytes
+differ is streamed out of both archives into a temporary directory and compared by value
+(:mod:`harness.diff.tensors`) under the metrics tolerance: renamed keys (a DDP ``module.``
+prefix), missing keys, shapes, dtypes and values beyond tolerance are divergences, values within
+tolerance a note. Other files that differ are a note. A clash (a file written by several hosts)
+is a finding of its own.
+"""
 
 from __future__ import annotations
 
+import shutil
+import tarfile
+import tempfile
+import zlib
+from pathlib import Path
+
+from harness.diff import tensors
 from harness.diff.findings import Finding
+from harness.diff.tensors import CheckpointDiff, CheckpointError, KeyRename, TensorDiff
 from harness.record import RunRecord
 
+_SHOWN = 20  # evidence lines per finding
+_RENAME_HINTS = {
+    "module": "save model.module.state_dict() instead of the DDP wrapper's state_dict()",
+    "_orig_mod": "save the state_dict of the module before torch.compile (model._orig_mod.state_dict())",
+    "_fsdp_wrapped_module": "save a full state dict (torch.distributed.checkpoint.state_dict.get_model_state_dict) "
+                            "so FSDP's wrapper names are not in the keys",
+    "_checkpoint_wrapped_module": "save the state_dict of the unwrapped module: activation checkpointing "
+                                  "wrappers add '_checkpoint_wrapped_module.' to every key they wrap",
+}
+_RENAME_HINT = ("save the same module on both rungs, or strip the prefix before saving "
+                "(torch.nn.modules.utils.consume_prefix_in_state_dict_if_present)")
 
-def check(baseline: RunRecord, candidate: RunRecord) -> list[Finding]:
+
+def check(baseline: RunRecord, candidate: RunRecord, *, rtol: float, atol: float) -> list[Finding]:
+    """``rtol``/``atol``: the metrics tolerance, applied element-wise to checkpoint tensors."""
     if candidate.status != "succeeded" or baseline.status != "succeeded":
         return []
-    ours, theirs = baseline.read_json("artifacts/summary.json") or {}, candidate.read_json("artifacts/summary.json") or {}
+    ours = baseline.read_json("artifacts/summary.json") or {}
+    theirs = candidate.read_json("artifacts/summary.json") or {}
     findings = []
     for archive in sorted(set(ours) | set(theirs)):
         a, b = ours.get(archive, {}).get("files", {}), theirs.get(archive, {}).get("files", {})
@@ -21,10 +51,13 @@ def check(baseline: RunRecord, candidate: RunRecord) -> list[Finding]:
                     + [f"extra on {candidate.rung}: {n}" for n in extra])
         if evidence:
             findings.append(Finding("artifacts", "divergence", f"{archive} differs on {candidate.rung}", evidence))
-        if changed:  # bytes differ whenever floats do (GPU vs CPU); only values can tell divergence
+        compared, tensor_findings = _checkpoints(archive, changed, baseline, candidate, rtol=rtol, atol=atol)
+        findings += tensor_findings
+        rest = [n for n in changed if n not in compared]
+        if rest:  # bytes differ whenever floats do (GPU vs CPU); only values can tell divergence
             findings.append(Finding(
-                "artifacts", "note", f"{len(changed)} files in {archive} differ byte-wise on {candidate.rung}",
-                [f"{n}: {a[n]['size']} vs {b[n]['size']} bytes" for n in changed[:20]],
+                "artifacts", "note", f"{len(rest)} files in {archive} differ byte-wise on {candidate.rung}",
+                [f"{n}: {a[n]['size']} vs {b[n]['size']} bytes" for n in rest[:_SHOWN]],
             ))
         for name, hosts in theirs.get(archive, {}).get("clashes", {}).items():
             findings.append(Finding(
@@ -32,3 +65,138 @@ def check(baseline: RunRecord, candidate: RunRecord) -> list[Finding]:
                 [f"{name}: {', '.join(hosts)}"], hint="write model files from one rank, or give each host its own name",
             ))
     return findings
+
+
+def _checkpoints(archive: str, changed: list[str], baseline: RunRecord, candidate: RunRecord, *,
+                 rtol: float, atol: float) -> tuple[set[str], list[Finding]]:
+    """The changed files of ``archive`` that are checkpoints on both sides, and their findings."""
+    if not changed:
+        return set(), []
+    findings: list[Finding] = []
+    with tempfile.TemporaryDirectory(prefix="harness-tensors-") as tmp:
+        try:
+            ours = _extract(baseline.root / "artifacts" / archive, set(changed), Path(tmp) / "a")
+            theirs = _extract(candidate.root / "artifacts" / archive, set(changed), Path(tmp) / "b")
+        except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
+            return set(), [Finding("tensors", "note", f"{archive}: checkpoints not compared on {candidate.rung}",
+                                   [f"cannot read the archive: {exc}"])]
+        names = sorted(ours.keys() & theirs.keys())
+        for name in names:
+            where = f"{archive}:{name}"
+            try:
+                diff = tensors.compare(ours[name], theirs[name], rtol=rtol, atol=atol)
+            except CheckpointError as exc:
+                findings.append(Finding("tensors", "note", f"{where}: bytes differ, tensors not compared",
+                                        [exc.message], hint=exc.hint))
+                continue
+            findings += _findings(where, diff, baseline.rung, candidate.rung)
+    return set(names), findings
+
+
+def _extract(archive: Path, names: set[str], dest: Path) -> dict[str, Path]:
+    """Stream ``archive`` once and write out the named members that look like checkpoints (by
+    suffix or by their first bytes); never trusts member paths, so nothing lands outside ``dest``."""
+    found: dict[str, Path] = {}
+    if not archive.is_file():
+        return found
+    dest.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(archive, "r|*") as tar:
+        for member in tar:
+            name = member.name.removeprefix("./")
+            source = tar.extractfile(member) if member.isfile() and name in names else None
+            if source is None:
+                continue
+            head = source.read(tensors.SNIFF_BYTES)
+            if not (tensors.is_checkpoint_name(name) or tensors.sniff(head)):
+                continue
+            path = dest / f"{len(found)}-{Path(name).name}"
+            with path.open("wb") as out:
+                out.write(head)
+                shutil.copyfileobj(source, out, 1 << 20)
+            found[name] = path
+    return found
+
+
+def _findings(where: str, diff: CheckpointDiff, base: str, cand: str) -> list[Finding]:
+    """One finding per kind of difference in one checkpoint; a note when values agree."""
+    findings = [_rename_finding(where, rename, diff, base, cand) for rename in diff.renames]
+    if diff.missing or diff.extra:
+        evidence = [f"missing on {cand}: {k}" for k in diff.missing] + [f"extra on {cand}: {k}" for k in diff.extra]
+        title = f"{where}: {len(diff.missing)} tensors missing and {len(diff.extra)} extra on {cand}"
+        findings.append(Finding(
+            "tensors", "divergence", title, _capped(evidence), cause="checkpoint-keys", confidence=0.7,
+            hint="the two rungs saved different modules or different parts of one",
+        ))
+    reshaped = diff.shape_mismatches + diff.dtype_mismatches
+    if reshaped:
+        findings.append(Finding(
+            "tensors", "divergence", f"{where}: {len(reshaped)} tensors change shape or dtype on {cand}",
+            _capped([_reshaped(t) for t in reshaped]), cause="checkpoint-shapes", confidence=0.7,
+            hint="a different model configuration, a sharded save (FSDP/ZeRO shards instead of a full state "
+                 "dict), or a cast (.half(), autocast, bf16) before saving on one rung",
+        ))
+    worst = diff.beyond_tolerance
+    if worst:
+        compared = [t for t in diff.tensors if not t.shape_differs]
+        title = f"{where}: {len(worst)} of {len(compared)} tensors differ beyond tolerance on {cand}"
+        tolerance = f"tolerance: rtol={diff.rtol}, atol={diff.atol} ({base} is the reference)"
+        findings.append(Finding(
+            "tensors", "divergence", title, [*_capped([_error(t) for t in worst]), tolerance],
+            hint="the weights were trained differently: the first divergent metric step says when",
+            cause="weights-differ", confidence=0.4,
+        ))
+    if diff.values:
+        findings.append(Finding(
+            "tensors", "note", f"{where}: {len(diff.values)} non-tensor entries differ on {cand}",
+            _capped([f"{v.name}: {v.value} on {base}, {v.other} on {cand}" for v in diff.values]),
+            cause="checkpoint-values",
+        ))
+    if not findings:
+        findings.append(_agreement(where, diff, cand))
+    return findings
+
+
+def _rename_finding(where: str, rename: KeyRename, diff: CheckpointDiff, base: str, cand: str) -> Finding:
+    rung = cand if rename.side == "candidate" else base
+    place = {"": "a prefix", "*": "a segment"}.get(rename.scope, f"a segment under '{rename.scope}.'")
+    renamed = {pair[0] for pair in rename.pairs}
+    values = [t for t in diff.tensors if t.name in renamed]
+    agree = sum(t.within_tolerance for t in values)
+    return Finding(
+        "tensors", "divergence", f"{where}: keys carry '{rename.segment}.' ({place}) on {rung} only",
+        [f"{len(rename.pairs)} keys renamed, for example:"]
+        + [f"{a!r} on {base} is {b!r} on {cand}" for a, b in rename.pairs[:3]]
+        + [f"under the renamed keys, {agree} of {len(values)} tensors agree within tolerance"],
+        hint=_RENAME_HINTS.get(rename.segment.split(".")[0], _RENAME_HINT),
+        cause="checkpoint-key-prefix", confidence=0.8,
+    )
+
+
+def _agreement(where: str, diff: CheckpointDiff, cand: str) -> Finding:
+    equal = sum(t.equal for t in diff.tensors)
+    if diff.identical:
+        return Finding("tensors", "note", f"{where}: bytes differ, tensors identical on {cand}",
+                       [f"{equal} tensors bit-identical; the bytes differ only in layout or metadata"])
+    close = [t for t in diff.tensors if not t.equal]
+    return Finding(
+        "tensors", "note", f"{where}: bytes differ, values within tolerance on {cand}",
+        [f"{equal} of {len(diff.tensors)} tensors identical, {len(close)} within rtol={diff.rtol}, atol={diff.atol}",
+         f"largest errors: max abs {max(t.max_abs for t in close):.3g}, max rel {max(t.max_rel for t in close):.3g}"],
+    )
+
+
+def _error(t: TensorDiff) -> str:
+    name = t.name if t.name == t.other else f"{t.name} ({t.other})"
+    return (f"{name}: max abs {t.max_abs:.3g}, max rel {t.max_rel:.3g}, {t.differing} of {t.numel} elements "
+            f"differ, {t.beyond} beyond tolerance")
+
+
+def _reshaped(t: TensorDiff) -> str:
+    if t.shape_differs:
+        return f"{t.name}: shape {list(t.shape)} {t.dtype} vs {list(t.other_shape)} {t.other_dtype}"
+    verdict = "values equal" if t.equal else f"max abs {t.max_abs:.3g}, max rel {t.max_rel:.3g}"
+    return f"{t.name}: dtype {t.dtype} vs {t.other_dtype} ({verdict})"
+
+
+def _capped(lines: list[str]) -> list[str]:
+    return lines[:_SHOWN] + ([f"... and {len(lines) - _SHOWN} more"] if len(lines) > _SHOWN else [])

@@ -45,7 +45,7 @@ def compare(baseline: RunRecord, candidate: RunRecord, *, rtol: float, atol: flo
     return [
         *failures.check(baseline, candidate),
         *metrics.check(baseline, candidate, rtol=rtol, atol=atol),
-        *artifacts.check(baseline, candidate),
+        *artifacts.check(baseline, candidate, rtol=rtol, atol=atol),
         *contract.check(baseline, candidate),
         *environment.check(baseline, candidate),
     ]
