@@ -313,5 +313,5 @@ def test_artifacts_check_without_torch_is_a_note(monkeypatch: pytest.MonkeyPatch
     base = make_record(tmp_path, "local", {"model.pt": model_state()})
     cand = make_record(tmp_path, "docker", {"model.pt": model_state(seed=1)})
     monkeypatch.setitem(sys.modules, "torch", None)
-    [finding] = artifacts.check(base, cand)
+    [finding] = artifacts.check(base, cand, rtol=RTOL, atol=ATOL)
     assert finding.severity == "note" and "torch is not installed" in finding.evidence[0]
