@@ -137,8 +137,8 @@ def _run_rung(job: JobSpec, rung: str, args: argparse.Namespace) -> RunRecord:
 def cmd_run(args: argparse.Namespace) -> int:
     job = _job(args)
     backend = get_backend(args.rung, **_options(args, args.rung))
-    if args.dry_run:
-        backend.check(job)
+    if args.dry_run:  # needs no engine, SDK or credentials: nothing is started
+        job.check_local_paths(f"job {job.name!r}")
         print(backend.plan(job).describe())
         return 0
     return 0 if _run_rung(job, args.rung, args).status == "succeeded" else 1

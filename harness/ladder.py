@@ -16,7 +16,7 @@ from harness.verdict import DEFAULT_ATOL, DEFAULT_RTOL, Verdict, judge
 
 #: What a ladder climbs when no rungs are named: every rung this machine can run with the core
 #: install; the others are reported as skipped, with the reason.
-DEFAULT_RUNGS = ("local", "local-gpu", "docker")
+DEFAULT_RUNGS = ("local", "local-gpu", "docker", "sagemaker-local")
 
 
 @dataclass

@@ -13,6 +13,8 @@ RUNGS: dict[str, str] = {
     "local": "harness.backends.local:LocalBackend",
     "local-gpu": "harness.backends.local:LocalGpuBackend",
     "docker": "harness.backends.docker:DockerBackend",
+    "sagemaker-local": "harness.backends.sagemaker_local:SageMakerLocalBackend",
+    "sagemaker": "harness.backends.sagemaker:SageMakerBackend",
 }
 
 
