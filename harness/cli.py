@@ -219,18 +219,18 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def cmd_gc(args: argparse.Namespace) -> int:
-    from harness.backends import docker
+    from harness.backends import containers
 
-    removed = docker.gc(docker.client())
+    removed = containers.gc(containers.client())
     print("\n".join(removed) if removed else "nothing to remove")
     return 0
 
 
 def cmd_image(args: argparse.Namespace) -> int:
     from harness import images
-    from harness.backends import docker
+    from harness.backends import containers
 
-    print(images.bootstrap_base_image(docker.client()))
+    print(images.bootstrap_base_image(containers.client()))
     return 0
 
 

@@ -23,7 +23,8 @@ from docker import DockerClient
 from docker.errors import NotFound
 
 from harness.backends import get_backend
-from harness.backends.docker import DockerBackend, gc, host_gpu_count, run_labels
+from harness.backends.containers import gc, run_labels
+from harness.backends.docker import DockerBackend, host_gpu_count
 from harness.jobspec import JobSpec, load_job
 from harness.record import RunRecord
 

@@ -18,37 +18,46 @@ import os
 import re
 import resource
 import shutil
-import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable
 from dataclasses import replace
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 import docker
 from docker import DockerClient
-from docker.errors import APIError, DockerException, ImageNotFound, NotFound
+from docker.errors import APIError, DockerException, ImageNotFound
 from docker.models.containers import Container
 from docker.models.networks import Network
 from docker.types import DeviceRequest, Mount, Ulimit
 from docker.utils import parse_bytes
 
 from harness import artifacts
-from harness.backends.base import Backend, Capabilities, Plan, Progress, copy_source
-from harness.backends.local import PROBE_DIR, _artifact_overview, _collect_failure, _ranks
-from harness.contract import OPT_ML, PLATFORM_DIRS, HostContract, Machine, host_contract
+from harness.backends.base import Backend, Capabilities, Plan, Progress
+from harness.backends.containers import (
+    RUN_ID,
+    WORK_DIR,
+    client,
+    host_result,
+    is_running,
+    pump_logs,
+    reclaim,
+    run_labels,
+    shielded,
+    stop,
+    teardown,
+)
+from harness.backends.hosts import PROBE_DIR, artifact_overview, ranks_from_probe, record_received, write_host_tree
+from harness.contract import OPT_ML, HostContract, Machine, host_contract
 from harness.errors import ImageError
 from harness.jobspec import JobSpec
-from harness.record import RecordWriter, Status, now, redact_env, write_json
+from harness.record import RecordWriter, Status
 from harness.supervise import STOP_GRACE_S
 
-MANAGED, RUN_ID, OWNER_PID, OWNER_HOST = "harness.managed", "harness.run_id", "harness.pid", "harness.hostname"
-WORK_DIR = "harness.work_dir"
 PROBE_MOUNT = "/opt/harness/probe"
 RECORD_MOUNT = "/opt/harness/record"  # only its processes/ and ranks/ are mounted: the job never sees the manifest
 PING_TIMEOUT_S = 5
@@ -213,12 +222,12 @@ class DockerBackend(Backend):
                                    container_start_s=round(time.monotonic() - created, 3))
             timed_out = self._supervise(containers, job.max_run, record, progress)
             owned_by_root = [work, record.root / "processes", record.root / "ranks"]
-            _shielded(lambda: _reclaim(client, image, owned_by_root, labels))
-            codes = {h: _host_result(job, plan.hosts[h], c, trees[h], record) for h, c in containers.items()}
-            record.manifest["artifacts"] = _artifact_overview(artifacts.collect(trees, record.root))
-            record.manifest["ranks"] = _ranks(record.root)
+            shielded(lambda: reclaim(client, image, owned_by_root, labels))
+            codes = {h: host_result(job, plan.hosts[h], c, trees[h], record) for h, c in containers.items()}
+            record.manifest["artifacts"] = artifact_overview(artifacts.collect(trees, record.root))
+            record.manifest["ranks"] = ranks_from_probe(record.root)
         finally:
-            _shielded(lambda: _teardown(client, labels, image, work))
+            shielded(lambda: teardown(client, labels, image, work))
         if timed_out:
             return "timeout"
         return "succeeded" if all(code == 0 for code in codes.values()) else "failed"
@@ -241,11 +250,7 @@ class DockerBackend(Backend):
 
     def _prepare_host(self, job: JobSpec, contract: HostContract, tree: Path, record: RecordWriter) -> list[Mount]:
         """Write the host's /opt/ml tree and its ``received/`` record; return its mounts."""
-        for sub in PLATFORM_DIRS:
-            (tree / sub).mkdir(parents=True, exist_ok=True)
-        for relative, content in contract.files.items():
-            (tree / relative).write_text(content, encoding="utf-8")
-        copy_source(job, tree / PurePosixPath(contract.cwd).relative_to(contract.opt_ml))
+        write_host_tree(job, contract, tree)
         mounts = [Mount(str(OPT_ML), str(tree), type="bind"),
                   Mount(PROBE_MOUNT, str(PROBE_DIR), type="bind", read_only=True)]
         for name, channel in job.channels.items():
@@ -254,11 +259,7 @@ class DockerBackend(Backend):
         for sub in ("processes", "ranks"):
             (record.root / sub).mkdir(exist_ok=True)
             mounts.append(Mount(f"{RECORD_MOUNT}/{sub}", str(record.root / sub), type="bind"))
-        received = record.host_dir(contract.host) / "received"
-        write_json(received / "command.json", {"argv": contract.command, "cwd": str(contract.cwd)})
-        write_json(received / "env.json", redact_env(_container_env(job, contract)))
-        for relative, content in contract.files.items():
-            (received / PurePosixPath(relative).name).write_text(content, encoding="utf-8")
+        record_received(record, contract, _container_env(job, contract))
         return mounts
 
     def _create(self, client: DockerClient, image: str, job: JobSpec, contract: HostContract, mounts: list[Mount],
@@ -278,81 +279,22 @@ class DockerBackend(Backend):
     def _supervise(self, containers: dict[str, Container], max_run: int, record: RecordWriter,
                    progress: Progress | None) -> bool:
         """Stream every host's log until all have exited; stop them all at ``max_run`` or on Ctrl-C."""
-        pumps = [threading.Thread(target=_pump, args=(c, record.host_dir(h) / "log.txt", h, progress), daemon=True)
+        pumps = [threading.Thread(target=pump_logs, args=(c, record.host_dir(h) / "log.txt", h, progress), daemon=True)
                  for h, c in containers.items()]
         for pump in pumps:
             pump.start()
         deadline, timed_out = time.monotonic() + max_run, False
         try:
-            while any(_running(c) for c in containers.values()):
+            while any(is_running(c) for c in containers.values()):
                 if time.monotonic() > deadline:
                     timed_out = True
                     break
                 time.sleep(0.25)
         finally:
-            _shielded(lambda: _stop(list(containers.values()), self.stop_grace_s))
+            shielded(lambda: stop(list(containers.values()), self.stop_grace_s))
             for pump in pumps:
                 pump.join(timeout=5)
         return timed_out
-
-
-def _host_result(job: JobSpec, contract: HostContract, container: Container, tree: Path, record: RecordWriter) -> int:
-    """Exit code, failure file and the engine's start and end times of one host."""
-    state = container.client.api.inspect_container(container.id)["State"]
-    code = int(state["ExitCode"])
-    _collect_failure(job, contract, tree, record, code, _millis(state["StartedAt"]), _millis(state["FinishedAt"]))
-    record.host_result(contract.host, oom_killed=bool(state.get("OOMKilled")))
-    return code
-
-
-def client() -> DockerClient:
-    """A client for the engine ``DOCKER_HOST`` names, else the default socket (``harness gc`` uses it)."""
-    return docker.from_env()
-
-
-def run_labels(run_id: str) -> dict[str, str]:
-    """Labels on everything a run creates; the owner's pid and host name tell :func:`gc` it is live."""
-    return {MANAGED: "true", RUN_ID: run_id, OWNER_PID: str(os.getpid()), OWNER_HOST: socket.gethostname()}
-
-
-def gc(client: DockerClient, *, include_live: bool = False) -> list[str]:
-    """Remove the containers, networks and volumes of harness runs that are over; return what went.
-
-    A run is over when its ``harness.pid`` no longer exists on this machine (``harness.hostname``);
-    another machine's runs on a shared engine cannot be checked and are kept. ``include_live=True``
-    removes every labelled run. Only resources with a ``harness.run_id`` are runs (containers made
-    by hand from harness images inherit ``harness.managed=true``); images are caches, kept.
-    """
-    keep = (lambda labels: False) if include_live else _live
-    return _remove_labelled(client, [f"{MANAGED}=true", RUN_ID], keep)
-
-
-def _remove_labelled(client: DockerClient, labels: list[str], keep: Callable[[dict[str, str]], bool]) -> list[str]:
-    filters = {"label": labels}  # containers first: a network cannot go while one is attached
-    found: list[tuple[str, Any, Callable[[], object]]] = [
-        *((f"container {c.name}", c.labels, functools.partial(c.remove, force=True, v=True))
-          for c in client.containers.list(all=True, filters=filters)),
-        *((f"network {n.name}", n.attrs.get("Labels"), n.remove) for n in client.networks.list(filters=filters)),
-        *((f"volume {v.name}", v.attrs.get("Labels"), functools.partial(v.remove, force=True))
-          for v in client.volumes.list(filters=filters)),
-    ]
-    gone = [(name, labels or {}) for name, labels, remove in found if not keep(labels or {}) and _quietly(remove)]
-    for work in {labels.get(WORK_DIR, "") for _, labels in gone}:  # a killed harness's work dir too
-        if Path(work).name.startswith("harness-docker-"):
-            shutil.rmtree(work, ignore_errors=True)
-    return [name for name, _ in gone]
-
-
-def _live(labels: dict[str, str]) -> bool:
-    if labels.get(OWNER_HOST) != socket.gethostname():
-        return OWNER_HOST in labels  # another machine's run: cannot tell, so keep it
-    try:
-        os.kill(int(labels.get(OWNER_PID, "")), 0)
-    except (ValueError, ProcessLookupError):
-        return False
-    except PermissionError:  # alive, someone else's
-        pass
-    return True
 
 
 def _container_env(job: JobSpec, contract: HostContract) -> dict[str, str]:
@@ -366,95 +308,3 @@ def _container_env(job: JobSpec, contract: HostContract) -> dict[str, str]:
             "HARNESS_PROBE_DIR": RECORD_MOUNT, "HARNESS_HOST": contract.host}
 
 
-def _pump(container: Container, log_path: Path, host: str, sink: Progress | None) -> None:
-    """Write the container's output as ``<timestamp> <line>``, the engine's time cut to milliseconds."""
-    pending = b""
-    with log_path.open("ab", buffering=0) as log:
-        for chunk in container.logs(stream=True, follow=True, timestamps=True):
-            *lines, pending = (pending + chunk).split(b"\n")
-            for line in lines:
-                stamp, _, text = line.partition(b" ")
-                log.write(_millis(stamp.decode(errors="replace")).encode() + b" " + text + b"\n")
-                if sink is not None:
-                    sink(host, text.decode("utf-8", "replace").rstrip("\r"))
-        if pending:
-            log.write(now().encode() + b" " + pending + b"\n")
-
-
-def _millis(stamp: str) -> str:
-    """Docker's RFC 3339 nanosecond time (trailing zeros dropped) in the record's millisecond form."""
-    head, _, fraction = stamp.rstrip("Z").partition(".")
-    if len(head) != 19 or head[10] != "T":
-        return now()
-    return f"{head}.{(fraction + '000')[:3]}Z"
-
-
-def _running(container: Container) -> bool:
-    try:
-        return bool(container.client.api.inspect_container(container.id)["State"]["Running"])
-    except NotFound:
-        return False
-
-
-def _stop(containers: list[Container], grace_s: float) -> None:
-    """``docker stop`` for all at once: SIGTERM, then SIGKILL for what is left after ``grace_s``."""
-    running = [c for c in containers if _running(c)]
-    for container in running:
-        _quietly(functools.partial(container.kill, signal="SIGTERM"))
-    deadline = time.monotonic() + grace_s
-    while any(_running(c) for c in running) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    for container in running:
-        if _running(container):
-            _quietly(functools.partial(container.kill, signal="SIGKILL"))
-
-
-def _reclaim(client: DockerClient, image: str, paths: list[Path], labels: dict[str, str]) -> None:
-    """Give files the containers' root made back to this user, so the work dir can be removed."""
-    existing = [p for p in paths if p.exists()]
-    if os.geteuid() == 0 or not image or not existing:
-        return
-    mounts = [Mount(f"/reclaim/{i}", str(p), type="bind") for i, p in enumerate(existing)]
-    _quietly(lambda: client.containers.run(
-        image, entrypoint=["chown", "-R", f"{os.geteuid()}:{os.getegid()}", *(m["Target"] for m in mounts)],
-        mounts=mounts, labels=labels, network_mode="none", remove=True))
-
-
-def _teardown(client: DockerClient, labels: dict[str, str], image: str, work: Path) -> None:
-    """Remove everything labelled with the run (also what a Ctrl-C mid-create left unnamed here)."""
-    _remove_labelled(client, [f"{RUN_ID}={labels[RUN_ID]}"], keep=lambda _: False)
-    _reclaim(client, image, [work], labels)
-    shutil.rmtree(work, ignore_errors=True)
-
-
-def _quietly(action: Callable[[], object]) -> bool:
-    """Cleanup goes on past a resource that is already gone or refuses; True if it succeeded."""
-    try:
-        action()
-    except (APIError, DockerException, OSError):
-        return False
-    return True
-
-
-def _shielded(action: Callable[[], None]) -> None:
-    """Run cleanup to its end even if Ctrl-C is pressed again meanwhile; then re-raise it.
-
-    The action runs in a thread and this one polls an event: an interrupted ``Thread.join`` can
-    report a thread that is still running as finished (CPython before 3.13)."""
-    done = threading.Event()
-
-    def run() -> None:
-        try:
-            action()
-        finally:
-            done.set()
-
-    interrupted = False
-    threading.Thread(target=run).start()
-    while not done.is_set():
-        try:
-            time.sleep(0.05)
-        except KeyboardInterrupt:
-            interrupted = True
-    if interrupted:
-        raise KeyboardInterrupt

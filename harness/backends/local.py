@@ -12,7 +12,6 @@ writes to the real ``/opt/ml`` are refused by the probe, and the record lists ea
 from __future__ import annotations
 
 import functools
-import json
 import os
 import socket
 import subprocess
@@ -22,14 +21,21 @@ import uuid
 from pathlib import Path, PurePosixPath
 
 from harness import artifacts, sandbox
-from harness.backends.base import Backend, Capabilities, Plan, Progress, copy_source
-from harness.contract import OPT_ML, PLATFORM_DIRS, HostContract, Machine, failure_message, host_contract
+from harness.backends.base import Backend, Capabilities, Plan, Progress
+from harness.backends.hosts import (
+    PROBE_DIR,
+    artifact_overview,
+    collect_failure,
+    ranks_from_probe,
+    record_received,
+    write_host_tree,
+)
+from harness.contract import OPT_ML, HostContract, Machine, host_contract
 from harness.hang import DEFAULT_HANG_AFTER_S, HangWatch
 from harness.jobspec import JobSpec
-from harness.record import RecordWriter, Status, redact_env, write_json
+from harness.record import RecordWriter, Status
 from harness.supervise import HostLaunch, run_hosts
 
-PROBE_DIR = Path(__file__).resolve().parent.parent / "probe"
 #: Inherited variables that would leak one launcher's view into another's.
 _INHERITED_NOISE = (
     "SM_",
@@ -141,11 +147,11 @@ class LocalBackend(Backend):
                 )
             trees = {host: work / host / "opt_ml" for host in plan.hosts}
             for host, code in outcome.exit_codes.items():
-                _collect_failure(
+                collect_failure(
                     job, plan.hosts[host], trees[host], record, code, outcome.started_at[host], outcome.ended_at[host]
                 )
-            record.manifest["artifacts"] = _artifact_overview(artifacts.collect(trees, record.root))
-            record.manifest["ranks"] = _ranks(record.root)
+            record.manifest["artifacts"] = artifact_overview(artifacts.collect(trees, record.root))
+            record.manifest["ranks"] = ranks_from_probe(record.root)
         finally:
             _remove_tree(work)
         if outcome.hung:
@@ -159,19 +165,11 @@ class LocalBackend(Backend):
     ) -> HostLaunch:
         host = contract.host
         tree = work / host / "opt_ml"
-        for sub in PLATFORM_DIRS:
-            (tree / sub).mkdir(parents=True, exist_ok=True)
-        for relative, content in contract.files.items():
-            (tree / relative).write_text(content, encoding="utf-8")
+        write_host_tree(job, contract, tree)
         for name, channel in job.channels.items():
             (tree / "input" / "data" / name).symlink_to(channel.source, target_is_directory=True)
-        copy_source(job, tree / PurePosixPath(contract.cwd).relative_to(contract.opt_ml))
         env = _host_env(contract, record.root if self.probe else None)
-        received = record.host_dir(host) / "received"
-        write_json(received / "command.json", {"argv": contract.command, "cwd": str(contract.cwd)})
-        write_json(received / "env.json", redact_env(env))
-        for relative, content in contract.files.items():
-            (received / PurePosixPath(relative).name).write_text(content, encoding="utf-8")
+        record_received(record, contract, env)
         preexec = None
         cwd = Path(str(contract.cwd))
         if network is not None:
@@ -252,50 +250,6 @@ def _host_env(contract: HostContract, probe_dir: Path | None) -> dict[str, str]:
     if contract.env.get("SM_NUM_GPUS") == "0":
         env["CUDA_VISIBLE_DEVICES"] = ""  # the CPU rung hides GPUs, as a CPU instance has none
     return env
-
-
-def _collect_failure(
-    job: JobSpec, contract: HostContract, tree: Path, record: RecordWriter, code: int, started: str, ended: str
-) -> None:
-    """Exit code and ``/opt/ml/output/failure`` of one host; where the job wrote no failure file,
-    the one its launcher would have written (marked ``failure_written_by: launcher``)."""
-    host = contract.host
-    failure_file = tree / "output" / "failure"
-    failure = failure_file.read_text(errors="replace") if failure_file.is_file() else None
-    written_by = "job" if failure else None
-    if failure is None and code != 0:
-        log = (record.host_dir(host) / "log.txt").read_text(errors="replace").splitlines()
-        errors = [line.split(" ", 1)[-1] for line in log if "Error" in line or "error" in line][-5:]
-        failure, written_by = failure_message(job, code, contract.command, errors), "launcher"
-    if failure is not None:
-        (record.host_dir(host) / "failure").write_text(failure)
-    record.host_result(
-        host,
-        exit_code=code,
-        started_at=started,
-        ended_at=ended,
-        failure_reason=failure[:1024] if failure else None,
-        failure_written_by=written_by,
-    )
-
-
-def _artifact_overview(summary: dict[str, dict[str, object]]) -> dict[str, object]:
-    return {
-        name: {"files": len(info["files"]), "clashes": info["clashes"]}  # type: ignore[arg-type]
-        for name, info in summary.items()
-    }
-
-
-def _ranks(record_root: Path) -> dict[str, object]:
-    """Per global rank: the host and pid that ran it, from the probe's process records."""
-    ranks: dict[str, object] = {}
-    for path in sorted((record_root / "processes").glob("*.json")):
-        info = json.loads(path.read_text())
-        if info.get("rank") is not None:
-            ranks[str(info["rank"])] = {
-                key: info.get(key) for key in ("host", "pid", "local_rank", "ended_at", "exception")
-            }
-    return dict(sorted(ranks.items(), key=lambda item: int(item[0])))
 
 
 def _remove_tree(path: Path) -> None:

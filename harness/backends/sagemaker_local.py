@@ -55,20 +55,18 @@ from docker.models.containers import Container
 
 from harness import artifacts
 from harness.backends.base import Backend, Capabilities, Plan, Progress, copy_source
-from harness.backends.docker import (
-    DOCKER_DEFAULT_SHM,
+from harness.backends.containers import (
     RUN_ID,
-    DockerBackend,
-    _host_result,
-    _pump,
-    _quietly,
-    _shielded,
-    _stop,
-    _teardown,
-    host_gpu_count,
+    host_result,
+    pump_logs,
+    quietly,
     run_labels,
+    shielded,
+    stop,
+    teardown,
 )
-from harness.backends.local import PROBE_DIR, _artifact_overview, _ranks
+from harness.backends.docker import DOCKER_DEFAULT_SHM, DockerBackend, host_gpu_count
+from harness.backends.hosts import PROBE_DIR, artifact_overview, ranks_from_probe
 from harness.contract import HostContract
 from harness.errors import ImageError, RungFailed
 from harness.jobspec import JobSpec
@@ -346,7 +344,7 @@ class SageMakerLocalBackend(Backend):
                 record.set_fact("sdk_error", sdk.error)
             codes = self._collect(job, plan, containers, work, record)
         finally:
-            _shielded(lambda: _cleanup(client, labels, run_image, work))
+            shielded(lambda: _cleanup(client, labels, run_image, work))
             stdout.uninstall()
         if timed_out:
             return "timeout"
@@ -375,7 +373,7 @@ class SageMakerLocalBackend(Backend):
                 time.sleep(0.25)
         finally:
             if sdk.is_alive():
-                _shielded(lambda: _stop_run(client, project, work, sdk, self.stop_grace_s))
+                shielded(lambda: _stop_run(client, project, work, sdk, self.stop_grace_s))
             _start_pumps(client, project, pumps, record, progress)  # a container that came and went
             for pump in pumps.values():
                 pump.join(timeout=5)
@@ -390,17 +388,17 @@ class SageMakerLocalBackend(Backend):
         codes = {}
         for host, container in sorted(containers.items(), key=lambda item: _host_order(job, item[0])):
             _record_received(host, container, kept / host, record)
-            codes[host] = _host_result(driver_job, plan.hosts[host], container, kept / host, record)
+            codes[host] = host_result(driver_job, plan.hosts[host], container, kept / host, record)
             record.host_result(host, container=container.name)
         probe_files = work / _OURS / RECORD_CHANNEL
         if probe_files.is_dir():
             shutil.copytree(probe_files, record.root, dirs_exist_ok=True)
         else:
             record.set_fact("probe_reached", "no: nothing in the harness_record channel")
-        record.manifest["ranks"] = _ranks(record.root)
+        record.manifest["ranks"] = ranks_from_probe(record.root)
         trees, writers = _host_trees(job, work, record)
         record.set_fact("model_dir_writers", writers)
-        record.manifest["artifacts"] = _artifact_overview(artifacts.collect(trees, record.root))
+        record.manifest["artifacts"] = artifact_overview(artifacts.collect(trees, record.root))
         record.set_fact("probe_reached", _probe_reach(job, record))
         return codes
 
@@ -553,7 +551,7 @@ def _start_pumps(
         for host, container in _containers(client, project).items():
             if host not in pumps:
                 pumps[host] = threading.Thread(
-                    target=_pump, daemon=True, args=(container, record.host_dir(host) / "log.txt", host, progress)
+                    target=pump_logs, daemon=True, args=(container, record.host_dir(host) / "log.txt", host, progress)
                 )
                 pumps[host].start()
 
@@ -573,7 +571,7 @@ def _compose_pids(work: Path) -> list[int]:
 def _stop_run(client: DockerClient, project: str, work: Path, sdk: _SdkRun, grace_s: float) -> None:
     """``max_run`` or Ctrl-C: stop the containers as ``docker stop`` does, then compose itself
     (which would otherwise go on creating the containers it had not started yet)."""
-    _stop(list(_containers(client, project).values()), grace_s)
+    stop(list(_containers(client, project).values()), grace_s)
     for signum in (signal.SIGTERM, signal.SIGKILL):
         for pid in _compose_pids(work):
             with contextlib.suppress(ProcessLookupError):
@@ -581,7 +579,7 @@ def _stop_run(client: DockerClient, project: str, work: Path, sdk: _SdkRun, grac
         sdk.join(timeout=5)
         if not sdk.is_alive():
             break
-    _stop(list(_containers(client, project).values()), 0)  # what compose created meanwhile
+    stop(list(_containers(client, project).values()), 0)  # what compose created meanwhile
 
 
 def _cleanup(client: DockerClient, labels: dict[str, str], run_image: str, work: Path) -> None:
@@ -591,15 +589,15 @@ def _cleanup(client: DockerClient, labels: dict[str, str], run_image: str, work:
         with contextlib.suppress(ProcessLookupError):
             os.kill(pid, signal.SIGKILL)
     for container in _containers(client, compose_project(work)).values():
-        _quietly(functools.partial(container.remove, force=True, v=True))
-    _teardown(client, labels, run_image, work)
+        quietly(functools.partial(container.remove, force=True, v=True))
+    teardown(client, labels, run_image, work)
     with contextlib.suppress(APIError, DockerException):
         for network in client.networks.list(names=[SDK_NETWORK]):
             network.reload()
             if network.name == SDK_NETWORK and not network.attrs.get("Containers"):
-                _quietly(network.remove)
+                quietly(network.remove)
     if run_image:
-        _quietly(lambda: client.images.remove(run_image, noprune=False))
+        quietly(lambda: client.images.remove(run_image, noprune=False))
 
 
 # --- collecting ----------------------------------------------------------------------------------
@@ -642,7 +640,7 @@ def _record_received(host: str, container: Container, kept: Path, record: Record
 
 def _model_writers(record_root: Path) -> dict[str, list[str]]:
     """Files under ``/opt/ml/model`` → the hosts whose ranks wrote them (the probe's write events)."""
-    hosts = {rank: info["host"] for rank, info in _ranks(record_root).items()}  # type: ignore[index]
+    hosts = {rank: info["host"] for rank, info in ranks_from_probe(record_root).items()}  # type: ignore[index]
     writers: dict[str, list[str]] = {}
     for events in sorted((record_root / "ranks").glob("rank-*.jsonl")):
         host = hosts.get(events.stem.removeprefix("rank-"))

@@ -1,0 +1,197 @@
+"""Docker engine plumbing shared by the container rungs (``docker``, ``sagemaker-local``).
+
+Labels on everything a run creates (so a ``finally`` and :func:`gc` can find it), log
+streaming in the record's timestamped format, ``docker stop`` semantics for many containers at
+once, and cleanup that finishes even when Ctrl-C is pressed again.
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+import socket
+import threading
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import docker
+from docker import DockerClient
+from docker.errors import APIError, DockerException, NotFound
+from docker.models.containers import Container
+from docker.types import Mount
+
+from harness.backends.base import Progress
+from harness.backends.hosts import collect_failure
+from harness.contract import HostContract
+from harness.jobspec import JobSpec
+from harness.record import RecordWriter, now
+
+MANAGED, RUN_ID, OWNER_PID, OWNER_HOST = "harness.managed", "harness.run_id", "harness.pid", "harness.hostname"
+WORK_DIR = "harness.work_dir"
+
+
+def host_result(job: JobSpec, contract: HostContract, container: Container, tree: Path, record: RecordWriter) -> int:
+    """Exit code, failure file and the engine's start and end times of one host."""
+    state = container.client.api.inspect_container(container.id)["State"]
+    code = int(state["ExitCode"])
+    collect_failure(job, contract, tree, record, code, millis(state["StartedAt"]), millis(state["FinishedAt"]))
+    record.host_result(contract.host, oom_killed=bool(state.get("OOMKilled")))
+    return code
+
+
+def client() -> DockerClient:
+    """A client for the engine ``DOCKER_HOST`` names, else the default socket (``harness gc`` uses it)."""
+    return docker.from_env()
+
+
+def run_labels(run_id: str) -> dict[str, str]:
+    """Labels on everything a run creates; the owner's pid and host name tell :func:`gc` it is live."""
+    return {MANAGED: "true", RUN_ID: run_id, OWNER_PID: str(os.getpid()), OWNER_HOST: socket.gethostname()}
+
+
+def gc(client: DockerClient, *, include_live: bool = False) -> list[str]:
+    """Remove the containers, networks and volumes of harness runs that are over; return what went.
+
+    A run is over when its ``harness.pid`` no longer exists on this machine (``harness.hostname``);
+    another machine's runs on a shared engine cannot be checked and are kept. ``include_live=True``
+    removes every labelled run. Only resources with a ``harness.run_id`` are runs (containers made
+    by hand from harness images inherit ``harness.managed=true``); images are caches, kept.
+    """
+    keep = (lambda labels: False) if include_live else is_live
+    return remove_labelled(client, [f"{MANAGED}=true", RUN_ID], keep)
+
+
+def remove_labelled(client: DockerClient, labels: list[str], keep: Callable[[dict[str, str]], bool]) -> list[str]:
+    filters = {"label": labels}  # containers first: a network cannot go while one is attached
+    found: list[tuple[str, Any, Callable[[], object]]] = [
+        *(
+            (f"container {c.name}", c.labels, functools.partial(c.remove, force=True, v=True))
+            for c in client.containers.list(all=True, filters=filters)
+        ),
+        *((f"network {n.name}", n.attrs.get("Labels"), n.remove) for n in client.networks.list(filters=filters)),
+        *(
+            (f"volume {v.name}", v.attrs.get("Labels"), functools.partial(v.remove, force=True))
+            for v in client.volumes.list(filters=filters)
+        ),
+    ]
+    gone = [(name, labels or {}) for name, labels, remove in found if not keep(labels or {}) and quietly(remove)]
+    for work in {labels.get(WORK_DIR, "") for _, labels in gone}:  # a killed harness's work dir too
+        if Path(work).name.startswith("harness-docker-"):
+            shutil.rmtree(work, ignore_errors=True)
+    return [name for name, _ in gone]
+
+
+def is_live(labels: dict[str, str]) -> bool:
+    if labels.get(OWNER_HOST) != socket.gethostname():
+        return OWNER_HOST in labels  # another machine's run: cannot tell, so keep it
+    try:
+        os.kill(int(labels.get(OWNER_PID, "")), 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:  # alive, someone else's
+        pass
+    return True
+
+
+def pump_logs(container: Container, log_path: Path, host: str, sink: Progress | None) -> None:
+    """Write the container's output as ``<timestamp> <line>``, the engine's time cut to milliseconds."""
+    pending = b""
+    with log_path.open("ab", buffering=0) as log:
+        for chunk in container.logs(stream=True, follow=True, timestamps=True):
+            *lines, pending = (pending + chunk).split(b"\n")
+            for line in lines:
+                stamp, _, text = line.partition(b" ")
+                log.write(millis(stamp.decode(errors="replace")).encode() + b" " + text + b"\n")
+                if sink is not None:
+                    sink(host, text.decode("utf-8", "replace").rstrip("\r"))
+        if pending:
+            log.write(now().encode() + b" " + pending + b"\n")
+
+
+def millis(stamp: str) -> str:
+    """Docker's RFC 3339 nanosecond time (trailing zeros dropped) in the record's millisecond form."""
+    head, _, fraction = stamp.rstrip("Z").partition(".")
+    if len(head) != 19 or head[10] != "T":
+        return now()
+    return f"{head}.{(fraction + '000')[:3]}Z"
+
+
+def is_running(container: Container) -> bool:
+    try:
+        return bool(container.client.api.inspect_container(container.id)["State"]["Running"])
+    except NotFound:
+        return False
+
+
+def stop(containers: list[Container], grace_s: float) -> None:
+    """``docker stop`` for all at once: SIGTERM, then SIGKILL for what is left after ``grace_s``."""
+    running = [c for c in containers if is_running(c)]
+    for container in running:
+        quietly(functools.partial(container.kill, signal="SIGTERM"))
+    deadline = time.monotonic() + grace_s
+    while any(is_running(c) for c in running) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    for container in running:
+        if is_running(container):
+            quietly(functools.partial(container.kill, signal="SIGKILL"))
+
+
+def reclaim(client: DockerClient, image: str, paths: list[Path], labels: dict[str, str]) -> None:
+    """Give files the containers' root made back to this user, so the work dir can be removed."""
+    existing = [p for p in paths if p.exists()]
+    if os.geteuid() == 0 or not image or not existing:
+        return
+    mounts = [Mount(f"/reclaim/{i}", str(p), type="bind") for i, p in enumerate(existing)]
+    quietly(
+        lambda: client.containers.run(
+            image,
+            entrypoint=["chown", "-R", f"{os.geteuid()}:{os.getegid()}", *(m["Target"] for m in mounts)],
+            mounts=mounts,
+            labels=labels,
+            network_mode="none",
+            remove=True,
+        )
+    )
+
+
+def teardown(client: DockerClient, labels: dict[str, str], image: str, work: Path) -> None:
+    """Remove everything labelled with the run (also what a Ctrl-C mid-create left unnamed here)."""
+    remove_labelled(client, [f"{RUN_ID}={labels[RUN_ID]}"], keep=lambda _: False)
+    reclaim(client, image, [work], labels)
+    shutil.rmtree(work, ignore_errors=True)
+
+
+def quietly(action: Callable[[], object]) -> bool:
+    """Cleanup goes on past a resource that is already gone or refuses; True if it succeeded."""
+    try:
+        action()
+    except (APIError, DockerException, OSError):
+        return False
+    return True
+
+
+def shielded(action: Callable[[], None]) -> None:
+    """Run cleanup to its end even if Ctrl-C is pressed again meanwhile; then re-raise it.
+
+    The action runs in a thread and this one polls an event: an interrupted ``Thread.join`` can
+    report a thread that is still running as finished (CPython before 3.13)."""
+    done = threading.Event()
+
+    def run() -> None:
+        try:
+            action()
+        finally:
+            done.set()
+
+    interrupted = False
+    threading.Thread(target=run).start()
+    while not done.is_set():
+        try:
+            time.sleep(0.05)
+        except KeyboardInterrupt:
+            interrupted = True
+    if interrupted:
+        raise KeyboardInterrupt
