@@ -1,0 +1,350 @@
+"""pytest plugin: pre-merge parity checks of a training job (guide: docs/pre-merge.md).
+
+Loaded by the ``pytest11`` entry point wherever harness is installed, or, where plugin autoload
+is off, by ``pytest_plugins = ["harness.pytest_plugin"]`` in the root ``conftest.py``. A test asks
+for a check in one of two ways:
+
+* ``@pytest.mark.harness_parity(job, rungs=None, rtol=..., atol=...)``: the ladder is climbed
+  before the test's body runs, and the test fails with the verdict and its evidence unless the
+  verdict is parity. The body (often empty) may take the ``harness_result`` fixture to check more.
+* the ``harness_ladder`` fixture, ``harness_ladder(job, rungs=None, rtol=..., atol=...)``, which
+  climbs and returns the :class:`~harness.ladder.LadderResult`; :func:`assert_parity` fails the
+  test with the verdict. For jobs built in Python, or tests that expect a divergence.
+
+``job`` is a :class:`~harness.jobspec.JobSpec` or a job file, relative to pytest's rootdir.
+Rungs: the test's own, else ``--harness-rungs``, else :data:`harness.ladder.DEFAULT_RUNGS`. A
+rung that cannot run here is left out and reported as a :class:`RungSkippedWarning`; a test of
+which no rung can run is skipped with every rung's reason. Records go under
+``--harness-record-dir`` (one directory per ladder, named after the test, and a ``summary.md``
+for the session), else under the test's ``tmp_path``.
+
+PYTEST_DONT_REWRITE: this module has no asserts to rewrite, and ``-W error::harness.pytest_plugin.
+RungSkippedWarning`` imports it before pytest registers it, which would warn that it cannot be.
+"""
+
+from __future__ import annotations
+
+import argparse
+import html
+import json
+import os
+import re
+import sys
+import warnings
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NoReturn
+
+import pytest
+
+from harness.backends import RUNGS
+from harness.errors import HarnessError, RungUnavailable
+from harness.jobspec import JobSpec, load_job
+from harness.ladder import DEFAULT_RUNGS, LadderResult, climb
+from harness.record import RunRecord
+from harness.report import to_json, to_text
+from harness.verdict import DEFAULT_ATOL, DEFAULT_RTOL
+
+__all__ = ["LadderRunner", "RungSkippedWarning", "assert_parity"]
+
+MARKER = "harness_parity"
+JobArg = JobSpec | str | os.PathLike[str]
+
+_RESULT = pytest.StashKey[LadderResult]()
+_DETAILS_LIMIT = 6000  # characters of one verdict in summary.md
+
+
+class RungSkippedWarning(UserWarning):
+    """A rung of a parity check cannot run here; the check compared the rungs that could.
+    ``-W error::harness.pytest_plugin.RungSkippedWarning`` makes a run insist on every rung."""
+
+
+def _rung_list(text: str) -> list[str]:
+    """``--harness-rungs`` as argparse type: comma-separated names of known rungs."""
+    rungs = [rung.strip() for rung in text.split(",") if rung.strip()]
+    unknown = [rung for rung in rungs if rung not in RUNGS]
+    if unknown or not rungs:
+        raise argparse.ArgumentTypeError(f"unknown rung {unknown[0]!r}; choose from {', '.join(RUNGS)}"
+                                         if unknown else "name at least one rung")
+    return rungs
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    group = parser.getgroup("harness", "parity checks of training jobs (harness)")
+    group.addoption(
+        "--harness-rungs", type=_rung_list, metavar="RUNGS", default=None,
+        help=f"comma-separated rungs for parity checks that name none (default: {','.join(DEFAULT_RUNGS)}); "
+             "rungs that cannot run here are skipped with the reason",
+    )
+    group.addoption(
+        "--harness-record-dir", type=Path, metavar="DIR", default=None,
+        help="keep run records here, one directory per ladder named after the test, and write "
+             "summary.md (default: each test's tmp_path)",
+    )
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    config.addinivalue_line(
+        "markers",
+        f"{MARKER}(job, rungs=None, rtol={DEFAULT_RTOL}, atol={DEFAULT_ATOL}): climb the harness ladder "
+        "with job (a job file relative to the rootdir, or a JobSpec) and fail unless the verdict is parity",
+    )
+    record_dir = config.getoption("harness_record_dir")
+    if record_dir is not None:
+        root = config.invocation_params.dir / record_dir
+        config.pluginmanager.register(Recorder(root, _worker_id(config)), Recorder.name)
+
+
+def pytest_report_header(config: pytest.Config) -> list[str]:
+    rungs, record_dir = config.getoption("harness_rungs"), config.getoption("harness_record_dir")
+    if rungs is None and record_dir is None:
+        return []
+    return [f"harness: rungs {','.join(rungs or DEFAULT_RUNGS)} (where a test names none); "
+            f"records in {record_dir or 'tmp_path'}"]
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_call(item: pytest.Item) -> None:
+    """A marked test fails on its verdict here, in the call phase (reported FAILED, not ERROR),
+    before its body runs; rungs left out are reported here too, so that ``-W error`` fails it."""
+    result = item.stash.get(_RESULT, None)
+    if result is not None:
+        assert_parity(result)
+        path, line, _ = item.reportinfo()
+        _warn_skipped(result, str(path), (line or 0) + 1)
+
+
+def assert_parity(result: LadderResult) -> None:
+    """Fail the running test with the verdict, its evidence and where the records are, unless
+    the ladder found parity."""
+    __tracebackhide__ = True
+    if result.verdict.outcome != "parity":
+        _fail(to_text(result.verdict) + _where(result))
+
+
+class LadderRunner:
+    """What the ``harness_ladder`` fixture returns: call it to climb the ladder with a job."""
+
+    def __init__(self, request: pytest.FixtureRequest) -> None:
+        self._request = request
+        self._recorder: Recorder | None = request.config.pluginmanager.get_plugin(Recorder.name)
+
+    def __call__(self, job: JobArg, rungs: Sequence[str] | str | None = None, *,
+                 rtol: float = DEFAULT_RTOL, atol: float = DEFAULT_ATOL) -> LadderResult:
+        """Run ``job`` on each rung and judge the records. Skips the test when no rung can run
+        here; fails it, without a traceback, on a job file or rung that the harness rejects."""
+        __tracebackhide__ = True
+        result = self._climb(job, rungs, rtol=rtol, atol=atol)
+        caller = sys._getframe(1)
+        _warn_skipped(result, caller.f_code.co_filename, caller.f_lineno)
+        return result
+
+    def _climb(self, job: JobArg, rungs: Sequence[str] | str | None = None, *,
+               rtol: float = DEFAULT_RTOL, atol: float = DEFAULT_ATOL) -> LadderResult:
+        """The call without its :class:`RungSkippedWarning` (the marker warns in the call phase)."""
+        __tracebackhide__ = True
+        chosen, directory = self._rungs(rungs), self._directory()
+        try:
+            spec = job if isinstance(job, JobSpec) else load_job(self._request.config.rootpath / job)
+            result = climb(spec, directory, rungs=chosen, rtol=rtol, atol=atol)
+        except RungUnavailable as exc:
+            self._keep(_Entry(self._request.node.nodeid, None, "skipped", exc.message))
+            pytest.skip(exc.message)
+        except HarnessError as exc:
+            message = f"harness: {exc.message}" + (f"\nhint: {exc.hint}" if exc.hint else "")
+            self._keep(_Entry(self._request.node.nodeid, None, "error", message))
+            _fail(message)
+        self._keep(_Entry(self._request.node.nodeid, result, result.verdict.outcome))
+        _write_ladder(directory, self._request.node.nodeid, spec.name, chosen, result, (rtol, atol))
+        return result
+
+    def _rungs(self, rungs: Sequence[str] | str | None) -> list[str]:
+        if isinstance(rungs, str):
+            rungs = rungs.split(",")
+        if rungs:
+            return list(rungs)
+        return list(self._request.config.getoption("harness_rungs") or DEFAULT_RUNGS)
+
+    def _directory(self) -> Path:
+        """A directory for this ladder that no earlier ladder or session wrote (made by the first
+        record, so a skipped ladder leaves none)."""
+        if self._recorder is None:
+            tmp_path: Path = self._request.getfixturevalue("tmp_path")
+            base = tmp_path / "harness"
+        else:
+            base = self._recorder.root / _safe_name(self._request.node.nodeid)
+        directory, number = base, 1
+        while directory.exists():
+            number += 1
+            directory = base.with_name(f"{base.name}-{number}")
+        return directory
+
+    def _keep(self, entry: _Entry) -> None:
+        if self._recorder is not None:
+            self._recorder.entries.append(entry)
+
+
+@pytest.fixture
+def harness_ladder(request: pytest.FixtureRequest) -> LadderRunner:
+    """Climb the harness ladder: ``harness_ladder(job, rungs=None, rtol=..., atol=...)`` returns
+    the LadderResult (verdict, records, skipped rungs); pair it with ``assert_parity``."""
+    return LadderRunner(request)
+
+
+@pytest.fixture
+def harness_result(request: pytest.FixtureRequest, harness_ladder: LadderRunner) -> LadderResult:
+    """The LadderResult of the test's ``@pytest.mark.harness_parity`` check."""
+    marker = request.node.get_closest_marker(MARKER)
+    if marker is None:
+        _fail(f"harness_result needs the test marked @pytest.mark.{MARKER}(job, rungs=...)")
+    try:
+        job, rungs, tolerance = _marker_args(*marker.args, **marker.kwargs)
+    except TypeError as exc:
+        _fail(f"@pytest.mark.{MARKER}: {exc}; expected {MARKER}(job, rungs=None, rtol=..., atol=...)")
+    result = harness_ladder._climb(job, rungs, **tolerance)
+    request.node.stash[_RESULT] = result
+    return result
+
+
+@pytest.fixture(autouse=True)
+def _harness_parity_marker(request: pytest.FixtureRequest) -> None:
+    """Climbs the ladder of a marked test, whether or not it asks for ``harness_result``."""
+    if request.node.get_closest_marker(MARKER) is not None:
+        request.getfixturevalue("harness_result")
+
+
+def _marker_args(job: JobArg, rungs: Sequence[str] | str | None = None, *,
+                 rtol: float = DEFAULT_RTOL, atol: float = DEFAULT_ATOL
+                 ) -> tuple[JobArg, Sequence[str] | str | None, dict[str, float]]:
+    return job, rungs, {"rtol": rtol, "atol": atol}
+
+
+@dataclass
+class _Entry:
+    """One ladder of the session: its result, or why there is none (``skipped``, ``error``)."""
+
+    test: str
+    result: LadderResult | None
+    outcome: str
+    reason: str = ""
+
+
+class Recorder:
+    """Registered with ``--harness-record-dir``: keeps every ladder of the session and writes
+    ``summary.md`` (the Markdown a CI job posts on the pull request) when the session ends."""
+
+    name = "harness-recorder"
+
+    def __init__(self, root: Path, worker: str | None) -> None:
+        self.root = root
+        self.summary = root / (f"summary-{worker}.md" if worker else "summary.md")
+        self.entries: list[_Entry] = []
+
+    def pytest_sessionfinish(self) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        self.summary.write_text(_markdown(self.entries), encoding="utf-8")
+
+    def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
+        outcomes = Counter(entry.outcome for entry in self.entries)
+        count = len(self.entries)
+        terminalreporter.write_sep("-", "harness")
+        terminalreporter.write_line(f"{count} ladder{'s' * (count != 1)} ("
+                                    + ", ".join(f"{n} {outcome}" for outcome, n in sorted(outcomes.items()))
+                                    + f"): records and {self.summary.name} in {self.root}")
+
+
+def _markdown(entries: list[_Entry]) -> str:
+    """The session's checks: one table row each, and the verdict of each check that did not pass."""
+    if not entries:
+        return "## Parity checks\n\nNo parity check ran.\n"
+    rows = [_row(entry) for entry in entries]
+    details = [_details(entry.test, entry.result) for entry in entries
+               if entry.result is not None and entry.result.verdict.outcome != "parity"]
+    return "\n".join(["## Parity checks", "", "| test | verdict | rungs | departs | notes |",
+                      "|---|---|---|---|---|", *rows, *details, ""])
+
+
+def _row(entry: _Entry) -> str:
+    if entry.result is None:
+        outcome = entry.outcome if entry.outcome == "skipped" else f"**{entry.outcome.upper()}**"
+        return f"| `{entry.test}` | {outcome} | none | | {_cell(entry.reason)} |"
+    verdict = entry.result.verdict
+    outcome = verdict.outcome if verdict.outcome == "parity" else f"**{verdict.outcome.upper()}**"
+    departs = verdict.first_rung or ""
+    if verdict.first_rung and verdict.first_step is not None:
+        departs += f" at step {verdict.first_step}"
+    skipped = "; ".join(f"skipped {rung}: {reason}" for rung, reason in verdict.skipped.items())
+    return f"| `{entry.test}` | {outcome} | {' → '.join(verdict.rungs)} | {departs} | {_cell(skipped)} |"
+
+
+def _details(test: str, result: LadderResult) -> str:
+    text = to_text(result.verdict)
+    if len(text) > _DETAILS_LIMIT:  # a comment holds 65,536 characters; verdict.json holds all
+        text = text[:_DETAILS_LIMIT] + "\n… (cut here: the whole verdict is in the ladder's verdict.json)"
+    return (f"\n<details><summary><code>{html.escape(test)}</code>: {result.verdict.outcome}</summary>\n\n"
+            f"```text\n{text}\n```\n</details>")
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def _write_ladder(directory: Path, test: str, job: str, rungs: list[str], result: LadderResult,
+                  tolerance: tuple[float, float]) -> None:
+    """``verdict.json`` (the report of `harness ladder --json`) and ``ladder.json``: which test
+    climbed, its records in ladder order, and the two that decided the verdict with the tolerance
+    (what `harness diff A B --rtol --atol` takes to render the report again)."""
+    (directory / "verdict.json").write_text(to_json(result.verdict) + "\n", encoding="utf-8")
+    ladder = {"test": test, "job": job, "requested_rungs": rungs, "outcome": result.verdict.outcome,
+              "records": [record.root.name for record in result.records], "skipped": result.skipped,
+              "compare": [record.root.name for record in _decisive_pair(result)],
+              "rtol": tolerance[0], "atol": tolerance[1]}
+    (directory / "ladder.json").write_text(json.dumps(ladder, indent=2) + "\n", encoding="utf-8")
+
+
+def _decisive_pair(result: LadderResult) -> tuple[RunRecord, RunRecord]:
+    """The records the verdict rests on: the rung that departs and the one below it; the bottom
+    record twice when it failed itself; the bottom and the top at parity."""
+    records, verdict = result.records, result.verdict
+    if verdict.outcome == "parity":
+        return records[0], records[-1]
+    for below, above in zip(records, records[1:], strict=False):
+        if (below.rung, above.rung) == (verdict.baseline_rung, verdict.first_rung):
+            return below, above
+    return records[0], records[0]
+
+
+def _warn_skipped(result: LadderResult, filename: str, line: int) -> None:
+    """One :class:`RungSkippedWarning` per rung left out, at the test's line; a readable failure
+    where ``-W error`` turns it into an error."""
+    __tracebackhide__ = True
+    for rung, reason in result.skipped.items():
+        try:
+            warnings.warn_explicit(f"rung {rung} skipped: {reason}", RungSkippedWarning, filename, line)
+        except RungSkippedWarning as exc:
+            error = str(exc)
+            break
+    else:
+        return
+    _fail(f"{error} (RungSkippedWarning is an error in this run: every rung must run)")
+
+
+def _where(result: LadderResult) -> str:
+    return f"\nrecords: {result.records[0].root.parent}" if result.records else ""
+
+
+def _safe_name(nodeid: str) -> str:
+    return re.sub(r"[^A-Za-z0-9_.-]+", "-", nodeid).strip("-")[:150] or "test"
+
+
+def _worker_id(config: pytest.Config) -> str | None:
+    """pytest-xdist's worker id, so that workers write summaries of their own."""
+    workerinput = getattr(config, "workerinput", None)
+    return str(workerinput["workerid"]) if workerinput else None
+
+
+def _fail(message: str) -> NoReturn:
+    __tracebackhide__ = True
+    pytest.fail(message, pytrace=False)

@@ -1,0 +1,219 @@
+"""The pytest plugin, run in-process with pytester on a small user repo: a parity check passes for
+a correct job, fails with a readable verdict for a faulty one, skips rungs that cannot run here
+with their reason, and keeps records where ``--harness-record-dir`` says."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import json
+import textwrap
+
+import pytest
+
+pytest_plugins = ["pytester"]
+
+PLUGIN = "harness.pytest_plugin"
+
+# Each job runs on the `local` rung in about a second: one host, no distribution, no torch.
+STEADY = "for i in range(5):\n    print(f'step={i} loss={1.0 / (i + 1):.6f}', flush=True)\n"
+NOISY = "import random\nfor i in range(5):\n    print(f'step={i} loss={random.random():.6f}', flush=True)\n"
+JOB = """\
+name: {name}
+source_dir: src
+entry_point: train.py
+metric_definitions:
+  - {{name: "train:loss", regex: "step=\\\\d+ loss=([0-9.eE+-]+)"}}
+max_run: 60
+"""
+
+
+def _entry_point() -> str | None:
+    """The name the installed ``pytest11`` entry point gives the plugin, if one is installed."""
+    names = [ep.name for ep in importlib.metadata.entry_points(group="pytest11") if ep.value == PLUGIN]
+    return names[0] if names else None
+
+
+@pytest.fixture
+def repo(pytester: pytest.Pytester, monkeypatch: pytest.MonkeyPatch) -> pytest.Pytester:
+    """A team's repo: two jobs and a conftest.py that registers the plugin. Autoload is off, so
+    the conftest is the one way the plugin comes in, whether or not the entry point is installed."""
+    monkeypatch.setenv("PYTEST_DISABLE_PLUGIN_AUTOLOAD", "1")
+    pytester.makeconftest(f"pytest_plugins = [{PLUGIN!r}]")
+    for name, script in (("steady", STEADY), ("noisy", NOISY)):
+        (pytester.path / name / "src").mkdir(parents=True)
+        (pytester.path / name / "src" / "train.py").write_text(script)
+        (pytester.path / name / "job.yaml").write_text(JOB.format(name=name))
+    return pytester
+
+
+@pytest.fixture
+def no_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`local-gpu` cannot run, as on a machine without a GPU, whatever this machine has."""
+    from harness.backends import local
+
+    monkeypatch.setattr(local, "cuda_device_count", lambda: 0)
+
+
+def _tests(repo: pytest.Pytester, source: str) -> None:
+    repo.makepyfile(test_parity="import pytest\nfrom harness.pytest_plugin import assert_parity\n\n"
+                    + textwrap.dedent(source))
+
+
+def _run(repo: pytest.Pytester, *args: str) -> pytest.RunResult:
+    """pytest in this process, which imported the plugin already: pytest would warn that it
+    cannot rewrite its asserts, but the plugin opts out of rewriting (PYTEST_DONT_REWRITE)."""
+    result = repo.runpytest(*args)
+    result.stdout.no_fnmatch_line("*PytestAssertRewriteWarning*")
+    return result
+
+
+def test_options_in_their_own_group_with_help(repo: pytest.Pytester) -> None:
+    result = _run(repo, "--help")
+    result.stdout.fnmatch_lines(["parity checks of training jobs (harness):",
+                                 "  --harness-rungs=RUNGS", "*comma-separated rungs for parity checks*",
+                                 "  --harness-record-dir=DIR", "*keep run records here*"])
+
+
+def test_marker_is_registered(repo: pytest.Pytester) -> None:
+    _run(repo, "--markers").stdout.fnmatch_lines(["@pytest.mark.harness_parity(job, rungs=None, *"])
+
+
+def test_unknown_rung_is_a_usage_error(repo: pytest.Pytester) -> None:
+    result = _run(repo, "--harness-rungs", "local,lokal")
+    assert result.ret == pytest.ExitCode.USAGE_ERROR
+    result.stderr.fnmatch_lines(["*--harness-rungs: unknown rung 'lokal'; choose from local, local-gpu, docker*"])
+
+
+def test_bad_job_or_marker_errors_without_traceback(repo: pytest.Pytester) -> None:
+    _tests(repo, """
+        @pytest.mark.harness_parity("missing/job.yaml")
+        def test_missing_job(): pass
+
+        @pytest.mark.harness_parity(rungs=["local"])
+        def test_no_job(): pass
+
+        def test_result_without_marker(harness_result): pass
+    """)
+    result = _run(repo, "--strict-markers", "--harness-record-dir", "out")
+    result.assert_outcomes(errors=3)
+    result.stdout.fnmatch_lines_random([
+        "*harness: *missing/job.yaml: no such job file",
+        "*@pytest.mark.harness_parity: *missing 1 required positional argument: 'job'*",
+        "*harness_result needs the test marked @pytest.mark.harness_parity*",
+    ])
+    result.stdout.no_fnmatch_line("*pytest_plugin.py:*")
+    summary = (repo.path / "out" / "summary.md").read_text()
+    assert "| `test_parity.py::test_missing_job` | **ERROR** | none | | harness: " in summary
+
+
+@pytest.mark.usefixtures("no_gpu")
+def test_no_runnable_rung_skips_with_the_reasons(repo: pytest.Pytester) -> None:
+    _tests(repo, """
+        @pytest.mark.harness_parity("steady/job.yaml", rungs=["local-gpu"])
+        def test_gpu_parity(): raise AssertionError("the body ran")
+    """)
+    result = _run(repo, "-rs")
+    result.assert_outcomes(skipped=1)
+    result.stdout.fnmatch_lines(["SKIPPED * no rung of the ladder can run here: "
+                                 "local-gpu: no CUDA device visible to torch on this machine"])
+
+
+@pytest.mark.slow
+def test_correct_job_passes_by_marker_and_by_fixture(repo: pytest.Pytester) -> None:
+    _tests(repo, """
+        @pytest.mark.harness_parity("steady/job.yaml", rungs=["local", "local"], rtol=0, atol=0)
+        def test_marked(harness_result):
+            assert [r.rung for r in harness_result.records] == ["local", "local"]
+            assert harness_result.records[0].metrics()["train:loss"]["algo-1"][-1] == 0.2
+
+        def test_fixture(harness_ladder):
+            result = harness_ladder("steady/job.yaml", rungs="local")
+            assert_parity(result)
+            assert result.verdict.outcome == "parity" and result.skipped == {}
+    """)
+    _run(repo, "--strict-markers").assert_outcomes(passed=2)
+
+
+@pytest.mark.slow
+def test_divergence_fails_with_the_verdict_and_its_evidence(repo: pytest.Pytester) -> None:
+    _tests(repo, """
+        @pytest.mark.harness_parity("noisy/job.yaml", rungs=["local", "local"])
+        def test_noisy(): raise AssertionError("the body ran")
+    """)
+    result = _run(repo, "--harness-record-dir", "out")
+    result.assert_outcomes(failed=1)
+    result.stdout.fnmatch_lines([
+        "*_ test_noisy _*",
+        "verdict: DIVERGED  (rungs: local -> local)",
+        "first departs on local (compared with local) at step 0",
+        "1. [[]divergence] train:loss diverges at step 0 on local*",  # [[] is a literal [
+        "     step 0: local=* local=* (tolerance rtol=1e-05, atol=1e-06)",
+        "records: *",
+        "FAILED test_parity.py::test_noisy - Failed: verdict: DIVERGED*",
+    ])
+    for noise in ("*the body ran*", "*Traceback*", "*pytest_plugin.py*", "*def test_noisy*"):
+        result.stdout.no_fnmatch_line(noise)
+    summary = (repo.path / "out" / "summary.md").read_text()
+    assert "| `test_parity.py::test_noisy` | **DIVERGED** | local → local | local at step 0 |  |" in summary
+    assert "<details><summary><code>test_parity.py::test_noisy</code>: diverged</summary>" in summary
+    assert "train:loss diverges at step 0 on local" in summary
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("no_gpu")
+def test_rung_that_cannot_run_is_skipped_and_the_others_compared(repo: pytest.Pytester) -> None:
+    _tests(repo, """
+        @pytest.mark.harness_parity("steady/job.yaml", rungs=["local", "local-gpu"])
+        def test_parity(harness_result):
+            assert harness_result.skipped == {"local-gpu": "no CUDA device visible to torch on this machine"}
+    """)
+    result = _run(repo)
+    result.assert_outcomes(passed=1, warnings=1)
+    result.stdout.fnmatch_lines(["*RungSkippedWarning: rung local-gpu skipped: no CUDA device visible to torch*"])
+    strict = _run(repo, "-W", "error::harness.pytest_plugin.RungSkippedWarning")
+    strict.assert_outcomes(failed=1)
+    strict.stdout.fnmatch_lines(["rung local-gpu skipped: no CUDA device visible to torch on this machine "
+                                 "(RungSkippedWarning is an error in this run: every rung must run)"])
+    strict.stdout.no_fnmatch_line("*pytest_plugin.py*")
+    strict.stdout.no_fnmatch_line("*During handling*")
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("no_gpu")
+def test_record_dir_keeps_each_ladder_and_a_summary(repo: pytest.Pytester) -> None:
+    _tests(repo, """
+        @pytest.mark.harness_parity("steady/job.yaml")
+        def test_default_rungs(): pass
+
+        @pytest.mark.harness_parity("steady/job.yaml", rungs=["local-gpu"])
+        def test_gpu_only(): pass
+    """)
+    result = _run(repo, "--harness-rungs", "local", "--harness-record-dir", "out/records")
+    result.assert_outcomes(passed=1, skipped=1)
+    result.stdout.fnmatch_lines(["harness: rungs local (where a test names none); records in out/records",
+                                 "*- harness -*",
+                                 f"2 ladders (1 parity, 1 skipped): records and summary.md in {repo.path}/out/records"])
+    ladder_dir = repo.path / "out" / "records" / "test_parity.py-test_default_rungs"
+    ladder = json.loads((ladder_dir / "ladder.json").read_text())
+    assert ladder["test"] == "test_parity.py::test_default_rungs" and ladder["requested_rungs"] == ["local"]
+    (record,) = ladder["records"]
+    assert ladder["compare"] == [record, record] and (ladder["rtol"], ladder["atol"]) == (1e-5, 1e-6)
+    assert json.loads((ladder_dir / record / "manifest.json").read_text())["rung"] == "local"
+    assert json.loads((ladder_dir / "verdict.json").read_text())["outcome"] == "parity"
+    summary = (repo.path / "out" / "records" / "summary.md").read_text()
+    assert "| `test_parity.py::test_default_rungs` | parity | local |" in summary
+    assert "| `test_parity.py::test_gpu_only` | skipped | none | | no rung of the ladder can run here" in summary
+    assert not (repo.path / "out" / "records" / "test_parity.py-test_gpu_only").exists()
+    _run(repo, "--harness-rungs", "local", "--harness-record-dir", "out/records", "-k", "default")
+    assert (ladder_dir.parent / f"{ladder_dir.name}-2" / "ladder.json").is_file()  # a rerun never mixes records
+
+
+def test_installed_entry_point_loads_the_plugin(pytester: pytest.Pytester) -> None:
+    name = _entry_point()
+    if name is None:
+        pytest.skip(f"no pytest11 entry point for {PLUGIN} installed (pyproject.toml, then pip install -e .)")
+    _run(pytester, "--help").stdout.fnmatch_lines(["  --harness-record-dir=DIR"])
+    pytester.makeconftest(f"pytest_plugins = [{PLUGIN!r}]")  # a team that lists it in conftest.py as well
+    listed_too = _run(pytester, "--help")
+    assert listed_too.ret == 0, (f"entry point {name!r} and conftest.py's {PLUGIN!r} register the plugin twice "
+                                 f"(pytest refuses); name the entry point {PLUGIN!r}:\n{listed_too.stderr.str()}")
