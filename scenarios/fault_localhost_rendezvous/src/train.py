@@ -31,7 +31,7 @@ def worker(local_rank: int, args: argparse.Namespace, hosts: list, node_rank: in
     model = DistributedDataParallel(torch.nn.Linear(data.shape[1] - 1, 1))
     optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
     step = 0
-    for epoch in range(args.epochs):
+    for _epoch in range(args.epochs):
         for features, target in DataLoader(dataset, batch_size=16, sampler=sampler):
             optimizer.zero_grad()
             loss = torch.nn.functional.mse_loss(model(features), target)

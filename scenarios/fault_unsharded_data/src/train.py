@@ -20,7 +20,7 @@ loader = DataLoader(TensorDataset(data[:, 1:], data[:, :1]), batch_size=32, shuf
 model = DistributedDataParallel(torch.nn.Linear(8, 1))
 optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
 step = 0
-for epoch in range(args.epochs):
+for _epoch in range(args.epochs):
     for features, target in loader:
         optimizer.zero_grad()
         loss = torch.nn.functional.mse_loss(model(features), target)

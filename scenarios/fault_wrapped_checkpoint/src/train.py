@@ -17,7 +17,7 @@ model = torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.ReLU(), torch.nn.Li
 if distributed:
     model = DistributedDataParallel(model)
 optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
-for step in range(16):
+for _step in range(16):
     optimizer.zero_grad()
     torch.nn.functional.mse_loss(model(data[:64, 1:]), data[:64, :1]).backward()
     optimizer.step()
