@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -20,3 +22,27 @@ def records(tmp_path: Path) -> Path:
     path = tmp_path / "records"
     path.mkdir()
     return path
+
+
+@pytest.fixture(scope="session")
+def engine() -> Iterator[Any]:
+    """A client for a reachable Docker engine; tests using it are skipped, with the reason, where
+    there is none."""
+    import docker
+
+    from harness.backends.docker import DockerBackend
+
+    reason = DockerBackend(gpus=False).unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    client = docker.from_env()
+    yield client
+    client.close()
+
+
+@pytest.fixture(scope="session")
+def torch_image(engine: Any) -> str:
+    """The image with python3, pip and torch the container rungs run scripts on (built once)."""
+    from harness.images import ensure_torch_image
+
+    return ensure_torch_image(engine)

@@ -32,10 +32,18 @@ CASES = {
     "zero processes": (GOOD + "processes_per_host: 0\n", "processes_per_host: Input should be greater than 0"),
     "wrong type": (GOOD + "max_run: soon\n", "max_run: Input should be a valid integer"),
     "bad channel path": (GOOD + "channels:\n  train: missing-dir\n", "channels.train.source"),
-    "unknown channel key": (GOOD + "channels:\n  train:\n    source: data\n    mode: Pipe\n", "channels.train.mode: unknown key"),
-    "metric regex without group": (GOOD + "metric_definitions:\n  - {name: loss, regex: 'loss=[0-9.]+'}\n",
-                                   "needs one capture group"),
-    "invalid regex": (GOOD + "metric_definitions:\n  - {name: loss, regex: 'loss=([0-9'}\n", "not a valid regular expression"),
+    "unknown channel key": (
+        GOOD + "channels:\n  train:\n    source: data\n    mode: Pipe\n",
+        "channels.train.mode: unknown key",
+    ),
+    "metric regex without group": (
+        GOOD + "metric_definitions:\n  - {name: loss, regex: 'loss=[0-9.]+'}\n",
+        "needs one capture group",
+    ),
+    "invalid regex": (
+        GOOD + "metric_definitions:\n  - {name: loss, regex: 'loss=([0-9'}\n",
+        "not a valid regular expression",
+    ),
     "invalid job name": (GOOD.replace("name: demo", "name: my_job!"), "name: String should match pattern"),
     "not yaml": ("name: [unclosed\n", "not valid YAML"),
     "not a mapping": ("- just\n- a list\n", "expected a mapping of job keys"),
@@ -63,14 +71,20 @@ def test_missing_job_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     assert "no such job file" in capsys.readouterr().err
 
 
-@pytest.mark.parametrize("content, expected", [
-    ("{not json", "not a readable JSON request"),
-    ('{"HyperParameters": {}}', "TrainingJobName: required"),
-    ('{"TrainingJobName": "x", "HyperParameters": {"epochs": 3}}', "HyperParameters: expected a map of strings"),
-    ('{"TrainingJobName": "x", "AlgorithmSpecification": {"TrainingImage": "img"}, '
-     '"HyperParameters": {"sagemaker_program": "\\"train.py\\"", '
-     '"sagemaker_submit_directory": "\\"s3://b/src.tar.gz\\""}}', "pass --source-dir"),
-])
+@pytest.mark.parametrize(
+    "content, expected",
+    [
+        ("{not json", "not a readable JSON request"),
+        ('{"HyperParameters": {}}', "TrainingJobName: required"),
+        ('{"TrainingJobName": "x", "HyperParameters": {"epochs": 3}}', "HyperParameters: expected a map of strings"),
+        (
+            '{"TrainingJobName": "x", "AlgorithmSpecification": {"TrainingImage": "img"}, '
+            '"HyperParameters": {"sagemaker_program": "\\"train.py\\"", '
+            '"sagemaker_submit_directory": "\\"s3://b/src.tar.gz\\""}}',
+            "pass --source-dir",
+        ),
+    ],
+)
 def test_bad_request(tmp_path: Path, capsys: pytest.CaptureFixture[str], content: str, expected: str) -> None:
     request = tmp_path / "request.json"
     request.write_text(content)
@@ -79,12 +93,15 @@ def test_bad_request(tmp_path: Path, capsys: pytest.CaptureFixture[str], content
     assert not (tmp_path / "r").exists()
 
 
-@pytest.mark.parametrize("argv, expected", [
-    (["run", "--rung", "cloud-9", "x.yaml"], "invalid choice: 'cloud-9'"),
-    (["ladder", "--rungs", "local,moon", "{job}"], "unknown rung 'moon'"),
-    (["diff", "{tmp}", "{tmp}"], "not a run record"),
-    (["frobnicate"], "invalid choice"),
-])
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        (["run", "--rung", "cloud-9", "x.yaml"], "invalid choice: 'cloud-9'"),
+        (["ladder", "--rungs", "local,moon", "{job}"], "unknown rung 'moon'"),
+        (["diff", "{tmp}", "{tmp}"], "not a run record"),
+        (["frobnicate"], "invalid choice"),
+    ],
+)
 def test_bad_usage(workdir: Path, capsys: pytest.CaptureFixture[str], argv: list[str], expected: str) -> None:
     job = workdir / "job.yaml"
     job.write_text(GOOD)
@@ -99,14 +116,33 @@ def test_request_roundtrip(tmp_path: Path, scenarios: Path) -> None:
 
     request = {
         "TrainingJobName": "ddp-csv",
-        "AlgorithmSpecification": {"TrainingImage": "img", "TrainingInputMode": "File",
-                                   "MetricDefinitions": [{"Name": "loss", "Regex": "loss=([0-9.]+)"}]},
-        "HyperParameters": {"epochs": "4", "learning-rate": "0.05", "shuffle": "true", "optim": "\"adam\"",
-                            "sagemaker_program": "\"train.py\"", "sagemaker_torch_distributed_enabled": "true",
-                            "sagemaker_submit_directory": "\"s3://bucket/source.tar.gz\""},
-        "InputDataConfig": [{"ChannelName": "train", "ContentType": "text/csv", "DataSource": {
-            "S3DataSource": {"S3DataType": "S3Prefix", "S3Uri": "s3://bucket/train",
-                             "S3DataDistributionType": "ShardedByS3Key"}}}],
+        "AlgorithmSpecification": {
+            "TrainingImage": "img",
+            "TrainingInputMode": "File",
+            "MetricDefinitions": [{"Name": "loss", "Regex": "loss=([0-9.]+)"}],
+        },
+        "HyperParameters": {
+            "epochs": "4",
+            "learning-rate": "0.05",
+            "shuffle": "true",
+            "optim": '"adam"',
+            "sagemaker_program": '"train.py"',
+            "sagemaker_torch_distributed_enabled": "true",
+            "sagemaker_submit_directory": '"s3://bucket/source.tar.gz"',
+        },
+        "InputDataConfig": [
+            {
+                "ChannelName": "train",
+                "ContentType": "text/csv",
+                "DataSource": {
+                    "S3DataSource": {
+                        "S3DataType": "S3Prefix",
+                        "S3Uri": "s3://bucket/train",
+                        "S3DataDistributionType": "ShardedByS3Key",
+                    }
+                },
+            }
+        ],
         "ResourceConfig": {"InstanceType": "ml.p4d.24xlarge", "InstanceCount": 2, "VolumeSizeInGB": 50},
         "StoppingCondition": {"MaxRuntimeInSeconds": 3600},
         "OutputDataConfig": {"S3OutputPath": "s3://bucket/out"},

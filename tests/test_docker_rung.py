@@ -13,11 +13,9 @@ import sys
 import tempfile
 import textwrap
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import docker
 import pytest
 from docker import DockerClient
 from docker.errors import NotFound
@@ -30,24 +28,6 @@ from harness.record import RunRecord
 
 ROOT = Path(__file__).resolve().parent.parent
 SCENARIOS = ROOT / "scenarios"
-
-
-@pytest.fixture(scope="module")
-def engine() -> Iterator[DockerClient]:
-    """A client for a reachable engine; every test using it is skipped, with the reason, where none is."""
-    reason = DockerBackend(gpus=False).unavailable_reason()
-    if reason:
-        pytest.skip(reason)
-    client = docker.from_env()
-    yield client
-    client.close()
-
-
-@pytest.fixture(scope="module")
-def torch_image(engine: DockerClient) -> str:
-    from harness.images import ensure_torch_image  # minutes the first time on a machine, then a second
-
-    return ensure_torch_image(engine)
 
 
 def _labelled(what: str, label: str) -> list[str]:
@@ -121,7 +101,7 @@ def _model_digest(record: RunRecord) -> str:
 @pytest.mark.docker
 @pytest.mark.slow
 def test_shm_hungry_job_needs_more_than_dockers_64m(engine: DockerClient, torch_image: str, tmp_path: Path) -> None:
-    job = load_job(SCENARIOS / "shm_hungry" / "job.yaml")
+    job = load_job(SCENARIOS / "fault_shm_exhaustion" / "job.yaml")
     small = get_backend("docker", shm_size="64m").run(job, tmp_path)
     default = get_backend("docker").run(job, tmp_path)
     assert small.status == "failed"

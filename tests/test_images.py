@@ -8,10 +8,8 @@ from pathlib import Path
 from types import SimpleNamespace
 from typing import Any
 
-import docker
 import pytest
 from docker import DockerClient
-from docker.errors import DockerException
 from docker.models.images import ImageCollection
 
 from harness import images
@@ -19,29 +17,17 @@ from harness.errors import ImageError
 
 
 @pytest.fixture(scope="module")
-def docker_client() -> Iterator[DockerClient]:
-    """A client for a reachable engine; the docker tier is skipped where there is none."""
-    try:
-        client = docker.from_env()
-        client.ping()
-    except DockerException as exc:
-        pytest.skip(f"no Docker engine reachable: {exc}")
-    yield client
-    client.close()
-
-
-@pytest.fixture(scope="module")
-def base_image(docker_client: DockerClient) -> str:
-    return images.bootstrap_base_image(docker_client)
+def base_image(engine: DockerClient) -> str:
+    return images.bootstrap_base_image(engine)
 
 
 @pytest.fixture
-def built(docker_client: DockerClient) -> Iterator[list[str]]:
+def built(engine: DockerClient) -> Iterator[list[str]]:
     """Tags a test built; removed afterwards, since each test builds from fresh content."""
     tags: list[str] = []
     yield tags
     for tag in set(tags):
-        docker_client.images.remove(tag, force=True)
+        engine.images.remove(tag, force=True)
 
 
 def _run(client: DockerClient, image: str, *command: str) -> str:
@@ -53,7 +39,7 @@ def _run(client: DockerClient, image: str, *command: str) -> str:
 
 @pytest.mark.docker
 def test_same_content_gives_the_same_tag_and_no_rebuild(
-    docker_client: DockerClient,
+    engine: DockerClient,
     base_image: str,
     built: list[str],
     tmp_path: Path,
@@ -61,44 +47,44 @@ def test_same_content_gives_the_same_tag_and_no_rebuild(
 ) -> None:
     (tmp_path / "hello.txt").write_text(f"hello {uuid.uuid4()}\n")
     steps = ["COPY hello.txt /hello.txt"]
-    first = images.build_image(docker_client, base=base_image, steps=steps, context=tmp_path)
+    first = images.build_image(engine, base=base_image, steps=steps, context=tmp_path)
     built.append(first)
-    image = docker_client.images.get(first)
+    image = engine.images.get(first)
     assert image.labels["harness.managed"] == "true"
 
     def no_build(*args: object, **kwargs: object) -> None:
         raise AssertionError("the image was built again")
 
     monkeypatch.setattr(ImageCollection, "build", no_build)
-    again = images.build_image(docker_client, base=base_image, steps=steps, context=tmp_path)
+    again = images.build_image(engine, base=base_image, steps=steps, context=tmp_path)
     assert again == first
-    assert docker_client.images.get(again).id == image.id
-    assert _run(docker_client, first, "cat", "/hello.txt").startswith("hello ")
+    assert engine.images.get(again).id == image.id
+    assert _run(engine, first, "cat", "/hello.txt").startswith("hello ")
 
 
 @pytest.mark.docker
 def test_changed_dockerfile_text_gives_another_tag(
-    docker_client: DockerClient, base_image: str, built: list[str]
+    engine: DockerClient, base_image: str, built: list[str]
 ) -> None:
     nonce = uuid.uuid4().hex
-    one = images.build_image(docker_client, base=base_image, steps=[f"ENV NONCE={nonce}-1"])
+    one = images.build_image(engine, base=base_image, steps=[f"ENV NONCE={nonce}-1"])
     built.append(one)
-    two = images.build_image(docker_client, base=base_image, steps=[f"ENV NONCE={nonce}-2"])
+    two = images.build_image(engine, base=base_image, steps=[f"ENV NONCE={nonce}-2"])
     built.append(two)
     assert one != two
-    assert docker_client.images.get(one).id != docker_client.images.get(two).id
+    assert engine.images.get(one).id != engine.images.get(two).id
 
 
 @pytest.mark.docker
 def test_changed_context_file_gives_another_tag(
-    docker_client: DockerClient, base_image: str, built: list[str], tmp_path: Path
+    engine: DockerClient, base_image: str, built: list[str], tmp_path: Path
 ) -> None:
     steps = ["COPY hello.txt /hello.txt"]
     (tmp_path / "hello.txt").write_text(f"one {uuid.uuid4()}\n")
-    one = images.build_image(docker_client, base=base_image, steps=steps, context=tmp_path)
+    one = images.build_image(engine, base=base_image, steps=steps, context=tmp_path)
     built.append(one)
     (tmp_path / "hello.txt").write_text(f"two {uuid.uuid4()}\n")
-    two = images.build_image(docker_client, base=base_image, steps=steps, context=tmp_path)
+    two = images.build_image(engine, base=base_image, steps=steps, context=tmp_path)
     built.append(two)
     assert one != two
 
@@ -116,11 +102,11 @@ def test_changed_context_file_gives_another_tag(
     ],
 )
 def test_torch_image_has_python_pip_and_torch(
-    docker_client: DockerClient, command: list[str], expected: str
+    engine: DockerClient, command: list[str], expected: str
 ) -> None:
-    tag = images.ensure_torch_image(docker_client)
-    assert docker_client.images.get(tag).labels["harness.managed"] == "true"
-    assert _run(docker_client, tag, *command).startswith(expected)
+    tag = images.ensure_torch_image(engine)
+    assert engine.images.get(tag).labels["harness.managed"] == "true"
+    assert _run(engine, tag, *command).startswith(expected)
 
 
 def test_missing_debootstrap_is_an_image_error_with_a_hint(monkeypatch: pytest.MonkeyPatch) -> None:

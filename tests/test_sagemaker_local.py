@@ -11,10 +11,8 @@ import subprocess
 import sys
 import textwrap
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
-import docker
 import pytest
 from docker import DockerClient
 
@@ -34,21 +32,12 @@ REFERENCE = ROOT / "scenarios" / "ddp_csv" / "job.yaml"
 
 
 @pytest.fixture(scope="module")
-def engine() -> Iterator[DockerClient]:
-    """An engine, the SDK and compose; every test using it is skipped, with the reason, otherwise."""
+def engine(engine: DockerClient) -> DockerClient:
+    """The Docker engine, with the SDK and compose too; tests are skipped, with the reason, otherwise."""
     reason = SageMakerLocalBackend(gpus=False).unavailable_reason()
     if reason:
         pytest.skip(reason)
-    client = docker.from_env()
-    yield client
-    client.close()
-
-
-@pytest.fixture(scope="module")
-def torch_image(engine: DockerClient) -> str:
-    from harness.images import ensure_torch_image
-
-    return ensure_torch_image(engine)
+    return engine
 
 
 def _left_behind(engine: DockerClient, record: RunRecord) -> list[str]:
