@@ -40,9 +40,10 @@ def engine() -> Iterator[Any]:
     client.close()
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def torch_image(engine: Any) -> str:
-    """The image with python3, pip and torch the container rungs run scripts on (built once)."""
+    """The image with python3, pip and torch the container rungs run scripts on (built once per
+    machine; module scope so that a module may narrow ``engine``)."""
     from harness.images import ensure_torch_image
 
     return ensure_torch_image(engine)
