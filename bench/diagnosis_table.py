@@ -31,7 +31,7 @@ def main(names: list[str]) -> int:
             print(" | ".join(rows[-1]), file=sys.stderr, flush=True)
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
-        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths)))
+        print("  ".join(cell.ljust(width) for cell, width in zip(row, widths, strict=True)))
     return 0 if all(row[4] == "yes" for row in rows[1:]) else 1
 
 

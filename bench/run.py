@@ -195,6 +195,24 @@ def main() -> int:
                 ("container create+start per host (s)", f"{statistics.median(starts):.2f}", "bare docker"),
             ]
         if not args.quick:
+            from harness.ladder import climb
+
+            started = time.perf_counter()
+            ladder = climb(job, work / "records")
+            results["ladder_s"] = time.perf_counter() - started
+            rows.append(
+                (
+                    f"ladder over {', '.join(r.rung for r in ladder.records)} (s)",
+                    f"{results['ladder_s']:.2f}",
+                    f"verdict {ladder.verdict.outcome}; skipped: {', '.join(ladder.skipped) or 'none'}",
+                )
+            )
+            for lines in (0, 100, 1000):
+                noisy = job.model_copy(update={"hyperparameters": {**job.hyperparameters, "log-lines-per-step": lines}})
+                seconds = median_time(lambda j=noisy: run_rung("local", j, work / "records"), args.runs)
+                results[f"local_log_lines_{lines}_s"] = seconds
+                total = lines * 64 * job.world_size
+                rows.append((f"local rung, {total:,} extra log lines (s)", f"{seconds:.2f}", ""))
             for world in (2, 4, 8):
                 seconds = median_time(lambda w=world: run_rung("local", scaled(job, w), work / "records"), args.runs)
                 results[f"local_world_{world}_s"] = seconds

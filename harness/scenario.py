@@ -12,6 +12,8 @@ jobs too. ``scenario.yaml``::
         options: {shm_size: 64m}    # rung settings
     tolerance: {rtol: 1e-5, atol: 1e-6}
     expect: {outcome: diverged, cause: data-not-sharded, first_rung: local}
+    images:                         # images the job needs, built on the torch image before the steps
+      - {tag: "scenario/byo:1", steps: ["COPY train /usr/local/bin/train"], context: image}
 """
 
 from __future__ import annotations
@@ -59,9 +61,18 @@ class Tolerance(_Strict):
     atol: float = DEFAULT_ATOL
 
 
+class ScenarioImage(_Strict):
+    """An image a scenario's job names, built (content-tagged, then tagged ``tag``) where Docker runs."""
+
+    tag: str
+    steps: list[str]
+    context: str | None = None
+
+
 class ScenarioSpec(_Strict):
     description: str = ""
     job: str = "job.yaml"
+    images: list[ScenarioImage] = Field(default_factory=list)
     steps: list[Step] = Field(default_factory=lambda: [Step(rung="local"), Step(rung="docker")])
     tolerance: Tolerance = Field(default_factory=Tolerance)
     expect: Expectation
@@ -111,6 +122,8 @@ def run_scenario(directory: Path, records_dir: Path) -> ScenarioResult:
     """Climb the scenario's steps; a step whose rung cannot run here is skipped (with why)."""
     spec = load_scenario(directory)
     base = load_job(directory / spec.job)
+    if spec.images:
+        _build_images(spec.images, directory)
     records, skipped = [], {}
     for step in spec.steps:
         job = JobSpec.model_validate({**base.model_dump(), **step.overrides})
@@ -123,3 +136,21 @@ def run_scenario(directory: Path, records_dir: Path) -> ScenarioResult:
         records.append(backend.run(job, records_dir))
     verdict = judge(records, rtol=spec.tolerance.rtol, atol=spec.tolerance.atol, skipped=skipped) if records else None
     return ScenarioResult(directory.name, spec, verdict, records, skipped)
+
+
+def _build_images(wanted: list[ScenarioImage], directory: Path) -> None:
+    """Build the scenario's images where an engine answers; where none does, the steps that
+    need them are skipped by their rung's own check."""
+    from harness.backends.containers import client
+    from harness.backends.docker import DockerBackend
+    from harness.images import build_image, ensure_torch_image
+
+    if DockerBackend(gpus=False).unavailable_reason() is not None:
+        return
+    engine = client()
+    base = ensure_torch_image(engine)
+    for image in wanted:
+        context = directory / image.context if image.context else None
+        built = build_image(engine, base=base, steps=image.steps, context=context, name="harness/scenario")
+        repository, _, tag = image.tag.rpartition(":")
+        engine.images.get(built).tag(repository, tag)

@@ -100,7 +100,10 @@ def run_hosts(
             pump.start()
             pumps.append(pump)
         deadline = time.monotonic() + max_run_s
-        while any(p.poll() is None for p in procs.values()):
+        while True:
+            codes = [p.poll() for p in procs.values()]  # every one, each time: any() would stop at the first
+            if all(code is not None for code in codes):
+                break
             if time.monotonic() > deadline:
                 outcome.timed_out = True
                 break
@@ -110,7 +113,7 @@ def run_hosts(
             for host, proc in procs.items():
                 if proc.returncode is not None and host not in outcome.ended_at:
                     outcome.ended_at[host] = now()
-            if any(p.returncode not in (None, 0) for p in procs.values()):
+            if any(code not in (None, 0) for code in codes):
                 break  # a training job fails, and its instances stop, as soon as one host fails
             time.sleep(0.05)
     finally:

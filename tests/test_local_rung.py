@@ -156,3 +156,16 @@ def test_degraded_rung_refuses_writes_to_the_real_opt_ml(scenarios: Path, record
     assert record.status == "failed"
     assert "this rung does not emulate /opt/ml" in record.manifest["hosts"]["algo-1"]["failure_reason"]
     assert not Path("/opt/ml/model/algo-1.txt").exists()
+
+
+def test_one_failing_host_stops_the_others(tmp_path: Path) -> None:
+    """As on SageMaker, a job fails as soon as one host fails: algo-1 does not wait for ever."""
+    script = (
+        "import json, sys, time\n"
+        "host = json.load(open('/opt/ml/input/config/resourceconfig.json'))['current_host']\n"
+        "sys.exit(3) if host == 'algo-2' else time.sleep(300)\n"
+    )
+    job = load_job(_write_job(tmp_path, script, instance_count=2, max_run=120))
+    record = get_backend("local").run(job, tmp_path / "records")
+    assert record.status == "failed"  # not "timeout": algo-1 was stopped when algo-2 failed
+    assert record.manifest["hosts"]["algo-2"]["exit_code"] == 3

@@ -34,6 +34,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--learning-rate", type=float, default=0.01)
     parser.add_argument("--shuffle", type=str2bool, default=False)
+    parser.add_argument("--log-lines-per-step", type=int, default=0, help="extra log volume (benchmarks)")
     args = parser.parse_args()
 
     dist.init_process_group("nccl" if torch.cuda.is_available() else "gloo")
@@ -58,6 +59,8 @@ def main() -> None:
             dist.all_reduce(mean_loss)
             if rank == 0:
                 print(f"epoch={epoch} step={step} loss={mean_loss.item() / world:.6f}", flush=True)
+            for line in range(args.log_lines_per_step):
+                print(f"debug rank={rank} step={step} line={line} grad_norm=0.0 lr={args.learning_rate}")
             step += 1
     if rank == 0:
         torch.save(model.module.state_dict(), os.path.join(os.environ["SM_MODEL_DIR"], "model.pt"))
