@@ -43,6 +43,8 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument("--source-dir", type=Path, help="local code for a request whose code is on S3")
         sub.add_argument("--records", type=Path, default=Path("runs"), help="where run records go (default: runs/)")
         sub.add_argument("--shm-size", help="docker rung: /dev/shm size (default mirrors SageMaker)")
+        sub.add_argument("--image", help="container rungs: the image to run a script on (default: the job's image, "
+                                         "else a python3 + torch image the harness builds)")
         sub.add_argument(
             "--hang-after",
             type=float,
@@ -98,6 +100,8 @@ def _options(args: argparse.Namespace, rung: str) -> dict[str, object]:
     options: dict[str, object] = {}
     if rung == "docker" and args.shm_size:
         options["shm_size"] = args.shm_size
+    if rung in ("docker", "sagemaker-local") and args.image:
+        options["image"] = args.image
     if args.hang_after is not None:
         options["hang_after_s"] = args.hang_after
     return options

@@ -152,7 +152,13 @@ class DockerBackend(Backend):
 
     def unsupported_reason(self, job: JobSpec) -> str | None:
         s3 = [name for name, channel in job.channels.items() if channel.is_s3]
-        return f"channels {s3} are s3:// URIs; this rung mounts local directories only" if s3 else None
+        if s3:
+            return f"channels {s3} are s3:// URIs; this rung mounts local directories only"
+        default_image = job.is_script_mode and not (self.image or job.image)
+        if default_image and shutil.which("debootstrap") is None and not self.client().images.list("harness/torch"):
+            return ("the script needs an image with python3 and torch: pass --image, set the job's image, "
+                    "or install debootstrap so the harness can build one without a registry")
+        return None
 
     def _engine_gpus(self) -> bool:
         """GPUs here and an engine that can pass them (asked only when there are GPUs)."""
