@@ -4,6 +4,7 @@ import argparse
 import csv
 import json
 import os
+import sys
 
 import torch
 import torch.distributed as dist
@@ -42,6 +43,11 @@ def worker(local_rank: int, args: argparse.Namespace, hosts: list, node_rank: in
     if rank == 0:
         torch.save(model.module.state_dict(), os.path.join(os.environ["SM_MODEL_DIR"], "model.pt"))
     dist.destroy_process_group()
+    # torch 2.x gloo can abort (SIGABRT) while the interpreter finalizes after a successful run
+    # (pytorch/pytorch#179291): leave before finalization.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 def main() -> None:
