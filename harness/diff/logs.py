@@ -79,6 +79,11 @@ class Signature:
     explain: str
     hint: str
     fault: str = "self"  # who is at fault: "self", "peer" or "odd"
+    last_words: tuple[re.Pattern[str], ...] = ()  # match the last line of a host that failed
+
+    def ends(self, text: str) -> re.Match[str] | None:
+        """A failed host whose output stops on this line: a launcher that died without a word."""
+        return next((found for pattern in self.last_words if (found := pattern.search(text))), None)
 
     def match(self, text: str) -> re.Match[str] | None:
         for pattern in self.patterns:
@@ -113,7 +118,8 @@ def catalogue(path: Path | None = None) -> Catalogue:
     signatures = tuple(Signature(
         s["id"], s["title"], s["role"], int(s["priority"]), tuple(re.compile(p) for p in s["patterns"]),
         tuple(re.compile(p) for p in s.get("exclude", [])), " ".join(s["explain"].split()),
-        " ".join(s["hint"].split()), s.get("fault", "self")) for s in raw)
+        " ".join(s["hint"].split()), s.get("fault", "self"),
+        tuple(re.compile(p) for p in s.get("last_words", []))) for s in raw)
     keywords = [str(k).lower() for k in data["keywords"]]
     gates = {k: tuple(i for i, s in enumerate(raw) if any(k in e.lower() for e in s["examples"])) for k in keywords}
     return Catalogue(tuple(k.encode() for k in keywords), signatures, gates)
@@ -237,7 +243,22 @@ def timeline(record: RunRecord, cat: Catalogue | None = None) -> Timeline:
         if record.host_log(host).is_file():
             found = _matches(record, record.host_log(host), cat, None, host, local)
             matches += [m for m in found if m.text not in seen]
+            if not found and (record.manifest.get("hosts", {}).get(host) or {}).get("exit_code") not in (0, None):
+                matches += _last_words(record, host, cat)
     return Timeline(tuple(sorted(matches, key=lambda m: m.time)), hosts, last)
+
+
+def _last_words(record: RunRecord, host: str, cat: Catalogue) -> list[Match]:
+    """A host that failed without printing an error: what its last line says about it."""
+    path = record.host_log(host)
+    line = _last_line(path)
+    stamp, text, when = _split(line)
+    for signature in cat.signatures:
+        if signature.ends(text):
+            lineno = sum(1 for _ in path.open("rb"))
+            return [Match(signature, path.relative_to(record.root).as_posix(), lineno, stamp, when, text, None, False,
+                          host, (), None, ())]
+    return []
 
 
 def _last_line(path: Path) -> str:
