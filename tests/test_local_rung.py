@@ -169,3 +169,10 @@ def test_one_failing_host_stops_the_others(tmp_path: Path) -> None:
     record = get_backend("local").run(job, tmp_path / "records")
     assert record.status == "failed"  # not "timeout": algo-1 was stopped when algo-2 failed
     assert record.manifest["hosts"]["algo-2"]["exit_code"] == 3
+
+
+def test_relative_records_dir_is_made_absolute(scenarios: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """`--records runs` (the default) must work for rungs that mount the record into containers."""
+    monkeypatch.chdir(tmp_path)
+    record = get_backend("local").run(load_job(scenarios / "hardcoded_opt_ml" / "job.yaml"), Path("runs"))
+    assert record.root.is_absolute() and record.root.parent == tmp_path / "runs"

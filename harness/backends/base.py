@@ -18,7 +18,7 @@ from typing import Any, ClassVar
 
 from harness import metrics
 from harness.contract import HostContract
-from harness.errors import RungUnavailable, UsageError
+from harness.errors import HarnessError, RungFailed, RungUnavailable, UsageError
 from harness.jobspec import JobSpec
 from harness.record import RecordWriter, RunRecord, Status, new_run_id, write_json
 
@@ -90,7 +90,7 @@ class Backend(ABC):
         """Run ``job`` on this rung and return its complete record (also when the job fails)."""
         self.check(job)
         plan = self.plan(job)
-        root = records_dir / new_run_id(job.name, self.name)
+        root = records_dir.resolve() / new_run_id(job.name, self.name)  # containers mount it: absolute
         if root.exists():
             raise UsageError(f"{root} already exists", hint="choose another --records directory")
         record = RecordWriter(root, job, self.name)
@@ -102,9 +102,13 @@ class Backend(ABC):
         except KeyboardInterrupt:
             status = "interrupted"
             raise
-        except Exception as exc:
-            record.manifest["error"] = f"{type(exc).__name__}: {exc}"
+        except HarnessError as exc:
+            record.manifest["error"] = exc.message
             raise
+        except Exception as exc:  # an engine, SDK or OS error: translated here, at the rung's boundary
+            record.manifest["error"] = f"{type(exc).__name__}: {exc}"
+            raise RungFailed(f"rung {self.name!r} broke down: {type(exc).__name__}: {exc}",
+                             hint=f"the record {root} keeps what ran until then") from exc
         finally:
             self._finish(job, record, status)
         return RunRecord.load(root)
