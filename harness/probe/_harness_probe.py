@@ -14,6 +14,8 @@ It writes under ``HARNESS_PROBE_DIR``:
 * ``ranks/rank-N.jsonl``: events: ``dist_init``, ``collective`` (op, shapes, caller line),
   ``batch`` (digest of each batch consumed), ``params`` (digest of the parameters every
   ``HARNESS_PARAM_EVERY`` optimizer steps), ``args``;
+  Events a crash or an ``os._exit`` must not lose (collectives, writes, parameters) are flushed
+  at once, the others every second;
 * ``ranks/rank-N.heartbeat``: progress counters, rewritten every second; on SIGUSR1 the rank
   dumps every thread's stack to ``ranks/rank-N.stacks.txt`` (the harness's hang detector).
 """
@@ -344,7 +346,7 @@ def instrument_optimizer(module):
             hasher = hashlib.blake2b(digest_size=12)
             for p in params:
                 digest_tensor(p, hasher)
-        RANK.emit("params", step=step, sum=total, abs_sum=absolute, digest=hasher.hexdigest())
+        RANK.emit("params", flush=True, step=step, sum=total, abs_sum=absolute, digest=hasher.hexdigest())
 
     module.register_optimizer_step_post_hook(after_step)
 
@@ -461,7 +463,7 @@ def _record_write(path):
     if path in _WRITES["seen"] or path.startswith(_WRITES["ignored"]):
         return
     _WRITES["seen"].add(path)
-    RANK.emit("write", path=path, contract=path.startswith(_WRITES["contract"]), caller=caller())
+    RANK.emit("write", flush=True, path=path, contract=path.startswith(_WRITES["contract"]), caller=caller())
 
 
 def record_writes():
