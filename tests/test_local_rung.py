@@ -105,11 +105,16 @@ def test_max_run_stops_every_process(tmp_path: Path) -> None:
 
 def test_ctrl_c_stops_everything_and_marks_the_record(tmp_path: Path) -> None:
     marker = f"harness-ctrlc-{os.getpid()}"
-    script = (f"import subprocess, time\nsubprocess.Popen(['sleep', '300', '{marker}'])\n"
-              "print('ready', flush=True)\ntime.sleep(300)\n")
+    script = (
+        f"import subprocess, time\nsubprocess.Popen(['sleep', '300', '{marker}'])\n"
+        "print('ready', flush=True)\ntime.sleep(300)\n"
+    )
     job = _write_job(tmp_path, script, instance_count=2)
-    harness = subprocess.Popen([sys.executable, "-m", "harness", "run", str(job), "--records",
-                                str(tmp_path / "records"), "-v"], stderr=subprocess.PIPE, text=True)
+    harness = subprocess.Popen(
+        [sys.executable, "-m", "harness", "run", str(job), "--records", str(tmp_path / "records"), "-v"],
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     assert harness.stderr is not None
     for line in harness.stderr:
         if "ready" in line:
@@ -123,11 +128,26 @@ def test_ctrl_c_stops_everything_and_marks_the_record(tmp_path: Path) -> None:
     assert not Path(record.manifest["rung_facts"]["work_dir"]).exists()
 
 
-def test_ladder_of_the_same_rung_twice_is_parity(scenarios: Path, tmp_path: Path,
-                                                  capsys: pytest.CaptureFixture[str]) -> None:
+def test_ladder_of_the_same_rung_twice_is_parity(
+    scenarios: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
     """The noise floor of CPU gloo: a rung run twice gives bit-identical curves (tolerance 0)."""
-    code = main(["ladder", str(scenarios / "ddp_csv" / "job.yaml"), "--rungs", "local,local",
-                 "--rtol", "0", "--atol", "0", "--records", str(tmp_path), "--json", str(tmp_path / "v.json")])
+    code = main(
+        [
+            "ladder",
+            str(scenarios / "ddp_csv" / "job.yaml"),
+            "--rungs",
+            "local,local",
+            "--rtol",
+            "0",
+            "--atol",
+            "0",
+            "--records",
+            str(tmp_path),
+            "--json",
+            str(tmp_path / "v.json"),
+        ]
+    )
     assert code == 0, capsys.readouterr().out
     assert json.loads((tmp_path / "v.json").read_text())["outcome"] == "parity"
 
@@ -171,7 +191,9 @@ def test_one_failing_host_stops_the_others(tmp_path: Path) -> None:
     assert record.manifest["hosts"]["algo-2"]["exit_code"] == 3
 
 
-def test_relative_records_dir_is_made_absolute(scenarios: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_relative_records_dir_is_made_absolute(
+    scenarios: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """`--records runs` (the default) must work for rungs that mount the record into containers."""
     monkeypatch.chdir(tmp_path)
     record = get_backend("local").run(load_job(scenarios / "hardcoded_opt_ml" / "job.yaml"), Path("runs"))
