@@ -12,6 +12,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from harness.jobspec import MetricDefinition
+from harness.record import log_text
 
 Series = dict[str, dict[str, list[float]]]  # metric name → source (host or rank-N) → values
 
@@ -36,13 +37,8 @@ def parse_logs(definitions: list[MetricDefinition], logs: dict[str, Path]) -> Se
         if not path.is_file():
             continue
         with path.open(encoding="utf-8", errors="replace") as handle:
-            lines = (_without_timestamp(line) for line in handle)
+            lines = (log_text(line) for line in handle)
             for name, values in parse_lines(definitions, lines).items():
                 if values:
                     series[name][source] = values
     return series
-
-
-def _without_timestamp(line: str) -> str:
-    """Record logs prefix each line with its time; the job's regexes must see the line as printed."""
-    return line.split(" ", 1)[1] if line[:4].isdigit() and " " in line else line

@@ -34,6 +34,12 @@ def now() -> str:
     return dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def log_text(line: str) -> str:
+    """A record log line (``<UTC time>Z <line>``) as the job printed it, without its timestamp."""
+    stamp, sep, text = line.partition(" ")
+    return text if sep and stamp[:4].isdigit() and stamp.endswith("Z") else line
+
+
 def new_run_id(job_name: str, rung: str) -> str:
     stamp = dt.datetime.now(dt.UTC).strftime("%Y%m%dT%H%M%SZ")
     return f"{job_name}-{rung}-{stamp}-{secrets.token_hex(3)}"

@@ -127,14 +127,15 @@ def _svg_curves(name: str, series: list[tuple[str, list[float]]], mark: int | No
 
 
 def _curves(verdict: Verdict, records: list[RunRecord]) -> str:
+    loaded = [record.metrics() for record in records]  # each metrics.json read once
     names: dict[str, None] = {}
-    for record in records:
-        names.update(dict.fromkeys(record.metrics()))
+    for metrics in loaded:
+        names.update(dict.fromkeys(metrics))
     blocks = []
     for name in names:
         series = [
-            (f"{i + 1}. {r.rung} ({r.hosts[0]})", r.metrics().get(name, {}).get(r.hosts[0], []))
-            for i, r in enumerate(records)
+            (f"{i + 1}. {r.rung} ({r.hosts[0]})", metrics.get(name, {}).get(r.hosts[0], []))
+            for i, (r, metrics) in enumerate(zip(records, loaded, strict=True))
         ]
         blocks.append(_svg_curves(name, [s for s in series if s[1]], verdict.first_step))
     return "".join(blocks) or "<p>No metrics were parsed (the job has no metric_definitions).</p>"

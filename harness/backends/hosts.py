@@ -10,7 +10,7 @@ from pathlib import Path, PurePosixPath
 from harness.backends.base import copy_source
 from harness.contract import PLATFORM_DIRS, HostContract, failure_message
 from harness.jobspec import JobSpec
-from harness.record import RecordWriter, redact_env, write_json
+from harness.record import RecordWriter, log_text, redact_env, write_json
 
 #: The probe, put first on every process's PYTHONPATH (mounted read-only in containers).
 PROBE_DIR = Path(__file__).resolve().parent.parent / "probe"
@@ -46,7 +46,7 @@ def collect_failure(
     written_by = "job" if failure else None
     if failure is None and code != 0:
         log = (record.host_dir(host) / "log.txt").read_text(errors="replace").splitlines()
-        errors = [line.split(" ", 1)[-1] for line in log if "Error" in line or "error" in line][-5:]
+        errors = [log_text(line) for line in log if "Error" in line or "error" in line][-5:]
         failure, written_by = failure_message(job, code, contract.command, errors), "launcher"
     if failure is not None:
         (record.host_dir(host) / "failure").write_text(failure)

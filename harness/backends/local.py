@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -153,7 +154,7 @@ class LocalBackend(Backend):
             record.manifest["artifacts"] = artifact_overview(artifacts.collect(trees, record.root))
             record.manifest["ranks"] = ranks_from_probe(record.root)
         finally:
-            _remove_tree(work)
+            shutil.rmtree(work, ignore_errors=True)
         if outcome.hung:
             return "hung"
         if outcome.timed_out:
@@ -250,9 +251,3 @@ def _host_env(contract: HostContract, probe_dir: Path | None) -> dict[str, str]:
     if contract.env.get("SM_NUM_GPUS") == "0":
         env["CUDA_VISIBLE_DEVICES"] = ""  # the CPU rung hides GPUs, as a CPU instance has none
     return env
-
-
-def _remove_tree(path: Path) -> None:
-    import shutil
-
-    shutil.rmtree(path, ignore_errors=True)

@@ -4,7 +4,7 @@ and the last lines its failing host printed."""
 from __future__ import annotations
 
 from harness.diff.findings import Finding
-from harness.record import RunRecord
+from harness.record import RunRecord, log_text
 
 _TAIL = 8
 
@@ -14,7 +14,7 @@ def _tail(record: RunRecord, host: str) -> list[str]:
     if not path.is_file():
         return []
     lines = path.read_text(errors="replace").splitlines()
-    return [line.split(" ", 1)[-1] for line in lines[-_TAIL:]]
+    return [log_text(line) for line in lines[-_TAIL:]]
 
 
 def describe_failure(record: RunRecord) -> list[str]:
