@@ -82,6 +82,11 @@ def _parser() -> argparse.ArgumentParser:
     commands.add_parser("gc", help="remove containers and networks left by crashed runs")
     image = commands.add_parser("image", help="container images without a registry")
     image.add_argument("action", choices=["bootstrap"])
+    localstack = commands.add_parser("localstack", help="S3 and CloudWatch Logs on this machine, for s3:// channels")
+    localstack.add_argument("action", choices=["up", "env", "status", "down"],
+                            help="up: install if needed, start, print exports; env: print exports; down: stop")
+    localstack.add_argument("--port", type=int, default=4566, help="loopback port (default 4566)")
+    localstack.add_argument("--python", help="a Python >= 3.13 to install LocalStack with (default: found)")
     return parser
 
 
@@ -238,6 +243,26 @@ def cmd_image(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_localstack(args: argparse.Namespace) -> int:
+    """Exports go to stdout, so that ``eval "$(harness localstack up)"`` works; the rest to stderr."""
+    from harness import localstack
+
+    if args.action == "down":
+        print("stopped" if localstack.down() else "no LocalStack of the harness was running", file=sys.stderr)
+        return 0
+    running = localstack.up(args.port, python=args.python) if args.action == "up" else localstack.current()
+    if running is None:
+        print("no LocalStack of the harness is running; start it with `harness localstack up`", file=sys.stderr)
+        return 1
+    if args.action == "status":
+        print(f"LocalStack up at {running.endpoint} (pid {running.pid})")
+    else:
+        print(localstack.shell_exports(running))
+        print(f"LocalStack up at {running.endpoint}; point your shell at it with: "
+              f'eval "$(harness localstack env)"', file=sys.stderr)
+    return 0
+
+
 COMMANDS = {
     "run": cmd_run,
     "ladder": cmd_ladder,
@@ -246,6 +271,7 @@ COMMANDS = {
     "doctor": cmd_doctor,
     "gc": cmd_gc,
     "image": cmd_image,
+    "localstack": cmd_localstack,
 }
 
 

@@ -29,6 +29,7 @@ from pydantic import (
 )
 
 from harness.errors import JobSpecError
+from harness.s3 import S3Uri
 
 HyperparameterValue = bool | int | float | str | list[Any] | dict[str, Any]
 
@@ -38,6 +39,11 @@ Launcher = Literal["toolkit", "model-trainer"]
 Distribution = Literal["none", "torchrun"]
 
 _NAME = r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$"  # SageMaker's TrainingJobName / ChannelName pattern
+
+
+def _s3_uri(uri: str) -> str:
+    S3Uri.parse(uri)  # a ValueError names the URI and the expected form
+    return uri
 
 
 class _Strict(BaseModel):
@@ -51,6 +57,11 @@ class Channel(_Strict):
     content_type: str | None = None
     input_mode: Literal["File", "FastFile"] = "File"
     distribution: Literal["FullyReplicated", "ShardedByS3Key"] = "FullyReplicated"
+
+    @field_validator("source")
+    @classmethod
+    def _s3_uri_well_formed(cls, source: str) -> str:
+        return _s3_uri(source) if source.startswith("s3://") else source
 
     @property
     def is_s3(self) -> bool:
@@ -81,6 +92,11 @@ class Checkpoint(_Strict):
     local_path: str = "/opt/ml/checkpoints"
     s3_uri: str | None = None
 
+    @field_validator("s3_uri")
+    @classmethod
+    def _s3_uri_well_formed(cls, uri: str | None) -> str | None:
+        return None if uri is None else _s3_uri(uri)
+
 
 class JobSpec(_Strict):
     """One SageMaker-style training job; the single input of every rung."""
@@ -104,7 +120,16 @@ class JobSpec(_Strict):
     metric_definitions: list[MetricDefinition] = Field(default_factory=list)
     max_run: PositiveInt = 86400
     checkpoint: Checkpoint | None = None
-    output_path: str | None = Field(default=None, description="S3OutputPath for model.tar.gz.")
+    output_path: str | None = Field(
+        default=None,
+        description="S3OutputPath: every rung uploads model.tar.gz and output.tar.gz under "
+        "<output_path>/<training job name>/output/.",
+    )
+
+    @field_validator("output_path")
+    @classmethod
+    def _output_is_s3(cls, uri: str | None) -> str | None:
+        return None if uri is None else _s3_uri(uri)
 
     @field_validator("instance_type")
     @classmethod

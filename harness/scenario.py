@@ -14,6 +14,8 @@ jobs too. ``scenario.yaml``::
     expect: {outcome: diverged, cause: data-not-sharded, first_rung: local}
     images:                         # images the job needs, built on the torch image before the steps
       - {tag: "scenario/byo:1", steps: ["COPY train /usr/local/bin/train"], context: image}
+    s3_data:                        # S3 prefixes staged from local directories before the steps
+      s3://bucket/prefix/train: data
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
+from harness import s3
 from harness.backends import get_backend
 from harness.errors import JobSpecError, RungUnavailable
 from harness.jobspec import JobSpec, load_job
@@ -73,6 +76,7 @@ class ScenarioSpec(_Strict):
     description: str = ""
     job: str = "job.yaml"
     images: list[ScenarioImage] = Field(default_factory=list)
+    s3_data: dict[str, str] = Field(default_factory=dict)
     steps: list[Step] = Field(default_factory=lambda: [Step(rung="local"), Step(rung="docker")])
     tolerance: Tolerance = Field(default_factory=Tolerance)
     expect: Expectation
@@ -125,7 +129,13 @@ def run_scenario(directory: Path, records_dir: Path) -> ScenarioResult:
     if spec.images:
         _build_images(spec.images, directory)
     records, skipped = [], {}
+    unreachable = s3.missing_reason() if spec.s3_data else None
+    for uri, source in spec.s3_data.items() if unreachable is None else ():
+        s3.upload_tree(directory / source, uri)
     for step in spec.steps:
+        if unreachable is not None:
+            skipped[step.label] = f"the scenario's data is on S3: {unreachable}"
+            continue
         job = JobSpec.model_validate({**base.model_dump(), **step.overrides})
         backend = get_backend(step.rung, **step.options)
         try:

@@ -16,11 +16,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
-from harness import metrics
+from harness import metrics, s3
+from harness.artifacts import ARCHIVES
 from harness.contract import HostContract
 from harness.errors import HarnessError, RungFailed, RungUnavailable, UsageError
 from harness.jobspec import JobSpec
 from harness.record import RecordWriter, RunRecord, Status, new_run_id, write_json
+from harness.s3 import S3Uri
 
 Progress = Callable[[str, str], None]  # (host, line)
 
@@ -62,6 +64,9 @@ class Backend(ABC):
 
     name: ClassVar[str]
     capabilities: ClassVar[Capabilities]
+    #: Whether the harness uploads the record's artifacts to the job's ``output_path`` (the
+    #: ``sagemaker`` rung's artifacts are uploaded by the service itself).
+    uploads_artifacts: ClassVar[bool] = True
 
     @abstractmethod
     def unavailable_reason(self) -> str | None:
@@ -98,7 +103,10 @@ class Backend(ABC):
         record.manifest["rung_facts"].update(plan.facts)
         status: Status = "error"
         try:
-            status = self._execute(plan, record, progress)
+            outcome = self._execute(plan, record, progress)
+            if self.uploads_artifacts and job.output_path is not None:
+                record.manifest["uploaded"] = upload_artifacts(record.root, job.output_path)
+            status = outcome
         except KeyboardInterrupt:
             status = "interrupted"
             raise
@@ -120,6 +128,18 @@ class Backend(ABC):
         )
         write_json(record.root / "metrics.json", metrics.parse_logs(job.metric_definitions, sources))
         record.finish(status)
+
+
+def upload_artifacts(record_root: Path, output_path: str) -> dict[str, str]:
+    """The record's ``model.tar.gz`` and ``output.tar.gz`` to where SageMaker puts them:
+    ``<output_path>/<training job name>/output/``. The run id stands for the training job name,
+    so that rungs never overwrite each other's artifacts."""
+    prefix = S3Uri.parse(output_path).join(record_root.name, "output")
+    return {
+        archive: s3.upload(record_root / "artifacts" / archive, prefix.join(archive))
+        for archive in ARCHIVES.values()
+        if (record_root / "artifacts" / archive).is_file()
+    }
 
 
 def copy_source(job: JobSpec, destination: Path) -> None:

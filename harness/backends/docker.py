@@ -51,7 +51,16 @@ from harness.backends.containers import (
     stop,
     teardown,
 )
-from harness.backends.hosts import PROBE_DIR, artifact_overview, ranks_from_probe, record_received, write_host_tree
+from harness.backends.hosts import (
+    CHANNELS_FACT,
+    PROBE_DIR,
+    artifact_overview,
+    ranks_from_probe,
+    record_received,
+    s3_channels_unsupported,
+    stage_channels,
+    write_host_tree,
+)
 from harness.contract import OPT_ML, HostContract, Machine, host_contract
 from harness.errors import ImageError
 from harness.jobspec import JobSpec
@@ -151,9 +160,9 @@ class DockerBackend(Backend):
         return None
 
     def unsupported_reason(self, job: JobSpec) -> str | None:
-        s3 = [name for name, channel in job.channels.items() if channel.is_s3]
-        if s3:
-            return f"channels {s3} are s3:// URIs; this rung mounts local directories only"
+        s3_reason = s3_channels_unsupported(job)
+        if s3_reason:
+            return s3_reason
         default_image = job.is_script_mode and not (self.image or job.image)
         if default_image and shutil.which("debootstrap") is None and not self.client().images.list("harness/torch"):
             return ("the script needs an image with python3 and torch: pass --image, set the job's image, "
@@ -192,7 +201,7 @@ class DockerBackend(Backend):
             or "harness/torch (to be built by harness.images.ensure_torch_image)",
             "network": "a bridge network per run; each container's hostname and alias is its host name",
             "opt_ml": "each host's own tree bind-mounted on /opt/ml",
-            "channels": "local directories bind-mounted read-only on /opt/ml/input/data/<channel>",
+            "channels": CHANNELS_FACT.format(how="bind-mounted read-only from"),
             "environment": "the contract's platform and launcher layers" if job.is_script_mode
             else "the platform layer only: the image's own program adds SM_*",
             "shm_size": self.shm_size, "shm_size_bytes": parse_bytes(self.shm_size),
@@ -217,8 +226,9 @@ class DockerBackend(Backend):
             record.set_fact("image", image)
             network = client.networks.create(f"harness-{labels[RUN_ID]}", driver="bridge", labels=labels)
             trees = {host: work / host / "opt_ml" for host in plan.hosts}
+            channels = stage_channels(job, work, record)
             for host, contract in plan.hosts.items():
-                mounts = self._prepare_host(job, contract, trees[host], record)
+                mounts = self._prepare_host(job, contract, channels[host], trees[host], record)
                 started = time.monotonic()
                 containers[host] = self._create(client, image, job, contract, mounts, network, labels, plan.facts)
                 created = time.monotonic()
@@ -254,14 +264,15 @@ class DockerBackend(Backend):
                                  hint="build or `docker load` it first, or pass image= to the rung") from exc
         return image
 
-    def _prepare_host(self, job: JobSpec, contract: HostContract, tree: Path, record: RecordWriter) -> list[Mount]:
+    def _prepare_host(self, job: JobSpec, contract: HostContract, channels: dict[str, Path], tree: Path,
+                      record: RecordWriter) -> list[Mount]:
         """Write the host's /opt/ml tree and its ``received/`` record; return its mounts."""
         write_host_tree(job, contract, tree)
         mounts = [Mount(str(OPT_ML), str(tree), type="bind"),
                   Mount(PROBE_MOUNT, str(PROBE_DIR), type="bind", read_only=True)]
-        for name, channel in job.channels.items():
+        for name, source in channels.items():
             (tree / "input" / "data" / name).mkdir(exist_ok=True)  # made here, so that Docker does not make it as root
-            mounts.append(Mount(f"{OPT_ML}/input/data/{name}", channel.source, type="bind", read_only=True))
+            mounts.append(Mount(f"{OPT_ML}/input/data/{name}", str(source), type="bind", read_only=True))
         for sub in ("processes", "ranks"):
             (record.root / sub).mkdir(exist_ok=True)
             mounts.append(Mount(f"{RECORD_MOUNT}/{sub}", str(record.root / sub), type="bind"))

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path, PurePosixPath
 
+from harness import s3
 from harness.backends.base import copy_source
 from harness.contract import PLATFORM_DIRS, HostContract, failure_message
 from harness.jobspec import JobSpec
@@ -24,6 +25,51 @@ def write_host_tree(job: JobSpec, contract: HostContract, tree: Path) -> None:
     for relative, content in contract.files.items():
         (tree / relative).write_text(content, encoding="utf-8")
     copy_source(job, tree / PurePosixPath(contract.cwd).relative_to(contract.opt_ml))
+
+
+#: How a rung the harness runs itself gives the job its channels (``how``: the rung's means).
+CHANNELS_FACT = (
+    "{how} the local source directories; s3:// channels downloaded on the host before the job starts "
+    "(File mode; ShardedByS3Key: host i of n gets every n-th key); local directories are not sharded"
+)
+
+
+def s3_channels_unsupported(job: JobSpec) -> str | None:
+    """Why the job's ``s3://`` channels or output path cannot be served here, or None."""
+    uses_s3 = any(channel.is_s3 for channel in job.channels.values()) or job.output_path is not None
+    reason = s3.missing_reason() if uses_s3 else None
+    return f"the job uses S3 (channels or output_path): {reason}" if reason else None
+
+
+def stage_channels(job: JobSpec, work: Path, record: RecordWriter) -> dict[str, dict[str, Path]]:
+    """Each host's channel directories, before the job starts: a local source as it is; an
+    ``s3://`` channel downloaded as the platform downloads it in File mode (once for all hosts,
+    or each host its own share under ``ShardedByS3Key``). What each host received is recorded in
+    ``hosts/<host>/received/channels.json``."""
+    staged: dict[str, dict[str, Path]] = {host: {} for host in job.hosts}
+    received: dict[str, dict[str, object]] = {host: {} for host in job.hosts}
+    for name, channel in job.channels.items():
+        if not channel.is_s3:
+            for host in job.hosts:
+                staged[host][name] = Path(channel.source)
+                received[host][name] = {"source": channel.source, "files": _listing(Path(channel.source))}
+            continue
+        sharded = channel.distribution == "ShardedByS3Key"
+        shares = {host: (index, len(job.hosts)) for index, host in enumerate(job.hosts)} if sharded else {"all": None}
+        for share, shard in shares.items():
+            directory = work / "s3" / name / share
+            files = s3.download(channel.source, directory, shard=shard)
+            for host in job.hosts if share == "all" else [share]:
+                staged[host][name] = directory
+                received[host][name] = {"source": channel.source, "distribution": channel.distribution,
+                                        "files": files}
+    for host, channels in received.items():
+        write_json(record.host_dir(host) / "received" / "channels.json", channels)
+    return staged
+
+
+def _listing(directory: Path) -> dict[str, int]:
+    return {p.relative_to(directory).as_posix(): p.stat().st_size for p in sorted(directory.rglob("*")) if p.is_file()}
 
 
 def record_received(record: RecordWriter, contract: HostContract, env: dict[str, str]) -> None:

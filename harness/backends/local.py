@@ -24,11 +24,14 @@ from pathlib import Path, PurePosixPath
 from harness import artifacts, sandbox
 from harness.backends.base import Backend, Capabilities, Plan, Progress
 from harness.backends.hosts import (
+    CHANNELS_FACT,
     PROBE_DIR,
     artifact_overview,
     collect_failure,
     ranks_from_probe,
     record_received,
+    s3_channels_unsupported,
+    stage_channels,
     write_host_tree,
 )
 from harness.contract import OPT_ML, HostContract, Machine, host_contract
@@ -94,10 +97,7 @@ class LocalBackend(Backend):
     def unsupported_reason(self, job: JobSpec) -> str | None:
         if not job.is_script_mode:
             return "a bring-your-own image runs only on container rungs (docker, sagemaker-local)"
-        s3 = [name for name, channel in job.channels.items() if channel.is_s3]
-        if s3:
-            return f"channels {s3} are s3:// URIs; this rung reads local directories only"
-        return None
+        return s3_channels_unsupported(job)
 
     def _machine(self) -> Machine:
         return Machine(num_cpus=os.cpu_count() or 1, num_gpus=0, network_interface="lo", python=sys.executable)
@@ -120,7 +120,7 @@ class LocalBackend(Backend):
             "hostnames": "algo-N resolve to the run's private loopback"
             if degraded is None
             else "algo-N do not resolve; the rendezvous uses 127.0.0.1",
-            "channels": "symbolic links to the local source directories",
+            "channels": CHANNELS_FACT.format(how="symbolic links to"),
             "gpus": "hidden (CUDA_VISIBLE_DEVICES='')" if machine.num_gpus == 0 else f"{machine.num_gpus} visible",
             "machine": {
                 "num_cpus": machine.num_cpus,
@@ -139,9 +139,11 @@ class LocalBackend(Backend):
         work = Path(str(plan.facts["work_dir"]))
         namespaced = _namespaces_unavailable() is None
         try:
+            channels = stage_channels(job, work, record)
             with sandbox.RunNetwork() if namespaced else _no_network() as network:
                 launches = [
-                    self._prepare_host(job, contract, work, record, network) for contract in plan.hosts.values()
+                    self._prepare_host(job, contract, channels[host], work, record, network)
+                    for host, contract in plan.hosts.items()
                 ]
                 outcome = run_hosts(
                     launches, max_run_s=job.max_run, sink=progress, hang=HangWatch(record.root, self.hang_after_s)
@@ -162,13 +164,19 @@ class LocalBackend(Backend):
         return "succeeded" if all(code == 0 for code in outcome.exit_codes.values()) else "failed"
 
     def _prepare_host(
-        self, job: JobSpec, contract: HostContract, work: Path, record: RecordWriter, network: sandbox.RunNetwork | None
+        self,
+        job: JobSpec,
+        contract: HostContract,
+        channels: dict[str, Path],
+        work: Path,
+        record: RecordWriter,
+        network: sandbox.RunNetwork | None,
     ) -> HostLaunch:
         host = contract.host
         tree = work / host / "opt_ml"
         write_host_tree(job, contract, tree)
-        for name, channel in job.channels.items():
-            (tree / "input" / "data" / name).symlink_to(channel.source, target_is_directory=True)
+        for name, source in channels.items():
+            (tree / "input" / "data" / name).symlink_to(source, target_is_directory=True)
         env = _host_env(contract, record.root if self.probe else None)
         record_received(record, contract, env)
         preexec = None

@@ -49,6 +49,7 @@ import uuid
 from pathlib import Path, PurePosixPath
 from typing import Any, TextIO
 
+import yaml
 from docker import DockerClient
 from docker.errors import APIError, BuildError, DockerException
 from docker.models.containers import Container
@@ -66,7 +67,7 @@ from harness.backends.containers import (
     teardown,
 )
 from harness.backends.docker import DOCKER_DEFAULT_SHM, DockerBackend, host_gpu_count
-from harness.backends.hosts import PROBE_DIR, artifact_overview, ranks_from_probe
+from harness.backends.hosts import PROBE_DIR, artifact_overview, ranks_from_probe, s3_channels_unsupported
 from harness.contract import HostContract
 from harness.errors import ImageError, RungFailed
 from harness.jobspec import JobSpec
@@ -211,7 +212,9 @@ def sdk_facts(job: JobSpec, instance_type: str, num_gpus: int) -> dict[str, Any]
         "model_dir": "one host directory shared as every host's /opt/ml/model (SageMaker gives each host its "
         "own); the record attributes its files to hosts from the probe's write events",
         "opt_ml": "per host: input/ and output/; shared: model/; no /opt/ml/code, no /opt/ml/checkpoints",
-        "channels": "local directories bind-mounted read-write; FastFile and ShardedByS3Key not honoured",
+        "channels": "local directories bind-mounted read-write; s3:// channels downloaded by the SDK on the "
+        "host (download_folder) into a temporary directory, then mounted; FastFile not honoured, "
+        "ShardedByS3Key refused",
         "code": "a copy of source_dir as the code channel, read-write, cwd of the launcher "
         "(the SDK would mount the directory itself)",
         "resourceconfig": "current_host, hosts, network_interface_name, current_instance_type only "
@@ -224,7 +227,7 @@ def sdk_facts(job: JobSpec, instance_type: str, num_gpus: int) -> dict[str, Any]
         "image_requirements": "python3 (or python) and pip3 (or pip) on PATH: sm_train.sh exits 1 without them",
         "lifecycle": "the first container to exit makes compose stop the others (SIGTERM, 10 s grace)",
         "environment": "the job's Environment and TRAINING_JOB_NAME (<name>-<timestamp>); the SDK adds "
-        "AWS_REGION and credentials only for s3 channels; the harness adds PYTHONUNBUFFERED, "
+        "S3_ENDPOINT_URL and AWS_REGION for s3 channels (no credentials); the harness adds PYTHONUNBUFFERED, "
         "PYTHONPATH and HARNESS_PROBE_DIR",
         "probe": f"extra channels {PROBE_CHANNEL} (PYTHONPATH) and {RECORD_CHANNEL} (HARNESS_PROBE_DIR): "
         "they appear in inputdataconfig.json and SM_CHANNELS",
@@ -272,9 +275,13 @@ class SageMakerLocalBackend(Backend):
                 "a bring-your-own image: SDK v3 local mode starts it without the `train` argument "
                 "SageMaker passes (no command in its compose file), so it would not run as on SageMaker"
             )
-        s3 = [name for name, channel in job.channels.items() if channel.is_s3]
-        if s3:
-            return f"channels {s3} are s3:// URIs; local mode would download them with AWS credentials"
+        sharded = [n for n, c in job.channels.items() if c.is_s3 and c.distribution == "ShardedByS3Key"]
+        if sharded:
+            return (f"channels {sharded} are ShardedByS3Key: local mode refuses them "
+                    "(it supports FullyReplicated S3 channels only)")
+        s3_reason = s3_channels_unsupported(job)
+        if s3_reason:
+            return s3_reason
         reserved = [name for name in job.channels if name in RESERVED_CHANNELS]
         if reserved:
             return f"channels {reserved} are names ModelTrainer or the harness adds ({', '.join(RESERVED_CHANNELS)})"
@@ -604,12 +611,19 @@ def _cleanup(client: DockerClient, labels: dict[str, str], run_image: str, work:
 
 
 def _keep_sdk_files(work: Path, record: RecordWriter) -> None:
-    """The compose file the SDK wrote and compose's output, under ``sdk/`` in the record."""
+    """The compose file the SDK wrote (its credentials redacted: for S3 channels the SDK writes the
+    host's AWS keys into every service's environment) and compose's output, under ``sdk/``."""
     target = record.root / "sdk"
     target.mkdir(exist_ok=True)
-    for source in (work / "docker-compose.yaml", work / _OURS / "compose.log"):
-        if source.is_file():
-            shutil.copy2(source, target / source.name)
+    compose = work / "docker-compose.yaml"
+    if compose.is_file():
+        document = yaml.safe_load(compose.read_text())
+        for service in (document.get("services") or {}).values():
+            env = dict(item.split("=", 1) for item in service.get("environment") or [] if "=" in item)
+            service["environment"] = [f"{key}={value}" for key, value in redact_env(env).items()]
+        (target / compose.name).write_text(yaml.safe_dump(document, sort_keys=False))
+    if (work / _OURS / "compose.log").is_file():
+        shutil.copy2(work / _OURS / "compose.log", target / "compose.log")
 
 
 def read_sm_training_env(path: Path) -> dict[str, str]:
