@@ -47,3 +47,30 @@ def torch_image(engine: Any) -> str:
     from harness.images import ensure_torch_image
 
     return ensure_torch_image(engine)
+
+
+@pytest.fixture(scope="session")
+def localstack() -> Iterator[dict[str, str]]:
+    """The harness's LocalStack (started here unless it already runs; stopped after the session if
+    started here), with this process's AWS variables pointing at it. The secret key is a fresh
+    random value, so that a test can prove it was written nowhere."""
+    import secrets
+
+    from harness import localstack as service
+
+    pytest.importorskip("boto3", reason="S3 needs boto3 (the [s3] extra)")
+    try:
+        service.find_python()
+    except service.LocalStackError as exc:
+        pytest.skip(exc.message)
+    already = service.current()
+    running = already or service.up()
+    secret = f"harness-test-secret-{secrets.token_hex(8)}"
+    with pytest.MonkeyPatch.context() as patch:
+        for name in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL"):
+            patch.delenv(name, raising=False)
+        for name, value in {**running.env(), "AWS_SECRET_ACCESS_KEY": secret}.items():
+            patch.setenv(name, value)
+        yield {"endpoint": running.endpoint, "secret": secret}
+    if already is None:
+        service.down()

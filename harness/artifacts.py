@@ -10,6 +10,7 @@ every clash with the hosts involved, since a clash is a likely cause of a diverg
 from __future__ import annotations
 
 import shutil
+import tarfile
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -40,5 +41,23 @@ def collect(host_trees: dict[str, Path], record_root: Path) -> dict[str, Any]:
             "per_host": trees,
             "clashes": {name: hosts for name, hosts in writers.items() if len(hosts) > 1},
         }
+    write_json(artifacts / "summary.json", summary)
+    return summary
+
+
+def summarize_archives(record_root: Path) -> dict[str, Any]:
+    """``artifacts/summary.json`` for archives that arrive merged (the ``sagemaker`` rung downloads
+    what the service packed): which host wrote a file, and so any clash, cannot be known."""
+    summary: dict[str, Any] = {}
+    artifacts = record_root / "artifacts"
+    for archive in ARCHIVES.values():
+        if not (artifacts / archive).is_file():
+            continue
+        with tempfile.TemporaryDirectory(prefix="harness-unpack-") as unpacked, \
+                tarfile.open(artifacts / archive) as tar:
+            tar.extractall(unpacked, filter="data")
+            files = file_tree(Path(unpacked))
+        summary[archive] = {"files": {name: {**entry, "hosts": []} for name, entry in files.items()},
+                            "per_host": "unknown: the service merges every host's files", "clashes": {}}
     write_json(artifacts / "summary.json", summary)
     return summary

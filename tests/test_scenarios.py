@@ -9,14 +9,16 @@ from pathlib import Path
 import pytest
 
 from harness.report import to_text
-from harness.scenario import all_scenarios, run_scenario
+from harness.scenario import all_scenarios, load_scenario, run_scenario
 
 SCENARIOS = all_scenarios(Path(__file__).resolve().parent.parent / "scenarios")
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("directory", SCENARIOS, ids=[p.name for p in SCENARIOS])
-def test_scenario_diagnosis(directory: Path, records: Path) -> None:
+def test_scenario_diagnosis(directory: Path, records: Path, request: pytest.FixtureRequest) -> None:
+    if load_scenario(directory).s3_data:
+        request.getfixturevalue("localstack")  # the scenario's data is staged on the harness's LocalStack
     result = run_scenario(directory, records)
     if result.verdict is None:
         pytest.skip("no step can run here: " + "; ".join(f"{k}: {v}" for k, v in result.skipped.items()))

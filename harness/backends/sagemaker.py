@@ -24,11 +24,15 @@ import datetime as dt
 import json
 import os
 import re
+import time
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Any
 
+from harness import artifacts
+from harness.backends import training_job
 from harness.backends.base import Backend, Capabilities, Plan, Progress
+from harness.backends.hosts import artifact_overview
 from harness.backends.sagemaker_local import DATA, ENTRYPOINT, sdk_hyperparameters
 from harness.contract import HostContract
 from harness.errors import JobSpecError, RungFailed
@@ -43,6 +47,11 @@ DEFAULT_VOLUME_GB = 30
 PLACEHOLDER_ROLE = "arn:aws:iam::000000000000:role/SET-HARNESS_SAGEMAKER_ROLE"
 PLACEHOLDER_BUCKET = "SET-HARNESS_SAGEMAKER_BUCKET"
 PLACEHOLDER_IMAGE = "SET-THE-JOB-IMAGE"
+#: How often the job's status and logs are polled (``DescribeTrainingJob`` is throttled at about
+#: one call a second per account), and how long past ``max_run`` the harness waits before it
+#: stops a job the service has not stopped itself.
+POLL_S = 10.0
+GRACE_S = 300
 
 
 def unique_name(base: str, now: dt.datetime | None = None) -> str:
@@ -231,6 +240,7 @@ class SageMakerBackend(Backend):
 
     name = "sagemaker"
     capabilities = Capabilities(gpus=True, separate_hosts=True, containers=True)
+    uploads_artifacts = False  # the service uploads them; the rung downloads them into the record
 
     def __init__(
         self,
@@ -240,7 +250,9 @@ class SageMakerBackend(Backend):
         region: str | None = None,
         image: str | None = None,
         boto_session: Any = None,
+        poll_s: float = POLL_S,
     ) -> None:
+        self.poll_s = poll_s
         self.role = role or os.environ.get(ROLE_ENV)
         self.bucket = bucket or os.environ.get(BUCKET_ENV)
         self.region = region
@@ -273,12 +285,7 @@ class SageMakerBackend(Backend):
             "bucket": None if self.bucket else f"no S3 bucket for code, data and artifacts: set {BUCKET_ENV}",
         }
         missing = [why for why in checks.values() if why]
-        if missing:
-            return "; ".join(missing)
-        return (
-            "submitting the job is not built yet; `harness run JOB --rung sagemaker --dry-run` "
-            "prints the CreateTrainingJob request it would send"
-        )
+        return "; ".join(missing) if missing else None
 
     def unsupported_reason(self, job: JobSpec) -> str | None:
         if job.is_script_mode and not (self.image or job.image):
@@ -332,10 +339,53 @@ class SageMakerBackend(Backend):
         )
 
     def _execute(self, plan: Plan, record: RecordWriter, progress: Progress | None) -> Status:
-        raise RungFailed(
-            "submitting a SageMaker training job is not built yet",
-            hint="`harness run JOB --rung sagemaker --dry-run` prints the request",
+        """Submit through ``ModelTrainer``, follow the job (status, CloudWatch logs), then fetch
+        its artifacts; past ``max_run`` plus :data:`GRACE_S`, or on Ctrl-C, the job is stopped."""
+        job, session = plan.job, self._session()
+        trainer = self._model_trainer(job, session)
+        trainer.train(wait=False, logs=False)
+        name = trainer._latest_training_job.training_job_name  # the SDK keeps it nowhere public
+        record.set_fact("training_job_name", name)
+        sagemaker, logs = session.client("sagemaker"), session.client("logs")
+        follower = training_job.LogFollower(logs, name, record, progress)
+        description, stopped = training_job.follow(sagemaker, follower, name, poll_s=self.poll_s,
+                                                   deadline=time.monotonic() + job.max_run + GRACE_S)
+        status = training_job.collect(description, job.hosts, record)
+        record.set_fact("billable_seconds", description.get("BillableTimeInSeconds"))
+        record.manifest["artifacts"] = artifact_overview(artifacts.summarize_archives(record.root))
+        return "timeout" if stopped else status
+
+    def _model_trainer(self, job: JobSpec, session: Any) -> Any:
+        """The ``ModelTrainer`` a user would write for the job (as ``sagemaker-local`` builds it,
+        with ``Mode.SAGEMAKER_TRAINING_JOB``, the rung's role, bucket and image)."""
+        from sagemaker.core.helper.session_helper import Session
+        from sagemaker.train import ModelTrainer
+        from sagemaker.train.configs import Compute, InputData, MetricDefinition, SourceCode, StoppingCondition
+        from sagemaker.train.distributed import Torchrun
+        from sagemaker.train.model_trainer import Mode
+
+        trainer = ModelTrainer(
+            training_mode=Mode.SAGEMAKER_TRAINING_JOB,
+            sagemaker_session=Session(boto_session=session, default_bucket=self.bucket),
+            role=self.role,
+            training_image=self.image or job.image,
+            base_job_name=job.name,
+            source_code=SourceCode(source_dir=str(job.source_dir), entry_script=job.entry_point)
+            if job.is_script_mode else None,
+            distributed=Torchrun(process_count_per_node=job.processes_per_host)
+            if job.distribution == "torchrun" else None,
+            compute=Compute(instance_type=job.instance_type, instance_count=job.instance_count),
+            stopping_condition=StoppingCondition(max_runtime_in_seconds=job.max_run),
+            hyperparameters=dict(job.hyperparameters),
+            environment=dict(job.environment) or None,
+            input_data_config=[InputData(channel_name=n, data_source=c.source, content_type=c.content_type)
+                               for n, c in job.channels.items()] or None,
+            output_data_config=None,
         )
+        if job.metric_definitions:
+            trainer = trainer.with_metric_definitions(
+                [MetricDefinition(name=m.name, regex=m.regex) for m in job.metric_definitions])
+        return trainer
 
 
 def _botocore_version() -> str:
