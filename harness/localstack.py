@@ -70,7 +70,7 @@ class Running:
         edition has no SageMaker API."""
         return {
             "AWS_ENDPOINT_URL_S3": self.endpoint,
-            "AWS_ENDPOINT_URL_LOGS": self.endpoint,
+            "AWS_ENDPOINT_URL_CLOUDWATCH_LOGS": self.endpoint,  # boto3 names it by service id
             "AWS_ENDPOINT_URL_STS": self.endpoint,
             "AWS_ENDPOINT_URL_IAM": self.endpoint,
             **TEST_CREDENTIALS,

@@ -1,0 +1,186 @@
+"""The ``sagemaker`` rung end to end, without AWS.
+
+What runs for real: ``ModelTrainer`` (SDK v3) builds and submits the job, uploading the code and
+its drivers to S3 and checking the role with IAM, both on the harness's LocalStack; the rung then
+follows the job through CloudWatch Logs and fetches its artifacts from S3, also LocalStack. What
+cannot run here is the SageMaker API itself: botocore's ``Stubber`` answers ``CreateTrainingJob``
+and ``DescribeTrainingJob``, validating each request and each response against the service model,
+and the test leaves in LocalStack what a finished job leaves (a log stream per host, the two
+archives) when the job is created. The job's logs and archives are a real ``local`` run's.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from harness.backends import get_backend
+from harness.backends.sagemaker import SageMakerBackend, training_job_request
+from harness.jobspec import load_job
+from harness.record import RunRecord, log_text
+from harness.report import to_text
+from harness.verdict import judge
+
+pytestmark = [pytest.mark.slow, pytest.mark.localstack]
+pytest.importorskip("sagemaker.train", reason="the SageMaker SDK v3 is the [sagemaker] extra")
+
+BUCKET = "harness-sagemaker-tests"
+ROLE_NAME = "HarnessSageMakerTraining"
+#: What docs/sagemaker.md asks of the execution role, S3 limited to the bucket. (The SDK asks IAM
+#: whether the role may put objects in the bucket, and stages the code under the output path
+#: where it may not.)
+EXECUTION_POLICY = {"Version": "2012-10-17", "Statement": [
+    {"Effect": "Allow", "Action": ["s3:GetObject", "s3:PutObject", "s3:ListBucket"],
+     "Resource": [f"arn:aws:s3:::{BUCKET}", f"arn:aws:s3:::{BUCKET}/*"]},
+    {"Effect": "Allow", "Resource": "*", "Action": [
+        "logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents", "ecr:GetAuthorizationToken",
+        "ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer", "ecr:BatchCheckLayerAvailability",
+        "cloudwatch:PutMetricData"]}]}
+IMAGE = "763104351884.dkr.ecr.us-east-1.amazonaws.com/pytorch-training:2.5.1-cpu-py311"
+
+
+class _Finished:
+    """Stands in for the SageMaker API: a job that starts, trains and completes, leaving ``local``'s
+    logs and artifacts where the service leaves them."""
+
+    def __init__(self, sagemaker: Any, boto: Any, replayed: RunRecord, *, outcome: str = "Completed",
+                 failure: str | None = None) -> None:
+        from botocore.stub import Stubber
+
+        self.boto, self.replayed, self.outcome, self.failure = boto, replayed, outcome, failure
+        self.stubber = Stubber(sagemaker)
+        self.submitted: dict[str, Any] = {}
+        sagemaker.meta.events.register("provide-client-params.sagemaker.CreateTrainingJob", self._created)
+
+    def _created(self, params: dict[str, Any], **_: Any) -> None:
+        self.submitted = params
+        name = params["TrainingJobName"]
+        start = dt.datetime(2026, 11, 23, 9, 0, tzinfo=dt.UTC)
+        logs = self.boto.client("logs")
+        logs.create_log_group(logGroupName="/aws/sagemaker/TrainingJobs") if not logs.describe_log_groups(
+            logGroupNamePrefix="/aws/sagemaker/TrainingJobs")["logGroups"] else None
+        for host in ("algo-1", "algo-2"):
+            stream = f"{name}/{host}-1763888400"
+            logs.create_log_stream(logGroupName="/aws/sagemaker/TrainingJobs", logStreamName=stream)
+            lines = (self.replayed.root / "hosts" / host / "log.txt").read_text().splitlines()
+            events = [{"timestamp": int(start.timestamp() * 1000) + i, "message": log_text(line)}
+                      for i, line in enumerate(lines)]
+            logs.put_log_events(logGroupName="/aws/sagemaker/TrainingJobs", logStreamName=stream, logEvents=events)
+        output = f"{params['OutputDataConfig']['S3OutputPath']}/{name}/output"
+        s3 = self.boto.client("s3")
+        for archive in ("model.tar.gz", "output.tar.gz"):
+            key = f"{output}/{archive}".removeprefix(f"s3://{BUCKET}/")
+            s3.upload_file(str(self.replayed.root / "artifacts" / archive), BUCKET, key)
+        described = {
+            "TrainingJobName": name,
+            "TrainingJobArn": f"arn:aws:sagemaker:us-east-1:000000000000:training-job/{name}",
+            "AlgorithmSpecification": params["AlgorithmSpecification"],
+            "RoleArn": params["RoleArn"],
+            "HyperParameters": params["HyperParameters"],
+            "InputDataConfig": params["InputDataConfig"],
+            "OutputDataConfig": params["OutputDataConfig"],
+            "ResourceConfig": params["ResourceConfig"],
+            "StoppingCondition": params["StoppingCondition"],
+            "ModelArtifacts": {"S3ModelArtifacts": f"{output}/model.tar.gz"},
+            "CreationTime": start,
+            "LastModifiedTime": start,
+            "EnableNetworkIsolation": False,
+        }
+        phases = [("InProgress", "Starting", {}), ("InProgress", "Training", {"TrainingStartTime": start}),
+                  (self.outcome, self.outcome, {
+                      "TrainingStartTime": start, "TrainingEndTime": start + dt.timedelta(seconds=83),
+                      "BillableTimeInSeconds": 83, "TrainingTimeInSeconds": 83,
+                      **({"FailureReason": self.failure} if self.failure else {})})]
+        self.stubber.add_response("create_training_job", {"TrainingJobArn": described["TrainingJobArn"]})
+        for status, secondary, extra in phases:
+            self.stubber.add_response("describe_training_job", {
+                **described, "TrainingJobStatus": status, "SecondaryStatus": secondary, **extra})
+
+
+@pytest.fixture
+def aws(localstack: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> dict[str, Any]:
+    """A bucket and an execution role in LocalStack, and a boto3 session whose SageMaker client
+    is stubbed (every other client talks to LocalStack)."""
+    import boto3
+
+    # The SDK still looks the role up in IAM (LocalStack), but its permission check asks
+    # SimulatePrincipalPolicy without ResourceArns, which LocalStack 2026.3 answers with a 500.
+    monkeypatch.setenv("SAGEMAKER_VALIDATE_ROLE", "false")
+
+    sagemaker = boto3.client("sagemaker")
+
+    class Session(boto3.Session):  # type: ignore[misc]
+        def client(self, service_name: str, *args: Any, **kwargs: Any) -> Any:
+            return sagemaker if service_name == "sagemaker" else super().client(service_name, *args, **kwargs)
+
+    session = Session()
+    s3, iam = session.client("s3"), session.client("iam")
+    if BUCKET not in [b["Name"] for b in s3.list_buckets()["Buckets"]]:
+        s3.create_bucket(Bucket=BUCKET)
+    trust = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "sts:AssumeRole",
+                                                    "Principal": {"Service": "sagemaker.amazonaws.com"}}]}
+    try:
+        role = iam.get_role(RoleName=ROLE_NAME)["Role"]["Arn"]
+    except iam.exceptions.NoSuchEntityException:
+        role = iam.create_role(RoleName=ROLE_NAME, AssumeRolePolicyDocument=json.dumps(trust))["Role"]["Arn"]
+        iam.put_role_policy(RoleName=ROLE_NAME, PolicyName="training", PolicyDocument=json.dumps(EXECUTION_POLICY))
+    return {"session": session, "sagemaker": sagemaker, "role": role}
+
+
+@pytest.fixture(scope="module")
+def local_run(tmp_path_factory: pytest.TempPathFactory, scenarios_dir: Path) -> RunRecord:
+    """The reference job on ``local``: its logs and archives are what the stand-in job leaves."""
+    return get_backend("local").run(load_job(scenarios_dir / "ddp_csv" / "job.yaml"), tmp_path_factory.mktemp("local"))
+
+
+@pytest.fixture(scope="module")
+def scenarios_dir() -> Path:
+    return Path(__file__).resolve().parent.parent / "scenarios"
+
+
+def _backend(aws: dict[str, Any]) -> SageMakerBackend:
+    return SageMakerBackend(role=aws["role"], bucket=BUCKET, image=IMAGE, boto_session=aws["session"], poll_s=0.01)
+
+
+def test_submitted_job_is_followed_into_a_record_at_parity_with_local(
+    aws: dict[str, Any], local_run: RunRecord, scenarios_dir: Path, records: Path
+) -> None:
+    job = load_job(scenarios_dir / "ddp_csv" / "job.yaml")
+    service = _Finished(aws["sagemaker"], aws["session"], local_run)
+    backend = _backend(aws)
+    with service.stubber:
+        record = backend.run(job, records)
+        service.stubber.assert_no_pending_responses()
+    name = service.submitted["TrainingJobName"]
+    assert record.status == "succeeded" and record.manifest["rung_facts"]["training_job_name"] == name
+    # what ModelTrainer sent is what the dry-run prints
+    assert service.submitted == training_job_request(job, role=aws["role"], bucket=BUCKET, image=IMAGE,
+                                                     job_name=name).body
+    # the SDK uploaded the code and its drivers for real
+    keys = [o["Key"] for o in aws["session"].client("s3").list_objects_v2(Bucket=BUCKET, Prefix=f"{job.name}/{name}/")
+            .get("Contents", [])]
+    assert any("/input/code/" in k or k.endswith("code/sourcedir.tar.gz") for k in keys), keys
+    for host in job.hosts:
+        assert (record.root / "hosts" / host / "log.txt").read_text().count("\n") == (
+            local_run.root / "hosts" / host / "log.txt").read_text().count("\n")
+    verdict = judge([local_run, record], rtol=0, atol=0)
+    assert verdict.outcome == "parity", to_text(verdict)
+
+
+def test_failed_job_keeps_the_service_failure_reason(
+    aws: dict[str, Any], local_run: RunRecord, scenarios_dir: Path, records: Path
+) -> None:
+    job = load_job(scenarios_dir / "ddp_csv" / "job.yaml")
+    reason = 'AlgorithmError: ExecuteUserScriptError:\nExitCode 1\nErrorMessage "RuntimeError: boom"'
+    service = _Finished(aws["sagemaker"], aws["session"], local_run, outcome="Failed", failure=reason)
+    with service.stubber:
+        record = _backend(aws).run(job, records)
+    assert record.status == "failed"
+    assert record.manifest["hosts"]["algo-1"]["exit_code"] == 1
+    assert record.manifest["hosts"]["algo-1"]["failure_reason"] == reason
+    verdict = judge([local_run, record])
+    assert verdict.outcome == "failed" and verdict.first_rung == "sagemaker"
