@@ -61,7 +61,7 @@ class Channel(_Strict):
     @field_validator("source")
     @classmethod
     def _s3_uri_well_formed(cls, source: str) -> str:
-        return _s3_uri(source) if source.startswith("s3://") else source
+        return _s3_uri(source) if source.startswith("s3:") else source  # "s3:/x" is a typo, not a path
 
     @property
     def is_s3(self) -> bool:
@@ -219,7 +219,7 @@ def _resolve_channel(spec: Any, base_dir: Path) -> Any:
         spec = {"source": spec}
     if isinstance(spec, dict) and isinstance(spec.get("source"), str):
         source = spec["source"]
-        if not source.startswith("s3://"):
+        if not source.startswith("s3:"):
             spec = {**spec, "source": str((base_dir / source).resolve())}
     return spec
 

@@ -50,6 +50,9 @@ CASES = {
     "processes without distribution": (GOOD + "processes_per_host: 2\n", "needs distribution: torchrun"),
     "bad instance type": (GOOD + "instance_type: c5.xlarge\n", "expected a SageMaker instance type"),
     "bad env name": (GOOD + "environment:\n  1BAD: x\n", "not a valid environment variable name"),
+    "malformed s3 channel": (GOOD + "channels:\n  train: s3:/bucket/x\n", "channels.train.source: 's3:/bucket/x'"),
+    "bad bucket name": (GOOD + "channels:\n  train: s3://Big_Bucket/x\n", "is not an S3 URI"),
+    "output path not on s3": (GOOD + "output_path: /tmp/out\n", "output_path: '/tmp/out' is not an S3 URI"),
 }
 
 
@@ -155,3 +158,22 @@ def test_request_roundtrip(tmp_path: Path, scenarios: Path) -> None:
     assert (job.entry_point, job.distribution, job.instance_count, job.max_run) == ("train.py", "torchrun", 2, 3600)
     assert job.channels["train"].distribution == "ShardedByS3Key"
     assert job.metric_definitions[0].regex == "loss=([0-9.]+)"
+
+
+def test_s3_channel_without_credentials_is_refused_before_anything_runs(
+    workdir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    pytest.importorskip("boto3", reason="boto3 is in the [s3] extra")
+    for name in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(workdir / "none"))
+    monkeypatch.setenv("AWS_CONFIG_FILE", str(workdir / "none"))
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")
+    job = workdir / "job.yaml"
+    job.write_text(GOOD + "channels:\n  train: s3://team-data/train/\n")
+    records = workdir / "records"
+    assert main(["run", str(job), "--records", str(records)]) == 1
+    err = capsys.readouterr().err
+    assert "the job uses S3" in err and "no AWS credentials" in err and "harness localstack env" in err
+    assert "Traceback" not in err
+    assert not records.exists()

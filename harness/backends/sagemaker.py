@@ -1,21 +1,18 @@
-"""The ``sagemaker`` rung: the job as a real SageMaker training job, as SDK v3 ``ModelTrainer``
-(``Mode.SAGEMAKER_TRAINING_JOB``) would submit it.
+"""The ``sagemaker`` rung: the job as a real SageMaker training job, submitted by SDK v3
+``ModelTrainer`` (``Mode.SAGEMAKER_TRAINING_JOB``) and followed into a run record.
 
-Built so far: the dry-run. :func:`training_job_request` builds the exact ``CreateTrainingJob``
-request ``ModelTrainer._create_training_job_args(boto3=True)`` sends for the job (sagemaker-train
+Dry-run: :func:`training_job_request` builds the exact ``CreateTrainingJob`` request
+``ModelTrainer._create_training_job_args(boto3=True)`` sends for the job (sagemaker-train
 ``model_trainer.py``; checked field by field against the SDK's own output in
 ``tests/test_sagemaker_request.py``), and :func:`validate_request` checks it against botocore's
 service model. Neither needs credentials: the SDK itself cannot build the request without them
-(``ModelTrainer`` asks IAM to validate the role when it is created, and stages local code and
-data in S3 while it builds the request).
+(``ModelTrainer`` asks IAM about the role, and stages local code and data in S3 while it builds
+the request). Local directories (channels, the code, the SDK's drivers) are uploaded by the SDK to
+``s3://<bucket>/<job name>/<training job name>/input/<channel>``; :attr:`RequestPlan.uploads`
+says what goes where.
 
-Local directories (channels, the code, the SDK's drivers) are uploaded by the SDK to
-``s3://<bucket>/<job name>/<training job name>/input/<channel>``; the request names those
-URIs and :attr:`RequestPlan.uploads` says what goes where.
-
-Not built yet: submitting the job, and collecting its logs (CloudWatch) and artifacts (S3)
-into a run record; :meth:`SageMakerBackend.unavailable_reason` says so once everything it needs
-(credentials, region, role, bucket) is there.
+Run: ``ModelTrainer.train(wait=False)`` submits; :mod:`harness.backends.training_job` follows
+the job (status, CloudWatch logs per host) and downloads its archives into the record.
 """
 
 from __future__ import annotations
