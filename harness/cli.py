@@ -105,7 +105,7 @@ def _options(args: argparse.Namespace, rung: str) -> dict[str, object]:
     options: dict[str, object] = {}
     if rung == "docker" and args.shm_size:
         options["shm_size"] = args.shm_size
-    if rung in ("docker", "sagemaker-local") and args.image:
+    if rung in ("docker", "sagemaker-local", "sagemaker") and args.image:
         options["image"] = args.image
     if args.hang_after is not None:
         options["hang_after_s"] = args.hang_after

@@ -198,3 +198,32 @@ def test_relative_records_dir_is_made_absolute(
     monkeypatch.chdir(tmp_path)
     record = get_backend("local").run(load_job(scenarios / "hardcoded_opt_ml" / "job.yaml"), Path("runs"))
     assert record.root.is_absolute() and record.root.parent == tmp_path / "runs"
+
+
+def test_sharded_local_channel_gives_each_host_its_share_and_the_diff_shows_it(tmp_path: Path) -> None:
+    """ShardedByS3Key on a local directory: each host its share, as once the SDK uploaded it; two
+    runs whose hosts saw different data have the difference named, file by file."""
+    from harness.diff.findings import compare
+    from harness.jobspec import JobSpec
+
+    data, source = tmp_path / "data", tmp_path / "src"
+    data.mkdir()
+    source.mkdir()
+    for index in range(5):
+        (data / f"part-{index}.csv").write_text(f"x\n{index}\n")
+    (source / "train.py").write_text("import os\nprint(sorted(os.listdir('/opt/ml/input/data/train')))\n")
+    runs = {}
+    for distribution in ("FullyReplicated", "ShardedByS3Key"):
+        job = JobSpec(name="shards", source_dir=source, entry_point="train.py", instance_count=2,
+                      channels={"train": {"source": str(data), "distribution": distribution}})
+        runs[distribution] = get_backend("local").run(job, tmp_path / "records")
+        assert runs[distribution].status == "succeeded"
+    sharded = runs["ShardedByS3Key"]
+    assert "['part-1.csv', 'part-3.csv']" in (sharded.root / "hosts" / "algo-2" / "log.txt").read_text()
+    assert list(sharded.read_json("hosts/algo-1/received/channels.json")["train"]["files"]) == [
+        "part-0.csv", "part-2.csv", "part-4.csv"]
+    assert (data / "part-0.csv").is_file()  # the source is never touched
+    (finding,) = [f for f in compare(runs["FullyReplicated"], sharded, rtol=0, atol=0)
+                  if f.cause == "channel-data-differs"]
+    assert "algo-2 train: 5 files, 20 bytes -> 2 files, 8 bytes" in finding.evidence
+    assert "  only on local: part-0.csv, part-2.csv, part-4.csv" in finding.evidence

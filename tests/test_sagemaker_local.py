@@ -89,8 +89,9 @@ def test_jobs_the_sdk_cannot_run_as_sagemaker_would_are_refused_with_the_reason(
     backend = SageMakerLocalBackend(gpus=False)
     byo = JobSpec(name="byo", image="team/trainer:1")
     assert "`train` argument" in (backend.unsupported_reason(byo) or "")
-    s3 = JobSpec(name="s3", source_dir=ROOT, entry_point="x.py", channels={"train": Channel(source="s3://b/k")})
-    assert "s3://" in (backend.unsupported_reason(s3) or "")
+    sharded = Channel(source="s3://team-data/train/", distribution="ShardedByS3Key")
+    s3 = JobSpec(name="s3", source_dir=ROOT, entry_point="x.py", channels={"train": sharded})
+    assert "ShardedByS3Key" in (backend.unsupported_reason(s3) or "")
     clash = JobSpec(name="clash", source_dir=ROOT, entry_point="x.py", channels={"code": Channel(source=str(ROOT))})
     assert "code" in (backend.unsupported_reason(clash) or "")
 

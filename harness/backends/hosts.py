@@ -5,6 +5,8 @@ file, the ranks the probe saw)."""
 from __future__ import annotations
 
 import json
+import os
+import shutil
 from pathlib import Path, PurePosixPath
 
 from harness import s3
@@ -30,7 +32,7 @@ def write_host_tree(job: JobSpec, contract: HostContract, tree: Path) -> None:
 #: How a rung the harness runs itself gives the job its channels (``how``: the rung's means).
 CHANNELS_FACT = (
     "{how} the local source directories; s3:// channels downloaded on the host before the job starts "
-    "(File mode; ShardedByS3Key: host i of n gets every n-th key); local directories are not sharded"
+    "(File mode); ShardedByS3Key: host i of n gets every n-th key (or file of a local directory)"
 )
 
 
@@ -43,22 +45,24 @@ def s3_channels_unsupported(job: JobSpec) -> str | None:
 
 def stage_channels(job: JobSpec, work: Path, record: RecordWriter) -> dict[str, dict[str, Path]]:
     """Each host's channel directories, before the job starts: a local source as it is; an
-    ``s3://`` channel downloaded as the platform downloads it in File mode (once for all hosts,
-    or each host its own share under ``ShardedByS3Key``). What each host received is recorded in
-    ``hosts/<host>/received/channels.json``."""
+    ``s3://`` channel downloaded as the platform downloads it in File mode. Under
+    ``ShardedByS3Key`` each host gets its own share, of the keys or of a local directory's files
+    (SageMaker would shard the directory once the SDK uploaded it). What each host received is
+    recorded in ``hosts/<host>/received/channels.json``."""
     staged: dict[str, dict[str, Path]] = {host: {} for host in job.hosts}
     received: dict[str, dict[str, object]] = {host: {} for host in job.hosts}
     for name, channel in job.channels.items():
-        if not channel.is_s3:
-            for host in job.hosts:
-                staged[host][name] = Path(channel.source)
-                received[host][name] = {"source": channel.source, "files": _listing(Path(channel.source))}
-            continue
-        sharded = channel.distribution == "ShardedByS3Key"
+        sharded = channel.distribution == "ShardedByS3Key" and len(job.hosts) > 1
         shares = {host: (index, len(job.hosts)) for index, host in enumerate(job.hosts)} if sharded else {"all": None}
         for share, shard in shares.items():
-            directory = work / "s3" / name / share
-            files = s3.download(channel.source, directory, shard=shard)
+            if channel.is_s3:
+                directory = work / "s3" / name / share
+                files = s3.download(channel.source, directory, shard=shard)
+            elif shard is None:
+                directory, files = Path(channel.source), _listing(Path(channel.source))
+            else:
+                directory = work / "shards" / name / share
+                files = _share_of(Path(channel.source), directory, shard)
             for host in job.hosts if share == "all" else [share]:
                 staged[host][name] = directory
                 received[host][name] = {"source": channel.source, "distribution": channel.distribution,
@@ -66,6 +70,22 @@ def stage_channels(job: JobSpec, work: Path, record: RecordWriter) -> dict[str, 
     for host, channels in received.items():
         write_json(record.host_dir(host) / "received" / "channels.json", channels)
     return staged
+
+
+def _share_of(source: Path, directory: Path, shard: tuple[int, int]) -> dict[str, int]:
+    """A host's share of a local directory under ``ShardedByS3Key``, as it would be once uploaded
+    (every n-th file in key order), hard-linked where the file system allows, else copied."""
+    index, count = shard
+    files = dict(sorted(_listing(source).items())[index::count])
+    for relative in files:
+        target = directory / relative
+        target.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(source / relative, target)
+        except OSError:
+            shutil.copy2(source / relative, target)
+    directory.mkdir(parents=True, exist_ok=True)
+    return files
 
 
 def _listing(directory: Path) -> dict[str, int]:

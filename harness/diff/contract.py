@@ -30,7 +30,34 @@ def check(baseline: RunRecord, candidate: RunRecord) -> list[Finding]:
         y = candidate.read_json(f"hosts/{host}/received/{name}")
         if x != y:
             findings.append(Finding("contract", "note", f"{name} differs on {host}", [f"{x!r} -> {y!r}"[:400]]))
-    return findings
+    return findings + _channel_data(baseline, candidate)
+
+
+def _channel_data(baseline: RunRecord, candidate: RunRecord) -> list[Finding]:
+    """The files each host found in its channels (``received/channels.json``), where both rungs
+    recorded them: a sharded channel, a changed prefix or a stale upload shows here."""
+    evidence = []
+    for host in baseline.hosts:
+        a = baseline.read_json(f"hosts/{host}/received/channels.json")
+        b = candidate.read_json(f"hosts/{host}/received/channels.json")
+        if not isinstance(a, dict) or not isinstance(b, dict):
+            continue
+        for channel in sorted(set(a) | set(b)):
+            x, y = (a.get(channel) or {}).get("files", {}), (b.get(channel) or {}).get("files", {})
+            if x == y:
+                continue
+            only_a, only_b = sorted(set(x) - set(y)), sorted(set(y) - set(x))
+            resized = sorted(n for n in set(x) & set(y) if x[n] != y[n])
+            evidence.append(f"{host} {channel}: {len(x)} files, {sum(x.values())} bytes -> "
+                            f"{len(y)} files, {sum(y.values())} bytes")
+            evidence += [f"  only on {baseline.rung}: {', '.join(only_a[:5])}"] if only_a else []
+            evidence += [f"  only on {candidate.rung}: {', '.join(only_b[:5])}"] if only_b else []
+            evidence += [f"  size differs: {', '.join(resized[:5])}"] if resized else []
+    if not evidence:
+        return []
+    return [Finding("contract", "note", f"the channels held different data on {candidate.rung}", evidence,
+                    hint="compare the channels' sources and distribution (ShardedByS3Key gives each host a share)",
+                    cause="channel-data-differs", confidence=0.4)]
 
 
 def _short(value: str, limit: int = 120) -> str:
