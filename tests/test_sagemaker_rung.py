@@ -13,13 +13,15 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import tarfile
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from harness.backends import get_backend
-from harness.backends.sagemaker import SageMakerBackend, training_job_request
+from harness.backends.hosts import PROBE_DIR
+from harness.backends.sagemaker import SageMakerBackend, training_job_request, with_probe
 from harness.jobspec import load_job
 from harness.record import RunRecord, log_text
 from harness.report import to_text
@@ -56,6 +58,20 @@ class _Finished:
         self.submitted: dict[str, Any] = {}
         sagemaker.meta.events.register("provide-client-params.sagemaker.CreateTrainingJob", self._created)
 
+    def _output_with_probe(self) -> Path:
+        """``output.tar.gz`` as the job leaves it: the output data, and the probe's files under
+        ``harness-probe/`` (the replayed run's own)."""
+        root = self.replayed.root
+        path = root.parent / f"{root.name}-service-output.tar.gz"
+        with tarfile.open(root / "artifacts" / "output.tar.gz") as original, tarfile.open(path, "w:gz") as tar:
+            for member in original.getmembers():
+                tar.addfile(member, original.extractfile(member) if member.isfile() else None)
+            for sub in ("processes", "ranks", "hosts"):
+                for file in sorted((root / sub).rglob("*")):
+                    if file.is_file() and (sub != "hosts" or file.name == "fingerprint.json"):
+                        tar.add(file, arcname=f"harness-probe/{file.relative_to(root).as_posix()}")
+        return path
+
     def _created(self, params: dict[str, Any], **_: Any) -> None:
         self.submitted = params
         name = params["TrainingJobName"]
@@ -72,9 +88,9 @@ class _Finished:
             logs.put_log_events(logGroupName="/aws/sagemaker/TrainingJobs", logStreamName=stream, logEvents=events)
         output = f"{params['OutputDataConfig']['S3OutputPath']}/{name}/output"
         s3 = self.boto.client("s3")
-        for archive in ("model.tar.gz", "output.tar.gz"):
-            key = f"{output}/{archive}".removeprefix(f"s3://{BUCKET}/")
-            s3.upload_file(str(self.replayed.root / "artifacts" / archive), BUCKET, key)
+        for archive, path in (("model.tar.gz", self.replayed.root / "artifacts" / "model.tar.gz"),
+                              ("output.tar.gz", self._output_with_probe())):
+            s3.upload_file(str(path), BUCKET, f"{output}/{archive}".removeprefix(f"s3://{BUCKET}/"))
         described = {
             "TrainingJobName": name,
             "TrainingJobArn": f"arn:aws:sagemaker:us-east-1:000000000000:training-job/{name}",
@@ -157,9 +173,15 @@ def test_submitted_job_is_followed_into_a_record_at_parity_with_local(
         service.stubber.assert_no_pending_responses()
     name = service.submitted["TrainingJobName"]
     assert record.status == "succeeded" and record.manifest["rung_facts"]["training_job_name"] == name
-    # what ModelTrainer sent is what the dry-run prints
-    assert service.submitted == training_job_request(job, role=aws["role"], bucket=BUCKET, image=IMAGE,
-                                                     job_name=name).body
+    # what ModelTrainer sent is what the dry-run prints, the probe's channel and variables included
+    assert service.submitted == training_job_request(with_probe(job, PROBE_DIR), role=aws["role"], bucket=BUCKET,
+                                                     image=IMAGE, job_name=name).body
+    assert service.submitted["Environment"]["HARNESS_PROBE_DIR"] == "/opt/ml/output/data/harness-probe"
+    # the probe's files came back in output.tar.gz: out of the archive, into the record
+    assert sorted(record.manifest["ranks"]) == ["0", "1", "2", "3"]
+    assert (record.root / "hosts" / "algo-2" / "fingerprint.json").is_file()
+    assert record.read_json("artifacts/summary.json")["output.tar.gz"]["files"].keys() == \
+        local_run.read_json("artifacts/summary.json")["output.tar.gz"]["files"].keys()
     # the SDK uploaded the code and its drivers for real
     keys = [o["Key"] for o in aws["session"].client("s3").list_objects_v2(Bucket=BUCKET, Prefix=f"{job.name}/{name}/")
             .get("Contents", [])]

@@ -21,20 +21,32 @@ import datetime as dt
 import json
 import os
 import re
+import shutil
+import tarfile
+import tempfile
 import time
 from dataclasses import dataclass, field
-from pathlib import PurePosixPath
+from pathlib import Path, PurePosixPath
 from typing import Any
 
 from harness import artifacts
 from harness.backends import training_job
 from harness.backends.base import Backend, Capabilities, Plan, Progress
-from harness.backends.hosts import artifact_overview
-from harness.backends.sagemaker_local import DATA, ENTRYPOINT, sdk_hyperparameters
+from harness.backends.hosts import PROBE_DIR, artifact_overview, ranks_from_probe
+from harness.backends.sagemaker_local import (
+    DATA,
+    ENTRYPOINT,
+    PROBE_CHANNEL,
+    RESERVED_CHANNELS,
+    probe_reach,
+    sdk_hyperparameters,
+    sdk_input_data,
+    write_probe_channel,
+)
 from harness.contract import HostContract
 from harness.errors import JobSpecError, RungFailed
-from harness.jobspec import JobSpec
-from harness.record import RecordWriter, Status
+from harness.jobspec import Channel, JobSpec
+from harness.record import RecordWriter, Status, pack_like_sagemaker
 
 #: Settings read from the environment when not given to the rung.
 ROLE_ENV, BUCKET_ENV = "HARNESS_SAGEMAKER_ROLE", "HARNESS_SAGEMAKER_BUCKET"
@@ -49,6 +61,39 @@ PLACEHOLDER_IMAGE = "SET-THE-JOB-IMAGE"
 #: stops a job the service has not stopped itself.
 POLL_S = 10.0
 GRACE_S = 300
+#: Where the probe writes inside the job: under ``/opt/ml/output/data``, so that its files come
+#: back in ``output.tar.gz`` (the rung takes them out again before the artifacts are compared).
+PROBE_OUTPUT = "harness-probe"
+
+
+def with_probe(job: JobSpec, probe_channel: Path) -> JobSpec:
+    """The job as submitted with the probe: one more channel (the probe, first on ``PYTHONPATH``)
+    and ``HARNESS_PROBE_DIR`` under the output data directory."""
+    python_path = ":".join(p for p in (str(DATA / PROBE_CHANNEL), job.environment.get("PYTHONPATH")) if p)
+    return job.model_copy(update={
+        "channels": {**job.channels, PROBE_CHANNEL: Channel(source=str(probe_channel))},
+        "environment": {**job.environment, "PYTHONPATH": python_path,
+                        "HARNESS_PROBE_DIR": f"/opt/ml/output/data/{PROBE_OUTPUT}"},
+    })
+
+
+def unpack_probe(record_root: Path) -> bool:
+    """Move the probe's files out of the downloaded ``output.tar.gz`` into the record (where the
+    other rungs' probes write them) and repack the archive without them; False if it has none."""
+    archive = record_root / "artifacts" / "output.tar.gz"
+    if not archive.is_file():
+        return False
+    with tempfile.TemporaryDirectory(prefix="harness-output-") as tmp:
+        unpacked = Path(tmp)
+        with tarfile.open(archive) as tar:
+            tar.extractall(unpacked, filter="data")
+        probe = unpacked / PROBE_OUTPUT
+        if not probe.is_dir():
+            return False
+        shutil.copytree(probe, record_root, dirs_exist_ok=True)
+        shutil.rmtree(probe)
+        pack_like_sagemaker(unpacked, archive)
+    return True
 
 
 def unique_name(base: str, now: dt.datetime | None = None) -> str:
@@ -248,8 +293,10 @@ class SageMakerBackend(Backend):
         image: str | None = None,
         boto_session: Any = None,
         poll_s: float = POLL_S,
+        probe: bool = True,
     ) -> None:
         self.poll_s = poll_s
+        self.probe = probe
         self.role = role or os.environ.get(ROLE_ENV)
         self.bucket = bucket or os.environ.get(BUCKET_ENV)
         self.region = region
@@ -285,6 +332,9 @@ class SageMakerBackend(Backend):
         return "; ".join(missing) if missing else None
 
     def unsupported_reason(self, job: JobSpec) -> str | None:
+        reserved = [name for name in job.channels if name in RESERVED_CHANNELS]
+        if reserved:
+            return f"channels {reserved} are names ModelTrainer or the harness adds ({', '.join(RESERVED_CHANNELS)})"
         if job.is_script_mode and not (self.image or job.image):
             return (
                 "no training image: a SageMaker job needs an image URI (ECR) with python3 and pip, "
@@ -304,7 +354,7 @@ class SageMakerBackend(Backend):
             if missing
         ]
         request = training_job_request(
-            job,
+            with_probe(job, PROBE_DIR) if self.probe else job,
             role=self.role or PLACEHOLDER_ROLE,
             bucket=self.bucket or PLACEHOLDER_BUCKET,
             image=image or PLACEHOLDER_IMAGE,
@@ -330,6 +380,9 @@ class SageMakerBackend(Backend):
             "validated_with": _botocore_version(),
             "cost": f"{job.instance_count} x {job.instance_type} on-demand price per hour x billed hours "
             "(BillableTimeInSeconds / 3600) + S3 storage of code, data and artifacts",
+            "probe": f"channel {PROBE_CHANNEL} (PYTHONPATH); it writes under /opt/ml/output/data/{PROBE_OUTPUT}, "
+            "which comes back in output.tar.gz and is moved into the record"
+            if self.probe else "off",
         }
         return RequestPlan(
             self.name, job, hosts, facts, request=request.body, uploads=request.uploads, placeholders=placeholders
@@ -339,8 +392,11 @@ class SageMakerBackend(Backend):
         """Submit through ``ModelTrainer``, follow the job (status, CloudWatch logs), then fetch
         its artifacts; past ``max_run`` plus :data:`GRACE_S`, or on Ctrl-C, the job is stopped."""
         job, session = plan.job, self._session()
-        trainer = self._model_trainer(job, session)
-        trainer.train(wait=False, logs=False)
+        with tempfile.TemporaryDirectory(prefix="harness-probe-channel-") as tmp:  # uploaded by train()
+            if self.probe:
+                write_probe_channel(Path(tmp) / PROBE_CHANNEL)
+            trainer = self._model_trainer(with_probe(job, Path(tmp) / PROBE_CHANNEL) if self.probe else job, session)
+            trainer.train(wait=False, logs=False)
         name = trainer._latest_training_job.training_job_name  # the SDK keeps it nowhere public
         record.set_fact("training_job_name", name)
         sagemaker, logs = session.client("sagemaker"), session.client("logs")
@@ -349,6 +405,10 @@ class SageMakerBackend(Backend):
                                                    deadline=time.monotonic() + job.max_run + GRACE_S)
         status = training_job.collect(description, job.hosts, record)
         record.set_fact("billable_seconds", description.get("BillableTimeInSeconds"))
+        if self.probe:
+            record.set_fact("probe_reached", probe_reach(job, record) if unpack_probe(record.root)
+                            else "no: output.tar.gz holds no probe files")
+            record.manifest["ranks"] = ranks_from_probe(record.root)
         record.manifest["artifacts"] = artifact_overview(artifacts.summarize_archives(record.root))
         return "timeout" if stopped else status
 
@@ -357,7 +417,7 @@ class SageMakerBackend(Backend):
         with ``Mode.SAGEMAKER_TRAINING_JOB``, the rung's role, bucket and image)."""
         from sagemaker.core.helper.session_helper import Session
         from sagemaker.train import ModelTrainer
-        from sagemaker.train.configs import Compute, InputData, MetricDefinition, SourceCode, StoppingCondition
+        from sagemaker.train.configs import Compute, MetricDefinition, SourceCode, StoppingCondition
         from sagemaker.train.distributed import Torchrun
         from sagemaker.train.model_trainer import Mode
 
@@ -375,8 +435,7 @@ class SageMakerBackend(Backend):
             stopping_condition=StoppingCondition(max_runtime_in_seconds=job.max_run),
             hyperparameters=dict(job.hyperparameters),
             environment=dict(job.environment) or None,
-            input_data_config=[InputData(channel_name=n, data_source=c.source, content_type=c.content_type)
-                               for n, c in job.channels.items()] or None,
+            input_data_config=sdk_input_data(job) or None,
             output_data_config=None,
         )
         if job.metric_definitions:

@@ -406,7 +406,7 @@ class SageMakerLocalBackend(Backend):
         trees, writers = _host_trees(job, work, record)
         record.set_fact("model_dir_writers", writers)
         record.manifest["artifacts"] = artifact_overview(artifacts.collect(trees, record.root))
-        record.set_fact("probe_reached", _probe_reach(job, record))
+        record.set_fact("probe_reached", probe_reach(job, record))
         return codes
 
 
@@ -424,15 +424,31 @@ def _sdk_environment(job: JobSpec) -> dict[str, str]:
     }
 
 
+def sdk_input_data(job: JobSpec) -> list[Any]:
+    """The job's channels as ``InputData`` (which refuses ``content_type=None``: given only when set)."""
+    from sagemaker.train.configs import InputData
+
+    return [
+        InputData(channel_name=name, data_source=channel.source,
+                  **({"content_type": channel.content_type} if channel.content_type else {}))
+        for name, channel in job.channels.items()
+    ]
+
+
+def write_probe_channel(destination: Path) -> None:
+    """The probe as an input channel for the SDK's containers: on ``PYTHONPATH`` it names its host
+    from ``resourceconfig.json`` (every container has the same environment), then runs."""
+    shutil.copytree(PROBE_DIR, destination, ignore=shutil.ignore_patterns("__pycache__"))
+    (destination / "sitecustomize.py").rename(destination / "_harness_sitecustomize.py")
+    (destination / "sitecustomize.py").write_text(_SHIM, encoding="utf-8")
+
+
 def _prepare(job: JobSpec, work: Path) -> None:
     """The code copy, the probe channels and each host's ``input``/``output`` kept out of the SDK's
     reach: ``<root>/<host>/{input,output}`` are links into ``_harness/hosts/<host>``."""
     ours = work / _OURS
     copy_source(job, ours / "code")
-    probe = ours / PROBE_CHANNEL
-    shutil.copytree(PROBE_DIR, probe, ignore=shutil.ignore_patterns("__pycache__"))
-    (probe / "sitecustomize.py").rename(probe / "_harness_sitecustomize.py")
-    (probe / "sitecustomize.py").write_text(_SHIM, encoding="utf-8")
+    write_probe_channel(ours / PROBE_CHANNEL)
     (ours / RECORD_CHANNEL).mkdir()
     for host in job.hosts:
         for sub in ("input", "output"):
@@ -449,10 +465,7 @@ def _model_trainer(job: JobSpec, image: str, work: Path, instance_type: str) -> 
     from sagemaker.train.model_trainer import Mode
 
     ours = work / _OURS
-    channels = [
-        InputData(channel_name=name, data_source=channel.source, content_type=channel.content_type)
-        for name, channel in job.channels.items()
-    ]
+    channels = sdk_input_data(job)
     channels += [InputData(channel_name=name, data_source=str(ours / name)) for name in (PROBE_CHANNEL, RECORD_CHANNEL)]
     try:
         return ModelTrainer(
@@ -694,7 +707,7 @@ def _host_trees(job: JobSpec, work: Path, record: RecordWriter) -> tuple[dict[st
     return trees, attribution
 
 
-def _probe_reach(job: JobSpec, record: RecordWriter) -> dict[str, Any]:
+def probe_reach(job: JobSpec, record: RecordWriter) -> dict[str, Any]:
     """Where the probe got in: processes seen per host, and ranks with a log of their own."""
     seen: dict[str, int] = {}
     for path in (record.root / "processes").glob("*.json"):
