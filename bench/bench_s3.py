@@ -54,8 +54,8 @@ def main() -> None:
         for index in range(args.files):
             (small / f"part-{index:05d}.csv").write_bytes(os.urandom(args.file_kib * 1024))
         (big / "data.bin").write_bytes(os.urandom(args.big_mib << 20))
-        s3.upload_tree(small, f"s3://{BUCKET}/small/")
-        s3.upload_tree(big, f"s3://{BUCKET}/big/")
+        s3.upload_tree(small, f"s3://{BUCKET}/small/", create_bucket=True)
+        s3.upload_tree(big, f"s3://{BUCKET}/big/", create_bucket=True)
         small_mb, big_mb = args.files * args.file_kib / 1024 * 1.048576, args.big_mib * 1.048576
 
         def download(prefix: str) -> None:

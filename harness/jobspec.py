@@ -173,6 +173,12 @@ class JobSpec(_Strict):
     def is_script_mode(self) -> bool:
         return self.entry_point is not None
 
+    @property
+    def uses_s3(self) -> bool:
+        """Whether a rung needs S3 for this job: channels, output path or checkpoint location."""
+        return (any(channel.is_s3 for channel in self.channels.values()) or self.output_path is not None
+                or (self.checkpoint is not None and self.checkpoint.s3_uri is not None))
+
     def check_local_paths(self, origin: str) -> None:
         """Raise :class:`JobSpecError` for local paths that do not exist (before anything runs)."""
         if self.source_dir is not None:

@@ -77,9 +77,11 @@ def _translated(exc: Exception, what: str) -> S3Error:
                    hint="is the endpoint up (harness localstack status) and are credentials set?")
 
 
-def download(uri: str, destination: Path, *, shard: tuple[int, int] | None = None) -> dict[str, int]:
+def download(uri: str, destination: Path, *, shard: tuple[int, int] | None = None,
+             allow_empty: bool = False) -> dict[str, int]:
     """The objects under ``uri`` into ``destination``; ``shard=(i, n)``: only every n-th key from
-    the i-th. Returns the files written (relative path -> size)."""
+    the i-th. Returns the files written (relative path -> size). An empty prefix is an error
+    (SageMaker fails a job whose channel is empty) unless ``allow_empty`` (checkpoints)."""
     from botocore.exceptions import BotoCoreError, ClientError
 
     location, s3 = S3Uri.parse(uri), client()
@@ -89,6 +91,8 @@ def download(uri: str, destination: Path, *, shard: tuple[int, int] | None = Non
                    for page in s3.get_paginator("list_objects_v2").paginate(Bucket=location.bucket,
                                                                             Prefix=location.key)
                    for item in page.get("Contents", []) if not item["Key"].endswith("/")]
+        if not objects and allow_empty:
+            return {}
         if not objects:
             raise S3Error(f"no S3 objects found under {uri}",
                           hint="SageMaker fails such a job too; upload the data first or fix the channel's URI")
@@ -124,21 +128,22 @@ def upload(path: Path, uri: S3Uri) -> str:
     return str(uri)
 
 
-def upload_tree(directory: Path, uri: str) -> int:
-    """Every file under ``directory`` to the prefix ``uri`` (its bucket made if missing), as a team
-    stages its data before a job; returns the number of files."""
+def upload_tree(directory: Path, uri: str, *, create_bucket: bool = False) -> list[str]:
+    """Every file under ``directory`` to the prefix ``uri``; ``create_bucket``: make the bucket if
+    missing (a team staging its data). Returns the files' paths relative to ``directory``."""
     from botocore.exceptions import BotoCoreError, ClientError
 
     prefix, s3 = S3Uri.parse(uri), client()
     files = sorted(p for p in directory.rglob("*") if p.is_file())
     try:
-        try:
-            s3.head_bucket(Bucket=prefix.bucket)
-        except ClientError:
-            s3.create_bucket(Bucket=prefix.bucket)
+        if create_bucket:
+            try:
+                s3.head_bucket(Bucket=prefix.bucket)
+            except ClientError:
+                s3.create_bucket(Bucket=prefix.bucket)
         for path in files:
             target = prefix.join(path.relative_to(directory).as_posix())
             s3.upload_file(str(path), target.bucket, target.key)
     except (BotoCoreError, ClientError) as exc:
         raise _translated(exc, f"uploading {directory} to {uri}") from exc
-    return len(files)
+    return [path.relative_to(directory).as_posix() for path in files]

@@ -129,12 +129,12 @@ def run_scenario(directory: Path, records_dir: Path) -> ScenarioResult:
     if spec.images:
         _build_images(spec.images, directory)
     records, skipped = [], {}
-    unreachable = s3.missing_reason() if spec.s3_data else None
+    unreachable = s3.missing_reason() if spec.s3_data or base.uses_s3 else None
     for uri, source in spec.s3_data.items() if unreachable is None else ():
-        s3.upload_tree(directory / source, uri)
+        s3.upload_tree(directory / source, uri, create_bucket=True)
     for step in spec.steps:
         if unreachable is not None:
-            skipped[step.label] = f"the scenario's data is on S3: {unreachable}"
+            skipped[step.label] = f"the scenario uses S3: {unreachable}"
             continue
         job = JobSpec.model_validate({**base.model_dump(), **step.overrides})
         backend = get_backend(step.rung, **step.options)

@@ -62,7 +62,7 @@ def test_sharded_channel_gives_each_host_its_own_keys(localstack: dict[str, str]
     data.mkdir()
     for index in range(5):
         (data / f"part-{index}.csv").write_text(f"x\n{index}\n")
-    upload_tree(data, "s3://harness-tests/sharded/")
+    upload_tree(data, "s3://harness-tests/sharded/", create_bucket=True)
     source = tmp_path / "src"
     source.mkdir()
     (source / "train.py").write_text("import os\nprint(sorted(os.listdir('/opt/ml/input/data/train')))\n")
@@ -97,3 +97,27 @@ def test_cli_localstack_env_points_boto3_at_it(localstack: dict[str, str]) -> No
     status = subprocess.run([sys.executable, "-m", "harness", "localstack", "status"], capture_output=True,
                             text=True, check=True)
     assert localstack["endpoint"] in status.stdout
+
+
+def test_checkpoints_are_restored_before_the_job_and_synced_per_run(localstack: dict[str, str], tmp_path: Path,
+                                                                   records: Path) -> None:
+    staged = tmp_path / "staged"
+    staged.mkdir()
+    (staged / "checkpoint-3.pt").write_text("from an earlier job")
+    upload_tree(staged, "s3://harness-tests/resume/checkpoints/", create_bucket=True)
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "train.py").write_text(
+        "import os\nprint('found', sorted(os.listdir('/opt/ml/checkpoints')))\n"
+        "open('/opt/ml/checkpoints/checkpoint-4.pt', 'w').write(os.environ['HARNESS_HOST'])\n")
+    job = JobSpec(name="resume", source_dir=source, entry_point="train.py", instance_count=2,
+                  checkpoint={"s3_uri": "s3://harness-tests/resume/checkpoints/"})
+    record = get_backend("local").run(job, records)
+    assert record.status == "succeeded"
+    assert "found ['checkpoint-3.pt']" in (record.root / "hosts" / "algo-2" / "log.txt").read_text()
+    checkpoints = record.manifest["checkpoints"]
+    assert checkpoints["s3_uri"] == f"s3://harness-tests/resume/checkpoints/{record.root.name}"
+    assert checkpoints["clashes_with_different_content"] == ["checkpoint-4.pt"]  # each host wrote its name
+    listed = _s3(localstack["endpoint"]).list_objects_v2(Bucket="harness-tests", Prefix="resume/checkpoints/")
+    assert sorted(o["Key"].removeprefix("resume/checkpoints/") for o in listed["Contents"]) == [
+        "checkpoint-3.pt", f"{record.root.name}/checkpoint-3.pt", f"{record.root.name}/checkpoint-4.pt"]

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from harness.jobspec import load_job
 from harness.report import to_text
 from harness.scenario import all_scenarios, load_scenario, run_scenario
 
@@ -17,8 +18,9 @@ SCENARIOS = all_scenarios(Path(__file__).resolve().parent.parent / "scenarios")
 @pytest.mark.slow
 @pytest.mark.parametrize("directory", SCENARIOS, ids=[p.name for p in SCENARIOS])
 def test_scenario_diagnosis(directory: Path, records: Path, request: pytest.FixtureRequest) -> None:
-    if load_scenario(directory).s3_data:
-        request.getfixturevalue("localstack")  # the scenario's data is staged on the harness's LocalStack
+    spec = load_scenario(directory)
+    if spec.s3_data or load_job(directory / spec.job).uses_s3:
+        request.getfixturevalue("localstack")  # the scenario's S3 is the harness's LocalStack
     result = run_scenario(directory, records)
     if result.verdict is None:
         pytest.skip("no step can run here: " + "; ".join(f"{k}: {v}" for k, v in result.skipped.items()))

@@ -57,7 +57,9 @@ from harness.backends.hosts import (
     artifact_overview,
     ranks_from_probe,
     record_received,
+    restore_checkpoints,
     s3_channels_unsupported,
+    save_checkpoints,
     stage_channels,
     write_host_tree,
 )
@@ -229,6 +231,7 @@ class DockerBackend(Backend):
             channels = stage_channels(job, work, record)
             for host, contract in plan.hosts.items():
                 mounts = self._prepare_host(job, contract, channels[host], trees[host], record)
+                restore_checkpoints(job, {host: trees[host]})
                 started = time.monotonic()
                 containers[host] = self._create(client, image, job, contract, mounts, network, labels, plan.facts)
                 created = time.monotonic()
@@ -239,6 +242,7 @@ class DockerBackend(Backend):
             timed_out = self._supervise(containers, job.max_run, record, progress)
             owned_by_root = [work, record.root / "processes", record.root / "ranks"]
             shielded(lambda: reclaim(client, image, owned_by_root, labels))
+            save_checkpoints(job, trees, record)
             codes = {h: host_result(job, plan.hosts[h], c, trees[h], record) for h, c in containers.items()}
             record.manifest["artifacts"] = artifact_overview(artifacts.collect(trees, record.root))
             record.manifest["ranks"] = ranks_from_probe(record.root)

@@ -11,9 +11,9 @@ from pathlib import Path, PurePosixPath
 
 from harness import s3
 from harness.backends.base import copy_source
-from harness.contract import PLATFORM_DIRS, HostContract, failure_message
+from harness.contract import OPT_ML, PLATFORM_DIRS, HostContract, failure_message
 from harness.jobspec import JobSpec
-from harness.record import RecordWriter, log_text, redact_env, write_json
+from harness.record import RecordWriter, file_tree, log_text, redact_env, write_json
 
 #: The probe, put first on every process's PYTHONPATH (mounted read-only in containers).
 PROBE_DIR = Path(__file__).resolve().parent.parent / "probe"
@@ -32,15 +32,60 @@ def write_host_tree(job: JobSpec, contract: HostContract, tree: Path) -> None:
 #: How a rung the harness runs itself gives the job its channels (``how``: the rung's means).
 CHANNELS_FACT = (
     "{how} the local source directories; s3:// channels downloaded on the host before the job starts "
-    "(File mode); ShardedByS3Key: host i of n gets every n-th key (or file of a local directory)"
+    "(File mode); ShardedByS3Key: host i of n gets every n-th key (or file of a local directory); "
+    "checkpoints restored from checkpoint.s3_uri before the job, synced to <s3_uri>/<run id>/ after it"
 )
 
 
 def s3_channels_unsupported(job: JobSpec) -> str | None:
-    """Why the job's ``s3://`` channels or output path cannot be served here, or None."""
-    uses_s3 = any(channel.is_s3 for channel in job.channels.values()) or job.output_path is not None
-    reason = s3.missing_reason() if uses_s3 else None
-    return f"the job uses S3 (channels or output_path): {reason}" if reason else None
+    """Why the job's ``s3://`` channels, output path or checkpoint location cannot be served
+    here, or None."""
+    if job.checkpoint is not None and job.checkpoint.s3_uri is not None and _checkpoint_dir(job) is None:
+        return "checkpoint.local_path outside /opt/ml is not emulated: give a path under /opt/ml"
+    reason = s3.missing_reason() if job.uses_s3 else None
+    return f"the job uses S3 (channels, output_path or checkpoint): {reason}" if reason else None
+
+
+def _checkpoint_dir(job: JobSpec) -> PurePosixPath | None:
+    """``CheckpointConfig.LocalPath`` inside a host's tree, where the job syncs checkpoints."""
+    if job.checkpoint is None or job.checkpoint.s3_uri is None:
+        return None
+    local = PurePosixPath(job.checkpoint.local_path)
+    return local.relative_to(OPT_ML) if local.is_relative_to(OPT_ML) else None
+
+
+def restore_checkpoints(job: JobSpec, trees: dict[str, Path]) -> None:
+    """What SageMaker does before the job starts: the checkpoint prefix copied into every host's
+    ``LocalPath`` (nothing there on a first run)."""
+    where = _checkpoint_dir(job)
+    if where is not None and job.checkpoint is not None and job.checkpoint.s3_uri is not None:
+        for tree in trees.values():
+            s3.download(job.checkpoint.s3_uri, tree / where, allow_empty=True)
+
+
+def save_checkpoints(job: JobSpec, trees: dict[str, Path], record: RecordWriter) -> None:
+    """Every host's ``LocalPath`` uploaded to one prefix, as SageMaker syncs it (all instances share
+    it; a key several hosts write is the last one's). The prefix is ``<s3_uri>/<run id>/``, not
+    ``s3_uri`` itself: a later rung restoring from ``s3_uri`` would otherwise resume from this
+    run. The manifest's ``checkpoints`` lists the keys with the hosts that wrote them, and the
+    clashes (those whose content differed between hosts lost data)."""
+    where = _checkpoint_dir(job)
+    if where is None or job.checkpoint is None or job.checkpoint.s3_uri is None:
+        return
+    prefix = str(s3.S3Uri.parse(job.checkpoint.s3_uri).join(record.root.name))
+    digests: dict[str, dict[str, str]] = {}  # key -> host -> sha256
+    for host, tree in trees.items():
+        if (tree / where).is_dir():
+            s3.upload_tree(tree / where, prefix)
+            for key, entry in file_tree(tree / where).items():
+                digests.setdefault(key, {})[host] = entry["sha256"]
+    clashes = {key: sorted(hosts) for key, hosts in digests.items() if len(hosts) > 1}
+    record.manifest["checkpoints"] = {
+        "s3_uri": prefix,
+        "files": {key: sorted(hosts) for key, hosts in digests.items()},
+        "clashes": clashes,
+        "clashes_with_different_content": sorted(k for k in clashes if len(set(digests[k].values())) > 1),
+    }
 
 
 def stage_channels(job: JobSpec, work: Path, record: RecordWriter) -> dict[str, dict[str, Path]]:

@@ -30,7 +30,9 @@ from harness.backends.hosts import (
     collect_failure,
     ranks_from_probe,
     record_received,
+    restore_checkpoints,
     s3_channels_unsupported,
+    save_checkpoints,
     stage_channels,
     write_host_tree,
 )
@@ -145,10 +147,12 @@ class LocalBackend(Backend):
                     self._prepare_host(job, contract, channels[host], work, record, network)
                     for host, contract in plan.hosts.items()
                 ]
+                trees = {host: work / host / "opt_ml" for host in plan.hosts}
+                restore_checkpoints(job, trees)
                 outcome = run_hosts(
                     launches, max_run_s=job.max_run, sink=progress, hang=HangWatch(record.root, self.hang_after_s)
                 )
-            trees = {host: work / host / "opt_ml" for host in plan.hosts}
+            save_checkpoints(job, trees, record)
             for host, code in outcome.exit_codes.items():
                 collect_failure(
                     job, plan.hosts[host], trees[host], record, code, outcome.started_at[host], outcome.ended_at[host]

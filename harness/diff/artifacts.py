@@ -67,6 +67,31 @@ def check(baseline: RunRecord, candidate: RunRecord, *, rtol: float, atol: float
     return findings
 
 
+def check_run(record: RunRecord) -> list[Finding]:
+    """Within one run: checkpoint keys several hosts uploaded to the one S3 prefix (SageMaker syncs
+    every instance's LocalPath to the same prefix, so the last upload wins). Where the hosts'
+    files differed, a host resuming from the prefix gets another host's state."""
+    checkpoints = record.manifest.get("checkpoints") or {}
+    clashes, lost = checkpoints.get("clashes") or {}, set(checkpoints.get("clashes_with_different_content") or [])
+    if not clashes:
+        return []
+    hint = ("give each host its own checkpoint file names (include the host or the global rank), "
+            "or save checkpoints from global rank 0 only")
+    if lost:
+        return [Finding(
+            "artifacts", "divergence",
+            f"{len(lost)} checkpoint files differ between hosts and overwrite each other in one S3 prefix",
+            [f"{key}: {', '.join(clashes[key])} wrote different content; the last upload wins"
+             for key in sorted(lost)[:10]],
+            hint=hint, cause="checkpoint-clash-across-hosts", confidence=0.7,
+        )]
+    return [Finding(
+        "artifacts", "note", f"{len(clashes)} checkpoint files written by several hosts to one S3 prefix",
+        [f"{key}: {', '.join(hosts)} (identical content)" for key, hosts in sorted(clashes.items())[:10]],
+        hint=hint, cause="checkpoint-clash-across-hosts", confidence=0.3,
+    )]
+
+
 def _checkpoints(archive: str, changed: list[str], baseline: RunRecord, candidate: RunRecord, *,
                  rtol: float, atol: float) -> tuple[set[str], list[Finding]]:
     """The changed files of ``archive`` that are checkpoints on both sides, and their findings."""

@@ -53,6 +53,6 @@ def compare(baseline: RunRecord, candidate: RunRecord, *, rtol: float, atol: flo
 
 def check_run(record: RunRecord) -> list[Finding]:
     """Every finding within one record (across its ranks and processes)."""
-    from harness.diff import hang, logs, ranks
+    from harness.diff import artifacts, hang, logs, ranks
 
-    return [*ranks.check_run(record), *hang.check(record), *logs.check_run(record)]
+    return [*ranks.check_run(record), *hang.check(record), *logs.check_run(record), *artifacts.check_run(record)]
