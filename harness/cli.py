@@ -4,6 +4,7 @@ found, 2 bad usage or input, 130 interrupted. Documented in docs/cli.md."""
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -224,6 +225,13 @@ def cmd_doctor(args: argparse.Namespace) -> int:
         except ImportError as exc:
             reason = f"not installed ({exc.name}); install the extra for this rung"
         print(f"{rung:16} {'ready' if reason is None else 'unavailable: ' + reason}")
+    from harness import localstack, s3
+
+    missing = s3.missing_reason()
+    endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or "AWS"
+    print(f"{'s3':16} {'ready (' + endpoint + ')' if missing is None else 'unavailable: ' + missing}")
+    running = localstack.current()
+    print(f"{'localstack':16} " + (f"up at {running.endpoint}" if running else "not running (harness localstack up)"))
     return 0
 
 
