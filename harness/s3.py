@@ -15,6 +15,7 @@ order: SageMaker documents that each instance gets about 1/n of the objects, not
 from __future__ import annotations
 
 import re
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 from typing import Any
@@ -22,6 +23,9 @@ from typing import Any
 from harness.errors import HarnessError
 
 _URI = re.compile(r"^s3://(?P<bucket>[a-z0-9][a-z0-9.\-]{1,61}[a-z0-9])(?:/(?P<key>.*))?$")
+#: Objects fetched at once (boto3 clients are thread-safe; each large object is itself split
+#: into parts by boto3's transfer manager).
+TRANSFERS = 8
 INSTALL_HINT = "pip install 'sagemaker-parity-harness[s3]' (boto3)"
 
 
@@ -102,7 +106,7 @@ def download(uri: str, destination: Path, *, shard: tuple[int, int] | None = Non
         if shard is not None:
             index, count = shard
             objects = sorted(objects)[index::count]
-        written = {}
+        written, targets = {}, []
         for key, size in objects:
             relative = PurePosixPath(key).name if exact else key[len(location.key):].lstrip("/")
             target = (destination / relative).resolve()
@@ -110,8 +114,10 @@ def download(uri: str, destination: Path, *, shard: tuple[int, int] | None = Non
                 raise S3Error(f"the key {key!r} would be written outside the channel directory",
                               hint="keys with '..' are refused, as the SageMaker SDK refuses them")
             target.parent.mkdir(parents=True, exist_ok=True)
-            s3.download_file(location.bucket, key, str(target))
+            targets.append((key, str(target)))
             written[relative] = size
+        with ThreadPoolExecutor(TRANSFERS) as pool:  # many small objects: latency-bound one by one
+            list(pool.map(lambda item: s3.download_file(location.bucket, *item), targets))
     except (BotoCoreError, ClientError) as exc:
         raise _translated(exc, f"downloading {uri}") from exc
     return written

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import pytest
@@ -104,20 +105,24 @@ def test_checkpoints_are_restored_before_the_job_and_synced_per_run(localstack: 
     staged = tmp_path / "staged"
     staged.mkdir()
     (staged / "checkpoint-3.pt").write_text("from an earlier job")
-    upload_tree(staged, "s3://harness-tests/resume/checkpoints/", create_bucket=True)
+    base = f"resume-{uuid.uuid4().hex[:8]}"  # the session's LocalStack may hold earlier runs' files
+    upload_tree(staged, f"s3://harness-tests/{base}/checkpoints/", create_bucket=True)
     source = tmp_path / "src"
     source.mkdir()
     (source / "train.py").write_text(
         "import os\nprint('found', sorted(os.listdir('/opt/ml/checkpoints')))\n"
         "open('/opt/ml/checkpoints/checkpoint-4.pt', 'w').write(os.environ['HARNESS_HOST'])\n")
     job = JobSpec(name="resume", source_dir=source, entry_point="train.py", instance_count=2,
-                  checkpoint={"s3_uri": "s3://harness-tests/resume/checkpoints/"})
+                  checkpoint={"s3_uri": f"s3://harness-tests/{base}/checkpoints/"})
     record = get_backend("local").run(job, records)
     assert record.status == "succeeded"
     assert "found ['checkpoint-3.pt']" in (record.root / "hosts" / "algo-2" / "log.txt").read_text()
     checkpoints = record.manifest["checkpoints"]
-    assert checkpoints["s3_uri"] == f"s3://harness-tests/resume/checkpoints/{record.root.name}"
+    run_prefix = f"{base}/harness-runs/{record.root.name}/checkpoints"
+    assert checkpoints["s3_uri"] == f"s3://harness-tests/{run_prefix}"
     assert checkpoints["clashes_with_different_content"] == ["checkpoint-4.pt"]  # each host wrote its name
-    listed = _s3(localstack["endpoint"]).list_objects_v2(Bucket="harness-tests", Prefix="resume/checkpoints/")
-    assert sorted(o["Key"].removeprefix("resume/checkpoints/") for o in listed["Contents"]) == [
-        "checkpoint-3.pt", f"{record.root.name}/checkpoint-3.pt", f"{record.root.name}/checkpoint-4.pt"]
+    s3 = _s3(localstack["endpoint"])
+    listed = s3.list_objects_v2(Bucket="harness-tests", Prefix=f"{base}/checkpoints")["Contents"]
+    assert [o["Key"] for o in listed] == [f"{base}/checkpoints/checkpoint-3.pt"]  # the job's prefix: untouched
+    listed = s3.list_objects_v2(Bucket="harness-tests", Prefix=run_prefix)["Contents"]
+    assert sorted(o["Key"].removeprefix(run_prefix) for o in listed) == ["/checkpoint-3.pt", "/checkpoint-4.pt"]

@@ -33,7 +33,8 @@ def write_host_tree(job: JobSpec, contract: HostContract, tree: Path) -> None:
 CHANNELS_FACT = (
     "{how} the local source directories; s3:// channels downloaded on the host before the job starts "
     "(File mode); ShardedByS3Key: host i of n gets every n-th key (or file of a local directory); "
-    "checkpoints restored from checkpoint.s3_uri before the job, synced to <s3_uri>/<run id>/ after it"
+    "checkpoints restored from checkpoint.s3_uri before the job, synced after it to the run's own prefix "
+    "<parent>/harness-runs/<run id>/<name> beside it"
 )
 
 
@@ -63,16 +64,25 @@ def restore_checkpoints(job: JobSpec, trees: dict[str, Path]) -> None:
             s3.download(job.checkpoint.s3_uri, tree / where, allow_empty=True)
 
 
+def run_checkpoint_prefix(s3_uri: str, run_id: str) -> str:
+    """Where a run's checkpoints go: ``<parent>/harness-runs/<run id>/<name>`` beside the job's
+    prefix ``<parent>/<name>``, never under it (nor sharing its first characters), so that
+    restoring the job's prefix never brings back another run's files."""
+    location = s3.S3Uri.parse(s3_uri)
+    parent, _, name = location.key.rstrip("/").rpartition("/")
+    return str(s3.S3Uri(location.bucket, parent).join("harness-runs", run_id, name or "checkpoints"))
+
+
 def save_checkpoints(job: JobSpec, trees: dict[str, Path], record: RecordWriter) -> None:
     """Every host's ``LocalPath`` uploaded to one prefix, as SageMaker syncs it (all instances share
-    it; a key several hosts write is the last one's). The prefix is ``<s3_uri>/<run id>/``, not
-    ``s3_uri`` itself: a later rung restoring from ``s3_uri`` would otherwise resume from this
-    run. The manifest's ``checkpoints`` lists the keys with the hosts that wrote them, and the
-    clashes (those whose content differed between hosts lost data)."""
+    it; a key several hosts write is the last one's). The prefix is the run's own
+    (:func:`run_checkpoint_prefix`), not ``s3_uri``: a later rung restoring from ``s3_uri`` would
+    otherwise resume from this run. The manifest's ``checkpoints`` lists the keys with the hosts
+    that wrote them, and the clashes (those whose content differed between hosts lost data)."""
     where = _checkpoint_dir(job)
     if where is None or job.checkpoint is None or job.checkpoint.s3_uri is None:
         return
-    prefix = str(s3.S3Uri.parse(job.checkpoint.s3_uri).join(record.root.name))
+    prefix = run_checkpoint_prefix(job.checkpoint.s3_uri, record.root.name)
     digests: dict[str, dict[str, str]] = {}  # key -> host -> sha256
     for host, tree in trees.items():
         if (tree / where).is_dir():
