@@ -22,6 +22,7 @@ import pytest
 from harness.backends import get_backend
 from harness.backends.hosts import PROBE_DIR
 from harness.backends.sagemaker import SageMakerBackend, training_job_request, with_probe
+from harness.errors import RungFailed
 from harness.jobspec import load_job
 from harness.record import RunRecord, log_text
 from harness.report import to_text
@@ -50,10 +51,11 @@ class _Finished:
     logs and artifacts where the service leaves them."""
 
     def __init__(self, sagemaker: Any, boto: Any, replayed: RunRecord, *, outcome: str = "Completed",
-                 failure: str | None = None) -> None:
+                 failure: str | None = None, denied_after_start: bool = False) -> None:
         from botocore.stub import Stubber
 
         self.boto, self.replayed, self.outcome, self.failure = boto, replayed, outcome, failure
+        self.denied_after_start = denied_after_start
         self.stubber = Stubber(sagemaker)
         self.submitted: dict[str, Any] = {}
         sagemaker.meta.events.register("provide-client-params.sagemaker.CreateTrainingJob", self._created)
@@ -112,9 +114,15 @@ class _Finished:
                       "BillableTimeInSeconds": 83, "TrainingTimeInSeconds": 83,
                       **({"FailureReason": self.failure} if self.failure else {})})]
         self.stubber.add_response("create_training_job", {"TrainingJobArn": described["TrainingJobArn"]})
+        if self.denied_after_start:  # the SDK's own look at the job, then the harness may not follow it
+            phases = phases[:1]
         for status, secondary, extra in phases:
             self.stubber.add_response("describe_training_job", {
                 **described, "TrainingJobStatus": status, "SecondaryStatus": secondary, **extra})
+        if self.denied_after_start:
+            self.stubber.add_client_error("describe_training_job", "AccessDeniedException",
+                                          "not authorized to perform: sagemaker:DescribeTrainingJob")
+            self.stubber.add_response("stop_training_job", {}, {"TrainingJobName": name})
 
 
 @pytest.fixture
@@ -206,3 +214,15 @@ def test_failed_job_keeps_the_service_failure_reason(
     assert record.manifest["hosts"]["algo-1"]["failure_reason"] == reason
     verdict = judge([local_run, record])
     assert verdict.outcome == "failed" and verdict.first_rung == "sagemaker"
+
+
+def test_a_job_the_harness_cannot_follow_is_stopped(
+    aws: dict[str, Any], local_run: RunRecord, scenarios_dir: Path, records: Path
+) -> None:
+    job = load_job(scenarios_dir / "ddp_csv" / "job.yaml")
+    service = _Finished(aws["sagemaker"], aws["session"], local_run, denied_after_start=True)
+    with service.stubber, pytest.raises(RungFailed, match="AccessDeniedException"):
+        _backend(aws).run(job, records)
+    service.stubber.assert_no_pending_responses()  # StopTrainingJob was called for that job
+    (record_dir,) = records.iterdir()
+    assert RunRecord.load(record_dir).status == "error"

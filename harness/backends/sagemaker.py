@@ -38,6 +38,7 @@ from harness.backends.sagemaker_local import (
     ENTRYPOINT,
     PROBE_CHANNEL,
     RESERVED_CHANNELS,
+    model_trainer,
     probe_reach,
     sdk_hyperparameters,
     sdk_input_data,
@@ -416,27 +417,20 @@ class SageMakerBackend(Backend):
         """The ``ModelTrainer`` a user would write for the job (as ``sagemaker-local`` builds it,
         with ``Mode.SAGEMAKER_TRAINING_JOB``, the rung's role, bucket and image)."""
         from sagemaker.core.helper.session_helper import Session
-        from sagemaker.train import ModelTrainer
-        from sagemaker.train.configs import Compute, MetricDefinition, SourceCode, StoppingCondition
-        from sagemaker.train.distributed import Torchrun
+        from sagemaker.train.configs import Compute, MetricDefinition, SourceCode
         from sagemaker.train.model_trainer import Mode
 
-        trainer = ModelTrainer(
+        trainer = model_trainer(
+            job,
             training_mode=Mode.SAGEMAKER_TRAINING_JOB,
             sagemaker_session=Session(boto_session=session, default_bucket=self.bucket),
             role=self.role,
             training_image=self.image or job.image,
-            base_job_name=job.name,
             source_code=SourceCode(source_dir=str(job.source_dir), entry_script=job.entry_point)
             if job.is_script_mode else None,
-            distributed=Torchrun(process_count_per_node=job.processes_per_host)
-            if job.distribution == "torchrun" else None,
             compute=Compute(instance_type=job.instance_type, instance_count=job.instance_count),
-            stopping_condition=StoppingCondition(max_runtime_in_seconds=job.max_run),
-            hyperparameters=dict(job.hyperparameters),
             environment=dict(job.environment) or None,
             input_data_config=sdk_input_data(job) or None,
-            output_data_config=None,
         )
         if job.metric_definitions:
             trainer = trainer.with_metric_definitions(

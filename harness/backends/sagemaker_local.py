@@ -337,7 +337,7 @@ class SageMakerLocalBackend(Backend):
             record.set_fact("run_image", run_image)
             _prepare(job, work)
             instance_type = "local_gpu" if self._num_gpus() else "local_cpu"
-            trainer = _model_trainer(job, run_image, work, instance_type)
+            trainer = _local_model_trainer(job, run_image, work, instance_type)
             sdk = _SdkRun(trainer, work / _OURS / "compose.log", stdout)
             timed_out = self._supervise(sdk, client, job, work, record, progress)
             _keep_sdk_files(work, record)
@@ -457,37 +457,49 @@ def _prepare(job: JobSpec, work: Path) -> None:
             (work / host / sub).symlink_to(ours / "hosts" / host / sub, target_is_directory=True)
 
 
-def _model_trainer(job: JobSpec, image: str, work: Path, instance_type: str) -> Any:
-    """The ``ModelTrainer`` a user would write for this job (SDK imported only here)."""
+def model_trainer(job: JobSpec, **settings: Any) -> Any:
+    """The ``ModelTrainer`` a user would write for this job: its name, distribution, stopping
+    condition and hyperparameters, with the rung's ``settings`` (mode, image, code, compute,
+    channels, environment, session). The SDK is imported only here."""
     from sagemaker.train import ModelTrainer
-    from sagemaker.train.configs import Compute, InputData, SourceCode, StoppingCondition
+    from sagemaker.train.configs import StoppingCondition
     from sagemaker.train.distributed import Torchrun
-    from sagemaker.train.model_trainer import Mode
 
-    ours = work / _OURS
-    channels = sdk_input_data(job)
-    channels += [InputData(channel_name=name, data_source=str(ours / name)) for name in (PROBE_CHANNEL, RECORD_CHANNEL)]
     try:
         return ModelTrainer(
-            training_mode=Mode.LOCAL_CONTAINER,
-            training_image=image,
             base_job_name=job.name,
-            source_code=SourceCode(source_dir=str(ours / "code"), entry_script=job.entry_point),
             distributed=Torchrun(process_count_per_node=job.processes_per_host)
             if job.distribution == "torchrun"
             else None,
-            compute=Compute(instance_type=instance_type, instance_count=job.instance_count),
             stopping_condition=StoppingCondition(max_runtime_in_seconds=job.max_run),
             hyperparameters=dict(job.hyperparameters),
-            environment=_sdk_environment(job),
-            input_data_config=channels,
-            local_container_root=str(work),
+            **settings,
         )
     except Exception as exc:  # pydantic's ValidationError and the SDK's own checks
         raise RungFailed(
             f"ModelTrainer refused the job: {exc}",
             hint="the SageMaker SDK validates what it would send; fix the job spec",
         ) from exc
+
+
+def _local_model_trainer(job: JobSpec, image: str, work: Path, instance_type: str) -> Any:
+    """Local mode: the code copy, the probe's two channels, the SDK's container root in ``work``."""
+    from sagemaker.train.configs import Compute, InputData, SourceCode
+    from sagemaker.train.model_trainer import Mode
+
+    ours = work / _OURS
+    channels = sdk_input_data(job)
+    channels += [InputData(channel_name=name, data_source=str(ours / name)) for name in (PROBE_CHANNEL, RECORD_CHANNEL)]
+    return model_trainer(
+        job,
+        training_mode=Mode.LOCAL_CONTAINER,
+        training_image=image,
+        source_code=SourceCode(source_dir=str(ours / "code"), entry_script=job.entry_point),
+        compute=Compute(instance_type=instance_type, instance_count=job.instance_count),
+        environment=_sdk_environment(job),
+        input_data_config=channels,
+        local_container_root=str(work),
+    )
 
 
 def _labelled_image(client: DockerClient, image: str, labels: dict[str, str]) -> str:

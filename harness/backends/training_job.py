@@ -9,6 +9,7 @@ and ``output.tar.gz`` beside it, under ``<S3OutputPath>/<job name>/output/``. Ho
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import re
 import time
@@ -71,8 +72,9 @@ class LogFollower:
 
 def follow(sagemaker: Any, follower: LogFollower, job_name: str, *, poll_s: float,
            deadline: float) -> tuple[dict[str, Any], bool]:
-    """Poll the job until it ends, streaming its logs; stop it past ``deadline`` (monotonic) or on
-    Ctrl-C. Returns the last description and whether the harness stopped it for time."""
+    """Poll the job until it ends, streaming its logs; stop it past ``deadline`` (monotonic), on
+    Ctrl-C, or when following it fails. Returns the last description and whether the harness
+    stopped it for time."""
     stopped_for_time = False
     try:
         while True:
@@ -85,8 +87,9 @@ def follow(sagemaker: Any, follower: LogFollower, job_name: str, *, poll_s: floa
                 sagemaker.stop_training_job(TrainingJobName=job_name)
                 stopped_for_time = True
             time.sleep(poll_s)
-    except KeyboardInterrupt:
-        sagemaker.stop_training_job(TrainingJobName=job_name)
+    except BaseException:  # Ctrl-C, or the harness cannot follow: never leave a job running unseen
+        with contextlib.suppress(Exception):
+            sagemaker.stop_training_job(TrainingJobName=job_name)
         raise
 
 
