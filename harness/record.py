@@ -50,6 +50,20 @@ def redact_env(env: dict[str, str]) -> dict[str, str]:
     return {key: ("<redacted>" if _SECRET_NAME.search(key) else value) for key, value in env.items()}
 
 
+def secret_values(env: dict[str, str]) -> tuple[bytes, ...]:
+    """The values of ``env``'s secret-looking variables (8 characters and up): what a job that
+    prints its environment would put into its logs."""
+    return tuple(value.encode() for key, value in env.items() if _SECRET_NAME.search(key) and len(value) >= 8)
+
+
+def scrub(data: bytes, secrets: tuple[bytes, ...]) -> bytes:
+    """``data`` with every secret value replaced by ``<redacted>`` (log lines, before they are written)."""
+    for secret in secrets:
+        if secret in data:
+            data = data.replace(secret, b"<redacted>")
+    return data
+
+
 def write_json(path: Path, data: Any) -> None:
     """Atomic JSON write: readers see the old file or the new one, never half of one."""
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -88,7 +102,7 @@ class RecordWriter:
             "harness_version": __version__,
             "run_id": run_id or root.name,
             "rung": rung,
-            "job": job.model_dump(mode="json"),
+            "job": {**job.model_dump(mode="json"), "environment": redact_env(job.environment)},
             "topology": {
                 "hosts": job.hosts,
                 "processes_per_host": job.processes_per_host,

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from harness.hang import HangWatch
-from harness.record import now
+from harness.record import now, scrub, secret_values
 
 #: Seconds between SIGTERM and SIGKILL (SageMaker waits 120 s; a harness run should not).
 STOP_GRACE_S = 10.0
@@ -47,9 +47,10 @@ class Outcome:
     ended_at: dict[str, str] = field(default_factory=dict)
 
 
-def _pump(stream: object, log_path: Path, host: str, sink: LineSink | None) -> None:
+def _pump(stream: object, log_path: Path, host: str, sink: LineSink | None, secrets: tuple[bytes, ...]) -> None:
     with log_path.open("ab", buffering=0) as log:
-        for raw in stream:  # type: ignore[attr-defined]
+        for line in stream:  # type: ignore[attr-defined]
+            raw = scrub(line, secrets)
             log.write(now().encode() + b" " + raw)
             if sink is not None:
                 sink(host, raw.decode("utf-8", "replace").rstrip("\n"))
@@ -96,7 +97,8 @@ def run_hosts(
             )
             procs[launch.host] = proc
             outcome.started_at[launch.host] = now()
-            pump = threading.Thread(target=_pump, args=(proc.stdout, launch.log_path, launch.host, sink), daemon=True)
+            pump = threading.Thread(target=_pump, daemon=True,
+                                    args=(proc.stdout, launch.log_path, launch.host, sink, secret_values(launch.env)))
             pump.start()
             pumps.append(pump)
         deadline = time.monotonic() + max_run_s

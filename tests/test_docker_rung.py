@@ -248,3 +248,17 @@ def test_labels_name_the_owner() -> None:
     labels = run_labels("r")
     assert labels["harness.managed"] == "true" and labels["harness.run_id"] == "r"
     assert labels["harness.pid"] == str(os.getpid()) and labels["harness.hostname"] == socket.gethostname()
+
+
+@pytest.mark.docker
+def test_job_secrets_printed_in_a_container_are_scrubbed(engine: DockerClient, torch_image: str,
+                                                         tmp_path: Path) -> None:
+    secret = "job-secret-2c8e5f7a"
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "train.py").write_text("import os\nprint('key', os.environ['WANDB_API_KEY'])\n")
+    job = JobSpec(name="leaky", source_dir=source, entry_point="train.py", environment={"WANDB_API_KEY": secret})
+    record = DockerBackend(gpus=False, image=torch_image).run(job, tmp_path / "records")
+    assert record.status == "succeeded"
+    assert "key <redacted>" in record.host_log("algo-1").read_text()
+    assert [p for p in record.root.rglob("*") if p.is_file() and secret.encode() in p.read_bytes()] == []

@@ -227,3 +227,25 @@ def test_sharded_local_channel_gives_each_host_its_share_and_the_diff_shows_it(t
                   if f.cause == "channel-data-differs"]
     assert "algo-2 train: 5 files, 20 bytes -> 2 files, 8 bytes" in finding.evidence
     assert "  only on local: part-0.csv, part-2.csv, part-4.csv" in finding.evidence
+
+
+def test_secrets_a_job_prints_are_scrubbed_from_everything_recorded(tmp_path: Path,
+                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+    """A job that prints its environment (debugging) must not put credentials into the record:
+    neither the machine's (inherited on this rung) nor the job's own secret variables."""
+    from harness.jobspec import JobSpec
+
+    machine_secret, job_secret = "machine-secret-4f1c9e2a", "job-secret-9b7d3c1e"
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", machine_secret)
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "train.py").write_text("import os\nfor k, v in sorted(os.environ.items()):\n    print(k, v)\n")
+    job = JobSpec(name="leaky", source_dir=source, entry_point="train.py", distribution="torchrun",
+                  environment={"WANDB_API_KEY": job_secret})
+    record = get_backend("local").run(job, tmp_path / "records")
+    assert record.status == "succeeded"
+    assert "WANDB_API_KEY <redacted>" in (record.root / "hosts" / "algo-1" / "log.txt").read_text()
+    for path in record.root.rglob("*"):
+        if path.is_file():
+            data = path.read_bytes()
+            assert machine_secret.encode() not in data and job_secret.encode() not in data, path

@@ -27,7 +27,7 @@ from harness.backends.base import Progress
 from harness.backends.hosts import collect_failure
 from harness.contract import HostContract
 from harness.jobspec import JobSpec
-from harness.record import RecordWriter, now
+from harness.record import RecordWriter, now, scrub, secret_values
 
 MANAGED, RUN_ID, OWNER_PID, OWNER_HOST = "harness.managed", "harness.run_id", "harness.pid", "harness.hostname"
 WORK_DIR = "harness.work_dir"
@@ -97,18 +97,21 @@ def is_live(labels: dict[str, str]) -> bool:
 
 
 def pump_logs(container: Container, log_path: Path, host: str, sink: Progress | None) -> None:
-    """Write the container's output as ``<timestamp> <line>``, the engine's time cut to milliseconds."""
+    """Write the container's output as ``<timestamp> <line>``, the engine's time cut to milliseconds,
+    with the values of the container's secret variables scrubbed."""
+    env = container.client.api.inspect_container(container.id)["Config"].get("Env") or []
+    secrets = secret_values(dict(item.split("=", 1) for item in env if "=" in item))
     pending = b""
     with log_path.open("ab", buffering=0) as log:
         for chunk in container.logs(stream=True, follow=True, timestamps=True):
             *lines, pending = (pending + chunk).split(b"\n")
             for line in lines:
-                stamp, _, text = line.partition(b" ")
+                stamp, _, text = scrub(line, secrets).partition(b" ")
                 log.write(millis(stamp.decode(errors="replace")).encode() + b" " + text + b"\n")
                 if sink is not None:
                     sink(host, text.decode("utf-8", "replace").rstrip("\r"))
         if pending:
-            log.write(now().encode() + b" " + pending + b"\n")
+            log.write(now().encode() + b" " + scrub(pending, secrets) + b"\n")
 
 
 def millis(stamp: str) -> str:

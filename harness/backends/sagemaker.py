@@ -47,7 +47,7 @@ from harness.backends.sagemaker_local import (
 from harness.contract import HostContract
 from harness.errors import JobSpecError, RungFailed
 from harness.jobspec import Channel, JobSpec
-from harness.record import RecordWriter, Status, pack_like_sagemaker
+from harness.record import RecordWriter, Status, pack_like_sagemaker, secret_values
 
 #: Settings read from the environment when not given to the rung.
 ROLE_ENV, BUCKET_ENV = "HARNESS_SAGEMAKER_ROLE", "HARNESS_SAGEMAKER_BUCKET"
@@ -401,7 +401,7 @@ class SageMakerBackend(Backend):
         name = trainer._latest_training_job.training_job_name  # the SDK keeps it nowhere public
         record.set_fact("training_job_name", name)
         sagemaker, logs = session.client("sagemaker"), session.client("logs")
-        follower = training_job.LogFollower(logs, name, record, progress)
+        follower = training_job.LogFollower(logs, name, record, progress, secret_values(job.environment))
         description, stopped = training_job.follow(sagemaker, follower, name, poll_s=self.poll_s,
                                                    deadline=time.monotonic() + job.max_run + GRACE_S)
         status = training_job.collect(description, job.hosts, record)

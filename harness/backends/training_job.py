@@ -17,7 +17,7 @@ from collections.abc import Callable
 from typing import Any
 
 from harness import s3
-from harness.record import RecordWriter, Status, write_json
+from harness.record import RecordWriter, Status, scrub, write_json
 
 LOG_GROUP = "/aws/sagemaker/TrainingJobs"
 TERMINAL: dict[str, Status] = {"Completed": "succeeded", "Failed": "failed", "Stopped": "interrupted"}
@@ -29,8 +29,9 @@ Sink = Callable[[str, str], None]
 class LogFollower:
     """New CloudWatch events of every host's stream, appended to ``hosts/<host>/log.txt``."""
 
-    def __init__(self, logs: Any, job_name: str, record: RecordWriter, sink: Sink | None) -> None:
-        self.logs, self.job_name, self.record, self.sink = logs, job_name, record, sink
+    def __init__(self, logs: Any, job_name: str, record: RecordWriter, sink: Sink | None,
+                 secrets: tuple[bytes, ...] = ()) -> None:
+        self.logs, self.job_name, self.record, self.sink, self.secrets = logs, job_name, record, sink, secrets
         self.tokens: dict[str, str | None] = {}
 
     def poll(self) -> int:
@@ -59,7 +60,7 @@ class LogFollower:
                 page = self.logs.get_log_events(**args)
                 for event in page.get("events", []):
                     stamp = dt.datetime.fromtimestamp(event["timestamp"] / 1000, dt.UTC)
-                    text = event["message"].rstrip("\n")
+                    text = scrub(event["message"].rstrip("\n").encode(), self.secrets).decode()
                     log.write(f"{stamp.isoformat(timespec='milliseconds').replace('+00:00', 'Z')} {text}\n")
                     if self.sink is not None:
                         self.sink(host, text)

@@ -46,12 +46,17 @@ _COLLECTIVES = ("all_reduce", "broadcast", "all_gather", "all_gather_into_tensor
                 "reduce_scatter_tensor", "reduce", "gather", "scatter", "all_to_all", "all_to_all_single",
                 "barrier", "all_gather_object", "broadcast_object_list", "send", "recv")
 _TEE = r"""
-import datetime, sys
+import datetime, os, re, sys
 out = open(sys.argv[1], "ab", buffering=0)
 passthrough = sys.stdout.buffer
+pattern = re.compile(sys.argv[2], re.I)
+secrets = [v.encode() for k, v in os.environ.items() if pattern.search(k) and len(v) >= 8]
 for line in sys.stdin.buffer:
     stamp = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="microseconds")
-    out.write(stamp.replace("+00:00", "Z").encode() + b" " + line)
+    recorded = line
+    for secret in secrets:
+        recorded = recorded.replace(secret, b"<redacted>")
+    out.write(stamp.replace("+00:00", "Z").encode() + b" " + recorded)
     passthrough.write(line)
     passthrough.flush()
 """
@@ -164,7 +169,8 @@ def tee_output(rank):
     sys.stderr.flush()
     path = os.path.join(DIR, "ranks", "rank-%s.log" % rank)
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    tee = subprocess.Popen([sys.executable, "-S", "-c", _TEE, path], stdin=subprocess.PIPE, close_fds=True)
+    tee = subprocess.Popen([sys.executable, "-S", "-c", _TEE, path, _SECRET.pattern], stdin=subprocess.PIPE,
+                           close_fds=True)
     os.dup2(tee.stdin.fileno(), 1)
     os.dup2(tee.stdin.fileno(), 2)
     tee.stdin.close()
