@@ -229,11 +229,13 @@ class DockerBackend(Backend):
             network = client.networks.create(f"harness-{labels[RUN_ID]}", driver="bridge", labels=labels)
             trees = {host: work / host / "opt_ml" for host in plan.hosts}
             channels = stage_channels(job, work, record)
+            mounts = {host: self._prepare_host(job, contract, channels[host], trees[host], record)
+                      for host, contract in plan.hosts.items()}
+            restore_checkpoints(job, trees)
             for host, contract in plan.hosts.items():
-                mounts = self._prepare_host(job, contract, channels[host], trees[host], record)
-                restore_checkpoints(job, {host: trees[host]})
                 started = time.monotonic()
-                containers[host] = self._create(client, image, job, contract, mounts, network, labels, plan.facts)
+                containers[host] = self._create(client, image, job, contract, mounts[host], network, labels,
+                                                plan.facts)
                 created = time.monotonic()
                 containers[host].start()
                 record.host_result(host, container=containers[host].name,

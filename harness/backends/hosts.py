@@ -57,11 +57,15 @@ def _checkpoint_dir(job: JobSpec) -> PurePosixPath | None:
 
 def restore_checkpoints(job: JobSpec, trees: dict[str, Path]) -> None:
     """What SageMaker does before the job starts: the checkpoint prefix copied into every host's
-    ``LocalPath`` (nothing there on a first run)."""
+    ``LocalPath`` (nothing there on a first run). Downloaded once, then copied (not linked: a
+    host rewriting a checkpoint in place must not change another host's)."""
     where = _checkpoint_dir(job)
-    if where is not None and job.checkpoint is not None and job.checkpoint.s3_uri is not None:
-        for tree in trees.values():
-            s3.download(job.checkpoint.s3_uri, tree / where, allow_empty=True)
+    if where is None or job.checkpoint is None or job.checkpoint.s3_uri is None:
+        return
+    first, *others = trees.values()
+    s3.download(job.checkpoint.s3_uri, first / where, allow_empty=True)
+    for tree in others:
+        shutil.copytree(first / where, tree / where, dirs_exist_ok=True)
 
 
 def run_checkpoint_prefix(s3_uri: str, run_id: str) -> str:
