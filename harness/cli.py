@@ -213,6 +213,12 @@ def cmd_show(args: argparse.Namespace) -> int:
         for source, values in sources.items():
             if values:
                 print(f"  {name} [{source}]: {len(values)} points, first {values[0]:g}, last {values[-1]:g}")
+    for archive, uri in (m.get("uploaded") or {}).items():
+        print(f"  uploaded {archive}: {uri}")
+    if m.get("checkpoints"):
+        clashes = m["checkpoints"]["clashes"]
+        print(f"  checkpoints: {len(m['checkpoints']['files'])} files synced to {m['checkpoints']['s3_uri']}"
+              + (f", {len(clashes)} written by several hosts" if clashes else ""))
     for key, value in m["rung_facts"].items():
         print(f"  fact {key}: {value}")
     return 0

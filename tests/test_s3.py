@@ -55,6 +55,9 @@ def test_s3_reference_job_is_parity_on_every_rung_and_uploads_its_artifacts(
             body = s3.get_object(Bucket=where.bucket, Key=where.key)["Body"].read()
             assert _sha(body) == _sha((record.root / "artifacts" / archive).read_bytes())
     assert _secret_written(records, localstack["secret"]) == []
+    shown = subprocess.run([sys.executable, "-m", "harness", "show", str(result.records[0].root)],
+                           capture_output=True, text=True, check=True).stdout
+    assert f"uploaded model.tar.gz: {result.records[0].manifest['uploaded']['model.tar.gz']}" in shown
 
 
 def test_sharded_channel_gives_each_host_its_own_keys(localstack: dict[str, str], tmp_path: Path,
