@@ -11,6 +11,7 @@ archives) when the job is created. The job's logs and archives are a real ``loca
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import tarfile
@@ -142,7 +143,11 @@ def aws(localstack: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> dict[str
             return sagemaker if service_name == "sagemaker" else super().client(service_name, *args, **kwargs)
 
     session = Session()
-    s3, iam = session.client("s3"), session.client("iam")
+    s3, iam, logs = session.client("s3"), session.client("iam"), session.client("logs")
+    # Job names have one-second resolution (the SDK's): two tests in one second name the same job,
+    # which the service would refuse; each test starts with no log streams instead.
+    with contextlib.suppress(logs.exceptions.ResourceNotFoundException):
+        logs.delete_log_group(logGroupName="/aws/sagemaker/TrainingJobs")
     if BUCKET not in [b["Name"] for b in s3.list_buckets()["Buckets"]]:
         s3.create_bucket(Bucket=BUCKET)
     trust = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "sts:AssumeRole",
