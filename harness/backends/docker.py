@@ -58,7 +58,7 @@ from harness.backends.hosts import (
     ranks_from_probe,
     record_received,
     restore_checkpoints,
-    s3_channels_unsupported,
+    s3_unsupported,
     save_checkpoints,
     stage_channels,
     write_host_tree,
@@ -162,7 +162,7 @@ class DockerBackend(Backend):
         return None
 
     def unsupported_reason(self, job: JobSpec) -> str | None:
-        s3_reason = s3_channels_unsupported(job)
+        s3_reason = s3_unsupported(job)
         if s3_reason:
             return s3_reason
         default_image = job.is_script_mode and not (self.image or job.image)

@@ -38,7 +38,7 @@ CHANNELS_FACT = (
 )
 
 
-def s3_channels_unsupported(job: JobSpec) -> str | None:
+def s3_unsupported(job: JobSpec) -> str | None:
     """Why the job's ``s3://`` channels, output path or checkpoint location cannot be served
     here, or None."""
     if job.checkpoint is not None and job.checkpoint.s3_uri is not None and _checkpoint_dir(job) is None:

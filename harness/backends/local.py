@@ -31,7 +31,7 @@ from harness.backends.hosts import (
     ranks_from_probe,
     record_received,
     restore_checkpoints,
-    s3_channels_unsupported,
+    s3_unsupported,
     save_checkpoints,
     stage_channels,
     write_host_tree,
@@ -99,7 +99,7 @@ class LocalBackend(Backend):
     def unsupported_reason(self, job: JobSpec) -> str | None:
         if not job.is_script_mode:
             return "a bring-your-own image runs only on container rungs (docker, sagemaker-local)"
-        return s3_channels_unsupported(job)
+        return s3_unsupported(job)
 
     def _machine(self) -> Machine:
         return Machine(num_cpus=os.cpu_count() or 1, num_gpus=0, network_interface="lo", python=sys.executable)

@@ -67,7 +67,7 @@ from harness.backends.containers import (
     teardown,
 )
 from harness.backends.docker import DOCKER_DEFAULT_SHM, DockerBackend, host_gpu_count
-from harness.backends.hosts import PROBE_DIR, artifact_overview, ranks_from_probe, s3_channels_unsupported
+from harness.backends.hosts import PROBE_DIR, artifact_overview, ranks_from_probe, s3_unsupported
 from harness.contract import HostContract
 from harness.errors import ImageError, RungFailed
 from harness.jobspec import JobSpec
@@ -279,7 +279,7 @@ class SageMakerLocalBackend(Backend):
         if sharded:
             return (f"channels {sharded} are ShardedByS3Key: local mode refuses them "
                     "(it supports FullyReplicated S3 channels only)")
-        s3_reason = s3_channels_unsupported(job)
+        s3_reason = s3_unsupported(job)
         if s3_reason:
             return s3_reason
         reserved = [name for name in job.channels if name in RESERVED_CHANNELS]
