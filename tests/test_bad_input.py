@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import pytest
@@ -177,3 +178,19 @@ def test_s3_channel_without_credentials_is_refused_before_anything_runs(
     assert "the job uses S3" in err and "no AWS credentials" in err and "harness localstack env" in err
     assert "Traceback" not in err
     assert not records.exists()
+
+
+def test_localstack_without_a_recent_python_says_what_to_install(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))  # nothing installed yet
+    monkeypatch.setenv("PYENV_ROOT", str(tmp_path / "no-pyenv"))
+    monkeypatch.setenv("PATH", str(tmp_path / "empty-bin"))
+    monkeypatch.setenv("HARNESS_LOCALSTACK_PYTHON", sys.executable)  # 3.11/3.12: too old
+    if sys.version_info >= (3, 13):
+        pytest.skip("this interpreter is new enough for LocalStack")
+    assert main(["localstack", "up", "--port", "4599"]) == 1
+    err = capsys.readouterr().err
+    assert "LocalStack needs Python 3.13 or newer" in err and "HARNESS_LOCALSTACK_PYTHON" in err
+    assert "Traceback" not in err
+    assert not (tmp_path / "cache" / "harness" / "localstack" / "venv").exists()
