@@ -99,8 +99,7 @@ def is_live(labels: dict[str, str]) -> bool:
 def pump_logs(container: Container, log_path: Path, host: str, sink: Progress | None) -> None:
     """Write the container's output as ``<timestamp> <line>``, the engine's time cut to milliseconds,
     with the values of the container's secret variables scrubbed."""
-    env = container.client.api.inspect_container(container.id)["Config"].get("Env") or []
-    secrets = secret_values(dict(item.split("=", 1) for item in env if "=" in item))
+    secrets = secret_values(env_of(container.client.api.inspect_container(container.id)["Config"].get("Env")))
     pending = b""
     with log_path.open("ab", buffering=0) as log:
         for chunk in container.logs(stream=True, follow=True, timestamps=True):
@@ -112,6 +111,11 @@ def pump_logs(container: Container, log_path: Path, host: str, sink: Progress | 
                     sink(host, text.decode("utf-8", "replace").rstrip("\r"))
         if pending:
             log.write(now().encode() + b" " + scrub(pending, secrets) + b"\n")
+
+
+def env_of(items: list[str] | None) -> dict[str, str]:
+    """Docker's (and compose's) ``["K=V", ...]`` environment as a mapping."""
+    return dict(item.split("=", 1) for item in items or [] if "=" in item)
 
 
 def millis(stamp: str) -> str:

@@ -41,29 +41,31 @@ CHANNELS_FACT = (
 def s3_unsupported(job: JobSpec) -> str | None:
     """Why the job's ``s3://`` channels, output path or checkpoint location cannot be served
     here, or None."""
-    if job.checkpoint is not None and job.checkpoint.s3_uri is not None and _checkpoint_dir(job) is None:
+    if job.checkpoint is not None and job.checkpoint.s3_uri is not None and _checkpoint_sync(job) is None:
         return "checkpoint.local_path outside /opt/ml is not emulated: give a path under /opt/ml"
     reason = s3.missing_reason() if job.uses_s3 else None
     return f"the job uses S3 (channels, output_path or checkpoint): {reason}" if reason else None
 
 
-def _checkpoint_dir(job: JobSpec) -> PurePosixPath | None:
-    """``CheckpointConfig.LocalPath`` inside a host's tree, where the job syncs checkpoints."""
+def _checkpoint_sync(job: JobSpec) -> tuple[str, PurePosixPath] | None:
+    """``CheckpointConfig``'s S3 prefix and its ``LocalPath`` inside a host's tree, when the job
+    syncs checkpoints from a path under ``/opt/ml``; else None."""
     if job.checkpoint is None or job.checkpoint.s3_uri is None:
         return None
     local = PurePosixPath(job.checkpoint.local_path)
-    return local.relative_to(OPT_ML) if local.is_relative_to(OPT_ML) else None
+    return (job.checkpoint.s3_uri, local.relative_to(OPT_ML)) if local.is_relative_to(OPT_ML) else None
 
 
 def restore_checkpoints(job: JobSpec, trees: dict[str, Path]) -> None:
     """What SageMaker does before the job starts: the checkpoint prefix copied into every host's
     ``LocalPath`` (nothing there on a first run). Downloaded once, then copied (not linked: a
     host rewriting a checkpoint in place must not change another host's)."""
-    where = _checkpoint_dir(job)
-    if where is None or job.checkpoint is None or job.checkpoint.s3_uri is None:
+    sync = _checkpoint_sync(job)
+    if sync is None:
         return
+    uri, where = sync
     first, *others = trees.values()
-    s3.download(job.checkpoint.s3_uri, first / where, allow_empty=True)
+    s3.download(uri, first / where, allow_empty=True)
     for tree in others:
         shutil.copytree(first / where, tree / where, dirs_exist_ok=True)
 
@@ -83,10 +85,11 @@ def save_checkpoints(job: JobSpec, trees: dict[str, Path], record: RecordWriter)
     (:func:`run_checkpoint_prefix`), not ``s3_uri``: a later rung restoring from ``s3_uri`` would
     otherwise resume from this run. The manifest's ``checkpoints`` lists the keys with the hosts
     that wrote them, and the clashes (those whose content differed between hosts lost data)."""
-    where = _checkpoint_dir(job)
-    if where is None or job.checkpoint is None or job.checkpoint.s3_uri is None:
+    sync = _checkpoint_sync(job)
+    if sync is None:
         return
-    prefix = run_checkpoint_prefix(job.checkpoint.s3_uri, record.root.name)
+    uri, where = sync
+    prefix = run_checkpoint_prefix(uri, record.root.name)
     digests: dict[str, dict[str, str]] = {}  # key -> host -> sha256
     for host, tree in trees.items():
         if (tree / where).is_dir():
@@ -111,17 +114,18 @@ def stage_channels(job: JobSpec, work: Path, record: RecordWriter) -> dict[str, 
     staged: dict[str, dict[str, Path]] = {host: {} for host in job.hosts}
     received: dict[str, dict[str, object]] = {host: {} for host in job.hosts}
     for name, channel in job.channels.items():
+        listing = None if channel.is_s3 else _listing(Path(channel.source))
         sharded = channel.distribution == "ShardedByS3Key" and len(job.hosts) > 1
         shares = {host: (index, len(job.hosts)) for index, host in enumerate(job.hosts)} if sharded else {"all": None}
         for share, shard in shares.items():
-            if channel.is_s3:
+            if listing is None:
                 directory = work / "s3" / name / share
                 files = s3.download(channel.source, directory, shard=shard)
             elif shard is None:
-                directory, files = Path(channel.source), _listing(Path(channel.source))
+                directory, files = Path(channel.source), listing
             else:
                 directory = work / "shards" / name / share
-                files = _share_of(Path(channel.source), directory, shard)
+                files = _share_of(Path(channel.source), listing, directory, shard)
             for host in job.hosts if share == "all" else [share]:
                 staged[host][name] = directory
                 received[host][name] = {"source": channel.source, "distribution": channel.distribution,
@@ -131,11 +135,12 @@ def stage_channels(job: JobSpec, work: Path, record: RecordWriter) -> dict[str, 
     return staged
 
 
-def _share_of(source: Path, directory: Path, shard: tuple[int, int]) -> dict[str, int]:
-    """A host's share of a local directory under ``ShardedByS3Key``, as it would be once uploaded
-    (every n-th file in key order), hard-linked where the file system allows, else copied."""
+def _share_of(source: Path, listing: dict[str, int], directory: Path, shard: tuple[int, int]) -> dict[str, int]:
+    """A host's share of a local directory (``listing``: its files) under ``ShardedByS3Key``, as it
+    would be once uploaded (every n-th file in key order), hard-linked where the file system
+    allows, else copied."""
     index, count = shard
-    files = dict(sorted(_listing(source).items())[index::count])
+    files = dict(sorted(listing.items())[index::count])
     for relative in files:
         target = directory / relative
         target.parent.mkdir(parents=True, exist_ok=True)

@@ -39,6 +39,7 @@ from harness.backends.sagemaker_local import (
     PROBE_CHANNEL,
     RESERVED_CHANNELS,
     model_trainer,
+    probe_python_path,
     probe_reach,
     sdk_hyperparameters,
     sdk_input_data,
@@ -70,10 +71,9 @@ PROBE_OUTPUT = "harness-probe"
 def with_probe(job: JobSpec, probe_channel: Path) -> JobSpec:
     """The job as submitted with the probe: one more channel (the probe, first on ``PYTHONPATH``)
     and ``HARNESS_PROBE_DIR`` under the output data directory."""
-    python_path = ":".join(p for p in (str(DATA / PROBE_CHANNEL), job.environment.get("PYTHONPATH")) if p)
     return job.model_copy(update={
         "channels": {**job.channels, PROBE_CHANNEL: Channel(source=str(probe_channel))},
-        "environment": {**job.environment, "PYTHONPATH": python_path,
+        "environment": {**job.environment, "PYTHONPATH": probe_python_path(job),
                         "HARNESS_PROBE_DIR": f"/opt/ml/output/data/{PROBE_OUTPUT}"},
     })
 

@@ -58,6 +58,7 @@ from harness import artifacts
 from harness.backends.base import Backend, Capabilities, Plan, Progress, copy_source
 from harness.backends.containers import (
     RUN_ID,
+    env_of,
     host_result,
     pump_logs,
     quietly,
@@ -413,13 +414,17 @@ class SageMakerLocalBackend(Backend):
 # --- preparing the SDK's container root ----------------------------------------------------------
 
 
+def probe_python_path(job: JobSpec) -> str:
+    """``PYTHONPATH`` in the SDK's containers: the probe's channel first, then the job's own."""
+    return ":".join(p for p in (str(DATA / PROBE_CHANNEL), job.environment.get("PYTHONPATH")) if p)
+
+
 def _sdk_environment(job: JobSpec) -> dict[str, str]:
     """``ModelTrainer(environment=...)``: the job's, with the probe's variables."""
-    python_path = ":".join(p for p in (str(DATA / PROBE_CHANNEL), job.environment.get("PYTHONPATH")) if p)
     return {
         "PYTHONUNBUFFERED": "1",
         **job.environment,
-        "PYTHONPATH": python_path,
+        "PYTHONPATH": probe_python_path(job),
         "HARNESS_PROBE_DIR": str(DATA / RECORD_CHANNEL),
     }
 
@@ -644,8 +649,8 @@ def _keep_sdk_files(work: Path, record: RecordWriter) -> None:
     if compose.is_file():
         document = yaml.safe_load(compose.read_text())
         for service in (document.get("services") or {}).values():
-            env = dict(item.split("=", 1) for item in service.get("environment") or [] if "=" in item)
-            service["environment"] = [f"{key}={value}" for key, value in redact_env(env).items()]
+            env = redact_env(env_of(service.get("environment")))
+            service["environment"] = [f"{key}={value}" for key, value in env.items()]
         (target / compose.name).write_text(yaml.safe_dump(document, sort_keys=False))
     if (work / _OURS / "compose.log").is_file():
         shutil.copy2(work / _OURS / "compose.log", target / "compose.log")
@@ -670,7 +675,7 @@ def _record_received(host: str, container: Container, kept: Path, record: Record
     if driver_env.is_file():
         shutil.copy2(driver_env, received / "sm_training.env")
     config = container.client.api.inspect_container(container.id)["Config"]
-    container_env = dict(item.split("=", 1) for item in config.get("Env") or [] if "=" in item)
+    container_env = env_of(config.get("Env"))
     write_json(received / "container_env.json", redact_env(container_env))
     write_json(received / "env.json", redact_env({**container_env, **read_sm_training_env(driver_env)}))
     argv = [*(config.get("Entrypoint") or []), *(config.get("Cmd") or [])]
