@@ -21,8 +21,8 @@ from docker import DockerClient
 from docker.errors import NotFound
 
 from harness.backends import get_backend
-from harness.backends.containers import gc, run_labels
-from harness.backends.docker import DockerBackend, host_gpu_count
+from harness.backends.containers import gc, host_gpu_count, run_labels
+from harness.backends.docker import DockerBackend
 from harness.jobspec import JobSpec, load_job
 from harness.record import RunRecord
 

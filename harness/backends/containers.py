@@ -1,6 +1,7 @@
 """Docker engine plumbing shared by the container rungs (``docker``, ``sagemaker-local``).
 
-Labels on everything a run creates (so a ``finally`` and :func:`gc` can find it), log
+Whether an engine answers and can pass GPUs, which image a job runs in (pulled or built when
+missing), labels on everything a run creates (so a ``finally`` and :func:`gc` can find it), log
 streaming in the record's timestamped format, ``docker stop`` semantics for many containers at
 once, and cleanup that finishes even when Ctrl-C is pressed again.
 """
@@ -9,8 +10,10 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import shutil
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Callable
@@ -19,18 +22,20 @@ from typing import Any
 
 import docker
 from docker import DockerClient
-from docker.errors import APIError, DockerException, NotFound
+from docker.errors import APIError, DockerException, ImageNotFound, NotFound
 from docker.models.containers import Container
 from docker.types import Mount
 
 from harness.backends.base import Progress
 from harness.backends.hosts import collect_failure
 from harness.contract import HostContract
+from harness.errors import ImageError
 from harness.jobspec import JobSpec
 from harness.record import RecordWriter, now, scrub, secret_values
 
 MANAGED, RUN_ID, OWNER_PID, OWNER_HOST = "harness.managed", "harness.run_id", "harness.pid", "harness.hostname"
 WORK_DIR = "harness.work_dir"
+PING_TIMEOUT_S = 5
 
 
 def host_result(job: JobSpec, contract: HostContract, container: Container, tree: Path, record: RecordWriter) -> int:
@@ -45,6 +50,67 @@ def host_result(job: JobSpec, contract: HostContract, container: Container, tree
 def client() -> DockerClient:
     """A client for the engine ``DOCKER_HOST`` names, else the default socket (``harness gc`` uses it)."""
     return docker.from_env()
+
+
+def engine_unavailable_reason(client: DockerClient | None = None) -> str | None:
+    """Why no Docker engine answers (``client``'s, else ``DOCKER_HOST``'s or the default socket's), or None.
+
+    Without a client it pings with a short-timeout client of its own, so that a dead
+    ``DOCKER_HOST`` never hangs the ladder."""
+    try:
+        (client or docker.from_env(timeout=PING_TIMEOUT_S)).ping()
+    except (DockerException, OSError) as exc:
+        cause = re.search(
+            r"Connection refused|No such file or directory|Permission denied|timed out|"
+            r"Network is unreachable",
+            str(exc),
+        )
+        where = os.environ.get("DOCKER_HOST", "the default socket")
+        return (
+            f"no Docker engine answers at {where} ({cause.group(0) if cause else type(exc).__name__}); "
+            "start dockerd, join the docker group or set DOCKER_HOST"
+        )
+    return None
+
+
+@functools.cache
+def host_gpu_count() -> int:
+    """NVIDIA GPUs here, counted as the toolkit counts them (``nvidia-smi --list-gpus``)."""
+    try:
+        out = subprocess.run(["nvidia-smi", "--list-gpus"], capture_output=True, text=True, timeout=60, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return 0
+    return sum(line.startswith("GPU ") for line in out.stdout.splitlines())
+
+
+def engine_gpus(client: DockerClient) -> bool:
+    """GPUs here and an engine that can pass them (the engine is asked only when there are GPUs)."""
+    if host_gpu_count() == 0:
+        return False
+    runtimes = client.info().get("Runtimes") or {}
+    return "nvidia" in runtimes or shutil.which("nvidia-container-runtime-hook") is not None
+
+
+def resolve_image(client: DockerClient, job: JobSpec, image_override: str | None) -> str:
+    """The image the job's hosts run: for a script, the rung's ``image_override``, else the job's,
+    else :func:`harness.images.ensure_torch_image` (built here, no registry); a bring-your-own
+    image is the job's own. Pulled when the engine does not have it."""
+    image = image_override or job.image if job.is_script_mode else job.image
+    if image is None:
+        from harness.images import ensure_torch_image  # builds only what is missing
+
+        return ensure_torch_image(client)
+    try:
+        client.images.get(image)
+    except ImageNotFound:
+        try:
+            client.images.pull(image)
+        except APIError as exc:
+            raise ImageError(
+                f"image {image} is not here and cannot be pulled: {exc}",
+                hint="build or `docker load` it first, or pass image= to the rung",
+            ) from exc
+    return image
 
 
 def run_labels(run_id: str) -> dict[str, str]:

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import functools
 import os
-import re
 import resource
 import shutil
 import subprocess
@@ -28,9 +27,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-import docker
 from docker import DockerClient
-from docker.errors import APIError, DockerException, ImageNotFound
 from docker.models.containers import Container
 from docker.models.networks import Network
 from docker.types import DeviceRequest, Mount, Ulimit
@@ -42,10 +39,14 @@ from harness.backends.containers import (
     RUN_ID,
     WORK_DIR,
     client,
+    engine_gpus,
+    engine_unavailable_reason,
+    host_gpu_count,
     host_result,
     is_running,
     pump_logs,
     reclaim,
+    resolve_image,
     run_labels,
     shielded,
     stop,
@@ -64,14 +65,12 @@ from harness.backends.hosts import (
     write_host_tree,
 )
 from harness.contract import OPT_ML, HostContract, Machine, host_contract
-from harness.errors import ImageError
 from harness.jobspec import JobSpec
 from harness.record import RecordWriter, Status
 from harness.supervise import STOP_GRACE_S
 
 PROBE_MOUNT = "/opt/harness/probe"
 RECORD_MOUNT = "/opt/harness/record"  # only its processes/ and ranks/ are mounted: the job never sees the manifest
-PING_TIMEOUT_S = 5
 #: Docker's own /dev/shm size, which SageMaker local mode keeps (no shm setting in SDK v3).
 DOCKER_DEFAULT_SHM = "64m"
 #: ``--ulimit memlock=-1 --ulimit stack=67108864``: what NVIDIA's framework containers ask for, so
@@ -114,16 +113,6 @@ def _can_raise(kind: int) -> bool:
     return subprocess.run([sys.executable, "-c", code], check=False, capture_output=True).returncode == 0
 
 
-@functools.cache
-def host_gpu_count() -> int:
-    """NVIDIA GPUs here, counted as the toolkit counts them (``nvidia-smi --list-gpus``)."""
-    try:
-        out = subprocess.run(["nvidia-smi", "--list-gpus"], capture_output=True, text=True, timeout=60, check=True)
-    except (OSError, subprocess.SubprocessError):
-        return 0
-    return sum(line.startswith("GPU ") for line in out.stdout.splitlines())
-
-
 class DockerBackend(Backend):
     """Settings: ``image`` (script-mode base; default the job's, else :func:`ensure_torch_image`),
     ``gpus`` (default: when this machine has NVIDIA GPUs and the engine can pass them), ``shm_size``
@@ -149,17 +138,10 @@ class DockerBackend(Backend):
         return self._docker
 
     def unavailable_reason(self) -> str | None:
-        try:  # a short-timeout client of its own, so that a dead DOCKER_HOST never hangs the ladder
-            (self._docker or docker.from_env(timeout=PING_TIMEOUT_S)).ping()
-        except (DockerException, OSError) as exc:
-            cause = re.search(r"Connection refused|No such file or directory|Permission denied|timed out|"
-                              r"Network is unreachable", str(exc))
-            where = os.environ.get("DOCKER_HOST", "the default socket")
-            return (f"no Docker engine answers at {where} ({cause.group(0) if cause else type(exc).__name__}); "
-                    "start dockerd, join the docker group or set DOCKER_HOST")
-        if self.gpus and not self._engine_gpus():
+        reason = engine_unavailable_reason(self._docker)
+        if reason is None and self.gpus and not engine_gpus(self.client()):
             return "gpus=True, but this machine has no NVIDIA GPU or the engine has no NVIDIA runtime"
-        return None
+        return reason
 
     def unsupported_reason(self, job: JobSpec) -> str | None:
         s3_reason = s3_unsupported(job)
@@ -171,17 +153,10 @@ class DockerBackend(Backend):
                     "or install debootstrap so the harness can build one without a registry")
         return None
 
-    def _engine_gpus(self) -> bool:
-        """GPUs here and an engine that can pass them (asked only when there are GPUs)."""
-        if host_gpu_count() == 0:
-            return False
-        runtimes = self.client().info().get("Runtimes") or {}
-        return "nvidia" in runtimes or shutil.which("nvidia-container-runtime-hook") is not None
-
     def _gpu_ids(self, job: JobSpec) -> dict[str, list[str]]:
         """Each host's own GPUs, as each instance has its own; all of them to every host where there
         are fewer GPUs than hosts (what local mode does, and recorded as such)."""
-        enabled = self.gpus if self.gpus is not None else self._engine_gpus()
+        enabled = self.gpus if self.gpus is not None else engine_gpus(self.client())
         count = host_gpu_count() if enabled else 0
         per = count // len(job.hosts)
         if per == 0:
@@ -224,7 +199,7 @@ class DockerBackend(Backend):
         containers: dict[str, Container] = {}
         image = ""
         try:  # everything made below carries the run's labels; the finally removes it by label
-            image = self._resolve_image(client, job)
+            image = resolve_image(client, job, self.image)
             record.set_fact("image", image)
             network = client.networks.create(f"harness-{labels[RUN_ID]}", driver="bridge", labels=labels)
             trees = {host: work / host / "opt_ml" for host in plan.hosts}
@@ -253,22 +228,6 @@ class DockerBackend(Backend):
         if timed_out:
             return "timeout"
         return "succeeded" if all(code == 0 for code in codes.values()) else "failed"
-
-    def _resolve_image(self, client: DockerClient, job: JobSpec) -> str:
-        image = self.image or job.image if job.is_script_mode else job.image
-        if image is None:
-            from harness.images import ensure_torch_image  # builds only what is missing
-
-            return ensure_torch_image(client)
-        try:
-            client.images.get(image)
-        except ImageNotFound:
-            try:
-                client.images.pull(image)
-            except APIError as exc:
-                raise ImageError(f"image {image} is not here and cannot be pulled: {exc}",
-                                 hint="build or `docker load` it first, or pass image= to the rung") from exc
-        return image
 
     def _prepare_host(self, job: JobSpec, contract: HostContract, channels: dict[str, Path], tree: Path,
                       record: RecordWriter) -> list[Mount]:

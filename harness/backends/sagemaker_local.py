@@ -58,16 +58,19 @@ from harness import artifacts
 from harness.backends.base import Backend, Capabilities, Plan, Progress, copy_source
 from harness.backends.containers import (
     RUN_ID,
+    engine_gpus,
     env_of,
+    host_gpu_count,
     host_result,
     pump_logs,
     quietly,
+    resolve_image,
     run_labels,
     shielded,
     stop,
     teardown,
 )
-from harness.backends.docker import DOCKER_DEFAULT_SHM, DockerBackend, host_gpu_count
+from harness.backends.docker import DOCKER_DEFAULT_SHM, DockerBackend
 from harness.backends.hosts import PROBE_DIR, artifact_overview, ranks_from_probe, s3_unsupported
 from harness.contract import HostContract
 from harness.errors import ImageError, RungFailed
@@ -289,7 +292,7 @@ class SageMakerLocalBackend(Backend):
         return None
 
     def _num_gpus(self) -> int:
-        enabled = self.gpus if self.gpus is not None else (host_gpu_count() > 0 and self.docker._engine_gpus())
+        enabled = self.gpus if self.gpus is not None else (host_gpu_count() > 0 and engine_gpus(self.docker.client()))
         return host_gpu_count() if enabled else 0
 
     def plan(self, job: JobSpec) -> Plan:
@@ -332,7 +335,7 @@ class SageMakerLocalBackend(Backend):
         run_image = ""
         stdout = _ThreadStdout.install()
         try:
-            image = self.docker._resolve_image(client, job)
+            image = resolve_image(client, job, self.docker.image)
             run_image = _labelled_image(client, image, labels)
             record.set_fact("image", image)
             record.set_fact("run_image", run_image)
