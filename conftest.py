@@ -30,9 +30,9 @@ def engine() -> Iterator[Any]:
     there is none."""
     import docker
 
-    from harness.backends.docker import DockerBackend
+    from harness.backends import get_backend
 
-    reason = DockerBackend(gpus=False).unavailable_reason()
+    reason = get_backend("docker", gpus=False).unavailable_reason()
     if reason:
         pytest.skip(reason)
     client = docker.from_env()

@@ -9,11 +9,11 @@ import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import NoReturn
+from typing import Any, NoReturn
 
 from harness import __version__
-from harness.backends import RUNGS, get_backend
-from harness.backends.base import Progress
+from harness.backends import backend_class, check_rung_names, get_backend, rungs
+from harness.backends.base import Backend, Progress
 from harness.errors import HarnessError, UsageError
 from harness.jobspec import JobSpec, load_job
 from harness.ladder import DEFAULT_RUNGS, climb
@@ -48,6 +48,7 @@ def _parser() -> argparse.ArgumentParser:
                                          "else a python3 + torch image the harness builds)")
         sub.add_argument(
             "--hang-after",
+            dest="hang_after_s",
             type=float,
             metavar="SECONDS",
             help="stop a job whose ranks make no progress this long, after dumping their stacks (default 300)",
@@ -63,7 +64,7 @@ def _parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser("run", help="run a job on one rung and keep its record")
     job_args(run)
-    run.add_argument("--rung", default="local", choices=list(RUNGS))
+    run.add_argument("--rung", default="local", choices=list(rungs()))
     run.add_argument("--dry-run", action="store_true", help="print what would run, start nothing")
 
     ladder = commands.add_parser("ladder", help="run a job up the ladder and give the verdict")
@@ -101,16 +102,36 @@ def _job(args: argparse.Namespace) -> JobSpec:
     return load_job(args.job)
 
 
-def _options(args: argparse.Namespace, rung: str) -> dict[str, object]:
-    """Rung settings from the command line; each rung takes only the ones it has."""
-    options: dict[str, object] = {}
-    if rung == "docker" and args.shm_size:
-        options["shm_size"] = args.shm_size
-    if rung in ("docker", "sagemaker-local", "sagemaker") and args.image:
-        options["image"] = args.image
-    if args.hang_after is not None:
-        options["hang_after_s"] = args.hang_after
-    return options
+#: Command-line flags that set a rung setting: each applies to the rungs that declare the setting.
+FLAG_SETTINGS = {"--shm-size": "shm_size", "--image": "image", "--hang-after": "hang_after_s"}
+
+
+def _why_not(rung: str, setting: str) -> str:
+    cls = backend_class(rung)
+    if setting == "hang_after_s" and not cls.capabilities.hang_detection:
+        return f"{rung} has no hang detection (a stuck job runs until max_run)"
+    return f"{rung} has no setting {setting!r} (its settings: {', '.join(cls.Options.model_fields) or 'none'})"
+
+
+def rung_settings(args: argparse.Namespace, names: list[str]) -> dict[str, dict[str, Any]]:
+    """Each rung's settings from the command line, through the settings each rung declares. A flag
+    that no chosen rung takes is a usage error; one that only some take is said, not dropped."""
+    check_rung_names(names)
+    settings: dict[str, dict[str, Any]] = {name: {} for name in names}
+    for flag, setting in FLAG_SETTINGS.items():
+        value = getattr(args, setting)
+        if value is None:
+            continue
+        takers = [name for name in names if setting in backend_class(name).Options.model_fields]
+        others = [name for name in names if name not in takers]
+        if not takers:
+            raise UsageError(f"{flag} does not apply here: " + "; ".join(_why_not(name, setting) for name in others))
+        if others:
+            print(f"harness: {flag} applies to {', '.join(takers)} only: "
+                  + "; ".join(_why_not(name, setting) for name in others), file=sys.stderr)
+        for name in takers:
+            settings[name][setting] = value
+    return settings
 
 
 class _ProgressLine:
@@ -132,8 +153,8 @@ class _ProgressLine:
             print("\r\x1b[K", end="", file=sys.stderr, flush=True)
 
 
-def _run_rung(job: JobSpec, rung: str, args: argparse.Namespace) -> RunRecord:
-    backend = get_backend(rung, **_options(args, rung))
+def _run_rung(job: JobSpec, backend: Backend[Any], args: argparse.Namespace) -> RunRecord:
+    rung = backend.name
     progress = _ProgressLine(rung, args.verbose)
     callback: Progress = progress
     try:
@@ -146,12 +167,12 @@ def _run_rung(job: JobSpec, rung: str, args: argparse.Namespace) -> RunRecord:
 
 def cmd_run(args: argparse.Namespace) -> int:
     job = _job(args)
-    backend = get_backend(args.rung, **_options(args, args.rung))
+    backend = get_backend(args.rung, **rung_settings(args, [args.rung])[args.rung])
     if args.dry_run:  # needs no engine, SDK or credentials: nothing is started
         job.check_local_paths(f"job {job.name!r}")
         print(backend.plan(job).describe())
         return 0
-    return 0 if _run_rung(job, args.rung, args).status == "succeeded" else 1
+    return 0 if _run_rung(job, backend, args).status == "succeeded" else 1
 
 
 def _report(verdict: Verdict, args: argparse.Namespace) -> int:
@@ -164,7 +185,8 @@ def _report(verdict: Verdict, args: argparse.Namespace) -> int:
 
 def cmd_ladder(args: argparse.Namespace) -> int:
     job = _job(args)
-    rungs = args.rungs.split(",") if args.rungs else list(DEFAULT_RUNGS)
+    names = [name.strip() for name in args.rungs.split(",")] if args.rungs else list(DEFAULT_RUNGS)
+    settings = rung_settings(args, names)
     lines: dict[str, _ProgressLine] = {}
 
     def progress(rung: str) -> Progress:
@@ -178,10 +200,10 @@ def cmd_ladder(args: argparse.Namespace) -> int:
     result = climb(
         job,
         args.records,
-        rungs=rungs,
+        rungs=names,
         rtol=args.rtol,
         atol=args.atol,
-        options=lambda rung: _options(args, rung),
+        options=settings.__getitem__,
         progress=progress,
         on_record=done,
     )
@@ -225,12 +247,15 @@ def cmd_show(args: argparse.Namespace) -> int:
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    for rung in RUNGS:
+    for rung in rungs():
         try:
-            reason = get_backend(rung).unavailable_reason()
-        except ImportError as exc:
-            reason = f"not installed ({exc.name}); install the extra for this rung"
-        print(f"{rung:16} {'ready' if reason is None else 'unavailable: ' + reason}")
+            backend = get_backend(rung)
+            reason = backend.unavailable_reason()
+        except HarnessError as exc:
+            print(f"{rung:16} unavailable: {exc.message}")
+            continue
+        print(f"{rung:16} {'ready' if reason is None else 'unavailable: ' + reason}"
+              f" [{backend.capabilities.describe()}]")
     from harness import localstack, s3
 
     missing = s3.missing_reason()

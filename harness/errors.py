@@ -12,6 +12,7 @@ failed); anything else is a bug and keeps its traceback.
     │   ├── JobSpecError      a job file or request that does not validate
     │   └── RecordError       a run-record directory that cannot be read
     ├── RungUnavailable       a rung cannot run on this machine (skipped, with the reason)
+    │   └── NoRungCanRun      not one rung of a ladder can
     ├── ImageError            an image could not be built or found
     ├── CheckpointError       a checkpoint cannot be read for a tensor-level diff
     └── RungFailed            a rung broke down while running (not the job failing)
@@ -47,6 +48,20 @@ class RecordError(UsageError):
 
 class RungUnavailable(HarnessError):
     """A rung cannot run here (no GPU, no Docker engine, no SDK); the ladder skips it."""
+
+    def __init__(self, rung: str, reason: str, *, hint: str | None = None) -> None:
+        self.rung, self.reason = rung, reason
+        super().__init__(f"rung {rung!r} cannot run here: {reason}", hint=hint)
+
+
+class NoRungCanRun(RungUnavailable):
+    """Not one rung of a ladder can run here; ``skipped`` holds each one's reason."""
+
+    def __init__(self, skipped: dict[str, str]) -> None:
+        self.skipped = dict(skipped)
+        reasons = "; ".join(f"{rung}: {why}" for rung, why in skipped.items())
+        HarnessError.__init__(self, f"no rung of the ladder can run here: {reasons}", hint="see `harness doctor`")
+        self.rung, self.reason = ",".join(skipped), reasons
 
 
 class ImageError(HarnessError):

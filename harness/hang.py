@@ -11,33 +11,35 @@ import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 #: Seconds without any rank's progress after which a job counts as hung.
 DEFAULT_HANG_AFTER_S = 300.0
 _DUMP_WAIT_S = 2.0
 
 
-def _signal_local(pid: int) -> None:
+def _signal_local(pid: int, host: str | None) -> None:
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGUSR1)
 
 
 class HangWatch:
     """Polled by the rung while the job runs; ``poll()`` is True once the job is hung (and its
-    stacks are dumped). ``signal_rank`` reaches a rank's pid (a container rung supplies its own)."""
+    stacks are dumped). ``signal_rank(pid, host)`` reaches a rank's process (a container rung
+    supplies its own: the pid is the container's)."""
 
     def __init__(
         self,
         record_root: Path,
         after_s: float = DEFAULT_HANG_AFTER_S,
-        signal_rank: Callable[[int], None] = _signal_local,
+        signal_rank: Callable[[int, str | None], None] = _signal_local,
     ) -> None:
         self.ranks_dir = record_root / "ranks"
         self.after_s, self.signal_rank = after_s, signal_rank
         self.progress: tuple[object, ...] = ()
         self.since = time.monotonic()
 
-    def _beats(self) -> dict[str, dict[str, float]]:
+    def _beats(self) -> dict[str, dict[str, Any]]:
         beats = {}
         for path in self.ranks_dir.glob("rank-*.heartbeat"):
             try:
@@ -58,6 +60,6 @@ class HangWatch:
         if not beats or now - self.since < self.after_s:
             return False
         for beat in beats.values():
-            self.signal_rank(int(beat["pid"]))
+            self.signal_rank(int(beat["pid"]), beat.get("host"))
         time.sleep(_DUMP_WAIT_S)
         return True

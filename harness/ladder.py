@@ -3,13 +3,14 @@ reason), and judge the records. The one entry point the CLI, the pytest plugin a
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
-from harness.backends import RUNGS, get_backend
+from harness.backends import check_rung_names, get_backend
 from harness.backends.base import Progress
-from harness.errors import RungUnavailable, UsageError
+from harness.errors import NoRungCanRun, RungUnavailable
 from harness.jobspec import JobSpec
 from harness.record import RunRecord
 from harness.verdict import DEFAULT_ATOL, DEFAULT_RTOL, Verdict, judge
@@ -17,6 +18,24 @@ from harness.verdict import DEFAULT_ATOL, DEFAULT_RTOL, Verdict, judge
 #: What a ladder climbs when no rungs are named: every rung this machine can run with the core
 #: install; the others are reported as skipped, with the reason.
 DEFAULT_RUNGS = ("local", "local-gpu", "docker", "sagemaker-local")
+
+
+@dataclass(frozen=True)
+class Step:
+    """One rung of a ladder: its settings, and changes to the job on this rung only (a scenario's
+    single-process first step, say)."""
+
+    rung: str
+    options: Mapping[str, Any] = field(default_factory=dict)
+    overrides: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def label(self) -> str:
+        changes = {**self.overrides, **self.options}
+        return self.rung + (f"({', '.join(f'{k}={v}' for k, v in changes.items())})" if changes else "")
+
+    def job(self, base: JobSpec) -> JobSpec:
+        return JobSpec.model_validate({**base.model_dump(), **self.overrides}) if self.overrides else base
 
 
 @dataclass
@@ -30,33 +49,31 @@ def climb(
     job: JobSpec,
     records_dir: Path,
     *,
-    rungs: Sequence[str] = DEFAULT_RUNGS,
+    rungs: Sequence[str | Step] = DEFAULT_RUNGS,
     rtol: float = DEFAULT_RTOL,
     atol: float = DEFAULT_ATOL,
-    options: Callable[[str], dict[str, object]] = lambda rung: {},
+    options: Callable[[str], dict[str, Any]] = lambda rung: {},
     progress: Callable[[str], Progress | None] = lambda rung: None,
     on_record: Callable[[RunRecord], None] = lambda record: None,
 ) -> LadderResult:
-    """Run ``job`` on each rung in order and judge the records; raises :class:`RungUnavailable`
-    when no rung at all can run here."""
-    unknown = [rung for rung in rungs if rung not in RUNGS]
-    if unknown:
-        raise UsageError(f"unknown rung {unknown[0]!r}; choose from {', '.join(RUNGS)}")
+    """Run ``job`` on each rung in order and judge the records. A rung is a name (its settings
+    from ``options``) or a :class:`Step`. Every rung's settings are checked before the first one
+    runs; raises :class:`NoRungCanRun` when no rung at all can run here."""
+    steps = [rung if isinstance(rung, Step) else Step(rung, options(rung)) for rung in rungs]
+    check_rung_names([step.rung for step in steps])
+    backends = [get_backend(step.rung, **step.options) for step in steps]  # bad settings: before anything runs
     records: list[RunRecord] = []
     skipped: dict[str, str] = {}
-    for rung in rungs:
-        backend = get_backend(rung, **options(rung))
+    for step, backend in zip(steps, backends, strict=True):
+        step_job = step.job(job)
         try:
-            backend.check(job)
+            backend.check(step_job)
         except RungUnavailable as exc:
-            skipped[rung] = exc.message.split(": ", 1)[-1]
+            skipped[step.label] = exc.reason
             continue
-        record = backend.run(job, records_dir, progress=progress(rung))
+        record = backend.run(step_job, records_dir, progress=progress(step.rung))
         on_record(record)
         records.append(record)
     if not records:
-        raise RungUnavailable(
-            "no rung of the ladder can run here: " + "; ".join(f"{r}: {why}" for r, why in skipped.items()),
-            hint="see `harness doctor`",
-        )
+        raise NoRungCanRun(skipped)
     return LadderResult(judge(records, rtol=rtol, atol=atol, skipped=skipped), records, skipped)

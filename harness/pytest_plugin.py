@@ -39,7 +39,7 @@ from typing import NoReturn
 
 import pytest
 
-from harness.backends import RUNGS
+from harness.backends import rungs as known_rungs
 from harness.errors import HarnessError, RungUnavailable
 from harness.jobspec import JobSpec, load_job
 from harness.ladder import DEFAULT_RUNGS, LadderResult, climb
@@ -64,9 +64,10 @@ class RungSkippedWarning(UserWarning):
 def _rung_list(text: str) -> list[str]:
     """``--harness-rungs`` as argparse type: comma-separated names of known rungs."""
     rungs = [rung.strip() for rung in text.split(",") if rung.strip()]
-    unknown = [rung for rung in rungs if rung not in RUNGS]
+    known = known_rungs()
+    unknown = [rung for rung in rungs if rung not in known]
     if unknown or not rungs:
-        raise argparse.ArgumentTypeError(f"unknown rung {unknown[0]!r}; choose from {', '.join(RUNGS)}"
+        raise argparse.ArgumentTypeError(f"unknown rung {unknown[0]!r}; choose from {', '.join(known)}"
                                          if unknown else "name at least one rung")
     return rungs
 

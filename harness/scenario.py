@@ -27,12 +27,12 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from harness import s3
-from harness.backends import get_backend
-from harness.errors import JobSpecError, RungUnavailable
-from harness.jobspec import JobSpec, load_job
+from harness import ladder, s3
+from harness.backends import get_backend, rung_options
+from harness.errors import JobSpecError, NoRungCanRun, UsageError
+from harness.jobspec import load_job
 from harness.record import RunRecord
-from harness.verdict import DEFAULT_ATOL, DEFAULT_RTOL, Verdict, judge
+from harness.verdict import DEFAULT_ATOL, DEFAULT_RTOL, Verdict
 
 
 class _Strict(BaseModel):
@@ -44,13 +44,8 @@ class Step(_Strict):
     options: dict[str, Any] = Field(default_factory=dict)
     overrides: dict[str, Any] = Field(default_factory=dict)
 
-    @property
-    def label(self) -> str:
-        return self.rung + (
-            f"({', '.join(f'{k}={v}' for k, v in {**self.overrides, **self.options}.items())})"
-            if self.overrides or self.options
-            else ""
-        )
+    def to_step(self) -> ladder.Step:
+        return ladder.Step(self.rung, self.options, self.overrides)
 
 
 class Expectation(_Strict):
@@ -111,11 +106,17 @@ class ScenarioResult:
 
 
 def load_scenario(directory: Path) -> ScenarioSpec:
+    """The scenario, with every step's rung settings checked against what that rung declares."""
     path = directory / "scenario.yaml"
     try:
-        return ScenarioSpec.model_validate(yaml.safe_load(path.read_text(encoding="utf-8")))
+        spec = ScenarioSpec.model_validate(yaml.safe_load(path.read_text(encoding="utf-8")))
+        for step in spec.steps:
+            rung_options(step.rung, step.options)
     except (OSError, yaml.YAMLError, ValidationError) as exc:
         raise JobSpecError(f"{path}: {exc}") from None
+    except UsageError as exc:
+        raise JobSpecError(f"{path}: {exc.message}", hint=exc.hint) from None
+    return spec
 
 
 def all_scenarios(root: Path) -> list[Path]:
@@ -126,36 +127,29 @@ def run_scenario(directory: Path, records_dir: Path) -> ScenarioResult:
     """Climb the scenario's steps; a step whose rung cannot run here is skipped (with why)."""
     spec = load_scenario(directory)
     base = load_job(directory / spec.job)
+    steps = [step.to_step() for step in spec.steps]
     if spec.images:
         _build_images(spec.images, directory)
-    records, skipped = [], {}
     unreachable = s3.missing_reason() if spec.s3_data or base.uses_s3 else None
-    for uri, source in spec.s3_data.items() if unreachable is None else ():
+    if unreachable is not None:
+        skipped = {step.label: f"the scenario uses S3: {unreachable}" for step in steps}
+        return ScenarioResult(directory.name, spec, None, skipped=skipped)
+    for uri, source in spec.s3_data.items():
         s3.upload_tree(directory / source, uri, create_bucket=True)
-    for step in spec.steps:
-        if unreachable is not None:
-            skipped[step.label] = f"the scenario uses S3: {unreachable}"
-            continue
-        job = JobSpec.model_validate({**base.model_dump(), **step.overrides})
-        backend = get_backend(step.rung, **step.options)
-        try:
-            backend.check(job)
-        except RungUnavailable as exc:
-            skipped[step.label] = exc.message.split(": ", 1)[-1]
-            continue
-        records.append(backend.run(job, records_dir))
-    verdict = judge(records, rtol=spec.tolerance.rtol, atol=spec.tolerance.atol, skipped=skipped) if records else None
-    return ScenarioResult(directory.name, spec, verdict, records, skipped)
+    try:
+        result = ladder.climb(base, records_dir, rungs=steps, rtol=spec.tolerance.rtol, atol=spec.tolerance.atol)
+    except NoRungCanRun as exc:
+        return ScenarioResult(directory.name, spec, None, skipped=exc.skipped)
+    return ScenarioResult(directory.name, spec, result.verdict, result.records, result.skipped)
 
 
 def _build_images(wanted: list[ScenarioImage], directory: Path) -> None:
     """Build the scenario's images where an engine answers; where none does, the steps that
     need them are skipped by their rung's own check."""
     from harness.backends.containers import client
-    from harness.backends.docker import DockerBackend
     from harness.images import build_image, ensure_torch_image
 
-    if DockerBackend(gpus=False).unavailable_reason() is not None:
+    if get_backend("docker", gpus=False).unavailable_reason() is not None:
         return
     engine = client()
     base = ensure_torch_image(engine)

@@ -22,7 +22,6 @@ from docker.errors import NotFound
 
 from harness.backends import get_backend
 from harness.backends.containers import gc, host_gpu_count, run_labels
-from harness.backends.docker import DockerBackend
 from harness.jobspec import JobSpec, load_job
 from harness.record import RunRecord
 
@@ -41,7 +40,7 @@ def _labelled(what: str, label: str) -> list[str]:
 def test_plan_is_a_dry_run_with_the_machine_settings() -> None:
     """No engine needed: planning starts, builds and pulls nothing."""
     job = load_job(SCENARIOS / "ddp_csv" / "job.yaml")
-    plan = DockerBackend(gpus=False, shm_size="64m").plan(job)
+    plan = get_backend("docker", gpus=False, shm_size="64m").plan(job)
     assert plan.facts["shm_size"] == "64m" and plan.facts["shm_size_bytes"] == 64 * 2**20
     assert plan.facts["ulimits_requested"] == {"memlock": -1, "stack": 67108864}
     assert "to be built" in plan.facts["image"]
@@ -52,7 +51,7 @@ def test_plan_is_a_dry_run_with_the_machine_settings() -> None:
 
 def test_an_unreachable_engine_is_a_reason_not_a_hang(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DOCKER_HOST", "tcp://127.0.0.1:9")  # discard port: refused at once
-    reason = DockerBackend(gpus=False).unavailable_reason()
+    reason = get_backend("docker", gpus=False).unavailable_reason()
     assert reason is not None and "no Docker engine answers" in reason
 
 
@@ -230,11 +229,11 @@ def test_gc_removes_leftovers_of_runs_that_are_over(engine: DockerClient, torch_
 @pytest.mark.gpu
 @pytest.mark.docker
 def test_gpus_are_split_between_hosts_and_nccl_is_verbose(engine: DockerClient) -> None:
-    reason = DockerBackend(gpus=True).unavailable_reason()
+    reason = get_backend("docker", gpus=True).unavailable_reason()
     if reason:
         pytest.skip(reason)
     job = load_job(SCENARIOS / "ddp_csv" / "job.yaml").model_copy(update={"environment": {"NCCL_ALGO": "Ring"}})
-    plan = DockerBackend(gpus=True).plan(job)
+    plan = get_backend("docker", gpus=True).plan(job)
     gpus = plan.facts["gpus"]["devices"]
     assert set(gpus) == {"algo-1", "algo-2"} and all(gpus.values())
     assert plan.facts["gpus"]["shared_by_all_hosts"] == (len(gpus["algo-1"]) == host_gpu_count())
@@ -258,7 +257,45 @@ def test_job_secrets_printed_in_a_container_are_scrubbed(engine: DockerClient, t
     source.mkdir()
     (source / "train.py").write_text("import os\nprint('key', os.environ['WANDB_API_KEY'])\n")
     job = JobSpec(name="leaky", source_dir=source, entry_point="train.py", environment={"WANDB_API_KEY": secret})
-    record = DockerBackend(gpus=False, image=torch_image).run(job, tmp_path / "records")
+    record = get_backend("docker", gpus=False, image=torch_image).run(job, tmp_path / "records")
     assert record.status == "succeeded"
     assert "key <redacted>" in record.host_log("algo-1").read_text()
     assert [p for p in record.root.rglob("*") if p.is_file() and secret.encode() in p.read_bytes()] == []
+
+
+_STUCK = """\
+import time
+import torch
+import torch.distributed as dist
+
+dist.init_process_group("gloo")
+tensor = torch.ones(1)
+dist.all_reduce(tensor)  # once together: the ranks are up
+if dist.get_rank() == 1:
+    time.sleep(600)  # rank 1 never reaches the second all_reduce
+dist.all_reduce(tensor)
+"""
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+@pytest.mark.parametrize("rung", ["local", "docker"])
+def test_a_stuck_job_is_stopped_with_every_ranks_stack(rung: str, engine: DockerClient, torch_image: str,
+                                                        tmp_path: Path) -> None:
+    """Hang detection on both rungs: no progress for hang_after_s, stacks dumped in every host's
+    process (in a container, by the container's own pid), status hung, the stuck line named."""
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "train.py").write_text(_STUCK)
+    job = JobSpec(name="stuck", source_dir=tmp_path / "src", entry_point="train.py", instance_count=2,
+                  distribution="torchrun", max_run=300)
+    options = {"image": torch_image, "stop_grace_s": 1} if rung == "docker" else {}
+    record = get_backend(rung, hang_after_s=5, **options).run(job, tmp_path / "records")
+    assert record.status == "hung"
+    assert record.manifest["rung_facts"]["hang_after_s"] == 5
+    stacks = {rank: (record.root / "ranks" / f"rank-{rank}.stacks.txt").read_text() for rank in (0, 1)}
+    assert "train.py\", line 9" in stacks[1], stacks[1]  # time.sleep
+    assert "train.py\", line 10" in stacks[0], stacks[0]  # the second all_reduce
+    from harness.verdict import judge
+
+    verdict = judge([record])
+    assert verdict.outcome == "failed" and "hang" in verdict.causes

@@ -1,15 +1,27 @@
-"""The rungs, in ladder order. Backends are imported lazily by name, so a rung's heavy
-dependencies (the docker SDK, the SageMaker SDK) are only loaded when that rung is used."""
+"""The rungs, in ladder order, and the one place that turns a rung's name and settings into a
+backend. Backends are imported lazily by name, so a rung's heavy dependencies (the docker SDK,
+the SageMaker SDK) are only loaded when that rung is used.
+
+Rungs of other packages join through the entry-point group ``harness.rungs`` (name → a
+:class:`~harness.backends.base.Backend` subclass), as pytest plugins join ``pytest11``; they
+climb after the built-in rungs.
+"""
 
 from __future__ import annotations
 
 import importlib
+from importlib.metadata import entry_points
+from typing import Any
 
-from harness.backends.base import Backend
+from pydantic import ValidationError
+
+from harness.backends.base import Backend, RungOptions
 from harness.errors import UsageError
 
+ENTRY_POINT_GROUP = "harness.rungs"
+
 #: rung name → "module:class", in the order the ladder climbs.
-RUNGS: dict[str, str] = {
+BUILTIN_RUNGS: dict[str, str] = {
     "local": "harness.backends.local:LocalBackend",
     "local-gpu": "harness.backends.local:LocalGpuBackend",
     "docker": "harness.backends.docker:DockerBackend",
@@ -18,11 +30,59 @@ RUNGS: dict[str, str] = {
 }
 
 
-def get_backend(name: str, **options: object) -> Backend:
-    """The rung called ``name``; ``options`` are that rung's settings (e.g. docker's ``shm_size``)."""
+def rungs() -> dict[str, str]:
+    """Every rung known here, built-in first, then those installed packages declare."""
+    found = dict(BUILTIN_RUNGS)
+    for entry in entry_points(group=ENTRY_POINT_GROUP):
+        found.setdefault(entry.name, entry.value)
+    return found
+
+
+def check_rung_names(names: list[str]) -> None:
+    """Raise :class:`UsageError` naming the first unknown rung and the choices."""
+    known = rungs()
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        raise UsageError(f"unknown rung {unknown[0]!r}; choose from {', '.join(known)}")
+
+
+def backend_class(name: str) -> type[Backend[Any]]:
+    """The class behind rung ``name`` (imports its module, and with it the rung's dependencies)."""
+    check_rung_names([name])
+    module, _, attribute = rungs()[name].partition(":")
     try:
-        target = RUNGS[name]
-    except KeyError:
-        raise UsageError(f"unknown rung {name!r}; choose from {', '.join(RUNGS)}") from None
-    module, cls = target.split(":")
-    return getattr(importlib.import_module(module), cls)(**options)  # type: ignore[no-any-return]
+        cls = getattr(importlib.import_module(module), attribute)
+    except (ImportError, AttributeError) as exc:
+        raise UsageError(
+            f"rung {name!r} cannot be loaded from {rungs()[name]}: {exc}",
+            hint="install the package (or the extra) that provides it",
+        ) from None
+    if not (isinstance(cls, type) and issubclass(cls, Backend)):
+        raise UsageError(
+            f"rung {name!r} ({rungs()[name]}) is not a harness.backends.base.Backend subclass",
+            hint="fix the package that declares it in the harness.rungs entry-point group",
+        )
+    return cls
+
+
+def rung_options(name: str, options: dict[str, Any]) -> RungOptions:
+    """``options`` validated against rung ``name``'s declared settings."""
+    model = backend_class(name).Options
+    try:
+        return model.model_validate(options)
+    except ValidationError as exc:
+        error = exc.errors()[0]
+        key = ".".join(str(part) for part in error["loc"]) or "options"
+        choices = ", ".join(model.model_fields) or "none"
+        if error["type"] == "extra_forbidden":
+            raise UsageError(f"rung {name!r} has no setting {key!r}; its settings: {choices}") from None
+        raise UsageError(
+            f"rung {name!r} setting {key!r}: {error['msg']} (got {error.get('input')!r})",
+            hint=f"its settings: {choices}",
+        ) from None
+
+
+def get_backend(name: str, **options: Any) -> Backend[Any]:
+    """The rung called ``name``; ``options`` are that rung's settings (e.g. docker's ``shm_size``),
+    checked against the settings it declares."""
+    return backend_class(name)(rung_options(name, options))

@@ -14,7 +14,9 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, Generic, TypeVar
+
+from pydantic import BaseModel, ConfigDict
 
 from harness import metrics, s3
 from harness.artifacts import ARCHIVES
@@ -34,6 +36,19 @@ class Capabilities:
     gpus: bool
     separate_hosts: bool  # each host its own machine/filesystem (vs processes sharing one)
     containers: bool
+    #: Whether the rung can tell a job that stopped making progress (the probe's heartbeats) and
+    #: dump its stacks before stopping it; without it a stuck job runs until ``max_run``.
+    hang_detection: bool
+
+    def describe(self) -> str:
+        return ", ".join(name.replace("_", " ") for name, on in vars(self).items() if on) or "none"
+
+
+class RungOptions(BaseModel):
+    """A rung's settings. Each rung declares its own subclass; unknown keys are refused, so a
+    setting given to a rung that does not have it is an error, never silently dropped."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 @dataclass
@@ -59,14 +74,25 @@ class Plan:
         return json.dumps(self.to_dict(), indent=2)
 
 
-class Backend(ABC):
-    """A rung: one way of running a job, behind the same contract and record."""
+PlanT = TypeVar("PlanT", bound=Plan)
+
+
+class Backend(ABC, Generic[PlanT]):
+    """A rung: one way of running a job, behind the same contract and record. ``PlanT`` is the
+    rung's own plan: the printable contract, plus the state its execution needs as typed fields."""
 
     name: ClassVar[str]
     capabilities: ClassVar[Capabilities]
+    #: The settings this rung takes (``harness.backends.get_backend`` validates against it).
+    Options: ClassVar[type[RungOptions]] = RungOptions
     #: Whether the harness uploads the record's artifacts to the job's ``output_path`` (the
     #: ``sagemaker`` rung's artifacts are uploaded by the service itself).
     uploads_artifacts: ClassVar[bool] = True
+
+    def __init__(self, options: RungOptions | None = None) -> None:
+        if options is not None and not isinstance(options, self.Options):
+            raise TypeError(f"rung {self.name!r} takes {self.Options.__name__}, not {type(options).__name__}")
+        self.options = options if options is not None else self.Options()
 
     @abstractmethod
     def unavailable_reason(self) -> str | None:
@@ -77,11 +103,11 @@ class Backend(ABC):
         return None
 
     @abstractmethod
-    def plan(self, job: JobSpec) -> Plan:
+    def plan(self, job: JobSpec) -> PlanT:
         """The exact per-host contract and commands, without running anything."""
 
     @abstractmethod
-    def _execute(self, plan: Plan, record: RecordWriter, progress: Progress | None) -> Status:
+    def _execute(self, plan: PlanT, record: RecordWriter, progress: Progress | None) -> Status:
         """Run the plan, writing logs and per-host results into ``record``."""
 
     def check(self, job: JobSpec) -> None:
@@ -89,7 +115,7 @@ class Backend(ABC):
         job.check_local_paths(f"job {job.name!r}")
         reason = self.unavailable_reason() or self.unsupported_reason(job)
         if reason:
-            raise RungUnavailable(f"rung {self.name!r} cannot run here: {reason}")
+            raise RungUnavailable(self.name, reason)
 
     def run(self, job: JobSpec, records_dir: Path, *, progress: Progress | None = None) -> RunRecord:
         """Run ``job`` on this rung and return its complete record (also when the job fails)."""

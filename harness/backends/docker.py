@@ -23,18 +23,20 @@ import tempfile
 import threading
 import time
 import uuid
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 from docker import DockerClient
+from docker.errors import DockerException
 from docker.models.containers import Container
 from docker.models.networks import Network
 from docker.types import DeviceRequest, Mount, Ulimit
 from docker.utils import parse_bytes
+from pydantic import Field, NonNegativeFloat, PositiveFloat, field_validator
 
 from harness import artifacts
-from harness.backends.base import Backend, Capabilities, Plan, Progress
+from harness.backends.base import Backend, Capabilities, Plan, Progress, RungOptions
 from harness.backends.containers import (
     RUN_ID,
     WORK_DIR,
@@ -45,6 +47,7 @@ from harness.backends.containers import (
     host_result,
     is_running,
     pump_logs,
+    quietly,
     reclaim,
     resolve_image,
     run_labels,
@@ -65,6 +68,7 @@ from harness.backends.hosts import (
     write_host_tree,
 )
 from harness.contract import OPT_ML, HostContract, Machine, host_contract
+from harness.hang import DEFAULT_HANG_AFTER_S, HangWatch
 from harness.jobspec import JobSpec
 from harness.record import RecordWriter, Status
 from harness.supervise import STOP_GRACE_S
@@ -113,23 +117,49 @@ def _can_raise(kind: int) -> bool:
     return subprocess.run([sys.executable, "-c", code], check=False, capture_output=True).returncode == 0
 
 
-class DockerBackend(Backend):
-    """Settings: ``image`` (script-mode base; default the job's, else :func:`ensure_torch_image`),
-    ``gpus`` (default: when this machine has NVIDIA GPUs and the engine can pass them), ``shm_size``
-    (default :func:`default_shm_size`; ``"64m"`` reproduces Docker and local mode), ``ulimits``."""
+class DockerOptions(RungOptions):
+    #: Script-mode base image; default the job's, else :func:`harness.images.ensure_torch_image`.
+    image: str | None = None
+    #: Pass NVIDIA GPUs; default: when this machine has them and the engine can pass them.
+    gpus: bool | None = None
+    #: ``/dev/shm`` size; default :func:`default_shm_size`; ``"64m"`` reproduces Docker and local mode.
+    shm_size: str | None = None
+    ulimits: dict[str, int] = Field(default_factory=lambda: dict(DEFAULT_ULIMITS))
+    #: Seconds between SIGTERM and SIGKILL when the job is stopped.
+    stop_grace_s: NonNegativeFloat = STOP_GRACE_S
+    #: Seconds without any rank's progress before the stacks are dumped and the job stopped.
+    hang_after_s: PositiveFloat = DEFAULT_HANG_AFTER_S
 
+    @field_validator("shm_size")
+    @classmethod
+    def _size(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                parse_bytes(value)
+            except DockerException as exc:
+                raise ValueError(f"not a size Docker understands (e.g. 64m, 8g): {exc}") from None
+        return value
+
+
+@dataclass
+class DockerPlan(Plan):
+    """The contract, and what the run needs that the contract does not say."""
+
+    work_dir: Path = Path()
+    shm_size: str = ""
+    ulimits: dict[str, int] = field(default_factory=dict)
+    gpus: dict[str, list[str]] = field(default_factory=dict)  # host → device ids; empty without GPUs
+
+
+class DockerBackend(Backend[DockerPlan]):
     name = "docker"
-    capabilities = Capabilities(gpus=True, separate_hosts=True, containers=True)
+    capabilities = Capabilities(gpus=True, separate_hosts=True, containers=True, hang_detection=True)
+    Options = DockerOptions
+    options: DockerOptions
 
-    def __init__(self, *, image: str | None = None, gpus: bool | None = None, shm_size: str | None = None,
-                 ulimits: dict[str, int] | None = None, stop_grace_s: float = STOP_GRACE_S,
-                 client: DockerClient | None = None) -> None:
-        self.image = image
-        self.gpus = gpus
-        self.shm_size = shm_size or default_shm_size()
-        self.ulimits = dict(DEFAULT_ULIMITS if ulimits is None else ulimits)
-        self.stop_grace_s = stop_grace_s
-        self._docker = client
+    def __init__(self, options: DockerOptions | None = None) -> None:
+        super().__init__(options)
+        self._docker: DockerClient | None = None
 
     def client(self) -> DockerClient:
         """Made on first use, so that planning and importing need no engine."""
@@ -139,7 +169,7 @@ class DockerBackend(Backend):
 
     def unavailable_reason(self) -> str | None:
         reason = engine_unavailable_reason(self._docker)
-        if reason is None and self.gpus and not engine_gpus(self.client()):
+        if reason is None and self.options.gpus and not engine_gpus(self.client()):
             return "gpus=True, but this machine has no NVIDIA GPU or the engine has no NVIDIA runtime"
         return reason
 
@@ -147,7 +177,7 @@ class DockerBackend(Backend):
         s3_reason = s3_unsupported(job)
         if s3_reason:
             return s3_reason
-        default_image = job.is_script_mode and not (self.image or job.image)
+        default_image = job.is_script_mode and not (self.options.image or job.image)
         if default_image and shutil.which("debootstrap") is None and not self.client().images.list("harness/torch"):
             return ("the script needs an image with python3 and torch: pass --image, set the job's image, "
                     "or install debootstrap so the harness can build one without a registry")
@@ -156,50 +186,53 @@ class DockerBackend(Backend):
     def _gpu_ids(self, job: JobSpec) -> dict[str, list[str]]:
         """Each host's own GPUs, as each instance has its own; all of them to every host where there
         are fewer GPUs than hosts (what local mode does, and recorded as such)."""
-        enabled = self.gpus if self.gpus is not None else engine_gpus(self.client())
+        enabled = self.options.gpus if self.options.gpus is not None else engine_gpus(self.client())
         count = host_gpu_count() if enabled else 0
         per = count // len(job.hosts)
         if per == 0:
             return {host: [str(i) for i in range(count)] for host in job.hosts}
         return {host: [str(i) for i in range(n * per, (n + 1) * per)] for n, host in enumerate(job.hosts)}
 
-    def plan(self, job: JobSpec) -> Plan:
+    def plan(self, job: JobSpec) -> DockerPlan:
         gpus = self._gpu_ids(job)
+        work = Path(tempfile.gettempdir()) / f"harness-docker-{uuid.uuid4().hex[:8]}"
+        shm_size = self.options.shm_size or default_shm_size()
         machine = Machine(num_cpus=os.cpu_count() or 1, num_gpus=len(gpus[job.hosts[0]]), network_interface="eth0",
                           python="python3")
         nccl = {"NCCL_DEBUG": "INFO", **{k: v for k, v in job.environment.items() if k.startswith("NCCL_")}}
         contracts = {host: host_contract(job, host, machine) for host in job.hosts}
-        ulimits, lowered = effective_ulimits(self.ulimits)
+        ulimits, lowered = effective_ulimits(self.options.ulimits)
         if machine.num_gpus:  # NCCL's INFO lines are the evidence a GPU diff needs; the job's NCCL_* win
             contracts = {h: replace(c, launcher_env={**c.launcher_env, **nccl}) for h, c in contracts.items()}
         facts: dict[str, Any] = {
-            "work_dir": str(Path(tempfile.gettempdir()) / f"harness-docker-{uuid.uuid4().hex[:8]}"),
-            "image": (self.image or job.image if job.is_script_mode else job.image)
+            "work_dir": str(work),
+            "image": (self.options.image or job.image if job.is_script_mode else job.image)
             or "harness/torch (to be built by harness.images.ensure_torch_image)",
             "network": "a bridge network per run; each container's hostname and alias is its host name",
             "opt_ml": "each host's own tree bind-mounted on /opt/ml",
             "channels": CHANNELS_FACT.format(how="bind-mounted read-only from"),
             "environment": "the contract's platform and launcher layers" if job.is_script_mode
             else "the platform layer only: the image's own program adds SM_*",
-            "shm_size": self.shm_size, "shm_size_bytes": parse_bytes(self.shm_size),
-            "ulimits": ulimits, "ulimits_requested": self.ulimits, "ulimits_lowered": lowered,
+            "shm_size": shm_size, "shm_size_bytes": parse_bytes(shm_size),
+            "ulimits": ulimits, "ulimits_requested": self.options.ulimits, "ulimits_lowered": lowered,
             "gpus": {"devices": gpus, "shared_by_all_hosts": len(job.hosts) > 1 and gpus[job.hosts[0]] == gpus[
                 job.hosts[-1]], "nccl_env": nccl} if machine.num_gpus else "none",
             "machine": {"num_cpus": machine.num_cpus, "num_gpus": machine.num_gpus, "network_interface": "eth0",
                         "num_cpus_source": "os.cpu_count() of the Docker host (no CPU limit is set)"},
             "init": "none: the command is PID 1, as under `docker run image train`",
-            "stop": f"SIGTERM, SIGKILL after {self.stop_grace_s:g} s",
+            "stop": f"SIGTERM, SIGKILL after {self.options.stop_grace_s:g} s",
+            "hang_after_s": self.options.hang_after_s,
         }
-        return Plan(self.name, job, contracts, facts)
+        return DockerPlan(self.name, job, contracts, facts, work_dir=work, shm_size=shm_size, ulimits=ulimits,
+                          gpus=gpus if machine.num_gpus else {})
 
-    def _execute(self, plan: Plan, record: RecordWriter, progress: Progress | None) -> Status:
-        client, job = self.client(), plan.job
-        work = Path(str(plan.facts["work_dir"]))
+    def _execute(self, plan: DockerPlan, record: RecordWriter, progress: Progress | None) -> Status:
+        client, job, work = self.client(), plan.job, plan.work_dir
         labels = {**run_labels(str(record.manifest["run_id"])), WORK_DIR: str(work)}
         containers: dict[str, Container] = {}
         image = ""
         try:  # everything made below carries the run's labels; the finally removes it by label
-            image = resolve_image(client, job, self.image)
+            image = resolve_image(client, job, self.options.image)
             record.set_fact("image", image)
             network = client.networks.create(f"harness-{labels[RUN_ID]}", driver="bridge", labels=labels)
             trees = {host: work / host / "opt_ml" for host in plan.hosts}
@@ -209,14 +242,13 @@ class DockerBackend(Backend):
             restore_checkpoints(job, trees)
             for host, contract in plan.hosts.items():
                 started = time.monotonic()
-                containers[host] = self._create(client, image, job, contract, mounts[host], network, labels,
-                                                plan.facts)
+                containers[host] = self._create(client, image, plan, contract, mounts[host], network, labels)
                 created = time.monotonic()
                 containers[host].start()
                 record.host_result(host, container=containers[host].name,
                                    container_create_s=round(created - started, 3),
                                    container_start_s=round(time.monotonic() - created, 3))
-            timed_out = self._supervise(containers, job.max_run, record, progress)
+            timed_out, hung = self._supervise(containers, job.max_run, record, progress)
             owned_by_root = [work, record.root / "processes", record.root / "ranks"]
             shielded(lambda: reclaim(client, image, owned_by_root, labels))
             save_checkpoints(job, trees, record)
@@ -225,6 +257,8 @@ class DockerBackend(Backend):
             record.manifest["ranks"] = ranks_from_probe(record.root)
         finally:
             shielded(lambda: teardown(client, labels, image, work))
+        if hung:
+            return "hung"
         if timed_out:
             return "timeout"
         return "succeeded" if all(code == 0 for code in codes.values()) else "failed"
@@ -244,39 +278,54 @@ class DockerBackend(Backend):
         record_received(record, contract, _container_env(job, contract))
         return mounts
 
-    def _create(self, client: DockerClient, image: str, job: JobSpec, contract: HostContract, mounts: list[Mount],
-                network: Network, labels: dict[str, str], facts: dict[str, Any]) -> Container:
-        host, gpus = contract.host, facts["gpus"]
+    def _create(self, client: DockerClient, image: str, plan: DockerPlan, contract: HostContract, mounts: list[Mount],
+                network: Network, labels: dict[str, str]) -> Container:
+        host, job = contract.host, plan.job
         script = {"entrypoint": contract.command, "working_dir": str(contract.cwd)} if job.is_script_mode else {
             "command": ["train"]}  # bring-your-own image: `docker run image train`, its own entrypoint
-        devices = [DeviceRequest(driver="nvidia", device_ids=gpus["devices"][host], capabilities=[["gpu"]])] \
-            if isinstance(gpus, dict) else None
+        devices = [DeviceRequest(driver="nvidia", device_ids=plan.gpus[host], capabilities=[["gpu"]])] \
+            if plan.gpus else None
         return client.containers.create(
             image, name=f"{labels[RUN_ID]}-{host}", hostname=host, environment=_container_env(job, contract),
             labels={**labels, "harness.host": host}, network=network.name, mounts=mounts,
             networking_config={network.name: client.api.create_endpoint_config(aliases=[host])},
-            shm_size=self.shm_size, ulimits=[Ulimit(name=k, soft=v, hard=v) for k, v in facts["ulimits"].items()],
+            shm_size=plan.shm_size, ulimits=[Ulimit(name=k, soft=v, hard=v) for k, v in plan.ulimits.items()],
             device_requests=devices, **script)
 
     def _supervise(self, containers: dict[str, Container], max_run: int, record: RecordWriter,
-                   progress: Progress | None) -> bool:
-        """Stream every host's log until all have exited; stop them all at ``max_run`` or on Ctrl-C."""
+                   progress: Progress | None) -> tuple[bool, bool]:
+        """Stream every host's log until all have exited; stop them all at ``max_run``, when no rank
+        makes progress for ``hang_after_s`` (after their stacks are dumped), or on Ctrl-C.
+        Returns (timed out, hung)."""
         pumps = [threading.Thread(target=pump_logs, args=(c, record.host_dir(h) / "log.txt", h, progress), daemon=True)
                  for h, c in containers.items()]
         for pump in pumps:
             pump.start()
-        deadline, timed_out = time.monotonic() + max_run, False
+        hang = HangWatch(record.root, self.options.hang_after_s, functools.partial(signal_rank, containers))
+        deadline, timed_out, hung = time.monotonic() + max_run, False, False
         try:
             while any(is_running(c) for c in containers.values()):
                 if time.monotonic() > deadline:
                     timed_out = True
                     break
+                if hang.poll():
+                    hung = True
+                    break
                 time.sleep(0.25)
         finally:
-            shielded(lambda: stop(list(containers.values()), self.stop_grace_s))
+            shielded(lambda: stop(list(containers.values()), self.options.stop_grace_s))
             for pump in pumps:
                 pump.join(timeout=5)
-        return timed_out
+        return timed_out, hung
+
+
+def signal_rank(containers: dict[str, Container], pid: int, host: str | None) -> None:
+    """SIGUSR1 to a rank's process inside its host's container (the pid is the container's own),
+    so that the probe dumps its stacks; a rank of unknown host is left alone, as pids repeat
+    across containers and SIGUSR1 ends a process that has no handler for it."""
+    container = containers.get(host or "")
+    if container is not None:
+        quietly(lambda: container.exec_run(["/bin/sh", "-c", f"kill -USR1 {int(pid)}"], detach=True))
 
 
 def _container_env(job: JobSpec, contract: HostContract) -> dict[str, str]:

@@ -19,10 +19,13 @@ import subprocess
 import sys
 import tempfile
 import uuid
+from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
+from pydantic import PositiveFloat
+
 from harness import artifacts, sandbox
-from harness.backends.base import Backend, Capabilities, Plan, Progress
+from harness.backends.base import Backend, Capabilities, Plan, Progress, RungOptions
 from harness.backends.hosts import (
     CHANNELS_FACT,
     PROBE_DIR,
@@ -84,14 +87,26 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-class LocalBackend(Backend):
-    name = "local"
-    capabilities = Capabilities(gpus=False, separate_hosts=False, containers=False)
+class LocalOptions(RungOptions):
+    #: Seconds without any rank's progress before the stacks are dumped and the job stopped.
+    hang_after_s: PositiveFloat = DEFAULT_HANG_AFTER_S
+    #: False runs the job without the probe (to measure its cost, or to rule it out).
+    probe: bool = True
 
-    def __init__(self, *, hang_after_s: float = DEFAULT_HANG_AFTER_S, probe: bool = True) -> None:
-        """``probe=False`` runs the job without the probe (to measure its cost, or to rule it out)."""
-        self.hang_after_s = hang_after_s
-        self.probe = probe
+
+@dataclass
+class LocalPlan(Plan):
+    """The contract and the run's state: where the hosts' trees go, and whether namespaces hold them."""
+
+    work_dir: Path = Path()
+    namespaced: bool = True
+
+
+class LocalBackend(Backend[LocalPlan]):
+    name = "local"
+    capabilities = Capabilities(gpus=False, separate_hosts=False, containers=False, hang_detection=True)
+    Options = LocalOptions
+    options: LocalOptions
 
     def unavailable_reason(self) -> str | None:
         return None
@@ -104,7 +119,7 @@ class LocalBackend(Backend):
     def _machine(self) -> Machine:
         return Machine(num_cpus=os.cpu_count() or 1, num_gpus=0, network_interface="lo", python=sys.executable)
 
-    def plan(self, job: JobSpec) -> Plan:
+    def plan(self, job: JobSpec) -> LocalPlan:
         degraded = _namespaces_unavailable()
         work = Path(tempfile.gettempdir()) / f"harness-{self.name}-{uuid.uuid4().hex[:8]}"
         machine = self._machine()
@@ -114,7 +129,8 @@ class LocalBackend(Backend):
             contracts[host] = host_contract(job, host, machine, opt_ml)
         facts: dict[str, object] = {
             "work_dir": str(work),
-            "probe": "on" if self.probe else "off",
+            "probe": "on" if self.options.probe else "off",
+            "hang_after_s": self.options.hang_after_s,
             "namespaces": "private network and mount namespaces" if degraded is None else f"none: {degraded}",
             "opt_ml": "each host's tree mounted on /opt/ml"
             if degraded is None
@@ -134,12 +150,10 @@ class LocalBackend(Backend):
             port = _free_port()
             facts["adapted"] = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port}
             contracts = {h: _degrade(c, port) for h, c in contracts.items()}
-        return Plan(self.name, job, contracts, facts)
+        return LocalPlan(self.name, job, contracts, facts, work_dir=work, namespaced=degraded is None)
 
-    def _execute(self, plan: Plan, record: RecordWriter, progress: Progress | None) -> Status:
-        job = plan.job
-        work = Path(str(plan.facts["work_dir"]))
-        namespaced = _namespaces_unavailable() is None
+    def _execute(self, plan: LocalPlan, record: RecordWriter, progress: Progress | None) -> Status:
+        job, work, namespaced = plan.job, plan.work_dir, plan.namespaced
         try:
             channels = stage_channels(job, work, record)
             with sandbox.RunNetwork() if namespaced else _no_network() as network:
@@ -150,7 +164,10 @@ class LocalBackend(Backend):
                 trees = {host: work / host / "opt_ml" for host in plan.hosts}
                 restore_checkpoints(job, trees)
                 outcome = run_hosts(
-                    launches, max_run_s=job.max_run, sink=progress, hang=HangWatch(record.root, self.hang_after_s)
+                    launches,
+                    max_run_s=job.max_run,
+                    sink=progress,
+                    hang=HangWatch(record.root, self.options.hang_after_s),
                 )
             save_checkpoints(job, trees, record)
             for host, code in outcome.exit_codes.items():
@@ -181,7 +198,7 @@ class LocalBackend(Backend):
         write_host_tree(job, contract, tree)
         for name, source in channels.items():
             (tree / "input" / "data" / name).symlink_to(source, target_is_directory=True)
-        env = _host_env(contract, record.root if self.probe else None)
+        env = _host_env(contract, record.root if self.options.probe else None)
         record_received(record, contract, env)
         preexec = None
         cwd = Path(str(contract.cwd))
@@ -203,7 +220,7 @@ class LocalGpuBackend(LocalBackend):
     """The same as ``local`` on this machine's CUDA devices."""
 
     name = "local-gpu"
-    capabilities = Capabilities(gpus=True, separate_hosts=False, containers=False)
+    capabilities = Capabilities(gpus=True, separate_hosts=False, containers=False, hang_detection=True)
 
     def unavailable_reason(self) -> str | None:
         if cuda_device_count() == 0:

@@ -136,7 +136,8 @@ class Rank:
     def _beat(self):
         while True:
             try:
-                write_json(self.base + ".heartbeat", {"pid": os.getpid(), "t": time.time(), **self.counters})
+                write_json(self.base + ".heartbeat", {"pid": os.getpid(), "host": os.environ.get("HARNESS_HOST"),
+                                                     "t": time.time(), **self.counters})
                 with self.lock:
                     self.events.flush()
             except (OSError, ValueError):
