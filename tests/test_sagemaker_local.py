@@ -16,13 +16,12 @@ from pathlib import Path
 import pytest
 from docker import DockerClient
 
-from harness.backends.sagemaker_local import (
-    ENTRYPOINT,
-    SDK_NETWORK,
-    SageMakerLocalBackend,
-    read_sm_training_env,
-    sdk_missing_reason,
-)
+from harness.backends import sagemaker_sdk
+from harness.backends.sagemaker_local import SageMakerLocalBackend
+from harness.backends.sagemaker_local.collect import read_sm_training_env
+from harness.backends.sagemaker_local.plan import SDK_NETWORK
+from harness.backends.sagemaker_sdk import ENTRYPOINT, sdk_missing_reason
+from harness.diff.protocol import Tolerance
 from harness.jobspec import Channel, JobSpec, load_job
 from harness.record import RunRecord
 from harness.verdict import judge
@@ -97,9 +96,7 @@ def test_jobs_the_sdk_cannot_run_as_sagemaker_would_are_refused_with_the_reason(
 
 
 def test_a_missing_sdk_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
-    import harness.backends.sagemaker_local as module
-
-    monkeypatch.setattr(module, "sdk_version", lambda: None)
+    monkeypatch.setattr(sagemaker_sdk, "sdk_version", lambda: None)
     assert "[sagemaker]" in (sdk_missing_reason() or "")
     assert "[sagemaker]" in (SageMakerLocalBackend(gpus=False).unavailable_reason() or "")
 
@@ -145,7 +142,7 @@ def test_reference_job_through_the_sdk_matches_local_exactly(
     assert model["sha256"] == local.read_json("artifacts/summary.json")["model.tar.gz"]["files"]["model.pt"]["sha256"]
     assert model["hosts"] == ["algo-1"]  # rank 0 wrote it into the shared dir; the probe says who
     assert (record.root / "sdk" / "docker-compose.yaml").is_file()
-    assert judge([local, record], rtol=0, atol=0).outcome == "parity"
+    assert judge([local, record], tolerance=Tolerance(0, 0, 0, 0)).outcome == "parity"
     assert _left_behind(engine, record) == []
     print(f"sagemaker-local reference job: {wall:.1f} s")
 

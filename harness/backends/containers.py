@@ -52,13 +52,15 @@ def client() -> DockerClient:
     return docker.from_env()
 
 
-def engine_unavailable_reason(client: DockerClient | None = None) -> str | None:
-    """Why no Docker engine answers (``client``'s, else ``DOCKER_HOST``'s or the default socket's), or None.
+def engine_unavailable_reason(client: DockerClient | None = None, *, gpus: bool = False) -> str | None:
+    """Why no Docker engine answers (``client``'s, else ``DOCKER_HOST``'s or the default socket's),
+    or, with ``gpus``, why it cannot pass NVIDIA GPUs; None when it can run the rung.
 
     Without a client it pings with a short-timeout client of its own, so that a dead
     ``DOCKER_HOST`` never hangs the ladder."""
     try:
-        (client or docker.from_env(timeout=PING_TIMEOUT_S)).ping()
+        engine = client or docker.from_env(timeout=PING_TIMEOUT_S)
+        engine.ping()
     except (DockerException, OSError) as exc:
         cause = re.search(
             r"Connection refused|No such file or directory|Permission denied|timed out|"
@@ -70,6 +72,8 @@ def engine_unavailable_reason(client: DockerClient | None = None) -> str | None:
             f"no Docker engine answers at {where} ({cause.group(0) if cause else type(exc).__name__}); "
             "start dockerd, join the docker group or set DOCKER_HOST"
         )
+    if gpus and not engine_gpus(lambda: engine):
+        return "gpus=True, but this machine has no NVIDIA GPU or the engine has no NVIDIA runtime"
     return None
 
 
@@ -83,11 +87,13 @@ def host_gpu_count() -> int:
     return sum(line.startswith("GPU ") for line in out.stdout.splitlines())
 
 
-def engine_gpus(client: DockerClient) -> bool:
-    """GPUs here and an engine that can pass them (the engine is asked only when there are GPUs)."""
+def engine_gpus(client: Callable[[], DockerClient]) -> bool:
+    """GPUs here and an engine that can pass them. ``client`` is called only when there are GPUs:
+    making a client asks the engine for its version, and planning on a machine without GPUs
+    needs no engine."""
     if host_gpu_count() == 0:
         return False
-    runtimes = client.info().get("Runtimes") or {}
+    runtimes = client().info().get("Runtimes") or {}
     return "nvidia" in runtimes or shutil.which("nvidia-container-runtime-hook") is not None
 
 

@@ -168,10 +168,7 @@ class DockerBackend(Backend[DockerPlan]):
         return self._docker
 
     def unavailable_reason(self) -> str | None:
-        reason = engine_unavailable_reason(self._docker)
-        if reason is None and self.options.gpus and not engine_gpus(self.client()):
-            return "gpus=True, but this machine has no NVIDIA GPU or the engine has no NVIDIA runtime"
-        return reason
+        return engine_unavailable_reason(self._docker, gpus=bool(self.options.gpus))
 
     def unsupported_reason(self, job: JobSpec) -> str | None:
         s3_reason = s3_unsupported(job)
@@ -186,7 +183,7 @@ class DockerBackend(Backend[DockerPlan]):
     def _gpu_ids(self, job: JobSpec) -> dict[str, list[str]]:
         """Each host's own GPUs, as each instance has its own; all of them to every host where there
         are fewer GPUs than hosts (what local mode does, and recorded as such)."""
-        enabled = self.options.gpus if self.options.gpus is not None else engine_gpus(self.client())
+        enabled = self.options.gpus if self.options.gpus is not None else engine_gpus(self.client)
         count = host_gpu_count() if enabled else 0
         per = count // len(job.hosts)
         if per == 0:

@@ -33,7 +33,7 @@ from harness import artifacts
 from harness.backends import training_job
 from harness.backends.base import Backend, Capabilities, Plan, Progress
 from harness.backends.hosts import PROBE_DIR, artifact_overview, ranks_from_probe
-from harness.backends.sagemaker_local import (
+from harness.backends.sagemaker_sdk import (
     DATA,
     ENTRYPOINT,
     PROBE_CHANNEL,
@@ -43,6 +43,7 @@ from harness.backends.sagemaker_local import (
     probe_reach,
     sdk_hyperparameters,
     sdk_input_data,
+    sdk_missing_reason,
     write_probe_channel,
 )
 from harness.contract import HostContract
@@ -71,11 +72,16 @@ PROBE_OUTPUT = "harness-probe"
 def with_probe(job: JobSpec, probe_channel: Path) -> JobSpec:
     """The job as submitted with the probe: one more channel (the probe, first on ``PYTHONPATH``)
     and ``HARNESS_PROBE_DIR`` under the output data directory."""
-    return job.model_copy(update={
-        "channels": {**job.channels, PROBE_CHANNEL: Channel(source=str(probe_channel))},
-        "environment": {**job.environment, "PYTHONPATH": probe_python_path(job),
-                        "HARNESS_PROBE_DIR": f"/opt/ml/output/data/{PROBE_OUTPUT}"},
-    })
+    return job.model_copy(
+        update={
+            "channels": {**job.channels, PROBE_CHANNEL: Channel(source=str(probe_channel))},
+            "environment": {
+                **job.environment,
+                "PYTHONPATH": probe_python_path(job),
+                "HARNESS_PROBE_DIR": f"/opt/ml/output/data/{PROBE_OUTPUT}",
+            },
+        }
+    )
 
 
 def unpack_probe(record_root: Path) -> bool:
@@ -276,13 +282,13 @@ class RequestPlan(Plan):
         }
 
 
-class SageMakerBackend(Backend):
+class SageMakerBackend(Backend[RequestPlan]):
     """Settings: ``role`` (execution role ARN; default ``$HARNESS_SAGEMAKER_ROLE``), ``bucket``
     (staging and output; default ``$HARNESS_SAGEMAKER_BUCKET``), ``region`` (default: boto3's),
     ``image`` (training image URI; default the job's)."""
 
     name = "sagemaker"
-    capabilities = Capabilities(gpus=True, separate_hosts=True, containers=True)
+    capabilities = Capabilities(gpus=True, separate_hosts=True, containers=True, hang_detection=False)
     uploads_artifacts = False  # the service uploads them; the rung downloads them into the record
 
     def __init__(
@@ -317,8 +323,6 @@ class SageMakerBackend(Backend):
             import botocore  # noqa: F401
         except ImportError:
             return "boto3 is not installed; pip install 'sagemaker-parity-harness[sagemaker]'"
-        from harness.backends.sagemaker_local import sdk_missing_reason
-
         session = self._session()
         checks = {
             "the SageMaker SDK": sdk_missing_reason(),
@@ -383,13 +387,14 @@ class SageMakerBackend(Backend):
             "(BillableTimeInSeconds / 3600) + S3 storage of code, data and artifacts",
             "probe": f"channel {PROBE_CHANNEL} (PYTHONPATH); it writes under /opt/ml/output/data/{PROBE_OUTPUT}, "
             "which comes back in output.tar.gz and is moved into the record"
-            if self.probe else "off",
+            if self.probe
+            else "off",
         }
         return RequestPlan(
             self.name, job, hosts, facts, request=request.body, uploads=request.uploads, placeholders=placeholders
         )
 
-    def _execute(self, plan: Plan, record: RecordWriter, progress: Progress | None) -> Status:
+    def _execute(self, plan: RequestPlan, record: RecordWriter, progress: Progress | None) -> Status:
         """Submit through ``ModelTrainer``, follow the job (status, CloudWatch logs), then fetch
         its artifacts; past ``max_run`` plus :data:`GRACE_S`, or on Ctrl-C, the job is stopped."""
         job, session = plan.job, self._session()
@@ -402,20 +407,24 @@ class SageMakerBackend(Backend):
         record.set_fact("training_job_name", name)
         sagemaker, logs = session.client("sagemaker"), session.client("logs")
         follower = training_job.LogFollower(logs, name, record, progress, secret_values(job.environment))
-        description, stopped = training_job.follow(sagemaker, follower, name, poll_s=self.poll_s,
-                                                   deadline=time.monotonic() + job.max_run + GRACE_S)
+        description, stopped = training_job.follow(
+            sagemaker, follower, name, poll_s=self.poll_s, deadline=time.monotonic() + job.max_run + GRACE_S
+        )
         status = training_job.collect(description, job.hosts, record)
         record.set_fact("billable_seconds", description.get("BillableTimeInSeconds"))
         if self.probe:
-            record.set_fact("probe_reached", probe_reach(job, record) if unpack_probe(record.root)
-                            else "no: output.tar.gz holds no probe files")
+            record.set_fact(
+                "probe_reached",
+                probe_reach(job, record) if unpack_probe(record.root) else "no: output.tar.gz holds no probe files",
+            )
             record.manifest["ranks"] = ranks_from_probe(record.root)
         record.manifest["artifacts"] = artifact_overview(artifacts.summarize_archives(record.root))
         return "timeout" if stopped else status
 
     def _model_trainer(self, job: JobSpec, session: Any) -> Any:
-        """The ``ModelTrainer`` a user would write for the job (as ``sagemaker-local`` builds it,
-        with ``Mode.SAGEMAKER_TRAINING_JOB``, the rung's role, bucket and image)."""
+        """The ``ModelTrainer`` a user would write for the job (built as ``sagemaker-local`` builds it,
+        :func:`~harness.backends.sagemaker_sdk.model_trainer`, with ``Mode.SAGEMAKER_TRAINING_JOB``,
+        the rung's role, bucket and image)."""
         from sagemaker.core.helper.session_helper import Session
         from sagemaker.train.configs import Compute, MetricDefinition, SourceCode
         from sagemaker.train.model_trainer import Mode
@@ -427,14 +436,16 @@ class SageMakerBackend(Backend):
             role=self.role,
             training_image=self.image or job.image,
             source_code=SourceCode(source_dir=str(job.source_dir), entry_script=job.entry_point)
-            if job.is_script_mode else None,
+            if job.is_script_mode
+            else None,
             compute=Compute(instance_type=job.instance_type, instance_count=job.instance_count),
             environment=dict(job.environment) or None,
             input_data_config=sdk_input_data(job) or None,
         )
         if job.metric_definitions:
             trainer = trainer.with_metric_definitions(
-                [MetricDefinition(name=m.name, regex=m.regex) for m in job.metric_definitions])
+                [MetricDefinition(name=m.name, regex=m.regex) for m in job.metric_definitions]
+            )
         return trainer
 
 
