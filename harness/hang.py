@@ -5,13 +5,13 @@ collectives, optimizer steps) current and dumps its stacks on SIGUSR1."""
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import signal
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+
+from harness.record import RecordFiles
 
 #: Seconds without any rank's progress after which a job counts as hung.
 DEFAULT_HANG_AFTER_S = 300.0
@@ -34,25 +34,14 @@ class HangWatch:
         after_s: float = DEFAULT_HANG_AFTER_S,
         signal_rank: Callable[[int, str | None], None] = _signal_local,
     ) -> None:
-        self.ranks_dir = record_root / "ranks"
+        self.files = RecordFiles(record_root)
         self.after_s, self.signal_rank = after_s, signal_rank
         self.progress: tuple[object, ...] = ()
         self.since = time.monotonic()
 
-    def _beats(self) -> dict[str, dict[str, Any]]:
-        beats = {}
-        for path in self.ranks_dir.glob("rank-*.heartbeat"):
-            try:
-                beats[path.name] = json.loads(path.read_text())
-            except (OSError, json.JSONDecodeError):
-                continue
-        return beats
-
     def poll(self) -> bool:
-        beats = self._beats()
-        progress = tuple(
-            sorted((name, b.get("batches"), b.get("collectives"), b.get("steps")) for name, b in beats.items())
-        )
+        beats = self.files.heartbeats()
+        progress = tuple((rank, b.get("batches"), b.get("collectives"), b.get("steps")) for rank, b in beats.items())
         now = time.monotonic()
         if progress != self.progress:
             self.progress, self.since = progress, now

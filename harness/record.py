@@ -15,11 +15,12 @@ import os
 import re
 import secrets
 import tarfile
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
-from harness import __version__
+from harness._version import __version__
 from harness.errors import RecordError
 from harness.jobspec import JobSpec
 
@@ -147,10 +148,74 @@ class RecordWriter:
 
 
 @dataclass(frozen=True)
-class RunRecord:
-    """A run record read back from disk; the only thing diffs and reports consume."""
+class RecordFiles:
+    """The files of a record directory, by what they hold: the one place that knows the layout
+    (docs/run-record.md). Needs no manifest, so a rung can read a record it is still writing."""
 
     root: Path
+
+    def host_log(self, host: str) -> Path:
+        return self.root / "hosts" / host / "log.txt"
+
+    def rank_logs(self) -> dict[int, Path]:
+        """``ranks/rank-N.log``: each rank's own output."""
+        return self._rank_files(".log")
+
+    def rank_stacks(self) -> dict[int, Path]:
+        """``ranks/rank-N.stacks.txt``: the stacks each rank dumped when the job hung."""
+        return self._rank_files(".stacks.txt")
+
+    def rank_events(self) -> dict[int, list[dict[str, Any]]]:
+        """``ranks/rank-N.jsonl``: each rank's probe events, in order."""
+        return {rank: list(events) for rank, events in self.iter_rank_events().items()}
+
+    def iter_rank_events(self) -> dict[int, Iterator[dict[str, Any]]]:
+        """Each rank's events, read lazily: a reader that wants the first few stops there."""
+        return {rank: read_events(path) for rank, path in self._rank_files(".jsonl").items()}
+
+    def heartbeats(self) -> dict[int, dict[str, Any]]:
+        """``ranks/rank-N.heartbeat``: each rank's last progress. A heartbeat the probe is
+        rewriting just now is left out, not an error: the next read finds it."""
+        beats = {}
+        for rank, path in self._rank_files(".heartbeat").items():
+            try:
+                beats[rank] = json.loads(path.read_text())
+            except (OSError, json.JSONDecodeError):
+                continue
+        return beats
+
+    def processes(self) -> list[dict[str, Any]]:
+        """``processes/*.json``: every Python process the probe saw, by host and pid."""
+        return [json.loads(path.read_text()) for path in sorted((self.root / "processes").glob("*.json"))]
+
+    def _rank_files(self, suffix: str) -> dict[int, Path]:
+        found = {}
+        for path in (self.root / "ranks").glob(f"rank-*{suffix}"):
+            number = path.name.removeprefix("rank-").removesuffix(suffix)
+            if number.isdigit():
+                found[int(number)] = path
+        return dict(sorted(found.items()))
+
+
+def read_events(path: Path) -> Iterator[dict[str, Any]]:
+    """The JSON events of one ``.jsonl`` file, in order. A rank killed while writing leaves its
+    last line cut short: that line is dropped. Any other line that is not JSON is a broken record."""
+    with path.open(encoding="utf-8", errors="replace") as handle:
+        for number, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            try:
+                yield json.loads(line)
+            except json.JSONDecodeError:
+                if not line.endswith("\n"):
+                    return
+                raise RecordError(f"{path}:{number}: not a JSON event") from None
+
+
+@dataclass(frozen=True)
+class RunRecord(RecordFiles):
+    """A run record read back from disk; the only thing diffs and reports consume."""
+
     manifest: dict[str, Any]
 
     @classmethod
@@ -183,12 +248,6 @@ class RunRecord:
     @property
     def hosts(self) -> list[str]:
         return list(self.manifest["topology"]["hosts"])
-
-    def host_log(self, host: str) -> Path:
-        return self.root / "hosts" / host / "log.txt"
-
-    def rank_logs(self) -> dict[int, Path]:
-        return {int(p.stem.removeprefix("rank-")): p for p in sorted((self.root / "ranks").glob("rank-*.log"))}
 
     def metrics(self) -> dict[str, dict[str, list[float]]]:
         path = self.root / "metrics.json"

@@ -23,7 +23,7 @@ from harness.artifacts import ARCHIVES
 from harness.contract import HostContract
 from harness.errors import HarnessError, RungFailed, RungUnavailable, UsageError
 from harness.jobspec import JobSpec
-from harness.record import RecordWriter, RunRecord, Status, new_run_id, write_json
+from harness.record import RecordFiles, RecordWriter, RunRecord, Status, new_run_id, write_json
 from harness.s3 import S3Uri
 
 Progress = Callable[[str, str], None]  # (host, line)
@@ -148,10 +148,9 @@ class Backend(ABC, Generic[PlanT]):
         return RunRecord.load(root)
 
     def _finish(self, job: JobSpec, record: RecordWriter, status: Status) -> None:
-        sources = {host: record.root / "hosts" / host / "log.txt" for host in job.hosts}
-        sources.update(
-            {f"rank-{p.stem.removeprefix('rank-')}": p for p in sorted((record.root / "ranks").glob("rank-*.log"))}
-        )
+        files = RecordFiles(record.root)
+        sources = {host: files.host_log(host) for host in job.hosts}
+        sources.update({f"rank-{rank}": path for rank, path in files.rank_logs().items()})
         write_json(record.root / "metrics.json", metrics.parse_logs(job.metric_definitions, sources))
         record.finish(status)
 
