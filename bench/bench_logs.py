@@ -26,6 +26,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from harness.diff.logs import check_run  # noqa: E402
+from harness.diff.protocol import CheckContext  # noqa: E402
 from harness.record import RunRecord  # noqa: E402
 
 START = dt.datetime(2026, 11, 23, 5, 0, 0, tzinfo=dt.UTC)
@@ -124,11 +125,11 @@ def main() -> None:
         lines = write_record(root, args.lines, args.ranks, args.with_host_logs)
         size = sum(p.stat().st_size for p in root.rglob("*.log")) + sum(p.stat().st_size for p in root.rglob("log.txt"))
         record = RunRecord.load(root)
-        findings = check_run(record)  # warm-up: page cache, catalogue
+        findings = check_run(record, CheckContext())  # warm-up: page cache, catalogue
         times = []
         for _ in range(args.runs):
             start = time.perf_counter()
-            check_run(record)
+            check_run(record, CheckContext())
             times.append(time.perf_counter() - start)
         median = statistics.median(times)
         print(f"{lines:,} rank-log lines over {args.ranks} ranks ({size / 1e6:.0f} MB read per run"

@@ -14,13 +14,14 @@ from typing import Any, NoReturn
 from harness import __version__
 from harness.backends import backend_class, check_rung_names, get_backend, rungs
 from harness.backends.base import Backend, Progress
+from harness.diff.protocol import Tolerance
 from harness.errors import HarnessError, UsageError
 from harness.jobspec import JobSpec, load_job
 from harness.ladder import DEFAULT_RUNGS, climb
 from harness.record import RunRecord
 from harness.report import to_html, to_json, to_markdown, to_text
 from harness.request import load_request
-from harness.verdict import DEFAULT_ATOL, DEFAULT_RTOL, Verdict, judge
+from harness.verdict import Verdict, judge
 
 
 class _Parser(argparse.ArgumentParser):
@@ -56,8 +57,15 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument("-v", "--verbose", action="store_true", help="stream every log line")
 
     def tolerance_args(sub: argparse.ArgumentParser) -> None:
-        sub.add_argument("--rtol", type=float, default=DEFAULT_RTOL, help="relative tolerance of metric curves")
-        sub.add_argument("--atol", type=float, default=DEFAULT_ATOL, help="absolute tolerance of metric curves")
+        default = Tolerance()
+        sub.add_argument("--rtol", dest="metric_rtol", type=float, default=default.metric_rtol,
+                         help="relative tolerance of metric curves (default %(default)s)")
+        sub.add_argument("--atol", dest="metric_atol", type=float, default=default.metric_atol,
+                         help="absolute tolerance of metric curves (default %(default)s)")
+        sub.add_argument("--tensor-rtol", type=float, default=default.tensor_rtol,
+                         help="relative tolerance of checkpoint tensors, element by element (default %(default)s)")
+        sub.add_argument("--tensor-atol", type=float, default=default.tensor_atol,
+                         help="absolute tolerance of checkpoint tensors, element by element (default %(default)s)")
         sub.add_argument("--json", type=Path, metavar="FILE", help="also write the JSON report here")
         sub.add_argument("--html", type=Path, metavar="FILE", help="also write a self-contained HTML report here")
         sub.add_argument("--markdown", type=Path, metavar="FILE", help="also write a Markdown summary (PR comment)")
@@ -201,8 +209,7 @@ def cmd_ladder(args: argparse.Namespace) -> int:
         job,
         args.records,
         rungs=names,
-        rtol=args.rtol,
-        atol=args.atol,
+        tolerance=Tolerance(args.metric_rtol, args.metric_atol, args.tensor_rtol, args.tensor_atol),
         options=settings.__getitem__,
         progress=progress,
         on_record=done,
@@ -212,7 +219,8 @@ def cmd_ladder(args: argparse.Namespace) -> int:
 
 def cmd_diff(args: argparse.Namespace) -> int:
     records = [RunRecord.load(args.baseline), RunRecord.load(args.candidate)]
-    return _report(judge(records, rtol=args.rtol, atol=args.atol), args)
+    tolerance = Tolerance(args.metric_rtol, args.metric_atol, args.tensor_rtol, args.tensor_atol)
+    return _report(judge(records, tolerance=tolerance), args)
 
 
 def cmd_show(args: argparse.Namespace) -> int:

@@ -10,10 +10,11 @@ from typing import Any
 
 from harness.backends import check_rung_names, get_backend
 from harness.backends.base import Progress
+from harness.diff.protocol import Tolerance
 from harness.errors import NoRungCanRun, RungUnavailable
 from harness.jobspec import JobSpec
 from harness.record import RunRecord
-from harness.verdict import DEFAULT_ATOL, DEFAULT_RTOL, Verdict, judge
+from harness.verdict import Verdict, judge
 
 #: What a ladder climbs when no rungs are named: every rung this machine can run with the core
 #: install; the others are reported as skipped, with the reason.
@@ -50,8 +51,7 @@ def climb(
     records_dir: Path,
     *,
     rungs: Sequence[str | Step] = DEFAULT_RUNGS,
-    rtol: float = DEFAULT_RTOL,
-    atol: float = DEFAULT_ATOL,
+    tolerance: Tolerance = Tolerance(),
     options: Callable[[str], dict[str, Any]] = lambda rung: {},
     progress: Callable[[str], Progress | None] = lambda rung: None,
     on_record: Callable[[RunRecord], None] = lambda record: None,
@@ -76,4 +76,4 @@ def climb(
         records.append(record)
     if not records:
         raise NoRungCanRun(skipped)
-    return LadderResult(judge(records, rtol=rtol, atol=atol, skipped=skipped), records, skipped)
+    return LadderResult(judge(records, tolerance=tolerance, skipped=skipped), records, skipped)

@@ -4,19 +4,22 @@ Loaded by the ``pytest11`` entry point wherever harness is installed, or, where 
 is off, by ``pytest_plugins = ["harness.pytest_plugin"]`` in the root ``conftest.py``. A test asks
 for a check in one of two ways:
 
-* ``@pytest.mark.harness_parity(job, rungs=None, rtol=..., atol=...)``: the ladder is climbed
-  before the test's body runs, and the test fails with the verdict and its evidence unless the
-  verdict is parity. The body (often empty) may take the ``harness_result`` fixture to check more.
-* the ``harness_ladder`` fixture, ``harness_ladder(job, rungs=None, rtol=..., atol=...)``, which
-  climbs and returns the :class:`~harness.ladder.LadderResult`; :func:`assert_parity` fails the
-  test with the verdict. For jobs built in Python, or tests that expect a divergence.
+* ``@pytest.mark.harness_parity(job, rungs=None, rtol=..., atol=..., tensor_rtol=..., tensor_atol=...)``:
+  the ladder is climbed before the test's body runs, and the test fails with the verdict and its
+  evidence unless the verdict is parity. The body (often empty) may take the ``harness_result``
+  fixture to check more.
+* the ``harness_ladder`` fixture, ``harness_ladder(job, rungs=None, rtol=..., ...)`` with the same
+  arguments, which climbs and returns the :class:`~harness.ladder.LadderResult`;
+  :func:`assert_parity` fails the test with the verdict. For jobs built in Python, or tests that
+  expect a divergence.
 
 ``job`` is a :class:`~harness.jobspec.JobSpec` or a job file, relative to pytest's rootdir.
-Rungs: the test's own, else ``--harness-rungs``, else :data:`harness.ladder.DEFAULT_RUNGS`. A
-rung that cannot run here is left out and reported as a :class:`RungSkippedWarning`; a test of
-which no rung can run is skipped with every rung's reason. Records go under
-``--harness-record-dir`` (one directory per ladder, named after the test, and a ``summary.md``
-for the session), else under the test's ``tmp_path``.
+``rtol``/``atol`` are the tolerance of metric curves, ``tensor_rtol``/``tensor_atol`` that of
+checkpoint tensors (:class:`~harness.diff.protocol.Tolerance`). Rungs: the test's own, else
+``--harness-rungs``, else :data:`harness.ladder.DEFAULT_RUNGS`. A rung that cannot run here is
+left out and reported as a :class:`RungSkippedWarning`; a test of which no rung can run is skipped
+with every rung's reason. Records go under ``--harness-record-dir`` (one directory per ladder,
+named after the test, and a ``summary.md`` for the session), else under the test's ``tmp_path``.
 
 PYTEST_DONT_REWRITE: this module has no asserts to rewrite, and ``-W error::harness.pytest_plugin.
 RungSkippedWarning`` imports it before pytest registers it, which would warn that it cannot be.
@@ -40,12 +43,12 @@ from typing import NoReturn
 import pytest
 
 from harness.backends import rungs as known_rungs
+from harness.diff.protocol import DEFAULT_ATOL, DEFAULT_RTOL, Tolerance
 from harness.errors import HarnessError, RungUnavailable
 from harness.jobspec import JobSpec, load_job
 from harness.ladder import DEFAULT_RUNGS, LadderResult, climb
 from harness.record import RunRecord
 from harness.report import to_json, to_text
-from harness.verdict import DEFAULT_ATOL, DEFAULT_RTOL
 
 __all__ = ["LadderRunner", "RungSkippedWarning", "assert_parity"]
 
@@ -89,7 +92,8 @@ def pytest_addoption(parser: pytest.Parser) -> None:
 def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers",
-        f"{MARKER}(job, rungs=None, rtol={DEFAULT_RTOL}, atol={DEFAULT_ATOL}): climb the harness ladder "
+        f"{MARKER}(job, rungs=None, rtol={DEFAULT_RTOL}, atol={DEFAULT_ATOL}, tensor_rtol={DEFAULT_RTOL}, "
+        f"tensor_atol={DEFAULT_ATOL}): climb the harness ladder "
         "with job (a job file relative to the rootdir, or a JobSpec) and fail unless the verdict is parity",
     )
     record_dir = config.getoption("harness_record_dir")
@@ -133,23 +137,23 @@ class LadderRunner:
         self._recorder: Recorder | None = request.config.pluginmanager.get_plugin(Recorder.name)
 
     def __call__(self, job: JobArg, rungs: Sequence[str] | str | None = None, *,
-                 rtol: float = DEFAULT_RTOL, atol: float = DEFAULT_ATOL) -> LadderResult:
+                 rtol: float = DEFAULT_RTOL, atol: float = DEFAULT_ATOL,
+                 tensor_rtol: float = DEFAULT_RTOL, tensor_atol: float = DEFAULT_ATOL) -> LadderResult:
         """Run ``job`` on each rung and judge the records. Skips the test when no rung can run
         here; fails it, without a traceback, on a job file or rung that the harness rejects."""
         __tracebackhide__ = True
-        result = self._climb(job, rungs, rtol=rtol, atol=atol)
+        result = self._climb(job, rungs, Tolerance(rtol, atol, tensor_rtol, tensor_atol))
         caller = sys._getframe(1)
         _warn_skipped(result, caller.f_code.co_filename, caller.f_lineno)
         return result
 
-    def _climb(self, job: JobArg, rungs: Sequence[str] | str | None = None, *,
-               rtol: float = DEFAULT_RTOL, atol: float = DEFAULT_ATOL) -> LadderResult:
+    def _climb(self, job: JobArg, rungs: Sequence[str] | str | None, tolerance: Tolerance) -> LadderResult:
         """The call without its :class:`RungSkippedWarning` (the marker warns in the call phase)."""
         __tracebackhide__ = True
         chosen, directory = self._rungs(rungs), self._directory()
         try:
             spec = job if isinstance(job, JobSpec) else load_job(self._request.config.rootpath / job)
-            result = climb(spec, directory, rungs=chosen, rtol=rtol, atol=atol)
+            result = climb(spec, directory, rungs=chosen, tolerance=tolerance)
         except RungUnavailable as exc:
             self._keep(_Entry(self._request.node.nodeid, None, "skipped", exc.message))
             pytest.skip(exc.message)
@@ -158,7 +162,7 @@ class LadderRunner:
             self._keep(_Entry(self._request.node.nodeid, None, "error", message))
             _fail(message)
         self._keep(_Entry(self._request.node.nodeid, result, result.verdict.outcome))
-        _write_ladder(directory, self._request.node.nodeid, spec.name, chosen, result, (rtol, atol))
+        _write_ladder(directory, self._request.node.nodeid, spec.name, chosen, result, tolerance)
         return result
 
     def _rungs(self, rungs: Sequence[str] | str | None) -> list[str]:
@@ -189,8 +193,9 @@ class LadderRunner:
 
 @pytest.fixture
 def harness_ladder(request: pytest.FixtureRequest) -> LadderRunner:
-    """Climb the harness ladder: ``harness_ladder(job, rungs=None, rtol=..., atol=...)`` returns
-    the LadderResult (verdict, records, skipped rungs); pair it with ``assert_parity``."""
+    """Climb the harness ladder: ``harness_ladder(job, rungs=None, rtol=..., atol=..., tensor_rtol=...,
+    tensor_atol=...)`` returns the LadderResult (verdict, records, skipped rungs); pair it with
+    ``assert_parity``."""
     return LadderRunner(request)
 
 
@@ -203,8 +208,9 @@ def harness_result(request: pytest.FixtureRequest, harness_ladder: LadderRunner)
     try:
         job, rungs, tolerance = _marker_args(*marker.args, **marker.kwargs)
     except TypeError as exc:
-        _fail(f"@pytest.mark.{MARKER}: {exc}; expected {MARKER}(job, rungs=None, rtol=..., atol=...)")
-    result = harness_ladder._climb(job, rungs, **tolerance)
+        _fail(f"@pytest.mark.{MARKER}: {exc}; expected {MARKER}(job, rungs=None, rtol=..., atol=..., "
+              "tensor_rtol=..., tensor_atol=...)")
+    result = harness_ladder._climb(job, rungs, tolerance)
     request.node.stash[_RESULT] = result
     return result
 
@@ -217,9 +223,10 @@ def _harness_parity_marker(request: pytest.FixtureRequest) -> None:
 
 
 def _marker_args(job: JobArg, rungs: Sequence[str] | str | None = None, *,
-                 rtol: float = DEFAULT_RTOL, atol: float = DEFAULT_ATOL
-                 ) -> tuple[JobArg, Sequence[str] | str | None, dict[str, float]]:
-    return job, rungs, {"rtol": rtol, "atol": atol}
+                 rtol: float = DEFAULT_RTOL, atol: float = DEFAULT_ATOL,
+                 tensor_rtol: float = DEFAULT_RTOL, tensor_atol: float = DEFAULT_ATOL
+                 ) -> tuple[JobArg, Sequence[str] | str | None, Tolerance]:
+    return job, rungs, Tolerance(rtol, atol, tensor_rtol, tensor_atol)
 
 
 @dataclass
@@ -293,15 +300,17 @@ def _cell(text: str) -> str:
 
 
 def _write_ladder(directory: Path, test: str, job: str, rungs: list[str], result: LadderResult,
-                  tolerance: tuple[float, float]) -> None:
+                  tolerance: Tolerance) -> None:
     """``verdict.json`` (the report of `harness ladder --json`) and ``ladder.json``: which test
-    climbed, its records in ladder order, and the two that decided the verdict with the tolerance
-    (what `harness diff A B --rtol --atol` takes to render the report again)."""
+    climbed, its records in ladder order, and the two that decided the verdict with the tolerances
+    (what `harness diff A B --rtol --atol --tensor-rtol --tensor-atol` takes to render the report
+    again)."""
     (directory / "verdict.json").write_text(to_json(result.verdict) + "\n", encoding="utf-8")
     ladder = {"test": test, "job": job, "requested_rungs": rungs, "outcome": result.verdict.outcome,
               "records": [record.root.name for record in result.records], "skipped": result.skipped,
               "compare": [record.root.name for record in _decisive_pair(result)],
-              "rtol": tolerance[0], "atol": tolerance[1]}
+              "rtol": tolerance.metric_rtol, "atol": tolerance.metric_atol,
+              "tensor_rtol": tolerance.tensor_rtol, "tensor_atol": tolerance.tensor_atol}
     (directory / "ladder.json").write_text(json.dumps(ladder, indent=2) + "\n", encoding="utf-8")
 
 

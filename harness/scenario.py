@@ -10,7 +10,7 @@ jobs too. ``scenario.yaml``::
         overrides: {instance_count: 1, processes_per_host: 1, distribution: none}
       - rung: docker
         options: {shm_size: 64m}    # rung settings
-    tolerance: {rtol: 1e-5, atol: 1e-6}
+    tolerance: {rtol: 1e-5, atol: 1e-6, tensor_rtol: 1e-5, tensor_atol: 1e-6}   # curves; checkpoints
     expect: {outcome: diverged, cause: data-not-sharded, first_rung: local}
     images:                         # images the job needs, built on the torch image before the steps
       - {tag: "scenario/byo:1", steps: ["COPY train /usr/local/bin/train"], context: image}
@@ -29,10 +29,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from harness import ladder, s3
 from harness.backends import get_backend, rung_options
+from harness.diff import protocol
 from harness.errors import JobSpecError, NoRungCanRun, UsageError
 from harness.jobspec import load_job
 from harness.record import RunRecord
-from harness.verdict import DEFAULT_ATOL, DEFAULT_RTOL, Verdict
+from harness.verdict import Verdict
 
 
 class _Strict(BaseModel):
@@ -55,8 +56,15 @@ class Expectation(_Strict):
 
 
 class Tolerance(_Strict):
-    rtol: float = DEFAULT_RTOL
-    atol: float = DEFAULT_ATOL
+    """``rtol``/``atol``: metric curves; ``tensor_rtol``/``tensor_atol``: checkpoint tensors."""
+
+    rtol: float = protocol.DEFAULT_RTOL
+    atol: float = protocol.DEFAULT_ATOL
+    tensor_rtol: float = protocol.DEFAULT_RTOL
+    tensor_atol: float = protocol.DEFAULT_ATOL
+
+    def for_checks(self) -> protocol.Tolerance:
+        return protocol.Tolerance(self.rtol, self.atol, self.tensor_rtol, self.tensor_atol)
 
 
 class ScenarioImage(_Strict):
@@ -137,7 +145,7 @@ def run_scenario(directory: Path, records_dir: Path) -> ScenarioResult:
     for uri, source in spec.s3_data.items():
         s3.upload_tree(directory / source, uri, create_bucket=True)
     try:
-        result = ladder.climb(base, records_dir, rungs=steps, rtol=spec.tolerance.rtol, atol=spec.tolerance.atol)
+        result = ladder.climb(base, records_dir, rungs=steps, tolerance=spec.tolerance.for_checks())
     except NoRungCanRun as exc:
         return ScenarioResult(directory.name, spec, None, skipped=exc.skipped)
     return ScenarioResult(directory.name, spec, result.verdict, result.records, result.skipped)

@@ -18,11 +18,14 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from harness import interrupts
 from harness.hang import HangWatch
 from harness.record import now, scrub, secret_values
 
 #: Seconds between SIGTERM and SIGKILL (SageMaker waits 120 s; a harness run should not).
 STOP_GRACE_S = 10.0
+#: How long a process SIGKILL was sent to may take to be reaped before the harness goes on.
+REAP_S = 5.0
 LineSink = Callable[[str, str], None]  # (host, line)
 
 
@@ -71,14 +74,24 @@ def stop(procs: dict[str, subprocess.Popen[bytes]], grace_s: float = STOP_GRACE_
             proc.wait(timeout=max(0.0, deadline - time.monotonic()))
     for proc in procs.values():
         _signal_group(proc, signal.SIGKILL)  # also reaps grandchildren that outlived their parent
-        proc.wait()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout=REAP_S)
 
 
 def run_hosts(
     launches: list[HostLaunch], *, max_run_s: float, sink: LineSink | None = None, hang: HangWatch | None = None
 ) -> Outcome:
-    """Start every host and wait for all of them; stop them all on timeout, hang, interrupt, or as
-    soon as one host fails (as SageMaker stops a training job's instances)."""
+    """Start every host and wait for all of them; stop them all on timeout, hang, a signal (then
+    :class:`harness.interrupts.Interrupted` is raised, once everything is stopped), or as soon as
+    one host fails (as SageMaker stops a training job's instances)."""
+    with interrupts.deferred():
+        outcome = _supervise(launches, max_run_s=max_run_s, sink=sink, hang=hang)
+    interrupts.raise_if_requested()
+    return outcome
+
+
+def _supervise(launches: list[HostLaunch], *, max_run_s: float, sink: LineSink | None, hang: HangWatch | None
+               ) -> Outcome:
     outcome = Outcome()
     procs: dict[str, subprocess.Popen[bytes]] = {}
     pumps: list[threading.Thread] = []
@@ -104,7 +117,7 @@ def run_hosts(
         deadline = time.monotonic() + max_run_s
         while True:
             codes = [p.poll() for p in procs.values()]  # every one, each time: any() would stop at the first
-            if all(code is not None for code in codes):
+            if all(code is not None for code in codes) or interrupts.requested():
                 break
             if time.monotonic() > deadline:
                 outcome.timed_out = True
@@ -122,7 +135,7 @@ def run_hosts(
         if any(p.poll() is None for p in procs.values()):
             stop(procs)
         for pump in pumps:  # the probe's tees flush a rank's last lines after it exits
-            pump.join(timeout=5)
+            pump.join(timeout=REAP_S)
         for proc in procs.values():  # reap whatever the launchers left running in their groups
             _signal_group(proc, signal.SIGKILL)
     for host, proc in procs.items():

@@ -12,15 +12,14 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from harness.diff import Finding, check_run, compare
+from harness.diff.checks import registered
 from harness.diff.failures import describe_failure
+from harness.diff.findings import Finding
+from harness.diff.protocol import Check, CheckContext, RunCheck, Tolerance
 from harness.record import RunRecord
 
 Outcome = Literal["parity", "diverged", "failed"]
 _SEVERITY = {"failure": 0, "divergence": 1, "note": 2}
-
-DEFAULT_RTOL = 1e-5
-DEFAULT_ATOL = 1e-6
 
 
 @dataclass
@@ -60,11 +59,17 @@ def rank_findings(findings: list[Finding]) -> list[Finding]:
     return sorted(findings, key=lambda f: (_SEVERITY[f.severity], -f.confidence))
 
 
-def _findings_for(record: RunRecord, below: RunRecord | None, *, rtol: float, atol: float) -> list[Finding]:
-    findings = check_run(record)
-    if below is not None:
-        findings += compare(below, record, rtol=rtol, atol=atol)
-    elif record.status != "succeeded":
+def _findings_for(
+    record: RunRecord, below: RunRecord | None, checks: tuple[Check, ...], context: CheckContext
+) -> list[Finding]:
+    """Every registered check on ``record``: run checks on it alone, pair checks against ``below``."""
+    findings: list[Finding] = []
+    for check in checks:
+        if isinstance(check, RunCheck):
+            findings += check(record, context)
+        elif below is not None:
+            findings += check(below, record, context)
+    if below is None and record.status != "succeeded":
         findings.append(
             Finding(
                 "failure",
@@ -81,17 +86,17 @@ def _findings_for(record: RunRecord, below: RunRecord | None, *, rtol: float, at
 def judge(
     records: list[RunRecord],
     *,
-    rtol: float = DEFAULT_RTOL,
-    atol: float = DEFAULT_ATOL,
+    tolerance: Tolerance = Tolerance(),
     skipped: dict[str, str] | None = None,
 ) -> Verdict:
     """Walk the ladder upwards; stop at the first rung that fails or diverges."""
+    checks, context = registered(), CheckContext(tolerance)
     verdict = Verdict(
         "parity", [r.rung for r in records], skipped=dict(skipped or {}), records=[str(r.root) for r in records]
     )
     for index, record in enumerate(records):
         below = records[index - 1] if index else None
-        findings = _findings_for(record, below, rtol=rtol, atol=atol)
+        findings = _findings_for(record, below, checks, context)
         decisive = [f for f in findings if f.severity != "note"]
         if decisive:
             verdict.outcome = "failed" if decisive[0].severity == "failure" else "diverged"

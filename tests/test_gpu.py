@@ -8,6 +8,7 @@ import pytest
 
 from harness.backends import get_backend
 from harness.backends.local import cuda_device_count
+from harness.diff.protocol import Tolerance
 from harness.jobspec import load_job
 from harness.verdict import judge
 
@@ -27,5 +28,5 @@ def test_local_gpu_runs_nccl_and_matches_local(scenarios: Path, records: Path) -
     assert '"SM_NUM_GPUS": "' in env and '"SM_NUM_GPUS": "0"' not in env
     # GPU kernels differ from CPU ones in the last bits: measured on an H100, the printed losses
     # (6 decimals) differ by at most 1e-6 over 256 steps. Tolerance: 2 units of that precision.
-    verdict = judge([cpu, gpu], rtol=1e-4, atol=2e-6)
+    verdict = judge([cpu, gpu], tolerance=Tolerance(1e-4, 2e-6, 1e-4, 2e-6))
     assert verdict.outcome == "parity", verdict.to_dict()

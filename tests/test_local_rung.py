@@ -8,7 +8,6 @@ import signal
 import subprocess
 import sys
 import tarfile
-import time
 from pathlib import Path
 
 import pytest
@@ -17,12 +16,14 @@ from harness.backends import get_backend
 from harness.cli import main
 from harness.jobspec import load_job
 from harness.record import RunRecord
+from harness.report import to_html, to_json, to_markdown, to_text
+from harness.verdict import judge
 
 pytestmark = pytest.mark.slow
 
 
 def _processes_with(marker: str) -> list[str]:
-    out = subprocess.run(["ps", "-eo", "pid,args"], capture_output=True, text=True, check=True).stdout
+    out = subprocess.run(["ps", "-ww", "-eo", "pid,args"], capture_output=True, text=True, check=True).stdout
     return [line for line in out.splitlines() if marker in line and "ps -eo" not in line]
 
 
@@ -94,34 +95,48 @@ def test_failing_job_gives_failed_record_and_exit_1(tmp_path: Path, capsys: pyte
     assert "ValueError: bad shape in layer 3" in result["failure_reason"]
 
 
+def _orphan_script(marker: str) -> str:
+    """A job that starts a grandchild carrying ``marker`` in its command line, says ready, sleeps."""
+    return (
+        "import subprocess, sys, time\n"
+        f"subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(300)', '{marker}'])\n"
+        "print('ready', flush=True)\ntime.sleep(300)\n"
+    )
+
+
 def test_max_run_stops_every_process(tmp_path: Path) -> None:
     marker = f"harness-sleeper-{os.getpid()}"
-    script = f"import subprocess, time\nsubprocess.Popen(['sleep', '300', '{marker}'])\ntime.sleep(300)\n"
-    job = load_job(_write_job(tmp_path, script, max_run=2, instance_count=2))
+    job = load_job(_write_job(tmp_path, _orphan_script(marker), max_run=2, instance_count=2))
     record = get_backend("local").run(job, tmp_path / "records")
     assert record.status == "timeout" and record.manifest["complete"]
     assert _processes_with(marker) == []
 
 
-def test_ctrl_c_stops_everything_and_marks_the_record(tmp_path: Path) -> None:
-    marker = f"harness-ctrlc-{os.getpid()}"
-    script = (
-        f"import subprocess, time\nsubprocess.Popen(['sleep', '300', '{marker}'])\n"
-        "print('ready', flush=True)\ntime.sleep(300)\n"
-    )
-    job = _write_job(tmp_path, script, instance_count=2)
+def _default_signals() -> None:
+    """The dispositions a terminal gives a program: a background job of a non-interactive shell
+    starts its children with SIGINT ignored, which Python then leaves ignored."""
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, signal.SIG_DFL)
+
+
+@pytest.mark.parametrize("signum, exit_code", [(signal.SIGINT, 130), (signal.SIGTERM, 143), (signal.SIGHUP, 129)])
+def test_a_signal_stops_everything_and_marks_the_record(signum: int, exit_code: int, tmp_path: Path) -> None:
+    marker = f"harness-signal-{os.getpid()}-{signum}"
+    job = _write_job(tmp_path, _orphan_script(marker), instance_count=2)
     harness = subprocess.Popen(
         [sys.executable, "-m", "harness", "run", str(job), "--records", str(tmp_path / "records"), "-v"],
         stderr=subprocess.PIPE,
         text=True,
+        preexec_fn=_default_signals,
     )
     assert harness.stderr is not None
     for line in harness.stderr:
         if "ready" in line:
             break
-    time.sleep(0.5)
-    harness.send_signal(signal.SIGINT)
-    assert harness.wait(timeout=60) == 130
+    assert _processes_with(marker), "the job's grandchild should be running"
+    harness.send_signal(signum)
+    assert harness.wait(timeout=60) == exit_code
+    assert f"stopped by {signal.Signals(signum).name}" in harness.stderr.read()
     record = RunRecord.load(next((tmp_path / "records").iterdir()))
     assert record.status == "interrupted" and record.manifest["complete"]
     assert _processes_with(marker) == []
@@ -203,7 +218,8 @@ def test_relative_records_dir_is_made_absolute(
 def test_sharded_local_channel_gives_each_host_its_share_and_the_diff_shows_it(tmp_path: Path) -> None:
     """ShardedByS3Key on a local directory: each host its share, as once the SDK uploaded it; two
     runs whose hosts saw different data have the difference named, file by file."""
-    from harness.diff.findings import compare
+    from harness.diff.checks import compare
+    from harness.diff.protocol import CheckContext, Tolerance
     from harness.jobspec import JobSpec
 
     data, source = tmp_path / "data", tmp_path / "src"
@@ -223,7 +239,7 @@ def test_sharded_local_channel_gives_each_host_its_share_and_the_diff_shows_it(t
     assert list(sharded.read_json("hosts/algo-1/received/channels.json")["train"]["files"]) == [
         "part-0.csv", "part-2.csv", "part-4.csv"]
     assert (data / "part-0.csv").is_file()  # the source is never touched
-    (finding,) = [f for f in compare(runs["FullyReplicated"], sharded, rtol=0, atol=0)
+    (finding,) = [f for f in compare(runs["FullyReplicated"], sharded, CheckContext(Tolerance(0, 0, 0, 0)))
                   if f.cause == "channel-data-differs"]
     assert "algo-2 train: 5 files, 20 bytes -> 2 files, 8 bytes" in finding.evidence
     assert "  only on local: part-0.csv, part-2.csv, part-4.csv" in finding.evidence
@@ -239,13 +255,26 @@ def test_secrets_a_job_prints_are_scrubbed_from_everything_recorded(tmp_path: Pa
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", machine_secret)
     source = tmp_path / "src"
     source.mkdir()
-    (source / "train.py").write_text("import os\nfor k, v in sorted(os.environ.items()):\n    print(k, v)\n")
+    (source / "train.py").write_text(
+        "import os, sys\nfor k, v in sorted(os.environ.items()):\n    print(k, v)\n"
+        "if sys.argv[1:] == ['--fail', 'yes']:\n"
+        "    raise RuntimeError(f\"login refused for {os.environ['WANDB_API_KEY']} and \"\n"
+        "                       f\"{os.environ['AWS_SECRET_ACCESS_KEY']!r}\")\n"
+    )
     job = JobSpec(name="leaky", source_dir=source, entry_point="train.py", distribution="torchrun",
                   environment={"WANDB_API_KEY": job_secret})
-    record = get_backend("local").run(job, tmp_path / "records")
-    assert record.status == "succeeded"
-    assert "WANDB_API_KEY <redacted>" in (record.root / "hosts" / "algo-1" / "log.txt").read_text()
-    for path in record.root.rglob("*"):
+    failing = job.model_copy(update={"hyperparameters": {"fail": "yes"}})
+    records = [get_backend("local").run(job, tmp_path / "records"),
+               get_backend("local").run(failing, tmp_path / "records")]
+    assert [record.status for record in records] == ["succeeded", "failed"]
+    assert "WANDB_API_KEY <redacted>" in (records[0].root / "hosts" / "algo-1" / "log.txt").read_text()
+    assert "login refused for <redacted>" in json.dumps(records[1].manifest["ranks"])
+    verdict = judge(records)
+    reports = tmp_path / "reports"
+    reports.mkdir()
+    for render in (to_text, to_json, to_html, to_markdown):
+        (reports / render.__name__).write_text(render(verdict))
+    for path in [*(tmp_path / "records").rglob("*"), *reports.iterdir()]:
         if path.is_file():
             data = path.read_bytes()
             assert machine_secret.encode() not in data and job_secret.encode() not in data, path

@@ -23,11 +23,13 @@ import yaml
 
 from harness.diff import logs
 from harness.diff.findings import Finding
+from harness.diff.protocol import CheckContext
 from harness.record import RunRecord
 
 DATA = Path(__file__).resolve().parent / "data" / "logs"
 RECORDS = DATA / "records"
 CATALOGUE = yaml.safe_load((Path(logs.__file__).parents[1] / "signatures.yaml").read_text())
+CONTEXT = CheckContext()
 
 #: case: (cause, rank at fault, the job's frame in the title). Ranks are global; None: a host's launcher.
 EXPECTED: dict[str, tuple[str, int | None, str | None]] = {
@@ -120,7 +122,7 @@ def test_benign_lines_that_hold_keywords_are_not_errors() -> None:
 def test_root_cause_of_a_captured_failure(case: str) -> None:
     cause, rank, frame = EXPECTED[case]
     run = record(case)
-    finding = root_finding(logs.check_run(run))
+    finding = root_finding(logs.check_run(run, CONTEXT))
     assert (finding.cause, finding.rank) == (cause, rank), finding.to_dict()
     assert finding.severity == "failure" and finding.hint and finding.evidence[-1].startswith("why: ")
     assert re.match(r"(ranks/rank-\d+\.log|hosts/algo-\d/log\.txt):\d+ \d{4}-\d\d-\d\dT", finding.evidence[0])
@@ -131,7 +133,7 @@ def test_root_cause_of_a_captured_failure(case: str) -> None:
 
 
 def test_collective_mismatch_is_that_ranks_fault_at_that_line_not_its_peers_connection_reset() -> None:
-    findings = logs.check_run(record("mismatch-size"))
+    findings = logs.check_run(record("mismatch-size"), CONTEXT)
     root, echoes = findings
     assert root.cause == "collective-mismatch" and root.rank == 0
     assert re.match(r"ranks/rank-0\.log:6 [\d:T.-]+Z   what\(\):  \[enforce fail", root.evidence[0])
@@ -142,7 +144,7 @@ def test_collective_mismatch_is_that_ranks_fault_at_that_line_not_its_peers_conn
 
 
 def test_with_detail_the_rank_in_the_other_collective_is_named_with_its_own_line() -> None:
-    root = root_finding(logs.check_run(record("mismatch-op-detail")))
+    root = root_finding(logs.check_run(record("mismatch-op-detail"), CONTEXT))
     assert root.rank == 3 and root.cause == "collective-mismatch"
     assert root.evidence[0].startswith("ranks/rank-3.log:18 ") and "OpType=BROADCAST" in root.evidence[0]
     assert [logs.normalise(e) for e in root.evidence[1:3]] == [
@@ -152,28 +154,28 @@ def test_with_detail_the_rank_in_the_other_collective_is_named_with_its_own_line
 
 
 def test_without_detail_the_rank_alone_at_another_call_site_is_named() -> None:
-    root = root_finding(logs.check_run(record("mismatch-op")))
+    root = root_finding(logs.check_run(record("mismatch-op"), CONTEXT))
     assert (root.rank, root.cause, root.confidence) == (3, "collective-mismatch", 0.6)
     assert "dist.broadcast(grad, 0)" in root.evidence[2] and "ranks 0, 1, 2 at train.py:91" in root.evidence
 
 
 def test_a_rank_that_never_arrives_is_named_not_the_ranks_that_timed_out() -> None:
-    root = root_finding(logs.check_run(record("straggle")))
+    root = root_finding(logs.check_run(record("straggle"), CONTEXT))
     assert (root.rank, root.cause) == (3, "collective-timeout")
     assert "Timed out waiting 4000ms" in root.evidence[0] and re.match(r"ranks/rank-[012]\.log:15 ", root.evidence[0])
     assert any(e.startswith("rank 3 printed no error; last: ranks/rank-3.log: ") and "step=2" in e
                for e in root.evidence)
-    detail = root_finding(logs.check_run(record("straggle-detail")))
+    detail = root_finding(logs.check_run(record("straggle-detail"), CONTEXT))
     assert detail.rank == 3 and "Rank 3 failed to pass monitoredBarrier" in detail.evidence[0]
 
 
 def test_peers_that_only_lost_their_connection_point_at_the_silent_rank() -> None:
-    root = root_finding(logs.check_run(record("exit-early")))
+    root = root_finding(logs.check_run(record("exit-early"), CONTEXT))
     assert root.rank == 3 and root.confidence < 0.5 and "no rank printed a primary error" in root.title
 
 
 def test_echoes_are_gathered_in_one_note() -> None:
-    root, note = logs.check_run(record("crash"))
+    root, note = logs.check_run(record("crash"), CONTEXT)
     assert root.rank == 3 and 'raise ValueError("batch 3 has 17 columns, expected 16")' in root.evidence[2]
     assert note.severity == "note" and note.title == "errors on ranks 0, 1, 2 and the launcher on algo-1, algo-2 " \
                                                       "follow from it (echoes)"
@@ -182,19 +184,19 @@ def test_echoes_are_gathered_in_one_note() -> None:
 
 
 def test_nccl_backend_on_a_cpu_machine() -> None:
-    root = root_finding(logs.check_run(record("nccl-cpu")))
+    root = root_finding(logs.check_run(record("nccl-cpu"), CONTEXT))
     assert "Distributed package doesn't have NCCL built in" in root.evidence[0]
     assert "line 5: dist.init_process_group(backend, timeout=TIMEOUT)" in root.evidence
 
 
 def test_shared_memory_exhaustion() -> None:
     for case in ("shm", "shm-bus"):
-        root = root_finding(logs.check_run(record(case)))
+        root = root_finding(logs.check_run(record(case), CONTEXT))
         assert root.cause == "shm-exhausted" and "shm-size" in (root.hint or "")
 
 
 def test_a_launcher_error_without_any_rank_is_the_hosts() -> None:
-    root = root_finding(logs.check_run(record("no-python")))
+    root = root_finding(logs.check_run(record("no-python"), CONTEXT))
     assert root.title == "algo-1 failed first: image without python or pip"
     stamp = r"\d{4}-\d\d-\d\dT[\d:.]+Z"
     assert re.fullmatch(rf"hosts/algo-1/log\.txt:1 {stamp} bash: line 1: python3: command not found", root.evidence[0])
@@ -203,7 +205,7 @@ def test_a_launcher_error_without_any_rank_is_the_hosts() -> None:
 def test_host_log_stands_in_for_a_missing_rank_log(tmp_path: Path) -> None:
     run = copy("crash", tmp_path)
     (run.root / "ranks" / "rank-3.log").unlink()
-    root = root_finding(logs.check_run(run))
+    root = root_finding(logs.check_run(run, CONTEXT))
     assert (root.rank, root.cause) == (3, "python-exception")
     assert root.evidence[0].startswith("hosts/algo-2/log.txt:") and "at train.py:102" in root.title
 
@@ -218,21 +220,21 @@ def test_launcher_lines_are_attributed_through_the_manifests_local_ranks(tmp_pat
 
 
 def test_errors_of_a_run_that_succeeded_are_notes(tmp_path: Path) -> None:
-    findings = logs.check_run(copy("crash", tmp_path, status="succeeded"))
+    findings = logs.check_run(copy("crash", tmp_path, status="succeeded"), CONTEXT)
     assert findings and {f.severity for f in findings} == {"note"}
 
 
 def test_a_clean_run_has_no_findings() -> None:
-    assert logs.check_run(record("success")) == []
+    assert logs.check_run(record("success"), CONTEXT) == []
 
 
 def test_chunk_boundaries_change_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
     cases = ["crash", "mismatch-op-detail", "straggle", "shm-bus", "gpu-watchdog"]
-    expected = {c: [f.to_dict() for f in logs.check_run(record(c))] for c in cases}
+    expected = {c: [f.to_dict() for f in logs.check_run(record(c), CONTEXT)] for c in cases}
     monkeypatch.setattr(logs, "CHUNK", 97)  # many chunks, lines split across them
     monkeypatch.setattr(logs, "LOOKBACK", 4096)
     for case in cases:
-        assert [f.to_dict() for f in logs.check_run(record(case))] == expected[case], case
+        assert [f.to_dict() for f in logs.check_run(record(case), CONTEXT)] == expected[case], case
 
 
 def test_lines_without_timestamp_sort_last(tmp_path: Path) -> None:
@@ -241,7 +243,7 @@ def test_lines_without_timestamp_sort_last(tmp_path: Path) -> None:
                                                         "topology": {"hosts": []}, "ranks": {}}))
     (tmp_path / "ranks" / "rank-0.log").write_text("ValueError: printed without a timestamp\n")
     (tmp_path / "ranks" / "rank-1.log").write_text("2026-11-23T05:00:00.000001Z KeyError: 'x'\n")
-    assert root_finding(logs.check_run(RunRecord.load(tmp_path))).rank == 1
+    assert root_finding(logs.check_run(RunRecord.load(tmp_path), CONTEXT)).rank == 1
 
 
 # ---- normalisation and comparing two rungs -------------------------------------------------------
@@ -323,7 +325,7 @@ def test_live_capture_gives_the_same_root(case: str, tmp_path: Path) -> None:
     run = RunRecord.load(_capture_module().capture(case, tmp_path))
     assert run.status == "failed", (run.root / "hosts" / "algo-1" / "log.txt").read_text()[-3000:]
     cause, rank, _ = EXPECTED[case]
-    root = root_finding(logs.check_run(run))
+    root = root_finding(logs.check_run(run, CONTEXT))
     assert root.cause == cause, root.to_dict()
     if case == "nccl-cpu":  # every rank fails alike, in no set order
         assert root.rank in (0, 1)

@@ -121,13 +121,14 @@ def test_no_runnable_rung_skips_with_the_reasons(repo: pytest.Pytester) -> None:
 @pytest.mark.slow
 def test_correct_job_passes_by_marker_and_by_fixture(repo: pytest.Pytester) -> None:
     _tests(repo, """
-        @pytest.mark.harness_parity("steady/job.yaml", rungs=["local", "local"], rtol=0, atol=0)
+        @pytest.mark.harness_parity("steady/job.yaml", rungs=["local", "local"], rtol=0, atol=0,
+                                    tensor_rtol=0, tensor_atol=0)
         def test_marked(harness_result):
             assert [r.rung for r in harness_result.records] == ["local", "local"]
             assert harness_result.records[0].metrics()["train:loss"]["algo-1"][-1] == 0.2
 
         def test_fixture(harness_ladder):
-            result = harness_ladder("steady/job.yaml", rungs="local")
+            result = harness_ladder("steady/job.yaml", rungs="local", tensor_rtol=1e-3)
             assert_parity(result)
             assert result.verdict.outcome == "parity" and result.skipped == {}
     """)
@@ -198,6 +199,7 @@ def test_record_dir_keeps_each_ladder_and_a_summary(repo: pytest.Pytester) -> No
     assert ladder["test"] == "test_parity.py::test_default_rungs" and ladder["requested_rungs"] == ["local"]
     (record,) = ladder["records"]
     assert ladder["compare"] == [record, record] and (ladder["rtol"], ladder["atol"]) == (1e-5, 1e-6)
+    assert (ladder["tensor_rtol"], ladder["tensor_atol"]) == (1e-5, 1e-6)
     assert json.loads((ladder_dir / record / "manifest.json").read_text())["rung"] == "local"
     assert json.loads((ladder_dir / "verdict.json").read_text())["outcome"] == "parity"
     summary = (repo.path / "out" / "records" / "summary.md").read_text()

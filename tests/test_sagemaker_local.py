@@ -21,6 +21,7 @@ from harness.backends.sagemaker_local import SageMakerLocalBackend
 from harness.backends.sagemaker_local.collect import read_sm_training_env
 from harness.backends.sagemaker_local.plan import SDK_NETWORK
 from harness.backends.sagemaker_sdk import ENTRYPOINT, sdk_missing_reason
+from harness.diff.protocol import Tolerance
 from harness.jobspec import Channel, JobSpec, load_job
 from harness.record import RunRecord
 from harness.verdict import judge
@@ -141,7 +142,7 @@ def test_reference_job_through_the_sdk_matches_local_exactly(
     assert model["sha256"] == local.read_json("artifacts/summary.json")["model.tar.gz"]["files"]["model.pt"]["sha256"]
     assert model["hosts"] == ["algo-1"]  # rank 0 wrote it into the shared dir; the probe says who
     assert (record.root / "sdk" / "docker-compose.yaml").is_file()
-    assert judge([local, record], rtol=0, atol=0).outcome == "parity"
+    assert judge([local, record], tolerance=Tolerance(0, 0, 0, 0)).outcome == "parity"
     assert _left_behind(engine, record) == []
     print(f"sagemaker-local reference job: {wall:.1f} s")
 

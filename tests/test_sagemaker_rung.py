@@ -23,6 +23,7 @@ import pytest
 from harness.backends import get_backend
 from harness.backends.hosts import PROBE_DIR
 from harness.backends.sagemaker import SageMakerBackend, training_job_request, with_probe
+from harness.diff.protocol import Tolerance
 from harness.errors import RungFailed
 from harness.jobspec import load_job
 from harness.record import RunRecord, log_text
@@ -202,7 +203,7 @@ def test_submitted_job_is_followed_into_a_record_at_parity_with_local(
     for host in job.hosts:
         assert (record.root / "hosts" / host / "log.txt").read_text().count("\n") == (
             local_run.root / "hosts" / host / "log.txt").read_text().count("\n")
-    verdict = judge([local_run, record], rtol=0, atol=0)
+    verdict = judge([local_run, record], tolerance=Tolerance(0, 0, 0, 0))
     assert verdict.outcome == "parity", to_text(verdict)
 
 

@@ -1,5 +1,5 @@
 """Checkpoints compared tensor by tensor: real torch and safetensors files in temporary
-directories, and one comparison of two run records through ``harness.diff.artifacts.check``."""
+directories, and one comparison of two run records through ``harness.diff.artifacts.compare``."""
 
 from __future__ import annotations
 
@@ -15,12 +15,16 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from harness.artifacts import collect  # noqa: E402
+from harness.cli import main  # noqa: E402
 from harness.diff import artifacts, tensors  # noqa: E402
+from harness.diff.protocol import CheckContext, Tolerance  # noqa: E402
 from harness.diff.tensors import CheckpointError, compare, compare_state  # noqa: E402
 from harness.jobspec import JobSpec  # noqa: E402
 from harness.record import RecordWriter, RunRecord  # noqa: E402
+from harness.verdict import judge  # noqa: E402
 
 RTOL, ATOL = 1e-5, 1e-6
+CONTEXT = CheckContext(Tolerance(tensor_rtol=RTOL, tensor_atol=ATOL))
 
 
 def model_state(seed: int = 0) -> dict[str, Any]:
@@ -277,7 +281,7 @@ def test_artifacts_check_compares_checkpoints_by_value(monkeypatch: pytest.Monke
                                             "ddp.pt": {f"module.{k}": v for k, v in state.items()},
                                             "notes.txt": b"b", "random.bin": b"\x01" * 10})
     findings = {f.title.split(":")[1] if ":" in f.title else "bytes": f
-                for f in artifacts.check(base, cand, rtol=RTOL, atol=ATOL)}
+                for f in artifacts.compare(base, cand, CONTEXT)}
     assert findings["model.pt"].severity == "note" and "tensors identical" in findings["model.pt"].title
     assert findings["noisy.pth"].severity == "note" and "values within tolerance" in findings["noisy.pth"].title
 
@@ -303,7 +307,7 @@ def test_artifacts_check_reports_keys_and_shapes(tmp_path: Path) -> None:
                                                                "extra.bias": torch.zeros(2)}
     base = make_record(tmp_path, "local", {"model.pt": state})
     cand = make_record(tmp_path, "docker", {"model.pt": other})
-    causes = {f.cause: f for f in artifacts.check(base, cand, rtol=RTOL, atol=ATOL)}
+    causes = {f.cause: f for f in artifacts.compare(base, cand, CONTEXT)}
     assert set(causes) == {"checkpoint-keys", "checkpoint-shapes"}
     assert causes["checkpoint-keys"].evidence == ["missing on docker: step", "extra on docker: extra.bias"]
     assert causes["checkpoint-shapes"].evidence == ["embed.weight: shape [32, 8] float32 vs [40, 8] float32"]
@@ -313,5 +317,20 @@ def test_artifacts_check_without_torch_is_a_note(monkeypatch: pytest.MonkeyPatch
     base = make_record(tmp_path, "local", {"model.pt": model_state()})
     cand = make_record(tmp_path, "docker", {"model.pt": model_state(seed=1)})
     monkeypatch.setitem(sys.modules, "torch", None)
-    [finding] = artifacts.check(base, cand, rtol=RTOL, atol=ATOL)
+    [finding] = artifacts.compare(base, cand, CONTEXT)
     assert finding.severity == "note" and "torch is not installed" in finding.evidence[0]
+
+
+def test_checkpoints_are_judged_by_the_tensor_tolerance_alone(tmp_path: Path) -> None:
+    """A loose metric tolerance lets no tensor through, an exact one flags none."""
+    state = model_state()
+    noisy = {k: v * (1 + 1e-7) if v.is_floating_point() else v for k, v in state.items()}
+    records = [make_record(tmp_path, "local", {"model.pt": state}),
+               make_record(tmp_path, "docker", {"model.pt": noisy})]
+    loose_curves = judge(records, tolerance=Tolerance(metric_rtol=1.0, metric_atol=1.0, tensor_rtol=0, tensor_atol=0))
+    assert (loose_curves.outcome, loose_curves.causes) == ("diverged", ["weights-differ"])
+    assert "tolerance: rtol=0, atol=0 (local is the reference)" in loose_curves.findings[0].evidence
+    assert judge(records, tolerance=Tolerance(metric_rtol=0, metric_atol=0)).outcome == "parity"
+    paths = [str(record.root) for record in records]
+    assert main(["diff", *paths, "--rtol", "0", "--atol", "0"]) == 0
+    assert main(["diff", *paths, "--tensor-rtol", "0", "--tensor-atol", "0"]) == 1

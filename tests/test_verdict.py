@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import json
+import sys
 from pathlib import Path
 
+import pytest
 from fake_records import make_record
 
 from harness.cli import main
+from harness.diff.protocol import Tolerance
+from harness.errors import RecordError, UsageError
 from harness.verdict import judge
 
 CURVE = [1.0, 0.8, 0.6, 0.5, 0.45]
@@ -21,10 +26,21 @@ def test_noise_within_tolerance_is_parity_and_beyond_is_divergence(tmp_path: Pat
     noisy = [v * (1 + 1e-7) for v in CURVE]
     drifted = CURVE[:3] + [0.52, 0.47]
     base = make_record(tmp_path, "local", losses=CURVE)
-    assert judge([base, make_record(tmp_path, "local-gpu", losses=noisy)], rtol=1e-5).outcome == "parity"
-    verdict = judge([base, make_record(tmp_path, "docker", losses=drifted)], rtol=1e-5)
+    assert judge([base, make_record(tmp_path, "local-gpu", losses=noisy)]).outcome == "parity"
+    verdict = judge([base, make_record(tmp_path, "docker", losses=drifted)])
     assert (verdict.outcome, verdict.first_rung, verdict.first_step) == ("diverged", "docker", 3)
     assert verdict.causes[0] == "metric-divergence"
+
+
+def test_curves_are_judged_by_the_metric_tolerance_alone(tmp_path: Path) -> None:
+    base = make_record(tmp_path, "local", losses=CURVE)
+    noisy = make_record(tmp_path, "docker", losses=[v * (1 + 1e-7) for v in CURVE])
+    assert judge([base, noisy], tolerance=Tolerance(tensor_rtol=0, tensor_atol=0)).outcome == "parity"
+    verdict = judge([base, noisy], tolerance=Tolerance(metric_rtol=0, metric_atol=0, tensor_rtol=1, tensor_atol=1))
+    assert verdict.causes == ["metric-divergence"] and verdict.first_step == 0
+    assert verdict.findings[0].evidence[0].endswith("(tolerance rtol=0, atol=0)")
+    assert main(["diff", str(base.root), str(noisy.root), "--tensor-rtol", "0", "--tensor-atol", "0"]) == 0
+    assert main(["diff", str(base.root), str(noisy.root), "--rtol", "0", "--atol", "0"]) == 1
 
 
 def test_a_failed_rung_is_the_first_departure(tmp_path: Path) -> None:
@@ -99,3 +115,57 @@ def test_show_marks_an_incomplete_record(tmp_path: Path, capsys) -> None:  # typ
     record = make_record(tmp_path, "local", losses=CURVE, status="running")
     assert main(["show", str(record.root)]) == 0
     assert "INCOMPLETE" in capsys.readouterr().out
+
+
+TOY_CHECKS = """
+from harness.diff import Finding, PairCheck, RunCheck
+
+
+def compare(baseline, candidate, context):
+    title = f"toy: {candidate.rung} vs {baseline.rung} at rtol {context.tolerance.metric_rtol}"
+    return [Finding("metrics", "divergence", title, cause="toy-pair")]
+
+
+PAIR = PairCheck("toy-pair", compare)
+RUN = RunCheck("toy-run", lambda record, context: [Finding("ranks", "note", f"toy saw {record.rung}", cause="toy-run")])
+NOT_A_CHECK = print
+"""
+
+
+def _install_toy(root: Path, monkeypatch: pytest.MonkeyPatch, entry_points: str) -> None:
+    """A distribution on ``sys.path`` as pip would leave it: the package and its ``.dist-info``."""
+    (root / "toy_checks").mkdir(parents=True)
+    (root / "toy_checks" / "__init__.py").write_text(TOY_CHECKS)
+    (root / "toy-0.1.dist-info").mkdir()
+    (root / "toy-0.1.dist-info" / "METADATA").write_text("Metadata-Version: 2.1\nName: toy\nVersion: 0.1\n")
+    (root / "toy-0.1.dist-info" / "entry_points.txt").write_text(f"[harness.checks]\n{entry_points}")
+    monkeypatch.syspath_prepend(str(root))
+    monkeypatch.delitem(sys.modules, "toy_checks", raising=False)  # another test's copy
+
+
+def test_checks_installed_through_the_entry_point_group_are_run(tmp_path: Path,
+                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+    _install_toy(tmp_path / "site", monkeypatch, "toy-pair = toy_checks:PAIR\ntoy-run = toy_checks:RUN\n")
+    records = [make_record(tmp_path, "local", losses=CURVE), make_record(tmp_path, "docker", losses=CURVE)]
+    verdict = judge(records, tolerance=Tolerance(metric_rtol=0.5))
+    assert (verdict.outcome, verdict.first_rung, verdict.causes) == ("diverged", "docker", ["toy-pair"])
+    assert verdict.findings[0].title == "toy: docker vs local at rtol 0.5"
+    assert [f.title for f in verdict.findings if f.cause == "toy-run"] == ["toy saw docker"]
+
+
+def test_an_entry_point_that_is_not_a_check_is_refused(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    _install_toy(tmp_path / "site", monkeypatch, "broken = toy_checks:NOT_A_CHECK\n")
+    with pytest.raises(UsageError, match="entry point broken = toy_checks:NOT_A_CHECK .* not a check"):
+        judge([make_record(tmp_path, "local", losses=CURVE)])
+
+
+def test_rank_events_survive_a_line_cut_short(tmp_path: Path) -> None:
+    """A rank killed while writing leaves half a line; any other broken line is an error."""
+    record = make_record(tmp_path, "local", rank_events={0: _batches(["a", "b"])})
+    path = record.root / "ranks" / "rank-0.jsonl"
+    with path.open("a") as handle:
+        handle.write('{"kind": "batch", "n": 3, "dig')
+    assert [e["digest"] for e in record.rank_events()[0]] == ["a", "b"]
+    path.write_text(path.read_text().replace('{"kind": "batch", "n": 3, "dig', "") + "not json\n" + json.dumps({}))
+    with pytest.raises(RecordError, match="rank-0.jsonl:3: not a JSON event"):
+        record.rank_events()

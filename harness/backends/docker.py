@@ -35,7 +35,7 @@ from docker.types import DeviceRequest, Mount, Ulimit
 from docker.utils import parse_bytes
 from pydantic import Field, NonNegativeFloat, PositiveFloat, field_validator
 
-from harness import artifacts
+from harness import artifacts, interrupts
 from harness.backends.base import Backend, Capabilities, Plan, Progress, RungOptions
 from harness.backends.containers import (
     RUN_ID,
@@ -300,19 +300,21 @@ class DockerBackend(Backend[DockerPlan]):
             pump.start()
         hang = HangWatch(record.root, self.options.hang_after_s, functools.partial(signal_rank, containers))
         deadline, timed_out, hung = time.monotonic() + max_run, False, False
-        try:
-            while any(is_running(c) for c in containers.values()):
-                if time.monotonic() > deadline:
-                    timed_out = True
-                    break
-                if hang.poll():
-                    hung = True
-                    break
-                time.sleep(0.25)
-        finally:
-            shielded(lambda: stop(list(containers.values()), self.options.stop_grace_s))
-            for pump in pumps:
-                pump.join(timeout=5)
+        with interrupts.deferred():
+            try:
+                while any(is_running(c) for c in containers.values()) and not interrupts.requested():
+                    if time.monotonic() > deadline:
+                        timed_out = True
+                        break
+                    if hang.poll():
+                        hung = True
+                        break
+                    time.sleep(0.25)
+            finally:
+                shielded(lambda: stop(list(containers.values()), self.options.stop_grace_s))
+                for pump in pumps:
+                    pump.join(timeout=5)
+        interrupts.raise_if_requested()
         return timed_out, hung
 
 

@@ -4,7 +4,7 @@
 A missing or extra file is a divergence. Different bytes alone decide nothing: float noise
 changes them, and so do the order of keys and pickled metadata. So a checkpoint whose bytes
 differ is streamed out of both archives into a temporary directory and compared by value
-(:mod:`harness.diff.tensors`) under the metrics tolerance: renamed keys (a DDP ``module.``
+(:mod:`harness.diff.tensors`) under the tensor tolerance: renamed keys (a DDP ``module.``
 prefix), missing keys, shapes, dtypes and values beyond tolerance are divergences, values within
 tolerance a note. Other files that differ are a note. A clash (a file written by several hosts)
 is a finding of its own.
@@ -20,6 +20,7 @@ from pathlib import Path
 
 from harness.diff import tensors
 from harness.diff.findings import Finding
+from harness.diff.protocol import CheckContext
 from harness.diff.tensors import CheckpointDiff, CheckpointError, KeyRename, TensorDiff
 from harness.record import RunRecord
 
@@ -36,8 +37,8 @@ _RENAME_HINT = ("save the same module on both rungs, or strip the prefix before 
                 "(torch.nn.modules.utils.consume_prefix_in_state_dict_if_present)")
 
 
-def check(baseline: RunRecord, candidate: RunRecord, *, rtol: float, atol: float) -> list[Finding]:
-    """``rtol``/``atol``: the metrics tolerance, applied element-wise to checkpoint tensors."""
+def compare(baseline: RunRecord, candidate: RunRecord, context: CheckContext) -> list[Finding]:
+    """Checkpoint tensors are compared element-wise under ``context.tolerance.tensor_*``."""
     if candidate.status != "succeeded" or baseline.status != "succeeded":
         return []
     ours = baseline.read_json("artifacts/summary.json") or {}
@@ -51,7 +52,7 @@ def check(baseline: RunRecord, candidate: RunRecord, *, rtol: float, atol: float
                     + [f"extra on {candidate.rung}: {n}" for n in extra])
         if evidence:
             findings.append(Finding("artifacts", "divergence", f"{archive} differs on {candidate.rung}", evidence))
-        compared, tensor_findings = _checkpoints(archive, changed, baseline, candidate, rtol=rtol, atol=atol)
+        compared, tensor_findings = _checkpoints(archive, changed, baseline, candidate, context)
         findings += tensor_findings
         rest = [n for n in changed if n not in compared]
         if rest:  # bytes differ whenever floats do (GPU vs CPU); only values can tell divergence
@@ -67,7 +68,7 @@ def check(baseline: RunRecord, candidate: RunRecord, *, rtol: float, atol: float
     return findings
 
 
-def check_run(record: RunRecord) -> list[Finding]:
+def check_run(record: RunRecord, context: CheckContext) -> list[Finding]:
     """Within one run: checkpoint keys several hosts uploaded to the one S3 prefix (SageMaker syncs
     every instance's LocalPath to the same prefix, so the last upload wins). Where the hosts'
     files differed, a host resuming from the prefix gets another host's state."""
@@ -92,8 +93,8 @@ def check_run(record: RunRecord) -> list[Finding]:
     )]
 
 
-def _checkpoints(archive: str, changed: list[str], baseline: RunRecord, candidate: RunRecord, *,
-                 rtol: float, atol: float) -> tuple[set[str], list[Finding]]:
+def _checkpoints(archive: str, changed: list[str], baseline: RunRecord, candidate: RunRecord,
+                 context: CheckContext) -> tuple[set[str], list[Finding]]:
     """The changed files of ``archive`` that are checkpoints on both sides, and their findings."""
     if not changed:
         return set(), []
@@ -109,7 +110,8 @@ def _checkpoints(archive: str, changed: list[str], baseline: RunRecord, candidat
         for name in names:
             where = f"{archive}:{name}"
             try:
-                diff = tensors.compare(ours[name], theirs[name], rtol=rtol, atol=atol)
+                diff = tensors.compare(ours[name], theirs[name], rtol=context.tolerance.tensor_rtol,
+                                       atol=context.tolerance.tensor_atol)
             except CheckpointError as exc:
                 findings.append(Finding("tensors", "note", f"{where}: bytes differ, tensors not compared",
                                         [exc.message], hint=exc.hint))

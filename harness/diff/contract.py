@@ -4,13 +4,14 @@ two records. Notes, not divergences: they explain a divergence found by another 
 from __future__ import annotations
 
 from harness.diff.findings import Finding
+from harness.diff.protocol import CheckContext
 from harness.record import RunRecord
 
 #: Prefixes of the variables that decide how a distributed job runs, most relevant first.
 RELEVANT = ("SM_", "MASTER_", "NCCL_", "GLOO_", "WORLD_SIZE", "RANK", "CUDA_", "OMP_", "TRAINING_JOB")
 
 
-def check(baseline: RunRecord, candidate: RunRecord) -> list[Finding]:
+def compare(baseline: RunRecord, candidate: RunRecord, context: CheckContext) -> list[Finding]:
     findings = []
     host = baseline.hosts[0]  # the first host speaks for the others
     a = baseline.read_json(f"hosts/{host}/received/env.json") or {}

@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Any
 
 from harness.diff.findings import Finding
+from harness.diff.protocol import CheckContext
 from harness.record import RunRecord
 
 _MAX_LINES = 25
@@ -46,7 +47,7 @@ def environment_changes(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
     return lines
 
 
-def check(baseline: RunRecord, candidate: RunRecord) -> list[Finding]:
+def compare(baseline: RunRecord, candidate: RunRecord, context: CheckContext) -> list[Finding]:
     findings = []
     a, b = _fingerprint(baseline), _fingerprint(candidate)
     if a and b:

@@ -4,6 +4,7 @@ and the last lines its failing host printed."""
 from __future__ import annotations
 
 from harness.diff.findings import Finding
+from harness.diff.protocol import CheckContext
 from harness.record import RunRecord, log_text
 
 _TAIL = 8
@@ -31,7 +32,7 @@ def describe_failure(record: RunRecord) -> list[str]:
     return evidence
 
 
-def check(baseline: RunRecord, candidate: RunRecord) -> list[Finding]:
+def compare(baseline: RunRecord, candidate: RunRecord, context: CheckContext) -> list[Finding]:
     if candidate.status == "succeeded" or baseline.status != "succeeded":
         return []
     return [

@@ -3,10 +3,10 @@ which call, from the stacks every rank dumped before the harness stopped it."""
 
 from __future__ import annotations
 
-import json
 import re
 
 from harness.diff.findings import Finding
+from harness.diff.protocol import CheckContext
 from harness.record import RunRecord
 
 _FRAME = re.compile(r'^\s+File "(?P<file>[^"]+)", line (?P<line>\d+) in (?P<func>\S+)')
@@ -29,21 +29,18 @@ def _last_dump(text: str) -> list[tuple[str, int, str]]:
     return [(m["file"], int(m["line"]), m["func"]) for m in map(_FRAME.match, block.splitlines()) if m]
 
 
-def check(record: RunRecord) -> list[Finding]:
+def check_run(record: RunRecord, context: CheckContext) -> list[Finding]:
     if record.status != "hung":
         return []
     evidence, stuck = [], []
-    for path in sorted(
-        (record.root / "ranks").glob("rank-*.stacks.txt"), key=lambda p: int(p.name.split("-")[1].split(".")[0])
-    ):
-        rank = int(path.name.split("-")[1].split(".")[0])
+    beats = record.heartbeats()
+    for rank, path in record.rank_stacks().items():
         frames = _last_dump(path.read_text(errors="replace"))
         if not frames:
             continue
         user = next(((f, line, fn) for f, line, fn in frames if not any(lib in f for lib in _LIBRARY)), None)
         innermost = frames[0][2]
-        beat_path = record.root / "ranks" / f"rank-{rank}.heartbeat"
-        beat = json.loads(beat_path.read_text()) if beat_path.is_file() else {}
+        beat = beats.get(rank, {})
         where = f"{user[0]}:{user[1]}" if user else f"{frames[0][0]}:{frames[0][1]}"
         stuck.append(rank)
         evidence.append(

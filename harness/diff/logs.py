@@ -31,6 +31,7 @@ from typing import Any
 import yaml
 
 from harness.diff.findings import Finding
+from harness.diff.protocol import CheckContext
 from harness.record import RunRecord
 
 CHUNK = 8 << 20
@@ -282,7 +283,7 @@ def _matches(record: RunRecord, path: Path, cat: Catalogue, rank: int | None, ho
     return out
 
 
-def check_run(record: RunRecord) -> list[Finding]:
+def check_run(record: RunRecord, context: CheckContext) -> list[Finding]:
     """The errors of one run: the root (a failure; a note where the run succeeded anyway) and one
     note gathering the other ranks' and launchers' errors as its echoes."""
     return _judge(record, timeline(record))

@@ -3,16 +3,16 @@
 Values match when ``|a - b| <= atol + rtol * |a|`` (numpy's ``isclose`` rule). CPU gloo runs are
 bit-identical across topologies here, so the default tolerance only has to absorb the
 printing precision of the job's own log lines; GPU rungs need the noise floor of a rung run
-twice (pass it as ``rtol``/``atol``). When the two runs see different numbers of samples per
-step (world size or batch size changed), curves are compared at equal samples seen instead,
-and the change of effective batch is reported: it changes the curve even for a correct job.
+twice (``--rtol``/``--atol``, ``Tolerance.metric_rtol``/``metric_atol``; checkpoints have a
+tolerance of their own). When the two runs see different numbers of samples per step (world
+size or batch size changed), curves are compared at equal samples seen instead, and the change
+of effective batch is reported: it changes the curve even for a correct job.
 """
 
 from __future__ import annotations
 
-import json
-
 from harness.diff.findings import Finding
+from harness.diff.protocol import CheckContext
 from harness.record import RunRecord
 
 
@@ -26,9 +26,8 @@ def first_divergence(a: list[float], b: list[float], *, rtol: float, atol: float
 def samples_per_step(record: RunRecord) -> int | None:
     """Samples all ranks consume per step, from the probe's first batch of every rank."""
     total = 0
-    for path in (record.root / "ranks").glob("rank-*.jsonl"):
-        with path.open(encoding="utf-8") as handle:
-            first = next((json.loads(line) for line in handle if '"kind": "batch"' in line), None)
+    for events in record.iter_rank_events().values():
+        first = next((event for event in events if event["kind"] == "batch"), None)
         if first is None or not first.get("size"):
             return None
         total += int(first["size"])
@@ -56,7 +55,9 @@ def _world(record: RunRecord) -> int:
     return int(record.manifest["topology"]["world_size"])
 
 
-def check(baseline: RunRecord, candidate: RunRecord, *, rtol: float, atol: float) -> list[Finding]:
+def compare(baseline: RunRecord, candidate: RunRecord, context: CheckContext) -> list[Finding]:
+    """Each metric of the first host, under ``context.tolerance.metric_*``."""
+    rtol, atol = context.tolerance.metric_rtol, context.tolerance.metric_atol
     findings = []
     source = baseline.hosts[0]
     theirs = candidate.metrics()

@@ -14,25 +14,13 @@ from pathlib import Path
 from typing import Any
 
 from harness.diff.findings import Finding
+from harness.diff.protocol import CheckContext
 from harness.record import RunRecord
 
 
-def _events(record: RunRecord) -> dict[int, list[dict[str, Any]]]:
-    events: dict[int, list[dict[str, Any]]] = {}
-    for path in sorted((record.root / "ranks").glob("rank-*.jsonl")):
-        rank = int(path.stem.removeprefix("rank-"))
-        with path.open(encoding="utf-8") as handle:
-            events[rank] = [json.loads(line) for line in handle if line.strip()]
-    return events
-
-
-def _processes(record: RunRecord) -> list[dict[str, Any]]:
-    return [json.loads(p.read_text()) for p in sorted((record.root / "processes").glob("*.json"))]
-
-
-def check_run(record: RunRecord) -> list[Finding]:
-    events = _events(record)
-    processes = _processes(record)
+def check_run(record: RunRecord, context: CheckContext) -> list[Finding]:
+    events = record.rank_events()
+    processes = record.processes()
     return [
         *_hidden_failures(record, processes),
         *_identical_batches(events),

@@ -66,11 +66,29 @@ def now():
     return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+def _secret_forms():
+    """Each secret-looking variable's value (8 characters and up) as it appears in JSON text."""
+    values = {v for k, v in os.environ.items() if _SECRET.search(k) and len(v) >= 8}
+    return sorted({form for v in values for form in (v, json.dumps(v)[1:-1])}, key=len, reverse=True)
+
+
+_SECRET_FORMS = _secret_forms()
+
+
+def scrubbed(text):
+    """``text`` with every secret value replaced: whatever the probe records (exception messages,
+    arguments, events) passes through here, as log lines pass through the tee."""
+    for secret in _SECRET_FORMS:
+        if secret in text:
+            text = text.replace(secret, "<redacted>")
+    return text
+
+
 def write_json(path, data):
     os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = "%s.%d.tmp" % (path, os.getpid())
     with open(tmp, "w", encoding="utf-8") as handle:
-        json.dump(data, handle, indent=1, default=repr)
+        handle.write(scrubbed(json.dumps(data, indent=1, default=repr)))
     os.replace(tmp, path)
 
 
@@ -127,7 +145,7 @@ class Rank:
         threading.Thread(target=self._beat, name="harness-heartbeat", daemon=True).start()
 
     def emit(self, kind, flush=False, **fields):
-        line = json.dumps({"t": time.time(), "kind": kind, **fields}, default=repr)
+        line = scrubbed(json.dumps({"t": time.time(), "kind": kind, **fields}, default=repr))
         with self.lock:
             self.events.write(line + "\n")
             if flush:
