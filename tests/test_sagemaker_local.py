@@ -17,7 +17,7 @@ import pytest
 from docker import DockerClient
 
 from harness.backends import sagemaker_sdk
-from harness.backends.sagemaker_local import SageMakerLocalBackend
+from harness.backends.sagemaker_local import SageMakerLocalBackend, SageMakerLocalOptions
 from harness.backends.sagemaker_local.collect import read_sm_training_env
 from harness.backends.sagemaker_local.plan import SDK_NETWORK
 from harness.backends.sagemaker_sdk import ENTRYPOINT, sdk_missing_reason
@@ -33,7 +33,7 @@ REFERENCE = ROOT / "scenarios" / "ddp_csv" / "job.yaml"
 @pytest.fixture(scope="module")
 def engine(engine: DockerClient) -> DockerClient:
     """The Docker engine, with the SDK and compose too; tests are skipped, with the reason, otherwise."""
-    reason = SageMakerLocalBackend(gpus=False).unavailable_reason()
+    reason = SageMakerLocalBackend(SageMakerLocalOptions(gpus=False)).unavailable_reason()
     if reason:
         pytest.skip(reason)
     return engine
@@ -62,7 +62,7 @@ def _left_behind(engine: DockerClient, record: RunRecord) -> list[str]:
 
 def test_plan_is_a_dry_run_of_what_the_sdk_writes() -> None:
     job = load_job(REFERENCE)
-    plan = SageMakerLocalBackend(gpus=False).plan(job)
+    plan = SageMakerLocalBackend(SageMakerLocalOptions(gpus=False)).plan(job)
     host = plan.hosts["algo-2"]
     assert host.command == ENTRYPOINT
     assert json.loads(host.files["input/config/resourceconfig.json"]) == {
@@ -85,7 +85,7 @@ def test_plan_is_a_dry_run_of_what_the_sdk_writes() -> None:
 
 
 def test_jobs_the_sdk_cannot_run_as_sagemaker_would_are_refused_with_the_reason() -> None:
-    backend = SageMakerLocalBackend(gpus=False)
+    backend = SageMakerLocalBackend(SageMakerLocalOptions(gpus=False))
     byo = JobSpec(name="byo", image="team/trainer:1")
     assert "`train` argument" in (backend.unsupported_reason(byo) or "")
     sharded = Channel(source="s3://team-data/train/", distribution="ShardedByS3Key")
@@ -98,7 +98,7 @@ def test_jobs_the_sdk_cannot_run_as_sagemaker_would_are_refused_with_the_reason(
 def test_a_missing_sdk_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(sagemaker_sdk, "sdk_version", lambda: None)
     assert "[sagemaker]" in (sdk_missing_reason() or "")
-    assert "[sagemaker]" in (SageMakerLocalBackend(gpus=False).unavailable_reason() or "")
+    assert "[sagemaker]" in (SageMakerLocalBackend(SageMakerLocalOptions(gpus=False)).unavailable_reason() or "")
 
 
 def test_sm_training_env_is_read_as_the_driver_writes_it(tmp_path: Path) -> None:
@@ -115,7 +115,7 @@ def test_reference_job_through_the_sdk_matches_local_exactly(
 ) -> None:
     job = load_job(REFERENCE)
     started = time.monotonic()
-    record = SageMakerLocalBackend(gpus=False).run(job, tmp_path)
+    record = SageMakerLocalBackend(SageMakerLocalOptions(gpus=False)).run(job, tmp_path)
     wall = time.monotonic() - started
     assert record.status == "succeeded", record.host_log("algo-1").read_text()[-3000:]
     local = RunRecord.load(_local_record(job, tmp_path))
@@ -174,7 +174,7 @@ def test_a_failing_host_is_recorded_and_nothing_is_left(engine: DockerClient, to
         sys.exit(3 if host == "algo-2" else 0)
     """,
     )
-    record = SageMakerLocalBackend(gpus=False, image=torch_image).run(job, tmp_path / "records")
+    record = SageMakerLocalBackend(SageMakerLocalOptions(gpus=False, image=torch_image)).run(job, tmp_path / "records")
     assert record.status == "failed"
     hosts = record.manifest["hosts"]
     assert hosts["algo-1"]["exit_code"] == 0 and hosts["algo-2"]["exit_code"] == 3
@@ -194,7 +194,8 @@ def test_max_run_stops_the_sdk_run(engine: DockerClient, torch_image: str, tmp_p
     # max_run leaves the containers time to start on a loaded 2-CPU machine; the job would sleep 600 s
     job = _job(tmp_path, "import time\nprint('up', flush=True)\ntime.sleep(600)\n", max_run=25)
     started = time.monotonic()
-    record = SageMakerLocalBackend(gpus=False, image=torch_image, stop_grace_s=1).run(job, tmp_path / "records")
+    options = SageMakerLocalOptions(gpus=False, image=torch_image, stop_grace_s=1)
+    record = SageMakerLocalBackend(options).run(job, tmp_path / "records")
     assert record.status == "timeout"
     assert time.monotonic() - started < 300
     assert "up" in record.host_log("algo-1").read_text()
@@ -204,10 +205,10 @@ def test_max_run_stops_the_sdk_run(engine: DockerClient, torch_image: str, tmp_p
 _RUNNER = """
 import sys
 from pathlib import Path
-from harness.backends.sagemaker_local import SageMakerLocalBackend
+from harness.backends.sagemaker_local import SageMakerLocalBackend, SageMakerLocalOptions
 from harness.jobspec import JobSpec
 job = JobSpec(name="sm-sleeper", source_dir=Path(sys.argv[1]), entry_point="train.py", instance_count=2)
-SageMakerLocalBackend(gpus=False, image=sys.argv[3], stop_grace_s=1).run(job, Path(sys.argv[2]))
+SageMakerLocalBackend(SageMakerLocalOptions(gpus=False, image=sys.argv[3], stop_grace_s=1)).run(job, Path(sys.argv[2]))
 """
 
 

@@ -22,7 +22,7 @@ import pytest
 
 from harness.backends import get_backend
 from harness.backends.hosts import PROBE_DIR
-from harness.backends.sagemaker import SageMakerBackend, training_job_request, with_probe
+from harness.backends.sagemaker import SageMakerBackend, SageMakerOptions, training_job_request, with_probe
 from harness.diff.protocol import Tolerance
 from harness.errors import RungFailed
 from harness.jobspec import load_job
@@ -173,7 +173,8 @@ def scenarios_dir() -> Path:
 
 
 def _backend(aws: dict[str, Any]) -> SageMakerBackend:
-    return SageMakerBackend(role=aws["role"], bucket=BUCKET, image=IMAGE, boto_session=aws["session"], poll_s=0.01)
+    return SageMakerBackend(SageMakerOptions(role=aws["role"], bucket=BUCKET, image=IMAGE, poll_s=0.01),
+                            boto_session=aws["session"])
 
 
 def test_submitted_job_is_followed_into_a_record_at_parity_with_local(

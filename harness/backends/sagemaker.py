@@ -29,9 +29,11 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from pydantic import PositiveFloat
+
 from harness import artifacts
 from harness.backends import training_job
-from harness.backends.base import Backend, Capabilities, Plan, Progress
+from harness.backends.base import Backend, Capabilities, Plan, Progress, RungOptions
 from harness.backends.hosts import PROBE_DIR, artifact_overview, ranks_from_probe
 from harness.backends.sagemaker_sdk import (
     DATA,
@@ -282,39 +284,40 @@ class RequestPlan(Plan):
         }
 
 
-class SageMakerBackend(Backend[RequestPlan]):
-    """Settings: ``role`` (execution role ARN; default ``$HARNESS_SAGEMAKER_ROLE``), ``bucket``
-    (staging and output; default ``$HARNESS_SAGEMAKER_BUCKET``), ``region`` (default: boto3's),
-    ``image`` (training image URI; default the job's)."""
+class SageMakerOptions(RungOptions):
+    #: Execution role ARN; default ``$HARNESS_SAGEMAKER_ROLE``.
+    role: str | None = None
+    #: Bucket for staging and output; default ``$HARNESS_SAGEMAKER_BUCKET``.
+    bucket: str | None = None
+    #: AWS region; default boto3's.
+    region: str | None = None
+    #: Training image URI; default the job's.
+    image: str | None = None
+    #: Seconds between polls of the job's status and logs.
+    poll_s: PositiveFloat = POLL_S
+    #: False submits the job without the probe's channel.
+    probe: bool = True
 
+
+class SageMakerBackend(Backend[RequestPlan]):
     name = "sagemaker"
     capabilities = Capabilities(gpus=True, separate_hosts=True, containers=True, hang_detection=False)
+    Options = SageMakerOptions
+    options: SageMakerOptions
     uploads_artifacts = False  # the service uploads them; the rung downloads them into the record
 
-    def __init__(
-        self,
-        *,
-        role: str | None = None,
-        bucket: str | None = None,
-        region: str | None = None,
-        image: str | None = None,
-        boto_session: Any = None,
-        poll_s: float = POLL_S,
-        probe: bool = True,
-    ) -> None:
-        self.poll_s = poll_s
-        self.probe = probe
-        self.role = role or os.environ.get(ROLE_ENV)
-        self.bucket = bucket or os.environ.get(BUCKET_ENV)
-        self.region = region
-        self.image = image
+    def __init__(self, options: SageMakerOptions | None = None, *, boto_session: Any = None) -> None:
+        """``boto_session``: the session to call AWS with (default: boto3's, for the option's region)."""
+        super().__init__(options)
+        self.role = self.options.role or os.environ.get(ROLE_ENV)
+        self.bucket = self.options.bucket or os.environ.get(BUCKET_ENV)
         self._boto = boto_session
 
     def _session(self) -> Any:
         if self._boto is None:
             import boto3
 
-            self._boto = boto3.Session(region_name=self.region)
+            self._boto = boto3.Session(region_name=self.options.region)
         return self._boto
 
     def unavailable_reason(self) -> str | None:
@@ -340,7 +343,7 @@ class SageMakerBackend(Backend[RequestPlan]):
         reserved = [name for name in job.channels if name in RESERVED_CHANNELS]
         if reserved:
             return f"channels {reserved} are names ModelTrainer or the harness adds ({', '.join(RESERVED_CHANNELS)})"
-        if job.is_script_mode and not (self.image or job.image):
+        if job.is_script_mode and not (self.options.image or job.image):
             return (
                 "no training image: a SageMaker job needs an image URI (ECR) with python3 and pip, "
                 "e.g. a PyTorch training DLC; set `image` in the job"
@@ -348,7 +351,7 @@ class SageMakerBackend(Backend[RequestPlan]):
         return None
 
     def plan(self, job: JobSpec) -> RequestPlan:
-        image = self.image or job.image
+        image = self.options.image or job.image
         placeholders = [
             what
             for what, missing in (
@@ -359,7 +362,7 @@ class SageMakerBackend(Backend[RequestPlan]):
             if missing
         ]
         request = training_job_request(
-            with_probe(job, PROBE_DIR) if self.probe else job,
+            with_probe(job, PROBE_DIR) if self.options.probe else job,
             role=self.role or PLACEHOLDER_ROLE,
             bucket=self.bucket or PLACEHOLDER_BUCKET,
             image=image or PLACEHOLDER_IMAGE,
@@ -387,7 +390,7 @@ class SageMakerBackend(Backend[RequestPlan]):
             "(BillableTimeInSeconds / 3600) + S3 storage of code, data and artifacts",
             "probe": f"channel {PROBE_CHANNEL} (PYTHONPATH); it writes under /opt/ml/output/data/{PROBE_OUTPUT}, "
             "which comes back in output.tar.gz and is moved into the record"
-            if self.probe
+            if self.options.probe
             else "off",
         }
         return RequestPlan(
@@ -399,20 +402,21 @@ class SageMakerBackend(Backend[RequestPlan]):
         its artifacts; past ``max_run`` plus :data:`GRACE_S`, or on Ctrl-C, the job is stopped."""
         job, session = plan.job, self._session()
         with tempfile.TemporaryDirectory(prefix="harness-probe-channel-") as tmp:  # uploaded by train()
-            if self.probe:
+            if self.options.probe:
                 write_probe_channel(Path(tmp) / PROBE_CHANNEL)
-            trainer = self._model_trainer(with_probe(job, Path(tmp) / PROBE_CHANNEL) if self.probe else job, session)
+            submitted = with_probe(job, Path(tmp) / PROBE_CHANNEL) if self.options.probe else job
+            trainer = self._model_trainer(submitted, session)
             trainer.train(wait=False, logs=False)
         name = trainer._latest_training_job.training_job_name  # the SDK keeps it nowhere public
         record.set_fact("training_job_name", name)
         sagemaker, logs = session.client("sagemaker"), session.client("logs")
         follower = training_job.LogFollower(logs, name, record, progress, secret_values(job.environment))
         description, stopped = training_job.follow(
-            sagemaker, follower, name, poll_s=self.poll_s, deadline=time.monotonic() + job.max_run + GRACE_S
+            sagemaker, follower, name, poll_s=self.options.poll_s, deadline=time.monotonic() + job.max_run + GRACE_S
         )
         status = training_job.collect(description, job.hosts, record)
         record.set_fact("billable_seconds", description.get("BillableTimeInSeconds"))
-        if self.probe:
+        if self.options.probe:
             record.set_fact(
                 "probe_reached",
                 probe_reach(job, record) if unpack_probe(record.root) else "no: output.tar.gz holds no probe files",
@@ -434,7 +438,7 @@ class SageMakerBackend(Backend[RequestPlan]):
             training_mode=Mode.SAGEMAKER_TRAINING_JOB,
             sagemaker_session=Session(boto_session=session, default_bucket=self.bucket),
             role=self.role,
-            training_image=self.image or job.image,
+            training_image=self.options.image or job.image,
             source_code=SourceCode(source_dir=str(job.source_dir), entry_script=job.entry_point)
             if job.is_script_mode
             else None,

@@ -36,8 +36,9 @@ from __future__ import annotations
 import shutil
 
 from docker import DockerClient
+from pydantic import NonNegativeFloat
 
-from harness.backends.base import Backend, Capabilities, Progress
+from harness.backends.base import Backend, Capabilities, Progress, RungOptions
 from harness.backends.containers import (
     client,
     engine_gpus,
@@ -65,26 +66,24 @@ from harness.record import RecordWriter, Status
 from harness.supervise import STOP_GRACE_S
 
 
-class SageMakerLocalBackend(Backend[SdkPlan]):
-    """Settings: ``image`` (script-mode base; default the job's, else
-    :func:`harness.images.ensure_torch_image`), ``gpus`` (``local_gpu``; default when the engine
-    can pass NVIDIA GPUs), ``stop_grace_s`` (SIGTERM to SIGKILL on ``max_run`` or Ctrl-C)."""
+class SageMakerLocalOptions(RungOptions):
+    #: Script-mode base image; default the job's, else :func:`harness.images.ensure_torch_image`.
+    image: str | None = None
+    #: ``local_gpu``; default: when the engine can pass NVIDIA GPUs.
+    gpus: bool | None = None
+    #: Seconds between SIGTERM and SIGKILL on ``max_run`` or Ctrl-C.
+    stop_grace_s: NonNegativeFloat = STOP_GRACE_S
 
+
+class SageMakerLocalBackend(Backend[SdkPlan]):
     name = "sagemaker-local"
     capabilities = Capabilities(gpus=True, separate_hosts=True, containers=True, hang_detection=False)
+    Options = SageMakerLocalOptions
+    options: SageMakerLocalOptions
 
-    def __init__(
-        self,
-        *,
-        image: str | None = None,
-        gpus: bool | None = None,
-        stop_grace_s: float = STOP_GRACE_S,
-        client: DockerClient | None = None,
-    ) -> None:
-        self.image = image
-        self.gpus = gpus
-        self.stop_grace_s = stop_grace_s
-        self._docker = client
+    def __init__(self, options: SageMakerLocalOptions | None = None) -> None:
+        super().__init__(options)
+        self._docker: DockerClient | None = None
 
     def client(self) -> DockerClient:
         """Made on first use, so that planning and importing need no engine."""
@@ -93,7 +92,7 @@ class SageMakerLocalBackend(Backend[SdkPlan]):
         return self._docker
 
     def unavailable_reason(self) -> str | None:
-        missing = sdk_missing_reason() or engine_unavailable_reason(self._docker, gpus=bool(self.gpus))
+        missing = sdk_missing_reason() or engine_unavailable_reason(self._docker, gpus=bool(self.options.gpus))
         if missing:
             return missing
         if shutil.which("docker") is None:
@@ -126,11 +125,12 @@ class SageMakerLocalBackend(Backend[SdkPlan]):
         return None
 
     def _num_gpus(self) -> int:
-        enabled = self.gpus if self.gpus is not None else engine_gpus(self.client)
+        enabled = self.options.gpus if self.options.gpus is not None else engine_gpus(self.client)
         return host_gpu_count() if enabled else 0
 
     def plan(self, job: JobSpec) -> SdkPlan:
-        return plan_job(self.name, job, num_gpus=self._num_gpus(), image=self.image, stop_grace_s=self.stop_grace_s)
+        return plan_job(self.name, job, num_gpus=self._num_gpus(), image=self.options.image,
+                        stop_grace_s=self.options.stop_grace_s)
 
     def _execute(self, plan: SdkPlan, record: RecordWriter, progress: Progress | None) -> Status:
         """Prepare the SDK's container root, run ``train()`` under the harness's clock, collect
@@ -140,13 +140,13 @@ class SageMakerLocalBackend(Backend[SdkPlan]):
         run_image = ""
         stdout = ThreadStdout.install()
         try:
-            image = resolve_image(client, job, self.image)
+            image = resolve_image(client, job, self.options.image)
             run_image = labelled_image(client, image, labels)
             record.set_fact("image", image)
             record.set_fact("run_image", run_image)
             prepare(plan)
             sdk = SdkRun(local_model_trainer(plan, run_image), plan.ours / "compose.log", stdout)
-            timed_out = supervise(sdk, client, plan, record, progress, self.stop_grace_s)
+            timed_out = supervise(sdk, client, plan, record, progress, self.options.stop_grace_s)
             codes = collect(client, plan, sdk, record)
         finally:
             shielded(lambda: cleanup(client, labels, run_image, plan.work_dir))
