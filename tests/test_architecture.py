@@ -33,11 +33,11 @@ def _is_type_checking(test: ast.expr) -> bool:
     )
 
 
-def _imports(tree: ast.AST, module: str, is_package: bool) -> list[str]:
+def _imports(tree: ast.AST, module: str, is_package: bool) -> list[tuple[str, str]]:
     """Every module named by an import statement anywhere in ``tree`` (functions included),
-    except inside ``if TYPE_CHECKING:``; ``from a import b`` names ``a.b`` when that is a module,
-    which the caller decides, so both candidates are returned as ``a.b`` then ``a``."""
-    found: list[str] = []
+    except inside ``if TYPE_CHECKING:``, as (the module if it exists, else this one): ``from a
+    import b`` names ``a.b`` where that is a module, else ``a``."""
+    found: list[tuple[str, str]] = []
     pending: list[ast.AST] = [tree]
     while pending:
         node = pending.pop()
@@ -45,10 +45,10 @@ def _imports(tree: ast.AST, module: str, is_package: bool) -> list[str]:
             pending += node.orelse
             continue
         if isinstance(node, ast.Import):
-            found += [alias.name for alias in node.names]
+            found += [(alias.name, alias.name) for alias in node.names]
         elif isinstance(node, ast.ImportFrom):
             base = _absolute(node, module, is_package)
-            found += [f"{base}.{alias.name}|{base}" for alias in node.names]
+            found += [(f"{base}.{alias.name}", base) for alias in node.names]
         pending += ast.iter_child_nodes(node)
     return found
 
@@ -68,9 +68,8 @@ def import_graph() -> dict[str, set[str]]:
     for name, path in modules.items():
         tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
         edges = set()
-        for target in _imports(tree, name, path.name == "__init__.py"):
-            submodule, _, parent = target.partition("|")
-            resolved = submodule if submodule in modules else parent or submodule
+        for preferred, fallback in _imports(tree, name, path.name == "__init__.py"):
+            resolved = preferred if preferred in modules else fallback
             if resolved in modules and resolved != name:
                 edges.add(resolved)
         graph[name] = edges
