@@ -11,11 +11,12 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, NoReturn
 
-from harness import __version__
+from harness import __version__, interrupts
 from harness.backends import backend_class, check_rung_names, get_backend, rungs
 from harness.backends.base import Backend, Progress
 from harness.diff.protocol import Tolerance
 from harness.errors import HarnessError, UsageError
+from harness.interrupts import Interrupted
 from harness.jobspec import JobSpec, load_job
 from harness.ladder import DEFAULT_RUNGS, climb
 from harness.record import RunRecord
@@ -324,16 +325,19 @@ COMMANDS = {
 
 def main(argv: Sequence[str] | None = None) -> int:
     try:
-        args = _parser().parse_args(argv)
-        return COMMANDS[args.command](args)
+        with interrupts.stopping_on_signals():
+            args = _parser().parse_args(argv)
+            return COMMANDS[args.command](args)
     except HarnessError as exc:
         print(f"harness: error: {exc.message}", file=sys.stderr)
         if exc.hint:
             print(f"hint: {exc.hint}", file=sys.stderr)
         return exc.exit_code
-    except KeyboardInterrupt:
-        print("harness: interrupted; every process was stopped and the record marked interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as exc:
+        what = exc.args[0] if isinstance(exc, Interrupted) else "Ctrl-C"
+        print(f"harness: stopped by {what}; every process and container was stopped and the record marked "
+              "interrupted", file=sys.stderr)
+        return exc.exit_code if isinstance(exc, Interrupted) else 130
 
 
 if __name__ == "__main__":
