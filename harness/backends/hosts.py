@@ -4,7 +4,6 @@ file, the ranks the probe saw)."""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from pathlib import Path, PurePosixPath
@@ -13,7 +12,7 @@ from harness import s3
 from harness.backends.base import copy_source
 from harness.contract import OPT_ML, PLATFORM_DIRS, HostContract, failure_message
 from harness.jobspec import JobSpec
-from harness.record import RecordWriter, file_tree, log_text, redact_env, write_json
+from harness.record import RecordFiles, RecordWriter, file_tree, log_text, redact_env, write_json
 
 #: The probe, put first on every process's PYTHONPATH (mounted read-only in containers).
 PROBE_DIR = Path(__file__).resolve().parent.parent / "probe"
@@ -200,8 +199,7 @@ def artifact_overview(summary: dict[str, dict[str, object]]) -> dict[str, object
 def ranks_from_probe(record_root: Path) -> dict[str, object]:
     """Per global rank: the host and pid that ran it, from the probe's process records."""
     ranks: dict[str, object] = {}
-    for path in sorted((record_root / "processes").glob("*.json")):
-        info = json.loads(path.read_text())
+    for info in RecordFiles(record_root).processes():
         if info.get("rank") is not None:
             ranks[str(info["rank"])] = {
                 key: info.get(key) for key in ("host", "pid", "local_rank", "ended_at", "exception")
