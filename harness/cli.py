@@ -78,6 +78,8 @@ def _parser() -> argparse.ArgumentParser:
 
     ladder = commands.add_parser("ladder", help="run a job up the ladder and give the verdict")
     job_args(ladder)
+    ladder.add_argument("--require", metavar="RUNGS",
+                        help="comma-separated rungs that must run: exit 1, before anything runs, if one cannot")
     ladder.add_argument("--rungs", help=f"comma-separated rungs (default: {','.join(DEFAULT_RUNGS)})")
     tolerance_args(ladder)
 
@@ -214,6 +216,7 @@ def cmd_ladder(args: argparse.Namespace) -> int:
         options=settings.__getitem__,
         progress=progress,
         on_record=done,
+        require=[name.strip() for name in args.require.split(",")] if args.require else (),
     )
     return _report(result.verdict, args)
 

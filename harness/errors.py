@@ -12,7 +12,8 @@ failed); anything else is a bug and keeps its traceback.
     │   ├── JobSpecError      a job file or request that does not validate
     │   └── RecordError       a run-record directory that cannot be read
     ├── RungUnavailable       a rung cannot run on this machine (skipped, with the reason)
-    │   └── NoRungCanRun      not one rung of a ladder can
+    │   ├── NoRungCanRun      not one rung of a ladder can
+    │   └── RequiredRungUnavailable   a rung given to --require cannot
     ├── ImageError            an image could not be built or found
     ├── CheckpointError       a checkpoint cannot be read for a tensor-level diff
     └── RungFailed            a rung broke down while running (not the job failing)
@@ -62,6 +63,16 @@ class NoRungCanRun(RungUnavailable):
         reasons = "; ".join(f"{rung}: {why}" for rung, why in skipped.items())
         HarnessError.__init__(self, f"no rung of the ladder can run here: {reasons}", hint="see `harness doctor`")
         self.rung, self.reason = ",".join(skipped), reasons
+
+
+class RequiredRungUnavailable(RungUnavailable):
+    """A rung the caller required (``--require``) cannot run here: the ladder does not start,
+    since a verdict without it would not be the one asked for."""
+
+    def __init__(self, rung: str, reason: str) -> None:
+        super().__init__(rung, reason, hint="run where it can (`harness doctor` says what it needs), "
+                                            "or drop it from --require")
+        self.message = f"required rung {rung!r} cannot run here: {reason}"
 
 
 class ImageError(HarnessError):

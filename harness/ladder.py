@@ -11,7 +11,7 @@ from typing import Any
 from harness.backends import check_rung_names, get_backend
 from harness.backends.base import Progress
 from harness.diff.protocol import Tolerance
-from harness.errors import NoRungCanRun, RungUnavailable
+from harness.errors import NoRungCanRun, RequiredRungUnavailable, RungUnavailable, UsageError
 from harness.jobspec import JobSpec
 from harness.record import RunRecord
 from harness.verdict import Verdict, judge
@@ -55,22 +55,34 @@ def climb(
     options: Callable[[str], dict[str, Any]] = lambda rung: {},
     progress: Callable[[str], Progress | None] = lambda rung: None,
     on_record: Callable[[RunRecord], None] = lambda record: None,
+    require: Sequence[str] = (),
 ) -> LadderResult:
     """Run ``job`` on each rung in order and judge the records. A rung is a name (its settings
-    from ``options``) or a :class:`Step`. Every rung's settings are checked before the first one
-    runs; raises :class:`NoRungCanRun` when no rung at all can run here."""
+    from ``options``) or a :class:`Step`. Every rung's settings, and whether each rung in
+    ``require`` can run, are checked before the first one runs; raises :class:`NoRungCanRun`
+    when no rung at all can run here, :class:`RequiredRungUnavailable` when a required one cannot."""
     steps = [rung if isinstance(rung, Step) else Step(rung, options(rung)) for rung in rungs]
     check_rung_names([step.rung for step in steps])
+    missing = [rung for rung in require if rung not in {step.rung for step in steps}]
+    if missing:
+        raise UsageError(f"--require names {', '.join(missing)}, which the ladder does not climb",
+                         hint="require only rungs of the ladder (--rungs)")
     backends = [get_backend(step.rung, **step.options) for step in steps]  # bad settings: before anything runs
+    unavailable: dict[str, str] = {}
+    for step, backend in zip(steps, backends, strict=True):
+        try:
+            backend.check(step.job(job))
+        except RungUnavailable as exc:
+            unavailable[step.label] = exc.reason
+            if step.rung in require:
+                raise RequiredRungUnavailable(step.rung, exc.reason) from None
     records: list[RunRecord] = []
     skipped: dict[str, str] = {}
     for step, backend in zip(steps, backends, strict=True):
-        step_job = step.job(job)
-        try:
-            backend.check(step_job)
-        except RungUnavailable as exc:
-            skipped[step.label] = exc.reason
+        if step.label in unavailable:
+            skipped[step.label] = unavailable[step.label]
             continue
+        step_job = step.job(job)
         record = backend.run(step_job, records_dir, progress=progress(step.rung))
         on_record(record)
         records.append(record)

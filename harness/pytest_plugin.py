@@ -17,9 +17,11 @@ for a check in one of two ways:
 ``rtol``/``atol`` are the tolerance of metric curves, ``tensor_rtol``/``tensor_atol`` that of
 checkpoint tensors (:class:`~harness.diff.protocol.Tolerance`). Rungs: the test's own, else
 ``--harness-rungs``, else :data:`harness.ladder.DEFAULT_RUNGS`. A rung that cannot run here is
-left out and reported as a :class:`RungSkippedWarning`; a test of which no rung can run is skipped
-with every rung's reason. Records go under ``--harness-record-dir`` (one directory per ladder,
-named after the test, and a ``summary.md`` for the session), else under the test's ``tmp_path``.
+left out and reported as a :class:`RungSkippedWarning`; a test of which no rung can run, or of
+which only one rung ran (nothing was compared), is skipped with every rung's reason, unless a rung
+it names in ``require`` could not run: then it fails. Records go under ``--harness-record-dir``
+(one directory per ladder, named after the test, and a ``summary.md`` for the session), else
+under the test's ``tmp_path``.
 
 PYTEST_DONT_REWRITE: this module has no asserts to rewrite, and ``-W error::harness.pytest_plugin.
 RungSkippedWarning`` imports it before pytest registers it, which would warn that it cannot be.
@@ -44,7 +46,7 @@ import pytest
 
 from harness.backends import rungs as known_rungs
 from harness.diff.protocol import DEFAULT_ATOL, DEFAULT_RTOL, Tolerance
-from harness.errors import HarnessError, RungUnavailable
+from harness.errors import HarnessError, RequiredRungUnavailable, RungUnavailable
 from harness.jobspec import JobSpec, load_job
 from harness.ladder import DEFAULT_RUNGS, LadderResult, climb
 from harness.record import RunRecord
@@ -93,7 +95,7 @@ def pytest_configure(config: pytest.Config) -> None:
     config.addinivalue_line(
         "markers",
         f"{MARKER}(job, rungs=None, rtol={DEFAULT_RTOL}, atol={DEFAULT_ATOL}, tensor_rtol={DEFAULT_RTOL}, "
-        f"tensor_atol={DEFAULT_ATOL}): climb the harness ladder "
+        f"tensor_atol={DEFAULT_ATOL}, require=()): climb the harness ladder "
         "with job (a job file relative to the rootdir, or a JobSpec) and fail unless the verdict is parity",
     )
     record_dir = config.getoption("harness_record_dir")
@@ -125,6 +127,10 @@ def assert_parity(result: LadderResult) -> None:
     """Fail the running test with the verdict, its evidence and where the records are, unless
     the ladder found parity."""
     __tracebackhide__ = True
+    if result.verdict.outcome == "nothing-compared":  # neither passed nor failed: say so
+        pytest.skip(f"nothing compared: only {', '.join(result.verdict.rungs)} ran ("
+                    + "; ".join(f"{rung}: {why}" for rung, why in result.skipped.items())
+                    + "); require=[...] makes a missing rung fail the test")
     if result.verdict.outcome != "parity":
         _fail(to_text(result.verdict) + _where(result))
 
@@ -138,27 +144,32 @@ class LadderRunner:
 
     def __call__(self, job: JobArg, rungs: Sequence[str] | str | None = None, *,
                  rtol: float = DEFAULT_RTOL, atol: float = DEFAULT_ATOL,
-                 tensor_rtol: float = DEFAULT_RTOL, tensor_atol: float = DEFAULT_ATOL) -> LadderResult:
+                 tensor_rtol: float = DEFAULT_RTOL, tensor_atol: float = DEFAULT_ATOL,
+                 require: Sequence[str] = ()) -> LadderResult:
         """Run ``job`` on each rung and judge the records. Skips the test when no rung can run
         here; fails it, without a traceback, on a job file or rung that the harness rejects."""
         __tracebackhide__ = True
-        result = self._climb(job, rungs, Tolerance(rtol, atol, tensor_rtol, tensor_atol))
+        result = self._climb(job, rungs, Tolerance(rtol, atol, tensor_rtol, tensor_atol), require)
         caller = sys._getframe(1)
         _warn_skipped(result, caller.f_code.co_filename, caller.f_lineno)
         return result
 
-    def _climb(self, job: JobArg, rungs: Sequence[str] | str | None, tolerance: Tolerance) -> LadderResult:
+    def _climb(self, job: JobArg, rungs: Sequence[str] | str | None, tolerance: Tolerance,
+               require: Sequence[str] = ()) -> LadderResult:
         """The call without its :class:`RungSkippedWarning` (the marker warns in the call phase)."""
         __tracebackhide__ = True
         chosen, directory = self._rungs(rungs), self._directory()
+        error: HarnessError | None = None
         try:
             spec = job if isinstance(job, JobSpec) else load_job(self._request.config.rootpath / job)
-            result = climb(spec, directory, rungs=chosen, tolerance=tolerance)
-        except RungUnavailable as exc:
-            self._keep(_Entry(self._request.node.nodeid, None, "skipped", exc.message))
-            pytest.skip(exc.message)
-        except HarnessError as exc:
-            message = f"harness: {exc.message}" + (f"\nhint: {exc.hint}" if exc.hint else "")
+            result = climb(spec, directory, rungs=chosen, tolerance=tolerance, require=require)
+        except HarnessError as exc:  # said once, outside the handler: no chained traceback
+            error = exc
+        if isinstance(error, RungUnavailable) and not isinstance(error, RequiredRungUnavailable):
+            self._keep(_Entry(self._request.node.nodeid, None, "skipped", error.message))
+            pytest.skip(error.message)
+        if error is not None:
+            message = f"harness: {error.message}" + (f"\nhint: {error.hint}" if error.hint else "")
             self._keep(_Entry(self._request.node.nodeid, None, "error", message))
             _fail(message)
         self._keep(_Entry(self._request.node.nodeid, result, result.verdict.outcome))
@@ -206,11 +217,11 @@ def harness_result(request: pytest.FixtureRequest, harness_ladder: LadderRunner)
     if marker is None:
         _fail(f"harness_result needs the test marked @pytest.mark.{MARKER}(job, rungs=...)")
     try:
-        job, rungs, tolerance = _marker_args(*marker.args, **marker.kwargs)
+        job, rungs, tolerance, require = _marker_args(*marker.args, **marker.kwargs)
     except TypeError as exc:
         _fail(f"@pytest.mark.{MARKER}: {exc}; expected {MARKER}(job, rungs=None, rtol=..., atol=..., "
-              "tensor_rtol=..., tensor_atol=...)")
-    result = harness_ladder._climb(job, rungs, tolerance)
+              "tensor_rtol=..., tensor_atol=..., require=...)")
+    result = harness_ladder._climb(job, rungs, tolerance, require)
     request.node.stash[_RESULT] = result
     return result
 
@@ -224,9 +235,9 @@ def _harness_parity_marker(request: pytest.FixtureRequest) -> None:
 
 def _marker_args(job: JobArg, rungs: Sequence[str] | str | None = None, *,
                  rtol: float = DEFAULT_RTOL, atol: float = DEFAULT_ATOL,
-                 tensor_rtol: float = DEFAULT_RTOL, tensor_atol: float = DEFAULT_ATOL
-                 ) -> tuple[JobArg, Sequence[str] | str | None, Tolerance]:
-    return job, rungs, Tolerance(rtol, atol, tensor_rtol, tensor_atol)
+                 tensor_rtol: float = DEFAULT_RTOL, tensor_atol: float = DEFAULT_ATOL, require: Sequence[str] = ()
+                 ) -> tuple[JobArg, Sequence[str] | str | None, Tolerance, Sequence[str]]:
+    return job, rungs, Tolerance(rtol, atol, tensor_rtol, tensor_atol), require
 
 
 @dataclass
@@ -279,7 +290,7 @@ def _row(entry: _Entry) -> str:
         outcome = entry.outcome if entry.outcome == "skipped" else f"**{entry.outcome.upper()}**"
         return f"| `{entry.test}` | {outcome} | none | | {_cell(entry.reason)} |"
     verdict = entry.result.verdict
-    outcome = verdict.outcome if verdict.outcome == "parity" else f"**{verdict.outcome.upper()}**"
+    outcome = verdict.outcome if verdict.outcome == "parity" else f"**{verdict.word}**"
     departs = verdict.first_rung or ""
     if verdict.first_rung and verdict.first_step is not None:
         departs += f" at step {verdict.first_step}"

@@ -14,7 +14,8 @@ from harness.verdict import Verdict
 
 REPORT_SCHEMA_VERSION = 1
 _COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b")
-_BADGE = {"parity": "#2ca02c", "diverged": "#ff7f0e", "failed": "#d62728"}
+_BADGE = {"parity": "#2ca02c", "nothing-compared": "#7f7f7f", "diverged": "#ff7f0e", "failed": "#d62728"}
+_ICON = {"parity": "✅", "nothing-compared": "⚪", "diverged": "⚠️", "failed": "❌"}
 
 
 def to_json(verdict: Verdict) -> str:
@@ -32,8 +33,16 @@ def _where(verdict: Verdict) -> str:
     return where
 
 
+def _nothing_compared(verdict: Verdict) -> str:
+    return (f"only {verdict.rungs[0] if verdict.rungs else 'no rung'} ran: its own checks found nothing, "
+            "but no other rung ran to compare it with (--require names the rungs that must run)")
+
+
 def to_text(verdict: Verdict) -> str:
-    lines = [f"verdict: {verdict.outcome.upper()}  (rungs: {' -> '.join(verdict.rungs) or 'none'})"]
+    lines = [f"verdict: {verdict.word}  (rungs: {' -> '.join(verdict.rungs) or 'none'})"]
+    lines += [f"skipped {rung}: {reason}" for rung, reason in verdict.skipped.items()]
+    if verdict.outcome == "nothing-compared":
+        lines.append(_nothing_compared(verdict))
     if verdict.first_rung:
         lines.append(_where(verdict))
     for number, finding in enumerate(verdict.findings, 1):
@@ -42,19 +51,18 @@ def to_text(verdict: Verdict) -> str:
         lines += [f"     {line}" for line in finding.evidence]
         if finding.hint:
             lines.append(f"     hint: {finding.hint}")
-    for rung, reason in verdict.skipped.items():
-        lines.append(f"skipped {rung}: {reason}")
     return "\n".join(lines)
 
 
 def to_markdown(verdict: Verdict) -> str:
     """A pull-request comment: the verdict, the top causes with their first evidence line."""
-    icon = {"parity": "✅", "diverged": "⚠️", "failed": "❌"}[verdict.outcome]
     lines = [
-        f"### {icon} Parity harness: **{verdict.outcome}**",
+        f"### {_ICON[verdict.outcome]} Parity harness: **{verdict.outcome.replace('-', ' ')}**",
         "",
         f"Rungs: {' → '.join(f'`{r}`' for r in verdict.rungs) or 'none'}",
     ]
+    if verdict.outcome == "nothing-compared":
+        lines.append(f"\n{_md(_nothing_compared(verdict)).capitalize()}.")
     if verdict.first_rung:
         lines.append(f"\n{_where(verdict).capitalize()}.")
     decisive = [f for f in verdict.findings if f.severity != "note"][:3]
@@ -201,13 +209,14 @@ def to_html(verdict: Verdict) -> str:
             html.escape(verdict.outcome),
             f"</title><style>{_STYLE}</style></head><body>",
             f'<h1>Verdict: <span class="badge" style="background:{_BADGE[verdict.outcome]}">',
-            html.escape(verdict.outcome.upper()),
+            html.escape(verdict.word),
             "</span></h1>",
+            f"<p>{html.escape(_nothing_compared(verdict))}</p>" if verdict.outcome == "nothing-compared" else "",
             f"<p>Ladder: {ladder}</p>",
             f"<p><b>{html.escape(_where(verdict))}</b></p>" if verdict.first_rung else "",
             f"<ul>{skipped}</ul>" if skipped else "",
             "<h2>Likely causes</h2>",
-            "".join(_finding_html(i, f) for i, f in enumerate(decisive, 1)) or "<p>None: parity.</p>",
+            "".join(_finding_html(i, f) for i, f in enumerate(decisive, 1)) or "<p>None.</p>",
             "<h2>Loss curves</h2>",
             _curves(verdict, records),
             "<h2>What else differs</h2>",

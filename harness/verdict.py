@@ -1,5 +1,7 @@
 """The verdict over a ladder of records: ``parity``, ``diverged`` or ``failed``, the first rung
-that departs, the first divergent step, and the likely causes ranked with their evidence.
+that departs, the first divergent step, and the likely causes ranked with their evidence; or
+``nothing-compared`` when only one rung ran, so that a record checked only on its own never
+reads as parity between rungs.
 
 Each rung is checked on its own (across its ranks) and against the rung below it (the ladder
 changes one thing at a time), so the first rung with a failure or divergence is where the
@@ -18,7 +20,7 @@ from harness.diff.findings import Finding
 from harness.diff.protocol import Check, CheckContext, RunCheck, Tolerance
 from harness.record import RunRecord
 
-Outcome = Literal["parity", "diverged", "failed"]
+Outcome = Literal["parity", "nothing-compared", "diverged", "failed"]
 _SEVERITY = {"failure": 0, "divergence": 1, "note": 2}
 
 
@@ -35,7 +37,14 @@ class Verdict:
 
     @property
     def exit_code(self) -> int:
-        return 0 if self.outcome == "parity" else 1
+        """0 when nothing departs (``nothing-compared`` included: ``--require`` makes a missing
+        rung an error), else 1."""
+        return 0 if self.outcome in ("parity", "nothing-compared") else 1
+
+    @property
+    def word(self) -> str:
+        """The outcome as reports print it: ``PARITY``, ``NOTHING COMPARED``, ..."""
+        return self.outcome.replace("-", " ").upper()
 
     @property
     def causes(self) -> list[str]:
@@ -89,7 +98,8 @@ def judge(
     tolerance: Tolerance = Tolerance(),
     skipped: dict[str, str] | None = None,
 ) -> Verdict:
-    """Walk the ladder upwards; stop at the first rung that fails or diverges."""
+    """Walk the ladder upwards; stop at the first rung that fails or diverges. One record alone
+    can fail its own checks, but never be at parity: there was nothing to compare it with."""
     checks, context = registered(), CheckContext(tolerance)
     verdict = Verdict(
         "parity", [r.rung for r in records], skipped=dict(skipped or {}), records=[str(r.root) for r in records]
@@ -105,4 +115,6 @@ def judge(
             verdict.first_step = min(steps) if steps else None
             verdict.findings = findings
             return verdict
+    if len(records) < 2:
+        verdict.outcome = "nothing-compared"
     return verdict

@@ -128,11 +128,31 @@ def test_correct_job_passes_by_marker_and_by_fixture(repo: pytest.Pytester) -> N
             assert harness_result.records[0].metrics()["train:loss"]["algo-1"][-1] == 0.2
 
         def test_fixture(harness_ladder):
-            result = harness_ladder("steady/job.yaml", rungs="local", tensor_rtol=1e-3)
+            result = harness_ladder("steady/job.yaml", rungs="local,local", tensor_rtol=1e-3)
             assert_parity(result)
             assert result.verdict.outcome == "parity" and result.skipped == {}
     """)
     _run(repo, "--strict-markers").assert_outcomes(passed=2)
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("no_gpu")
+def test_one_rung_compares_nothing_and_require_fails_it(repo: pytest.Pytester) -> None:
+    """A parity check where only one rung could run neither passes nor fails: it is skipped as
+    'nothing compared'; naming the missing rung in ``require`` fails it before anything runs."""
+    _tests(repo, """
+        @pytest.mark.harness_parity("steady/job.yaml", rungs=["local", "local-gpu"])
+        def test_alone(): raise AssertionError("the body ran")
+
+        @pytest.mark.harness_parity("steady/job.yaml", rungs=["local", "local-gpu"], require=["local-gpu"])
+        def test_required(): raise AssertionError("the body ran")
+    """)
+    result = _run(repo, "-rs")
+    result.assert_outcomes(skipped=1, errors=1)
+    result.stdout.fnmatch_lines(["*harness: required rung 'local-gpu' cannot run here: no CUDA device*",
+                                 "SKIPPED * nothing compared: only local ran (local-gpu: no CUDA device*"])
+    for noise in ("*the body ran*", "*During handling*", "Hint: *"):
+        result.stdout.no_fnmatch_line(noise)
 
 
 @pytest.mark.slow
@@ -164,7 +184,7 @@ def test_divergence_fails_with_the_verdict_and_its_evidence(repo: pytest.Pyteste
 @pytest.mark.usefixtures("no_gpu")
 def test_rung_that_cannot_run_is_skipped_and_the_others_compared(repo: pytest.Pytester) -> None:
     _tests(repo, """
-        @pytest.mark.harness_parity("steady/job.yaml", rungs=["local", "local-gpu"])
+        @pytest.mark.harness_parity("steady/job.yaml", rungs=["local", "local-gpu", "local"])
         def test_parity(harness_result):
             assert harness_result.skipped == {"local-gpu": "no CUDA device visible to torch on this machine"}
     """)
@@ -189,24 +209,24 @@ def test_record_dir_keeps_each_ladder_and_a_summary(repo: pytest.Pytester) -> No
         @pytest.mark.harness_parity("steady/job.yaml", rungs=["local-gpu"])
         def test_gpu_only(): pass
     """)
-    result = _run(repo, "--harness-rungs", "local", "--harness-record-dir", "out/records")
+    result = _run(repo, "--harness-rungs", "local,local", "--harness-record-dir", "out/records")
     result.assert_outcomes(passed=1, skipped=1)
-    result.stdout.fnmatch_lines(["harness: rungs local (where a test names none); records in out/records",
+    result.stdout.fnmatch_lines(["harness: rungs local,local (where a test names none); records in out/records",
                                  "*- harness -*",
                                  f"2 ladders (1 parity, 1 skipped): records and summary.md in {repo.path}/out/records"])
     ladder_dir = repo.path / "out" / "records" / "test_parity.py-test_default_rungs"
     ladder = json.loads((ladder_dir / "ladder.json").read_text())
-    assert ladder["test"] == "test_parity.py::test_default_rungs" and ladder["requested_rungs"] == ["local"]
-    (record,) = ladder["records"]
-    assert ladder["compare"] == [record, record] and (ladder["rtol"], ladder["atol"]) == (1e-5, 1e-6)
+    assert ladder["test"] == "test_parity.py::test_default_rungs" and ladder["requested_rungs"] == ["local", "local"]
+    record, _ = ladder["records"]
+    assert ladder["compare"] == ladder["records"] and (ladder["rtol"], ladder["atol"]) == (1e-5, 1e-6)
     assert (ladder["tensor_rtol"], ladder["tensor_atol"]) == (1e-5, 1e-6)
     assert json.loads((ladder_dir / record / "manifest.json").read_text())["rung"] == "local"
     assert json.loads((ladder_dir / "verdict.json").read_text())["outcome"] == "parity"
     summary = (repo.path / "out" / "records" / "summary.md").read_text()
-    assert "| `test_parity.py::test_default_rungs` | parity | local |" in summary
+    assert "| `test_parity.py::test_default_rungs` | parity | local → local |" in summary
     assert "| `test_parity.py::test_gpu_only` | skipped | none | | no rung of the ladder can run here" in summary
     assert not (repo.path / "out" / "records" / "test_parity.py-test_gpu_only").exists()
-    _run(repo, "--harness-rungs", "local", "--harness-record-dir", "out/records", "-k", "default")
+    _run(repo, "--harness-rungs", "local,local", "--harness-record-dir", "out/records", "-k", "default")
     assert (ladder_dir.parent / f"{ladder_dir.name}-2" / "ladder.json").is_file()  # a rerun never mixes records
 
 

@@ -59,7 +59,7 @@ def test_identical_batches_on_every_rank(tmp_path: Path) -> None:
     verdict = judge([make_record(tmp_path, "local", losses=CURVE, rank_events=same)])
     assert verdict.causes[0] == "data-not-sharded" and verdict.first_rung == "local"
     sharded = {rank: _batches([f"{rank}a", f"{rank}b"]) for rank in range(3)}
-    assert judge([make_record(tmp_path, "local", losses=CURVE, rank_events=sharded)]).outcome == "parity"
+    assert judge([make_record(tmp_path, "local", losses=CURVE, rank_events=sharded)]).outcome == "nothing-compared"
 
 
 def _call(op: str, shape: list[int], line: int) -> dict[str, object]:
@@ -169,3 +169,40 @@ def test_rank_events_survive_a_line_cut_short(tmp_path: Path) -> None:
     path.write_text(path.read_text().replace('{"kind": "batch", "n": 3, "dig', "") + "not json\n" + json.dumps({}))
     with pytest.raises(RecordError, match="rank-0.jsonl:3: not a JSON event"):
         record.rank_events()
+
+
+def test_one_record_is_never_parity_it_compared_nothing(tmp_path: Path) -> None:
+    from harness.report import to_html, to_json, to_markdown, to_text
+
+    verdict = judge([make_record(tmp_path, "local", losses=CURVE)], skipped={"docker": "no Docker engine answers"})
+    assert verdict.outcome == "nothing-compared" and verdict.exit_code == 0
+    text = to_text(verdict)
+    assert text.splitlines()[:3] == [
+        "verdict: NOTHING COMPARED  (rungs: local)",
+        "skipped docker: no Docker engine answers",
+        "only local ran: its own checks found nothing, but no other rung ran to compare it with "
+        "(--require names the rungs that must run)",
+    ]
+    assert "PARITY" not in text and "PARITY" not in to_html(verdict)
+    assert json.loads(to_json(verdict))["outcome"] == "nothing-compared"
+    markdown = to_markdown(verdict)
+    assert markdown.startswith("### ⚪ Parity harness: **nothing compared**") and "✅" not in markdown
+    assert ">NOTHING COMPARED<" in to_html(verdict)
+
+
+def test_a_required_rung_that_cannot_run_fails_the_ladder_before_anything_runs(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from harness.backends import local
+
+    monkeypatch.setattr(local, "cuda_device_count", lambda: 0)
+    job = Path(__file__).resolve().parents[1] / "scenarios" / "ddp_csv" / "job.yaml"
+    records = tmp_path / "records"
+    code = main(["ladder", str(job), "--rungs", "local,local-gpu", "--require", "local-gpu",
+                 "--records", str(records)])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "required rung 'local-gpu' cannot run here: no CUDA device visible to torch" in err
+    assert not records.exists()
+    assert main(["ladder", str(job), "--rungs", "local", "--require", "docker"]) == 2
+    assert "--require names docker, which the ladder does not climb" in capsys.readouterr().err
