@@ -37,6 +37,7 @@ def collect(host_trees: dict[str, Path], record_root: Path) -> dict[str, Any]:
             pack_like_sagemaker(Path(merged), artifacts / archive)
             merged_tree = file_tree(Path(merged))
         summary[archive] = {
+            "bytes": (artifacts / archive).stat().st_size,  # a damaged archive shows as another size
             "files": {name: {**entry, "hosts": writers.get(name, [])} for name, entry in merged_tree.items()},
             "per_host": trees,
             "clashes": {name: hosts for name, hosts in writers.items() if len(hosts) > 1},
@@ -57,7 +58,8 @@ def summarize_archives(record_root: Path) -> dict[str, Any]:
                 tarfile.open(artifacts / archive) as tar:
             tar.extractall(unpacked, filter="data")
             files = file_tree(Path(unpacked))
-        summary[archive] = {"files": {name: {**entry, "hosts": []} for name, entry in files.items()},
+        summary[archive] = {"bytes": (artifacts / archive).stat().st_size,
+                            "files": {name: {**entry, "hosts": []} for name, entry in files.items()},
                             "per_host": "unknown: the service merges every host's files", "clashes": {}}
     write_json(artifacts / "summary.json", summary)
     return summary
