@@ -3,7 +3,10 @@ directories, and one comparison of two run records through ``harness.diff.artifa
 
 from __future__ import annotations
 
+import argparse
+import io
 import json
+import os
 import struct
 import sys
 import tempfile
@@ -235,11 +238,25 @@ def test_sniff_and_unreadable_files(tmp_path: Path) -> None:
         tensors.load(tmp_path / "random.bin")
 
 
-def test_unsafe_pickle_is_refused(tmp_path: Path) -> None:
-    path = save(tmp_path / "obj.pt", {"w": torch.ones(1), "cfg": Path("x")})
-    with pytest.raises(CheckpointError, match="cannot load as a checkpoint") as info:
-        tensors.load(path)
-    assert "weights_only" in (info.value.hint or "")
+def test_pickled_objects_are_read_by_value_and_never_run(tmp_path: Path) -> None:
+    """Objects beyond torch's allowlist (a Namespace, a Path, anything) are compared by what the
+    pickle says about them; a pickle that would call a function only records the call."""
+    marker = tmp_path / "ran"
+
+    class Boom:
+        def __reduce__(self) -> tuple[Any, ...]:
+            return (os.system, (f"touch {marker}",))
+
+    path = save(tmp_path / "obj.pt", {"w": torch.ones(1), "cfg": Path("x"), "args": argparse.Namespace(lr=0.1),
+                                      "boom": Boom()})
+    flat = tensors.load(path)
+    assert not marker.exists()
+    assert (flat["args.__class__"], flat["args.lr"]) == ("argparse.Namespace", 0.1)
+    assert repr(flat["boom"]).startswith("posix.system(") and torch.equal(flat["w"], torch.ones(1))
+    other = save(tmp_path / "other.pt", {"w": torch.ones(1), "cfg": Path("x"), "args": argparse.Namespace(lr=0.2),
+                                         "boom": Boom()})
+    diff = compare(path, other)
+    assert [(v.name, v.value, v.other) for v in diff.values] == [("args.lr", "0.1", "0.2")]
 
 
 def test_without_torch_the_error_says_so(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
@@ -295,9 +312,8 @@ def test_artifacts_check_compares_checkpoints_by_value(monkeypatch: pytest.Monke
     assert ddp.evidence[0] == "7 keys renamed, for example:"
     assert "7 of 7 tensors agree within tolerance" in ddp.evidence[-1]
 
-    assert findings["random.bin"].severity == "note" and "not compared" in findings["random.bin"].title
-    assert "1 files in model.tar.gz differ byte-wise" in findings["bytes"].title
-    assert findings["bytes"].evidence == ["notes.txt: 1 vs 1 bytes"]
+    assert "2 files in model.tar.gz differ byte-wise" in findings["bytes"].title  # random.bin: no checkpoint
+    assert findings["bytes"].evidence == ["notes.txt: 1 vs 1 bytes", "random.bin: 10 vs 10 bytes"]
     assert list(scratch.iterdir()) == []  # extracted checkpoints are cleaned up
 
 
@@ -313,12 +329,35 @@ def test_artifacts_check_reports_keys_and_shapes(tmp_path: Path) -> None:
     assert causes["checkpoint-shapes"].evidence == ["embed.weight: shape [32, 8] float32 vs [40, 8] float32"]
 
 
-def test_artifacts_check_without_torch_is_a_note(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_artifacts_check_without_torch_is_a_divergence(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """Checkpoints whose bytes differ and that cannot be read are never taken for equal."""
     base = make_record(tmp_path, "local", {"model.pt": model_state()})
     cand = make_record(tmp_path, "docker", {"model.pt": model_state(seed=1)})
     monkeypatch.setitem(sys.modules, "torch", None)
     [finding] = artifacts.compare(base, cand, CONTEXT)
-    assert finding.severity == "note" and "torch is not installed" in finding.evidence[0]
+    assert (finding.severity, finding.cause) == ("divergence", "checkpoint-not-compared")
+    assert "torch is not installed" in finding.evidence[0]
+
+
+def test_what_cannot_be_read_is_never_parity(tmp_path: Path) -> None:
+    """A truncated checkpoint, weights x10 beside a pickled Namespace, a truncated archive."""
+    state = model_state()
+    full = io.BytesIO()
+    torch.save(state, full)
+    args = argparse.Namespace(lr=0.05, epochs=3)
+    base = make_record(tmp_path, "local", {"model.pt": state, "full.pt": {"model": state, "args": args}})
+    cand = make_record(tmp_path, "docker", {"model.pt": full.getvalue()[: len(full.getvalue()) // 2],
+                                            "full.pt": {"model": {k: v * 10 for k, v in state.items()},
+                                                        "args": args}})
+    verdict = judge([base, cand], tolerance=Tolerance())
+    assert verdict.outcome == "diverged"
+    causes = {f.title.split(":")[1]: f.cause for f in verdict.findings if f.severity == "divergence"}
+    assert causes == {"model.pt": "checkpoint-unreadable", "full.pt": "weights-differ"}
+    archive = cand.root / "artifacts" / "model.tar.gz"
+    archive.write_bytes(archive.read_bytes()[:-100])
+    damaged = judge([base, RunRecord.load(cand.root)], tolerance=Tolerance())
+    assert damaged.outcome == "diverged" and damaged.causes[0] == "artifact-unreadable"
+    assert f"{archive}: {archive.stat().st_size} bytes" in damaged.findings[0].evidence[0]
 
 
 def test_checkpoints_are_judged_by_the_tensor_tolerance_alone(tmp_path: Path) -> None:

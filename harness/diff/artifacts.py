@@ -7,7 +7,9 @@ differ is streamed out of both archives into a temporary directory and compared 
 (:mod:`harness.diff.tensors`) under the tensor tolerance: renamed keys (a DDP ``module.``
 prefix), missing keys, shapes, dtypes and values beyond tolerance are divergences, values within
 tolerance a note. Other files that differ are a note. A clash (a file written by several hosts)
-is a finding of its own.
+is a finding of its own. What cannot be read is never taken for equal: a damaged archive (its size
+is not the one recorded when it was packed, or it does not open) and a checkpoint that one side or
+neither can load are divergences, so a verdict is parity only for what was compared.
 """
 
 from __future__ import annotations
@@ -43,7 +45,7 @@ def compare(baseline: RunRecord, candidate: RunRecord, context: CheckContext) ->
         return []
     ours = baseline.read_json("artifacts/summary.json") or {}
     theirs = candidate.read_json("artifacts/summary.json") or {}
-    findings = []
+    findings = [f for record in (baseline, candidate) for f in _damaged_archives(record)]
     for archive in sorted(set(ours) | set(theirs)):
         a, b = ours.get(archive, {}).get("files", {}), theirs.get(archive, {}).get("files", {})
         missing, extra = sorted(set(a) - set(b)), sorted(set(b) - set(a))
@@ -93,31 +95,85 @@ def check_run(record: RunRecord, context: CheckContext) -> list[Finding]:
     )]
 
 
+def _damaged_archives(record: RunRecord) -> list[Finding]:
+    """Archives whose size is not the one recorded when they were packed: truncated or replaced
+    since, so nothing read from them can be trusted (and nothing unread may pass for equal)."""
+    findings = []
+    for archive, info in (record.read_json("artifacts/summary.json") or {}).items():
+        path, recorded = record.root / "artifacts" / archive, info.get("bytes")
+        size = path.stat().st_size if path.is_file() else None
+        if recorded is not None and size != recorded:
+            findings.append(Finding(
+                "artifacts", "divergence", f"{archive} of the {record.rung} record is damaged: its files were not "
+                "compared", [f"{path}: {'missing' if size is None else f'{size} bytes'}, {recorded} bytes when packed"],
+                hint="run the rung again: the record was changed or cut short after the run",
+                cause="artifact-unreadable", confidence=0.6,
+            ))
+    return findings
+
+
 def _checkpoints(archive: str, changed: list[str], baseline: RunRecord, candidate: RunRecord,
                  context: CheckContext) -> tuple[set[str], list[Finding]]:
-    """The changed files of ``archive`` that are checkpoints on both sides, and their findings."""
+    """The changed files of ``archive`` that are checkpoints on either side, and their findings.
+    A checkpoint that cannot be read is a divergence: its bytes differ, and unread is not equal."""
     if not changed:
         return set(), []
     findings: list[Finding] = []
     with tempfile.TemporaryDirectory(prefix="harness-tensors-") as tmp:
-        try:
-            ours = _extract(baseline.root / "artifacts" / archive, set(changed), Path(tmp) / "a")
-            theirs = _extract(candidate.root / "artifacts" / archive, set(changed), Path(tmp) / "b")
-        except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
-            return set(), [Finding("tensors", "note", f"{archive}: checkpoints not compared on {candidate.rung}",
-                                   [f"cannot read the archive: {exc}"])]
-        names = sorted(ours.keys() & theirs.keys())
+        extracted = {}
+        for record, dest in ((baseline, "a"), (candidate, "b")):
+            try:
+                extracted[record.root] = _extract(record.root / "artifacts" / archive, set(changed), Path(tmp) / dest)
+            except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
+                return set(changed), [Finding(
+                    "artifacts", "divergence", f"{archive} cannot be read on {record.rung}: "
+                    f"{len(changed)} files whose bytes differ were not compared", [f"{exc}"],
+                    hint="run the rung again: the archive is damaged", cause="artifact-unreadable", confidence=0.6)]
+        ours, theirs = extracted[baseline.root], extracted[candidate.root]
+        names = sorted(name for name in ours.keys() | theirs.keys() if _sniffed(ours.get(name), theirs.get(name)))
         for name in names:
             where = f"{archive}:{name}"
-            try:
-                diff = tensors.compare(ours[name], theirs[name], rtol=context.tolerance.tensor_rtol,
-                                       atol=context.tolerance.tensor_atol)
-            except CheckpointError as exc:
-                findings.append(Finding("tensors", "note", f"{where}: bytes differ, tensors not compared",
-                                        [exc.message], hint=exc.hint))
-                continue
-            findings += _findings(where, diff, baseline.rung, candidate.rung)
+            a, b = _load(ours.get(name)), _load(theirs.get(name))
+            if isinstance(a, dict) and isinstance(b, dict):
+                diff = tensors.compare_state(a, b, rtol=context.tolerance.tensor_rtol,
+                                             atol=context.tolerance.tensor_atol)
+                findings += _findings(where, diff, baseline.rung, candidate.rung)
+            else:
+                findings.append(_unread(where, a, b, baseline.rung, candidate.rung))
     return set(names), findings
+
+
+def _sniffed(*paths: Path | None) -> bool:
+    """Whether either file starts like a torch or safetensors checkpoint: a file only named like
+    one (a ``.bin`` of raw bytes on both sides) is an ordinary file that differs."""
+    for path in paths:
+        if path is not None:
+            with path.open("rb") as handle:
+                if tensors.sniff(handle.read(tensors.SNIFF_BYTES)):
+                    return True
+    return False
+
+
+def _load(path: Path | None) -> dict[str, object] | CheckpointError:
+    if path is None:
+        return CheckpointError("not a checkpoint on this side (its first bytes are not a torch or safetensors file)")
+    try:
+        return tensors.load(path)
+    except CheckpointError as exc:
+        return exc
+
+
+def _unread(where: str, a: object, b: object, base: str, cand: str) -> Finding:
+    """A checkpoint one side (or neither) could read: never equal, since nothing was compared."""
+    errors = [f"{rung}: {value.message.split(': ', 1)[-1]}" for rung, value in ((base, a), (cand, b))
+              if isinstance(value, CheckpointError)]
+    unreadable = [rung for rung, value in ((base, a), (cand, b)) if isinstance(value, CheckpointError)]
+    title = (f"{where}: cannot be read on {unreadable[0]}, only on the other rung: not compared" if len(unreadable) == 1
+             else f"{where}: cannot be read on either rung and the bytes differ: not compared")
+    hint = next((value.hint for value in (a, b) if isinstance(value, CheckpointError) and value.hint), None)
+    return Finding("tensors", "divergence", title, errors, hint=hint,
+                   cause="checkpoint-unreadable" if len(unreadable) == 1 else "checkpoint-not-compared",
+                   confidence=0.6 if len(unreadable) == 1 else 0.3)
 
 
 def _extract(archive: Path, names: set[str], dest: Path) -> dict[str, Path]:

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Literal
 
+from harness.diff import unpickle
 from harness.errors import CheckpointError
 
 if TYPE_CHECKING:
@@ -182,17 +183,24 @@ def load(path: Path) -> dict[str, Any]:
         return _load_safetensors(path, torch)
     try:
         obj = torch.load(path, mmap=fmt == "torch", weights_only=True, map_location="cpu")
-    except Exception as exc:  # pickle, zip and torch errors all mean "cannot read"
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"{path.name}: cannot load as a checkpoint ({first})",
-                              hint="save plain state dicts (tensors, numbers, strings): "
-                                   "torch.load(weights_only=True) refuses arbitrary objects") from exc
+    except Exception:  # noqa: BLE001 - objects beyond torch's allowlist: read them by value instead
+        try:
+            obj = torch.load(path, mmap=fmt == "torch", weights_only=False, map_location="cpu",
+                             pickle_module=unpickle.RESTRICTED)
+        except Exception as exc:  # pickle, zip and torch errors all mean "cannot read"
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise CheckpointError(f"{path.name}: cannot load as a checkpoint ({first})",
+                                  hint="the file is damaged or not a torch checkpoint") from exc
     return flatten(obj)
 
 
 def flatten(obj: Any, prefix: str = "") -> dict[str, Any]:
     """Nested dicts, lists and tuples as dotted keys: ``{"model": {"fc.weight": t}}`` gives
-    ``model.fc.weight``, an optimizer's ``param_groups[0]["lr"]`` gives ``param_groups.0.lr``."""
+    ``model.fc.weight``, an optimizer's ``param_groups[0]["lr"]`` gives ``param_groups.0.lr``; a
+    pickled object (:class:`harness.diff.unpickle.Opaque`) gives its class and its fields."""
+    state = unpickle.state_of(obj)
+    if state is not None:  # an object pickled with its fields: its class, then each field
+        return {f"{prefix}.__class__" if prefix else "__class__": obj.qualname, **flatten(state, prefix)}
     if isinstance(obj, Mapping):
         items: Any = obj.items()
     elif isinstance(obj, (list, tuple)) and not hasattr(obj, "_fields") and type(obj).__name__ != "Size":
