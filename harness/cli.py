@@ -20,7 +20,7 @@ from harness.interrupts import Interrupted
 from harness.jobspec import JobSpec, load_job
 from harness.ladder import DEFAULT_RUNGS, climb
 from harness.record import RunRecord
-from harness.report import to_html, to_json, to_markdown, to_text
+from harness.report import comparison_warnings, to_html, to_json, to_markdown, to_text
 from harness.request import load_request
 from harness.verdict import Verdict, judge
 
@@ -190,7 +190,7 @@ def _report(verdict: Verdict, args: argparse.Namespace) -> int:
     print(to_text(verdict))
     for path, render in ((args.json, to_json), (args.html, to_html), (args.markdown, to_markdown)):
         if path is not None:
-            path.write_text(render(verdict) + "\n", encoding="utf-8")
+            path.write_text(render(verdict, at=path) + "\n", encoding="utf-8")  # records relative to the file
     return verdict.exit_code
 
 
@@ -223,6 +223,8 @@ def cmd_ladder(args: argparse.Namespace) -> int:
 
 def cmd_diff(args: argparse.Namespace) -> int:
     records = [RunRecord.load(args.baseline), RunRecord.load(args.candidate)]
+    for warning in comparison_warnings(records):  # another job or topology: compared all the same, but said
+        print(f"harness: warning: {warning}", file=sys.stderr)
     tolerance = Tolerance(args.metric_rtol, args.metric_atol, args.tensor_rtol, args.tensor_atol)
     return _report(judge(records, tolerance=tolerance), args)
 

@@ -1,25 +1,110 @@
 """Reports of a verdict: terminal text, JSON (stable schema, docs/report.md), a self-contained
-HTML page to attach to a ticket (loss-curve overlay, causes with evidence, environment and
-artifact differences, per-host timeline), and a short Markdown summary for a pull request."""
+HTML page to attach to a ticket (loss curves of every rank with axes, causes with evidence,
+environment and artifact differences, per-host timeline), and a Markdown summary for a pull
+request (full evidence, folded, and links to the records).
+
+A report written to a file refers to the records relative to that file's directory (``at=``), so
+that the report and the records can be moved or uploaded together; a report without a file
+(printed) refers to them by absolute path."""
 
 from __future__ import annotations
 
 import html
 import json
+import math
+import os
+import re
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+from urllib.parse import quote
 
+from harness.diff.findings import Finding
 from harness.record import RunRecord
 from harness.verdict import Verdict
 
 REPORT_SCHEMA_VERSION = 1
 _COLOURS = ("#1f77b4", "#d62728", "#2ca02c", "#ff7f0e", "#9467bd", "#8c564b")
+_DASHES = ("", "7 4", "2 3", "10 3 2 3")  # one per record: identical curves stay visible when overlaid
 _BADGE = {"parity": "#2ca02c", "nothing-compared": "#7f7f7f", "diverged": "#ff7f0e", "failed": "#d62728"}
 _ICON = {"parity": "✅", "nothing-compared": "⚪", "diverged": "⚠️", "failed": "❌"}
+_MARKDOWN_EVIDENCE_LIMIT = 40_000  # characters of evidence in one Markdown report (a PR comment holds 65,536)
 
 
-def to_json(verdict: Verdict) -> str:
-    return json.dumps({"schema_version": REPORT_SCHEMA_VERSION, **verdict.to_dict()}, indent=2)
+# --- what every report shares -----------------------------------------------------------------------
+
+
+def record_labels(rungs: Sequence[str]) -> list[str]:
+    """One label per record, in ladder order: the rung's name, numbered where a rung appears more
+    than once (``local #1``, ``local #2``), so that no two records read alike."""
+    counts, seen, labels = Counter(rungs), Counter[str](), []
+    for rung in rungs:
+        seen[rung] += 1
+        labels.append(f"{rung} #{seen[rung]}" if counts[rung] > 1 else rung)
+    return labels
+
+
+def record_paths(verdict: Verdict, at: Path | None = None) -> list[str]:
+    """The verdict's records as reports name them: relative to the directory of the report file
+    ``at`` (POSIX separators, e.g. ``../runs/<id>``), or absolute when there is no file."""
+    paths = [Path(p).absolute() for p in verdict.records]
+    if at is None:
+        return [str(p) for p in paths]
+    base = Path(at).absolute().parent
+    relative = []
+    for path in paths:
+        try:
+            relative.append(Path(os.path.relpath(path, base)).as_posix())
+        except ValueError:  # another drive (Windows): no relative path exists
+            relative.append(str(path))
+    return relative
+
+
+def comparison_warnings(records: Sequence[RunRecord]) -> list[str]:
+    """What makes records something other than one job on different rungs: another job name, or
+    another topology. Said before a verdict that compares them anyway (``harness diff``)."""
+    if len(records) < 2:
+        return []
+    labels = record_labels([r.rung for r in records])
+    warnings = []
+    base, base_label = records[0], labels[0]
+    for record, label in zip(records[1:], labels[1:], strict=True):
+        ours, theirs = base.manifest.get("job", {}).get("name"), record.manifest.get("job", {}).get("name")
+        if ours != theirs:
+            warnings.append(
+                f"the records are of different jobs: {ours!r} ({base_label}, {base.root.name}) and {theirs!r} "
+                f"({label}, {record.root.name}); the verdict compares them all the same"
+            )
+        a, b = base.manifest.get("topology", {}), record.manifest.get("topology", {})
+        changed = [
+            f"{key.replace('_', ' ')} {_plain(a.get(key))} -> {_plain(b.get(key))}"
+            for key in sorted(set(a) | set(b))
+            if a.get(key) != b.get(key)
+        ]
+        if changed:
+            warnings.append(
+                f"the topologies differ ({base_label} -> {label}): {'; '.join(changed)}; curves are compared at "
+                "equal samples seen where the batch per step changed, and per-host checks by host name"
+            )
+    return warnings
+
+
+def _plain(value: Any) -> str:
+    """A value as a person reads it: lists joined, strings unquoted, nothing cut."""
+    if isinstance(value, list | tuple):
+        return "[" + ", ".join(_plain(v) for v in value) + "]"
+    if value is None:
+        return "none"
+    return str(value)
+
+
+def to_json(verdict: Verdict, *, at: Path | None = None) -> str:
+    """The verdict in the documented schema; ``records`` as :func:`record_paths` names them."""
+    report = {"schema_version": REPORT_SCHEMA_VERSION, **verdict.to_dict()}
+    report["records"] = record_paths(verdict, at)
+    return json.dumps(report, indent=2)
 
 
 def _where(verdict: Verdict) -> str:
@@ -34,8 +119,10 @@ def _where(verdict: Verdict) -> str:
 
 
 def _nothing_compared(verdict: Verdict) -> str:
-    return (f"only {verdict.rungs[0] if verdict.rungs else 'no rung'} ran: its own checks found nothing, "
-            "but no other rung ran to compare it with (--require names the rungs that must run)")
+    return (
+        f"only {verdict.rungs[0] if verdict.rungs else 'no rung'} ran: its own checks found nothing, "
+        "but no other rung ran to compare it with (--require names the rungs that must run)"
+    )
 
 
 def to_text(verdict: Verdict) -> str:
@@ -54,8 +141,12 @@ def to_text(verdict: Verdict) -> str:
     return "\n".join(lines)
 
 
-def to_markdown(verdict: Verdict) -> str:
-    """A pull-request comment: the verdict, the top causes with their first evidence line."""
+# --- Markdown --------------------------------------------------------------------------------------
+
+
+def to_markdown(verdict: Verdict, *, at: Path | None = None) -> str:
+    """A pull-request comment: the verdict, the causes in a table, each cause's whole evidence
+    folded under it, the notes folded, and links to the records (relative to ``at``)."""
     lines = [
         f"### {_ICON[verdict.outcome]} Parity harness: **{verdict.outcome.replace('-', ' ')}**",
         "",
@@ -65,24 +156,71 @@ def to_markdown(verdict: Verdict) -> str:
         lines.append(f"\n{_md(_nothing_compared(verdict)).capitalize()}.")
     if verdict.first_rung:
         lines.append(f"\n{_where(verdict).capitalize()}.")
-    decisive = [f for f in verdict.findings if f.severity != "note"][:3]
+    decisive = [f for f in verdict.findings if f.severity != "note"]
+    notes = [f for f in verdict.findings if f.severity == "note"]
+    budget = [_MARKDOWN_EVIDENCE_LIMIT]
     if decisive:
         lines += ["", "| # | cause | finding | evidence |", "|---|---|---|---|"]
         for number, finding in enumerate(decisive, 1):
             evidence = finding.evidence[0] if finding.evidence else ""
-            lines.append(f"| {number} | `{finding.cause or finding.kind}` | {_md(finding.title)} | {_md(evidence)} |")
+            more = f" (+{len(finding.evidence) - 1} lines below)" if len(finding.evidence) > 1 else ""
+            lines.append(
+                f"| {number} | `{finding.cause or finding.kind}` | {_md(finding.title)} | {_md(evidence)}{more} |"
+            )
         if decisive[0].hint:
-            lines += ["", f"**Fix hint:** {_md(decisive[0].hint)}"]
+            lines += ["", f"**Fix hint:** {_md(decisive[0].hint, limit=None)}"]
+        for number, finding in enumerate(decisive, 1):
+            lines += ["", *_folded(f"{number}. {finding.title}", finding, budget)]
+    if notes:
+        lines += ["", f"<details><summary>What else differs ({len(notes)} note{'s' * (len(notes) != 1)})</summary>"]
+        for finding in notes:
+            lines += ["", f"- {_md(finding.title, limit=None)}", "", *_fence(finding.evidence, budget, indent="  ")]
+        lines += ["", "</details>"]
     if verdict.skipped:
         lines += ["", "Skipped: " + "; ".join(f"`{r}` ({_md(why)})" for r, why in verdict.skipped.items())]
+    if verdict.records:
+        links = [
+            f"[{label}]({quote(path)})"
+            for label, path in zip(record_labels(verdict.rungs), record_paths(verdict, at), strict=False)
+        ]
+        lines += ["", "Records: " + " · ".join(links)]
     return "\n".join(lines) + "\n"
 
 
-def _md(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")[:300]
+def _folded(summary: str, finding: Finding, budget: list[int]) -> list[str]:
+    """A finding's whole evidence (and hint) under a ``<details>`` that GitHub shows folded."""
+    count = len(finding.evidence)
+    head = f"<details><summary>{html.escape(summary)}: evidence ({count} line{'s' * (count != 1)})</summary>"
+    hint = ["", f"hint: {_md(finding.hint, limit=None)}"] if finding.hint else []
+    return [head, "", *_fence(finding.evidence, budget), *hint, "", "</details>"]
 
 
-# --- HTML -----------------------------------------------------------------------------------------
+def _fence(evidence: list[str], budget: list[int], indent: str = "") -> list[str]:
+    """Evidence as a code block (a fence longer than any backtick run in it), within what is left
+    of the report's budget; what does not fit is counted and pointed to."""
+    if not evidence:
+        return [f"{indent}(no evidence lines)"]
+    kept: list[str] = []
+    for line in evidence:
+        if budget[0] - len(line) < 0:
+            break
+        budget[0] -= len(line) + 1
+        kept.append(line)
+    longest = max((len(run) for line in kept for run in re.findall(r"`+", line)), default=0)
+    fence = "`" * max(3, longest + 1)
+    block = [f"{indent}{fence}text", *(f"{indent}{line}" for line in kept), f"{indent}{fence}"]
+    if len(kept) < len(evidence):
+        block.append(f"{indent}… {len(evidence) - len(kept)} more lines in the JSON or HTML report")
+    return block
+
+
+def _md(text: str, limit: int | None = 300) -> str:
+    """Text for one table cell or line: pipes escaped, on one line, cut (with a mark) at ``limit``."""
+    flat = text.replace("|", "\\|").replace("\n", " ")
+    return flat if limit is None or len(flat) <= limit else flat[: limit - 1] + "…"
+
+
+# --- HTML ------------------------------------------------------------------------------------------
 
 _STYLE = """
 body{font:14px/1.45 system-ui,sans-serif;margin:24px auto;max-width:1100px;color:#222}
@@ -92,60 +230,179 @@ h1{font-size:22px} h2{font-size:17px;margin-top:28px;border-bottom:1px solid #dd
 .failure{border-color:#d62728}.divergence{border-color:#ff7f0e}.note{border-color:#bbb}
 pre{white-space:pre-wrap;overflow-wrap:anywhere;font-size:12px;margin:4px 0;background:#f3f3f3;padding:6px}
 table{border-collapse:collapse;font-size:12.5px} td,th{border:1px solid #ddd;padding:3px 8px;text-align:left}
-.legend span{margin-right:16px} .hint{color:#555;font-style:italic}
+.hint{color:#555;font-style:italic} .chart{margin:10px 0 22px}
+.legend{font-size:12.5px;margin:2px 0 0 64px} .legend div{margin:1px 0} .legend b{display:inline-block;min-width:90px}
+.key{display:inline-flex;align-items:center;gap:4px;margin-right:14px;white-space:nowrap}
+svg text{font-family:system-ui,sans-serif} .tick{font-size:11px;fill:#444} .axis-title{font-size:12px;fill:#222}
 """
 
+# The plot: viewBox size and the margins that hold the tick labels and axis titles.
+_W, _H, _LEFT, _RIGHT, _TOP, _BOTTOM = 900, 320, 64, 16, 30, 46
 
-def _svg_curves(name: str, series: list[tuple[str, list[float]]], mark: int | None) -> str:
-    width, height, pad = 900, 260, 40
-    values = [v for _, ys in series for v in ys]
-    if not values:
-        return ""
-    longest = max(len(ys) for _, ys in series)
-    low, high = min(values), max(values)
-    span = (high - low) or 1.0
 
-    def point(i: int, v: float) -> str:
-        x = pad + (width - 2 * pad) * (i / max(1, longest - 1))
-        y = height - pad - (height - 2 * pad) * ((v - low) / span)
-        return f"{x:.1f},{y:.1f}"
+@dataclass
+class _Curve:
+    record: str  # the record's label (record_labels)
+    source: str  # rank-N, or a host where the record has no per-rank metrics
+    colour: str
+    dash: str
+    values: list[float]
 
+
+def _nice_step(span: float, count: int) -> float:
+    raw = span / max(1, count)
+    magnitude = 10 ** math.floor(math.log10(raw))
+    return float(next(m * magnitude for m in (1, 2, 2.5, 5, 10) if m * magnitude >= raw * (1 - 1e-9)))
+
+
+def _ticks(low: float, high: float, count: int = 5, *, integer: bool = False) -> tuple[list[float], float]:
+    """Round tick values that cover ``low..high`` (the first and last tick enclose them), and the step."""
+    if high <= low:
+        pad = abs(low) * 0.1 or 1.0
+        low, high = low - pad, high + pad
+    step = _nice_step(high - low, count)
+    if integer:
+        step = max(1.0, float(math.ceil(step)))
+    first, last = math.floor(low / step + 1e-9), math.ceil(high / step - 1e-9)
+    return [round(i * step, 12) + 0.0 for i in range(first, last + 1)], step
+
+
+def _tick_label(value: float, step: float) -> str:
+    if value == 0:
+        return "0"
+    if abs(value) >= 1e5 or step < 1e-4:
+        return f"{value:.3g}"
+    decimals = max(0, -math.floor(math.log10(step) + 1e-9))
+    if not math.isclose(step * 10**decimals, round(step * 10**decimals)):
+        decimals += 1  # 0.25, 2.5
+    return f"{value:.{decimals}f}"
+
+
+def _sources(metric: dict[str, list[float]], hosts: list[str]) -> list[str]:
+    """Every rank's curve where the record has per-rank metrics, else every host's."""
+    ranks = sorted((s for s in metric if re.fullmatch(r"rank-\d+", s)), key=lambda s: int(s.split("-")[1]))
+    if ranks:
+        return [s for s in ranks if metric[s]]
+    known = [h for h in hosts if metric.get(h)]
+    return known + sorted(s for s in metric if s not in known and metric[s] and s not in hosts)
+
+
+def _shade(colour: str, fraction: float) -> str:
+    """``colour`` mixed with white: ranks of one record share its hue, lighter by rank."""
+    red, green, blue = (int(colour[i : i + 2], 16) for i in (1, 3, 5))
+    return "#" + "".join(f"{round(c + (255 - c) * fraction):02x}" for c in (red, green, blue))
+
+
+def _svg_chart(name: str, curves: list[_Curve], mark: int | None) -> str:
+    finite = [v for curve in curves for v in curve.values if math.isfinite(v)]
+    if not finite:
+        return f"<p>{html.escape(name)}: no finite values to plot.</p>"
+    longest = max(len(curve.values) for curve in curves)
+    yticks, ystep = _ticks(min(finite), max(finite))
+    xhigh = max(1, longest - 1)  # the axis ends at the last step; its ticks are round steps up to it
+    xticks = [t for t in _ticks(0, xhigh, 8, integer=True)[0] if t <= xhigh]
+    ylow, yhigh = yticks[0], yticks[-1]
+    inner_w, inner_h = _W - _LEFT - _RIGHT, _H - _TOP - _BOTTOM
+
+    def x_at(i: float) -> float:
+        return _LEFT + inner_w * (i / xhigh)
+
+    def y_at(v: float) -> float:
+        return _TOP + inner_h * (1 - (v - ylow) / (yhigh - ylow))
+
+    title = html.escape(name)
     parts = [
-        f'<svg viewBox="0 0 {width} {height}" width="100%" role="img" aria-label="{html.escape(name)}">',
-        f'<rect x="{pad}" y="{pad}" width="{width - 2 * pad}" height="{height - 2 * pad}" fill="none" stroke="#ccc"/>',
-        f'<text x="{pad}" y="{pad - 8}" font-size="12">{html.escape(name)}: {low:.4g} … {high:.4g}</text>',
-        f'<text x="{width - pad}" y="{height - 12}" font-size="11" text-anchor="end">step ({longest})</text>',
+        f'<svg class="chart" viewBox="0 0 {_W} {_H}" width="100%" role="img" aria-label="{title}" '
+        f'data-metric="{title}" xmlns="http://www.w3.org/2000/svg"><title>{title}</title>',
+        f'<text class="axis-title" x="{_LEFT}" y="{_TOP - 12}" font-weight="600">{title}</text>',
     ]
-    if mark is not None and longest > 1:
-        x = point(mark, low).split(",")[0]
-        parts.append(f'<line x1="{x}" x2="{x}" y1="{pad}" y2="{height - pad}" stroke="#d62728" stroke-dasharray="4"/>')
-    for index, (label, ys) in enumerate(series):
-        colour = _COLOURS[index % len(_COLOURS)]
-        dash = ' stroke-dasharray="6 3"' if index else ""
+    grid, axes = ['<g class="grid" stroke="#e6e6e6" stroke-width="1">'], ['<g class="axis y-axis">']
+    for value in yticks:
+        y = y_at(value)
+        grid.append(f'<line x1="{_LEFT}" x2="{_W - _RIGHT}" y1="{y:.1f}" y2="{y:.1f}"/>')
+        axes.append(
+            f'<line x1="{_LEFT - 5}" x2="{_LEFT}" y1="{y:.1f}" y2="{y:.1f}" stroke="#444"/>'
+            f'<text class="tick" x="{_LEFT - 8}" y="{y + 4:.1f}" text-anchor="end">{_tick_label(value, ystep)}</text>'
+        )
+    axes += ["</g>", '<g class="axis x-axis">']
+    for value in xticks:
+        x = x_at(value)
+        grid.append(f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{_TOP}" y2="{_H - _BOTTOM}"/>')
+        axes.append(
+            f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{_H - _BOTTOM}" y2="{_H - _BOTTOM + 5}" stroke="#444"/>'
+            f'<text class="tick" x="{x:.1f}" y="{_H - _BOTTOM + 18}" text-anchor="middle">{int(value)}</text>'
+        )
+    axes.append("</g>")
+    parts += [*grid, "</g>", *axes]
+    parts += [
+        f'<line x1="{_LEFT}" x2="{_W - _RIGHT}" y1="{_H - _BOTTOM}" y2="{_H - _BOTTOM}" stroke="#444"/>',
+        f'<line x1="{_LEFT}" x2="{_LEFT}" y1="{_TOP}" y2="{_H - _BOTTOM}" stroke="#444"/>',
+        f'<text class="axis-title" x="{_LEFT + inner_w / 2:.1f}" y="{_H - 8}" text-anchor="middle">step</text>',
+        f'<text class="axis-title" transform="translate(14 {_TOP + inner_h / 2:.1f}) rotate(-90)" '
+        f'text-anchor="middle">{title}</text>',
+    ]
+    if mark is not None and 0 <= mark <= xhigh:
+        x = x_at(mark)
         parts.append(
-            f'<polyline fill="none" stroke="{colour}" stroke-width="1.6"{dash} '
-            f'points="{" ".join(point(i, v) for i, v in enumerate(ys))}"><title>{html.escape(label)}</title></polyline>'
+            f'<line class="mark" x1="{x:.1f}" x2="{x:.1f}" y1="{_TOP}" y2="{_H - _BOTTOM}" stroke="#d62728" '
+            f'stroke-dasharray="4"/><text class="tick" x="{x + 4:.1f}" y="{_TOP + 12}" fill="#d62728">'
+            f"first departs: step {mark}</text>"
+        )
+    for curve in curves:
+        dash = f' stroke-dasharray="{curve.dash}"' if curve.dash else ""
+        label = html.escape(f"{curve.record} {curve.source}")
+        parts.append(
+            f'<path class="curve" data-record="{html.escape(curve.record)}" data-source="{html.escape(curve.source)}" '
+            f'fill="none" stroke="{curve.colour}" stroke-width="1.7" stroke-linecap="round" stroke-linejoin="round"'
+            f'{dash} d="{_path(curve.values, x_at, y_at)}"><title>{label}</title></path>'
         )
     parts.append("</svg>")
-    legend = "".join(
-        f'<span style="color:{_COLOURS[i % len(_COLOURS)]}">■ {html.escape(label)}</span>'
-        for i, (label, _) in enumerate(series)
-    )
-    return "".join(parts) + f'<div class="legend">{legend}</div>'
+    return f'<figure class="chart">{"".join(parts)}{_legend(curves)}</figure>'
 
 
-def _curves(verdict: Verdict, records: list[RunRecord]) -> str:
-    loaded = [record.metrics() for record in records]  # each metrics.json read once
+def _path(values: list[float], x_at: Callable[[float], float], y_at: Callable[[float], float]) -> str:
+    """Line segments through the finite points; a NaN or inf breaks the line, a lone point is a dot."""
+    commands, pen_down = [], False
+    for i, value in enumerate(values):
+        if not math.isfinite(value):
+            pen_down = False
+            continue
+        point = f"{x_at(i):.1f} {y_at(value):.1f}"
+        lone = not (i + 1 < len(values) and math.isfinite(values[i + 1]))
+        commands.append(f"L{point}" if pen_down else f"M{point}" + (" h0" if lone else ""))
+        pen_down = True
+    return " ".join(commands)
+
+
+def _legend(curves: list[_Curve]) -> str:
+    rows: dict[str, list[str]] = {}
+    for curve in curves:
+        dash = f' stroke-dasharray="{curve.dash}"' if curve.dash else ""
+        rows.setdefault(curve.record, []).append(
+            f'<span class="key"><svg width="30" height="10" aria-hidden="true"><line x1="1" x2="29" y1="5" y2="5" '
+            f'stroke="{curve.colour}" stroke-width="2.2"{dash}/></svg>{html.escape(curve.source)}</span>'
+        )
+    body = "".join(f"<div><b>{html.escape(record)}</b>{''.join(keys)}</div>" for record, keys in rows.items())
+    return f'<div class="legend">{body}</div>'
+
+
+def _curves(verdict: Verdict, records: list[tuple[str, RunRecord]]) -> str:
+    loaded = [(label, record, record.metrics()) for label, record in records]  # each metrics.json read once
     names: dict[str, None] = {}
-    for metrics in loaded:
+    for _, _, metrics in loaded:
         names.update(dict.fromkeys(metrics))
     blocks = []
     for name in names:
-        series = [
-            (f"{i + 1}. {r.rung} ({r.hosts[0]})", metrics.get(name, {}).get(r.hosts[0], []))
-            for i, (r, metrics) in enumerate(zip(records, loaded, strict=True))
-        ]
-        blocks.append(_svg_curves(name, [s for s in series if s[1]], verdict.first_step))
+        curves = []
+        for index, (label, record, metrics) in enumerate(loaded):
+            metric = metrics.get(name, {})
+            sources = _sources(metric, record.hosts)
+            colour, dash = _COLOURS[index % len(_COLOURS)], _DASHES[index % len(_DASHES)]
+            for number, source in enumerate(sources):
+                shade = _shade(colour, 0.6 * number / max(1, len(sources) - 1) if len(sources) > 1 else 0.0)
+                curves.append(_Curve(label, source, shade, dash, list(metric[source])))
+        if curves:
+            blocks.append(_svg_chart(name, curves, verdict.first_step))
     return "".join(blocks) or "<p>No metrics were parsed (the job has no metric_definitions).</p>"
 
 
@@ -155,38 +412,38 @@ def _table(headers: list[str], rows: list[list[Any]]) -> str:
     return f"<table><tr>{head}</tr>{body}</table>"
 
 
-def _timeline(records: list[RunRecord]) -> str:
+def _timeline(records: list[tuple[str, RunRecord]]) -> str:
     rows = []
-    for record in records:
+    for label, record in records:
         for host, result in record.manifest.get("hosts", {}).items():
+            reason = result.get("failure_reason") or ""
             rows.append(
                 [
-                    record.rung,
+                    label,
                     host,
-                    result.get("started_at"),
-                    result.get("ended_at"),
-                    result.get("exit_code"),
-                    (result.get("failure_reason") or "").splitlines()[0][:120] if result.get("failure_reason") else "",
+                    result.get("started_at") or "",
+                    result.get("ended_at") or "",
+                    "" if result.get("exit_code") is None else result["exit_code"],
+                    reason.splitlines()[0][:160] if reason else "",
                 ]
             )
-    return _table(["rung", "host", "started", "ended", "exit", "failure"], rows)
+    return _table(["record", "host", "started", "ended", "exit", "failure"], rows)
 
 
-def _artifacts(records: list[RunRecord]) -> str:
+def _artifacts(records: list[tuple[str, RunRecord]]) -> str:
     rows = []
-    for record in records:
+    for label, record in records:
         summary = record.read_json("artifacts/summary.json") or {}
         for archive, info in summary.items():
             for name, entry in info.get("files", {}).items():
                 rows.append(
-                    [record.rung, archive, name, entry["size"], entry["sha256"][:16], ", ".join(entry.get("hosts", []))]
+                    [label, archive, name, entry["size"], entry["sha256"][:16], ", ".join(entry.get("hosts", []))]
                 )
-    return (
-        _table(["rung", "archive", "file", "bytes", "sha256", "written by"], rows) if rows else "<p>No artifacts.</p>"
-    )
+    headers = ["record", "archive", "file", "bytes", "sha256", "written by"]
+    return _table(headers, rows) if rows else "<p>No artifacts.</p>"
 
 
-def _finding_html(number: int, finding: Any) -> str:
+def _finding_html(number: int, finding: Finding) -> str:
     evidence = html.escape("\n".join(finding.evidence))
     hint = f'<div class="hint">hint: {html.escape(finding.hint)}</div>' if finding.hint else ""
     cause = f" <code>{html.escape(finding.cause)}</code>" if finding.cause else ""
@@ -196,13 +453,33 @@ def _finding_html(number: int, finding: Any) -> str:
     )
 
 
-def to_html(verdict: Verdict) -> str:
-    """One self-contained page (no scripts, no external files) for a ticket or a CI artifact."""
-    records = [RunRecord.load(Path(p)) for p in verdict.records if Path(p, "manifest.json").is_file()]
+def _record_links(verdict: Verdict, at: Path | None) -> str:
+    items = []
+    for label, path, given in zip(
+        record_labels(verdict.rungs), record_paths(verdict, at), verdict.records, strict=False
+    ):
+        href = quote(path) if at is not None else Path(given).absolute().as_uri()
+        missing = "" if Path(given, "manifest.json").is_file() else " (not found when this report was written)"
+        items.append(
+            f'<li>{html.escape(label)}: <a href="{html.escape(href)}/"><code>{html.escape(path)}</code></a>'
+            f"{missing}</li>"
+        )
+    return f"<ul>{''.join(items)}</ul>" if items else "<p>None.</p>"
+
+
+def to_html(verdict: Verdict, *, at: Path | None = None) -> str:
+    """One self-contained page (no scripts, no external files) for a ticket or a CI artifact; links
+    to the records are relative to ``at``, where the page is written."""
+    labelled = [
+        (label, RunRecord.load(Path(p)))
+        for label, p in zip(record_labels(verdict.rungs), verdict.records, strict=False)
+        if Path(p, "manifest.json").is_file()
+    ]
     decisive = [f for f in verdict.findings if f.severity != "note"]
     notes = [f for f in verdict.findings if f.severity == "note"]
-    ladder = " → ".join(f"{html.escape(r.rung)} ({html.escape(r.status)})" for r in records) or "none"
+    ladder = " → ".join(f"{html.escape(label)} ({html.escape(r.status)})" for label, r in labelled) or "none"
     skipped = "".join(f"<li>{html.escape(r)}: {html.escape(why)}</li>" for r, why in verdict.skipped.items())
+    warnings = "".join(f"<li>{html.escape(w)}</li>" for w in comparison_warnings([r for _, r in labelled]))
     return "".join(
         [
             "<!doctype html><html><head><meta charset='utf-8'><title>harness verdict: ",
@@ -214,20 +491,20 @@ def to_html(verdict: Verdict) -> str:
             f"<p>{html.escape(_nothing_compared(verdict))}</p>" if verdict.outcome == "nothing-compared" else "",
             f"<p>Ladder: {ladder}</p>",
             f"<p><b>{html.escape(_where(verdict))}</b></p>" if verdict.first_rung else "",
+            f'<ul class="warnings">{warnings}</ul>' if warnings else "",
             f"<ul>{skipped}</ul>" if skipped else "",
             "<h2>Likely causes</h2>",
             "".join(_finding_html(i, f) for i, f in enumerate(decisive, 1)) or "<p>None.</p>",
             "<h2>Loss curves</h2>",
-            _curves(verdict, records),
+            _curves(verdict, labelled),
             "<h2>What else differs</h2>",
             "".join(_finding_html(i, f) for i, f in enumerate(notes, 1)) or "<p>Nothing.</p>",
             "<h2>Artifacts</h2>",
-            _artifacts(records),
+            _artifacts(labelled),
             "<h2>Timeline</h2>",
-            _timeline(records),
-            "<h2>Records</h2><ul>",
-            "".join(f"<li><code>{html.escape(str(r.root))}</code></li>" for r in records),
-            "</ul>",
+            _timeline(labelled),
+            "<h2>Records</h2>",
+            _record_links(verdict, at),
             "</body></html>",
         ]
     )
