@@ -41,6 +41,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
+from urllib.parse import quote
 
 import pytest
 
@@ -72,22 +73,29 @@ def _rung_list(text: str) -> list[str]:
     known = known_rungs()
     unknown = [rung for rung in rungs if rung not in known]
     if unknown or not rungs:
-        raise argparse.ArgumentTypeError(f"unknown rung {unknown[0]!r}; choose from {', '.join(known)}"
-                                         if unknown else "name at least one rung")
+        raise argparse.ArgumentTypeError(
+            f"unknown rung {unknown[0]!r}; choose from {', '.join(known)}" if unknown else "name at least one rung"
+        )
     return rungs
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
     group = parser.getgroup("harness", "parity checks of training jobs (harness)")
     group.addoption(
-        "--harness-rungs", type=_rung_list, metavar="RUNGS", default=None,
+        "--harness-rungs",
+        type=_rung_list,
+        metavar="RUNGS",
+        default=None,
         help=f"comma-separated rungs for parity checks that name none (default: {','.join(DEFAULT_RUNGS)}); "
-             "rungs that cannot run here are skipped with the reason",
+        "rungs that cannot run here are skipped with the reason",
     )
     group.addoption(
-        "--harness-record-dir", type=Path, metavar="DIR", default=None,
+        "--harness-record-dir",
+        type=Path,
+        metavar="DIR",
+        default=None,
         help="keep run records here, one directory per ladder named after the test, and write "
-             "summary.md (default: each test's tmp_path)",
+        "summary.md (default: each test's tmp_path)",
     )
 
 
@@ -108,8 +116,10 @@ def pytest_report_header(config: pytest.Config) -> list[str]:
     rungs, record_dir = config.getoption("harness_rungs"), config.getoption("harness_record_dir")
     if rungs is None and record_dir is None:
         return []
-    return [f"harness: rungs {','.join(rungs or DEFAULT_RUNGS)} (where a test names none); "
-            f"records in {record_dir or 'tmp_path'}"]
+    return [
+        f"harness: rungs {','.join(rungs or DEFAULT_RUNGS)} (where a test names none); "
+        f"records in {record_dir or 'tmp_path'}"
+    ]
 
 
 @pytest.hookimpl(tryfirst=True)
@@ -128,9 +138,11 @@ def assert_parity(result: LadderResult) -> None:
     the ladder found parity."""
     __tracebackhide__ = True
     if result.verdict.outcome == "nothing-compared":  # neither passed nor failed: say so
-        pytest.skip(f"nothing compared: only {', '.join(result.verdict.rungs)} ran ("
-                    + "; ".join(f"{rung}: {why}" for rung, why in result.skipped.items())
-                    + "); require=[...] makes a missing rung fail the test")
+        pytest.skip(
+            f"nothing compared: only {', '.join(result.verdict.rungs)} ran ("
+            + "; ".join(f"{rung}: {why}" for rung, why in result.skipped.items())
+            + "); require=[...] makes a missing rung fail the test"
+        )
     if result.verdict.outcome != "parity":
         _fail(to_text(result.verdict) + _where(result))
 
@@ -142,10 +154,17 @@ class LadderRunner:
         self._request = request
         self._recorder: Recorder | None = request.config.pluginmanager.get_plugin(Recorder.name)
 
-    def __call__(self, job: JobArg, rungs: Sequence[str] | str | None = None, *,
-                 rtol: float = DEFAULT_RTOL, atol: float = DEFAULT_ATOL,
-                 tensor_rtol: float = DEFAULT_RTOL, tensor_atol: float = DEFAULT_ATOL,
-                 require: Sequence[str] = ()) -> LadderResult:
+    def __call__(
+        self,
+        job: JobArg,
+        rungs: Sequence[str] | str | None = None,
+        *,
+        rtol: float = DEFAULT_RTOL,
+        atol: float = DEFAULT_ATOL,
+        tensor_rtol: float = DEFAULT_RTOL,
+        tensor_atol: float = DEFAULT_ATOL,
+        require: Sequence[str] = (),
+    ) -> LadderResult:
         """Run ``job`` on each rung and judge the records. Skips the test when no rung can run
         here; fails it, without a traceback, on a job file or rung that the harness rejects."""
         __tracebackhide__ = True
@@ -154,8 +173,9 @@ class LadderRunner:
         _warn_skipped(result, caller.f_code.co_filename, caller.f_lineno)
         return result
 
-    def _climb(self, job: JobArg, rungs: Sequence[str] | str | None, tolerance: Tolerance,
-               require: Sequence[str] = ()) -> LadderResult:
+    def _climb(
+        self, job: JobArg, rungs: Sequence[str] | str | None, tolerance: Tolerance, require: Sequence[str] = ()
+    ) -> LadderResult:
         """The call without its :class:`RungSkippedWarning` (the marker warns in the call phase)."""
         __tracebackhide__ = True
         chosen, directory = self._rungs(rungs), self._directory()
@@ -219,8 +239,10 @@ def harness_result(request: pytest.FixtureRequest, harness_ladder: LadderRunner)
     try:
         job, rungs, tolerance, require = _marker_args(*marker.args, **marker.kwargs)
     except TypeError as exc:
-        _fail(f"@pytest.mark.{MARKER}: {exc}; expected {MARKER}(job, rungs=None, rtol=..., atol=..., "
-              "tensor_rtol=..., tensor_atol=..., require=...)")
+        _fail(
+            f"@pytest.mark.{MARKER}: {exc}; expected {MARKER}(job, rungs=None, rtol=..., atol=..., "
+            "tensor_rtol=..., tensor_atol=..., require=...)"
+        )
     result = harness_ladder._climb(job, rungs, tolerance, require)
     request.node.stash[_RESULT] = result
     return result
@@ -233,10 +255,16 @@ def _harness_parity_marker(request: pytest.FixtureRequest) -> None:
         request.getfixturevalue("harness_result")
 
 
-def _marker_args(job: JobArg, rungs: Sequence[str] | str | None = None, *,
-                 rtol: float = DEFAULT_RTOL, atol: float = DEFAULT_ATOL,
-                 tensor_rtol: float = DEFAULT_RTOL, tensor_atol: float = DEFAULT_ATOL, require: Sequence[str] = ()
-                 ) -> tuple[JobArg, Sequence[str] | str | None, Tolerance, Sequence[str]]:
+def _marker_args(
+    job: JobArg,
+    rungs: Sequence[str] | str | None = None,
+    *,
+    rtol: float = DEFAULT_RTOL,
+    atol: float = DEFAULT_ATOL,
+    tensor_rtol: float = DEFAULT_RTOL,
+    tensor_atol: float = DEFAULT_ATOL,
+    require: Sequence[str] = (),
+) -> tuple[JobArg, Sequence[str] | str | None, Tolerance, Sequence[str]]:
     return job, rungs, Tolerance(rtol, atol, tensor_rtol, tensor_atol), require
 
 
@@ -251,8 +279,9 @@ class _Entry:
 
 
 class Recorder:
-    """Registered with ``--harness-record-dir``: keeps every ladder of the session and writes
-    ``summary.md`` (the Markdown a CI job posts on the pull request) when the session ends."""
+    """Registered with ``--harness-record-dir``: keeps every ladder of the session and how pytest
+    judged each test that climbed one, and writes ``summary.md`` (the Markdown a CI job posts on
+    the pull request) when the session ends."""
 
     name = "harness-recorder"
 
@@ -260,68 +289,145 @@ class Recorder:
         self.root = root
         self.summary = root / (f"summary-{worker}.md" if worker else "summary.md")
         self.entries: list[_Entry] = []
+        self.tests: dict[str, str] = {}  # node id -> the test's outcome as pytest reports it
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        self.tests[report.nodeid] = _test_outcome(report, self.tests.get(report.nodeid))
 
     def pytest_sessionfinish(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
-        self.summary.write_text(_markdown(self.entries), encoding="utf-8")
+        self.summary.write_text(_markdown(self.entries, self.tests, self.summary.parent), encoding="utf-8")
 
     def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
-        outcomes = Counter(entry.outcome for entry in self.entries)
-        count = len(self.entries)
+        """``3 ladders of 3 tests (2 passed, 1 failed; verdicts: 1 diverged, 1 diverged (expected by
+        the test), 1 parity)``: tests counted as pytest counted them, verdicts next to them."""
+        count, tests = len(self.entries), list(dict.fromkeys(entry.test for entry in self.entries))
+        outcomes = Counter(self.tests.get(test, "unfinished") for test in tests)
+        words = [_verdict_words(entry, self.tests.get(entry.test, "unfinished")) for entry in self.entries]
+        verdicts = Counter(w.replace(", expected by the test", " (expected by the test)") for w in words)
         terminalreporter.write_sep("-", "harness")
-        terminalreporter.write_line(f"{count} ladder{'s' * (count != 1)} ("
-                                    + ", ".join(f"{n} {outcome}" for outcome, n in sorted(outcomes.items()))
-                                    + f"): records and {self.summary.name} in {self.root}")
+        terminalreporter.write_line(
+            f"{count} ladder{'s' * (count != 1)} of {len(tests)} test{'s' * (len(tests) != 1)} ("
+            + ", ".join(f"{outcomes[o]} {o}" for o in _TEST_OUTCOMES if outcomes[o])
+            + "; verdicts: "
+            + ", ".join(f"{n} {words}" for words, n in sorted(verdicts.items()))
+            + f"): records and {self.summary.name} in {self.root}"
+        )
 
 
-def _markdown(entries: list[_Entry]) -> str:
-    """The session's checks: one table row each, and the verdict of each check that did not pass."""
+_TEST_OUTCOMES = ("passed", "failed", "error", "skipped", "xfailed", "xpassed", "unfinished")
+
+
+def _test_outcome(report: pytest.TestReport, before: str | None) -> str:
+    """A test's outcome so far, as pytest's own summary counts it, from its setup, call and
+    teardown reports: a failed setup or teardown is an ``error``, a skip in setup ``skipped``."""
+    if report.when == "call":
+        if hasattr(report, "wasxfail"):
+            return "xfailed" if report.skipped else "xpassed"
+        return report.outcome
+    if report.failed:
+        return before if before in ("failed", "error") else "error"
+    if report.skipped:
+        return "xfailed" if hasattr(report, "wasxfail") else "skipped"
+    return before or "unfinished"
+
+
+def _verdict_words(entry: _Entry, test_outcome: str) -> str:
+    """The ladder's verdict, said with the test's outcome in mind: a departure that the test
+    expected (it passed, or was an expected failure) is ``diverged, expected by the test``."""
+    if entry.result is None:
+        return "not climbed"
+    outcome = entry.result.verdict.outcome
+    if outcome in ("diverged", "failed") and test_outcome in ("passed", "xfailed"):
+        return f"{outcome}, expected by the test"
+    return outcome.replace("-", " ")
+
+
+def _markdown(entries: list[_Entry], tests: dict[str, str] | None = None, where: Path | None = None) -> str:
+    """The session's checks: one table row each, with the test's outcome as pytest saw it next to
+    its ladder's verdict and a link to its records (relative to ``where``, the summary's
+    directory), then the verdict of each ladder that did not find parity, folded."""
     if not entries:
         return "## Parity checks\n\nNo parity check ran.\n"
-    rows = [_row(entry) for entry in entries]
-    details = [_details(entry.test, entry.result) for entry in entries
-               if entry.result is not None and entry.result.verdict.outcome != "parity"]
-    return "\n".join(["## Parity checks", "", "| test | verdict | rungs | departs | notes |",
-                      "|---|---|---|---|---|", *rows, *details, ""])
+    tests = tests or {}
+    rows = [_row(entry, tests.get(entry.test, "unfinished"), where) for entry in entries]
+    details = [
+        _details(entry.test, entry.result, tests.get(entry.test, "unfinished"))
+        for entry in entries
+        if entry.result is not None and entry.result.verdict.outcome != "parity"
+    ]
+    header = ["| test | result | verdict | rungs | departs | records | notes |", "|---|---|---|---|---|---|---|"]
+    return "\n".join(["## Parity checks", "", *header, *rows, *details, ""])
 
 
-def _row(entry: _Entry) -> str:
+def _row(entry: _Entry, test_outcome: str, where: Path | None = None) -> str:
+    shown = test_outcome if test_outcome in ("passed", "skipped", "xfailed") else f"**{test_outcome.upper()}**"
+    words = _verdict_words(entry, test_outcome)
     if entry.result is None:
-        outcome = entry.outcome if entry.outcome == "skipped" else f"**{entry.outcome.upper()}**"
-        return f"| `{entry.test}` | {outcome} | none | | {_cell(entry.reason)} |"
+        return f"| `{entry.test}` | {shown} | none | none | | | {_cell(entry.reason)} |"
     verdict = entry.result.verdict
-    outcome = verdict.outcome if verdict.outcome == "parity" else f"**{verdict.word}**"
+    if verdict.outcome in ("diverged", "failed") and "expected" not in words:
+        words = f"**{verdict.word}**"
     departs = verdict.first_rung or ""
     if verdict.first_rung and verdict.first_step is not None:
         departs += f" at step {verdict.first_step}"
     skipped = "; ".join(f"skipped {rung}: {reason}" for rung, reason in verdict.skipped.items())
-    return f"| `{entry.test}` | {outcome} | {' → '.join(verdict.rungs)} | {departs} | {_cell(skipped)} |"
+    return (
+        f"| `{entry.test}` | {shown} | {words} | {' → '.join(verdict.rungs)} | {departs} | "
+        f"{_links(entry.result, where)} | {_cell(skipped)} |"
+    )
 
 
-def _details(test: str, result: LadderResult) -> str:
+def _links(result: LadderResult, where: Path | None) -> str:
+    """Links to the ladder's directory and its verdict.json, relative to the summary."""
+    if not result.records:
+        return ""
+    directory = result.records[0].root.parent.absolute()
+    try:
+        path = Path(os.path.relpath(directory, where.absolute())).as_posix() if where is not None else str(directory)
+    except ValueError:  # another drive
+        path = str(directory)
+    target = quote(path)
+    return f"[records]({target}/) · [verdict.json]({target}/verdict.json)"
+
+
+def _details(test: str, result: LadderResult, test_outcome: str = "unfinished") -> str:
     text = to_text(result.verdict)
     if len(text) > _DETAILS_LIMIT:  # a comment holds 65,536 characters; verdict.json holds all
         text = text[:_DETAILS_LIMIT] + "\n… (cut here: the whole verdict is in the ladder's verdict.json)"
-    return (f"\n<details><summary><code>{html.escape(test)}</code>: {result.verdict.outcome}</summary>\n\n"
-            f"```text\n{text}\n```\n</details>")
+    fence = "`" * max(3, 1 + max((len(run) for run in re.findall(r"`+", text)), default=0))
+    words = _verdict_words(_Entry(test, result, result.verdict.outcome), test_outcome)
+    return (
+        f"\n<details><summary><code>{html.escape(test)}</code>: {html.escape(words)} "
+        f"(test {html.escape(test_outcome)})</summary>\n\n{fence}text\n{text}\n{fence}\n</details>"
+    )
 
 
 def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ")
 
 
-def _write_ladder(directory: Path, test: str, job: str, rungs: list[str], result: LadderResult,
-                  tolerance: Tolerance) -> None:
+def _write_ladder(
+    directory: Path, test: str, job: str, rungs: list[str], result: LadderResult, tolerance: Tolerance
+) -> None:
     """``verdict.json`` (the report of `harness ladder --json`) and ``ladder.json``: which test
     climbed, its records in ladder order, and the two that decided the verdict with the tolerances
     (what `harness diff A B --rtol --atol --tensor-rtol --tensor-atol` takes to render the report
     again)."""
     (directory / "verdict.json").write_text(to_json(result.verdict) + "\n", encoding="utf-8")
-    ladder = {"test": test, "job": job, "requested_rungs": rungs, "outcome": result.verdict.outcome,
-              "records": [record.root.name for record in result.records], "skipped": result.skipped,
-              "compare": [record.root.name for record in _decisive_pair(result)],
-              "rtol": tolerance.metric_rtol, "atol": tolerance.metric_atol,
-              "tensor_rtol": tolerance.tensor_rtol, "tensor_atol": tolerance.tensor_atol}
+    ladder = {
+        "test": test,
+        "job": job,
+        "requested_rungs": rungs,
+        "outcome": result.verdict.outcome,
+        "records": [record.root.name for record in result.records],
+        "skipped": result.skipped,
+        "compare": [record.root.name for record in _decisive_pair(result)],
+        "rtol": tolerance.metric_rtol,
+        "atol": tolerance.metric_atol,
+        "tensor_rtol": tolerance.tensor_rtol,
+        "tensor_atol": tolerance.tensor_atol,
+    }
     (directory / "ladder.json").write_text(json.dumps(ladder, indent=2) + "\n", encoding="utf-8")
 
 

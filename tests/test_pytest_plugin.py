@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import importlib.metadata
 import json
+import re
 import textwrap
 
 import pytest
@@ -55,8 +56,9 @@ def no_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def _tests(repo: pytest.Pytester, source: str) -> None:
-    repo.makepyfile(test_parity="import pytest\nfrom harness.pytest_plugin import assert_parity\n\n"
-                    + textwrap.dedent(source))
+    repo.makepyfile(
+        test_parity="import pytest\nfrom harness.pytest_plugin import assert_parity\n\n" + textwrap.dedent(source)
+    )
 
 
 def _run(repo: pytest.Pytester, *args: str) -> pytest.RunResult:
@@ -69,9 +71,15 @@ def _run(repo: pytest.Pytester, *args: str) -> pytest.RunResult:
 
 def test_options_in_their_own_group_with_help(repo: pytest.Pytester) -> None:
     result = _run(repo, "--help")
-    result.stdout.fnmatch_lines(["parity checks of training jobs (harness):",
-                                 "  --harness-rungs=RUNGS", "*comma-separated rungs for parity checks*",
-                                 "  --harness-record-dir=DIR", "*keep run records here*"])
+    result.stdout.fnmatch_lines(
+        [
+            "parity checks of training jobs (harness):",
+            "  --harness-rungs=RUNGS",
+            "*comma-separated rungs for parity checks*",
+            "  --harness-record-dir=DIR",
+            "*keep run records here*",
+        ]
+    )
 
 
 def test_marker_is_registered(repo: pytest.Pytester) -> None:
@@ -85,7 +93,9 @@ def test_unknown_rung_is_a_usage_error(repo: pytest.Pytester) -> None:
 
 
 def test_bad_job_or_marker_errors_without_traceback(repo: pytest.Pytester) -> None:
-    _tests(repo, """
+    _tests(
+        repo,
+        """
         @pytest.mark.harness_parity("missing/job.yaml")
         def test_missing_job(): pass
 
@@ -93,34 +103,43 @@ def test_bad_job_or_marker_errors_without_traceback(repo: pytest.Pytester) -> No
         def test_no_job(): pass
 
         def test_result_without_marker(harness_result): pass
-    """)
+    """,
+    )
     result = _run(repo, "--strict-markers", "--harness-record-dir", "out")
     result.assert_outcomes(errors=3)
-    result.stdout.fnmatch_lines_random([
-        "*harness: *missing/job.yaml: no such job file",
-        "*@pytest.mark.harness_parity: *missing 1 required positional argument: 'job'*",
-        "*harness_result needs the test marked @pytest.mark.harness_parity*",
-    ])
+    result.stdout.fnmatch_lines_random(
+        [
+            "*harness: *missing/job.yaml: no such job file",
+            "*@pytest.mark.harness_parity: *missing 1 required positional argument: 'job'*",
+            "*harness_result needs the test marked @pytest.mark.harness_parity*",
+        ]
+    )
     result.stdout.no_fnmatch_line("*pytest_plugin.py:*")
     summary = (repo.path / "out" / "summary.md").read_text()
-    assert "| `test_parity.py::test_missing_job` | **ERROR** | none | | harness: " in summary
+    assert "| `test_parity.py::test_missing_job` | **ERROR** | none | none | | | harness: " in summary
 
 
 @pytest.mark.usefixtures("no_gpu")
 def test_no_runnable_rung_skips_with_the_reasons(repo: pytest.Pytester) -> None:
-    _tests(repo, """
+    _tests(
+        repo,
+        """
         @pytest.mark.harness_parity("steady/job.yaml", rungs=["local-gpu"])
         def test_gpu_parity(): raise AssertionError("the body ran")
-    """)
+    """,
+    )
     result = _run(repo, "-rs")
     result.assert_outcomes(skipped=1)
-    result.stdout.fnmatch_lines(["SKIPPED * no rung of the ladder can run here: "
-                                 "local-gpu: no CUDA device visible to torch on this machine"])
+    result.stdout.fnmatch_lines(
+        ["SKIPPED * no rung of the ladder can run here: local-gpu: no CUDA device visible to torch on this machine"]
+    )
 
 
 @pytest.mark.slow
 def test_correct_job_passes_by_marker_and_by_fixture(repo: pytest.Pytester) -> None:
-    _tests(repo, """
+    _tests(
+        repo,
+        """
         @pytest.mark.harness_parity("steady/job.yaml", rungs=["local", "local"], rtol=0, atol=0,
                                     tensor_rtol=0, tensor_atol=0)
         def test_marked(harness_result):
@@ -131,7 +150,8 @@ def test_correct_job_passes_by_marker_and_by_fixture(repo: pytest.Pytester) -> N
             result = harness_ladder("steady/job.yaml", rungs="local,local", tensor_rtol=1e-3)
             assert_parity(result)
             assert result.verdict.outcome == "parity" and result.skipped == {}
-    """)
+    """,
+    )
     _run(repo, "--strict-markers").assert_outcomes(passed=2)
 
 
@@ -140,61 +160,82 @@ def test_correct_job_passes_by_marker_and_by_fixture(repo: pytest.Pytester) -> N
 def test_one_rung_compares_nothing_and_require_fails_it(repo: pytest.Pytester) -> None:
     """A parity check where only one rung could run neither passes nor fails: it is skipped as
     'nothing compared'; naming the missing rung in ``require`` fails it before anything runs."""
-    _tests(repo, """
+    _tests(
+        repo,
+        """
         @pytest.mark.harness_parity("steady/job.yaml", rungs=["local", "local-gpu"])
         def test_alone(): raise AssertionError("the body ran")
 
         @pytest.mark.harness_parity("steady/job.yaml", rungs=["local", "local-gpu"], require=["local-gpu"])
         def test_required(): raise AssertionError("the body ran")
-    """)
+    """,
+    )
     result = _run(repo, "-rs")
     result.assert_outcomes(skipped=1, errors=1)
-    result.stdout.fnmatch_lines(["*harness: required rung 'local-gpu' cannot run here: no CUDA device*",
-                                 "SKIPPED * nothing compared: only local ran (local-gpu: no CUDA device*"])
+    result.stdout.fnmatch_lines(
+        [
+            "*harness: required rung 'local-gpu' cannot run here: no CUDA device*",
+            "SKIPPED * nothing compared: only local ran (local-gpu: no CUDA device*",
+        ]
+    )
     for noise in ("*the body ran*", "*During handling*", "Hint: *"):
         result.stdout.no_fnmatch_line(noise)
 
 
 @pytest.mark.slow
 def test_divergence_fails_with_the_verdict_and_its_evidence(repo: pytest.Pytester) -> None:
-    _tests(repo, """
+    _tests(
+        repo,
+        """
         @pytest.mark.harness_parity("noisy/job.yaml", rungs=["local", "local"])
         def test_noisy(): raise AssertionError("the body ran")
-    """)
+    """,
+    )
     result = _run(repo, "--harness-record-dir", "out")
     result.assert_outcomes(failed=1)
-    result.stdout.fnmatch_lines([
-        "*_ test_noisy _*",
-        "verdict: DIVERGED  (rungs: local -> local)",
-        "first departs on local (compared with local) at step 0",
-        "1. [[]divergence] train:loss diverges at step 0 on local*",  # [[] is a literal [
-        "     step 0: local=* local=* (tolerance rtol=1e-05, atol=1e-06)",
-        "records: *",
-        "FAILED test_parity.py::test_noisy - Failed: verdict: DIVERGED*",
-    ])
+    result.stdout.fnmatch_lines(
+        [
+            "*_ test_noisy _*",
+            "verdict: DIVERGED  (rungs: local -> local)",
+            "first departs on local (compared with local) at step 0",
+            "1. [[]divergence] train:loss diverges at step 0 on local*",  # [[] is a literal [
+            "     step 0: local=* local=* (tolerance rtol=1e-05, atol=1e-06)",
+            "records: *",
+            "FAILED test_parity.py::test_noisy - Failed: verdict: DIVERGED*",
+        ]
+    )
     for noise in ("*the body ran*", "*Traceback*", "*pytest_plugin.py*", "*def test_noisy*"):
         result.stdout.no_fnmatch_line(noise)
     summary = (repo.path / "out" / "summary.md").read_text()
-    assert "| `test_parity.py::test_noisy` | **DIVERGED** | local → local | local at step 0 |  |" in summary
-    assert "<details><summary><code>test_parity.py::test_noisy</code>: diverged</summary>" in summary
+    links = "[records](test_parity.py-test_noisy/) · [verdict.json](test_parity.py-test_noisy/verdict.json)"
+    row = f"| `test_parity.py::test_noisy` | **FAILED** | **DIVERGED** | local → local | local at step 0 | {links} |  |"
+    assert row in summary
+    assert "<details><summary><code>test_parity.py::test_noisy</code>: diverged (test failed)</summary>" in summary
     assert "train:loss diverges at step 0 on local" in summary
 
 
 @pytest.mark.slow
 @pytest.mark.usefixtures("no_gpu")
 def test_rung_that_cannot_run_is_skipped_and_the_others_compared(repo: pytest.Pytester) -> None:
-    _tests(repo, """
+    _tests(
+        repo,
+        """
         @pytest.mark.harness_parity("steady/job.yaml", rungs=["local", "local-gpu", "local"])
         def test_parity(harness_result):
             assert harness_result.skipped == {"local-gpu": "no CUDA device visible to torch on this machine"}
-    """)
+    """,
+    )
     result = _run(repo)
     result.assert_outcomes(passed=1, warnings=1)
     result.stdout.fnmatch_lines(["*RungSkippedWarning: rung local-gpu skipped: no CUDA device visible to torch*"])
     strict = _run(repo, "-W", "error::harness.pytest_plugin.RungSkippedWarning")
     strict.assert_outcomes(failed=1)
-    strict.stdout.fnmatch_lines(["rung local-gpu skipped: no CUDA device visible to torch on this machine "
-                                 "(RungSkippedWarning is an error in this run: every rung must run)"])
+    strict.stdout.fnmatch_lines(
+        [
+            "rung local-gpu skipped: no CUDA device visible to torch on this machine "
+            "(RungSkippedWarning is an error in this run: every rung must run)"
+        ]
+    )
     strict.stdout.no_fnmatch_line("*pytest_plugin.py*")
     strict.stdout.no_fnmatch_line("*During handling*")
 
@@ -202,18 +243,26 @@ def test_rung_that_cannot_run_is_skipped_and_the_others_compared(repo: pytest.Py
 @pytest.mark.slow
 @pytest.mark.usefixtures("no_gpu")
 def test_record_dir_keeps_each_ladder_and_a_summary(repo: pytest.Pytester) -> None:
-    _tests(repo, """
+    _tests(
+        repo,
+        """
         @pytest.mark.harness_parity("steady/job.yaml")
         def test_default_rungs(): pass
 
         @pytest.mark.harness_parity("steady/job.yaml", rungs=["local-gpu"])
         def test_gpu_only(): pass
-    """)
+    """,
+    )
     result = _run(repo, "--harness-rungs", "local,local", "--harness-record-dir", "out/records")
     result.assert_outcomes(passed=1, skipped=1)
-    result.stdout.fnmatch_lines(["harness: rungs local,local (where a test names none); records in out/records",
-                                 "*- harness -*",
-                                 f"2 ladders (1 parity, 1 skipped): records and summary.md in {repo.path}/out/records"])
+    result.stdout.fnmatch_lines(
+        [
+            "harness: rungs local,local (where a test names none); records in out/records",
+            "*- harness -*",
+            f"2 ladders of 2 tests (1 passed, 1 skipped; verdicts: 1 not climbed, 1 parity): "
+            f"records and summary.md in {repo.path}/out/records",
+        ]
+    )
     ladder_dir = repo.path / "out" / "records" / "test_parity.py-test_default_rungs"
     ladder = json.loads((ladder_dir / "ladder.json").read_text())
     assert ladder["test"] == "test_parity.py::test_default_rungs" and ladder["requested_rungs"] == ["local", "local"]
@@ -223,11 +272,54 @@ def test_record_dir_keeps_each_ladder_and_a_summary(repo: pytest.Pytester) -> No
     assert json.loads((ladder_dir / record / "manifest.json").read_text())["rung"] == "local"
     assert json.loads((ladder_dir / "verdict.json").read_text())["outcome"] == "parity"
     summary = (repo.path / "out" / "records" / "summary.md").read_text()
-    assert "| `test_parity.py::test_default_rungs` | parity | local → local |" in summary
-    assert "| `test_parity.py::test_gpu_only` | skipped | none | | no rung of the ladder can run here" in summary
+    assert "| `test_parity.py::test_default_rungs` | passed | parity | local → local |" in summary
+    assert "| `test_parity.py::test_gpu_only` | skipped | none | none | | | no rung of the ladder can run" in summary
     assert not (repo.path / "out" / "records" / "test_parity.py-test_gpu_only").exists()
     _run(repo, "--harness-rungs", "local,local", "--harness-record-dir", "out/records", "-k", "default")
     assert (ladder_dir.parent / f"{ladder_dir.name}-2" / "ladder.json").is_file()  # a rerun never mixes records
+
+
+@pytest.mark.slow
+def test_summary_counts_tests_as_pytest_saw_them_next_to_the_verdicts(repo: pytest.Pytester) -> None:
+    """A test that expects a divergence and gets it passed: the summary says so, and says the
+    verdict was expected; the test whose verdict failed it is the one counted as failed."""
+    _tests(
+        repo,
+        """
+        def test_expects_divergence(harness_ladder):
+            result = harness_ladder("noisy/job.yaml", rungs="local,local")
+            assert result.verdict.outcome == "diverged"
+
+        @pytest.mark.harness_parity("noisy/job.yaml", rungs=["local", "local"])
+        def test_wants_parity(): pass
+
+        @pytest.mark.harness_parity("steady/job.yaml", rungs=["local", "local"])
+        def test_parity(): pass
+    """,
+    )
+    result = _run(repo, "--harness-record-dir", "out")
+    result.assert_outcomes(passed=2, failed=1)
+    result.stdout.fnmatch_lines(
+        [
+            "3 ladders of 3 tests (2 passed, 1 failed; verdicts: 1 diverged, 1 diverged (expected by the test), "
+            f"1 parity): records and summary.md in {repo.path}/out",
+        ]
+    )
+    summary = (repo.path / "out" / "summary.md").read_text()
+    assert "| test | result | verdict | rungs | departs | records | notes |" in summary
+    assert (
+        "| `test_parity.py::test_expects_divergence` | passed | diverged, expected by the test | local → local |"
+        in summary
+    )
+    assert "| `test_parity.py::test_wants_parity` | **FAILED** | **DIVERGED** | local → local |" in summary
+    assert "| `test_parity.py::test_parity` | passed | parity | local → local |" in summary
+    assert (
+        "<details><summary><code>test_parity.py::test_expects_divergence</code>: diverged, expected by the test "
+        "(test passed)</summary>"
+    ) in summary
+    assert "DIVERGED (" not in summary.split("test_expects_divergence", 2)[1].split("\n")[0]
+    for link in re.findall(r"\]\(([^)]+)\)", summary):  # relative to summary.md, and there
+        assert (repo.path / "out" / link).exists(), link
 
 
 def test_installed_entry_point_loads_the_plugin(pytester: pytest.Pytester) -> None:
@@ -237,5 +329,7 @@ def test_installed_entry_point_loads_the_plugin(pytester: pytest.Pytester) -> No
     _run(pytester, "--help").stdout.fnmatch_lines(["  --harness-record-dir=DIR"])
     pytester.makeconftest(f"pytest_plugins = [{PLUGIN!r}]")  # a team that lists it in conftest.py as well
     listed_too = _run(pytester, "--help")
-    assert listed_too.ret == 0, (f"entry point {name!r} and conftest.py's {PLUGIN!r} register the plugin twice "
-                                 f"(pytest refuses); name the entry point {PLUGIN!r}:\n{listed_too.stderr.str()}")
+    assert listed_too.ret == 0, (
+        f"entry point {name!r} and conftest.py's {PLUGIN!r} register the plugin twice "
+        f"(pytest refuses); name the entry point {PLUGIN!r}:\n{listed_too.stderr.str()}"
+    )
