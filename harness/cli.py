@@ -281,9 +281,13 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def cmd_gc(args: argparse.Namespace) -> int:
-    from harness.backends import containers
+    """What runs whose harness is gone left: local processes and work dirs, and, where an engine
+    answers, labelled containers and networks."""
+    from harness.backends import containers, orphans
 
-    removed = containers.gc(containers.client())
+    removed = orphans.gc()
+    if containers.engine_unavailable_reason() is None:
+        removed += containers.gc(containers.client())
     print("\n".join(removed) if removed else "nothing to remove")
     return 0
 

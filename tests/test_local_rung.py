@@ -278,3 +278,30 @@ def test_secrets_a_job_prints_are_scrubbed_from_everything_recorded(tmp_path: Pa
         if path.is_file():
             data = path.read_bytes()
             assert machine_secret.encode() not in data and job_secret.encode() not in data, path
+
+
+def test_gc_stops_what_a_killed_harness_left(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """SIGKILL leaves the launchers running and the record 'running'; `harness gc` ends both."""
+    marker = f"harness-killed-{os.getpid()}"
+    job = _write_job(tmp_path, _orphan_script(marker), instance_count=2)
+    harness = subprocess.Popen(
+        [sys.executable, "-m", "harness", "run", str(job), "--records", str(tmp_path / "records"), "-v"],
+        stderr=subprocess.PIPE, text=True, preexec_fn=_default_signals,
+    )
+    assert harness.stderr is not None
+    ready = 0
+    for line in harness.stderr:
+        ready += "ready" in line
+        if ready == 2:
+            break
+    harness.kill()
+    harness.wait(timeout=30)
+    left = _processes_with(marker)
+    assert len(left) == 2, left  # both hosts' grandchildren run on without the harness
+    record = next((tmp_path / "records").iterdir())
+    work = Path(RunRecord.load(record).manifest["rung_facts"]["work_dir"])
+    assert work.is_dir()
+    assert main(["gc"]) == 0
+    assert f"local run {record.name}: " in capsys.readouterr().out
+    assert _processes_with(marker) == [] and not work.exists()
+    assert RunRecord.load(record).status == "interrupted"

@@ -127,6 +127,7 @@ class Backend(ABC, Generic[PlanT]):
         record = RecordWriter(root, job, self.name)
         record.start()
         record.manifest["rung_facts"].update(plan.facts)
+        record.flush()  # a harness killed from here on leaves a record that says where its run was
         status: Status = "error"
         try:
             outcome = self._execute(plan, record, progress)

@@ -25,6 +25,7 @@ from pathlib import Path, PurePosixPath
 from pydantic import PositiveFloat
 
 from harness import artifacts, sandbox
+from harness.backends import orphans
 from harness.backends.base import Backend, Capabilities, Plan, Progress, RungOptions
 from harness.backends.hosts import (
     CHANNELS_FACT,
@@ -121,7 +122,7 @@ class LocalBackend(Backend[LocalPlan]):
 
     def plan(self, job: JobSpec) -> LocalPlan:
         degraded = _namespaces_unavailable()
-        work = Path(tempfile.gettempdir()) / f"harness-{self.name}-{uuid.uuid4().hex[:8]}"
+        work = Path(tempfile.gettempdir()) / f"harness-{self.name}-{uuid.uuid4().hex[:8]}"  # orphans.WORK_PREFIX
         machine = self._machine()
         contracts: dict[str, HostContract] = {}
         for host in job.hosts:
@@ -155,6 +156,8 @@ class LocalBackend(Backend[LocalPlan]):
     def _execute(self, plan: LocalPlan, record: RecordWriter, progress: Progress | None) -> Status:
         job, work, namespaced = plan.job, plan.work_dir, plan.namespaced
         try:
+            work.mkdir(parents=True)
+            orphans.claim(work, str(record.manifest["run_id"]), record.root)
             channels = stage_channels(job, work, record)
             with sandbox.RunNetwork() if namespaced else _no_network() as network:
                 launches = [
@@ -198,7 +201,8 @@ class LocalBackend(Backend[LocalPlan]):
         write_host_tree(job, contract, tree)
         for name, source in channels.items():
             (tree / "input" / "data" / name).symlink_to(source, target_is_directory=True)
-        env = _host_env(contract, record.root if self.options.probe else None)
+        env = {**_host_env(contract, record.root if self.options.probe else None),
+               orphans.RUN_ID_ENV: str(record.manifest["run_id"])}  # how `harness gc` finds them if we die
         record_received(record, contract, env)
         preexec = None
         cwd = Path(str(contract.cwd))

@@ -1,0 +1,94 @@
+"""What a killed harness leaves of a ``local`` run, found and removed by ``harness gc``.
+
+A harness stopped by SIGKILL (the OOM killer, ``kill -9``, a CI runner's hard timeout) cannot
+clean up: its launchers run on, re-parented to init, its work dir stays, its record says
+``running``. Containers carry labels for this; host processes carry a marker instead: every
+launcher's environment holds ``HARNESS_RUN_ID`` (inherited by everything it starts), and the work
+dir holds ``owner.json`` (the harness's pid and host, the run id, the record). A run whose owner
+is gone is over: its processes are killed by process group, its work dir removed, its record
+marked ``interrupted``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from harness.record import now, write_json
+
+RUN_ID_ENV = "HARNESS_RUN_ID"
+OWNER_FILE = "owner.json"
+WORK_PREFIX = "harness-local"  # local and local-gpu work dirs: harness-local-*, harness-local-gpu-*
+
+
+def claim(work: Path, run_id: str, record_root: Path) -> None:
+    """Mark ``work`` as this harness's, so that :func:`gc` can tell when it is orphaned."""
+    write_json(work / OWNER_FILE, {"pid": os.getpid(), "hostname": socket.gethostname(), "run_id": run_id,
+                                   "record": str(record_root), "started_at": now()})
+
+
+def gc() -> list[str]:
+    """Stop the processes, remove the work dirs and mark the records of local runs whose harness
+    is gone; returns what was done, a line per run."""
+    done = []
+    for owner_file in sorted(Path(tempfile.gettempdir()).glob(f"{WORK_PREFIX}*/{OWNER_FILE}")):
+        with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
+            owner = json.loads(owner_file.read_text())
+            if _alive(owner):
+                continue
+            stopped = _stop_processes(str(owner["run_id"]))
+            marked = _mark_record(Path(owner["record"]), owner)
+            shutil.rmtree(owner_file.parent, ignore_errors=True)
+            done.append(f"local run {owner['run_id']}: {stopped} processes stopped, work dir {owner_file.parent} "
+                        f"removed{', record marked interrupted' if marked else ''}")
+    return done
+
+
+def _alive(owner: dict[str, Any]) -> bool:
+    if owner.get("hostname") != socket.gethostname():
+        return True  # a shared /tmp seen from another machine: cannot tell, so keep it
+    try:
+        os.kill(int(owner["pid"]), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, someone else's
+        pass
+    return True
+
+
+def _stop_processes(run_id: str) -> int:
+    """SIGKILL every process (and its process group) whose environment carries the run's id."""
+    marker = f"{RUN_ID_ENV}={run_id}".encode()
+    found = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        with contextlib.suppress(OSError, ValueError):
+            if marker in (proc / "environ").read_bytes().split(b"\0"):
+                found.append(int(proc.name))
+    for pid in found:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(os.getpgid(pid), signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+    return len(found)
+
+
+def _mark_record(root: Path, owner: dict[str, Any]) -> bool:
+    """A record left ``running`` by the killed harness becomes ``interrupted`` (still incomplete)."""
+    manifest_path = root / "manifest.json"
+    try:
+        manifest = json.loads(manifest_path.read_text())
+    except (OSError, ValueError):
+        return False
+    if manifest.get("status") != "running":
+        return False
+    manifest.update(status="interrupted", ended_at=now(),
+                    error=f"the harness (pid {owner['pid']}) was killed; `harness gc` stopped what it left")
+    write_json(manifest_path, manifest)
+    return True
