@@ -145,6 +145,7 @@ def test_diff_warns_when_the_records_are_of_other_jobs_or_topologies(
         "harness: warning: the topologies differ (local #1 -> local #2): hosts [algo-1] -> [algo-1, algo-2]; "
         "processes per host 1 -> 2; world size 1 -> 4;"
     ) in err
+    assert "the records are of different jobs: &#x27;fake&#x27;" in to_html(judge([a, b]))  # on the page too
     assert comparison_warnings([a, make_record(tmp_path, "docker", losses=CURVE)]) == []
 
 
