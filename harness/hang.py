@@ -1,6 +1,11 @@
 """Hang detection: when no rank makes progress for a while, dump every rank's Python stack,
 then let the rung stop the job. The probe keeps ``ranks/rank-N.heartbeat`` (batches,
-collectives, optimizer steps) current and dumps its stacks on SIGUSR1."""
+collectives, optimizer steps) current and dumps its stacks on SIGUSR1.
+
+Progress is any rank's counters moving or any host printing. Until the first counter moves
+(imports, compilation, the rendezvous) a job gets at least :data:`STARTUP_GRACE_S`, so a short
+``--hang-after`` never fires inside ``import torch``. A job stopped at ``max_run`` has its
+stacks dumped first too (:meth:`HangWatch.dump`), so a timeout is always localised."""
 
 from __future__ import annotations
 
@@ -15,7 +20,15 @@ from harness.record import RecordFiles
 
 #: Seconds without any rank's progress after which a job counts as hung.
 DEFAULT_HANG_AFTER_S = 300.0
+#: Seconds a job may take before its first batch, collective or step without counting as hung.
+STARTUP_GRACE_S = 120.0
 _DUMP_WAIT_S = 2.0
+
+
+def hang_after(option: float, explicit: bool, max_run: float) -> float:
+    """The bound a run uses: the user's, or the default cut to half of ``max_run`` so that a hang
+    is found (and its stacks taken) before the job's own time runs out."""
+    return option if explicit else min(option, max(max_run / 2, 1.0))
 
 
 def _signal_local(pid: int, host: str | None) -> None:
@@ -33,22 +46,36 @@ class HangWatch:
         record_root: Path,
         after_s: float = DEFAULT_HANG_AFTER_S,
         signal_rank: Callable[[int, str | None], None] = _signal_local,
+        logs: Callable[[], list[Path]] = list,
     ) -> None:
+        """``logs``: the host logs, whose growth counts as progress too."""
         self.files = RecordFiles(record_root)
-        self.after_s, self.signal_rank = after_s, signal_rank
+        self.after_s, self.signal_rank, self.logs = after_s, signal_rank, logs
         self.progress: tuple[object, ...] = ()
+        self.started = False
         self.since = time.monotonic()
 
     def poll(self) -> bool:
         beats = self.files.heartbeats()
-        progress = tuple((rank, b.get("batches"), b.get("collectives"), b.get("steps")) for rank, b in beats.items())
+        counters = tuple((rank, b.get("batches"), b.get("collectives"), b.get("steps")) for rank, b in beats.items())
+        progress = (counters, tuple(path.stat().st_size if path.is_file() else 0 for path in self.logs()))
         now = time.monotonic()
         if progress != self.progress:
             self.progress, self.since = progress, now
+            self.started = self.started or any(any(value for value in rank[1:] if value) for rank in counters)
             return False
-        if not beats or now - self.since < self.after_s:
+        bound = self.after_s if self.started else max(self.after_s, STARTUP_GRACE_S)
+        if not beats or now - self.since < bound:
             return False
+        self.dump()
+        return True
+
+    def dump(self) -> bool:
+        """Every rank's stacks into ``ranks/rank-N.stacks.txt`` (SIGUSR1 to each rank the probe
+        saw); False when no rank has a heartbeat, so none can be reached."""
+        beats = self.files.heartbeats()
         for beat in beats.values():
             self.signal_rank(int(beat["pid"]), beat.get("host"))
-        time.sleep(_DUMP_WAIT_S)
-        return True
+        if beats:
+            time.sleep(_DUMP_WAIT_S)
+        return bool(beats)

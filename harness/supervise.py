@@ -121,6 +121,8 @@ def _supervise(launches: list[HostLaunch], *, max_run_s: float, sink: LineSink |
                 break
             if time.monotonic() > deadline:
                 outcome.timed_out = True
+                if hang is not None:
+                    hang.dump()  # where each rank was when time ran out
                 break
             if hang is not None and hang.poll():
                 outcome.hung = True

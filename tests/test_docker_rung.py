@@ -299,3 +299,22 @@ def test_a_stuck_job_is_stopped_with_every_ranks_stack(rung: str, engine: Docker
 
     verdict = judge([record])
     assert verdict.outcome == "failed" and "hang" in verdict.causes
+
+
+@pytest.mark.slow
+def test_a_job_stopped_at_max_run_has_its_stacks_taken_first(tmp_path: Path) -> None:
+    """A timeout is localised like a hang: each rank's stack is dumped before the stop."""
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "train.py").write_text(_STUCK)
+    job = JobSpec(name="stuck", source_dir=tmp_path / "src", entry_point="train.py", instance_count=2,
+                  distribution="torchrun", max_run=20)
+    record = get_backend("local", hang_after_s=600).run(job, tmp_path / "records")
+    assert record.status == "timeout" and record.manifest["rung_facts"]["hang_after_s"] == 600
+    assert "train.py\", line 9" in (record.root / "ranks" / "rank-1.stacks.txt").read_text()
+
+
+def test_the_default_hang_bound_fits_inside_max_run() -> None:
+    from harness.hang import hang_after
+
+    assert hang_after(300, False, 240) == 120 and hang_after(300, False, 3600) == 300
+    assert hang_after(300, True, 240) == 300  # what the user asked for stands

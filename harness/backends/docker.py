@@ -68,7 +68,7 @@ from harness.backends.hosts import (
     write_host_tree,
 )
 from harness.contract import OPT_ML, HostContract, Machine, host_contract
-from harness.hang import DEFAULT_HANG_AFTER_S, HangWatch
+from harness.hang import DEFAULT_HANG_AFTER_S, HangWatch, hang_after
 from harness.jobspec import JobSpec
 from harness.record import RecordWriter, Status
 from harness.supervise import STOP_GRACE_S
@@ -218,7 +218,6 @@ class DockerBackend(Backend[DockerPlan]):
                         "num_cpus_source": "os.cpu_count() of the Docker host (no CPU limit is set)"},
             "init": "none: the command is PID 1, as under `docker run image train`",
             "stop": f"SIGTERM, SIGKILL after {self.options.stop_grace_s:g} s",
-            "hang_after_s": self.options.hang_after_s,
         }
         return DockerPlan(self.name, job, contracts, facts, work_dir=work, shm_size=shm_size, ulimits=ulimits,
                           gpus=gpus if machine.num_gpus else {})
@@ -298,13 +297,17 @@ class DockerBackend(Backend[DockerPlan]):
                  for h, c in containers.items()]
         for pump in pumps:
             pump.start()
-        hang = HangWatch(record.root, self.options.hang_after_s, functools.partial(signal_rank, containers))
+        after = hang_after(self.options.hang_after_s, "hang_after_s" in self.options.model_fields_set, max_run)
+        record.set_fact("hang_after_s", after)
+        hang = HangWatch(record.root, after, functools.partial(signal_rank, containers),
+                         logs=lambda: [record.host_dir(host) / "log.txt" for host in containers])
         deadline, timed_out, hung = time.monotonic() + max_run, False, False
         with interrupts.deferred():
             try:
                 while any(is_running(c) for c in containers.values()) and not interrupts.requested():
                     if time.monotonic() > deadline:
                         timed_out = True
+                        hang.dump()  # where each rank was when time ran out
                         break
                     if hang.poll():
                         hung = True

@@ -41,7 +41,7 @@ from harness.backends.hosts import (
     write_host_tree,
 )
 from harness.contract import OPT_ML, HostContract, Machine, host_contract
-from harness.hang import DEFAULT_HANG_AFTER_S, HangWatch
+from harness.hang import DEFAULT_HANG_AFTER_S, HangWatch, hang_after
 from harness.jobspec import JobSpec
 from harness.record import RecordWriter, Status
 from harness.supervise import HostLaunch, run_hosts
@@ -131,7 +131,6 @@ class LocalBackend(Backend[LocalPlan]):
         facts: dict[str, object] = {
             "work_dir": str(work),
             "probe": "on" if self.options.probe else "off",
-            "hang_after_s": self.options.hang_after_s,
             "namespaces": "private network and mount namespaces" if degraded is None else f"none: {degraded}",
             "opt_ml": "each host's tree mounted on /opt/ml"
             if degraded is None
@@ -166,11 +165,14 @@ class LocalBackend(Backend[LocalPlan]):
                 ]
                 trees = {host: work / host / "opt_ml" for host in plan.hosts}
                 restore_checkpoints(job, trees)
+                after = hang_after(self.options.hang_after_s, "hang_after_s" in self.options.model_fields_set,
+                                   job.max_run)
+                record.set_fact("hang_after_s", after)
                 outcome = run_hosts(
                     launches,
                     max_run_s=job.max_run,
                     sink=progress,
-                    hang=HangWatch(record.root, self.options.hang_after_s),
+                    hang=HangWatch(record.root, after, logs=lambda: [launch.log_path for launch in launches]),
                 )
             save_checkpoints(job, trees, record)
             for host, code in outcome.exit_codes.items():
