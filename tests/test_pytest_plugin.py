@@ -199,7 +199,7 @@ def test_divergence_fails_with_the_verdict_and_its_evidence(repo: pytest.Pyteste
             "verdict: DIVERGED  (rungs: local -> local)",
             "first departs on local (compared with local) at step 0",
             "1. [[]divergence] train:loss diverges at step 0 on local*",  # [[] is a literal [
-            "     step 0: local=* local=* (tolerance rtol=1e-05, atol=1e-06)",
+            "     step 0: local #1=* local #2=* on algo-1 (tolerance rtol=1e-05, atol=1e-06)",
             "records: *",
             "FAILED test_parity.py::test_noisy - Failed: verdict: DIVERGED*",
         ]

@@ -206,3 +206,16 @@ def test_a_required_rung_that_cannot_run_fails_the_ladder_before_anything_runs(
     assert not records.exists()
     assert main(["ladder", str(job), "--rungs", "local", "--require", "docker"]) == 2
     assert "--require names docker, which the ladder does not climb" in capsys.readouterr().err
+
+
+def test_every_rank_curve_is_compared_not_only_the_first_hosts(tmp_path: Path) -> None:
+    base = make_record(tmp_path, "local", losses=CURVE)
+    cand = make_record(tmp_path, "docker", losses=CURVE)
+    for record, drift in ((base, 0.0), (cand, 0.1)):
+        metrics = json.loads((record.root / "metrics.json").read_text())
+        metrics["loss"]["rank-3"] = [v + (drift if i >= 2 else 0.0) for i, v in enumerate(CURVE)]
+        (record.root / "metrics.json").write_text(json.dumps(metrics))
+    verdict = judge([base, cand])
+    assert (verdict.outcome, verdict.first_step, verdict.causes) == ("diverged", 2, ["metric-divergence"])
+    assert verdict.findings[0].evidence[0].startswith("step 2: local=0.6 docker=0.7")
+    assert "on rank-3" in verdict.findings[0].evidence[0]

@@ -56,10 +56,11 @@ def _world(record: RunRecord) -> int:
 
 
 def compare(baseline: RunRecord, candidate: RunRecord, context: CheckContext) -> list[Finding]:
-    """Each metric of the first host, under ``context.tolerance.metric_*``."""
+    """Each metric of every host and rank both records logged it on, under
+    ``context.tolerance.metric_*``; when the topology changes, the first host's curve alone, at
+    equal samples seen (other ranks' curves then legitimately differ)."""
     rtol, atol = context.tolerance.metric_rtol, context.tolerance.metric_atol
     findings = []
-    source = baseline.hosts[0]
     theirs = candidate.metrics()
     sa, sb = samples_per_step(baseline), samples_per_step(candidate)
     by_samples = sa is not None and sb is not None and sa != sb
@@ -76,40 +77,60 @@ def compare(baseline: RunRecord, candidate: RunRecord, context: CheckContext) ->
                 confidence=0.6,
             )
         )
+    ours_label, theirs_label = _labels(baseline, candidate)
     for name, sources in baseline.metrics().items():
-        a, b = sources.get(source, []), theirs.get(name, {}).get(source, [])
-        if not a and not b:
-            continue
-        seen: list[int] = []
-        if by_samples:
-            a, b, seen = _at_equal_samples(a, b, sa, sb)  # type: ignore[arg-type]
-        step = first_divergence(a, b, rtol=rtol, atol=atol)
-        if step is not None:
+        shared = [s for s in sources if s in theirs.get(name, {})] if not by_samples else [baseline.hosts[0]]
+        diverging: list[tuple[int, str, list[float], list[float], list[int]]] = []
+        short: list[tuple[str, int, int]] = []
+        for source in shared or [baseline.hosts[0]]:
+            a, b = sources.get(source, []), theirs.get(name, {}).get(source, [])
+            if not a and not b:
+                continue
+            seen: list[int] = []
+            if by_samples:
+                a, b, seen = _at_equal_samples(a, b, sa, sb)  # type: ignore[arg-type]
+            step = first_divergence(a, b, rtol=rtol, atol=atol)
+            if step is not None:
+                diverging.append((step, source, a, b, seen))
+            elif len(a) != len(b) and candidate.status == "succeeded" and not by_samples:
+                short.append((source, len(a), len(b)))
+        if diverging:
+            step, source, a, b, seen = min(diverging, key=lambda d: d[0])
             where = f"{seen[step]} samples seen" if by_samples else f"step {step}"
+            others = [d[1] for d in diverging if d[1] != source]
             findings.append(
                 Finding(
                     "metrics",
                     "divergence",
                     f"{name} diverges at {where} on {candidate.rung}",
                     [
-                        f"{where}: {baseline.rung}={a[step]!r} {candidate.rung}={b[step]!r} "
-                        f"(tolerance rtol={rtol}, atol={atol})"
+                        f"{where}: {ours_label}={a[step]!r} {theirs_label}={b[step]!r} on {source} "
+                        f"(tolerance rtol={rtol}, atol={atol})",
+                        *([f"also diverging: {', '.join(others)}"] if others else []),
                     ],
                     step=step,
                     cause="metric-divergence",
                     confidence=0.5,
                 )
             )
-        elif len(a) != len(b) and candidate.status == "succeeded" and not by_samples:
+        elif short:
+            source, na, nb = short[0]
             findings.append(
                 Finding(
                     "metrics",
                     "divergence",
-                    f"{name} has {len(b)} points on {candidate.rung}, {len(a)} on {baseline.rung}",
-                    [f"{source}: the first {min(len(a), len(b))} points agree"],
-                    step=min(len(a), len(b)),
+                    f"{name} has {nb} points on {candidate.rung}, {na} on {baseline.rung}",
+                    [f"{source}: the first {min(na, nb)} points agree"],
+                    step=min(na, nb),
                     cause="metric-length",
                     confidence=0.4,
                 )
             )
     return findings
+
+
+def _labels(baseline: RunRecord, candidate: RunRecord) -> tuple[str, str]:
+    """The two rungs' names, numbered when a rung is compared with itself."""
+    if baseline.rung == candidate.rung:
+        return f"{baseline.rung} #1", f"{candidate.rung} #2"
+    return baseline.rung, candidate.rung
