@@ -30,7 +30,7 @@ def compare(baseline: RunRecord, candidate: RunRecord, context: CheckContext) ->
         x = baseline.read_json(f"hosts/{host}/received/{name}")
         y = candidate.read_json(f"hosts/{host}/received/{name}")
         if x != y:
-            findings.append(Finding("contract", "note", f"{name} differs on {host}", [f"{x!r} -> {y!r}"[:400]]))
+            findings.append(Finding("contract", "note", f"{name} differs on {host}", changes(x, y)[:20]))
     return findings + _channel_data(baseline, candidate)
 
 
@@ -61,6 +61,23 @@ def _channel_data(baseline: RunRecord, candidate: RunRecord) -> list[Finding]:
                     cause="channel-data-differs", confidence=0.4)]
 
 
-def _short(value: str, limit: int = 120) -> str:
+def changes(a: object, b: object, where: str = "") -> list[str]:
+    """What differs between two JSON values, one line per changed key (nested keys dotted),
+    each value whole up to a length, so that no line is cut in the middle of a value."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [line for key in sorted(set(a) | set(b), key=str) if a.get(key, _UNSET) != b.get(key, _UNSET)
+                for line in changes(a.get(key, _UNSET), b.get(key, _UNSET), f"{where}.{key}" if where else str(key))]
+    return [f"{where or 'value'}: {_short(a)} -> {_short(b)}"]
+
+
+class _Unset:
+    def __repr__(self) -> str:
+        return "<unset>"
+
+
+_UNSET = _Unset()
+
+
+def _short(value: object, limit: int = 120) -> str:
     text = repr(value)
     return text if len(text) <= limit else text[:limit] + "…"

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from harness.diff.contract import changes
 from harness.diff.findings import Finding
 from harness.diff.protocol import CheckContext
 from harness.record import RunRecord
@@ -22,10 +23,7 @@ _CONTRACT_ENV = ("SM_", "TRAINING_JOB", "MASTER_", "RANK", "LOCAL_RANK", "WORLD_
 
 
 def _changed(label: str, a: Any, b: Any) -> list[str]:
-    if a == b:
-        return []
-    text = f"{label}: {a!r} -> {b!r}"
-    return [text if len(text) <= 240 else text[:240] + "…"]
+    return [] if a == b else changes(a, b, label)
 
 
 def environment_changes(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
