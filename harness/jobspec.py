@@ -120,6 +120,12 @@ class JobSpec(_Strict):
     metric_definitions: list[MetricDefinition] = Field(default_factory=list)
     max_run: PositiveInt = 86400
     checkpoint: Checkpoint | None = None
+    batch_size_hyperparameter: str | None = Field(
+        default=None,
+        description="The hyperparameter holding the per-process batch size: the single-process baseline rung "
+        "multiplies it by the world size, so that its loss curve and weights can be compared with a distributed "
+        "run's at an equal global batch.",
+    )
     output_path: str | None = Field(
         default=None,
         description="S3OutputPath: every rung uploads model.tar.gz and output.tar.gz under "
@@ -152,6 +158,12 @@ class JobSpec(_Strict):
             raise ValueError("give entry_point (script mode) or image (bring-your-own image)")
         if self.entry_point is not None and self.source_dir is None:
             raise ValueError("entry_point needs source_dir, the directory that holds it")
+        batch = self.batch_size_hyperparameter
+        if batch is not None and not isinstance(self.hyperparameters.get(batch), int | str):
+            raise ValueError(f"batch_size_hyperparameter {batch!r} names no hyperparameter of the job")
+        if batch is not None and not str(self.hyperparameters[batch]).isdigit():
+            value = self.hyperparameters[batch]
+            raise ValueError(f"batch_size_hyperparameter {batch!r} is {value!r}, not a whole number")
         if self.distribution == "none" and self.processes_per_host > 1:
             raise ValueError(
                 "processes_per_host > 1 needs distribution: torchrun "

@@ -16,9 +16,10 @@ from harness.jobspec import JobSpec
 from harness.record import RunRecord
 from harness.verdict import Verdict, judge
 
-#: What a ladder climbs when no rungs are named: every rung this machine can run with the core
-#: install; the others are reported as skipped, with the reason.
-DEFAULT_RUNGS = ("local", "local-gpu", "docker", "sagemaker-local")
+#: What a ladder climbs when no rungs are named, cheapest first (time, then money): the
+#: single-process baseline, then every rung this machine can run with the core install; the
+#: others are reported as skipped, with the reason.
+DEFAULT_RUNGS = ("single", "local", "local-gpu", "docker", "sagemaker-local")
 
 
 @dataclass(frozen=True)
@@ -56,11 +57,14 @@ def climb(
     progress: Callable[[str], Progress | None] = lambda rung: None,
     on_record: Callable[[RunRecord], None] = lambda record: None,
     require: Sequence[str] = (),
+    keep_going: bool = False,
 ) -> LadderResult:
-    """Run ``job`` on each rung in order and judge the records. A rung is a name (its settings
-    from ``options``) or a :class:`Step`. Every rung's settings, and whether each rung in
-    ``require`` can run, are checked before the first one runs; raises :class:`NoRungCanRun`
-    when no rung at all can run here, :class:`RequiredRungUnavailable` when a required one cannot."""
+    """Run ``job`` on each rung in order and judge the records; stop at the first rung that fails
+    or departs from the one below (the rungs above it are listed as not run, with the reason),
+    unless ``keep_going``. A rung is a name (its settings from ``options``) or a :class:`Step`.
+    Every rung's settings, and whether each rung in ``require`` can run, are checked before the
+    first one runs; raises :class:`NoRungCanRun` when no rung at all can run here,
+    :class:`RequiredRungUnavailable` when a required one cannot."""
     steps = [rung if isinstance(rung, Step) else Step(rung, options(rung)) for rung in rungs]
     check_rung_names([step.rung for step in steps])
     missing = [rung for rung in require if rung not in {step.rung for step in steps}]
@@ -78,14 +82,26 @@ def climb(
                 raise RequiredRungUnavailable(step.rung, exc.reason) from None
     records: list[RunRecord] = []
     skipped: dict[str, str] = {}
+    not_run: dict[str, str] = {}
     for step, backend in zip(steps, backends, strict=True):
         if step.label in unavailable:
             skipped[step.label] = unavailable[step.label]
             continue
-        step_job = step.job(job)
-        record = backend.run(step_job, records_dir, progress=progress(step.rung))
+        if departed := (not keep_going and records and _departs(records, tolerance)):
+            not_run[step.label] = f"the ladder departed at {departed}; --keep-going runs the rungs above it"
+            continue
+        record = backend.run(step.job(job), records_dir, progress=progress(step.rung))
         on_record(record)
         records.append(record)
     if not records:
         raise NoRungCanRun(skipped)
-    return LadderResult(judge(records, tolerance=tolerance, skipped=skipped), records, skipped)
+    verdict = judge(records, tolerance=tolerance, skipped=skipped)
+    verdict.not_run = not_run
+    return LadderResult(verdict, records, skipped)
+
+
+def _departs(records: list[RunRecord], tolerance: Tolerance) -> str | None:
+    """The rung where the ladder departed, judging the newest record against the one below it (or
+    on its own, at the bottom): each pair below was judged when its upper record came in."""
+    verdict = judge(records[-2:], tolerance=tolerance)
+    return verdict.first_rung if verdict.outcome in ("diverged", "failed") else None

@@ -128,6 +128,7 @@ def _nothing_compared(verdict: Verdict) -> str:
 def to_text(verdict: Verdict) -> str:
     lines = [f"verdict: {verdict.word}  (rungs: {' -> '.join(verdict.rungs) or 'none'})"]
     lines += [f"skipped {rung}: {reason}" for rung, reason in verdict.skipped.items()]
+    lines += [f"not run {rung}: {reason}" for rung, reason in verdict.not_run.items()]
     if verdict.outcome == "nothing-compared":
         lines.append(_nothing_compared(verdict))
     if verdict.first_rung:
@@ -178,6 +179,8 @@ def to_markdown(verdict: Verdict, *, at: Path | None = None) -> str:
         lines += ["", "</details>"]
     if verdict.skipped:
         lines += ["", "Skipped: " + "; ".join(f"`{r}` ({_md(why)})" for r, why in verdict.skipped.items())]
+    if verdict.not_run:
+        lines += ["", "Not run: " + "; ".join(f"`{r}` ({_md(why)})" for r, why in verdict.not_run.items())]
     if verdict.records:
         links = [
             f"[{label}]({quote(path)})"
@@ -478,7 +481,8 @@ def to_html(verdict: Verdict, *, at: Path | None = None) -> str:
     decisive = [f for f in verdict.findings if f.severity != "note"]
     notes = [f for f in verdict.findings if f.severity == "note"]
     ladder = " → ".join(f"{html.escape(label)} ({html.escape(r.status)})" for label, r in labelled) or "none"
-    skipped = "".join(f"<li>{html.escape(r)}: {html.escape(why)}</li>" for r, why in verdict.skipped.items())
+    skipped = "".join(f"<li>skipped {html.escape(r)}: {html.escape(why)}</li>" for r, why in verdict.skipped.items())
+    skipped += "".join(f"<li>not run {html.escape(r)}: {html.escape(why)}</li>" for r, why in verdict.not_run.items())
     warnings = "".join(f"<li>{html.escape(w)}</li>" for w in comparison_warnings([r for _, r in labelled]))
     return "".join(
         [

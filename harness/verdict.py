@@ -34,6 +34,8 @@ class Verdict:
     findings: list[Finding] = field(default_factory=list)
     skipped: dict[str, str] = field(default_factory=dict)
     records: list[str] = field(default_factory=list)
+    #: Rungs the ladder did not climb because it had departed below them, with the reason.
+    not_run: dict[str, str] = field(default_factory=dict)
 
     @property
     def exit_code(self) -> int:
@@ -60,6 +62,7 @@ class Verdict:
             "first_step": self.first_step,
             "findings": [f.to_dict() for f in self.findings],
             "skipped": self.skipped,
+            "not_run": self.not_run,
             "records": self.records,
         }
 

@@ -22,6 +22,7 @@ ENTRY_POINT_GROUP = "harness.rungs"
 
 #: rung name → "module:class", in the order the ladder climbs.
 BUILTIN_RUNGS: dict[str, str] = {
+    "single": "harness.backends.local:SingleBackend",
     "local": "harness.backends.local:LocalBackend",
     "local-gpu": "harness.backends.local:LocalGpuBackend",
     "docker": "harness.backends.docker:DockerBackend",

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -42,8 +43,8 @@ from harness.backends.hosts import (
 )
 from harness.contract import OPT_ML, HostContract, Machine, host_contract
 from harness.hang import DEFAULT_HANG_AFTER_S, HangWatch, hang_after
-from harness.jobspec import JobSpec
-from harness.record import RecordWriter, Status
+from harness.jobspec import Distribution, JobSpec
+from harness.record import RecordWriter, RunRecord, Status, write_json
 from harness.supervise import HostLaunch, run_hosts
 
 #: Inherited variables that would leak one launcher's view into another's.
@@ -220,6 +221,58 @@ class LocalBackend(Backend[LocalPlan]):
             )
             cwd = tree / PurePosixPath(contract.cwd).relative_to(OPT_ML)  # same directory, seen from outside
         return HostLaunch(host, contract.command, env, cwd, record.host_dir(host) / "log.txt", preexec)
+
+
+class SingleBackend(LocalBackend):
+    """The job as a data scientist runs it before it goes distributed: one host, one process, no
+    distribution, on this machine's CPU. A script that cannot run without a process group (it
+    calls ``init_process_group`` whatever its launch) fails at once with torch's "environment
+    variable RANK expected, but not set"; it is then run as ``torchrun --nproc_per_node 1`` would
+    run it (world size 1), and the record says so. This is the baseline the ladder starts from:
+    what a topology change must not change (artifacts, checkpoint structure, parsed
+    hyperparameters) is compared with the distributed rungs; curves and weights only at an equal
+    global batch, when the job names its per-process batch size (``batch_size_hyperparameter``),
+    which this rung multiplies by the job's world size."""
+
+    name = "single"
+
+    def run(self, job: JobSpec, records_dir: Path, *, progress: Progress | None = None) -> RunRecord:
+        record = super().run(single_process(job), records_dir, progress=progress)
+        if job.distribution != "torchrun" or not needs_process_group(record):
+            return record
+        shutil.rmtree(record.root)
+        retried = super().run(single_process(job, distribution="torchrun"), records_dir, progress=progress)
+        facts = {**retried.manifest["rung_facts"], "baseline": "under torchrun with one process (world size 1): "
+                 "run as a plain script it stopped for want of a process group (RANK expected, but not set)"}
+        write_json(retried.root / "manifest.json", {**retried.manifest, "rung_facts": facts})
+        return RunRecord.load(retried.root)
+
+    def check(self, job: JobSpec) -> None:
+        super().check(single_process(job))
+
+    def plan(self, job: JobSpec) -> LocalPlan:
+        return super().plan(job if job.world_size == 1 else single_process(job))
+
+
+_NO_PROCESS_GROUP = re.compile(rb"environment variable (RANK|WORLD_SIZE|MASTER_ADDR|MASTER_PORT) expected, but not set")
+
+
+def needs_process_group(record: RunRecord) -> bool:
+    """Whether the job failed only because it was not launched with a process group's variables."""
+    return record.status == "failed" and any(
+        _NO_PROCESS_GROUP.search(record.host_log(host).read_bytes()) for host in record.hosts
+    )
+
+
+def single_process(job: JobSpec, distribution: Distribution = "none") -> JobSpec:
+    """``job`` on one host in one process, its global batch kept where the job says how."""
+    hyperparameters = dict(job.hyperparameters)
+    key = job.batch_size_hyperparameter
+    if key is not None:
+        scaled = int(str(hyperparameters[key])) * job.world_size  # a whole number: the job spec checks it
+        hyperparameters[key] = scaled if isinstance(hyperparameters[key], int) else str(scaled)
+    return job.model_copy(update={"instance_count": 1, "processes_per_host": 1, "hyperparameters": hyperparameters,
+                                  "distribution": distribution})
 
 
 class LocalGpuBackend(LocalBackend):

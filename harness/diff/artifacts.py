@@ -20,10 +20,12 @@ import tempfile
 import zlib
 from pathlib import Path
 
+from harness.artifacts import capped_members
 from harness.diff import tensors
 from harness.diff.findings import Finding
 from harness.diff.protocol import CheckContext
 from harness.diff.tensors import CheckpointDiff, CheckpointError, KeyRename, TensorDiff
+from harness.diff.topology import numbers_not_comparable
 from harness.record import RunRecord
 
 _SHOWN = 20  # evidence lines per finding
@@ -137,7 +139,8 @@ def _checkpoints(archive: str, changed: list[str], baseline: RunRecord, candidat
             if isinstance(a, dict) and isinstance(b, dict):
                 diff = tensors.compare_state(a, b, rtol=context.tolerance.tensor_rtol,
                                              atol=context.tolerance.tensor_atol)
-                findings += _findings(where, diff, baseline.rung, candidate.rung)
+                findings += _findings(where, diff, baseline.rung, candidate.rung,
+                                      numbers_not_comparable(baseline, candidate))
             else:
                 findings.append(_unread(where, a, b, baseline.rung, candidate.rung))
     return set(names), findings
@@ -184,7 +187,7 @@ def _extract(archive: Path, names: set[str], dest: Path) -> dict[str, Path]:
         return found
     dest.mkdir(parents=True, exist_ok=True)
     with tarfile.open(archive, "r|*") as tar:
-        for member in tar:
+        for member in capped_members(tar, archive):  # a bomb is refused as an unreadable archive
             name = member.name.removeprefix("./")
             source = tar.extractfile(member) if member.isfile() and name in names else None
             if source is None:
@@ -200,8 +203,9 @@ def _extract(archive: Path, names: set[str], dest: Path) -> dict[str, Path]:
     return found
 
 
-def _findings(where: str, diff: CheckpointDiff, base: str, cand: str) -> list[Finding]:
-    """One finding per kind of difference in one checkpoint; a note when values agree."""
+def _findings(where: str, diff: CheckpointDiff, base: str, cand: str, values_may_differ: str | None) -> list[Finding]:
+    """One finding per kind of difference in one checkpoint; a note when values agree, or when
+    ``values_may_differ`` says why they legitimately differ (a topology change)."""
     findings = [_rename_finding(where, rename, diff, base, cand) for rename in diff.renames]
     if diff.missing or diff.extra:
         evidence = [f"missing on {cand}: {k}" for k in diff.missing] + [f"extra on {cand}: {k}" for k in diff.extra]
@@ -227,6 +231,9 @@ def _findings(where: str, diff: CheckpointDiff, base: str, cand: str) -> list[Fi
             "tensors", "divergence", title, [*_capped([_error(t) for t in worst]), tolerance],
             hint="the weights were trained differently: the first divergent metric step says when",
             cause="weights-differ", confidence=0.4,
+        ) if values_may_differ is None else Finding(
+            "tensors", "note", f"{title} (not compared: {values_may_differ})", _capped([_error(t) for t in worst]),
+            cause="topology-changes-numbers", confidence=0.2,
         ))
     if diff.values:
         findings.append(Finding(

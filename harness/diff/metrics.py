@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from harness.diff.findings import Finding
 from harness.diff.protocol import CheckContext
+from harness.diff.topology import numbers_not_comparable, world_size
 from harness.record import RunRecord
 
 
@@ -51,8 +52,6 @@ def _at_equal_samples(a: list[float], b: list[float], sa: int, sb: int) -> tuple
     return xs, ys, seen
 
 
-def _world(record: RunRecord) -> int:
-    return int(record.manifest["topology"]["world_size"])
 
 
 def compare(baseline: RunRecord, candidate: RunRecord, context: CheckContext) -> list[Finding]:
@@ -60,6 +59,11 @@ def compare(baseline: RunRecord, candidate: RunRecord, context: CheckContext) ->
     ``context.tolerance.metric_*``; when the topology changes, the first host's curve alone, at
     equal samples seen (other ranks' curves then legitimately differ)."""
     rtol, atol = context.tolerance.metric_rtol, context.tolerance.metric_atol
+    reason = numbers_not_comparable(baseline, candidate)
+    if reason is not None:
+        return [Finding("metrics", "note", f"loss curves of {baseline.rung} and {candidate.rung} are not compared",
+                        [reason], hint="set batch_size_hyperparameter in the job to compare them at an equal "
+                        "global batch", cause="topology-changes-numbers", confidence=0.2)]
     findings = []
     theirs = candidate.metrics()
     sa, sb = samples_per_step(baseline), samples_per_step(candidate)
@@ -70,7 +74,8 @@ def compare(baseline: RunRecord, candidate: RunRecord, context: CheckContext) ->
                 "metrics",
                 "note",
                 f"{candidate.rung} consumes {sb} samples per step, {baseline.rung} {sa}",
-                [f"world size {_world(baseline)} -> {_world(candidate)}", "curves compared at equal samples seen"],
+                [f"world size {world_size(baseline)} -> {world_size(candidate)}",
+                 "curves compared at equal samples seen"],
                 hint="keep the global batch (per-rank batch x world size) and the learning rate together when the "
                 "topology changes",
                 cause="effective-batch-changed",
