@@ -1,20 +1,32 @@
 """``harness``: the command line. Exit codes: 0 parity (or success), 1 divergence or failure
-found, 2 bad usage or input, 130 interrupted. Documented in docs/cli.md."""
+found, 2 bad usage or input, 130 interrupted. Documented in docs/cli.md.
+
+Every error a user can cause is one line on stderr (``harness: error: ...``) and a hint, never
+a traceback: a :class:`HarnessError` raised anywhere, a refused file system operation, a reader
+that closed the pipe (``harness show R | head``: the rest of the output is dropped, the command
+ends as it would have).
+"""
 
 from __future__ import annotations
 
 import argparse
+import difflib
+import math
 import os
+import re
+import signal
 import sys
+import textwrap
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import IO, Any, NoReturn
 
 from harness import __version__, interrupts
 from harness.backends import backend_class, check_rung_names, get_backend, rungs
 from harness.backends.base import Backend, Progress
-from harness.diff.protocol import Tolerance
+from harness.diff.protocol import CheckContext, Tolerance
 from harness.errors import HarnessError, UsageError
 from harness.interrupts import Interrupted
 from harness.jobspec import JobSpec, load_job
@@ -24,10 +36,87 @@ from harness.report import comparison_warnings, to_html, to_json, to_markdown, t
 from harness.request import load_request
 from harness.verdict import Verdict, judge
 
+# ---- output: a reader that goes away (`| head`) is not an error -----------------------------------
+
+
+def _emit(text: str = "", *, err: bool = False, end: str = "\n") -> None:
+    """``text`` on stdout (or stderr), flushed (a CI log shows it at once). When the reader has
+    closed the pipe, the rest of the output goes nowhere and the command carries on."""
+    stream = sys.stderr if err else sys.stdout
+    try:
+        stream.write(text + end)
+        stream.flush()
+    except BrokenPipeError:
+        _drop(stream)
+
+
+def _drop(stream: IO[str]) -> None:
+    """Point ``stream`` at /dev/null (the recipe of the Python docs for SIGPIPE): what is still
+    buffered, and everything written later, is discarded without another BrokenPipeError."""
+    try:
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, stream.fileno())
+        os.close(devnull)
+    except (OSError, ValueError):  # no file descriptor (a test's capture): nothing to redirect
+        pass
+
+
+# ---- arguments ----------------------------------------------------------------------------------
+
 
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> NoReturn:  # argparse exits 2 too; keep our one-line format
+        choice = re.search(r"invalid choice: '([^']*)' \(choose from (.*)\)", message)
+        if choice:
+            options = re.findall(r"'([^']*)'", choice[2]) or choice[2].split(", ")
+            close = difflib.get_close_matches(choice[1], options, n=1)
+            if close:
+                raise UsageError(message, hint=f"did you mean {close[0]!r}?")
         raise UsageError(message, hint=f"see `{self.prog} --help`")
+
+
+def _rung_names(text: str | None, flag: str) -> list[str]:
+    """The rungs a comma-separated flag names; an unknown one is refused with the closest name."""
+    names = [name.strip() for name in (text or "").split(",") if name.strip()]
+    known = list(rungs())
+    for name in names:
+        if name not in known:
+            close = difflib.get_close_matches(name, known, n=1)
+            raise UsageError(
+                f"{flag}: unknown rung {name!r}; choose from {', '.join(known)}",
+                hint=f"did you mean {close[0]!r}?" if close else "`harness doctor` lists every rung",
+            )
+    if text is not None and not names:
+        raise UsageError(f"{flag}: no rung named", hint=f"e.g. {flag} local,docker")
+    return names
+
+
+def _tolerance(text: str) -> float:
+    """A tolerance: a finite number >= 0 (``|a - b| <= atol + rtol * |a|``)."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value < 0:
+        raise argparse.ArgumentTypeError(f"a tolerance is a number >= 0, got {text!r}")
+    return value
+
+
+def _seconds(text: str) -> float:
+    """A duration: a finite number of seconds > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or value <= 0:
+        raise argparse.ArgumentTypeError(f"expected a number of seconds > 0, got {text!r}")
+    return value
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or not 0 < int(text) < 65536:
+        raise argparse.ArgumentTypeError(f"expected a TCP port (1 to 65535), got {text!r}")
+    return int(text)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -46,12 +135,15 @@ def _parser() -> argparse.ArgumentParser:
         sub.add_argument("--source-dir", type=Path, help="local code for a request whose code is on S3")
         sub.add_argument("--records", type=Path, default=Path("runs"), help="where run records go (default: runs/)")
         sub.add_argument("--shm-size", help="docker rung: /dev/shm size (default mirrors SageMaker)")
-        sub.add_argument("--image", help="container rungs: the image to run a script on (default: the job's image, "
-                                         "else a python3 + torch image the harness builds)")
+        sub.add_argument(
+            "--image",
+            help="container rungs: the image to run a script on (default: the job's image, "
+            "else a python3 + torch image the harness builds)",
+        )
         sub.add_argument(
             "--hang-after",
             dest="hang_after_s",
-            type=float,
+            type=_seconds,
             metavar="SECONDS",
             help="stop a job whose ranks make no progress this long, after dumping their stacks (default 300)",
         )
@@ -59,14 +151,32 @@ def _parser() -> argparse.ArgumentParser:
 
     def tolerance_args(sub: argparse.ArgumentParser) -> None:
         default = Tolerance()
-        sub.add_argument("--rtol", dest="metric_rtol", type=float, default=default.metric_rtol,
-                         help="relative tolerance of metric curves (default %(default)s)")
-        sub.add_argument("--atol", dest="metric_atol", type=float, default=default.metric_atol,
-                         help="absolute tolerance of metric curves (default %(default)s)")
-        sub.add_argument("--tensor-rtol", type=float, default=default.tensor_rtol,
-                         help="relative tolerance of checkpoint tensors, element by element (default %(default)s)")
-        sub.add_argument("--tensor-atol", type=float, default=default.tensor_atol,
-                         help="absolute tolerance of checkpoint tensors, element by element (default %(default)s)")
+        sub.add_argument(
+            "--rtol",
+            dest="metric_rtol",
+            type=_tolerance,
+            default=default.metric_rtol,
+            help="relative tolerance of metric curves (default %(default)s)",
+        )
+        sub.add_argument(
+            "--atol",
+            dest="metric_atol",
+            type=_tolerance,
+            default=default.metric_atol,
+            help="absolute tolerance of metric curves (default %(default)s)",
+        )
+        sub.add_argument(
+            "--tensor-rtol",
+            type=_tolerance,
+            default=default.tensor_rtol,
+            help="relative tolerance of checkpoint tensors, element by element (default %(default)s)",
+        )
+        sub.add_argument(
+            "--tensor-atol",
+            type=_tolerance,
+            default=default.tensor_atol,
+            help="absolute tolerance of checkpoint tensors, element by element (default %(default)s)",
+        )
         sub.add_argument("--json", type=Path, metavar="FILE", help="also write the JSON report here")
         sub.add_argument("--html", type=Path, metavar="FILE", help="also write a self-contained HTML report here")
         sub.add_argument("--markdown", type=Path, metavar="FILE", help="also write a Markdown summary (PR comment)")
@@ -78,8 +188,11 @@ def _parser() -> argparse.ArgumentParser:
 
     ladder = commands.add_parser("ladder", help="run a job up the ladder and give the verdict")
     job_args(ladder)
-    ladder.add_argument("--require", metavar="RUNGS",
-                        help="comma-separated rungs that must run: exit 1, before anything runs, if one cannot")
+    ladder.add_argument(
+        "--require",
+        metavar="RUNGS",
+        help="comma-separated rungs that must run: exit 1, before anything runs, if one cannot",
+    )
     ladder.add_argument("--rungs", help=f"comma-separated rungs (default: {','.join(DEFAULT_RUNGS)})")
     tolerance_args(ladder)
 
@@ -96,9 +209,12 @@ def _parser() -> argparse.ArgumentParser:
     image = commands.add_parser("image", help="container images without a registry")
     image.add_argument("action", choices=["bootstrap"])
     localstack = commands.add_parser("localstack", help="S3 and CloudWatch Logs on this machine, for s3:// channels")
-    localstack.add_argument("action", choices=["up", "env", "status", "down"],
-                            help="up: install if needed, start, print exports; env: print exports; down: stop")
-    localstack.add_argument("--port", type=int, default=4566, help="loopback port (default 4566)")
+    localstack.add_argument(
+        "action",
+        choices=["up", "env", "status", "down"],
+        help="up: install if needed, start, print exports; env: print exports; down: stop",
+    )
+    localstack.add_argument("--port", type=_port, default=4566, help="loopback port (default 4566)")
     localstack.add_argument("--python", help="a Python >= 3.13 to install LocalStack with (default: found)")
     return parser
 
@@ -138,42 +254,241 @@ def rung_settings(args: argparse.Namespace, names: list[str]) -> dict[str, dict[
         if not takers:
             raise UsageError(f"{flag} does not apply here: " + "; ".join(_why_not(name, setting) for name in others))
         if others:
-            print(f"harness: {flag} applies to {', '.join(takers)} only: "
-                  + "; ".join(_why_not(name, setting) for name in others), file=sys.stderr)
+            print(
+                f"harness: {flag} applies to {', '.join(takers)} only: "
+                + "; ".join(_why_not(name, setting) for name in others),
+                file=sys.stderr,
+            )
         for name in takers:
             settings[name][setting] = value
     return settings
 
 
-class _ProgressLine:
-    """One status line on a terminal (elapsed time and the last line a host printed)."""
+# ---- checks before anything runs ----------------------------------------------------------------
 
-    def __init__(self, rung: str, verbose: bool) -> None:
+
+def _writable_dir(path: Path, flag: str) -> None:
+    """Refuse, before anything runs, a directory the harness could not create or write into: one
+    under a regular file, on a read-only file system, or without permission."""
+    existing = path.absolute()
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir():
+        raise UsageError(
+            f"{flag} {path}: {existing} is a file, not a directory",
+            hint=f"give {flag} a directory (it is created when missing)",
+        )
+    if not os.access(existing, os.W_OK | os.X_OK):
+        try:
+            read_only = bool(os.statvfs(existing).f_flag & os.ST_RDONLY)
+        except OSError:
+            read_only = False
+        why = "is on a read-only file system" if read_only else "is not writable (permission denied)"
+        raise UsageError(f"{flag} {path}: {existing} {why}", hint=f"give {flag} a directory you can write to")
+
+
+def _writable_file(path: Path | None, flag: str) -> None:
+    """A report file the harness will write at the end: checked at the start, so that a ladder
+    that ran for an hour does not fail at its last step."""
+    if path is None:
+        return
+    if path.is_dir():
+        raise UsageError(f"{flag} {path}: a directory, not a file", hint=f"give {flag} a file name")
+    parent = path.absolute().parent
+    if not parent.is_dir():
+        raise UsageError(f"{flag} {path}: no directory {parent}", hint="create it first, or choose another path")
+    _writable_dir(parent, flag)
+
+
+def _report_files(args: argparse.Namespace) -> None:
+    for flag in ("json", "html", "markdown"):
+        _writable_file(getattr(args, flag), f"--{flag}")
+
+
+# ---- what a rung is doing -------------------------------------------------------------------------
+
+
+def _progress_every_s() -> float:
+    """Seconds between progress lines when stderr is no terminal: ``$HARNESS_PROGRESS_EVERY``
+    (default 30; 0 turns them off)."""
+    try:
+        return max(0.0, float(os.environ.get("HARNESS_PROGRESS_EVERY", "30")))
+    except ValueError:
+        return 30.0
+
+
+def _plural(count: int, word: str) -> str:
+    return f"{count} {word}{'' if count == 1 else 'es' if word.endswith('s') else 's'}"
+
+
+def _topology(job: JobSpec) -> str:
+    return f"{_plural(job.instance_count, 'host')} x {_plural(job.processes_per_host, 'process')}"
+
+
+def _duration(seconds: float) -> str:
+    return f"{seconds:.1f}s" if seconds < 60 else f"{int(seconds // 60)}m{int(seconds % 60):02d}s"
+
+
+class _RungProgress:
+    """What a rung is doing, on stderr. Always a line when the rung starts. On a terminal, one
+    status line rewritten in place (elapsed time, the last line a host printed); elsewhere (a
+    CI log, a file) a line every ``HARNESS_PROGRESS_EVERY`` seconds with the same, and one when
+    the rung ends; ``-v`` streams every line the job prints instead."""
+
+    def __init__(self, rung: str, job: JobSpec, verbose: bool) -> None:
         self.rung, self.verbose, self.start = rung, verbose, time.monotonic()
         self.tty = sys.stderr.isatty()
+        self.last: tuple[str, str] | None = None
+        self.stopped = threading.Event()
+        _emit(f"[{rung}] starting: {_topology(job)}", err=True)
+        every = _progress_every_s()
+        if not self.tty and not verbose and every > 0:
+            threading.Thread(target=self._tick, args=(every,), name="harness-progress", daemon=True).start()
+
+    def elapsed(self) -> str:
+        return _duration(time.monotonic() - self.start)
 
     def __call__(self, host: str, line: str) -> None:
+        self.last = (host, line)
         if self.verbose:
-            print(f"[{self.rung} {host}] {line}", file=sys.stderr)
+            _emit(f"[{self.rung} {host}] {line}", err=True)
         elif self.tty:
             text = f"[{self.rung} {time.monotonic() - self.start:6.1f}s] {host}: {line}"
-            print(f"\r\x1b[K{text[:150]}", end="", file=sys.stderr, flush=True)
+            _emit(f"\r\x1b[K{text[:150]}", err=True, end="")
 
-    def done(self) -> None:
+    def _tick(self, every: float) -> None:
+        shown = None
+        while not self.stopped.wait(every):
+            last = self.last
+            said = "no output yet" if last is None else f"{last[0]}: {last[1][:200]}"
+            if last is not None and last is shown:
+                said = f"no new output; last {said}"
+            shown = last
+            _emit(f"[{self.rung} {self.elapsed()}] running; {said}", err=True)
+
+    def done(self, status: str | None) -> None:
+        """The rung ended with ``status`` (None: it broke off); said once."""
+        if self.stopped.is_set():
+            return
+        self.stopped.set()
         if self.tty and not self.verbose:
-            print("\r\x1b[K", end="", file=sys.stderr, flush=True)
+            _emit("\r\x1b[K", err=True, end="")
+        elif not self.tty:
+            _emit(f"[{self.rung}] {status or 'stopped'} after {self.elapsed()}", err=True)
 
 
 def _run_rung(job: JobSpec, backend: Backend[Any], args: argparse.Namespace) -> RunRecord:
     rung = backend.name
-    progress = _ProgressLine(rung, args.verbose)
+    progress = _RungProgress(rung, job, args.verbose)
     callback: Progress = progress
+    status = None
     try:
         record = backend.run(job, args.records, progress=callback)
+        status = record.status
     finally:
-        progress.done()
-    print(f"{rung}: {record.status} ({record.root})")
+        progress.done(status)
+    _emit(f"{rung}: {record.status} ({record.root})")
+    if record.status != "succeeded":
+        for line in _why_it_failed(record):
+            _emit(line)
     return record
+
+
+# ---- why a run failed, and where to look ------------------------------------------------------------
+
+_WHERE = re.compile(r"^(?P<source>\S+?):(?P<line>\d+) (?P<stamp>\S*) (?P<text>.*)$")
+_ERROR_LINE = re.compile(r"\b\w*(Error|Exception|Interrupt|Exit|Killed|Failure)\b|\berror\b", re.I)
+_WIDTH = 100
+
+
+def _exit_code(code: Any) -> str:
+    """An exit code, with the signal a negative one (or one above 128) stands for."""
+    if not isinstance(code, int):
+        return "none"
+    number = -code if code < 0 else code - 128 if code > 128 else 0
+    try:
+        return f"{code} ({signal.Signals(number).name})" if number else str(code)
+    except ValueError:
+        return str(code)
+
+
+def failure_line(reason: str) -> str:
+    """The line of a failure reason that says what went wrong: the last that reads as an error
+    (an ``ErrorMessage`` of the launcher, an exception), else its last line; never the
+    launcher's command or exit code lines."""
+    lines = [line.strip().removeprefix("ErrorMessage ").strip('"').strip() for line in reason.splitlines()]
+    lines = [
+        line
+        for line in lines
+        if line and not line.startswith(("Command ", "ExitCode ")) and line != "ExecuteUserScriptError:"
+    ]
+    errors = [line for line in lines if _ERROR_LINE.search(line)]
+    return (errors or lines or [reason.strip()])[-1]
+
+
+def _failing_hosts(record: RunRecord) -> dict[str, dict[str, Any]]:
+    return {h: r for h, r in record.manifest["hosts"].items() if r.get("exit_code") not in (0, None)}
+
+
+def _why_it_failed(record: RunRecord, *, relative: bool = False) -> list[str]:
+    """A failed run in a few lines: its first error (the logs check: which rank, which known
+    failure, the line), each failing host's exit code, the log files to open (``relative``: to
+    the record), the fix hint; last, the command that shows the whole record."""
+    lines: list[str] = []
+    finding = None
+    try:
+        from harness.diff import logs
+
+        finding = next(iter(logs.check_run(record, CheckContext())), None)
+    except HarnessError:
+        finding = None
+    failing = _failing_hosts(record)
+    where = _WHERE.match(finding.evidence[0]) if finding and finding.evidence else None
+    look: list[str] = []
+    if finding is not None:
+        lines.append(f"  cause: {finding.title}")
+        if where:
+            lines += _wrapped(where["text"], "    ")
+            look.append(f"{record.root / where['source']}:{where['line']}")  # made relative below
+    elif failing:
+        host, result = next(iter(failing.items()))
+        reason = result.get("failure_reason")
+        lines += _wrapped(
+            f"{host} exited with {_exit_code(result.get('exit_code'))}"
+            + (f": {failure_line(reason)}" if reason else ""),
+            "  cause: ",
+            "    ",
+        )
+    elif record.status == "timeout":
+        lines.append(f"  cause: the job ran past max_run ({record.manifest['job'].get('max_run')} s) and was stopped")
+    if record.status == "hung":
+        lines.append("  the job stopped making progress: every rank's stacks were dumped, then it was stopped")
+        look += [str(path) for path in record.rank_stacks().values() if path.stat().st_size]
+    if record.manifest.get("error"):
+        lines += _wrapped(str(record.manifest["error"]), "  harness error: ", "    ")
+    if failing:
+        lines.append("  exit codes: " + ", ".join(f"{h} {_exit_code(r.get('exit_code'))}" for h, r in failing.items()))
+    look += [str(record.host_log(host)) for host in failing or record.hosts if record.host_log(host).is_file()]
+    if relative:
+        look = [path.removeprefix(f"{record.root}/") for path in look]
+    for index, path in enumerate(dict.fromkeys(look)):
+        lines.append(("  logs: " if index == 0 else "        ") + path)
+    if finding is not None and finding.hint:
+        lines += _wrapped(finding.hint, "  hint: ", "    ")
+    lines.append(f"  more: harness show {record.root}")
+    return lines
+
+
+def _wrapped(text: str, first: str, rest: str | None = None) -> list[str]:
+    """``text`` wrapped at word boundaries (never cut in a word), the first line after ``first``."""
+    return textwrap.wrap(
+        text,
+        _WIDTH,
+        initial_indent=first,
+        subsequent_indent=rest if rest is not None else first,
+        break_long_words=False,
+        break_on_hyphens=False,
+    ) or [first.rstrip()]
 
 
 def cmd_run(args: argparse.Namespace) -> int:
@@ -181,13 +496,14 @@ def cmd_run(args: argparse.Namespace) -> int:
     backend = get_backend(args.rung, **rung_settings(args, [args.rung])[args.rung])
     if args.dry_run:  # needs no engine, SDK or credentials: nothing is started
         job.check_local_paths(f"job {job.name!r}")
-        print(backend.plan(job).describe())
+        _emit(backend.plan(job).describe())
         return 0
+    _writable_dir(args.records, "--records")
     return 0 if _run_rung(job, backend, args).status == "succeeded" else 1
 
 
 def _report(verdict: Verdict, args: argparse.Namespace) -> int:
-    print(to_text(verdict))
+    _emit(to_text(verdict))
     for path, render in ((args.json, to_json), (args.html, to_html), (args.markdown, to_markdown)):
         if path is not None:
             path.write_text(render(verdict, at=path) + "\n", encoding="utf-8")  # records relative to the file
@@ -196,68 +512,173 @@ def _report(verdict: Verdict, args: argparse.Namespace) -> int:
 
 def cmd_ladder(args: argparse.Namespace) -> int:
     job = _job(args)
-    names = [name.strip() for name in args.rungs.split(",")] if args.rungs else list(DEFAULT_RUNGS)
+    names = _rung_names(args.rungs, "--rungs") if args.rungs is not None else list(DEFAULT_RUNGS)
+    required = _rung_names(args.require, "--require") if args.require is not None else []
     settings = rung_settings(args, names)
-    lines: dict[str, _ProgressLine] = {}
+    _writable_dir(args.records, "--records")
+    _report_files(args)
+    lines: dict[str, _RungProgress] = {}
 
     def progress(rung: str) -> Progress:
-        lines[rung] = _ProgressLine(rung, args.verbose)
+        lines[rung] = _RungProgress(rung, job, args.verbose)
         return lines[rung]
 
     def done(record: RunRecord) -> None:
-        lines[record.rung].done()
-        print(f"{record.rung}: {record.status} ({record.root})")
+        lines[record.rung].done(record.status)
+        _emit(f"{record.rung}: {record.status} ({record.root})")
 
-    result = climb(
-        job,
-        args.records,
-        rungs=names,
-        tolerance=Tolerance(args.metric_rtol, args.metric_atol, args.tensor_rtol, args.tensor_atol),
-        options=settings.__getitem__,
-        progress=progress,
-        on_record=done,
-        require=[name.strip() for name in args.require.split(",")] if args.require else (),
-    )
+    try:
+        result = climb(
+            job,
+            args.records,
+            rungs=names,
+            tolerance=Tolerance(args.metric_rtol, args.metric_atol, args.tensor_rtol, args.tensor_atol),
+            options=settings.__getitem__,
+            progress=progress,
+            on_record=done,
+            require=required,
+        )
+    finally:
+        for line in lines.values():  # a rung that broke off: its progress stops, said once
+            line.done(None)
     return _report(result.verdict, args)
 
 
 def cmd_diff(args: argparse.Namespace) -> int:
-    records = [RunRecord.load(args.baseline), RunRecord.load(args.candidate)]
+    records = [RunRecord.load(args.baseline, strict=True), RunRecord.load(args.candidate, strict=True)]
+    _report_files(args)
     for warning in comparison_warnings(records):  # another job or topology: compared all the same, but said
-        print(f"harness: warning: {warning}", file=sys.stderr)
+        _emit(f"harness: warning: {warning}", err=True)
     tolerance = Tolerance(args.metric_rtol, args.metric_atol, args.tensor_rtol, args.tensor_atol)
     return _report(judge(records, tolerance=tolerance), args)
 
 
+# ---- show -------------------------------------------------------------------------------------------
+
+
 def cmd_show(args: argparse.Namespace) -> int:
-    record = RunRecord.load(args.record)
-    m = record.manifest
-    complete = "" if m["complete"] else "  (INCOMPLETE: the run was cut off)"
-    print(f"{m['run_id']}: {m['job']['name']} on {m['rung']}: {m['status']}{complete}")
-    print(f"  started {m['started_at']}, ended {m['ended_at']}; harness {m['harness_version']}")
-    topology = m["topology"]
-    print(
-        f"  {len(topology['hosts'])} hosts x {topology['processes_per_host']} processes "
-        f"({topology['distribution']}, {topology['launcher']} launcher)"
-    )
-    for host, result in m["hosts"].items():
-        print(
-            f"  {host}: exit {result.get('exit_code')}"
-            + (f": {result['failure_reason'][:120]}" if result.get("failure_reason") else "")
-        )
-    for name, sources in record.metrics().items():
-        for source, values in sources.items():
-            if values:
-                print(f"  {name} [{source}]: {len(values)} points, first {values[0]:g}, last {values[-1]:g}")
-    for archive, uri in (m.get("uploaded") or {}).items():
-        print(f"  uploaded {archive}: {uri}")
-    if m.get("checkpoints"):
-        clashes = m["checkpoints"]["clashes"]
-        print(f"  checkpoints: {len(m['checkpoints']['files'])} files synced to {m['checkpoints']['s3_uri']}"
-              + (f", {len(clashes)} written by several hosts" if clashes else ""))
-    for key, value in m["rung_facts"].items():
-        print(f"  fact {key}: {value}")
+    record = RunRecord.load(args.record, strict=True)
+    for line in show_lines(record):
+        _emit(line)
     return 0
+
+
+def show_lines(record: RunRecord) -> Iterator[str]:
+    """A record, readable: what ran and how it ended, each host (exit code, the failure's line,
+    its log), each rank, each metric once, the artifacts, the rung's facts."""
+    m = record.manifest
+    yield f"{m['run_id']}: job {m['job']['name']} on {m['rung']}, {m['status']}"
+    if not m["complete"]:
+        yield "  INCOMPLETE: the run was cut off (the harness stopped before it ended)"
+    yield f"  record: {record.root} (file paths below are relative to it; README.md says what each file holds)"
+    yield f"  started {m['started_at']}, ended {m['ended_at'] or '-'}{_took(m)}; harness {m['harness_version']}"
+    topology = m["topology"]
+    yield (
+        f"  {_plural(len(topology['hosts']), 'host')} x {_plural(topology['processes_per_host'], 'process')}, "
+        f"world size {topology['world_size']} ({topology['distribution']}, {topology['launcher']} launcher)"
+    )
+    if m["status"] not in ("succeeded", "running"):
+        yield from _why_it_failed(record, relative=True)[:-1]  # all but "more: harness show"
+    yield "hosts"
+    for host in topology["hosts"]:
+        result = m["hosts"].get(host, {})
+        yield f"  {host}: exit {_exit_code(result.get('exit_code'))}"
+        if result.get("failure_reason"):
+            by = f" (written by the {result['failure_written_by']})" if result.get("failure_written_by") else ""
+            yield f"    failure{by}:"
+            yield from _wrapped(failure_line(result["failure_reason"]), "      ")
+        if record.host_log(host).is_file():
+            yield f"    log: {_relative(record, record.host_log(host))}"
+    ranks, logs, stacks = m["ranks"], record.rank_logs(), record.rank_stacks()
+    if ranks or logs:
+        yield "ranks"
+    for rank in sorted({int(r) for r in ranks} | set(logs)):
+        info = ranks.get(str(rank), {})
+        on = f" on {info['host']}" if info.get("host") else ""
+        pid = f" (pid {info['pid']})" if info.get("pid") is not None else ""
+        ended = f", ended {info['ended_at']}" if info.get("ended_at") else ""
+        source = f" ({info['ended_at_from']})" if ended and info.get("ended_at_from") not in (None, "probe") else ""
+        yield f"  rank {rank}{on}{pid}{ended}{source}"
+        if info.get("exception"):
+            yield from _wrapped(str(info["exception"]), "    exception: ", "      ")
+        if rank in logs:
+            yield f"    log: {_relative(record, logs[rank])}"
+        if rank in stacks and stacks[rank].stat().st_size:
+            yield f"    stacks: {_relative(record, stacks[rank])}"
+    metrics = record.metrics()
+    if metrics:
+        yield "metrics"
+    for name, sources in metrics.items():
+        yield from _metric_lines(name, sources)
+    artifacts = m.get("artifacts") or {}
+    if artifacts:
+        yield "artifacts"
+    for archive, info in artifacts.items():
+        clashes = info.get("clashes") or {}
+        yield (
+            f"  {archive}: {_plural(info.get('files', 0), 'file')}"
+            + (f", {len(clashes)} written by several hosts: {', '.join(sorted(clashes))}" if clashes else "")
+        )
+    for archive, uri in (m.get("uploaded") or {}).items():
+        yield f"  uploaded {archive}: {uri}"
+    if m.get("checkpoints"):
+        points = m["checkpoints"]
+        clashes = points["clashes"]
+        yield (
+            f"checkpoints: {_plural(len(points['files']), 'file')} synced to {points['s3_uri']}"
+            + (f", {len(clashes)} written by several hosts" if clashes else "")
+        )
+    if m["rung_facts"]:
+        yield "rung facts"
+        yield from _facts(m["rung_facts"], "  ")
+
+
+def _relative(record: RunRecord, path: Path) -> str:
+    return path.relative_to(record.root).as_posix()
+
+
+def _took(manifest: dict[str, Any]) -> str:
+    import datetime as dt
+
+    try:
+        start = dt.datetime.fromisoformat(manifest["started_at"].replace("Z", "+00:00"))
+        end = dt.datetime.fromisoformat(manifest["ended_at"].replace("Z", "+00:00"))
+    except (AttributeError, TypeError, ValueError):
+        return ""
+    return f" (took {_duration((end - start).total_seconds())})"
+
+
+def _metric_lines(name: str, sources: dict[str, list[float]]) -> Iterator[str]:
+    """One line per metric: a series several sources logged alike is shown once, with the
+    sources named (a host's launcher output and its rank 0 usually print the same lines)."""
+    series: dict[tuple[float, ...], list[str]] = {}
+    for source, values in sources.items():
+        if values:
+            series.setdefault(tuple(values), []).append(source)
+    for index, (points, named) in enumerate(series.items()):
+        label = name if index == 0 else " " * len(name)
+        yield (
+            f"  {label}: {_plural(len(points), 'point')}, first {points[0]:.6g}, last {points[-1]:.6g} "
+            f"({', '.join(named)})"
+        )
+    if not series:
+        yield f"  {name}: no values"
+
+
+def _facts(value: Any, indent: str) -> Iterator[str]:
+    """A rung's facts, readable: nested objects as indented ``key: value`` lines, lists of plain
+    values on one line, long text wrapped."""
+    for key, item in value.items():
+        if isinstance(item, dict) and item:
+            yield f"{indent}{key}:"
+            yield from _facts(item, indent + "  ")
+        elif isinstance(item, list) and any(isinstance(x, dict | list) for x in item):
+            yield f"{indent}{key}:"
+            for element in item:
+                yield from _facts(element, indent + "  - ") if isinstance(element, dict) else [f"{indent}  - {element}"]
+        else:
+            shown = ", ".join(map(str, item)) if isinstance(item, list) else "-" if item in (None, {}) else str(item)
+            yield from _wrapped(shown, f"{indent}{key}: ", indent + "  ")
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
@@ -266,17 +687,18 @@ def cmd_doctor(args: argparse.Namespace) -> int:
             backend = get_backend(rung)
             reason = backend.unavailable_reason()
         except HarnessError as exc:
-            print(f"{rung:16} unavailable: {exc.message}")
+            _emit(f"{rung:16} unavailable: {exc.message}")
             continue
-        print(f"{rung:16} {'ready' if reason is None else 'unavailable: ' + reason}"
-              f" [{backend.capabilities.describe()}]")
+        _emit(
+            f"{rung:16} {'ready' if reason is None else 'unavailable: ' + reason} [{backend.capabilities.describe()}]"
+        )
     from harness import localstack, s3
 
     missing = s3.missing_reason()
     endpoint = os.environ.get("AWS_ENDPOINT_URL_S3") or os.environ.get("AWS_ENDPOINT_URL") or "AWS"
-    print(f"{'s3':16} {'ready (' + endpoint + ')' if missing is None else 'unavailable: ' + missing}")
+    _emit(f"{'s3':16} {'ready (' + endpoint + ')' if missing is None else 'unavailable: ' + missing}")
     running = localstack.current()
-    print(f"{'localstack':16} " + (f"up at {running.endpoint}" if running else "not running (harness localstack up)"))
+    _emit(f"{'localstack':16} " + (f"up at {running.endpoint}" if running else "not running (harness localstack up)"))
     return 0
 
 
@@ -288,7 +710,7 @@ def cmd_gc(args: argparse.Namespace) -> int:
     removed = orphans.gc()
     if containers.engine_unavailable_reason() is None:
         removed += containers.gc(containers.client())
-    print("\n".join(removed) if removed else "nothing to remove")
+    _emit("\n".join(removed) if removed else "nothing to remove")
     return 0
 
 
@@ -296,7 +718,7 @@ def cmd_image(args: argparse.Namespace) -> int:
     from harness import images
     from harness.backends import containers
 
-    print(images.bootstrap_base_image(containers.client()))
+    _emit(images.bootstrap_base_image(containers.client()))
     return 0
 
 
@@ -305,18 +727,20 @@ def cmd_localstack(args: argparse.Namespace) -> int:
     from harness import localstack
 
     if args.action == "down":
-        print("stopped" if localstack.down() else "no LocalStack of the harness was running", file=sys.stderr)
+        _emit("stopped" if localstack.down() else "no LocalStack of the harness was running", err=True)
         return 0
     running = localstack.up(args.port, python=args.python) if args.action == "up" else localstack.current()
     if running is None:
-        print("no LocalStack of the harness is running; start it with `harness localstack up`", file=sys.stderr)
+        _emit("no LocalStack of the harness is running; start it with `harness localstack up`", err=True)
         return 1
     if args.action == "status":
-        print(f"LocalStack up at {running.endpoint} (pid {running.pid})")
+        _emit(f"LocalStack up at {running.endpoint} (pid {running.pid})")
     else:
-        print(localstack.shell_exports(running))
-        print(f"LocalStack up at {running.endpoint}; point your shell at it with: "
-              f'eval "$(harness localstack env)"', file=sys.stderr)
+        _emit(localstack.shell_exports(running))
+        _emit(
+            f'LocalStack up at {running.endpoint}; point your shell at it with: eval "$(harness localstack env)"',
+            err=True,
+        )
     return 0
 
 
@@ -338,15 +762,27 @@ def main(argv: Sequence[str] | None = None) -> int:
             args = _parser().parse_args(argv)
             return COMMANDS[args.command](args)
     except HarnessError as exc:
-        print(f"harness: error: {exc.message}", file=sys.stderr)
+        _emit(f"harness: error: {exc.message}", err=True)
         if exc.hint:
-            print(f"hint: {exc.hint}", file=sys.stderr)
+            _emit(f"hint: {exc.hint}", err=True)
         return exc.exit_code
     except KeyboardInterrupt as exc:
         what = exc.args[0] if isinstance(exc, Interrupted) else "Ctrl-C"
-        print(f"harness: stopped by {what}; every process and container was stopped and the record marked "
-              "interrupted", file=sys.stderr)
+        print(
+            f"harness: stopped by {what}; every process and container was stopped and the record marked interrupted",
+            file=sys.stderr,
+        )
         return exc.exit_code if isinstance(exc, Interrupted) else 130
+    except BrokenPipeError:  # output the CLI writes itself never gets here (_emit); argparse's --help may
+        _drop(sys.stdout)
+        return 0
+    except OSError as exc:  # the operating system refused something the checks could not foresee
+        if os.environ.get("HARNESS_DEBUG"):
+            raise
+        where = f"{exc.filename}: " if exc.filename else ""
+        _emit(f"harness: error: {where}{exc.strerror or exc}", err=True)
+        _emit("hint: check the path, its permissions and free space; HARNESS_DEBUG=1 shows the traceback", err=True)
+        return 1
 
 
 if __name__ == "__main__":

@@ -13,12 +13,15 @@ key and what was expected, never a silently ignored option.
 
 from __future__ import annotations
 
+import difflib
 import re
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import (
+    AfterValidator,
     BaseModel,
     ConfigDict,
     Field,
@@ -38,7 +41,26 @@ HyperparameterValue = bool | int | float | str | list[Any] | dict[str, Any]
 Launcher = Literal["toolkit", "model-trainer"]
 Distribution = Literal["none", "torchrun"]
 
-_NAME = r"^[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}$"  # SageMaker's TrainingJobName / ChannelName pattern
+_NAME = re.compile(r"[a-zA-Z0-9](-*[a-zA-Z0-9]){0,62}")  # SageMaker's TrainingJobName pattern
+#: What a valid name is, in words: errors say this, never the regular expression.
+NAME_RULE = "letters, digits and hyphens, starting and ending with a letter or digit, at most 63 characters"
+
+
+def _valid_name(what: str, source: str = "") -> Callable[[str], str]:
+    def check(name: str) -> str:
+        if len(name) > 63 or not _NAME.fullmatch(name):
+            problem = f"is {len(name)} characters long" if len(name) > 63 else "is not valid"
+            raise ValueError(f"{what} {name!r} {problem}: use {NAME_RULE}{source}")
+        return name
+
+    return check
+
+
+#: A training job's name: SageMaker's ``TrainingJobName`` rule.
+JobName = Annotated[str, AfterValidator(_valid_name("the name", " (SageMaker's TrainingJobName rule)"))]
+#: A channel's name: the same rule (stricter than SageMaker's ``ChannelName``, which also allows
+#: ``.`` and ``_``: the name becomes a directory and an ``SM_CHANNEL_*`` variable).
+ChannelName = Annotated[str, AfterValidator(_valid_name("the channel name"))]
 
 
 def _s3_uri(uri: str) -> str:
@@ -101,7 +123,7 @@ class Checkpoint(_Strict):
 class JobSpec(_Strict):
     """One SageMaker-style training job; the single input of every rung."""
 
-    name: Annotated[str, Field(pattern=_NAME)]
+    name: JobName
     source_dir: Path | None = None
     entry_point: str | None = None
     image: str | None = Field(
@@ -110,7 +132,7 @@ class JobSpec(_Strict):
         "Without entry_point: a bring-your-own image whose `train` program is the job.",
     )
     hyperparameters: dict[str, HyperparameterValue] = Field(default_factory=dict)
-    channels: dict[Annotated[str, Field(pattern=_NAME)], Channel] = Field(default_factory=dict)
+    channels: dict[ChannelName, Channel] = Field(default_factory=dict)
     instance_count: PositiveInt = 1
     instance_type: str = "ml.m5.xlarge"
     processes_per_host: PositiveInt = 1
@@ -188,35 +210,68 @@ class JobSpec(_Strict):
     @property
     def uses_s3(self) -> bool:
         """Whether a rung needs S3 for this job: channels, output path or checkpoint location."""
-        return (any(channel.is_s3 for channel in self.channels.values()) or self.output_path is not None
-                or (self.checkpoint is not None and self.checkpoint.s3_uri is not None))
+        return (
+            any(channel.is_s3 for channel in self.channels.values())
+            or self.output_path is not None
+            or (self.checkpoint is not None and self.checkpoint.s3_uri is not None)
+        )
 
-    def check_local_paths(self, origin: str) -> None:
-        """Raise :class:`JobSpecError` for local paths that do not exist (before anything runs)."""
+    def check_local_paths(self, origin: str, locate: Locate | None = None) -> None:
+        """Raise :class:`JobSpecError` for local paths that do not exist (before anything runs);
+        ``locate`` names the keys in the user's terms (default: the job file's)."""
+        key = locate or job_key
         if self.source_dir is not None:
             if not self.source_dir.is_dir():
                 raise JobSpecError(
-                    f"{origin}: source_dir: {self.source_dir} is not a directory",
-                    hint="paths in a job file are relative to the file itself",
+                    f"{origin}: {key(('source_dir',))}: {self.source_dir} is not a directory",
+                    hint="paths in a job file are relative to the file itself"
+                    if locate is None
+                    else "pass --source-dir with a local checkout of the job's code",
                 )
             script = self.source_dir / (self.entry_point or "")
             if not script.is_file():
+                close = did_you_mean(
+                    self.entry_point or "", [p.name for p in self.source_dir.iterdir() if p.suffix == ".py"]
+                )
                 raise JobSpecError(
-                    f"{origin}: entry_point: {self.entry_point!r} not found in {self.source_dir}",
-                    hint="entry_point is a path relative to source_dir",
+                    f"{origin}: {key(('entry_point',))}: {self.entry_point!r} not found in {self.source_dir}{close}",
+                    hint=f"{key(('entry_point',))} is a path relative to {key(('source_dir',))}",
                 )
         for name, channel in self.channels.items():
             if not channel.is_s3 and not Path(channel.source).is_dir():
                 raise JobSpecError(
-                    f"{origin}: channels.{name}.source: {channel.source} is not a directory",
+                    f"{origin}: {key(('channels', name, 'source'))}: {channel.source} is not a directory",
                     hint="a channel is a local directory or an s3:// URI",
                 )
 
 
-def job_from_mapping(data: Any, *, origin: str, base_dir: Path) -> JobSpec:
-    """Validate a parsed job document; relative paths resolve against ``base_dir``."""
+#: Turns a location in the job spec (pydantic's ``loc``) into the key the user wrote: the job
+#: file's own (``channels.train.source``) or, for a request, the request's field.
+Locate = Callable[[tuple[Any, ...]], str]
+
+
+def job_key(loc: tuple[Any, ...]) -> str:
+    """``loc`` as a job file's key path: ``channels.train.source``, ``metric_definitions.0.regex``."""
+    return ".".join(str(part) for part in loc if part != "[key]")
+
+
+#: Where to look when a job does not validate.
+SPEC_HINT = "docs/job-spec.md lists every key, its type and its default"
+
+
+def job_from_mapping(
+    data: Any, *, origin: str, base_dir: Path, locate: Locate | None = None, hint: str = SPEC_HINT
+) -> JobSpec:
+    """Validate a parsed job document; relative paths resolve against ``base_dir``. ``locate``
+    names a key in the user's terms and ``hint`` says where they are documented (a request's
+    fields, for :mod:`harness.request`)."""
+    if data is None:
+        raise JobSpecError(f"{origin}: the job file is empty", hint=f"a job is a YAML mapping of keys; {SPEC_HINT}")
     if not isinstance(data, dict):
-        raise JobSpecError(f"{origin}: expected a mapping of job keys, got {type(data).__name__}")
+        raise JobSpecError(
+            f"{origin}: expected a mapping of job keys (name: ..., entry_point: ...), got {_yaml_kind(data)}",
+            hint=SPEC_HINT,
+        )
     data = dict(data)
     if isinstance(data.get("source_dir"), str):
         data["source_dir"] = base_dir / data["source_dir"]
@@ -226,9 +281,15 @@ def job_from_mapping(data: Any, *, origin: str, base_dir: Path) -> JobSpec:
     try:
         job = JobSpec.model_validate(data)
     except ValidationError as exc:
-        raise JobSpecError(_describe(exc, origin)) from None
-    job.check_local_paths(origin)
+        raise JobSpecError(_describe(exc, origin, locate or job_key), hint=hint) from None
+    job.check_local_paths(origin, locate)
     return job
+
+
+def _yaml_kind(data: Any) -> str:
+    return {list: "a list", str: "a string", int: "a number", float: "a number", bool: "a boolean"}.get(
+        type(data), type(data).__name__
+    )
 
 
 def _resolve_channel(spec: Any, base_dir: Path) -> Any:
@@ -242,21 +303,41 @@ def _resolve_channel(spec: Any, base_dir: Path) -> Any:
     return spec
 
 
-def _describe(exc: ValidationError, origin: str) -> str:
-    lines = []
+#: The types a hyperparameter may have, in words (one message, not one per member of the union).
+_HYPERPARAMETER_TYPES = "a string, number, boolean, list or mapping"
+
+
+def _describe(exc: ValidationError, origin: str, locate: Locate = job_key) -> str:
+    lines: list[str] = []
     for error in exc.errors():
-        key = ".".join(str(part) for part in error["loc"]) or "(job)"
+        loc = tuple(error["loc"])
+        if loc[:1] == ("hyperparameters",) and len(loc) > 2:  # one error per member of the union
+            line = f"{origin}: {locate(loc[:2])}: expected {_HYPERPARAMETER_TYPES} (got {error.get('input')!r})"
+            if line not in lines:
+                lines.append(line)
+            continue
+        key = locate(loc) or "(job)"
         if error["type"] == "extra_forbidden":
-            message = f"unknown key; expected one of: {_known_keys(error['loc'])}"
+            known = _known_keys(loc)
+            close = did_you_mean(str(loc[-1]), known)
+            message = f"unknown key{close}" if close else f"unknown key; expected one of: {', '.join(known)}"
         else:
             message = error["msg"].removeprefix("Value error, ")
-            if "input" in error and error["type"] not in ("missing",):
-                message += f" (got {error['input']!r})"
+            shown = error.get("input")
+            scalar = shown is None or isinstance(shown, str | int | float | bool)
+            if loc and scalar and error["type"] != "missing" and repr(shown) not in message:
+                message += f" (got {shown!r})"
         lines.append(f"{origin}: {key}: {message}")
     return "\n".join(lines)
 
 
-def _known_keys(loc: tuple[Any, ...]) -> str:
+def did_you_mean(word: str, choices: list[str]) -> str:
+    """``"; did you mean 'x'?"`` for the closest of ``choices`` to a misspelt ``word``, else ``""``."""
+    close = difflib.get_close_matches(word, choices, n=1, cutoff=0.6)
+    return f"; did you mean {close[0]!r}?" if close else ""
+
+
+def _known_keys(loc: tuple[Any, ...]) -> list[str]:
     model: type[BaseModel] = JobSpec
     if len(loc) >= 3 and loc[0] == "channels":
         model = Channel
@@ -264,7 +345,7 @@ def _known_keys(loc: tuple[Any, ...]) -> str:
         model = MetricDefinition
     elif len(loc) >= 2 and loc[0] == "checkpoint":
         model = Checkpoint
-    return ", ".join(model.model_fields)
+    return list(model.model_fields)
 
 
 def load_job(path: Path) -> JobSpec:
@@ -272,11 +353,22 @@ def load_job(path: Path) -> JobSpec:
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
-        raise JobSpecError(f"{path}: no such job file") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise JobSpecError(f"{path}: cannot read job file: {exc}") from None
+        raise JobSpecError(f"{path}: no such job file", hint="pass the path of a job's YAML file") from None
+    except IsADirectoryError:
+        inside = path / "job.yaml"
+        raise JobSpecError(
+            f"{path}: a directory, not a job file",
+            hint=f"did you mean {inside}?" if inside.is_file() else "pass the path of a job's YAML file",
+        ) from None
+    except UnicodeDecodeError:
+        raise JobSpecError(f"{path}: not a job file (not UTF-8 text)", hint="a job file is YAML") from None
+    except OSError as exc:
+        raise JobSpecError(f"{path}: cannot read the job file: {exc.strerror or exc}") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise JobSpecError(f"{path}: not valid YAML: {exc}") from None
+        mark = getattr(exc, "problem_mark", None)
+        where = f":{mark.line + 1}:{mark.column + 1}" if mark is not None else ""
+        problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
+        raise JobSpecError(f"{path}{where}: not valid YAML: {problem}", hint=SPEC_HINT) from None
     return job_from_mapping(data, origin=str(path), base_dir=path.resolve().parent)

@@ -15,10 +15,10 @@ import os
 import re
 import secrets
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from harness._version import __version__
 from harness.errors import RecordError
@@ -28,6 +28,7 @@ FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 
 Status = Literal["running", "succeeded", "failed", "timeout", "hung", "interrupted", "error"]
+STATUSES: tuple[str, ...] = get_args(Status)
 _SECRET_NAME = re.compile(r"SECRET|TOKEN|PASSWORD|PASSWD|CREDENTIAL|PRIVATE|_KEY$|^AWS_ACCESS_KEY_ID$", re.I)
 
 
@@ -93,6 +94,36 @@ def pack_like_sagemaker(source: Path, archive: Path) -> None:
             tar.add(path, arcname=path.relative_to(source).as_posix(), recursive=False)
 
 
+#: ``README.md`` of every record, written when the record starts: a short map of the files. The
+#: reference is docs/run-record.md (a test checks that every path named here is documented there).
+README_TEMPLATE = """\
+# Run record {run_id}
+
+Job `{job}` on the `{rung}` rung, {hosts} host(s) x {processes} process(es); started {started_at}.
+Record format {format_version}, written by harness {harness_version}; full reference:
+docs/run-record.md in the harness's repository. `harness show {run_id}` summarises it.
+
+| path | what it holds |
+|---|---|
+| `manifest.json` | the run: job, topology, status, times, exit code per host and rank, the rung's facts |
+| `metrics.json` | the metrics parsed from the logs: {{name: {{source: [values]}}}}, sources are hosts and rank-N |
+| `hosts/<host>/log.txt` | the host's launcher output (stdout and stderr), each line timestamped (UTC) |
+| `hosts/<host>/received/` | what the host was given: command, environment (secrets redacted), config files, channels |
+| `hosts/<host>/failure` | the host's /opt/ml/output/failure, when it failed |
+| `hosts/<host>/fingerprint.json` | the host's Python, packages, CPUs, /dev/shm, ulimits, torch/CUDA (from the probe) |
+| `ranks/rank-<N>.log` | rank N's own output, timestamped |
+| `ranks/rank-<N>.jsonl` | rank N's events: dist_init, collective, batch, params, write |
+| `ranks/rank-<N>.heartbeat` | rank N's last progress counters |
+| `ranks/rank-<N>.stacks.txt` | rank N's stacks, dumped when the job hung (kept only when not empty) |
+| `processes/<host>-<pid>.json` | every Python process the probe saw: argv, environment, exit code, exception |
+| `artifacts/model.tar.gz` | every host's /opt/ml/model, packed as SageMaker packs it |
+| `artifacts/output.tar.gz` | the same for /opt/ml/output/data |
+| `artifacts/summary.json` | per archive: files with size, sha256 and the hosts that wrote them |
+| `sdk/` | sagemaker-local only: the SDK's docker-compose.yaml and compose's output |
+| `sagemaker/describe_training_job.json` | sagemaker only: the job's last DescribeTrainingJob answer |
+"""
+
+
 class RecordWriter:
     """Writes one run record; owned by the rung while it runs."""
 
@@ -123,6 +154,21 @@ class RecordWriter:
     def start(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
         self.flush()
+        (self.root / "README.md").write_text(self.readme(), encoding="utf-8")
+
+    def readme(self) -> str:
+        """The record's ``README.md``: what each file is (:data:`README_TEMPLATE`)."""
+        m = self.manifest
+        return README_TEMPLATE.format(
+            run_id=m["run_id"],
+            job=m["job"]["name"],
+            rung=m["rung"],
+            hosts=len(m["topology"]["hosts"]),
+            processes=m["topology"]["processes_per_host"],
+            started_at=m["started_at"],
+            format_version=m["format_version"],
+            harness_version=m["harness_version"],
+        )
 
     def flush(self) -> None:
         write_json(self.root / MANIFEST, self.manifest)
@@ -144,13 +190,76 @@ class RecordWriter:
         self.manifest.update(status=status, ended_at=now(), complete=status != "running")
         if error:
             self.manifest["error"] = error
+        self._drop_empty_stacks()
         self.flush()
+
+    def _drop_empty_stacks(self) -> None:
+        """Every rank opens ``rank-N.stacks.txt`` in case it hangs; those no dump was written
+        into say nothing, and are removed (a file that cannot be removed is left as it is)."""
+        for path in RecordFiles(self.root).rank_stacks().values():
+            try:
+                if path.stat().st_size == 0:
+                    path.unlink()
+            except OSError:
+                continue
+
+
+_DAMAGED = "the record is damaged or was not written by this harness: run the job again for a new one"
+
+
+def _kind(value: Any) -> str:
+    """What a JSON value is, in words, for an error message."""
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "a boolean"
+    if isinstance(value, int | float):
+        return f"the number {value!r}"
+    if isinstance(value, str):
+        return f"the string {value[:40]!r}"
+    return "a list" if isinstance(value, list) else "an object" if isinstance(value, dict) else type(value).__name__
+
+
+def is_number(value: Any) -> bool:
+    """A JSON number (not a boolean, which Python counts as an int)."""
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def read_json_file(path: Path, *, what: str = "file") -> Any:
+    """``path`` parsed as JSON, or :class:`RecordError` naming the file and what is wrong with it
+    (cut short, not JSON, not a file, unreadable)."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except IsADirectoryError:
+        raise RecordError(f"{path}: a directory where the record keeps a {what}", hint=_DAMAGED) from None
+    except UnicodeDecodeError:
+        raise RecordError(f"{path}: not a {what}: not UTF-8 text", hint=_DAMAGED) from None
+    except OSError as exc:
+        raise RecordError(f"{path}: cannot read the {what}: {exc.strerror or exc}") from None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        cut = not text.strip() or not text.rstrip().endswith(("}", "]"))  # the harness ends each file with one
+        problem = "cut short (truncated)" if cut else "not valid JSON"
+        where = f"{exc.msg.removesuffix(' at')} at line {exc.lineno}, column {exc.colno}"
+        raise RecordError(f"{path}: the {what} is {problem}: {where}", hint=_DAMAGED) from None
+
+
+def _read_object(path: Path, what: str) -> dict[str, Any]:
+    data = read_json_file(path, what=what)
+    if not isinstance(data, dict):
+        raise RecordError(f"{path}: the {what} should hold a JSON object, not {_kind(data)}", hint=_DAMAGED)
+    return data
 
 
 @dataclass(frozen=True)
 class RecordFiles:
     """The files of a record directory, by what they hold: the one place that knows the layout
-    (docs/run-record.md). Needs no manifest, so a rung can read a record it is still writing."""
+    (docs/run-record.md). Needs no manifest, so a rung can read a record it is still writing.
+
+    Every reader checks what it reads: a file cut short, not JSON, or not of the documented shape
+    is a :class:`RecordError` that names the file and what is wrong, never a stray exception in
+    whatever reads it next."""
 
     root: Path
 
@@ -165,6 +274,10 @@ class RecordFiles:
         """``ranks/rank-N.stacks.txt``: the stacks each rank dumped when the job hung."""
         return self._rank_files(".stacks.txt")
 
+    def rank_event_files(self) -> dict[int, Path]:
+        """``ranks/rank-N.jsonl``: the files of each rank's events."""
+        return self._rank_files(".jsonl")
+
     def rank_events(self) -> dict[int, list[dict[str, Any]]]:
         """``ranks/rank-N.jsonl``: each rank's probe events, in order."""
         return {rank: list(events) for rank, events in self.iter_rank_events().items()}
@@ -175,18 +288,28 @@ class RecordFiles:
 
     def heartbeats(self) -> dict[int, dict[str, Any]]:
         """``ranks/rank-N.heartbeat``: each rank's last progress. A heartbeat the probe is
-        rewriting just now is left out, not an error: the next read finds it."""
+        rewriting just now (or one damaged) is left out, not an error: the next read finds it."""
         beats = {}
         for rank, path in self._rank_files(".heartbeat").items():
             try:
-                beats[rank] = json.loads(path.read_text())
-            except (OSError, json.JSONDecodeError):
+                beat = json.loads(path.read_text())
+            except (OSError, UnicodeDecodeError, json.JSONDecodeError):
                 continue
+            if isinstance(beat, dict):
+                beats[rank] = beat
         return beats
 
     def processes(self) -> list[dict[str, Any]]:
         """``processes/*.json``: every Python process the probe saw, by host and pid."""
-        return [json.loads(path.read_text()) for path in sorted((self.root / "processes").glob("*.json"))]
+        found = []
+        for path in sorted((self.root / "processes").glob("*.json")):
+            info = _read_object(path, "process record")
+            for key, check in (("host", _string), ("pid", _integer)):
+                expected = check(info.get(key))
+                if expected is not None:
+                    raise RecordError(f"{path}: {key}: expected {expected}, got {_kind(info.get(key))}", hint=_DAMAGED)
+            found.append(info)
+        return found
 
     def _rank_files(self, suffix: str) -> dict[int, Path]:
         found = {}
@@ -199,17 +322,184 @@ class RecordFiles:
 
 def read_events(path: Path) -> Iterator[dict[str, Any]]:
     """The JSON events of one ``.jsonl`` file, in order. A rank killed while writing leaves its
-    last line cut short: that line is dropped. Any other line that is not JSON is a broken record."""
+    last line cut short: that line is dropped. Any other line that is not a JSON object with a
+    ``kind`` is a broken record."""
     with path.open(encoding="utf-8", errors="replace") as handle:
         for number, line in enumerate(handle, 1):
             if not line.strip():
                 continue
             try:
-                yield json.loads(line)
+                event = json.loads(line)
             except json.JSONDecodeError:
                 if not line.endswith("\n"):
                     return
-                raise RecordError(f"{path}:{number}: not a JSON event") from None
+                raise RecordError(f"{path}:{number}: not a JSON event", hint=_DAMAGED) from None
+            if not isinstance(event, dict) or not isinstance(event.get("kind"), str):
+                what = 'has no "kind"' if isinstance(event, dict) else f"is {_kind(event)}, not an object"
+                raise RecordError(f"{path}:{number}: not a probe event: the line {what}", hint=_DAMAGED)
+            yield event
+
+
+# ---- the manifest's shape -----------------------------------------------------------------------
+# Each check returns None when the value is fine, else what was expected.
+
+
+def _string(value: Any) -> str | None:
+    return None if isinstance(value, str) else "a string"
+
+
+def _optional_string(value: Any) -> str | None:
+    return None if value is None or isinstance(value, str) else "a string or null"
+
+
+def _integer(value: Any) -> str | None:
+    return None if isinstance(value, int) and not isinstance(value, bool) else "an integer"
+
+
+def _optional_integer(value: Any) -> str | None:
+    return None if value is None or _integer(value) is None else "an integer or null"
+
+
+def _boolean(value: Any) -> str | None:
+    return None if isinstance(value, bool) else "true or false"
+
+
+def _object(value: Any) -> str | None:
+    return None if isinstance(value, dict) else "an object"
+
+
+def _status(value: Any) -> str | None:
+    return None if value in STATUSES else f"one of {', '.join(STATUSES)}"
+
+
+def _host_names(value: Any) -> str | None:
+    ok = isinstance(value, list) and all(isinstance(host, str) for host in value)
+    return None if ok else "a list of host names"
+
+
+def _local_rank(value: Any) -> str | None:
+    return None if value is None or _integer(value) is None or isinstance(value, str) else "an integer or null"
+
+
+Shape = Mapping[str, "tuple[bool, Any]"]  # key -> (required, check or nested shape)
+
+#: Each value: (required, check). A check is a function (above), a nested shape (an object with
+#: these keys), or ``("each", shape)``: an object whose every value has that shape.
+_HOST: Shape = {
+    "exit_code": (False, _optional_integer),
+    "started_at": (False, _optional_string),
+    "ended_at": (False, _optional_string),
+    "failure_reason": (False, _optional_string),
+    "failure_written_by": (False, _optional_string),
+}
+_RANK: Shape = {
+    "host": (False, _optional_string),
+    "pid": (False, _optional_integer),
+    "local_rank": (False, _local_rank),
+    "ended_at": (False, _optional_string),
+    "exception": (False, _optional_string),
+}
+MANIFEST_SHAPE: Shape = {
+    "format_version": (True, _integer),
+    "harness_version": (True, _string),
+    "run_id": (True, _string),
+    "rung": (True, _string),
+    "job": (True, {"name": (True, _string), "hyperparameters": (True, _object)}),
+    "topology": (
+        True,
+        {
+            "hosts": (True, _host_names),
+            "processes_per_host": (True, _integer),
+            "world_size": (True, _integer),
+            "distribution": (True, _string),
+            "launcher": (True, _string),
+        },
+    ),
+    "started_at": (True, _string),
+    "ended_at": (True, _optional_string),
+    "status": (True, _status),
+    "complete": (True, _boolean),
+    "hosts": (True, ("each", _HOST)),
+    "ranks": (True, ("each", _RANK)),
+    "rung_facts": (True, _object),
+    "artifacts": (False, ("each", {"files": (False, _integer), "clashes": (False, _object)})),
+    "checkpoints": (False, {"s3_uri": (True, _string), "files": (True, _object), "clashes": (True, _object)}),
+    "uploaded": (False, ("each", None)),
+    "error": (False, _optional_string),
+}
+#: What a reader cannot do without: a manifest written by hand (a test's, a benchmark's) may hold
+#: only these; every other key is checked when it is there (``RunRecord.load(strict=False)``).
+_ESSENTIAL = ("format_version", "rung", "status", "topology", "topology.hosts")
+
+
+def manifest_problems(manifest: dict[str, Any], *, strict: bool = True) -> list[str]:
+    """What is wrong with a manifest's shape, as ``key: problem`` lines (none: it is fine)."""
+    problems: list[str] = []
+    _check_shape(manifest, MANIFEST_SHAPE, "", strict, problems)
+    if strict and not problems and not manifest["topology"]["hosts"]:
+        problems.append("topology.hosts: expected at least one host, got an empty list")
+    return problems
+
+
+def _check_shape(data: dict[str, Any], shape: Shape, prefix: str, strict: bool, problems: list[str]) -> None:
+    for key, (required, check) in shape.items():
+        where = prefix + key
+        if key not in data:
+            if required and (strict or where in _ESSENTIAL):
+                problems.append(f"{where}: missing")
+            continue
+        _check_value(data[key], check, where, strict, problems)
+
+
+def _check_value(value: Any, check: Any, where: str, strict: bool, problems: list[str]) -> None:
+    if check is None:
+        return
+    if isinstance(check, tuple):  # ("each", shape): an object of objects
+        if not isinstance(value, dict):
+            problems.append(f"{where}: expected an object, got {_kind(value)}")
+            return
+        for key, item in value.items():
+            if isinstance(check[1], Mapping) and not isinstance(item, dict):
+                problems.append(f"{where}.{key}: expected an object, got {_kind(item)}")
+            elif isinstance(check[1], Mapping):
+                _check_shape(item, check[1], f"{where}.{key}.", strict, problems)
+        if where == "ranks" and any(not str(key).isdigit() for key in value):
+            problems.append(f"{where}: keys must be rank numbers, got {sorted(value)[:3]}")
+        return
+    if isinstance(check, Mapping):
+        if not isinstance(value, dict):
+            problems.append(f"{where}: expected an object, got {_kind(value)}")
+        else:
+            _check_shape(value, check, where + ".", strict, problems)
+        return
+    expected = check(value)
+    if expected is not None:
+        problems.append(f"{where}: expected {expected}, got {_kind(value)}")
+
+
+def metrics_problems(metrics: Any) -> list[str]:
+    """What is wrong with a ``metrics.json``: ``{name: {source: [numbers]}}``."""
+    if not isinstance(metrics, dict):
+        return [f"expected an object {{metric: {{source: [values]}}}}, got {_kind(metrics)}"]
+    problems = []
+    for name, sources in metrics.items():
+        if not isinstance(sources, dict):
+            problems.append(f"{name}: expected an object {{source: [values]}}, got {_kind(sources)}")
+            continue
+        for source, values in sources.items():
+            if not isinstance(values, list):
+                problems.append(f"{name}.{source}: expected a list of numbers, got {_kind(values)}")
+                continue
+            bad = next(((i, v) for i, v in enumerate(values) if not is_number(v)), None)
+            if bad is not None:
+                problems.append(f"{name}.{source}[{bad[0]}]: expected a number, got {_kind(bad[1])}")
+    return problems
+
+
+def _raise_problems(path: Path, problems: list[str]) -> None:
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise RecordError(f"{path}: {problems[0]}{more}", hint=_DAMAGED)
 
 
 @dataclass(frozen=True)
@@ -219,22 +509,33 @@ class RunRecord(RecordFiles):
     manifest: dict[str, Any]
 
     @classmethod
-    def load(cls, root: Path) -> RunRecord:
+    def load(cls, root: Path, *, strict: bool = False) -> RunRecord:
+        """The record at ``root``, its manifest checked against the documented format
+        (:data:`MANIFEST_SHAPE`): a missing key or a value of the wrong type is a
+        :class:`RecordError` naming the file and the key. Without ``strict`` a manifest written by
+        hand (a test's, a benchmark's) may hold only what readers cannot do without (rung, status,
+        topology.hosts); the keys it does hold are checked all the same. ``strict``: every key the
+        harness writes must be there (the CLI reads any directory it is given that way)."""
         manifest_path = root / MANIFEST
+        if not root.is_dir():
+            what = "no such directory" if not root.exists() else "a file, not a record directory"
+            raise RecordError(f"{root}: not a run record ({what})", hint="pass the directory `harness run` printed")
         if not manifest_path.is_file():
             raise RecordError(
                 f"{root}: not a run record (no {MANIFEST})", hint="pass the directory `harness run` printed"
             )
-        try:
-            manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
-        except (OSError, json.JSONDecodeError) as exc:
-            raise RecordError(f"{manifest_path}: unreadable manifest: {exc}") from None
+        manifest = read_json_file(manifest_path, what="manifest")
         version = manifest.get("format_version") if isinstance(manifest, dict) else None
+        if not isinstance(manifest, dict):
+            raise RecordError(
+                f"{manifest_path}: the manifest should hold a JSON object, not {_kind(manifest)}", hint=_DAMAGED
+            )
         if version != FORMAT_VERSION:
             raise RecordError(
                 f"{root}: record format {version!r}, this harness reads {FORMAT_VERSION}",
                 hint=f"re-run the job with harness {__version__}",
             )
+        _raise_problems(manifest_path, manifest_problems(manifest, strict=strict))
         return cls(root, manifest)
 
     @property
@@ -250,9 +551,45 @@ class RunRecord(RecordFiles):
         return list(self.manifest["topology"]["hosts"])
 
     def metrics(self) -> dict[str, dict[str, list[float]]]:
+        """``metrics.json``, checked: every value a number (``{}`` when the run wrote none)."""
         path = self.root / "metrics.json"
-        return json.loads(path.read_text()) if path.is_file() else {}
+        if not path.exists():
+            return {}
+        metrics = read_json_file(path, what="metrics file")
+        _raise_problems(path, metrics_problems(metrics))
+        return metrics  # type: ignore[no-any-return]
 
     def read_json(self, relative: str) -> Any:
+        """A JSON file of the record (every one holds an object), or None when there is none."""
         path = self.root / relative
-        return json.loads(path.read_text()) if path.is_file() else None
+        if not path.exists():
+            return None
+        data = _read_object(path, "file")
+        if relative == "artifacts/summary.json":
+            _raise_problems(path, summary_problems(data))
+        return data
+
+
+def summary_problems(summary: dict[str, Any]) -> list[str]:
+    """What is wrong with ``artifacts/summary.json``: per archive, ``files`` {name: {size, sha256}}."""
+    problems = []
+    for archive, info in summary.items():
+        if not isinstance(info, dict):
+            problems.append(f"{archive}: expected an object, got {_kind(info)}")
+            continue
+        files = info.get("files", {})
+        if not isinstance(files, dict):
+            problems.append(f"{archive}.files: expected an object, got {_kind(files)}")
+            continue
+        for name, entry in files.items():
+            if (
+                not isinstance(entry, dict)
+                or not isinstance(entry.get("sha256"), str)
+                or not is_number(entry.get("size"))
+            ):
+                problems.append(f"{archive}.files.{name}: expected {{size, sha256}}, got {_kind(entry)}")
+        if not isinstance(info.get("clashes", {}), dict):
+            problems.append(f"{archive}.clashes: expected an object, got {_kind(info.get('clashes'))}")
+        if info.get("bytes") is not None and not is_number(info.get("bytes")):
+            problems.append(f"{archive}.bytes: expected a number, got {_kind(info.get('bytes'))}")
+    return problems

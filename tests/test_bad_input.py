@@ -45,7 +45,7 @@ CASES = {
         GOOD + "metric_definitions:\n  - {name: loss, regex: 'loss=([0-9'}\n",
         "not a valid regular expression",
     ),
-    "invalid job name": (GOOD.replace("name: demo", "name: my_job!"), "name: String should match pattern"),
+    "invalid job name": (GOOD.replace("name: demo", "name: my_job!"), "name: the name 'my_job!' is not valid: use"),
     "not yaml": ("name: [unclosed\n", "not valid YAML"),
     "not a mapping": ("- just\n- a list\n", "expected a mapping of job keys"),
     "processes without distribution": (GOOD + "processes_per_host: 2\n", "needs distribution: torchrun"),
@@ -80,7 +80,7 @@ def test_missing_job_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) ->
     [
         ("{not json", "not a readable JSON request"),
         ('{"HyperParameters": {}}', "TrainingJobName: required"),
-        ('{"TrainingJobName": "x", "HyperParameters": {"epochs": 3}}', "HyperParameters: expected a map of strings"),
+        ('{"TrainingJobName": "x", "HyperParameters": {"epochs": 3}}', "HyperParameters.epochs: expected a string"),
         (
             '{"TrainingJobName": "x", "AlgorithmSpecification": {"TrainingImage": "img"}, '
             '"HyperParameters": {"sagemaker_program": "\\"train.py\\"", '

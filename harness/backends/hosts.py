@@ -4,13 +4,18 @@ file, the ranks the probe saw)."""
 
 from __future__ import annotations
 
+import contextlib
+import datetime as dt
+import json
 import os
 import shutil
 from pathlib import Path, PurePosixPath
+from typing import Any
 
 from harness import s3
 from harness.backends.base import copy_source
 from harness.contract import OPT_ML, PLATFORM_DIRS, HostContract, failure_message
+from harness.errors import RecordError
 from harness.jobspec import JobSpec
 from harness.record import RecordFiles, RecordWriter, file_tree, log_text, redact_env, write_json
 
@@ -127,8 +132,7 @@ def stage_channels(job: JobSpec, work: Path, record: RecordWriter) -> dict[str, 
                 files = _share_of(Path(channel.source), listing, directory, shard)
             for host in job.hosts if share == "all" else [share]:
                 staged[host][name] = directory
-                received[host][name] = {"source": channel.source, "distribution": channel.distribution,
-                                        "files": files}
+                received[host][name] = {"source": channel.source, "distribution": channel.distribution, "files": files}
     for host, channels in received.items():
         write_json(record.host_dir(host) / "received" / "channels.json", channels)
     return staged
@@ -197,11 +201,74 @@ def artifact_overview(summary: dict[str, dict[str, object]]) -> dict[str, object
 
 
 def ranks_from_probe(record_root: Path) -> dict[str, object]:
-    """Per global rank: the host and pid that ran it, from the probe's process records."""
+    """Per global rank: the host and pid that ran it, from the probe's process records.
+
+    A rank's process is the one that holds its ``RANK`` and was not started by multiprocessing
+    (a DataLoader worker inherits ``RANK`` and writes a process record of its own). Its
+    ``ended_at`` is the probe's, written at exit; a process that leaves through ``os._exit``
+    (torchrun workers often do, to skip a crash in the interpreter's finalisation) runs no exit
+    handler, so the probe could not write it: it is then the rank's last sign of life, the latest
+    of its heartbeat, its last event and its last log line, and ``ended_at_from`` says which."""
+    files = RecordFiles(record_root)
+    try:
+        processes = files.processes()
+    except RecordError:  # a damaged process file: the diff says which; the run is not failed for it
+        return {}
+    chosen: dict[str, dict[str, Any]] = {}
+    for info in processes:
+        rank = info.get("rank")
+        if rank is None or not str(rank).isdigit():
+            continue
+        current = chosen.get(str(rank))
+        if current is None or (current.get("mp_target") is not None and info.get("mp_target") is None):
+            chosen[str(rank)] = info
     ranks: dict[str, object] = {}
-    for info in RecordFiles(record_root).processes():
-        if info.get("rank") is not None:
-            ranks[str(info["rank"])] = {
-                key: info.get(key) for key in ("host", "pid", "local_rank", "ended_at", "exception")
-            }
-    return dict(sorted(ranks.items(), key=lambda item: int(item[0])))
+    for rank, info in sorted(chosen.items(), key=lambda item: int(item[0])):
+        entry = {key: info.get(key) for key in ("host", "pid", "local_rank", "ended_at", "exception")}
+        if entry["ended_at"] is None:
+            last_seen = _last_sign_of_life(files, int(rank))
+            if last_seen is not None:
+                entry["ended_at"], entry["ended_at_from"] = last_seen
+        else:
+            entry["ended_at_from"] = "probe"
+        ranks[rank] = entry
+    return ranks
+
+
+def _last_sign_of_life(files: RecordFiles, rank: int) -> tuple[str, str] | None:
+    """(UTC time, what told it) of the last thing ``rank`` did: the latest of its heartbeat's
+    time, its last event's time and its last log line's timestamp; None when it left nothing."""
+    seen: list[tuple[float, str]] = []
+    beat = files.heartbeats().get(rank)
+    if beat is not None and isinstance(beat.get("t"), int | float):
+        seen.append((float(beat["t"]), "heartbeat"))
+    events = files.rank_event_files().get(rank)
+    if events is not None:
+        last = _last_line(events)
+        try:
+            t = json.loads(last).get("t") if last else None
+        except (json.JSONDecodeError, AttributeError):
+            t = None
+        if isinstance(t, int | float):
+            seen.append((float(t), "last event"))
+    log = files.rank_logs().get(rank)
+    if log is not None:
+        stamp = _last_line(log).partition(" ")[0]
+        with contextlib.suppress(ValueError):
+            seen.append((dt.datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp(), "last log line"))
+    if not seen:
+        return None
+    when, source = max(seen)
+    stamp = dt.datetime.fromtimestamp(when, dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+    return stamp, source
+
+
+def _last_line(path: Path) -> str:
+    """The last complete, non-empty line of ``path`` (reads only its end)."""
+    try:
+        with path.open("rb") as handle:
+            handle.seek(max(0, path.stat().st_size - 65536))
+            lines = [line for line in handle.read().split(b"\n")[:-1] if line.strip()]
+    except OSError:
+        return ""
+    return lines[-1].decode("utf-8", "replace") if lines else ""
