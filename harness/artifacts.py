@@ -5,6 +5,11 @@ The service aggregates the directories of all hosts into one archive and leaves 
 the user (AWS developer guide, "Output" and "Storage tips" pages); local mode copies host after
 host, so a later host overwrites an earlier one. The harness merges the same way and records
 every clash with the hosts involved, since a clash is a likely cause of a divergent model.
+
+Every archive the harness opens (a job's ``output.tar.gz`` from the service, a record's archives
+in a diff) is read through :func:`capped_members`: an archive whose members add up to more than
+:data:`MAX_ARCHIVE_BYTES` or :data:`MAX_ARCHIVE_MEMBERS` is refused with :class:`ArchiveRefused`
+before the member over the cap is written, so a gzip bomb (2 GiB of zeros in 9 MB) fills no disk.
 """
 
 from __future__ import annotations
@@ -12,13 +17,81 @@ from __future__ import annotations
 import shutil
 import tarfile
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+from harness.errors import HarnessError
 from harness.record import file_tree, pack_like_sagemaker, write_json
 
 #: Directory under ``/opt/ml`` → archive name, as the service uploads them.
 ARCHIVES = {"model": "model.tar.gz", "output/data": "output.tar.gz"}
+#: The most the harness takes out of one archive: the sizes of its files added up, and its members.
+MAX_ARCHIVE_BYTES = 20 * 2**30
+MAX_ARCHIVE_MEMBERS = 100_000
+
+
+class ArchiveRefused(HarnessError, tarfile.TarError):
+    """An archive over the harness's caps. A ``TarError`` too, so that a reader that takes an
+    unreadable archive for a finding (the artifacts diff) takes this one the same way."""
+
+
+def _size(n: int) -> str:
+    for unit, scale in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= scale:
+            return f"{n / scale:.1f} {unit}"
+    return f"{n} bytes"
+
+
+def capped_members(
+    tar: tarfile.TarFile,
+    archive: Path,
+    *,
+    max_bytes: int | None = None,
+    max_members: int | None = None,
+) -> Iterator[tarfile.TarInfo]:
+    """The members of ``tar`` (opened from ``archive``) in order, each checked before it is
+    yielded: :class:`ArchiveRefused` once the members exceed ``max_members`` or their sizes add
+    up to more than ``max_bytes`` (default :data:`MAX_ARCHIVE_MEMBERS`, :data:`MAX_ARCHIVE_BYTES`).
+    A member's size is in its header, so nothing of the member over the cap has been read or
+    written when the error is raised."""
+    max_bytes = MAX_ARCHIVE_BYTES if max_bytes is None else max_bytes
+    max_members = MAX_ARCHIVE_MEMBERS if max_members is None else max_members
+    total = 0
+    hint = "an archive this large is refused as a gzip bomb would be; look at what the job wrote"
+    for count, member in enumerate(tar, start=1):
+        if count > max_members:
+            raise ArchiveRefused(
+                f"{archive} has more than {max_members} members; the harness opens at most {max_members}", hint=hint
+            )
+        total += member.size if member.isreg() else 0
+        if total > max_bytes:
+            raise ArchiveRefused(
+                f"{archive} unpacks to more than {_size(max_bytes)} ({member.name!r} alone is "
+                f"{_size(member.size)}); the harness extracts at most {_size(max_bytes)} from one archive",
+                hint=hint,
+            )
+        yield member
+
+
+def extract(archive: Path, dest: Path, *, max_bytes: int | None = None, max_members: int | None = None) -> list[str]:
+    """Unpack ``archive`` into ``dest`` within the caps (:func:`capped_members`). Members tarfile's
+    ``data`` filter refuses (a path or a link out of ``dest``, a device) are left out, not fatal:
+    returns their names."""
+    refused: list[str] = []
+
+    def data_only(member: tarfile.TarInfo, path: str) -> tarfile.TarInfo | None:
+        try:
+            return tarfile.data_filter(member, path)
+        except tarfile.FilterError:
+            refused.append(member.name)
+            return None
+
+    with tarfile.open(archive) as tar:
+        tar.extractall(
+            dest, members=capped_members(tar, archive, max_bytes=max_bytes, max_members=max_members), filter=data_only
+        )
+    return refused
 
 
 def collect(host_trees: dict[str, Path], record_root: Path) -> dict[str, Any]:
@@ -54,12 +127,14 @@ def summarize_archives(record_root: Path) -> dict[str, Any]:
     for archive in ARCHIVES.values():
         if not (artifacts / archive).is_file():
             continue
-        with tempfile.TemporaryDirectory(prefix="harness-unpack-") as unpacked, \
-                tarfile.open(artifacts / archive) as tar:
-            tar.extractall(unpacked, filter="data")
+        with tempfile.TemporaryDirectory(prefix="harness-unpack-") as unpacked:
+            extract(artifacts / archive, Path(unpacked))
             files = file_tree(Path(unpacked))
-        summary[archive] = {"bytes": (artifacts / archive).stat().st_size,
-                            "files": {name: {**entry, "hosts": []} for name, entry in files.items()},
-                            "per_host": "unknown: the service merges every host's files", "clashes": {}}
+        summary[archive] = {
+            "bytes": (artifacts / archive).stat().st_size,
+            "files": {name: {**entry, "hosts": []} for name, entry in files.items()},
+            "per_host": "unknown: the service merges every host's files",
+            "clashes": {},
+        }
     write_json(artifacts / "summary.json", summary)
     return summary

@@ -318,3 +318,35 @@ def test_the_default_hang_bound_fits_inside_max_run() -> None:
 
     assert hang_after(300, False, 240) == 120 and hang_after(300, False, 3600) == 300
     assert hang_after(300, True, 240) == 300  # what the user asked for stands
+
+
+def _terminal_signals() -> None:
+    """The dispositions a terminal gives a program (a background job of a non-interactive shell
+    starts its children with SIGINT ignored, which Python then leaves ignored)."""
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, signal.SIG_DFL)
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+def test_sigterm_to_a_ladder_mid_job_leaves_nothing_and_marks_the_record(engine: DockerClient, torch_image: str,
+                                                                         tmp_path: Path) -> None:
+    job = _sleeper_job(tmp_path, 900)
+    records = tmp_path / "records"
+    harness = subprocess.Popen(
+        [sys.executable, "-m", "harness", "ladder", str(job), "--rungs", "docker", "--records", str(records)],
+        stderr=subprocess.PIPE, text=True, cwd=ROOT, preexec_fn=_terminal_signals,
+    )
+    try:
+        run_id = _wait_for_running_containers(engine, records, count=2)
+        harness.send_signal(signal.SIGTERM)
+        assert harness.wait(timeout=120) == 143
+        assert harness.stderr is not None and "stopped by SIGTERM" in harness.stderr.read()
+    finally:
+        if harness.poll() is None:
+            harness.kill()
+    assert _labelled("containers", f"harness.run_id={run_id}") == []
+    assert _labelled("networks", f"harness.run_id={run_id}") == []
+    manifest = RunRecord.load(records / run_id).manifest
+    assert manifest["status"] == "interrupted" and manifest["complete"]
+    assert not Path(manifest["rung_facts"]["work_dir"]).exists()

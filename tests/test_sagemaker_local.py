@@ -6,22 +6,27 @@ and docker compose, and is skipped with the reason where one is missing."""
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
 import textwrap
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
+import yaml
 from docker import DockerClient
 
 from harness.backends import sagemaker_sdk
 from harness.backends.sagemaker_local import SageMakerLocalBackend, SageMakerLocalOptions
 from harness.backends.sagemaker_local.collect import read_sm_training_env
-from harness.backends.sagemaker_local.plan import SDK_NETWORK
+from harness.backends.sagemaker_local.isolation import isolated, rename_network
+from harness.backends.sagemaker_local.plan import SDK_NETWORK, run_network
 from harness.backends.sagemaker_sdk import ENTRYPOINT, sdk_missing_reason
 from harness.diff.protocol import Tolerance
+from harness.errors import RungFailed
 from harness.jobspec import Channel, JobSpec, load_job
 from harness.record import RunRecord
 from harness.verdict import judge
@@ -40,8 +45,9 @@ def engine(engine: DockerClient) -> DockerClient:
 
 
 def _left_behind(engine: DockerClient, record: RunRecord) -> list[str]:
-    """Containers of the run (by its label and by its compose project), its image tag, and the
-    SDK's network where no other container holds it."""
+    """Containers of the run (by its label and by its compose project), its network (by label and
+    by name), its image tag, its compose processes, its work dir, and the SDK's shared network
+    where no container holds it."""
     facts = record.manifest["rung_facts"]
     found = [c.name for c in engine.containers.list(all=True, filters={"label": f"harness.run_id={record.root.name}"})]
     found += [
@@ -51,13 +57,24 @@ def _left_behind(engine: DockerClient, record: RunRecord) -> list[str]:
         )
     ]
     found += [f"image {facts['run_image']}" for _ in engine.images.list(name=facts["run_image"])]
-    for network in engine.networks.list(names=[SDK_NETWORK]):
-        network.reload()
-        if not network.attrs.get("Containers"):
-            found.append(f"network {network.name}")
+    found += [
+        f"network {n.name}" for n in engine.networks.list(filters={"label": f"harness.run_id={record.root.name}"})
+    ]
+    network = facts.get("adapted", {}).get("network", SDK_NETWORK)
+    for found_network in engine.networks.list(names=[network]):
+        found_network.reload()
+        if found_network.name == network and (network != SDK_NETWORK or not found_network.attrs.get("Containers")):
+            found.append(f"network {found_network.name}")
+    found += [f"process {pid}" for pid in _processes_naming(facts["work_dir"])]
     if Path(facts["work_dir"]).exists():
         found.append(facts["work_dir"])
     return found
+
+
+def _processes_naming(text: str) -> list[int]:
+    """Processes whose command line holds ``text`` (compose, given the run's compose file)."""
+    out = subprocess.run(["ps", "-eww", "-o", "pid=,args="], capture_output=True, text=True, check=True).stdout
+    return [int(line.split(None, 1)[0]) for line in out.splitlines() if text in line and "ps -eww" not in line]
 
 
 def test_plan_is_a_dry_run_of_what_the_sdk_writes() -> None:
@@ -105,6 +122,93 @@ def test_sm_training_env_is_read_as_the_driver_writes_it(tmp_path: Path) -> None
     path = tmp_path / "sm_training.env"
     path.write_text("export SM_HPS='{\"a\": 1}'\nexport SM_HOSTS='[\"algo-1\"]'\nnot a line\n")
     assert read_sm_training_env(path) == {"SM_HPS": '{"a": 1}', "SM_HOSTS": '["algo-1"]'}
+
+
+def _sdk_container(root: Path) -> Any:
+    """The SDK's own ``_LocalContainer`` for a two-host run in ``root``."""
+    local_container = pytest.importorskip("sagemaker.train.local.local_container", reason="the [sagemaker] extra")
+    return local_container._LocalContainer(
+        training_job_name="j",
+        instance_type="local_cpu",
+        instance_count=2,
+        image="img",
+        container_root=str(root),
+        input_data_config=[],
+        environment={},
+        hyper_parameters={},
+        container_entrypoint=["a"],
+        container_arguments=[],
+    )
+
+
+def test_each_run_gets_a_network_of_its_own_and_nothing_else_changes(tmp_path: Path) -> None:
+    """The SDK's compose file, as the SDK writes it, with only the network's name (and labels)
+    changed for a run in progress; any other caller of the SDK gets the file untouched."""
+    ours, other = tmp_path / "harness-sagemaker-local-0a1b2c3d", tmp_path / "someone-elses"
+    ours.mkdir(), other.mkdir()
+    untouched = _sdk_container(other)._generate_compose_file({"A": "1"}, ["/x:/y"])
+    with isolated(ours, {"harness.run_id": "r1"}) as isolation:
+        assert isolation.network == "sagemaker-local-0a1b2c3d" == run_network(ours)
+        assert isolation.facts["adapted"] == {"network": isolation.network}
+        content = _sdk_container(ours)._generate_compose_file({"A": "1"}, ["/x:/y"])
+        again = _sdk_container(other)._generate_compose_file({"A": "1"}, ["/x:/y"])
+    written = yaml.safe_load((ours / "docker-compose.yaml").read_text())
+    assert written == content
+    assert written["networks"] == {
+        SDK_NETWORK: {"name": "sagemaker-local-0a1b2c3d", "labels": {"harness.run_id": "r1"}}
+    }
+    ran, sdk = (json.dumps(c["services"], sort_keys=True) for c in (written, untouched))
+    assert ran.replace(str(ours), "ROOT") == sdk.replace(str(other), "ROOT")  # aliases, mounts, env, command
+    assert written["services"]["algo-2"]["networks"] == {SDK_NETWORK: {"aliases": ["algo-2"]}}
+    assert again == untouched == yaml.safe_load((other / "docker-compose.yaml").read_text())
+    assert _sdk_container(ours)._generate_compose_file({}, [])["networks"] == {SDK_NETWORK: {"name": SDK_NETWORK}}
+
+
+def test_a_compose_file_without_the_sdks_network_fails_with_the_reason(tmp_path: Path) -> None:
+    with pytest.raises(RungFailed, match="no 'sagemaker-local' network"):
+        rename_network({"services": {}}, tmp_path, "sagemaker-local-x", {})
+
+
+def test_without_the_hook_runs_take_turns_under_a_lock(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where the SDK's compose file cannot be adapted, a second run waits for the first, says
+    for whom, and gives up after its bound; the lock goes with the process that held it."""
+    from harness.backends.sagemaker_local import isolation as module
+
+    lock = tmp_path / "engine.lock"
+    monkeypatch.setattr(module, "_sdk_class", lambda: None)
+    monkeypatch.setattr(module, "lock_path", lambda: lock)
+    holder = subprocess.Popen(
+        [sys.executable, "-c", _LOCK_HOLDER, str(lock)], stdout=subprocess.PIPE, text=True, cwd=ROOT
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        said: list[str] = []
+        started = time.monotonic()
+        with (
+            pytest.raises(RungFailed, match=f"another sagemaker-local run \\(pid {holder.pid}\\)"),
+            isolated(tmp_path / "run", {}, wait_s=1, report=said.append),
+        ):
+            pass
+        assert 1 <= time.monotonic() - started < 10
+        assert said == [
+            f"waiting for another sagemaker-local run (pid {holder.pid}) on this Docker engine, at most 1 s"
+        ]
+    finally:
+        holder.kill()
+        holder.wait()
+    with isolated(tmp_path / "run", {}, wait_s=1, report=said.append) as isolation:  # killed: the lock is free
+        assert isolation.network == SDK_NETWORK and isolation.facts["waited_for_other_run_s"] < 1
+        assert lock.read_text().strip() == str(os.getpid())
+
+
+_LOCK_HOLDER = """
+import sys, time
+from pathlib import Path
+from harness.backends.sagemaker_local.isolation import engine_lock
+with engine_lock(path=Path(sys.argv[1])):
+    print("held", flush=True)
+    time.sleep(600)
+"""
 
 
 @pytest.mark.docker
@@ -171,11 +275,20 @@ def test_a_failing_host_is_recorded_and_nothing_is_left(engine: DockerClient, to
         import json, os, sys
         host = os.environ["SM_CURRENT_HOST"]
         open(os.path.join(os.environ["SM_OUTPUT_DATA_DIR"], host + ".txt"), "w").write(host)
+        if host == "algo-1":  # the record channel is writable by the job: a forged manifest, a link out
+            probe = os.environ["HARNESS_PROBE_DIR"]
+            open(os.path.join(probe, "manifest.json"), "w").write(json.dumps({"status": "succeeded", "forged": 1}))
+            os.makedirs(os.path.join(probe, "processes"), exist_ok=True)
+            os.symlink("/etc/passwd", os.path.join(probe, "processes", "algo-1-999999.json"))
         sys.exit(3 if host == "algo-2" else 0)
     """,
     )
     record = SageMakerLocalBackend(SageMakerLocalOptions(gpus=False, image=torch_image)).run(job, tmp_path / "records")
-    assert record.status == "failed"
+    assert record.status == "failed" and "forged" not in record.manifest
+    ignored = record.manifest["rung_facts"]["probe_files_ignored"]
+    assert "manifest.json" in ignored and "processes/algo-1-999999.json" in ignored
+    assert not (record.root / "processes" / "algo-1-999999.json").exists()
+    assert any(record.root.glob("processes/algo-1-*.json"))  # the probe's own files are there
     hosts = record.manifest["hosts"]
     assert hosts["algo-1"]["exit_code"] == 0 and hosts["algo-2"]["exit_code"] == 3
     assert "CalledProcessError" in hosts["algo-2"]["failure_reason"]  # the v3 driver writes its own traceback
@@ -236,3 +349,87 @@ def test_ctrl_c_leaves_no_container_network_or_image(engine: DockerClient, torch
     record = RunRecord.load(next(records.iterdir()))
     assert record.status == "interrupted"
     assert _left_behind(engine, record) == []
+
+
+def _default_signals() -> None:
+    """The dispositions a terminal gives a program (a background job of a non-interactive shell
+    starts its children with SIGINT ignored, which Python then leaves ignored)."""
+    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+        signal.signal(signum, signal.SIG_DFL)
+
+
+@pytest.mark.docker
+@pytest.mark.sagemaker_local
+@pytest.mark.slow
+@pytest.mark.parametrize("command", ["run", "ladder"])
+def test_sigterm_mid_job_stops_everything_and_marks_the_record(
+    engine: DockerClient, torch_image: str, tmp_path: Path, command: str
+) -> None:
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "train.py").write_text("import time\nprint('up', flush=True)\ntime.sleep(600)\n")
+    (tmp_path / "job.yaml").write_text(
+        f"name: sm-sigterm\nsource_dir: src\nentry_point: train.py\ninstance_count: 2\nimage: {torch_image}\n"
+    )
+    records = tmp_path / "records"
+    rung = ["--rung", "sagemaker-local"] if command == "run" else ["--rungs", "sagemaker-local"]
+    harness = subprocess.Popen(
+        [sys.executable, "-m", "harness", command, str(tmp_path / "job.yaml"), *rung, "--records", str(records)],
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        preexec_fn=_default_signals,
+    )
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            logs = list(records.glob("**/hosts/algo-*/log.txt"))
+            if len(logs) == 2 and all("up" in p.read_text() for p in logs):
+                break
+            assert harness.poll() is None, harness.communicate()[1]
+            time.sleep(0.5)
+        else:
+            pytest.fail("the job never started")
+        (record_dir,) = {p.parents[2] for p in logs}
+        work = RunRecord.load(record_dir).manifest["rung_facts"]["work_dir"]
+        assert _processes_naming(work), "compose should be running"
+        harness.send_signal(signal.SIGTERM)
+        assert harness.wait(timeout=120) == 143
+        assert harness.stderr is not None and "stopped by SIGTERM" in harness.stderr.read()
+    finally:
+        if harness.poll() is None:
+            harness.kill()
+    record = RunRecord.load(record_dir)
+    assert record.status == "interrupted" and record.manifest["complete"]
+    assert _left_behind(engine, record) == []
+
+
+@pytest.mark.docker
+@pytest.mark.sagemaker_local
+@pytest.mark.slow
+def test_two_ladders_started_together_both_give_a_verdict(
+    engine: DockerClient, torch_image: str, tmp_path: Path
+) -> None:
+    """SDK local mode names one network for every run, with the same algo-N aliases: two runs at
+    once collided (the network 'ambiguous (2 matches)', or ranks joining the other run). Each run
+    now has a network of its own."""
+    ladders = []
+    for name in ("a", "b"):
+        out = tmp_path / name
+        out.mkdir()
+        argv = [sys.executable, "-m", "harness", "ladder", str(REFERENCE), "--rungs", "local,sagemaker-local"]
+        argv += ["--records", str(out / "records"), "--json", str(out / "verdict.json")]
+        ladders.append((out, subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)))
+    outputs = [proc.communicate(timeout=1500)[0].decode(errors="replace") for _, proc in ladders]
+    for (out, proc), output in zip(ladders, outputs, strict=True):
+        assert proc.returncode == 0, output[-3000:]
+        assert json.loads((out / "verdict.json").read_text())["outcome"] == "parity", output[-3000:]
+    runs = [RunRecord.load(next((out / "records").glob("*-sagemaker-local-*"))) for out, _ in ladders]
+    assert all(run.status == "succeeded" for run in runs)
+    first, second = (run.manifest for run in runs)
+    assert first["started_at"] < second["ended_at"] and second["started_at"] < first["ended_at"], "they overlapped"
+    networks = {run.manifest["rung_facts"]["adapted"]["network"] for run in runs}
+    assert len(networks) == 2
+    for run in runs:
+        compose = yaml.safe_load((run.root / "sdk" / "docker-compose.yaml").read_text())
+        assert compose["networks"][SDK_NETWORK]["name"] == run.manifest["rung_facts"]["adapted"]["network"]
+        assert _left_behind(engine, run) == []

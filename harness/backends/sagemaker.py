@@ -22,16 +22,16 @@ import json
 import os
 import re
 import shutil
-import tarfile
 import tempfile
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 from pydantic import PositiveFloat
 
-from harness import artifacts
+from harness import artifacts, interrupts
 from harness.backends import training_job
 from harness.backends.base import Backend, Capabilities, Plan, Progress, RungOptions
 from harness.backends.hosts import PROBE_DIR, artifact_overview, ranks_from_probe
@@ -40,6 +40,8 @@ from harness.backends.sagemaker_sdk import (
     ENTRYPOINT,
     PROBE_CHANNEL,
     RESERVED_CHANNELS,
+    copy_probe_files,
+    ignored_fact,
     model_trainer,
     probe_python_path,
     probe_reach,
@@ -86,23 +88,26 @@ def with_probe(job: JobSpec, probe_channel: Path) -> JobSpec:
     )
 
 
-def unpack_probe(record_root: Path) -> bool:
+def unpack_probe(record_root: Path, hosts: Sequence[str]) -> tuple[bool, list[str]]:
     """Move the probe's files out of the downloaded ``output.tar.gz`` into the record (where the
-    other rungs' probes write them) and repack the archive without them; False if it has none."""
+    other rungs' probes write them) and repack the archive without ``harness-probe/``. Only the
+    probe's own files (:func:`~harness.backends.sagemaker_sdk.is_probe_file`) go into the record:
+    the job could have written anything there. Returns whether the archive had a probe directory,
+    and the members left out (of the record, or of the repacked archive where tarfile's ``data``
+    filter refused them), by their names in the archive."""
     archive = record_root / "artifacts" / "output.tar.gz"
     if not archive.is_file():
-        return False
+        return False, []
     with tempfile.TemporaryDirectory(prefix="harness-output-") as tmp:
         unpacked = Path(tmp)
-        with tarfile.open(archive) as tar:
-            tar.extractall(unpacked, filter="data")
+        refused = artifacts.extract(archive, unpacked)
         probe = unpacked / PROBE_OUTPUT
-        if not probe.is_dir():
-            return False
-        shutil.copytree(probe, record_root, dirs_exist_ok=True)
+        if not probe.is_dir() or probe.is_symlink():
+            return False, []
+        ignored = [f"{PROBE_OUTPUT}/{name}" for name in copy_probe_files(probe, record_root, hosts)]
         shutil.rmtree(probe)
         pack_like_sagemaker(unpacked, archive)
-    return True
+    return True, sorted({*ignored, *(name.removeprefix("./") for name in refused)})
 
 
 def unique_name(base: str, now: dt.datetime | None = None) -> str:
@@ -399,27 +404,38 @@ class SageMakerBackend(Backend[RequestPlan]):
 
     def _execute(self, plan: RequestPlan, record: RecordWriter, progress: Progress | None) -> Status:
         """Submit through ``ModelTrainer``, follow the job (status, CloudWatch logs), then fetch
-        its artifacts; past ``max_run`` plus :data:`GRACE_S`, or on Ctrl-C, the job is stopped."""
+        its artifacts; past ``max_run`` plus :data:`GRACE_S`, or on a signal, the job is stopped."""
         job, session = plan.job, self._session()
-        with tempfile.TemporaryDirectory(prefix="harness-probe-channel-") as tmp:  # uploaded by train()
-            if self.options.probe:
-                write_probe_channel(Path(tmp) / PROBE_CHANNEL)
-            submitted = with_probe(job, Path(tmp) / PROBE_CHANNEL) if self.options.probe else job
-            trainer = self._model_trainer(submitted, session)
-            trainer.train(wait=False, logs=False)
-        name = trainer._latest_training_job.training_job_name  # the SDK keeps it nowhere public
-        record.set_fact("training_job_name", name)
-        sagemaker, logs = session.client("sagemaker"), session.client("logs")
-        follower = training_job.LogFollower(logs, name, record, progress, secret_values(job.environment))
-        description, stopped = training_job.follow(
-            sagemaker, follower, name, poll_s=self.options.poll_s, deadline=time.monotonic() + job.max_run + GRACE_S
-        )
+        # From submission on, a signal only sets a flag: a job created as it arrived is stopped too.
+        try:
+            with interrupts.deferred():
+                with tempfile.TemporaryDirectory(prefix="harness-probe-channel-") as tmp:  # uploaded by train()
+                    if self.options.probe:
+                        write_probe_channel(Path(tmp) / PROBE_CHANNEL)
+                    submitted = with_probe(job, Path(tmp) / PROBE_CHANNEL) if self.options.probe else job
+                    trainer = self._model_trainer(submitted, session)
+                    trainer.train(wait=False, logs=False)
+                name = trainer._latest_training_job.training_job_name  # the SDK keeps it nowhere public
+                record.set_fact("training_job_name", name)
+                sagemaker, logs = session.client("sagemaker"), session.client("logs")
+                follower = training_job.LogFollower(logs, name, record, progress, secret_values(job.environment))
+                description, stopped = training_job.follow(
+                    sagemaker,
+                    follower,
+                    name,
+                    poll_s=self.options.poll_s,
+                    deadline=time.monotonic() + job.max_run + GRACE_S,
+                )
+        finally:
+            interrupts.raise_if_requested()  # also where submitting failed as the signal came
         status = training_job.collect(description, job.hosts, record)
         record.set_fact("billable_seconds", description.get("BillableTimeInSeconds"))
         if self.options.probe:
+            found, ignored = unpack_probe(record.root, job.hosts)
+            if ignored:
+                record.set_fact("probe_files_ignored", ignored_fact(ignored, "output.tar.gz"))
             record.set_fact(
-                "probe_reached",
-                probe_reach(job, record) if unpack_probe(record.root) else "no: output.tar.gz holds no probe files",
+                "probe_reached", probe_reach(job, record) if found else "no: output.tar.gz holds no probe files"
             )
             record.manifest["ranks"] = ranks_from_probe(record.root)
         record.manifest["artifacts"] = artifact_overview(artifacts.summarize_archives(record.root))

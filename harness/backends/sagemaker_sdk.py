@@ -15,8 +15,11 @@ planning and the other rungs work without it.
 from __future__ import annotations
 
 import json
+import os
+import re
 import shutil
 import sys
+from collections.abc import Sequence
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -131,6 +134,58 @@ def write_probe_channel(destination: Path) -> None:
     shutil.copytree(PROBE_DIR, destination, ignore=shutil.ignore_patterns("__pycache__"))
     (destination / "sitecustomize.py").rename(destination / "_harness_sitecustomize.py")
     (destination / "sitecustomize.py").write_text(_SHIM, encoding="utf-8")
+
+
+#: The probe's own files, relative to ``HARNESS_PROBE_DIR``: the only files a SageMaker rung takes
+#: from where the job's processes could write (the record channel, ``output.tar.gz``) into the record.
+PROBE_FILES = re.compile(
+    r"(?:processes/[A-Za-z0-9_][A-Za-z0-9_.-]*\.json"
+    r"|ranks/rank-\d+\.(?:log|jsonl|heartbeat|stacks\.txt)"
+    r"|hosts/(?P<host>[A-Za-z0-9_][A-Za-z0-9_.-]*)/fingerprint\.json)"
+    r"(?P<partial>\.\d+\.tmp)?"  # the probe writes JSON under a temporary name first
+)
+#: How many ignored paths a rung fact lists (then their count).
+SHOWN_IGNORED = 20
+
+
+def is_probe_file(name: str, hosts: Sequence[str], *, partial: bool = False) -> bool:
+    """Whether ``name`` (relative, POSIX) is one of the probe's files: ``processes/*.json``,
+    ``ranks/rank-N.{log,jsonl,heartbeat,stacks.txt}`` or the fingerprint of one of ``hosts``;
+    with ``partial``, whether it is one of them under the temporary name it is written with."""
+    match = PROBE_FILES.fullmatch(name)
+    return (
+        match is not None
+        and bool(match.group("partial")) == partial
+        and (match.group("host") is None or match.group("host") in hosts)
+    )
+
+
+def copy_probe_files(source: Path, record_root: Path, hosts: Sequence[str]) -> list[str]:
+    """Copy the probe's files from ``source``, a directory the job's processes could write into,
+    to their places in the record; anything else (``manifest.json``, a symbolic link, a file of
+    another name) stays out. Returns what was left out, relative to ``source``, except the
+    probe's temporary files (a killed process leaves them)."""
+    ignored = []
+    for directory, dirs, files in os.walk(source):  # symbolic links to directories are not followed
+        for name in files + [d for d in dirs if (Path(directory) / d).is_symlink()]:
+            path = Path(directory) / name
+            relative = path.relative_to(source).as_posix()
+            regular = path.is_file() and not path.is_symlink()
+            if regular and is_probe_file(relative, hosts):
+                (record_root / relative).parent.mkdir(parents=True, exist_ok=True)
+                shutil.copyfile(path, record_root / relative)
+            elif not (regular and is_probe_file(relative, hosts, partial=True)):
+                ignored.append(relative)
+    return sorted(ignored)
+
+
+def ignored_fact(ignored: list[str], where: str) -> str:
+    """The rung fact for what a job left where the probe writes that was not taken into the record."""
+    more = f" and {len(ignored) - SHOWN_IGNORED} more" if len(ignored) > SHOWN_IGNORED else ""
+    return (
+        f"{len(ignored)} entries of {where} were left out of the record (not the probe's files, "
+        f"or links): {', '.join(ignored[:SHOWN_IGNORED])}{more}"
+    )
 
 
 def probe_reach(job: JobSpec, record: RecordWriter) -> dict[str, Any]:

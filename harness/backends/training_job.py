@@ -9,14 +9,13 @@ and ``output.tar.gz`` beside it, under ``<S3OutputPath>/<job name>/output/``. Ho
 
 from __future__ import annotations
 
-import contextlib
 import datetime as dt
 import re
 import time
 from collections.abc import Callable
 from typing import Any
 
-from harness import s3
+from harness import interrupts, s3
 from harness.record import RecordWriter, Status, scrub, write_json
 
 LOG_GROUP = "/aws/sagemaker/TrainingJobs"
@@ -29,8 +28,9 @@ Sink = Callable[[str, str], None]
 class LogFollower:
     """New CloudWatch events of every host's stream, appended to ``hosts/<host>/log.txt``."""
 
-    def __init__(self, logs: Any, job_name: str, record: RecordWriter, sink: Sink | None,
-                 secrets: tuple[bytes, ...] = ()) -> None:
+    def __init__(
+        self, logs: Any, job_name: str, record: RecordWriter, sink: Sink | None, secrets: tuple[bytes, ...] = ()
+    ) -> None:
         self.logs, self.job_name, self.record, self.sink, self.secrets = logs, job_name, record, sink, secrets
         self.tokens: dict[str, str | None] = {}
 
@@ -40,7 +40,8 @@ class LogFollower:
 
         try:
             pages = self.logs.get_paginator("describe_log_streams").paginate(
-                logGroupName=LOG_GROUP, logStreamNamePrefix=f"{self.job_name}/")
+                logGroupName=LOG_GROUP, logStreamNamePrefix=f"{self.job_name}/"
+            )
             streams = [s["logStreamName"] for page in pages for s in page.get("logStreams", [])]
         except ClientError as exc:
             if exc.response["Error"]["Code"] == "ResourceNotFoundException":  # no stream yet
@@ -71,27 +72,61 @@ class LogFollower:
                     return count
 
 
-def follow(sagemaker: Any, follower: LogFollower, job_name: str, *, poll_s: float,
-           deadline: float) -> tuple[dict[str, Any], bool]:
-    """Poll the job until it ends, streaming its logs; stop it past ``deadline`` (monotonic), on
-    Ctrl-C, or when following it fails. Returns the last description and whether the harness
-    stopped it for time."""
-    stopped_for_time = False
+def follow(
+    sagemaker: Any, follower: LogFollower, job_name: str, *, poll_s: float, deadline: float
+) -> tuple[dict[str, Any], bool]:
+    """Poll the job until it ends, streaming its logs; stop it past ``deadline`` (monotonic), on a
+    signal, or when following it fails. Returns the last description and whether the harness
+    stopped it for time.
+
+    While it follows, SIGINT, SIGTERM and SIGHUP only set a flag (:mod:`harness.interrupts`),
+    read between calls and every 0.2 s of the wait between polls: the job is stopped
+    (``StopTrainingJob``, bounded by botocore's timeouts and retries), then
+    :class:`~harness.interrupts.Interrupted` is raised. A signal that came before (while the job
+    was submitted) is taken at once."""
     try:
-        while True:
-            description = sagemaker.describe_training_job(TrainingJobName=job_name)
-            follower.poll()
-            if description["TrainingJobStatus"] in TERMINAL:
-                follower.poll()  # the last lines can land after the status changes
-                return description, stopped_for_time
-            if time.monotonic() > deadline and not stopped_for_time:
-                sagemaker.stop_training_job(TrainingJobName=job_name)
-                stopped_for_time = True
-            time.sleep(poll_s)
-    except BaseException:  # Ctrl-C, or the harness cannot follow: never leave a job running unseen
-        with contextlib.suppress(Exception):
+        with interrupts.deferred():
+            try:
+                outcome = _poll(sagemaker, follower, job_name, poll_s=poll_s, deadline=deadline)
+            except BaseException:  # the harness cannot follow: never leave a job running unseen
+                _stop(sagemaker, follower, job_name, "the harness could not follow the job")
+                raise
+            if outcome is None:
+                _stop(sagemaker, follower, job_name, "the harness was stopped by a signal")
+    finally:
+        interrupts.raise_if_requested()
+    assert outcome is not None  # None only on a signal, raised just above
+    return outcome
+
+
+def _poll(
+    sagemaker: Any, follower: LogFollower, job_name: str, *, poll_s: float, deadline: float
+) -> tuple[dict[str, Any], bool] | None:
+    """The last description and whether the job was stopped for time; None on a signal."""
+    stopped_for_time = False
+    while not interrupts.requested():
+        description = sagemaker.describe_training_job(TrainingJobName=job_name)
+        follower.poll()
+        if description["TrainingJobStatus"] in TERMINAL:
+            follower.poll()  # the last lines can land after the status changes
+            return description, stopped_for_time
+        if time.monotonic() > deadline and not stopped_for_time:
             sagemaker.stop_training_job(TrainingJobName=job_name)
-        raise
+            follower.record.set_fact("stop_training_job", "sent: max_run plus the grace period had passed")
+            stopped_for_time = True
+        waited = time.monotonic() + poll_s
+        while time.monotonic() < waited and not interrupts.requested():
+            time.sleep(min(0.2, max(0.0, waited - time.monotonic())))
+    return None
+
+
+def _stop(sagemaker: Any, follower: LogFollower, job_name: str, why: str) -> None:
+    try:
+        sagemaker.stop_training_job(TrainingJobName=job_name)
+    except Exception as exc:  # noqa: BLE001 - said in the record; the error that brought us here goes on
+        follower.record.set_fact("stop_training_job", f"failed ({why}): {type(exc).__name__}: {exc}")
+    else:
+        follower.record.set_fact("stop_training_job", f"sent: {why}")
 
 
 def collect(description: dict[str, Any], hosts: list[str], record: RecordWriter) -> Status:
@@ -141,4 +176,3 @@ def _iso(value: Any) -> str | None:
     if isinstance(value, dt.datetime):
         return value.astimezone(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
     return None
-

@@ -20,15 +20,19 @@ What the harness adds, without changing what the SDK does:
 * **labels**: the SDK's compose file has no labels, so each run uses its own tag of the image
   carrying ``harness.run_id`` and the owner's pid; containers inherit image labels, so
   :func:`harness.backends.containers.gc` finds what a killed harness left.
-* **lifecycle**: ``max_run`` and Ctrl-C stop the containers (SIGTERM, then SIGKILL) and the
-  compose process; afterwards the containers the SDK leaves behind (it never runs ``down``), its
-  ``sagemaker-local`` network (when no other container uses it), the run's image tag and the
-  SDK's work dir are removed, whatever the outcome.
+* **a network per run**: the SDK names one network, ``sagemaker-local``, for every run, so runs
+  at once would share ``algo-N``; the harness renames it in the compose file the SDK writes,
+  before compose starts (:mod:`.isolation`; where it cannot, runs take turns under a lock).
+* **lifecycle**: ``max_run`` and a signal (Ctrl-C, SIGTERM, SIGHUP) stop the containers (SIGTERM,
+  then SIGKILL) and the compose process; afterwards the containers the SDK leaves behind (it never
+  runs ``down``), the run's network, the run's image tag and the SDK's work dir are removed,
+  whatever the outcome.
 
 The SDK's own behaviours are recorded as rung facts (:func:`.plan.sdk_facts`); each was read in
 sagemaker-train's ``local/local_container.py``, ``model_trainer.py`` and ``templates.py`` and
 checked on a real run. The phases live in their own modules: :mod:`.plan` (the dry-run),
-:mod:`.run` (the SDK's thread, stopping, cleanup), :mod:`.collect` (what the SDK wrote and ran).
+:mod:`.run` (the SDK's thread, stopping, cleanup), :mod:`.collect` (what the SDK wrote and ran),
+:mod:`.isolation` (runs at once kept apart).
 """
 
 from __future__ import annotations
@@ -38,6 +42,7 @@ import shutil
 from docker import DockerClient
 from pydantic import NonNegativeFloat
 
+from harness import interrupts
 from harness.backends.base import Backend, Capabilities, Progress, RungOptions
 from harness.backends.containers import (
     client,
@@ -50,6 +55,7 @@ from harness.backends.containers import (
 )
 from harness.backends.hosts import s3_unsupported
 from harness.backends.sagemaker_local.collect import collect
+from harness.backends.sagemaker_local.isolation import isolated
 from harness.backends.sagemaker_local.plan import SdkPlan, compose_command, plan_job
 from harness.backends.sagemaker_local.run import (
     SdkRun,
@@ -71,7 +77,7 @@ class SageMakerLocalOptions(RungOptions):
     image: str | None = None
     #: ``local_gpu``; default: when the engine can pass NVIDIA GPUs.
     gpus: bool | None = None
-    #: Seconds between SIGTERM and SIGKILL on ``max_run`` or Ctrl-C.
+    #: Seconds between SIGTERM and SIGKILL on ``max_run`` or a signal.
     stop_grace_s: NonNegativeFloat = STOP_GRACE_S
 
 
@@ -129,8 +135,9 @@ class SageMakerLocalBackend(Backend[SdkPlan]):
         return host_gpu_count() if enabled else 0
 
     def plan(self, job: JobSpec) -> SdkPlan:
-        return plan_job(self.name, job, num_gpus=self._num_gpus(), image=self.options.image,
-                        stop_grace_s=self.options.stop_grace_s)
+        return plan_job(
+            self.name, job, num_gpus=self._num_gpus(), image=self.options.image, stop_grace_s=self.options.stop_grace_s
+        )
 
     def _execute(self, plan: SdkPlan, record: RecordWriter, progress: Progress | None) -> Status:
         """Prepare the SDK's container root, run ``train()`` under the harness's clock, collect
@@ -138,19 +145,24 @@ class SageMakerLocalBackend(Backend[SdkPlan]):
         client, job = self.client(), plan.job
         labels = run_labels(str(record.manifest["run_id"]))
         run_image = ""
-        stdout = ThreadStdout.install()
-        try:
-            image = resolve_image(client, job, self.options.image)
-            run_image = labelled_image(client, image, labels)
-            record.set_fact("image", image)
-            record.set_fact("run_image", run_image)
-            prepare(plan)
-            sdk = SdkRun(local_model_trainer(plan, run_image), plan.ours / "compose.log", stdout)
-            timed_out = supervise(sdk, client, plan, record, progress, self.options.stop_grace_s)
-            codes = collect(client, plan, sdk, record)
-        finally:
-            shielded(lambda: cleanup(client, labels, run_image, plan.work_dir))
-            stdout.uninstall()
+        with isolated(plan.work_dir, labels) as isolation:  # a lock, where runs must take turns, is held to the end
+            for key, value in isolation.facts.items():
+                record.set_fact(key, value)
+            stdout = ThreadStdout.install()
+            try:
+                image = resolve_image(client, job, self.options.image)
+                run_image = labelled_image(client, image, labels)
+                record.set_fact("image", image)
+                record.set_fact("run_image", run_image)
+                prepare(plan)
+                sdk = SdkRun(local_model_trainer(plan, run_image), plan.ours / "compose.log", stdout)
+                timed_out = supervise(sdk, client, plan, record, progress, self.options.stop_grace_s)
+                codes = collect(client, plan, sdk, record)
+            finally:
+                with interrupts.deferred():  # a signal now is taken once everything is removed
+                    shielded(lambda: cleanup(client, labels, run_image, plan.work_dir, isolation.network))
+                stdout.uninstall()
+                interrupts.raise_if_requested()
         if timed_out:
             return "timeout"
         missing = [host for host in job.hosts if host not in codes]

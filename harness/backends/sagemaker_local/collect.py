@@ -3,9 +3,10 @@
 Nothing here was planned by the harness: the config files and ``sm_training.env`` come from the
 host directories kept out of the SDK's reach, each container's environment and command from the
 engine, the compose file from the SDK's container root, and the probe's files from its record
-channel. Local mode shares one ``/opt/ml/model`` between hosts, where SageMaker gives each host
-its own; the probe's write events say which host wrote which file, so the artifacts are packed
-per host as SageMaker would have packed them.
+channel (only the probe's own: the job's processes can write there too). Local mode shares one
+``/opt/ml/model`` between hosts, where SageMaker gives each host its own; the probe's write events
+say which host wrote which file, so the artifacts are packed per host as SageMaker would have
+packed them.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from harness.backends.containers import env_of, host_result
 from harness.backends.hosts import artifact_overview, ranks_from_probe
 from harness.backends.sagemaker_local.plan import SdkPlan
 from harness.backends.sagemaker_local.run import SdkRun, compose_containers
-from harness.backends.sagemaker_sdk import RECORD_CHANNEL, probe_reach
+from harness.backends.sagemaker_sdk import RECORD_CHANNEL, copy_probe_files, ignored_fact, probe_reach
 from harness.errors import RungFailed
 from harness.jobspec import JobSpec
 from harness.record import RecordWriter, redact_env, write_json
@@ -54,8 +55,10 @@ def collect(client: DockerClient, plan: SdkPlan, sdk: SdkRun, record: RecordWrit
         codes[host] = host_result(driver_job, plan.hosts[host], container, kept / host, record)
         record.host_result(host, container=container.name)
     probe_files = plan.ours / RECORD_CHANNEL
-    if probe_files.is_dir():
-        shutil.copytree(probe_files, record.root, dirs_exist_ok=True)
+    if probe_files.is_dir():  # the job's processes can write there too: only the probe's files are taken
+        ignored = copy_probe_files(probe_files, record.root, job.hosts)
+        if ignored:
+            record.set_fact("probe_files_ignored", ignored_fact(ignored, f"the {RECORD_CHANNEL} channel"))
     else:
         record.set_fact("probe_reached", "no: nothing in the harness_record channel")
     record.manifest["ranks"] = ranks_from_probe(record.root)

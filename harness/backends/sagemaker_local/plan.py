@@ -87,6 +87,12 @@ def compose_version() -> str:
     return f"{' '.join(command)} {out.stdout.strip()}"
 
 
+def run_network(container_root: Path) -> str:
+    """The network of the run whose container root is ``container_root``: ``sagemaker-local-<8 hex>``
+    (:mod:`harness.backends.sagemaker_local.isolation` renames the SDK's network to it)."""
+    return f"{SDK_NETWORK}-{container_root.name.rsplit('-', 1)[-1]}"
+
+
 def compose_project(container_root: Path) -> str:
     """The compose project name of a container root: its base name, normalised as compose does."""
     return re.sub(r"[^-_a-z0-9]", "", container_root.name.lower())
@@ -138,7 +144,8 @@ def sdk_facts(job: JobSpec, instance_type: str, num_gpus: int) -> dict[str, Any]
         + (f"; the job asks for the {job.launcher} launcher" if job.launcher != "model-trainer" else ""),
         "instance_type": f"{instance_type} (the job's {job.instance_type} is not seen by the containers)",
         "hostnames": "algo-N are network aliases; no hostname is set, so gethostname() is the container id",
-        "network": f"'{SDK_NETWORK}', one fixed name shared by every local-mode run on this engine",
+        "network": f"the SDK names one network, '{SDK_NETWORK}', for every local-mode run on an engine; the "
+        f"harness gives each run its own ('{SDK_NETWORK}-<run>', renamed in the SDK's compose file)",
         "model_dir": "one host directory shared as every host's /opt/ml/model (SageMaker gives each host its "
         "own); the record attributes its files to hosts from the probe's write events",
         "opt_ml": "per host: input/ and output/; shared: model/; no /opt/ml/code, no /opt/ml/checkpoints",

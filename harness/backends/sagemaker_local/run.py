@@ -2,9 +2,10 @@
 
 The SDK blocks in ``ModelTrainer.train()`` until compose exits and keeps no handle on compose or
 its containers, so the harness runs it in a thread and watches the containers by their compose
-project: it streams each host's log as its container appears, and at ``max_run`` or on Ctrl-C
-stops the containers as ``docker stop`` does and then compose itself. Afterwards it removes what
-the SDK leaves (it never runs ``down``), whatever the outcome.
+project: it streams each host's log as its container appears, and at ``max_run`` or on a signal
+(Ctrl-C, SIGTERM, SIGHUP: meanwhile only a flag, :mod:`harness.interrupts`) stops the containers
+as ``docker stop`` does and then compose itself. Afterwards it removes what the SDK leaves (it
+never runs ``down``), whatever the outcome.
 
 Before the SDK starts, the container root is prepared so that evidence the SDK deletes on
 success survives, and the image is re-tagged with the run's labels so that the SDK's unlabelled
@@ -28,9 +29,10 @@ from docker import DockerClient
 from docker.errors import APIError, BuildError, DockerException
 from docker.models.containers import Container
 
+from harness import interrupts
 from harness.backends.base import Progress, copy_source
 from harness.backends.containers import RUN_ID, pump_logs, quietly, shielded, stop, teardown
-from harness.backends.sagemaker_local.plan import SDK_NETWORK, SdkPlan, compose_project, sdk_environment
+from harness.backends.sagemaker_local.plan import SdkPlan, compose_project, sdk_environment
 from harness.backends.sagemaker_sdk import (
     PROBE_CHANNEL,
     RECORD_CHANNEL,
@@ -143,13 +145,25 @@ def compose_containers(client: DockerClient, project: str) -> dict[str, Containe
 def supervise(
     sdk: SdkRun, client: DockerClient, plan: SdkPlan, record: RecordWriter, progress: Progress | None, grace_s: float
 ) -> bool:
-    """Stream each host's log as its container appears; stop everything at ``max_run`` or Ctrl-C.
-    Returns whether ``max_run`` was reached."""
+    """Stream each host's log as its container appears; stop everything at ``max_run`` or on a
+    signal (SIGINT, SIGTERM, SIGHUP), which meanwhile only sets a flag; once everything is
+    stopped, :class:`harness.interrupts.Interrupted` is raised. Returns whether ``max_run`` was reached."""
+    try:
+        with interrupts.deferred():
+            timed_out = _watch(sdk, client, plan, record, progress, grace_s)
+    finally:
+        interrupts.raise_if_requested()  # also where watching failed as the signal came
+    return timed_out
+
+
+def _watch(
+    sdk: SdkRun, client: DockerClient, plan: SdkPlan, record: RecordWriter, progress: Progress | None, grace_s: float
+) -> bool:
     project, pumps = plan.project, dict[str, threading.Thread]()
     deadline, timed_out = time.monotonic() + plan.job.max_run, False
     sdk.start()
     try:
-        while sdk.is_alive():
+        while sdk.is_alive() and not interrupts.requested():
             _start_pumps(client, project, pumps, record, progress)
             if time.monotonic() > deadline:
                 timed_out = True
@@ -181,24 +195,24 @@ def _start_pumps(
 
 
 def _compose_pids(work: Path) -> list[int]:
-    """This process's compose children for the run (the SDK keeps no handle we can reach)."""
+    """The run's compose processes (the SDK keeps no handle we can reach): every process whose
+    command line names the run's compose file, so also the ``docker-compose`` plugin that the
+    ``docker compose`` CLI starts (the work dir's name is the run's own)."""
     compose_file, pids = str(work / "docker-compose.yaml").encode(), []
     for proc in Path("/proc").glob("[0-9]*"):
-        with contextlib.suppress(OSError, ValueError, IndexError):
-            stat = (proc / "stat").read_text()
-            parent = int(stat.rsplit(")", 1)[1].split()[1])
-            if parent == os.getpid() and compose_file in (proc / "cmdline").read_bytes():
+        with contextlib.suppress(OSError, ValueError):
+            if int(proc.name) != os.getpid() and compose_file in (proc / "cmdline").read_bytes():
                 pids.append(int(proc.name))
     return pids
 
 
 def _stop_run(client: DockerClient, project: str, work: Path, sdk: SdkRun, grace_s: float) -> None:
-    """``max_run`` or Ctrl-C: stop the containers as ``docker stop`` does, then compose itself
+    """``max_run`` or a signal: stop the containers as ``docker stop`` does, then compose itself
     (which would otherwise go on creating the containers it had not started yet)."""
     stop(list(compose_containers(client, project).values()), grace_s)
     for signum in (signal.SIGTERM, signal.SIGKILL):
         for pid in _compose_pids(work):
-            with contextlib.suppress(ProcessLookupError):
+            with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, signum)
         sdk.join(timeout=5)
         if not sdk.is_alive():
@@ -206,19 +220,20 @@ def _stop_run(client: DockerClient, project: str, work: Path, sdk: SdkRun, grace
     stop(list(compose_containers(client, project).values()), 0)  # what compose created meanwhile
 
 
-def cleanup(client: DockerClient, labels: dict[str, str], run_image: str, work: Path) -> None:
+def cleanup(client: DockerClient, labels: dict[str, str], run_image: str, work: Path, network: str) -> None:
     """The containers the SDK leaves (by label, and by compose project should a label be missing),
-    its shared network when no container uses it any more, the run's image tag, the work dir."""
+    the run's network (the SDK's shared one only when no container uses it any more), the run's
+    image tag, the work dir."""
     for pid in _compose_pids(work):
-        with contextlib.suppress(ProcessLookupError):
+        with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(pid, signal.SIGKILL)
     for container in compose_containers(client, compose_project(work)).values():
         quietly(functools.partial(container.remove, force=True, v=True))
-    teardown(client, labels, run_image, work)
+    teardown(client, labels, run_image, work)  # also the run's own network, by its labels
     with contextlib.suppress(APIError, DockerException):
-        for network in client.networks.list(names=[SDK_NETWORK]):
-            network.reload()
-            if network.name == SDK_NETWORK and not network.attrs.get("Containers"):
-                quietly(network.remove)
+        for found in client.networks.list(names=[network]):  # a name filter matches parts of names
+            found.reload()
+            if found.name == network and not found.attrs.get("Containers"):
+                quietly(found.remove)
     if run_image:
         quietly(lambda: client.images.remove(run_image, noprune=False))
