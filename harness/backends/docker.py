@@ -25,7 +25,7 @@ import time
 import uuid
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 from docker import DockerClient
 from docker.errors import DockerException
@@ -129,6 +129,12 @@ class DockerOptions(RungOptions):
     stop_grace_s: NonNegativeFloat = STOP_GRACE_S
     #: Seconds without any rank's progress before the stacks are dumped and the job stopped.
     hang_after_s: PositiveFloat = DEFAULT_HANG_AFTER_S
+    #: Variables set in every container under the contract's: what a local run would inherit from
+    #: the machine (``harness bisect`` sets them to find the one a job depends on).
+    environment: dict[str, str] = Field(default_factory=dict)
+    #: ``bridge``: each host its own network stack on a private network, as on SageMaker;
+    #: ``shared``: every host in the first one's, one loopback for all, as on the local rung.
+    network: Literal["bridge", "shared"] = "bridge"
 
     @field_validator("shm_size")
     @classmethod
@@ -205,7 +211,10 @@ class DockerBackend(Backend[DockerPlan]):
             "work_dir": str(work),
             "image": (self.options.image or job.image if job.is_script_mode else job.image)
             or "harness/torch (to be built by harness.images.ensure_torch_image)",
-            "network": "a bridge network per run; each container's hostname and alias is its host name",
+            "network": "a bridge network per run; each container's hostname and alias is its host name"
+            if self.options.network == "bridge" else "shared: every container in the first one's network namespace "
+            "(one loopback; algo-N resolve to 127.0.0.1; every host reports the first one's hostname)",
+            "inherited_environment": sorted(self.options.environment),
             "opt_ml": "each host's own tree bind-mounted on /opt/ml",
             "channels": CHANNELS_FACT.format(how="bind-mounted read-only from"),
             "environment": "the contract's platform and launcher layers" if job.is_script_mode
@@ -271,7 +280,7 @@ class DockerBackend(Backend[DockerPlan]):
         for sub in ("processes", "ranks"):
             (record.root / sub).mkdir(exist_ok=True)
             mounts.append(Mount(f"{RECORD_MOUNT}/{sub}", str(record.root / sub), type="bind"))
-        record_received(record, contract, _container_env(job, contract))
+        record_received(record, contract, self._env(job, contract))
         return mounts
 
     def _create(self, client: DockerClient, image: str, plan: DockerPlan, contract: HostContract, mounts: list[Mount],
@@ -281,12 +290,22 @@ class DockerBackend(Backend[DockerPlan]):
             "command": ["train"]}  # bring-your-own image: `docker run image train`, its own entrypoint
         devices = [DeviceRequest(driver="nvidia", device_ids=plan.gpus[host], capabilities=[["gpu"]])] \
             if plan.gpus else None
+        first = f"{labels[RUN_ID]}-{job.hosts[0]}"
+        networking: dict[str, Any] = {
+            "hostname": host, "network": network.name,
+            "networking_config": {network.name: client.api.create_endpoint_config(aliases=[host])},
+        }
+        if self.options.network == "shared":
+            networking = ({"network_mode": f"container:{first}"} if host != job.hosts[0] else
+                          {**networking, "extra_hosts": {other: "127.0.0.1" for other in job.hosts[1:]}})
         return client.containers.create(
-            image, name=f"{labels[RUN_ID]}-{host}", hostname=host, environment=_container_env(job, contract),
-            labels={**labels, "harness.host": host}, network=network.name, mounts=mounts,
-            networking_config={network.name: client.api.create_endpoint_config(aliases=[host])},
+            image, name=f"{labels[RUN_ID]}-{host}", environment=self._env(job, contract),
+            labels={**labels, "harness.host": host}, mounts=mounts,
             shm_size=plan.shm_size, ulimits=[Ulimit(name=k, soft=v, hard=v) for k, v in plan.ulimits.items()],
-            device_requests=devices, **script)
+            device_requests=devices, **networking, **script)
+
+    def _env(self, job: JobSpec, contract: HostContract) -> dict[str, str]:
+        return {**self.options.environment, **_container_env(job, contract)}
 
     def _supervise(self, containers: dict[str, Container], max_run: int, record: RecordWriter,
                    progress: Progress | None) -> tuple[bool, bool]:
