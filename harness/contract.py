@@ -474,6 +474,53 @@ def launch_command(job: JobSpec, host: str, machine: Machine) -> list[str]:
     return [machine.torchrun, *options, script, *args]
 
 
+#: The file a launcher installs before the entry point, in the code directory.
+REQUIREMENTS_FILE = "requirements.txt"
+
+
+def requirements_command(job: JobSpec, machine: Machine) -> list[str]:
+    """What the launcher runs in :func:`code_dir` before the entry point when ``source_dir`` holds
+    ``requirements.txt``: the same pip call in both flavours, failing the job if pip fails.
+
+    Toolkit: ``entry_point.install`` calls ``modules.install_requirements`` for a script whose
+    directory has ``requirements.txt`` (without ``setup.py``): ``<sys.executable> -m pip install -r
+    requirements.txt`` (``-i <index>`` added for a CodeArtifact ``CA_REPOSITORY_ARN``), on every
+    host, before the runner starts. SDK v3: ``sm_train.sh`` (``templates.INSTALL_REQUIREMENTS``),
+    when ``SourceCode.requirements`` is set, runs ``$SM_PYTHON_CMD .../sm_drivers/scripts/
+    install_requirements.py requirements.txt``, which runs the same command (``check_call``) after
+    ``cd`` to the code channel. The harness sets ``SourceCode.requirements`` whenever the file is
+    there, so both flavours install it (docs/job-spec.md).
+    """
+    return [machine.python, "-m", "pip", "install", "-r", REQUIREMENTS_FILE]
+
+
+def requirements_announcement(job: JobSpec, command: list[str]) -> list[str]:
+    """The lines the launcher prints before the install (toolkit ``modules.py`` logger; v3
+    ``sm_train.sh``'s ``echo`` and its ``set -x`` trace of the driver script)."""
+    if job.launcher == "model-trainer":
+        driver = "/opt/ml/input/data/sm_drivers/scripts/install_requirements.py"
+        return ["Installing requirements", f"+ {command[0]} {driver} {REQUIREMENTS_FILE}"]
+    return ["Installing dependencies from requirements.txt:", " ".join(command)]
+
+
+#: Exit status of a host whose requirements could not be installed: the toolkit's trainer exits
+#: ``DEFAULT_FAILURE_CODE`` (1) on a ``ClientError``; v3's ``install_requirements.py`` dies of its
+#: ``CalledProcessError`` (1) and ``sm_train.sh``'s ``handle_error`` exits with that status.
+REQUIREMENTS_EXIT_CODE = 1
+
+
+def requirements_failure_message(job: JobSpec, exit_code: int, command: list[str], stderr: str) -> str:
+    """``/opt/ml/output/failure`` when pip fails: the toolkit's ``InstallRequirementsError`` (TK
+    ``errors.py`` ``_CalledProcessError.__str__``, stderr captured as the PyTorch toolkit asks
+    with ``capture_error=True``); v3's ``handle_error`` message, the same as for a failed script."""
+    if job.launcher == "model-trainer":
+        return failure_message(job, exit_code, command, [])
+    return (
+        f'InstallRequirementsError:\nExitCode {exit_code}\nErrorMessage "{stderr.strip()}"\n'
+        f'Command "{" ".join(command)}"'
+    )
+
+
 def failure_message(job: JobSpec, exit_code: int, command: list[str], error_lines: list[str]) -> str:
     """What the launcher writes to ``/opt/ml/output/failure`` when the entry point fails
     (only where the job wrote none itself). TK ``errors.py`` / v3 ``sm_train.sh``."""

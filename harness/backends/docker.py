@@ -35,7 +35,7 @@ from docker.types import DeviceRequest, Mount, Ulimit
 from docker.utils import parse_bytes
 from pydantic import Field, NonNegativeFloat, PositiveFloat, field_validator
 
-from harness import artifacts, interrupts
+from harness import artifacts, interrupts, requirements
 from harness.backends.base import Backend, Capabilities, Plan, Progress, RungOptions
 from harness.backends.containers import (
     RUN_ID,
@@ -228,6 +228,7 @@ class DockerBackend(Backend[DockerPlan]):
             "init": "none: the command is PID 1, as under `docker run image train`",
             "stop": f"SIGTERM, SIGKILL after {self.options.stop_grace_s:g} s",
         }
+        requirements.plan_fact(job, facts, self.name)
         return DockerPlan(self.name, job, contracts, facts, work_dir=work, shm_size=shm_size, ulimits=ulimits,
                           gpus=gpus if machine.num_gpus else {})
 
@@ -242,12 +243,20 @@ class DockerBackend(Backend[DockerPlan]):
             network = client.networks.create(f"harness-{labels[RUN_ID]}", driver="bridge", labels=labels)
             trees = {host: work / host / "opt_ml" for host in plan.hosts}
             channels = stage_channels(job, work, record)
+            try:  # requirements.txt: the wheels, got by the host's pip before any container starts
+                setup = requirements.prepare_containers(client, image, job, list(plan.hosts), work, record, labels)
+            except requirements.InstallFailed as failed:
+                requirements.fail_containers(job, list(plan.hosts), record, failed)
+                return "failed"
             mounts = {host: self._prepare_host(job, contract, channels[host], trees[host], record)
                       for host, contract in plan.hosts.items()}
             restore_checkpoints(job, trees)
             for host, contract in plan.hosts.items():
                 started = time.monotonic()
-                containers[host] = self._create(client, image, plan, contract, mounts[host], network, labels)
+                containers[host] = self._create(client, image, plan,
+                                                requirements.container_contract(setup, job, contract, PROBE_MOUNT),
+                                                mounts[host] + requirements.container_mounts(setup, host), network,
+                                                labels)
                 created = time.monotonic()
                 containers[host].start()
                 record.host_result(host, container=containers[host].name,
@@ -258,6 +267,7 @@ class DockerBackend(Backend[DockerPlan]):
             shielded(lambda: reclaim(client, image, owned_by_root, labels))
             save_checkpoints(job, trees, record)
             codes = {h: host_result(job, plan.hosts[h], c, trees[h], record) for h, c in containers.items()}
+            requirements.collect_containers(job, setup, record)
             record.manifest["artifacts"] = artifact_overview(artifacts.collect(trees, record.root))
             record.manifest["ranks"] = ranks_from_probe(record.root)
         finally:

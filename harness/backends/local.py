@@ -25,7 +25,7 @@ from pathlib import Path, PurePosixPath
 
 from pydantic import PositiveFloat
 
-from harness import artifacts, sandbox
+from harness import artifacts, requirements, sandbox
 from harness.backends import orphans
 from harness.backends.base import Backend, Capabilities, Plan, Progress, RungOptions
 from harness.backends.hosts import (
@@ -124,7 +124,7 @@ class LocalBackend(Backend[LocalPlan]):
     def plan(self, job: JobSpec) -> LocalPlan:
         degraded = _namespaces_unavailable()
         work = Path(tempfile.gettempdir()) / f"harness-{self.name}-{uuid.uuid4().hex[:8]}"  # orphans.WORK_PREFIX
-        machine = self._machine()
+        machine = requirements.local_machine(job, self._machine())  # the job's cached environment's python
         contracts: dict[str, HostContract] = {}
         for host in job.hosts:
             opt_ml = OPT_ML if degraded is None else PurePosixPath(work / host / "opt_ml")
@@ -147,6 +147,7 @@ class LocalBackend(Backend[LocalPlan]):
                 "network_interface": machine.network_interface,
             },
         }
+        requirements.plan_fact(job, facts, self.name)
         if degraded is not None:
             port = _free_port()
             facts["adapted"] = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port}
@@ -159,6 +160,8 @@ class LocalBackend(Backend[LocalPlan]):
             work.mkdir(parents=True)
             orphans.claim(work, str(record.manifest["run_id"]), record.root)
             channels = stage_channels(job, work, record)
+            if not requirements.install_local(job, plan.hosts, record):
+                return "failed"  # pip failed: recorded as the launchers fail, none started
             with sandbox.RunNetwork() if namespaced else _no_network() as network:
                 launches = [
                     self._prepare_host(job, contract, channels[host], work, record, network)
@@ -206,6 +209,7 @@ class LocalBackend(Backend[LocalPlan]):
             (tree / "input" / "data" / name).symlink_to(source, target_is_directory=True)
         env = {**_host_env(contract, record.root if self.options.probe else None),
                orphans.RUN_ID_ENV: str(record.manifest["run_id"])}  # how `harness gc` finds them if we die
+        requirements.activate_local(job, env)
         record_received(record, contract, env)
         preexec = None
         cwd = Path(str(contract.cwd))

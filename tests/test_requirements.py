@@ -1,0 +1,224 @@
+"""``requirements.txt`` in ``source_dir`` is installed before the entry point, as SageMaker's
+launchers install it: on ``local`` into a cached environment (never the user's), on ``docker`` in
+each container from a wheelhouse the host made; bad requirements fail the job, not the harness.
+
+The package is ``tabulate==0.9.0``: small, pure Python, and not in the harness's environment
+(checked below with pip, so that a test can never pass because it was there already)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from docker import DockerClient
+
+from harness import requirements
+from harness.backends import get_backend
+from harness.jobspec import JobSpec, load_job
+from harness.record import RunRecord
+
+PACKAGE, VERSION = "tabulate", "0.9.0"
+MISSING = "harness-no-such-package-0f3a9c==1.0"
+SCRIPT = f"""\
+import os, sys
+import {PACKAGE}
+print("imported {PACKAGE}", {PACKAGE}.__version__, "rank", os.environ.get("RANK", "-"), "python", sys.executable)
+"""
+
+
+def _pip(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "pip", *args], capture_output=True, text=True)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def package_is_not_in_the_harness_environment() -> None:
+    assert _pip("show", PACKAGE).returncode != 0, f"{PACKAGE} is installed in {sys.prefix}: pick another package"
+
+
+@pytest.fixture
+def cache(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A cache of this test's own, so that 'built' and 'reused' do not depend on earlier runs."""
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    return tmp_path / "cache" / "harness" / "requirements"
+
+
+def _job(
+    tmp_path: Path, lines: str, *, script: str = SCRIPT, name: str = "with-requirements", **extra: object
+) -> JobSpec:
+    src = tmp_path / name / "src"
+    src.mkdir(parents=True)
+    (src / "train.py").write_text(script)
+    (src / "requirements.txt").write_text(lines)
+    spec = [f"name: {name}", "source_dir: src", "entry_point: train.py", "max_run: 300"]
+    spec += [f"{key}: {value}" for key, value in extra.items()]
+    (tmp_path / name / "job.yaml").write_text("\n".join(spec) + "\n")
+    return load_job(tmp_path / name / "job.yaml")
+
+
+def _requirements(record: RunRecord, host: str = "algo-1") -> dict[str, object]:
+    return dict(json.loads((record.root / "hosts" / host / "received" / "requirements.json").read_text()))
+
+
+def test_local_plan_names_the_cached_environment_and_builds_nothing(tmp_path: Path, cache: Path) -> None:
+    job = _job(tmp_path, f"{PACKAGE}=={VERSION}\n", instance_count=2)
+    plan = get_backend("local").plan(job)
+    environment = plan.facts["requirements"]["environment"]
+    assert Path(environment).parent == cache and Path(environment).name.startswith("venv-")
+    assert plan.hosts["algo-2"].command[0] == f"{environment}/bin/python"
+    assert not cache.exists()
+    same = _job(tmp_path, f"{PACKAGE}=={VERSION}\n", name="same-requirements")
+    other = _job(tmp_path, f"{PACKAGE}==0.8.10\n", name="other-requirements")
+    assert requirements.local_environment(same) == requirements.local_environment(job)
+    assert requirements.local_environment(other) != requirements.local_environment(job)
+
+
+def test_docker_plan_says_how_the_requirements_are_installed(tmp_path: Path, cache: Path) -> None:
+    docker = get_backend("docker", gpus=False)
+    how = docker.plan(_job(tmp_path, f"{PACKAGE}=={VERSION}\n")).facts["requirements"]["how"]
+    assert "in each container at start" in how and "--no-index" in how
+    assert not cache.exists()
+    plain = JobSpec(name="plain", source_dir=Path(__file__).parent, entry_point=Path(__file__).name)
+    assert "requirements" not in docker.plan(plain).facts  # no requirements.txt there
+
+
+@pytest.mark.slow
+def test_local_installs_into_a_cached_environment_reused_and_never_into_the_users(tmp_path: Path, cache: Path) -> None:
+    freeze_before = _pip("freeze").stdout
+    job = _job(tmp_path, f"{PACKAGE}=={VERSION}\n", instance_count=2)
+    first = get_backend("local").run(job, tmp_path / "records")
+    assert first.status == "succeeded", first.host_log("algo-1").read_text()[-3000:]
+    for host in ("algo-1", "algo-2"):
+        info = _requirements(first, host)
+        assert info["installed"] == {PACKAGE: VERSION} and info["exit_code"] == 0 and info["reused"] is False
+        log = first.host_log(host).read_text()
+        assert "Installing dependencies from requirements.txt:" in log  # the toolkit's line
+        assert f"imported {PACKAGE} {VERSION}" in log
+        fingerprint = json.loads((first.root / "hosts" / host / "fingerprint.json").read_text())
+        assert fingerprint["packages"][PACKAGE] == VERSION
+    environment = Path(str(_requirements(first)["environment"]))
+    assert environment.parent == cache and (environment / "bin" / "python").exists()
+    assert first.manifest["rung_facts"]["requirements"]["installed"] == {PACKAGE: VERSION}
+    built = (environment / "harness-install.json").stat()
+
+    second = get_backend("local").run(job, tmp_path / "records")
+    assert second.status == "succeeded"
+    info = _requirements(second)
+    assert info["reused"] is True and info["environment"] == str(environment)
+    assert (environment / "harness-install.json").stat().st_mtime_ns == built.st_mtime_ns  # not rebuilt
+    assert sorted(p.name for p in cache.iterdir() if p.is_dir()) == [environment.name]
+    assert f"imported {PACKAGE} {VERSION}" in second.host_log("algo-2").read_text()
+    assert _pip("freeze").stdout == freeze_before
+    assert _pip("show", PACKAGE).returncode != 0
+
+
+@pytest.mark.slow
+def test_local_torchrun_ranks_run_in_the_cached_environment(tmp_path: Path, cache: Path) -> None:
+    """``torchrun`` on PATH is the cached environment's, so every rank it starts imports the package."""
+    job = _job(
+        tmp_path, f"{PACKAGE}=={VERSION}\n", launcher="model-trainer", distribution="torchrun", processes_per_host=2
+    )
+    record = get_backend("local").run(job, tmp_path / "records")
+    assert record.status == "succeeded", record.host_log("algo-1").read_text()[-3000:]
+    log = record.host_log("algo-1").read_text()
+    assert "Installing requirements" in log  # sm_train.sh's line
+    environment = str(_requirements(record)["environment"])
+    for rank in (0, 1):
+        assert f"imported {PACKAGE} {VERSION} rank {rank} python {environment}/bin/python" in log
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    "launcher, says", [("toolkit", "InstallRequirementsError"), ("model-trainer", "Training Execution failed")]
+)
+def test_local_bad_requirements_fail_the_job_with_pips_reason(
+    tmp_path: Path, cache: Path, launcher: str, says: str
+) -> None:
+    job = _job(tmp_path, f"{MISSING}\n", launcher=launcher, instance_count=2)
+    record = get_backend("local").run(job, tmp_path / "records")
+    assert record.status == "failed" and "error" not in record.manifest
+    for host in ("algo-1", "algo-2"):
+        result = record.manifest["hosts"][host]
+        assert result["exit_code"] == 1 and result["failure_written_by"] == "launcher"
+        assert result["failure_reason"].startswith(says)
+        assert f"No matching distribution found for {MISSING}" in record.host_log(host).read_text()
+        assert "imported" not in record.host_log(host).read_text()
+    if launcher == "toolkit":
+        assert f"No matching distribution found for {MISSING}" in record.manifest["hosts"]["algo-1"]["failure_reason"]
+    assert not [p for p in cache.iterdir() if p.is_dir()]  # a failed environment is not cached
+    assert record.manifest["ranks"] == {}
+
+
+# --- docker ----------------------------------------------------------------------------------------
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+def test_docker_installs_in_each_container_from_the_hosts_wheelhouse(
+    engine: DockerClient, torch_image: str, tmp_path: Path
+) -> None:
+    job = _job(tmp_path, f"{PACKAGE}=={VERSION}\n", instance_count=2)
+    record = get_backend("docker", gpus=False).run(job, tmp_path / "records")
+    assert record.status == "succeeded", record.host_log("algo-1").read_text()[-3000:]
+    for host in ("algo-1", "algo-2"):
+        info = _requirements(record, host)
+        assert info["installed"] == {PACKAGE: VERSION} and info["exit_code"] == 0
+        assert info["cwd"] == "/opt/ml/code" and info["command"][1:] == [
+            "-m",
+            "pip",
+            "install",
+            "-r",
+            "requirements.txt",
+        ]
+        assert info["wheels"] == [f"{PACKAGE}-{VERSION}-py3-none-any.whl"]
+        log = record.host_log(host).read_text()
+        assert "Looking in links: /opt/harness/wheels" in log and "Looking in indexes" not in log  # offline
+        assert f"imported {PACKAGE} {VERSION} rank - python /usr/bin/python3" in log
+        assert (
+            json.loads((record.root / "hosts" / host / "received" / "command.json").read_text())["argv"][1]
+            == "train.py"
+        )  # the launcher's own command, not the installer's
+    assert record.manifest["rung_facts"]["requirements"]["installed"] == {PACKAGE: VERSION}
+    again = get_backend("docker", gpus=False).run(job, tmp_path / "records")
+    assert again.status == "succeeded" and _requirements(again)["wheelhouse_reused"] is True
+    assert _requirements(again)["wheelhouse"] == _requirements(record)["wheelhouse"]
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+def test_docker_bad_requirements_fail_before_any_container(
+    engine: DockerClient, torch_image: str, tmp_path: Path
+) -> None:
+    job = _job(tmp_path, f"{MISSING}\n")
+    record = get_backend("docker", gpus=False).run(job, tmp_path / "records")
+    assert record.status == "failed" and "error" not in record.manifest
+    result = record.manifest["hosts"]["algo-1"]
+    assert result["exit_code"] == 1 and result["failure_written_by"] == "launcher"
+    assert result["failure_reason"].startswith("InstallRequirementsError")
+    assert f"No matching distribution found for {MISSING}" in result["failure_reason"]
+    assert "container" not in result
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+def test_docker_install_failing_in_the_container_is_the_launchers_failure(
+    engine: DockerClient, torch_image: str, tmp_path: Path
+) -> None:
+    """A requirement whose marker only the image's Python meets: the host's pip skips it, the
+    container's pip (offline) cannot find it; the entry point never runs."""
+    image_python = requirements.image_python(engine, torch_image, {})["version"]
+    host_python = ".".join(map(str, sys.version_info[:3]))
+    if image_python == host_python:
+        pytest.skip(f"the image's Python is the host's ({host_python}): no marker tells them apart")
+    job = _job(tmp_path, f'{MISSING}; python_full_version == "{image_python}"\n', launcher="toolkit")
+    record = get_backend("docker", gpus=False).run(job, tmp_path / "records")
+    assert record.status == "failed"
+    result = record.manifest["hosts"]["algo-1"]
+    assert result["exit_code"] == 1 and result["failure_written_by"] == "launcher"
+    assert result["failure_reason"].startswith("InstallRequirementsError:\nExitCode 1\n")
+    assert f"No matching distribution found for {MISSING.split('==')[0]}" in result["failure_reason"]
+    log = record.host_log("algo-1").read_text()
+    assert "Looking in links: /opt/harness/wheels" in log and "imported" not in log
+    assert _requirements(record)["exit_code"] == 1
