@@ -469,6 +469,7 @@ def _why_it_failed(record: RunRecord, *, relative: bool = False) -> list[str]:
     if failing:
         lines.append("  exit codes: " + ", ".join(f"{h} {_exit_code(r.get('exit_code'))}" for h, r in failing.items()))
     look += [str(record.host_log(host)) for host in failing or record.hosts if record.host_log(host).is_file()]
+    look = [path for path in look if not any(other.startswith(f"{path}:") for other in look)]  # path:line says it
     if relative:
         look = [path.removeprefix(f"{record.root}/") for path in look]
     for index, path in enumerate(dict.fromkeys(look)):
