@@ -26,6 +26,7 @@ from typing import IO, Any, NoReturn
 from harness import __version__, interrupts
 from harness.backends import backend_class, check_rung_names, get_backend, rungs
 from harness.backends.base import Backend, Progress
+from harness.diff import logs
 from harness.diff.protocol import CheckContext, Tolerance
 from harness.errors import HarnessError, UsageError
 from harness.interrupts import Interrupted
@@ -437,8 +438,6 @@ def _why_it_failed(record: RunRecord, *, relative: bool = False) -> list[str]:
     lines: list[str] = []
     finding = None
     try:
-        from harness.diff import logs
-
         finding = next(iter(logs.check_run(record, CheckContext())), None)
     except HarnessError:
         finding = None
@@ -666,9 +665,9 @@ def _metric_lines(name: str, sources: dict[str, list[float]]) -> Iterator[str]:
         yield f"  {name}: no values"
 
 
-def _facts(value: Any, indent: str) -> Iterator[str]:
+def _facts(value: dict[str, Any], indent: str) -> Iterator[str]:
     """A rung's facts, readable: nested objects as indented ``key: value`` lines, lists of plain
-    values on one line, long text wrapped."""
+    values on one line, lists of objects as ``-`` items, long text wrapped at word boundaries."""
     for key, item in value.items():
         if isinstance(item, dict) and item:
             yield f"{indent}{key}:"
@@ -676,10 +675,23 @@ def _facts(value: Any, indent: str) -> Iterator[str]:
         elif isinstance(item, list) and any(isinstance(x, dict | list) for x in item):
             yield f"{indent}{key}:"
             for element in item:
-                yield from _facts(element, indent + "  - ") if isinstance(element, dict) else [f"{indent}  - {element}"]
+                lines = list(_facts(element, indent + "    ")) if isinstance(element, dict) else []
+                if lines:  # the first key on the dash's line
+                    yield f"{indent}  - {lines[0].lstrip()}"
+                    yield from lines[1:]
+                else:
+                    yield from _wrapped(_plain(element), f"{indent}  - ", indent + "    ")
         else:
-            shown = ", ".join(map(str, item)) if isinstance(item, list) else "-" if item in (None, {}) else str(item)
-            yield from _wrapped(shown, f"{indent}{key}: ", indent + "  ")
+            yield from _wrapped(_plain(item), f"{indent}{key}: ", indent + "  ")
+
+
+def _plain(value: Any) -> str:
+    """A fact's value as text: a list as its items, nothing as ``-``, never a Python literal."""
+    if isinstance(value, list):
+        return ", ".join(_plain(x) for x in value) or "-"
+    if isinstance(value, dict):
+        return ", ".join(f"{k}={_plain(v)}" for k, v in value.items()) or "-"
+    return "-" if value is None else str(value)
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
