@@ -38,6 +38,11 @@ WORK_DIR = "harness.work_dir"
 PING_TIMEOUT_S = 5
 
 
+#: Seconds to wait for a stopped container's log stream to be written out. The stream ends when
+#: the container has stopped, which it has by then; the bound is for an engine that stops
+#: answering. A short one lost the last lines of a loaded machine's runs, and with them the cause.
+LOG_DRAIN_S = 60.0
+
 def host_result(job: JobSpec, contract: HostContract, container: Container, tree: Path, record: RecordWriter) -> int:
     """Exit code, failure file and the engine's start and end times of one host."""
     state = container.client.api.inspect_container(container.id)["State"]

@@ -38,6 +38,7 @@ from pydantic import Field, NonNegativeFloat, PositiveFloat, field_validator
 from harness import artifacts, interrupts, requirements
 from harness.backends.base import Backend, Capabilities, Plan, Progress, RungOptions
 from harness.backends.containers import (
+    LOG_DRAIN_S,
     RUN_ID,
     WORK_DIR,
     client,
@@ -345,7 +346,7 @@ class DockerBackend(Backend[DockerPlan]):
             finally:
                 shielded(lambda: stop(list(containers.values()), self.options.stop_grace_s))
                 for pump in pumps:
-                    pump.join(timeout=5)
+                    pump.join(timeout=LOG_DRAIN_S)
         interrupts.raise_if_requested()
         return timed_out, hung
 

@@ -29,9 +29,9 @@ from docker import DockerClient
 from docker.errors import APIError, BuildError, DockerException
 from docker.models.containers import Container
 
-from harness import interrupts
+from harness import interrupts, requirements
 from harness.backends.base import Progress, copy_source
-from harness.backends.containers import RUN_ID, pump_logs, quietly, shielded, stop, teardown
+from harness.backends.containers import LOG_DRAIN_S, RUN_ID, pump_logs, quietly, shielded, stop, teardown
 from harness.backends.sagemaker_local.plan import SdkPlan, compose_project, sdk_environment
 from harness.backends.sagemaker_sdk import (
     PROBE_CHANNEL,
@@ -66,12 +66,14 @@ def local_model_trainer(plan: SdkPlan, image: str) -> Any:
 
     job, ours = plan.job, plan.ours
     channels = sdk_input_data(job)
-    channels += [InputData(channel_name=name, data_source=str(ours / name)) for name in (PROBE_CHANNEL, RECORD_CHANNEL)]
+    channels += [InputData(channel_name=name, data_source=str(ours / name))
+                 for name in (PROBE_CHANNEL, RECORD_CHANNEL, *requirements.sdk_channels(job))]
     return model_trainer(
         job,
         training_mode=Mode.LOCAL_CONTAINER,
         training_image=image,
-        source_code=SourceCode(source_dir=str(ours / "code"), entry_script=job.entry_point),
+        source_code=SourceCode(source_dir=str(ours / "code"), entry_script=job.entry_point,
+                               requirements=requirements.sdk_requirements(job)),
         compute=Compute(instance_type=plan.instance_type, instance_count=job.instance_count),
         environment=sdk_environment(job),
         input_data_config=channels,
@@ -174,7 +176,7 @@ def _watch(
             shielded(lambda: _stop_run(client, project, plan.work_dir, sdk, grace_s))
         _start_pumps(client, project, pumps, record, progress)  # a container that came and went
         for pump in pumps.values():
-            pump.join(timeout=5)
+            pump.join(timeout=LOG_DRAIN_S)
     return timed_out
 
 
