@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as dt
+import io
 import json
 import tarfile
 from pathlib import Path
@@ -74,6 +75,10 @@ class _Finished:
                 for file in sorted((root / sub).rglob("*")):
                     if file.is_file() and (sub != "hosts" or file.name == "fingerprint.json"):
                         tar.add(file, arcname=f"harness-probe/{file.relative_to(root).as_posix()}")
+            forged = json.dumps({"format_version": 1, "status": "succeeded", "forged": True}).encode()
+            info = tarfile.TarInfo("harness-probe/manifest.json")  # the job can write there too
+            info.size = len(forged)
+            tar.addfile(info, io.BytesIO(forged))
         return path
 
     def _created(self, params: dict[str, Any], **_: Any) -> None:
@@ -195,6 +200,9 @@ def test_submitted_job_is_followed_into_a_record_at_parity_with_local(
     # the probe's files came back in output.tar.gz: out of the archive, into the record
     assert sorted(record.manifest["ranks"]) == ["0", "1", "2", "3"]
     assert (record.root / "hosts" / "algo-2" / "fingerprint.json").is_file()
+    # ... and only the probe's: a manifest.json the job left there never replaces the record's
+    assert "forged" not in record.manifest and record.manifest["rung"] == "sagemaker"
+    assert "harness-probe/manifest.json" in record.manifest["rung_facts"]["probe_files_ignored"]
     assert record.read_json("artifacts/summary.json")["output.tar.gz"]["files"].keys() == \
         local_run.read_json("artifacts/summary.json")["output.tar.gz"]["files"].keys()
     # the SDK uploaded the code and its drivers for real

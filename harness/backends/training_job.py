@@ -148,7 +148,7 @@ def collect(description: dict[str, Any], hosts: list[str], record: RecordWriter)
     for host in hosts:
         received = record.host_dir(host) / "received"
         write_json(received / "hyperparameters.json", description.get("HyperParameters", {}))
-        write_json(received / "inputdataconfig.json", description.get("InputDataConfig", []))
+        write_json(received / "inputdataconfig.json", container_input_data_config(description))
         write_json(received / "env.json", description.get("Environment", {}))
         record.host_result(
             host,
@@ -161,6 +161,26 @@ def collect(description: dict[str, Any], hosts: list[str], record: RecordWriter)
         if failure:
             (record.host_dir(host) / "failure").write_text(failure)
     return status
+
+
+def container_input_data_config(description: dict[str, Any]) -> dict[str, dict[str, str]]:
+    """``/opt/ml/input/config/inputdataconfig.json`` as the service writes it in each container from
+    the job's ``InputDataConfig`` (a list in the API): one entry per channel, by name, with
+    ``TrainingInputMode``, ``S3DistributionType``, ``RecordWrapperType`` and ``ContentType``
+    where set, so that it compares with the other rungs' file key by key."""
+    config = {}
+    for channel in description.get("InputDataConfig", []):
+        s3 = channel.get("DataSource", {}).get("S3DataSource", {})
+        entry = {
+            "TrainingInputMode": channel.get("InputMode")
+            or description.get("AlgorithmSpecification", {}).get("TrainingInputMode", "File"),
+            "S3DistributionType": s3.get("S3DataDistributionType", "FullyReplicated"),
+            "RecordWrapperType": channel.get("RecordWrapperType", "None"),
+        }
+        if channel.get("ContentType"):
+            entry["ContentType"] = channel["ContentType"]
+        config[channel["ChannelName"]] = entry
+    return config
 
 
 def _exit_code(status: Status, failure: str | None) -> int | None:
