@@ -222,3 +222,57 @@ def test_docker_install_failing_in_the_container_is_the_launchers_failure(
     log = record.host_log("algo-1").read_text()
     assert "Looking in links: /opt/harness/wheels" in log and "imported" not in log
     assert _requirements(record)["exit_code"] == 1
+
+
+# --- sagemaker-local -------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def sdk_engine(engine: DockerClient) -> DockerClient:
+    """The engine, with the SDK and compose too; skipped with the reason otherwise."""
+    reason = get_backend("sagemaker-local", gpus=False).unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    return engine
+
+
+def test_sagemaker_local_plan_adds_the_wheels_channel(tmp_path: Path, cache: Path) -> None:
+    plan = get_backend("sagemaker-local", gpus=False).plan(_job(tmp_path, f"{PACKAGE}=={VERSION}\n"))
+    config = json.loads(plan.hosts["algo-1"].files["input/config/inputdataconfig.json"])
+    assert list(config)[-3:] == [requirements.WHEELS_CHANNEL, "code", "sm_drivers"]
+    assert plan.hosts["algo-1"].env["PIP_NO_INDEX"] == "1"
+    assert "sm_train.sh" in plan.facts["requirements"]["how"]
+    assert not cache.exists()
+
+
+@pytest.mark.docker
+@pytest.mark.sagemaker_local
+@pytest.mark.slow
+def test_sagemaker_local_the_sdks_driver_installs_from_the_wheelhouse(
+    sdk_engine: DockerClient, torch_image: str, tmp_path: Path
+) -> None:
+    job = _job(tmp_path, f"{PACKAGE}=={VERSION}\n", instance_count=2)
+    record = get_backend("sagemaker-local", gpus=False).run(job, tmp_path / "records")
+    assert record.status == "succeeded", record.host_log("algo-1").read_text()[-3000:]
+    for host in ("algo-1", "algo-2"):
+        info = _requirements(record, host)
+        assert info["installed"] == {PACKAGE: VERSION} and info["succeeded"] is True
+        log = record.host_log(host).read_text()
+        assert "install_requirements.py requirements.txt" in log  # the SDK's own sm_train.sh
+        assert f"Looking in links: /opt/ml/input/data/{requirements.WHEELS_CHANNEL}" in log
+        assert f"imported {PACKAGE} {VERSION}" in log
+
+
+@pytest.mark.docker
+@pytest.mark.sagemaker_local
+@pytest.mark.slow
+def test_sagemaker_local_bad_requirements_fail_before_compose(
+    sdk_engine: DockerClient, torch_image: str, tmp_path: Path
+) -> None:
+    job = _job(tmp_path, f"{MISSING}\n")
+    record = get_backend("sagemaker-local", gpus=False).run(job, tmp_path / "records")
+    assert record.status == "failed" and "error" not in record.manifest
+    result = record.manifest["hosts"]["algo-1"]
+    assert result["exit_code"] == 1 and result["failure_written_by"] == "launcher"
+    assert result["failure_reason"].startswith("Training Execution failed")  # what sm_train.sh writes
+    assert f"No matching distribution found for {MISSING}" in record.host_log("algo-1").read_text()

@@ -31,7 +31,7 @@ from typing import Any
 
 from pydantic import PositiveFloat
 
-from harness import artifacts, interrupts
+from harness import artifacts, interrupts, requirements
 from harness.backends import training_job
 from harness.backends.base import Backend, Capabilities, Plan, Progress, RungOptions
 from harness.backends.hosts import PROBE_DIR, artifact_overview, ranks_from_probe
@@ -455,7 +455,8 @@ class SageMakerBackend(Backend[RequestPlan]):
             sagemaker_session=Session(boto_session=session, default_bucket=self.bucket),
             role=self.role,
             training_image=self.options.image or job.image,
-            source_code=SourceCode(source_dir=str(job.source_dir), entry_script=job.entry_point)
+            source_code=SourceCode(source_dir=str(job.source_dir), entry_script=job.entry_point,
+                                   requirements=requirements.sdk_requirements(job))
             if job.is_script_mode
             else None,
             compute=Compute(instance_type=job.instance_type, instance_count=job.instance_count),

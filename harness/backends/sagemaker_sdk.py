@@ -31,8 +31,9 @@ from harness.record import RecordWriter
 #: The pip extra that installs the SDK (``pip install 'sagemaker-parity-harness[sagemaker]'``).
 SDK_EXTRA = "sagemaker"
 PROBE_CHANNEL, RECORD_CHANNEL = "harness_probe", "harness_record"
-#: Channels ModelTrainer adds after the user's (``code``, ``sm_drivers``) and the harness's own.
-RESERVED_CHANNELS = ("code", "sm_drivers", PROBE_CHANNEL, RECORD_CHANNEL)
+#: Channels ModelTrainer adds after the user's (``code``, ``sm_drivers``) and the harness's own (the probe's,
+#: and ``harness_wheels`` for requirements.txt: :data:`harness.requirements.WHEELS_CHANNEL`).
+RESERVED_CHANNELS = ("code", "sm_drivers", PROBE_CHANNEL, RECORD_CHANNEL, "harness_wheels")
 DATA = PurePosixPath("/opt/ml/input/data")
 #: ModelTrainer's container command with ``source_code`` (sagemaker-core ``training/constants.py``).
 SM_TRAIN = f"{DATA}/sm_drivers/sm_train.sh"

@@ -42,7 +42,7 @@ import shutil
 from docker import DockerClient
 from pydantic import NonNegativeFloat
 
-from harness import interrupts
+from harness import interrupts, requirements
 from harness.backends.base import Backend, Capabilities, Progress, RungOptions
 from harness.backends.containers import (
     client,
@@ -155,9 +155,12 @@ class SageMakerLocalBackend(Backend[SdkPlan]):
                 record.set_fact("image", image)
                 record.set_fact("run_image", run_image)
                 prepare(plan)
+                if not requirements.prepare_sdk(client, image, job, plan.ours, labels, record):
+                    return "failed"  # the host's pip could not get the wheels: failed as sm_train.sh fails
                 sdk = SdkRun(local_model_trainer(plan, run_image), plan.ours / "compose.log", stdout)
                 timed_out = supervise(sdk, client, plan, record, progress, self.options.stop_grace_s)
                 codes = collect(client, plan, sdk, record)
+                requirements.collect_sdk(job, plan.ours, record)
             finally:
                 with interrupts.deferred():  # a signal now is taken once everything is removed
                     shielded(lambda: cleanup(client, labels, run_image, plan.work_dir, isolation.network))

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from harness import requirements
 from harness.backends.base import Plan
 from harness.backends.docker import DOCKER_DEFAULT_SHM
 from harness.backends.sagemaker_sdk import (
@@ -100,7 +101,7 @@ def compose_project(container_root: Path) -> str:
 
 def sdk_channels(job: JobSpec) -> list[str]:
     """Channel order in ``inputdataconfig.json``: the user's, the harness's, then ModelTrainer's."""
-    return [*job.channels, PROBE_CHANNEL, RECORD_CHANNEL, "code", "sm_drivers"]
+    return [*job.channels, PROBE_CHANNEL, RECORD_CHANNEL, *requirements.sdk_channels(job), "code", "sm_drivers"]
 
 
 def sdk_input_data_config(job: JobSpec) -> dict[str, dict[str, str]]:
@@ -131,6 +132,7 @@ def sdk_environment(job: JobSpec) -> dict[str, str]:
         **job.environment,
         "PYTHONPATH": probe_python_path(job),
         "HARNESS_PROBE_DIR": str(DATA / RECORD_CHANNEL),
+        **requirements.sdk_environment(job),  # pip installs requirements.txt from the wheelhouse channel
     }
 
 
@@ -205,5 +207,6 @@ def plan_job(rung: str, job: JobSpec, *, num_gpus: int, image: str | None, stop_
         "(recorded from sm_training.env after the run)",
         "stop": f"SIGTERM, SIGKILL after {stop_grace_s:g} s",
     }
+    requirements.sdk_fact(job, facts)
     hosts = {host: host_contract(job, host, instance_type) for host in job.hosts}
     return SdkPlan(rung, job, hosts, facts, work_dir=work, instance_type=instance_type)
