@@ -238,33 +238,37 @@ def ranks_from_probe(record_root: Path) -> dict[str, object]:
 def _last_sign_of_life(files: RecordFiles, rank: int) -> tuple[str, str] | None:
     """(UTC time, what told it) of the last thing ``rank`` did: the latest of its heartbeat's
     time, its last event's time and its last log line's timestamp; None when it left nothing."""
+    ranks = files.root / "ranks"
     seen: list[tuple[float, str]] = []
-    beat = files.heartbeats().get(rank)
-    if beat is not None and isinstance(beat.get("t"), int | float):
-        seen.append((float(beat["t"]), "heartbeat"))
-    events = files.rank_event_files().get(rank)
-    if events is not None:
-        last = _last_line(events)
+    for what, text in (
+        ("heartbeat", _text(ranks / f"rank-{rank}.heartbeat")),  # one small JSON object
+        ("last event", _last_line(ranks / f"rank-{rank}.jsonl")),
+    ):  # one JSON event a line
         try:
-            t = json.loads(last).get("t") if last else None
+            t = json.loads(text or "{}").get("t")
         except (json.JSONDecodeError, AttributeError):
-            t = None
-        if isinstance(t, int | float):
-            seen.append((float(t), "last event"))
-    log = files.rank_logs().get(rank)
-    if log is not None:
-        stamp = _last_line(log).partition(" ")[0]
-        with contextlib.suppress(ValueError):
-            seen.append((dt.datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp(), "last log line"))
+            continue
+        if isinstance(t, int | float) and not isinstance(t, bool):
+            seen.append((float(t), what))
+    stamp = _last_line(ranks / f"rank-{rank}.log").partition(" ")[0]
+    with contextlib.suppress(ValueError):
+        seen.append((dt.datetime.fromisoformat(stamp.replace("Z", "+00:00")).timestamp(), "last log line"))
     if not seen:
         return None
     when, source = max(seen)
-    stamp = dt.datetime.fromtimestamp(when, dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-    return stamp, source
+    return dt.datetime.fromtimestamp(when, dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"), source
+
+
+def _text(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8", errors="replace")
+    except OSError:
+        return ""
 
 
 def _last_line(path: Path) -> str:
-    """The last complete, non-empty line of ``path`` (reads only its end)."""
+    """The last complete, non-empty line of ``path`` (reads only its end; a line cut short by a
+    kill, with no newline, does not count)."""
     try:
         with path.open("rb") as handle:
             handle.seek(max(0, path.stat().st_size - 65536))
