@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import difflib
+import json
 import math
 import os
 import re
@@ -195,7 +196,21 @@ def _parser() -> argparse.ArgumentParser:
         help="comma-separated rungs that must run: exit 1, before anything runs, if one cannot",
     )
     ladder.add_argument("--rungs", help=f"comma-separated rungs (default: {','.join(DEFAULT_RUNGS)})")
+    ladder.add_argument(
+        "--keep-going", action="store_true", help="climb every rung even after one has departed (default: stop there)"
+    )
     tolerance_args(ladder)
+
+    bisect = commands.add_parser("bisect", help="name the one difference between two rungs that makes a job depart")
+    job_args(bisect)
+    bisect.add_argument(
+        "--between",
+        default="local,docker",
+        metavar="LOWER,UPPER",
+        help="the rung the job agrees on and the one it departs on (default: local,docker)",
+    )
+    bisect.add_argument("--max-runs", type=int, default=16, help="stop the search after this many runs (default 16)")
+    bisect.add_argument("--json", type=Path, metavar="FILE", help="also write the steps as JSON here")
 
     diff = commands.add_parser("diff", help="compare two run records")
     diff.add_argument("baseline", type=Path)
@@ -537,11 +552,36 @@ def cmd_ladder(args: argparse.Namespace) -> int:
             progress=progress,
             on_record=done,
             require=required,
+            keep_going=args.keep_going,
         )
     finally:
         for line in lines.values():  # a rung that broke off: its progress stops, said once
             line.done(None)
     return _report(result.verdict, args)
+
+
+def cmd_bisect(args: argparse.Namespace) -> int:
+    """Exit 0 when a dimension was named, 1 when none (or nothing departs)."""
+    from harness import bisect
+
+    job = _job(args)
+    lower, _, upper = args.between.partition(",")
+    if args.max_runs < 2:
+        raise UsageError(f"--max-runs {args.max_runs}: the two rungs alone take two runs")
+    settings = rung_settings(args, [upper])[upper]
+    result = bisect.bisect(
+        job,
+        args.records,
+        lower=lower,
+        upper=upper,
+        upper_options=settings,
+        max_runs=args.max_runs,
+        on_record=lambda r: _emit(f"{r.rung}: {r.status} ({r.root})"),
+    )
+    _emit(bisect.to_text(result))
+    if args.json is not None:
+        args.json.write_text(json.dumps(result.to_dict(), indent=2) + "\n", encoding="utf-8")
+    return 0 if result.dimension else 1
 
 
 def cmd_diff(args: argparse.Namespace) -> int:
@@ -760,6 +800,7 @@ def cmd_localstack(args: argparse.Namespace) -> int:
 COMMANDS = {
     "run": cmd_run,
     "ladder": cmd_ladder,
+    "bisect": cmd_bisect,
     "diff": cmd_diff,
     "show": cmd_show,
     "doctor": cmd_doctor,

@@ -65,7 +65,7 @@ def test_a_ladder_flag_no_rung_takes_is_refused_before_anything_runs(
 
 def test_an_unknown_rung_in_a_ladder_is_refused(scenarios: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["ladder", str(scenarios / "ddp_csv" / "job.yaml"), "--rungs", "local,dokcer"]) == 2
-    assert "unknown rung 'dokcer'; choose from local, local-gpu, docker" in capsys.readouterr().err
+    assert "unknown rung 'dokcer'" in capsys.readouterr().err
 
 
 def test_scenario_settings_are_checked_when_the_scenario_loads(tmp_path: Path) -> None:
