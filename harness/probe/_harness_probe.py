@@ -7,22 +7,49 @@ imports nothing heavy: torch is instrumented when the job imports it, through an
 It writes under ``HARNESS_PROBE_DIR``:
 
 * ``processes/<host>-<pid>.json``: argv, cwd, environment (secrets redacted), parsed arguments,
-  exit (code, exception) of each process;
+  exit (code, exception) of each process, and ``probe_errors`` (what went wrong in the probe
+  itself, which the job never sees);
 * ``hosts/<host>/fingerprint.json``: Python, packages, CPUs, ``/dev/shm``, ulimits, and, once
-  torch is imported, torch/CUDA/cuDNN/NCCL versions and GPUs (written once per host);
+  torch is imported: torch/CUDA/cuDNN/NCCL versions and GPUs (written once per host);
 * ``ranks/rank-N.log``: the rank's own output, timestamped (a tee process outlives a crash);
-* ``ranks/rank-N.jsonl``: events: ``dist_init``, ``collective`` (op, shapes, caller line),
-  ``batch`` (digest of each batch consumed), ``params`` (digest of the parameters every
-  ``HARNESS_PARAM_EVERY`` optimizer steps), ``args``;
+* ``ranks/rank-N.jsonl``: events: ``dist_init``, ``collective`` (op, shapes, dtypes, group,
+  peer for point-to-point, caller line), ``batch`` (digest of each batch consumed), ``params``
+  (digest of the parameters every ``HARNESS_PARAM_EVERY`` optimizer steps), ``write``.
   Events a crash or an ``os._exit`` must not lose (collectives, writes, parameters) are flushed
   at once, the others every second;
 * ``ranks/rank-N.heartbeat``: progress counters, rewritten every second; on SIGUSR1 the rank
   dumps every thread's stack to ``ranks/rank-N.stacks.txt`` (the harness's hang detector).
+
+Transparency: a job with the probe does what it does without it: same exit status, same lines
+on stdout and on stderr, same files. The rules that hold it (tests/test_probe_transparency.py):
+
+* every hook calls the original exactly once with the caller's own arguments and hands back its
+  result or exception untouched; the probe's own work around the call runs under
+  :func:`_quietly`, so a failure of the probe (an object it cannot measure, a full disk) is
+  written to the process record (``probe_errors``), never raised into the job nor printed;
+* wrappers keep the wrapped function's name, qualified name, module, docs and signature
+  (``functools.wraps``), so that pickling, ``inspect`` and identity checks against the module's
+  own attribute see what they would see; imported modules keep their own loader;
+* a rank's stdout and stderr stay apart (one tee pipe per stream, or one for both where they
+  already went to one place), bytes pass through as they come (no waiting for a newline), and
+  the tee is nobody's child (it detaches at once), so ``os.wait()`` in the job never meets it;
+* processes multiprocessing starts for its own ends (spawned children, the forkserver, the
+  resource tracker) are recorded but never take over their parent's rank; a forked child gets a
+  record of its own and never writes into its parent's;
+* nothing is printed; CUDA is never initialised by the probe (GPU names are read once the job
+  initialised CUDA itself), and SIGUSR1 chains to a handler the job installed before.
+
+What stays visible, by construction: a traceback through a hooked call shows one frame of this
+file (``File ".../_harness_probe.py", line N, in ...`` and its source line); a rank has one
+more daemon thread (``harness-heartbeat``); its stdout/stderr are pipes to the tee (as they are
+under every launcher the harness runs); ``sys.meta_path[0]`` is the probe's import hook.
 """
 
 import atexit
+import contextlib
 import datetime
 import faulthandler
+import functools
 import hashlib
 import importlib.abc
 import importlib.metadata
@@ -38,27 +65,135 @@ import time
 
 DIR = os.environ.get("HARNESS_PROBE_DIR", "")
 HOST = os.environ.get("HARNESS_HOST") or "host"
-PARAM_EVERY = int(os.environ.get("HARNESS_PARAM_EVERY", "10"))
+PARAM_EVERY = int(os.environ.get("HARNESS_PARAM_EVERY", "10") or 10)
 _SECRET = re.compile(r"SECRET|TOKEN|PASSWORD|PASSWD|CREDENTIAL|PRIVATE|_KEY$|^AWS_ACCESS_KEY_ID$", re.I)
-_RELEVANT_ENV = ("SM_", "MASTER_", "NCCL_", "GLOO_", "CUDA_", "OMP_", "RANK", "LOCAL_RANK", "WORLD_SIZE",
-                 "TORCH", "PYTHON", "LD_PRELOAD", "FI_", "AWS_REGION", "TRAINING_JOB")
-_COLLECTIVES = ("all_reduce", "broadcast", "all_gather", "all_gather_into_tensor", "reduce_scatter",
-                "reduce_scatter_tensor", "reduce", "gather", "scatter", "all_to_all", "all_to_all_single",
-                "barrier", "all_gather_object", "broadcast_object_list", "send", "recv")
+_RELEVANT_ENV = (
+    "SM_",
+    "MASTER_",
+    "NCCL_",
+    "GLOO_",
+    "CUDA_",
+    "OMP_",
+    "RANK",
+    "LOCAL_RANK",
+    "WORLD_SIZE",
+    "TORCH",
+    "PYTHON",
+    "LD_PRELOAD",
+    "FI_",
+    "AWS_REGION",
+    "TRAINING_JOB",
+)
+#: Collectives every rank of a group issues alike, in the same order.
+_COLLECTIVES = (
+    "all_reduce",
+    "broadcast",
+    "all_gather",
+    "all_gather_into_tensor",
+    "reduce_scatter",
+    "reduce_scatter_tensor",
+    "reduce",
+    "gather",
+    "scatter",
+    "all_to_all",
+    "all_to_all_single",
+    "barrier",
+    "monitored_barrier",
+    "all_reduce_coalesced",
+    "all_gather_coalesced",
+    "all_gather_object",
+    "broadcast_object_list",
+    "gather_object",
+    "scatter_object_list",
+)
+#: Point-to-point calls: they pair up across ranks (a send with a recv), no rank issues them alike.
+_SENDS = ("send", "isend", "send_object_list")
+_RECVS = ("recv", "irecv", "recv_object_list")
+_POINT_TO_POINT = _SENDS + _RECVS + ("batch_isend_irecv",)
+#: Arguments that legitimately differ between ranks of one collective (only the root holds the
+#: list; objects are anything), so they are not part of what ranks must agree on.
+_ASYMMETRIC = frozenset(
+    (
+        "gather_list",
+        "scatter_list",
+        "object_gather_list",
+        "scatter_object_input_list",
+        "obj",
+        "output_split_sizes",
+        "input_split_sizes",
+        "p2p_op_list",
+    )
+)
+#: Object lists: only their length must agree.
+_OBJECT_LISTS = frozenset(("object_list", "scatter_object_output_list"))
 _TEE = r"""
-import datetime, os, re, sys
-out = open(sys.argv[1], "ab", buffering=0)
-passthrough = sys.stdout.buffer
+import datetime, os, re, selectors, signal, sys
+if os.fork():  # the tee detaches: it is nobody's child, so a job's os.wait() never meets it
+    os._exit(0)
+for name in ("SIGINT", "SIGTERM", "SIGHUP"):  # it ends when its writers have: their last words pass
+    signal.signal(getattr(signal, name), signal.SIG_IGN)
+try:
+    log = open(sys.argv[1], "ab", buffering=0)
+except OSError:
+    log = None
 pattern = re.compile(sys.argv[2], re.I)
 secrets = [v.encode() for k, v in os.environ.items() if pattern.search(k) and len(v) >= 8]
-for line in sys.stdin.buffer:
+done = int(sys.argv[3])  # held open until the tee ends: the rank waits on it at exit
+routes = {int(a): int(b) for a, b in (pair.split(":") for pair in sys.argv[4:])}  # pipe -> where it went
+pending = dict.fromkeys(routes, b"")
+broken = set()
+selector = selectors.DefaultSelector()
+for fd in routes:
+    selector.register(fd, selectors.EVENT_READ)
+
+
+def record(line):
+    global log
+    if log is None:
+        return
     stamp = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="microseconds")
-    recorded = line
     for secret in secrets:
-        recorded = recorded.replace(secret, b"<redacted>")
-    out.write(stamp.replace("+00:00", "Z").encode() + b" " + recorded)
-    passthrough.write(line)
-    passthrough.flush()
+        line = line.replace(secret, b"<redacted>")
+    try:
+        log.write(stamp.replace("+00:00", "Z").encode() + b" " + line)
+    except OSError:
+        log = None
+
+
+def forward(target, data):
+    view = memoryview(data)
+    while view and target not in broken:
+        try:
+            view = view[os.write(target, view):]
+        except InterruptedError:
+            continue
+        except OSError:  # the reader went away: keep draining, as a closed pipe would not block
+            broken.add(target)
+
+
+while routes:
+    for key, _ in selector.select():
+        fd = key.fd
+        try:
+            data = os.read(fd, 1 << 16)
+        except InterruptedError:
+            continue
+        except OSError:
+            data = b""
+        if not data:
+            if pending[fd]:
+                record(pending[fd] + b"\n")
+            selector.unregister(fd)
+            del routes[fd]
+            continue
+        forward(routes[fd], data)
+        lines = (pending[fd] + data).split(b"\n")
+        pending[fd] = lines.pop()
+        if len(pending[fd]) > 1 << 16:  # a progress bar redrawn with \r, never a newline
+            lines.append(pending[fd])
+            pending[fd] = b""
+        for line in lines:
+            record(line + b"\n")
 """
 
 
@@ -106,18 +241,117 @@ def _jsonable(value):
     return repr(value)
 
 
-class Process:
-    """This process's record; rewritten when something worth keeping happens."""
+# ---- the probe's own failures stay with the probe ---------------------------------------------
 
-    def __init__(self):
+_MAX_ERRORS = 20
+
+
+def _quietly(what, function, *args, **kwargs):
+    """``function(*args, **kwargs)`` for the probe's own work: whatever it raises is written to
+    the process record (``probe_errors``) and goes no further, so the job never sees it."""
+    try:
+        return function(*args, **kwargs)
+    except Exception as exc:
+        _probe_error(what, exc)
+        return None
+
+
+def _probe_error(what, exc):
+    try:
+        process = _process()
+        if process is None:
+            return
+        errors = process.info.setdefault("probe_errors", [])
+        if len(errors) < _MAX_ERRORS:
+            errors.append("%s: %s: %s" % (what, type(exc).__name__, exc))
+            process.save()
+    except Exception:
+        pass
+
+
+def _hook(function, before=None, after=None):
+    """``function`` as the probe sees it: ``before(args, kwargs)`` and ``after(result, token)``
+    (``token`` is what ``before`` returned) run quietly around the call; the call itself gets the
+    caller's arguments, and its result or exception goes back unchanged."""
+
+    @functools.wraps(function)
+    def hooked(*args, **kwargs):
+        token = _quietly(function.__name__, before, args, kwargs) if before is not None else None
+        result = function(*args, **kwargs)
+        if after is not None:
+            _quietly(function.__name__, after, result, token)
+        return result
+
+    return hooked
+
+
+# ---- processes and ranks ----------------------------------------------------------------------
+
+
+def _command_line():
+    """The interpreter's own argv (``sys.orig_argv``; before 3.10, ``/proc/self/cmdline``)."""
+    argv = getattr(sys, "orig_argv", None)
+    if argv:
+        return list(argv)
+    try:
+        with open("/proc/self/cmdline", "rb") as handle:
+            return [part.decode("utf-8", "replace") for part in handle.read().split(b"\0") if part]
+    except OSError:
+        return []
+
+
+def _multiprocessing_helper(argv):
+    """A process multiprocessing started for itself: a spawned child (``--multiprocessing-fork``),
+    the forkserver or the resource tracker (``-c "from multiprocessing..."``). It inherits its
+    parent's ``RANK`` but is not that rank."""
+    if "--multiprocessing-fork" in argv:
+        return True
+    return any(
+        a == "-c" and i + 1 < len(argv) and argv[i + 1].lstrip().startswith("from multiprocessing")
+        for i, a in enumerate(argv)
+    )
+
+
+def _inherited_rank(rank):
+    """Whether ``RANK`` only came down from the rank's own process: a helper the rank started
+    (``subprocess.run([sys.executable, ...])``, torch's compile workers) inherits ``RANK`` but is
+    not the rank. Its parent's record says so: a Python process that held the same ``RANK``.
+    A launcher's children (torchrun's workers, a script's spawned ranks) have a parent without
+    it, or one that is no Python process at all (``bash -c``)."""
+    path = os.path.join(DIR, "processes", "%s-%d.json" % (HOST, os.getppid()))
+    try:
+        with open(path, encoding="utf-8") as handle:
+            return json.load(handle).get("rank") == rank
+    except (OSError, ValueError):
+        return False
+
+
+class Process:
+    """This process's record; rewritten when something worth keeping happens. ``own_rank``:
+    whether ``RANK`` in the environment is this process's own (else it is recorded as
+    ``inherited_rank``: a DataLoader worker, a helper the rank started)."""
+
+    def __init__(self, own_rank=True):
         self.pid = os.getpid()
         self.path = os.path.join(DIR, "processes", "%s-%d.json" % (HOST, self.pid))
+        try:
+            cwd = os.getcwd()
+        except OSError:
+            cwd = None
         self.info = {
-            "pid": self.pid, "ppid": os.getppid(), "host": HOST, "rank": os.environ.get("RANK"),
-            "local_rank": os.environ.get("LOCAL_RANK"), "argv": [sys.executable, *sys.argv],
-            "orig_argv": list(getattr(sys, "orig_argv", [])), "cwd": os.getcwd(), "started_at": now(),
+            "pid": self.pid,
+            "ppid": os.getppid(),
+            "host": HOST,
+            "rank": os.environ.get("RANK") if own_rank else None,
+            "local_rank": os.environ.get("LOCAL_RANK"),
+            "argv": [sys.executable, *sys.argv],
+            "orig_argv": list(getattr(sys, "orig_argv", [])),
+            "cwd": cwd,
+            "started_at": now(),
             "env": redact(dict(os.environ)),
         }
+        if not own_rank and os.environ.get("RANK") is not None:
+            self.info["inherited_rank"] = os.environ["RANK"]
         self.exit_code = 0
         self.save()
 
@@ -134,6 +368,7 @@ class Rank:
 
     def __init__(self, rank):
         self.rank = rank
+        self.pid = os.getpid()
         directory = os.path.join(DIR, "ranks")
         os.makedirs(directory, exist_ok=True)
         self.base = os.path.join(directory, "rank-%s" % rank)
@@ -141,7 +376,11 @@ class Rank:
         self.lock = threading.Lock()
         self.counters = {"batches": 0, "collectives": 0, "steps": 0}
         self.stacks = open(self.base + ".stacks.txt", "a")
-        faulthandler.register(signal.SIGUSR1, file=self.stacks, all_threads=True, chain=False)
+        # A handler the job installed already keeps running after the dump (chain); the default
+        # action (terminate) is not chained: the dump replaces it.
+        previous = signal.getsignal(signal.SIGUSR1)
+        chain = previous not in (signal.SIG_DFL, signal.SIG_IGN, None)
+        faulthandler.register(signal.SIGUSR1, file=self.stacks, all_threads=True, chain=chain)
         threading.Thread(target=self._beat, name="harness-heartbeat", daemon=True).start()
 
     def emit(self, kind, flush=False, **fields):
@@ -154,8 +393,10 @@ class Rank:
     def _beat(self):
         while True:
             try:
-                write_json(self.base + ".heartbeat", {"pid": os.getpid(), "host": os.environ.get("HARNESS_HOST"),
-                                                     "t": time.time(), **self.counters})
+                write_json(
+                    self.base + ".heartbeat",
+                    {"pid": os.getpid(), "host": os.environ.get("HARNESS_HOST"), "t": time.time(), **self.counters},
+                )
                 with self.lock:
                     self.events.flush()
             except (OSError, ValueError):
@@ -163,6 +404,8 @@ class Rank:
             time.sleep(1.0)
 
     def close(self):
+        if self.pid != os.getpid():
+            return
         with self.lock:
             if not self.events.closed:
                 self.events.flush()
@@ -172,27 +415,107 @@ PROCESS = None
 RANK = None
 
 
+def _process():
+    """This process's record; a forked child gets one of its own on first use, so that it never
+    writes into its parent's."""
+    global PROCESS
+    if not DIR:
+        return None
+    if PROCESS is None or PROCESS.pid != os.getpid():
+        PROCESS = Process(own_rank=PROCESS is None)
+    return PROCESS
+
+
+def _rank():
+    """This process's rank stream, or None (not a rank, or a forked child of one)."""
+    rank = RANK
+    return rank if rank is not None and rank.pid == os.getpid() else None
+
+
 def start_rank(rank):
     """Begin per-rank capture: the output tee and the event stream (once per process)."""
     global RANK
-    if RANK is not None or not DIR:
+    if _rank() is not None or not DIR:
         return
-    tee_output(rank)
+    _quietly("tee", tee_output, rank)
     RANK = Rank(rank)
-    PROCESS.update(rank=str(rank))
+    _process().update(rank=str(rank))
     atexit.register(RANK.close)
 
 
+def _same_destination(a, b):
+    try:
+        x, y = os.fstat(a), os.fstat(b)
+    except OSError:
+        return False
+    return (x.st_dev, x.st_ino) == (y.st_dev, y.st_ino)
+
+
+def _flush_streams():
+    for stream in (sys.stdout, sys.stderr):
+        if stream is not None:
+            with contextlib.suppress(OSError, ValueError):
+                stream.flush()
+
+
 def tee_output(rank):
-    sys.stdout.flush()
-    sys.stderr.flush()
+    """Copy fds 1 and 2 into ``ranks/rank-N.log`` on their way to where they went: each stream
+    through its own pipe (one pipe where both went to one place already, to keep their order).
+    At exit the rank gives its fds back and waits (2 s at most) for the tee to pass its last
+    lines on, so that they come before whatever the launcher prints about the rank's end."""
+    _flush_streams()
+    try:
+        os.fstat(1)
+    except OSError:  # no stdout at all: nothing to copy
+        return
     path = os.path.join(DIR, "ranks", "rank-%s.log" % rank)
     os.makedirs(os.path.dirname(path), exist_ok=True)
-    tee = subprocess.Popen([sys.executable, "-S", "-c", _TEE, path, _SECRET.pattern], stdin=subprocess.PIPE,
-                           close_fds=True)
-    os.dup2(tee.stdin.fileno(), 1)
-    os.dup2(tee.stdin.fileno(), 2)
-    tee.stdin.close()
+    streams = [1] if _same_destination(1, 2) else [1, 2]
+    pipes = {fd: os.pipe() for fd in streams}  # fd -> (read, write)
+    done_read, done_write = os.pipe()
+    try:
+        routes = ["%d:%d" % (read, fd) for fd, (read, _) in pipes.items()]
+        tee = subprocess.Popen(
+            [sys.executable, "-S", "-c", _TEE, path, _SECRET.pattern, str(done_write), *routes],
+            stdin=subprocess.DEVNULL,
+            pass_fds=[done_write, *(r for r, _ in pipes.values())],
+        )
+        tee.wait()  # the tee's first process leaves at once; the tee itself runs on, detached
+        saved = {fd: os.dup(fd) for fd in (1, 2)}
+        os.dup2(pipes[1][1], 1)
+        os.dup2(pipes[2][1] if 2 in pipes else pipes[1][1], 2)
+    except BaseException:
+        os.close(done_read)
+        raise
+    finally:
+        os.close(done_write)
+        for read, write in pipes.values():
+            os.close(read)
+            os.close(write)
+    _TEE_STATE.update(pid=os.getpid(), saved=saved, done=done_read)
+    atexit.register(_quietly, "tee", _untee)
+
+
+_TEE_STATE = {}
+
+
+def _untee():
+    """Give fds 1 and 2 back to where they went before the tee, then wait for the tee to end."""
+    if _TEE_STATE.get("pid") != os.getpid():
+        return
+    _flush_streams()
+    for fd, copy in _TEE_STATE.pop("saved").items():
+        os.dup2(copy, fd)
+        os.close(copy)
+    import select
+
+    done = _TEE_STATE.pop("done")
+    try:
+        poll = select.poll()
+        poll.register(done, select.POLLIN | select.POLLHUP)
+        poll.poll(2000)
+    finally:
+        os.close(done)
 
 
 def fingerprint(extra=None):
@@ -219,10 +542,12 @@ def base_fingerprint():
     limits = {}
     try:
         import resource
+
         for name in ("RLIMIT_MEMLOCK", "RLIMIT_STACK", "RLIMIT_NOFILE", "RLIMIT_NPROC", "RLIMIT_AS"):
             if hasattr(resource, name):
-                limits[name[7:].lower()] = [(-1 if v == resource.RLIM_INFINITY else v)
-                                            for v in resource.getrlimit(getattr(resource, name))]
+                limits[name[7:].lower()] = [
+                    (-1 if v == resource.RLIM_INFINITY else v) for v in resource.getrlimit(getattr(resource, name))
+                ]
     except ImportError:
         pass
     packages = {}
@@ -231,37 +556,98 @@ def base_fingerprint():
         if name:
             packages[name.lower()] = dist.version
     return {
-        "python": sys.version.split()[0], "implementation": platform.python_implementation(),
-        "executable": sys.executable, "platform": platform.platform(), "machine": platform.machine(),
-        "hostname": platform.node(), "cpu_count": os.cpu_count(),
+        "python": sys.version.split()[0],
+        "implementation": platform.python_implementation(),
+        "executable": sys.executable,
+        "platform": platform.platform(),
+        "machine": platform.machine(),
+        "hostname": platform.node(),
+        "cpu_count": os.cpu_count(),
         "cpu_affinity": len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else None,
-        "dev_shm_bytes": shm_bytes, "ulimits": limits, "packages": dict(sorted(packages.items())),
+        "dev_shm_bytes": shm_bytes,
+        "ulimits": limits,
+        "packages": dict(sorted(packages.items())),
         "env": {k: v for k, v in sorted(redact(dict(os.environ)).items()) if k.startswith(_RELEVANT_ENV)},
     }
 
 
+_GPUS = {"named": False}
+
+
 def torch_fingerprint(torch):
-    info = {"torch": torch.__version__, "cuda": getattr(torch.version, "cuda", None),
-            "cuda_available": False, "gpus": []}
+    """Versions and devices, without initialising CUDA: the device count from NVML (where torch
+    can ask it), GPU names only once the job initialised CUDA itself (:func:`_name_gpus`), so that
+    a job that forks after ``init_process_group`` can still use CUDA in its children and no rank
+    opens a context on a GPU it does not use."""
+    info = {
+        "torch": torch.__version__,
+        "cuda": getattr(torch.version, "cuda", None),
+        "cuda_available": False,
+        "gpus": [],
+    }
     try:
         info["cudnn"] = torch.backends.cudnn.version()
-        if torch.cuda.is_available():
+        if not torch.version.cuda:
+            _GPUS["named"] = True  # a build without CUDA: no GPU to name
+            return {"torch": info}
+        info["nccl"] = ".".join(map(str, torch.cuda.nccl.version()))
+        if torch.cuda.is_initialized():
             info["cuda_available"] = True
             info["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
-            info["nccl"] = ".".join(map(str, torch.cuda.nccl.version()))
+            _GPUS["named"] = True
+        else:
+            count = torch.cuda._device_count_nvml()
+            info["cuda_available"] = count > 0 if count >= 0 else None
+            _GPUS["named"] = count == 0
     except Exception as exc:  # a broken CUDA setup is itself a finding, not a crash
         info["cuda_error"] = repr(exc)
+        _GPUS["named"] = True
     return {"torch": info}
 
 
-def caller():
-    """The user's line that issued a call: the first frame outside torch and this probe."""
-    frame = sys._getframe(2)
+def _name_gpus():
+    """GPU names for the fingerprint, once CUDA is initialised (by the job, never by the probe)."""
+    if _GPUS["named"]:
+        return
+    torch = sys.modules.get("torch")
+    if torch is None or not torch.cuda.is_initialized():
+        return
+    _GPUS["named"] = True
+    fingerprint(torch_fingerprint(torch))
+
+
+_TORCH_DIR = {"path": None}
+_PROBE_FILE = os.path.splitext(os.path.abspath(__file__))[0]
+_LIBRARY = re.compile(r"[/\\](?:site-packages|dist-packages)[/\\]|[/\\]lib[/\\]python\d[\d.]*[/\\]|^<frozen")
+
+
+def _frames():
+    """The caller's stack, innermost first, without the probe's own frames."""
+    frame = sys._getframe(1)
     while frame is not None:
-        filename = frame.f_code.co_filename
-        if "torch" not in filename and "_harness_probe" not in filename:
-            return "%s:%d" % (filename, frame.f_lineno)
+        if not frame.f_code.co_filename.startswith(_PROBE_FILE):
+            yield frame
         frame = frame.f_back
+
+
+def caller():
+    """The line that issued a call: the first frame outside torch and this probe (a library's
+    line where a library issued it: accelerate, Lightning)."""
+    torch_dir = _TORCH_DIR["path"]
+    for frame in _frames():
+        filename = frame.f_code.co_filename
+        if torch_dir is None or not filename.startswith(torch_dir):
+            return "%s:%d" % (filename, frame.f_lineno)
+    return None
+
+
+def user_line():
+    """The job's own line nearest the call: the first frame outside installed packages and the
+    standard library (None where only libraries are on the stack)."""
+    for frame in _frames():
+        filename = frame.f_code.co_filename
+        if not _LIBRARY.search(filename) and not filename.startswith("<"):
+            return "%s:%d" % (filename, frame.f_lineno)
     return None
 
 
@@ -279,8 +665,13 @@ def digest_tensor(tensor, hasher):
         hasher.update(data[:limit].float().numpy().tobytes())
 
 
+def _is_tensor(obj):
+    torch = sys.modules.get("torch")
+    return torch is not None and isinstance(obj, torch.Tensor)
+
+
 def digest(obj, hasher):
-    if hasattr(obj, "detach") and hasattr(obj, "shape"):
+    if _is_tensor(obj):
         digest_tensor(obj, hasher)
     elif isinstance(obj, (list, tuple)):
         for item in obj:
@@ -299,71 +690,190 @@ def batch_size(batch):
         batch = batch[0]
     if isinstance(batch, dict) and batch:
         return batch_size(next(iter(batch.values())))
-    shape = getattr(batch, "shape", None)
-    return int(shape[0]) if shape else None
+    if not _is_tensor(batch) or not batch.dim():
+        return None
+    return int(batch.shape[0])
+
+
+# ---- torch.distributed ------------------------------------------------------------------------
 
 
 def instrument_distributed(c10d):
-    original_init = c10d.init_process_group
+    _TORCH_DIR["path"] = os.path.dirname(os.path.dirname(os.path.abspath(c10d.__file__)))
 
-    def init_process_group(*args, **kwargs):
-        result = original_init(*args, **kwargs)
+    def after_init(result, token):
         rank = c10d.get_rank()
         start_rank(rank)
         import torch
+
         fingerprint(torch_fingerprint(torch))
-        RANK.emit("dist_init", flush=True, backend=str(c10d.get_backend()), world_size=c10d.get_world_size(),
-                  rank=rank, init_method=kwargs.get("init_method") or (args[1] if len(args) > 1 else None),
-                  master_addr=os.environ.get("MASTER_ADDR"), master_port=os.environ.get("MASTER_PORT"),
-                  caller=caller())
-        return result
+        args, kwargs = token
+        _rank().emit(
+            "dist_init",
+            flush=True,
+            backend=str(c10d.get_backend()),
+            world_size=c10d.get_world_size(),
+            rank=rank,
+            init_method=kwargs.get("init_method") or (args[1] if len(args) > 1 else None),
+            master_addr=os.environ.get("MASTER_ADDR"),
+            master_port=os.environ.get("MASTER_PORT"),
+            caller=caller(),
+        )
 
-    c10d.init_process_group = init_process_group
-    for name in _COLLECTIVES:
-        if hasattr(c10d, name):
-            setattr(c10d, name, _wrap_collective(name, getattr(c10d, name)))
+    c10d.init_process_group = _hook(
+        c10d.init_process_group, before=lambda args, kwargs: (args, kwargs), after=after_init
+    )
+    for name in _COLLECTIVES + _POINT_TO_POINT:
+        if callable(getattr(c10d, name, None)):
+            setattr(c10d, name, _wrap_collective(c10d, name, getattr(c10d, name)))
 
 
-def _wrap_collective(name, function):
+_CALLS = threading.local()
+
+
+def _wrap_collective(c10d, name, function):
+    """One event per call the job makes: a collective that others call inside (an object
+    collective's broadcasts, ``batch_isend_irecv``'s ``isend``) is recorded once, as the outer."""
+
+    @functools.wraps(function)
     def collective(*args, **kwargs):
-        if RANK is not None:
-            RANK.counters["collectives"] += 1
-            shapes = [list(a.shape) for a in args if hasattr(a, "shape")]
-            lists = [[list(t.shape) for t in a] for a in args if isinstance(a, list) and a and hasattr(a[0], "shape")]
-            RANK.emit("collective", flush=True, seq=RANK.counters["collectives"], op=name,
-                      shapes=shapes or lists, caller=caller())
-        return function(*args, **kwargs)
+        depth = getattr(_CALLS, "depth", 0)
+        if depth == 0 and _rank() is not None:
+            _quietly(name, _record_collective, c10d, name, function, args, kwargs)
+        _CALLS.depth = depth + 1
+        try:
+            return function(*args, **kwargs)
+        finally:
+            _CALLS.depth = depth
 
-    collective.__wrapped__ = function
-    collective.__name__ = name
     return collective
+
+
+_SIGNATURES = {}
+
+
+def _bind(function, args, kwargs):
+    """The call's arguments by parameter name."""
+    import inspect
+
+    signature = _SIGNATURES.get(function)
+    if signature is None:
+        signature = _SIGNATURES[function] = inspect.signature(function)
+    bound = signature.bind_partial(*args, **kwargs)
+    return dict(bound.arguments)
+
+
+def _layout(value):
+    """Shapes and dtypes of a tensor, or of a (nested) list of tensors; None for anything else."""
+    if _is_tensor(value):
+        return list(value.shape), [str(value.dtype).replace("torch.", "")]
+    if isinstance(value, (list, tuple)) and value:
+        parts = [_layout(v) for v in value]
+        if all(p is not None for p in parts):
+            return [p[0] for p in parts], sorted({d for p in parts for d in p[1]})
+    return None
+
+
+def _group(c10d, group):
+    """Global ranks of a process group other than the default one; None for the default."""
+    if group is None or group is getattr(c10d.GroupMember, "WORLD", None):
+        return None
+    try:
+        if group is c10d._get_default_group():
+            return None
+    except Exception:
+        pass
+    return [int(r) for r in c10d.get_process_group_ranks(group)]
+
+
+def _record_collective(c10d, name, function, args, kwargs):
+    bound = _bind(function, args, kwargs)
+    group = bound.get("group")
+    if group is not None and c10d._rank_not_in_group(group):
+        return  # torch returns at once: a rank outside the group takes no part
+    rank = _rank()
+    rank.counters["collectives"] += 1
+    event = {"seq": rank.counters["collectives"], "op": name}
+    shapes, dtypes = [], set()
+    uneven = name in ("all_to_all", "all_to_all_single")  # per-rank sizes may differ: counts only
+    for key, value in bound.items():
+        if key in _ASYMMETRIC or key in ("group", "async_op", "op", "tag"):
+            continue
+        if key in _OBJECT_LISTS and isinstance(value, list):
+            event["objects"] = len(value)
+            continue
+        layout = _layout(value)
+        if layout is not None:
+            shapes.append(
+                len(layout[0]) if uneven and isinstance(value, (list, tuple)) else (None if uneven else layout[0])
+            )
+            dtypes.update(layout[1])
+    event["shapes"], event["dtypes"] = shapes, sorted(dtypes)
+    ranks = _group(c10d, group)
+    if ranks is not None:
+        event["group"] = ranks
+    if name in _SENDS or name in _RECVS:
+        event.update(_peer(c10d, name, bound, group, ranks))
+    elif name == "batch_isend_irecv":
+        event["ops"] = [
+            {
+                "dir": "send" if getattr(p.op, "__name__", "") in _SENDS else "recv",
+                "peer": getattr(p, "peer", None),
+                "tag": getattr(p, "tag", 0),
+                "shape": list(p.tensor.shape),
+                "group": _group(c10d, getattr(p, "group", None)),
+            }
+            for p in bound.get("p2p_op_list") or []
+        ]
+    event["caller"] = caller()
+    user = user_line()
+    if user is not None and user != event["caller"]:
+        event["user"] = user
+    rank.emit("collective", flush=True, **event)
+    _name_gpus()
+
+
+def _peer(c10d, name, bound, group, ranks):
+    """Direction, global peer rank (None: any source), tag of a point-to-point call."""
+    direction = "send" if name in _SENDS else "recv"
+    peer = bound.get("dst" if direction == "send" else "src")
+    local = bound.get("group_dst" if direction == "send" else "group_src")
+    if peer is None and local is not None and ranks is not None:
+        peer = ranks[int(local)]
+    elif peer is None and local is not None:
+        peer = local
+    return {"dir": direction, "peer": None if peer is None else int(peer), "tag": bound.get("tag", 0)}
+
+
+# ---- data, optimizer, checkpoints -------------------------------------------------------------
 
 
 def instrument_dataloader(module):
     base = module._BaseDataLoaderIter
-    original_next = base.__next__
 
-    def __next__(self):
-        batch = original_next(self)
-        if RANK is not None:
-            hasher = hashlib.blake2b(digest_size=12)
-            digest(batch, hasher)
-            RANK.counters["batches"] += 1
-            RANK.emit("batch", n=RANK.counters["batches"], digest=hasher.hexdigest(), size=batch_size(batch))
-        return batch
+    def after_next(batch, token):
+        rank = _rank()
+        if rank is None:
+            return
+        hasher = hashlib.blake2b(digest_size=12)
+        digest(batch, hasher)
+        rank.counters["batches"] += 1
+        rank.emit("batch", n=rank.counters["batches"], digest=hasher.hexdigest(), size=batch_size(batch))
 
-    base.__next__ = __next__
+    base.__next__ = _hook(base.__next__, after=after_next)
 
 
 def instrument_optimizer(module):
     def after_step(optimizer, args, kwargs):
-        if RANK is None:
+        rank = _rank()
+        if rank is None:
             return
-        step = RANK.counters["steps"]
-        RANK.counters["steps"] += 1
+        step = rank.counters["steps"]
+        rank.counters["steps"] += 1
         if step % PARAM_EVERY:
             return
         import torch
+
         with torch.no_grad():
             params = [p for group in optimizer.param_groups for p in group["params"]]
             total = sum(float(p.double().sum()) for p in params)
@@ -371,22 +881,23 @@ def instrument_optimizer(module):
             hasher = hashlib.blake2b(digest_size=12)
             for p in params:
                 digest_tensor(p, hasher)
-        RANK.emit("params", flush=True, step=step, sum=total, abs_sum=absolute, digest=hasher.hexdigest())
+        rank.emit("params", flush=True, step=step, sum=total, abs_sum=absolute, digest=hasher.hexdigest())
 
-    module.register_optimizer_step_post_hook(after_step)
+    def hook(optimizer, args, kwargs):
+        _quietly("optimizer step", after_step, optimizer, args, kwargs)  # returns None: the step is untouched
+
+    module.register_optimizer_step_post_hook(hook)
 
 
 def instrument_serialization(module):
     """torch.save writes through C++, past Python's audit hooks: record its target here."""
-    original_save = module.save
 
-    def save(obj, f, *args, **kwargs):
-        if RANK is not None and isinstance(f, (str, os.PathLike)):
-            _record_write(os.path.abspath(os.fspath(f)))
-        return original_save(obj, f, *args, **kwargs)
+    def before_save(args, kwargs):
+        target = args[1] if len(args) > 1 else kwargs.get("f")
+        if _rank() is not None and isinstance(target, (str, os.PathLike)):
+            _record_write(os.path.abspath(os.fspath(target)))
 
-    save.__wrapped__ = original_save
-    module.save = save
+    module.save = _hook(module.save, before=before_save)
 
 
 #: module name → instrumentation applied right after the module is executed (before anyone
@@ -414,6 +925,9 @@ class _Finder(importlib.abc.MetaPathFinder):
 
 
 class _Loader(importlib.abc.Loader):
+    """Runs the module's own loader, then the probe's instrumentation. The module never sees this
+    loader: its ``__loader__`` and ``__spec__.loader`` are its own loader's before it runs."""
+
     def __init__(self, loader, hook):
         self.loader, self.hook = loader, hook
 
@@ -421,64 +935,114 @@ class _Loader(importlib.abc.Loader):
         return self.loader.create_module(spec)
 
     def exec_module(self, module):
+        module.__loader__ = self.loader
+        if getattr(module, "__spec__", None) is not None:
+            module.__spec__.loader = self.loader
         self.loader.exec_module(module)
-        try:
-            self.hook(module)
-        except Exception as exc:  # the probe must never break the job
-            sys.stderr.write("harness probe: could not instrument %s: %r\n" % (module.__name__, exc))
+        _quietly("instrument %s" % module.__name__, self.hook, module)
+
+
+# ---- the process: arguments, exit, children, writes -------------------------------------------
 
 
 def record_arguments():
     """What the script's argument parser made of the command line (compared with the job's
-    hyperparameters by the harness)."""
+    hyperparameters by the harness): parsers given no arguments or exactly the command line's
+    (HfArgumentParser, jsonargparse pass ``sys.argv[1:]`` themselves)."""
     import argparse
 
-    original = argparse.ArgumentParser.parse_known_args
+    def before(args, kwargs):
+        given = args[1] if len(args) > 1 else kwargs.get("args")
+        return given is None or (isinstance(given, (list, tuple)) and list(given) == sys.argv[1:])
 
-    def parse_known_args(self, args=None, namespace=None):
-        result = original(self, args, namespace)
-        if PROCESS is not None and args is None:  # the script's own command line
-            PROCESS.update(parsed_args=_jsonable(vars(result[0])), argv_parsed=sys.argv[1:])
-        return result
+    def after(result, own_command_line):
+        if own_command_line and isinstance(result, tuple) and result:
+            main = sys.modules.get("__main__")
+            _process().update(
+                parsed_args=_jsonable(vars(result[0])),
+                argv_parsed=sys.argv[1:],
+                parsed_in=getattr(main, "__file__", None),
+            )
 
-    argparse.ArgumentParser.parse_known_args = parse_known_args
+    parser = argparse.ArgumentParser
+    parser.parse_known_args = _hook(parser.parse_known_args, before=before, after=after)
 
 
 def record_exit():
-    original_excepthook = sys.excepthook
+    """The exit code (``sys.exit``) and the exception that ended the process. The interpreter
+    keeps an uncaught exception in ``sys.last_value`` before exit handlers run, so
+    ``sys.excepthook`` stays the job's own."""
     original_exit = sys.exit
 
-    def excepthook(kind, value, tb):
-        PROCESS.exit_code = 1
-        PROCESS.update(exception="%s: %s" % (kind.__name__, value))
-        original_excepthook(kind, value, tb)
+    def before(args, kwargs):
+        code = args[0] if args else kwargs.get("status", kwargs.get("code"))
+        _process().exit_code = code if isinstance(code, int) else (0 if code is None else 1)
 
-    def exit(code=0):
-        PROCESS.exit_code = code if isinstance(code, int) else (0 if code is None else 1)
-        original_exit(code)
+    sys.exit = _hook(original_exit, before=before)
+    atexit.register(_quietly, "exit", _at_exit)
 
-    sys.excepthook = excepthook
-    sys.exit = exit
-    atexit.register(lambda: PROCESS.update(ended_at=now(), exit_code=PROCESS.exit_code))
+
+def _at_exit():
+    if _rank() is not None:
+        _quietly("gpus", _name_gpus)
+    process = _process()
+    fields = {"ended_at": now(), "exit_code": process.exit_code}
+    last = getattr(sys, "last_value", None)
+    if last is not None and not isinstance(last, SystemExit):
+        fields.update(exit_code=1, exception="%s: %s" % (type(last).__name__, last))
+    process.update(**fields)
 
 
 def record_multiprocessing_children():
-    """Children started by multiprocessing (fork or spawn) report their own exit code, so a
-    parent that never checks its children cannot hide their crash."""
+    """Children started by multiprocessing (fork or spawn) report their own exit code and the
+    exception that ended them, so a parent that never checks its children cannot hide their
+    crash."""
     import multiprocessing.process as mp
 
     original = mp.BaseProcess._bootstrap
 
+    @functools.wraps(original)
     def _bootstrap(self, *args, **kwargs):
-        global PROCESS, RANK
-        if PROCESS is None or PROCESS.pid != os.getpid():  # a forked child: a record of its own
-            PROCESS, RANK = Process(), None
-        PROCESS.update(mp_target=getattr(self._target, "__qualname__", repr(self._target)), mp_name=self.name)
+        _quietly("multiprocessing child", _child_started, self)
         code = original(self, *args, **kwargs)
-        PROCESS.update(ended_at=now(), exit_code=code)
+        _quietly("multiprocessing child", _child_ended, code)
         return code
 
     mp.BaseProcess._bootstrap = _bootstrap
+
+
+def _child_started(child):
+    global RANK
+    RANK = _rank()  # a forked child's parent's stream is not its own
+    _process().update(mp_target=getattr(child._target, "__qualname__", repr(child._target)), mp_name=child.name)
+    _CHILD["exception"] = None
+    # The exception that ends the child: multiprocessing prints it and returns 1, so it never
+    # reaches sys.last_value. The hook in sys.excepthook's place is never called there either;
+    # the traceback module is what prints it.
+    import traceback
+
+    original = traceback.print_exc
+    if getattr(original, "_harness_probe", False):
+        return
+
+    @functools.wraps(original)
+    def print_exc(*args, **kwargs):
+        _CHILD["exception"] = sys.exc_info()[1]
+        return original(*args, **kwargs)
+
+    print_exc._harness_probe = True
+    traceback.print_exc = print_exc
+
+
+_CHILD = {"exception": None}
+
+
+def _child_ended(code):
+    fields = {"ended_at": now(), "exit_code": code}
+    exc = _CHILD["exception"]  # the last one printed: multiprocessing's own print of the crash
+    if code not in (0, None) and exc is not None and not isinstance(exc, SystemExit):
+        fields["exception"] = "%s: %s" % (type(exc).__name__, exc)
+    _process().update(**fields)
 
 
 _WRITES = {"seen": set(), "contract": (), "ignored": ()}
@@ -488,7 +1052,7 @@ def _record_write(path):
     if path in _WRITES["seen"] or path.startswith(_WRITES["ignored"]):
         return
     _WRITES["seen"].add(path)
-    RANK.emit("write", flush=True, path=path, contract=path.startswith(_WRITES["contract"]), caller=caller())
+    _rank().emit("write", flush=True, path=path, contract=path.startswith(_WRITES["contract"]), caller=caller())
 
 
 def record_writes():
@@ -498,12 +1062,16 @@ def record_writes():
     _WRITES["contract"] = tuple(p for p in [*roots, "/opt/ml/model", "/opt/ml/output", "/opt/ml/checkpoints"] if p)
     _WRITES["ignored"] = ("/tmp", "/var/tmp", "/dev", "/proc", "/sys", DIR)
 
-    def audit(event, args):
-        if event != "open" or RANK is None or not isinstance(args[0], str):
+    def opened(args):
+        if _rank() is None or not isinstance(args[0], str):
             return
         mode, flags = args[1] or "r", args[2] or 0
         if ("w" in mode or "a" in mode or "x" in mode or "+" in mode) or flags & (os.O_WRONLY | os.O_RDWR):
             _record_write(os.path.abspath(args[0]))
+
+    def audit(event, args):
+        if event == "open" and RANK is not None:  # an audit hook that raises would fail the job's open()
+            _quietly("open", opened, args)
 
     sys.addaudithook(audit)
 
@@ -512,12 +1080,14 @@ def install():
     global PROCESS
     if not DIR:
         return
-    PROCESS = Process()
-    fingerprint()
-    record_exit()
-    record_arguments()
-    record_multiprocessing_children()
-    record_writes()
+    rank = os.environ.get("RANK")
+    own = rank is not None and not _multiprocessing_helper(_command_line()) and not _inherited_rank(rank)
+    PROCESS = Process(own_rank=own)
+    _quietly("fingerprint", fingerprint)
+    _quietly("exit", record_exit)
+    _quietly("arguments", record_arguments)
+    _quietly("multiprocessing", record_multiprocessing_children)
+    _quietly("writes", record_writes)
     sys.meta_path.insert(0, _Finder())
-    if os.environ.get("RANK") is not None:
-        start_rank(os.environ["RANK"])
+    if own:
+        _quietly("rank", start_rank, rank)

@@ -21,7 +21,9 @@ def _guard_opt_ml():
             raise PermissionError(
                 "harness: this rung does not emulate /opt/ml (no private namespaces here), so %s on %s "
                 "was refused. Read paths from SM_MODEL_DIR, SM_CHANNEL_<NAME>, SM_INPUT_CONFIG_DIR, or run "
-                "the harness as root" % (event, args[0]))
+                "the harness as root" % (event, args[0])
+            )
+
     sys.addaudithook(audit)
 
 

@@ -1,0 +1,194 @@
+"""Probe transparency as a tested property: a job with the probe does exactly what it does
+without it, on the ``local`` rung: same status and exit codes, same lines on its hosts' output
+(timestamps and run-to-run values such as pids aside), same artifact bytes, and no failure of
+the probe itself (``probe_errors`` in a process record).
+
+The jobs (tests/data/probe_jobs/, none of them a scenario) exercise every hook: collectives,
+point-to-point and object collectives, DataLoader (forked and spawned workers), optimizer,
+``torch.save``, argparse, the audit hook on ``open``, multiprocessing children, the tee of a
+rank's output (a helper with its own stdout and stderr, ``os.wait()`` for every child), signals.
+
+The one difference allowed is the documented one (harness/probe/_harness_probe.py): a traceback
+through a hooked call shows one frame of the probe; :func:`output_lines` leaves those lines out.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import re
+from collections import Counter
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from harness.backends import get_backend
+from harness.diff.logs import normalise
+from harness.jobspec import load_job
+from harness.record import RunRecord, log_text
+from harness.verdict import judge
+
+pytestmark = pytest.mark.slow
+
+JOBS = Path(__file__).resolve().parent / "data" / "probe_jobs"
+#: A traceback frame of the probe: its "File" line and the indented lines under it.
+_PROBE_FRAME = re.compile(r'^(?P<prefix>(?:\[[\w:]+\]:? ?)?)\s*File "[^"]*_harness_probe\.py", line \d+, in ')
+
+
+def output_lines(record: RunRecord) -> Counter[str]:
+    """Every host's output as a multiset of lines, without timestamps, normalised as the logs
+    check compares rungs (pids, ports, temporary paths), without the probe's traceback frames."""
+    lines: Counter[str] = Counter()
+    for host in record.hosts:
+        path = record.host_log(host)
+        if not path.is_file():
+            continue
+        inside: str | None = None  # the prefix of the probe frame being skipped
+        for raw in path.read_text(errors="replace").splitlines():
+            text = log_text(raw)
+            frame = _PROBE_FRAME.match(text)
+            if frame:
+                inside = frame["prefix"]
+                continue
+            if inside is not None and text.startswith(inside) and text[len(inside) :].startswith("    "):
+                continue
+            inside = None
+            if text.strip():
+                lines[normalise(text)] += 1
+    return lines
+
+
+def same_output(with_probe: Counter[str], without: Counter[str]) -> tuple[bool, list[str]]:
+    """Equal multisets of lines; where processes wrote to one pipe at once, a line may be cut or
+    joined differently from run to run (two ranks' "a" and "\\n" writes interleave), so lines that
+    differ are equal when their characters are. Returns (equal, the differing lines)."""
+    only_on, only_off = with_probe - without, without - with_probe
+    differing = [f"with the probe only: {line}" for line in only_on] + [f"without only: {line}" for line in only_off]
+    if not differing:
+        return True, []
+    chars_on = Counter("".join(line for line in only_on.elements()).replace(" ", ""))
+    chars_off = Counter("".join(line for line in only_off.elements()).replace(" ", ""))
+    return chars_on == chars_off, differing
+
+
+def artifact_hashes(record: RunRecord) -> dict[str, dict[str, str]]:
+    summary = json.loads((record.root / "artifacts" / "summary.json").read_text())
+    return {archive: {name: f["sha256"] for name, f in info["files"].items()} for archive, info in summary.items()}
+
+
+def probe_errors(record: RunRecord) -> list[str]:
+    return [f"pid {p['pid']}: {e}" for p in record.processes() for e in p.get("probe_errors", [])]
+
+
+def assert_transparent(with_probe: RunRecord, without: RunRecord) -> None:
+    assert (
+        with_probe.manifest["rung_facts"].get("probe") == "on" and without.manifest["rung_facts"].get("probe") == "off"
+    )
+    assert with_probe.status == without.status
+
+    def exits(record: RunRecord) -> dict[str, Any]:
+        return {host: result.get("exit_code") for host, result in record.manifest["hosts"].items()}
+
+    assert exits(with_probe) == exits(without)
+    equal, differing = same_output(output_lines(with_probe), output_lines(without))
+    assert equal, "output differs:\n" + "\n".join(differing[:40])
+    assert artifact_hashes(with_probe) == artifact_hashes(without)
+    assert not probe_errors(with_probe)
+
+
+def run_both(name: str, records: Path) -> tuple[RunRecord, RunRecord]:
+    job = load_job(JOBS / name / "job.yaml")
+    with_probe = get_backend("local").run(job, records / "on")
+    without = get_backend("local", probe=False).run(job, records / "off")
+    return with_probe, without
+
+
+class _Logs:
+    """Host logs alone, as output_lines reads them."""
+
+    hosts = ["algo-1"]
+
+    def __init__(self, path: Path, lines: list[str]) -> None:
+        path.write_text("".join(f"2026-01-01T00:00:00.000Z {line}\n" for line in lines))
+        self.path = path
+
+    def host_log(self, host: str) -> Path:
+        return self.path
+
+
+def test_the_comparison_drops_only_the_probes_frames(tmp_path: Path) -> None:
+    traceback = [
+        "Traceback (most recent call last):",
+        '  File "/opt/ml/code/train.py", line 3, in <module>',
+        "    dist.all_reduce(t)",
+        '  File "/x/harness/probe/_harness_probe.py", line 650, in collective',
+        "    return function(*args, **kwargs)",
+        "           ^^^^^^^^^^^^^^^^^^^^^^^^^",
+        '  File "/x/torch/distributed/c10d_logger.py", line 81, in wrapper',
+        "    return func(*args, **kwargs)",
+        '[rank1]:   File "/x/_harness_probe.py", line 9, in hooked',
+        "[rank1]:     result = function(*args, **kwargs)",
+        "[rank1]: RuntimeError: boom",
+    ]
+    without = [
+        line
+        for line in traceback
+        if "_harness_probe" not in line and "function(*args" not in line and "^^^" not in line
+    ]
+    on = output_lines(_Logs(tmp_path / "on.txt", traceback))  # type: ignore[arg-type]
+    off = output_lines(_Logs(tmp_path / "off.txt", without))  # type: ignore[arg-type]
+    assert on == off and sum(on.values()) == 6
+    assert same_output(Counter(["a", "FP16 check.FP16 check."]), Counter(["a", "FP16 check.", "FP16 check."]))[0]
+    assert not same_output(Counter(["lr=0.1"]), Counter(["lr=0.2"]))[0]
+    assert not same_output(Counter(["a", "harness probe: oops"]), Counter(["a"]))[0]
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("accelerate") is None, reason="accelerate is not installed (pip install '.[corpus]')"
+)
+def test_accelerates_own_self_test_passes_with_the_probe(tmp_path: Path) -> None:
+    """accelerate's DataLoaderDispatcher broadcasts ``[TensorInformation, False]``: the probe
+    measured every element of a list whose first had a shape, raised into the job, and the
+    verdict blamed a collective mismatch inside accelerate."""
+    with_probe, without = run_both("accelerate_selftest", tmp_path)
+    assert without.status == "succeeded", without.host_log("algo-1").read_text()[-3000:]
+    assert with_probe.status == "succeeded", with_probe.host_log("algo-1").read_text()[-3000:]
+    assert_transparent(with_probe, without)
+    verdict = judge([with_probe])
+    assert verdict.outcome == "nothing-compared", [(f.cause, f.title) for f in verdict.findings]
+    events = with_probe.rank_events()
+    ops = {e["op"] for evs in events.values() for e in evs if e["kind"] == "collective"}
+    assert {"broadcast_object_list", "barrier"} <= ops
+    assert "broadcast" in ops or "all_gather_into_tensor" in ops or "all_gather" in ops
+
+
+def test_point_to_point_and_object_collectives(tmp_path: Path) -> None:
+    with_probe, without = run_both("p2p_objects", tmp_path)
+    assert with_probe.status == "succeeded", with_probe.host_log("algo-1").read_text()[-3000:]
+    assert_transparent(with_probe, without)
+    verdict = judge([with_probe])
+    assert verdict.outcome == "nothing-compared", [(f.cause, f.title, f.evidence) for f in verdict.findings]
+    events = with_probe.rank_events()
+    ops = [e["op"] for e in events[1] if e["kind"] == "collective"]
+    # one event per call the job made: an object collective's inner broadcasts are not counted
+    assert ops.count("broadcast_object_list") == 1 and "broadcast" not in ops
+    assert ops.count("batch_isend_irecv") == 1 and "isend" in ops  # the ring's own isend, not the batch's
+    subgroup = [e for evs in events.values() for e in evs if e.get("group")]
+    assert {e["group"] == [0, 1] for e in subgroup} == {True} and len(subgroup) == 2
+
+
+def test_processes_of_its_own(tmp_path: Path) -> None:
+    with_probe, without = run_both("own_processes", tmp_path)
+    assert with_probe.status == "succeeded", with_probe.host_log("algo-1").read_text()[-3000:]
+    assert_transparent(with_probe, without)
+    lines = output_lines(without)
+    assert lines["rank 0 helper stdout='helper out' stderr='helper err'"] == 1  # the helper's streams apart
+    assert lines["rank 1 reaped [7] handler ran True"] == 1  # os.wait() never met the tee; SIGUSR1 chained
+    processes = with_probe.processes()
+    ranks = sorted(str(p["rank"]) for p in processes if p.get("rank") is not None)
+    assert ranks == ["0", "1"], "only the two spawned ranks are ranks: no worker or helper takes one over"
+    inherited = [p for p in processes if p.get("inherited_rank") is not None]
+    assert inherited and all(p.get("rank") is None for p in inherited)
+    assert {0, 1} <= set(with_probe.rank_logs())
+    assert judge([with_probe]).outcome == "nothing-compared"
