@@ -45,6 +45,7 @@ from harness.backends.sagemaker_sdk import (
     model_trainer,
     probe_python_path,
     probe_reach,
+    sdk_configs,
     sdk_hyperparameters,
     sdk_input_data,
     sdk_missing_reason,
@@ -446,8 +447,9 @@ class SageMakerBackend(Backend[RequestPlan]):
         :func:`~harness.backends.sagemaker_sdk.model_trainer`, with ``Mode.SAGEMAKER_TRAINING_JOB``,
         the rung's role, bucket and image)."""
         from sagemaker.core.helper.session_helper import Session
-        from sagemaker.train.configs import Compute, MetricDefinition, SourceCode
         from sagemaker.train.model_trainer import Mode
+
+        configs = sdk_configs()
 
         trainer = model_trainer(
             job,
@@ -455,17 +457,20 @@ class SageMakerBackend(Backend[RequestPlan]):
             sagemaker_session=Session(boto_session=session, default_bucket=self.bucket),
             role=self.role,
             training_image=self.options.image or job.image,
-            source_code=SourceCode(source_dir=str(job.source_dir), entry_script=job.entry_point,
-                                   requirements=requirements.sdk_requirements(job))
+            source_code=configs.SourceCode(
+                source_dir=str(job.source_dir),
+                entry_script=job.entry_point,
+                requirements=requirements.sdk_requirements(job),
+            )
             if job.is_script_mode
             else None,
-            compute=Compute(instance_type=job.instance_type, instance_count=job.instance_count),
+            compute=configs.Compute(instance_type=job.instance_type, instance_count=job.instance_count),
             environment=dict(job.environment) or None,
             input_data_config=sdk_input_data(job) or None,
         )
         if job.metric_definitions:
             trainer = trainer.with_metric_definitions(
-                [MetricDefinition(name=m.name, regex=m.regex) for m in job.metric_definitions]
+                [configs.MetricDefinition(name=m.name, regex=m.regex) for m in job.metric_definitions]
             )
         return trainer
 

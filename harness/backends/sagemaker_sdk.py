@@ -80,6 +80,17 @@ def sdk_missing_reason() -> str | None:
     return None
 
 
+def sdk_configs() -> Any:
+    """The SDK's config classes (``Compute``, ``InputData``, ``SourceCode``, ...):
+    ``sagemaker.core.training.configs``, else ``sagemaker.train.configs``, which later SDKs keep
+    only as a deprecated alias of it."""
+    try:
+        from sagemaker.core.training import configs
+    except ImportError:
+        from sagemaker.train import configs
+    return configs
+
+
 def sdk_hyperparameters(job: JobSpec) -> dict[str, str]:
     """``safe_serialize`` of each value: strings as they are, anything else ``json.dumps``."""
     return {k: v if isinstance(v, str) else json.dumps(v) for k, v in job.hyperparameters.items()}
@@ -87,10 +98,8 @@ def sdk_hyperparameters(job: JobSpec) -> dict[str, str]:
 
 def sdk_input_data(job: JobSpec) -> list[Any]:
     """The job's channels as ``InputData`` (which refuses ``content_type=None``: given only when set)."""
-    from sagemaker.train.configs import InputData
-
     return [
-        InputData(
+        sdk_configs().InputData(
             channel_name=name,
             data_source=channel.source,
             **({"content_type": channel.content_type} if channel.content_type else {}),
@@ -104,8 +113,9 @@ def model_trainer(job: JobSpec, **settings: Any) -> Any:
     condition and hyperparameters, with the rung's ``settings`` (mode, image, code, compute,
     channels, environment, session). The SDK is imported only here."""
     from sagemaker.train import ModelTrainer
-    from sagemaker.train.configs import StoppingCondition
     from sagemaker.train.distributed import Torchrun
+
+    StoppingCondition = sdk_configs().StoppingCondition  # noqa: N806 - the SDK's class
 
     try:
         return ModelTrainer(

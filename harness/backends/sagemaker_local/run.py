@@ -37,6 +37,7 @@ from harness.backends.sagemaker_sdk import (
     PROBE_CHANNEL,
     RECORD_CHANNEL,
     model_trainer,
+    sdk_configs,
     sdk_input_data,
     write_probe_channel,
 )
@@ -61,20 +62,24 @@ def prepare(plan: SdkPlan) -> None:
 
 def local_model_trainer(plan: SdkPlan, image: str) -> Any:
     """Local mode: the code copy, the probe's two channels, the SDK's container root in ``work_dir``."""
-    from sagemaker.train.configs import Compute, InputData, SourceCode
     from sagemaker.train.model_trainer import Mode
+
+    configs = sdk_configs()
 
     job, ours = plan.job, plan.ours
     channels = sdk_input_data(job)
-    channels += [InputData(channel_name=name, data_source=str(ours / name))
-                 for name in (PROBE_CHANNEL, RECORD_CHANNEL, *requirements.sdk_channels(job))]
+    channels += [
+        configs.InputData(channel_name=name, data_source=str(ours / name))
+        for name in (PROBE_CHANNEL, RECORD_CHANNEL, *requirements.sdk_channels(job))
+    ]
     return model_trainer(
         job,
         training_mode=Mode.LOCAL_CONTAINER,
         training_image=image,
-        source_code=SourceCode(source_dir=str(ours / "code"), entry_script=job.entry_point,
-                               requirements=requirements.sdk_requirements(job)),
-        compute=Compute(instance_type=plan.instance_type, instance_count=job.instance_count),
+        source_code=configs.SourceCode(
+            source_dir=str(ours / "code"), entry_script=job.entry_point, requirements=requirements.sdk_requirements(job)
+        ),
+        compute=configs.Compute(instance_type=plan.instance_type, instance_count=job.instance_count),
         environment=sdk_environment(job),
         input_data_config=channels,
         local_container_root=str(plan.work_dir),
