@@ -492,7 +492,7 @@ def collect_containers(job: JobSpec, setup: ContainerSetup | None, record: Recor
 
 def image_python(client: Any, image: str, labels: dict[str, str]) -> dict[str, str]:
     """The image's ``python3``: version, wheel tag, platform and C library (asked once per image
-    id, kept in the cache)."""
+    id, kept in the cache). Raises :class:`InstallFailed` when the image has no ``python3``."""
     image_id = str(client.images.get(image).id).replace("sha256:", "")
     known = cache_root() / "images" / f"{image_id[:32]}.json"
     if known.is_file():
@@ -502,9 +502,15 @@ def image_python(client: Any, image: str, labels: dict[str, str]) -> dict[str, s
         "'tag': 'cp%d%d' % sys.version_info[:2], 'platform': sysconfig.get_platform(), "
         "'libc': '-'.join(platform.libc_ver())}))"
     )
-    out = client.containers.run(
-        image, entrypoint=["python3", "-I", "-c", code], network_mode="none", labels=labels, remove=True
-    )
+    from docker.errors import APIError, ContainerError
+
+    try:
+        out = client.containers.run(
+            image, entrypoint=["python3", "-I", "-c", code], network_mode="none", labels=labels, remove=True
+        )
+    except (ContainerError, APIError) as exc:  # no python3: the launcher could not run pip either
+        message = f"the image {image} has no working python3 to install requirements.txt with: {exc}"
+        raise InstallFailed(127, message, message, "asking the image's python3") from exc
     found: dict[str, str] = json.loads(out.decode().strip().splitlines()[-1])
     known.parent.mkdir(parents=True, exist_ok=True)
     known.write_text(json.dumps(found), encoding="utf-8")

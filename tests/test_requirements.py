@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+import threading
 from pathlib import Path
 
 import pytest
@@ -127,6 +128,25 @@ def test_local_torchrun_ranks_run_in_the_cached_environment(tmp_path: Path, cach
     environment = str(_requirements(record)["environment"])
     for rank in (0, 1):
         assert f"imported {PACKAGE} {VERSION} rank {rank} python {environment}/bin/python" in log
+
+
+@pytest.mark.slow
+def test_concurrent_runs_build_the_environment_once(tmp_path: Path, cache: Path) -> None:
+    """Two runs starting at once: one builds under the lock, the other waits and reuses it."""
+    job = _job(tmp_path, f"{PACKAGE}=={VERSION}\n")
+    cached = requirements.local_environment(job)
+    assert cached is not None and job.source_dir is not None
+    source_dir, outcomes = job.source_dir, list[bool]()
+
+    def build() -> None:
+        outcomes.append(requirements._ensure_venv(cached, source_dir, ["Installing"])[1])
+
+    threads = [threading.Thread(target=build) for _ in range(2)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=300)
+    assert sorted(outcomes) == [False, True]
 
 
 @pytest.mark.slow
