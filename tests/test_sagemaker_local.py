@@ -390,8 +390,10 @@ def test_sigterm_mid_job_stops_everything_and_marks_the_record(
         else:
             pytest.fail("the job never started")
         (record_dir,) = {p.parents[2] for p in logs}
-        work = RunRecord.load(record_dir).manifest["rung_facts"]["work_dir"]
-        assert _processes_naming(work), "compose should be running"
+        facts = RunRecord.load(record_dir).manifest["rung_facts"]
+        assert _processes_naming(facts["work_dir"]), "compose should be running"
+        labelled = engine.networks.list(filters={"label": f"harness.run_id={record_dir.name}"})
+        assert [n.name for n in labelled] == [facts["adapted"]["network"]]  # the run's own, which gc can find
         harness.send_signal(signal.SIGTERM)
         assert harness.wait(timeout=120) == 143
         assert harness.stderr is not None and "stopped by SIGTERM" in harness.stderr.read()
