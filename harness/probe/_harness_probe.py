@@ -342,7 +342,7 @@ class Process:
             "pid": self.pid,
             "ppid": os.getppid(),
             "host": HOST,
-            "rank": os.environ.get("RANK") if own_rank else None,
+            "rank": (os.environ.get("RANK") or None) if own_rank else None,
             "local_rank": os.environ.get("LOCAL_RANK"),
             "argv": [sys.executable, *sys.argv],
             "orig_argv": list(getattr(sys, "orig_argv", [])),
@@ -350,7 +350,7 @@ class Process:
             "started_at": now(),
             "env": redact(dict(os.environ)),
         }
-        if not own_rank and os.environ.get("RANK") is not None:
+        if not own_rank and os.environ.get("RANK"):
             self.info["inherited_rank"] = os.environ["RANK"]
         self.exit_code = 0
         self.save()
@@ -1080,7 +1080,7 @@ def install():
     global PROCESS
     if not DIR:
         return
-    rank = os.environ.get("RANK")
+    rank = os.environ.get("RANK") or None
     own = rank is not None and not _multiprocessing_helper(_command_line()) and not _inherited_rank(rank)
     PROCESS = Process(own_rank=own)
     _quietly("fingerprint", fingerprint)
