@@ -67,8 +67,10 @@ def stopping_on_signals() -> Iterator[None]:
 @contextlib.contextmanager
 def deferred() -> Iterator[None]:
     """Within the block a signal only sets the flag that :func:`requested` reads; the caller stops
-    what it supervises and then calls :func:`raise_if_requested`. Handlers can only be set from
-    the main thread; elsewhere the block changes nothing."""
+    what it supervises, and the block's end raises :class:`Interrupted` for it (also when the
+    block ends in another exception: the signal is what the user asked for, and a flag left set
+    would stop the next supervision loop at once). Handlers can only be set from the main
+    thread; elsewhere the block changes nothing."""
     main = threading.current_thread() is threading.main_thread()
     previous = {}
     if main:
@@ -86,6 +88,8 @@ def deferred() -> Iterator[None]:
             _State.deferring -= 1
         for signum, handler in previous.items():
             signal.signal(signum, handler)
+        if not _State.deferring:
+            raise_if_requested()
 
 
 def requested() -> bool:

@@ -270,12 +270,12 @@ def shielded(action: Callable[[], None]) -> None:
         finally:
             done.set()
 
-    interrupted = False
+    interrupted: KeyboardInterrupt | None = None
     threading.Thread(target=run).start()
     while not done.is_set():
         try:
             time.sleep(0.05)
-        except KeyboardInterrupt:
-            interrupted = True
-    if interrupted:
-        raise KeyboardInterrupt
+        except KeyboardInterrupt as exc:  # SIGTERM and SIGHUP arrive as Interrupted: keep which one
+            interrupted = exc
+    if interrupted is not None:
+        raise interrupted
