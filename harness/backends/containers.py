@@ -35,6 +35,8 @@ from harness.record import RecordWriter, now, scrub, secret_values
 
 MANAGED, RUN_ID, OWNER_PID, OWNER_HOST = "harness.managed", "harness.run_id", "harness.pid", "harness.hostname"
 WORK_DIR = "harness.work_dir"
+#: Tags of images made for one run only (harness.backends.sagemaker_local.run.labelled_image).
+RUN_IMAGE_PREFIX = "harness/sagemaker-local-run:"
 PING_TIMEOUT_S = 5
 
 
@@ -152,6 +154,12 @@ def remove_labelled(client: DockerClient, labels: list[str], keep: Callable[[dic
         *(
             (f"volume {v.name}", v.attrs.get("Labels"), functools.partial(v.remove, force=True))
             for v in client.volumes.list(filters=filters)
+        ),
+        *(  # a run's own tag of an image (sagemaker-local labels its containers through it); not a cache
+            (f"image tag {tag}", i.labels, functools.partial(client.images.remove, tag, noprune=True))
+            for i in client.images.list(filters=filters)
+            for tag in i.tags
+            if tag.startswith(RUN_IMAGE_PREFIX)
         ),
     ]
     gone = [(name, labels or {}) for name, labels, remove in found if not keep(labels or {}) and quietly(remove)]

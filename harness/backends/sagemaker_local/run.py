@@ -31,7 +31,16 @@ from docker.models.containers import Container
 
 from harness import interrupts, requirements
 from harness.backends.base import Progress, copy_source
-from harness.backends.containers import LOG_DRAIN_S, RUN_ID, pump_logs, quietly, shielded, stop, teardown
+from harness.backends.containers import (
+    LOG_DRAIN_S,
+    RUN_ID,
+    RUN_IMAGE_PREFIX,
+    pump_logs,
+    quietly,
+    shielded,
+    stop,
+    teardown,
+)
 from harness.backends.sagemaker_local.plan import SdkPlan, compose_project, sdk_environment
 from harness.backends.sagemaker_sdk import (
     PROBE_CHANNEL,
@@ -88,7 +97,7 @@ def local_model_trainer(plan: SdkPlan, image: str) -> Any:
 
 def labelled_image(client: DockerClient, image: str, labels: dict[str, str]) -> str:
     """A tag of ``image`` carrying the run's labels (no layer added), so the SDK's containers do."""
-    tag = f"harness/sagemaker-local-run:{labels[RUN_ID][-120:]}"
+    tag = f"{RUN_IMAGE_PREFIX}{labels[RUN_ID][-120:]}"
     try:
         client.images.build(fileobj=io.BytesIO(f"FROM {image}\n".encode()), tag=tag, labels=labels, rm=True, pull=False)
     except (BuildError, APIError) as exc:
