@@ -45,6 +45,18 @@ PING_TIMEOUT_S = 5
 #: answering. A short one lost the last lines of a loaded machine's runs, and with them the cause.
 LOG_DRAIN_S = 60.0
 
+
+class EngineClient:
+    """A Docker client made on first use, so that planning and importing need no engine."""
+
+    _docker: DockerClient | None = None
+
+    def client(self) -> DockerClient:
+        if self._docker is None:
+            self._docker = client()
+        return self._docker
+
+
 def host_result(job: JobSpec, contract: HostContract, container: Container, tree: Path, record: RecordWriter) -> int:
     """Exit code, failure file and the engine's start and end times of one host."""
     state = container.client.api.inspect_container(container.id)["State"]

@@ -41,7 +41,7 @@ from harness.backends.containers import (
     LOG_DRAIN_S,
     RUN_ID,
     WORK_DIR,
-    client,
+    EngineClient,
     engine_gpus,
     engine_unavailable_reason,
     host_gpu_count,
@@ -158,21 +158,11 @@ class DockerPlan(Plan):
     gpus: dict[str, list[str]] = field(default_factory=dict)  # host → device ids; empty without GPUs
 
 
-class DockerBackend(Backend[DockerPlan]):
+class DockerBackend(EngineClient, Backend[DockerPlan]):
     name = "docker"
     capabilities = Capabilities(gpus=True, separate_hosts=True, containers=True, hang_detection=True)
     Options = DockerOptions
     options: DockerOptions
-
-    def __init__(self, options: DockerOptions | None = None) -> None:
-        super().__init__(options)
-        self._docker: DockerClient | None = None
-
-    def client(self) -> DockerClient:
-        """Made on first use, so that planning and importing need no engine."""
-        if self._docker is None:
-            self._docker = client()
-        return self._docker
 
     def unavailable_reason(self) -> str | None:
         return engine_unavailable_reason(self._docker, gpus=bool(self.options.gpus))

@@ -39,13 +39,12 @@ from __future__ import annotations
 
 import shutil
 
-from docker import DockerClient
 from pydantic import NonNegativeFloat
 
 from harness import interrupts, requirements
 from harness.backends.base import Backend, Capabilities, Progress, RungOptions
 from harness.backends.containers import (
-    client,
+    EngineClient,
     engine_gpus,
     engine_unavailable_reason,
     host_gpu_count,
@@ -81,21 +80,11 @@ class SageMakerLocalOptions(RungOptions):
     stop_grace_s: NonNegativeFloat = STOP_GRACE_S
 
 
-class SageMakerLocalBackend(Backend[SdkPlan]):
+class SageMakerLocalBackend(EngineClient, Backend[SdkPlan]):
     name = "sagemaker-local"
     capabilities = Capabilities(gpus=True, separate_hosts=True, containers=True, hang_detection=False)
     Options = SageMakerLocalOptions
     options: SageMakerLocalOptions
-
-    def __init__(self, options: SageMakerLocalOptions | None = None) -> None:
-        super().__init__(options)
-        self._docker: DockerClient | None = None
-
-    def client(self) -> DockerClient:
-        """Made on first use, so that planning and importing need no engine."""
-        if self._docker is None:
-            self._docker = client()
-        return self._docker
 
     def unavailable_reason(self) -> str | None:
         missing = sdk_missing_reason() or engine_unavailable_reason(self._docker, gpus=bool(self.options.gpus))
