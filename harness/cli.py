@@ -134,6 +134,16 @@ def _parser() -> argparse.ArgumentParser:
             metavar="JSON",
             help="a boto3 create_training_job request instead of a job file",
         )
+        sub.add_argument(
+            "--from-airflow",
+            type=Path,
+            metavar="DAG_FILE",
+            help="an Airflow DAG file: the request its --task sends (docs/airflow.md)",
+        )
+        sub.add_argument("--task", metavar="TASK_ID", help="with --from-airflow: the training task (or DAG_ID/TASK_ID)")
+        sub.add_argument(
+            "--logical-date", metavar="ISO", help="with --from-airflow: render templates for this date (default: now)"
+        )
         sub.add_argument("--source-dir", type=Path, help="local code for a request whose code is on S3")
         sub.add_argument("--records", type=Path, default=Path("runs"), help="where run records go (default: runs/)")
         sub.add_argument("--shm-size", help="docker rung: /dev/shm size (default mirrors SageMaker)")
@@ -238,6 +248,12 @@ def _parser() -> argparse.ArgumentParser:
 def _job(args: argparse.Namespace) -> JobSpec:
     if args.from_request and args.job:
         raise UsageError("give a job file or --from-request, not both")
+    if args.from_airflow or args.task or args.logical_date:
+        from harness.airflow import job_from_dag
+
+        if args.job or args.from_request or not args.from_airflow or not args.task:
+            raise UsageError("--from-airflow DAG_FILE --task TASK_ID, without a job file or --from-request")
+        return job_from_dag(args.from_airflow, args.task, logical_date=args.logical_date, source_dir=args.source_dir)
     if args.from_request:
         return load_request(args.from_request, source_dir=args.source_dir)
     if args.job is None:

@@ -184,7 +184,7 @@ def _channel(req: _Request, where: str, entry: dict[str, Any]) -> tuple[str, dic
             f"{where}.DataSource", "needs S3DataSource or FileSystemDataSource (the ones the harness can serve)"
         )
     spec = {
-        "source": uri,
+        "source": uri.removeprefix("file://") if isinstance(uri, str) else uri,  # SDK local mode's local data
         "input_mode": req.get(entry, where, "InputMode", default="File"),
         "distribution": distribution,
     }
@@ -193,9 +193,12 @@ def _channel(req: _Request, where: str, entry: dict[str, Any]) -> tuple[str, dic
     return name, spec
 
 
-def job_from_request(request: Any, *, origin: str, source_dir: Path | None = None) -> JobSpec:
+def job_from_request(
+    request: Any, *, origin: str, source_dir: Path | None = None, base_dir: Path | None = None
+) -> JobSpec:
     """A :class:`JobSpec` from a ``CreateTrainingJob`` request; ``source_dir`` replaces an
-    ``s3://`` ``sagemaker_submit_directory`` with the local checkout of the same code."""
+    ``s3://`` ``sagemaker_submit_directory`` with the local checkout of the same code. Relative
+    local paths are read from ``base_dir`` (default: the directory of ``origin``, a file)."""
     req = _Request(origin)
     if not isinstance(request, dict):
         raise JobSpecError(f"{origin}: expected a CreateTrainingJob request object, got {_kind(request)}", hint=_HINT)
@@ -279,7 +282,9 @@ def job_from_request(request: Any, *, origin: str, source_dir: Path | None = Non
     if program:
         data["entry_point"] = program
         data["source_dir"] = _source_dir(hps.get("sagemaker_submit_directory"), source_dir, origin)
-    return job_from_mapping(data, origin=origin, base_dir=Path(origin).resolve().parent, locate=req.locate, hint=_HINT)
+    return job_from_mapping(
+        data, origin=origin, base_dir=base_dir or Path(origin).resolve().parent, locate=req.locate, hint=_HINT
+    )
 
 
 def _source_dir(submitted: Any, override: Path | None, origin: str) -> str:

@@ -1,0 +1,83 @@
+"""A DAG that trains the reference job (scenarios/ddp_csv) with SageMakerTrainingOperator, and checks
+it first: the pre-flight task climbs the harness's ladder on the worker with the training task's
+own request (its ``config``, rendered for this run) and fails the DAG run when the job departs.
+
+From the command line, the same request: ``harness ladder --from-airflow
+examples/airflow/sagemaker_training.py --task train --source-dir scenarios/ddp_csv/src``.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pendulum
+from airflow.providers.amazon.aws.operators.sagemaker import SageMakerTrainingOperator
+from airflow.sdk import DAG
+
+from harness.airflow import HarnessPreflightOperator
+
+REFERENCE = Path(__file__).resolve().parents[2] / "scenarios" / "ddp_csv"
+# On SageMaker the data is an S3 prefix; here it is the reference job's own data as a file:// URI
+# (what SageMaker local mode reads), so that the example runs without S3.
+TRAIN_DATA = os.environ.get("DDP_CSV_TRAIN_DATA", REFERENCE.joinpath("data").as_uri())
+
+# The request create_training_job takes, written once: the pre-flight task reads it from `train`.
+# As the reference job's YAML: no TrainingImage (container rungs build a python3 + torch image; on
+# SageMaker, a PyTorch deep learning container) and no OutputDataConfig, so that the example needs
+# no registry and no S3 (with an S3OutputPath, every rung uploads its artifacts there, as SageMaker does).
+CONFIG = {
+    "TrainingJobName": "ddp-csv-{{ ts_nodash }}",
+    "RoleArn": "arn:aws:iam::111122223333:role/SageMakerExecution",
+    "AlgorithmSpecification": {
+        "TrainingInputMode": "File",
+        "MetricDefinitions": [{"Name": "train:loss", "Regex": r"step=\d+ loss=([0-9.eE+-]+)"}],
+    },
+    "HyperParameters": {
+        "epochs": "4",
+        "batch-size": "16",
+        "learning-rate": "0.05",
+        "shuffle": "true",
+        "sagemaker_program": "train.py",
+        "sagemaker_submit_directory": "s3://example-ml-bucket/ddp-csv/code/sourcedir.tar.gz",
+        "sagemaker_torch_distributed_enabled": "true",
+        "sagemaker_mpi_num_of_processes_per_host": "2",
+    },
+    "InputDataConfig": [
+        {
+            "ChannelName": "train",
+            "ContentType": "text/csv",
+            "DataSource": {
+                "S3DataSource": {
+                    "S3DataType": "S3Prefix",
+                    "S3Uri": TRAIN_DATA,
+                    "S3DataDistributionType": "FullyReplicated",
+                }
+            },
+        }
+    ],
+    # Templated fields render as strings: the operator parses these back to integers.
+    "ResourceConfig": {
+        "InstanceType": "ml.c5.xlarge",
+        "InstanceCount": "{{ params.instance_count }}",
+        "VolumeSizeInGB": 30,
+    },
+    "StoppingCondition": {"MaxRuntimeInSeconds": 600},
+}
+
+with DAG(
+    dag_id="ddp_csv_sagemaker_training",
+    schedule="@daily",
+    start_date=pendulum.datetime(2026, 1, 1, tz="UTC"),
+    catchup=False,
+    params={"instance_count": 2},
+    tags=["harness", "example"],
+) as dag:
+    preflight = HarnessPreflightOperator(
+        task_id="preflight",
+        training_task_id="train",
+        source_dir=str(REFERENCE / "src"),  # the checkout of the code that is on S3
+        rungs=["single", "local"],
+    )
+    train = SageMakerTrainingOperator(task_id="train", config=CONFIG, wait_for_completion=True)
+    preflight >> train
