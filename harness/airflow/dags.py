@@ -24,9 +24,11 @@ import copy
 import datetime as dt
 import importlib
 import io
+import logging
 import os
 import threading
 import uuid
+import warnings
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -83,8 +85,8 @@ def training_request(dag_file: Path, task: str, *, logical_date: str | dt.dateti
     of the file have it) of the DAG in ``dag_file``, rendered for ``logical_date`` (ISO 8601 or a
     datetime; a naive one is in the DAG's time zone; default: now)."""
     _check_dag_file(dag_file)
-    _require_airflow("--from-airflow")
     with _quiet_airflow():
+        _require_airflow("--from-airflow")
         dag = _load_dag(dag_file, task)
         task_id = task.rpartition("/")[2]
         origin = f"{dag_file}: DAG {dag.dag_id!r}, task {task_id!r}"
@@ -108,9 +110,17 @@ def _require_airflow(what: str) -> None:
 @contextlib.contextmanager
 def _quiet_airflow() -> Iterator[None]:
     """Airflow's lines ("Filling up the DagBag ...", tracebacks the errors sum up) off the
-    harness's output: Airflow's structured logs write to ``sys.stderr``."""
-    with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
-        yield
+    harness's output (its structured logs write to ``sys.stderr``), and the logging and warning
+    settings importing Airflow makes (an INFO handler on the root logger, writing to stdout)
+    undone, so that the rest of the command prints what it printed before."""
+    root = logging.getLogger()
+    handlers, level, filters = list(root.handlers), root.level, list(warnings.filters)
+    try:
+        with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
+            yield
+    finally:
+        root.handlers[:], warnings.filters[:] = handlers, filters
+        root.setLevel(level)
 
 
 def _check_dag_file(dag_file: Path) -> None:
@@ -143,10 +153,10 @@ def _load_dag(dag_file: Path, task: str) -> Any:
         dags = [bag.dags[dag_id]]
     else:
         dags = list(bag.dags.values())
-    holding = [dag for dag in dags if task_id in dag.task_dict]
+    holding = sorted((dag for dag in dags if task_id in dag.task_dict), key=lambda dag: dag.dag_id)
     if not holding:
         task_ids = sorted({t for dag in dags for t in dag.task_dict})
-        named = f"DAG {dags[0].dag_id!r}" if len(dags) == 1 else f"any of its DAGs ({', '.join(bag.dags)})"
+        named = f"DAG {dags[0].dag_id!r}" if len(dags) == 1 else f"any of its DAGs ({', '.join(sorted(bag.dags))})"
         raise UsageError(
             f"{dag_file}: no task {task_id!r} in {named}{did_you_mean(task_id, task_ids)}",
             hint=f"its tasks: {', '.join(task_ids)}",
@@ -268,7 +278,7 @@ def request_of(context: Mapping[str, Any], *, origin: str) -> _Read:
         _refuse_out_of_process(operator, origin)
         _render(operator, context, origin)
         return _captured(operator, context, origin)
-    raise UsageError(f"{origin}: a {kind}, which sends no training request the harness can read", hint=f"use {_KINDS}")
+    raise UsageError(f"{origin}: {kind} sends no training request the harness can read", hint=f"use {_KINDS}")
 
 
 def _operator_classes() -> tuple[Any, Any]:
@@ -343,7 +353,7 @@ def _refuse_out_of_process(operator: Any, origin: str) -> None:
     elsewhere = _class("airflow.providers.standard.operators.python", "_BasePythonVirtualenvOperator")
     if elsewhere is not None and isinstance(operator, elsewhere):
         raise UsageError(
-            f"{origin}: a {type(operator).__name__} runs its callable in another Python, "
+            f"{origin}: {type(operator).__name__} runs its callable in another Python, "
             "where the harness cannot stop it from reaching AWS",
             hint="save the request the callable builds (json.dump) and use --from-request",
         )
