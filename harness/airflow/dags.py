@@ -114,12 +114,13 @@ def _quiet_airflow() -> Iterator[None]:
     settings importing Airflow makes (an INFO handler on the root logger, writing to stdout)
     undone, so that the rest of the command prints what it printed before."""
     root = logging.getLogger()
-    handlers, level, filters = list(root.handlers), root.level, list(warnings.filters)
+    handlers, level = list(root.handlers), root.level
     try:
-        with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
+        quiet = (contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()))
+        with warnings.catch_warnings(), quiet[0], quiet[1]:
             yield
     finally:
-        root.handlers[:], warnings.filters[:] = handlers, filters
+        root.handlers[:] = handlers
         root.setLevel(level)
 
 
@@ -133,7 +134,7 @@ def _check_dag_file(dag_file: Path) -> None:
 def _load_dag(dag_file: Path, task: str) -> Any:
     """The DAG of ``dag_file`` that holds ``task`` (``TASK_ID`` or ``DAG_ID/TASK_ID``), loaded
     with Airflow's ``DagBag``."""
-    dagbag = _class("airflow.dag_processing.dagbag", "DagBag") or _class("airflow.models.dagbag", "DagBag")  # 3.0
+    dagbag = airflow_attr("airflow.dag_processing.dagbag", "DagBag") or airflow_attr("airflow.models.dagbag", "DagBag")
     bag = dagbag(dag_folder=str(dag_file), safe_mode=False)
     if bag.import_errors:
         problem = next(iter(bag.import_errors.values())).strip().splitlines()
@@ -285,12 +286,13 @@ def _operator_classes() -> tuple[Any, Any]:
     """SageMakerTrainingOperator (None without the Amazon provider: no DAG here uses it then) and
     PythonOperator."""
     return (
-        _class("airflow.providers.amazon.aws.operators.sagemaker", "SageMakerTrainingOperator"),
-        _class("airflow.providers.standard.operators.python", "PythonOperator"),
+        airflow_attr("airflow.providers.amazon.aws.operators.sagemaker", "SageMakerTrainingOperator"),
+        airflow_attr("airflow.providers.standard.operators.python", "PythonOperator"),
     )
 
 
-def _class(module: str, name: str) -> Any:
+def airflow_attr(module: str, name: str) -> Any:
+    """``module.name``, or None where this Airflow (or its providers) has no such thing."""
     try:
         return getattr(importlib.import_module(module), name)
     except (ImportError, AttributeError):
@@ -350,7 +352,7 @@ def _parse_integers(operator: Any) -> None:
 def _refuse_out_of_process(operator: Any, origin: str) -> None:
     """The stub answers boto3 in this process only: a callable run elsewhere (a virtualenv, an
     external Python) or asynchronously would reach AWS, so it is never called."""
-    elsewhere = _class("airflow.providers.standard.operators.python", "_BasePythonVirtualenvOperator")
+    elsewhere = airflow_attr("airflow.providers.standard.operators.python", "_BasePythonVirtualenvOperator")
     if elsewhere is not None and isinstance(operator, elsewhere):
         raise UsageError(
             f"{origin}: {type(operator).__name__} runs its callable in another Python, "

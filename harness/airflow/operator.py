@@ -26,9 +26,13 @@ from pathlib import Path
 from typing import Any
 
 from airflow.sdk import BaseOperator
-from airflow.sdk.exceptions import AirflowFailException
 
-from harness.airflow.dags import TrainingRequest, request_of, template_context
+try:
+    from airflow.sdk.exceptions import AirflowFailException
+except ImportError:  # Airflow < 3.2
+    from airflow.exceptions import AirflowFailException  # type: ignore[no-redef,unused-ignore]
+
+from harness.airflow.dags import TrainingRequest, airflow_attr, request_of, template_context
 from harness.diff.protocol import Tolerance
 from harness.errors import HarnessError
 from harness.ladder import climb
@@ -175,8 +179,7 @@ def _said(exc: HarnessError) -> str:
 def _log_folder(context: Any) -> Path:
     """Where Airflow keeps this task try's logs on the worker, under ``harness/``, laid out as
     Airflow lays out its log files."""
-    from airflow.sdk import conf
-
+    conf = airflow_attr("airflow.sdk", "conf") or airflow_attr("airflow.configuration", "conf")  # Airflow < 3.2
     ti = context["ti"]
     base = Path(conf.get("logging", "base_log_folder")).expanduser()
     mapped = f"map_index={ti.map_index}/" if ti.map_index is not None and ti.map_index >= 0 else ""
