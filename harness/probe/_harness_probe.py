@@ -685,14 +685,16 @@ def digest(obj, hasher):
 
 
 def batch_size(batch):
-    """Samples in a batch: the first dimension of its first tensor."""
+    """Samples in a batch: the first dimension of its first tensor (or array)."""
     while isinstance(batch, (list, tuple)) and batch:
         batch = batch[0]
     if isinstance(batch, dict) and batch:
         return batch_size(next(iter(batch.values())))
-    if not _is_tensor(batch) or not batch.dim():
+    shape = batch.shape if _is_tensor(batch) else getattr(type(batch), "shape", None) and batch.shape
+    try:
+        return int(shape[0]) if shape is not None and len(shape) else None
+    except (TypeError, ValueError, IndexError):
         return None
-    return int(batch.shape[0])
 
 
 # ---- torch.distributed ------------------------------------------------------------------------
