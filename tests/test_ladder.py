@@ -78,3 +78,14 @@ def test_a_batch_size_hyperparameter_must_name_a_whole_number(hyperparameters: d
         "batch_size_hyperparameter": "batch-size"}))
     with pytest.raises(JobSpecError, match=expected):
         load_job(tmp_path / "job.yaml")
+
+
+@pytest.mark.slow
+def test_files_written_by_hosts_the_baseline_does_not_have_are_no_divergence(scenarios: Path, records: Path,
+                                                                           tmp_path: Path) -> None:
+    """A correct job that writes one file per host: the second host's file is new with the topology."""
+    report = tmp_path / "verdict.json"
+    code = main(["ladder", str(scenarios / "hardcoded_opt_ml" / "job.yaml"), "--rungs", "single,local",
+                 "--records", str(records), "--json", str(report)])
+    verdict = json.loads(report.read_text())
+    assert code == 0 and verdict["outcome"] == "parity", verdict

@@ -19,13 +19,14 @@ import tarfile
 import tempfile
 import zlib
 from pathlib import Path
+from typing import Any
 
 from harness.artifacts import capped_members
 from harness.diff import tensors
 from harness.diff.findings import Finding
 from harness.diff.protocol import CheckContext
 from harness.diff.tensors import CheckpointDiff, CheckpointError, KeyRename, TensorDiff
-from harness.diff.topology import numbers_not_comparable
+from harness.diff.topology import numbers_not_comparable, world_size
 from harness.record import RunRecord
 
 _SHOWN = 20  # evidence lines per finding
@@ -52,10 +53,17 @@ def compare(baseline: RunRecord, candidate: RunRecord, context: CheckContext) ->
         a, b = ours.get(archive, {}).get("files", {}), theirs.get(archive, {}).get("files", {})
         missing, extra = sorted(set(a) - set(b)), sorted(set(b) - set(a))
         changed = sorted(n for n in set(a) & set(b) if a[n]["sha256"] != b[n]["sha256"])
+        new_writers = _written_by_new_workers(archive, extra, b, baseline, candidate)
+        extra = [n for n in extra if n not in new_writers]
         evidence = ([f"missing on {candidate.rung}: {n}" for n in missing]
                     + [f"extra on {candidate.rung}: {n}" for n in extra])
         if evidence:
             findings.append(Finding("artifacts", "divergence", f"{archive} differs on {candidate.rung}", evidence))
+        if new_writers:
+            findings.append(Finding(
+                "artifacts", "note", f"{len(new_writers)} files in {archive} written by hosts or ranks "
+                f"{baseline.rung} does not have", _capped([f"{n}: {who}" for n, who in new_writers.items()]),
+                cause="topology-changes-artifacts", confidence=0.2))
         compared, tensor_findings = _checkpoints(archive, changed, baseline, candidate, context)
         findings += tensor_findings
         rest = [n for n in changed if n not in compared]
@@ -95,6 +103,33 @@ def check_run(record: RunRecord, context: CheckContext) -> list[Finding]:
         [f"{key}: {', '.join(hosts)} (identical content)" for key, hosts in sorted(clashes.items())[:10]],
         hint=hint, cause="checkpoint-clash-across-hosts", confidence=0.3,
     )]
+
+
+_ARCHIVE_ROOTS = {"model.tar.gz": "/opt/ml/model/", "output.tar.gz": "/opt/ml/output/data/"}
+
+
+def _written_by_new_workers(archive: str, extra: list[str], files: dict[str, Any], baseline: RunRecord,
+                            candidate: RunRecord) -> dict[str, str]:
+    """Extra files that only hosts or ranks the baseline does not have wrote (``algo-2.txt`` on
+    two hosts against one, ``shard-3.pt`` from rank 3 of four against one process): a topology
+    change legitimately adds them, so they are not a divergence."""
+    if world_size(baseline) == world_size(candidate) and baseline.hosts == candidate.hosts:
+        return {}
+    root, world, hosts = _ARCHIVE_ROOTS.get(archive, ""), world_size(baseline), set(baseline.hosts)
+    ranks: dict[str, set[int]] = {}
+    for rank, events in candidate.iter_rank_events().items():
+        for event in events:
+            path = str(event.get("path", ""))
+            if event["kind"] == "write" and root and path.startswith(root):
+                ranks.setdefault(path.removeprefix(root), set()).add(rank)
+    found = {}
+    for name in extra:
+        writers = files[name].get("hosts") or []
+        if writers and not hosts & set(writers):
+            found[name] = f"written by {', '.join(writers)} only"
+        elif ranks.get(name) and min(ranks[name]) >= world:
+            found[name] = f"written by rank {', '.join(map(str, sorted(ranks[name])))} only"
+    return found
 
 
 def _damaged_archives(record: RunRecord) -> list[Finding]:
