@@ -192,3 +192,17 @@ def test_processes_of_its_own(tmp_path: Path) -> None:
     assert inherited and all(p.get("rank") is None for p in inherited)
     assert {0, 1} <= set(with_probe.rank_logs())
     assert judge([with_probe]).outcome == "nothing-compared"
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("lightning") is None, reason="lightning is not installed (pip install '.[corpus]')"
+)
+def test_lightning_launching_its_own_ranks(tmp_path: Path) -> None:
+    """Lightning's DDP re-runs the script as its other ranks (subprocesses, LOCAL_RANK set): both
+    run the entry point, both are ranks, nothing else is."""
+    with_probe, without = run_both("lightning_ddp", tmp_path)
+    assert with_probe.status == "succeeded", with_probe.host_log("algo-1").read_text()[-3000:]
+    assert_transparent(with_probe, without)
+    ranks = {str(p["rank"]): p for p in with_probe.processes() if p.get("rank") is not None}
+    assert sorted(ranks) == ["0", "1"] and all(p.get("parsed_args") for p in ranks.values())
+    assert judge([with_probe]).outcome == "nothing-compared"
