@@ -119,12 +119,16 @@ def _default_signals() -> None:
         signal.signal(signum, signal.SIG_DFL)
 
 
-@pytest.mark.parametrize("signum, exit_code", [(signal.SIGINT, 130), (signal.SIGTERM, 143), (signal.SIGHUP, 129)])
-def test_a_signal_stops_everything_and_marks_the_record(signum: int, exit_code: int, tmp_path: Path) -> None:
-    marker = f"harness-signal-{os.getpid()}-{signum}"
+@pytest.mark.parametrize("command, signum, exit_code", [
+    (["run"], signal.SIGINT, 130), (["run"], signal.SIGTERM, 143), (["run"], signal.SIGHUP, 129),
+    (["ladder", "--rungs", "local,local"], signal.SIGTERM, 143),
+])
+def test_a_signal_stops_everything_and_marks_the_record(command: list[str], signum: int, exit_code: int,
+                                                        tmp_path: Path) -> None:
+    marker = f"harness-signal-{os.getpid()}-{signum}-{command[0]}"
     job = _write_job(tmp_path, _orphan_script(marker), instance_count=2)
     harness = subprocess.Popen(
-        [sys.executable, "-m", "harness", "run", str(job), "--records", str(tmp_path / "records"), "-v"],
+        [sys.executable, "-m", "harness", *command, str(job), "--records", str(tmp_path / "records"), "-v"],
         stderr=subprocess.PIPE,
         text=True,
         preexec_fn=_default_signals,
