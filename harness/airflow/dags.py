@@ -307,8 +307,8 @@ def _render(operator: Any, context: Mapping[str, Any], origin: str) -> None:
         field = _failing_field(operator, context)
         raise JobSpecError(
             f"{origin}: {field or 'templated fields'}: the template does not render: {type(exc).__name__}: {exc}",
-            hint="templates render here for a manual run at --logical-date, without a scheduler: "
-            "XCom pulled from other tasks is not available",
+            hint="templates render for a manual run at the logical date; without a running task (the command "
+            "line), var, conn and XCom pulled from other tasks are not available",
         ) from None
 
 

@@ -19,8 +19,10 @@ to an ``s3://`` prefix; the task returns (XCom) the outcome and where the report
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 import tempfile
+import threading
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -32,6 +34,7 @@ try:
 except ImportError:  # Airflow < 3.2
     from airflow.exceptions import AirflowFailException  # type: ignore[no-redef,unused-ignore]
 
+from harness import interrupts
 from harness.airflow.dags import TrainingRequest, airflow_attr, request_of, template_context
 from harness.diff.protocol import Tolerance
 from harness.errors import HarnessError
@@ -100,17 +103,18 @@ class HarnessPreflightOperator(BaseOperator):
         try:
             out.mkdir(parents=True, exist_ok=True)
             try:
-                result = climb(
-                    job,
-                    out / "runs",
-                    rungs=self.rungs,
-                    tolerance=self.tolerance,
-                    options=lambda rung: dict(self.rung_options.get(rung, {})),
-                    progress=self._starting,
-                    on_record=self._ran,
-                    require=self.require,
-                    keep_going=self.keep_going,
-                )
+                with _stopping_on_signals():  # Airflow's SIGTERM (a timeout, a kill): every process stopped
+                    result = climb(
+                        job,
+                        out / "runs",
+                        rungs=self.rungs,
+                        tolerance=self.tolerance,
+                        options=lambda rung: dict(self.rung_options.get(rung, {})),
+                        progress=self._starting,
+                        on_record=self._ran,
+                        require=self.require,
+                        keep_going=self.keep_going,
+                    )
             except HarnessError as exc:
                 raise AirflowFailException(_said(exc)) from None
             verdict = result.verdict
@@ -170,6 +174,15 @@ class HarnessPreflightOperator(BaseOperator):
 
     def _ran(self, record: RunRecord) -> None:
         self.log.info("[%s] %s (%s)", record.rung, record.status, record.root)
+
+
+def _stopping_on_signals() -> contextlib.AbstractContextManager[None]:
+    """SIGTERM and SIGHUP stop the ladder as they stop the command line (every process and container
+    stopped with bounded waits, the record marked interrupted); signal handlers are the main
+    thread's only, so elsewhere the ladder runs as it is."""
+    if threading.current_thread() is threading.main_thread():
+        return interrupts.stopping_on_signals()
+    return contextlib.nullcontext()
 
 
 def _said(exc: HarnessError) -> str:
