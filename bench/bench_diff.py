@@ -115,8 +115,10 @@ def main() -> None:
     state = transformer_state(args.layers)
     changed = changed_copy(state)
     size = sum(t.nbytes for t in state.values())
-    print(f"{len(state)} tensors, {size / 2**30:.2f} GiB per checkpoint; torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads; GB/s = (bytes of both files) / seconds, 1 GB = 1e9 bytes")
+    print(
+        f"{len(state)} tensors, {size / 2**30:.2f} GiB per checkpoint; torch {torch.__version__}, "
+        f"{torch.get_num_threads()} threads; GB/s = (bytes of both files) / seconds, 1 GB = 1e9 bytes"
+    )
     rows = []
     with tempfile.TemporaryDirectory(prefix="bench-diff-", dir=args.dir) as tmp:
         root = Path(tmp)
@@ -127,19 +129,27 @@ def main() -> None:
             for case, b in (("identical", same), ("4 tensors differ", other)):
                 diff = compare(a, b, rtol=RTOL, atol=ATOL)
                 total = a.stat().st_size + b.stat().st_size
-                warm = timed(lambda: compare(a, b, rtol=RTOL, atol=ATOL), args.runs)  # noqa: B023
-                cold = (timed(lambda: compare(a, b, rtol=RTOL, atol=ATOL), args.runs,  # noqa: B023
-                              lambda: drop_cache(a, b)) if args.cold else None)  # noqa: B023
-                rows.append((fmt, case, total, warm, cold, sum(not t.equal for t in diff.tensors),
-                             len(diff.beyond_tolerance)))
+
+                def run(a: Path = a, b: Path = b) -> object:
+                    return compare(a, b, rtol=RTOL, atol=ATOL)
+
+                warm = timed(run, args.runs)
+                cold = timed(run, args.runs, lambda a=a, b=b: drop_cache(a, b)) if args.cold else None
+                rows.append(
+                    (fmt, case, total, warm, cold, sum(not t.equal for t in diff.tensors), len(diff.beyond_tolerance))
+                )
             for path in (a, same, other):
                 path.unlink()
-    print(f"\n{'format':<12} {'case':<17} {'bytes':>8} {'warm s':>7} {'warm GB/s':>9} {'cold GB/s':>9} "
-          f"{'not equal':>9} {'beyond tol':>10}")
+    print(
+        f"\n{'format':<12} {'case':<17} {'bytes':>8} {'warm s':>7} {'warm GB/s':>9} {'cold GB/s':>9} "
+        f"{'not equal':>9} {'beyond tol':>10}"
+    )
     for fmt, case, total, warm, cold, unequal, beyond in rows:
         cold_text = f"{total / cold / 1e9:9.2f}" if cold else f"{'-':>9}"
-        print(f"{fmt:<12} {case:<17} {total / 1e9:7.2f}G {warm:7.3f} {total / warm / 1e9:9.2f} {cold_text} "
-              f"{unequal:>9} {beyond:>10}")
+        print(
+            f"{fmt:<12} {case:<17} {total / 1e9:7.2f}G {warm:7.3f} {total / warm / 1e9:9.2f} {cold_text} "
+            f"{unequal:>9} {beyond:>10}"
+        )
     references(size, args.runs)
 
 
@@ -147,8 +157,10 @@ def references(size: int, runs: int) -> None:
     """The in-memory bounds the brief quotes, on this machine."""
     x = torch.empty(size // 4).uniform_()
     y = x.clone()
-    for label, fn in (("torch.equal(a, b)", lambda: torch.equal(x, y)),
-                      ("(a - b).abs().max()", lambda: (x - y).abs().max())):
+    for label, fn in (
+        ("torch.equal(a, b)", lambda: torch.equal(x, y)),
+        ("(a - b).abs().max()", lambda: (x - y).abs().max()),
+    ):
         seconds = timed(fn, runs)
         print(f"reference, in memory: {label:<20} {2 * size / seconds / 1e9:6.2f} GB/s")
 

@@ -46,8 +46,10 @@ def main() -> int:
             with tempfile.TemporaryDirectory(prefix="harness-bench-ladder-") as records:
                 started = time.monotonic()
                 result = climb(job, Path(records), rungs=steps, keep_going=keep_going)
-                cells.append(f"{time.monotonic() - started:.0f} s, {len(result.records)} runs "
-                             f"({result.verdict.outcome} @{result.verdict.first_rung})")
+                cells.append(
+                    f"{time.monotonic() - started:.0f} s, {len(result.records)} runs "
+                    f"({result.verdict.outcome} @{result.verdict.first_rung})"
+                )
         if name in BISECTED:
             with tempfile.TemporaryDirectory(prefix="harness-bench-bisect-") as records:
                 started = time.monotonic()

@@ -36,43 +36,57 @@ CRASH = """[rank5]: Traceback (most recent call last):
 [rank5]:   File "/opt/ml/code/train.py", line 102, in main
 [rank5]:     batch = collate(rows)
 [rank5]: ValueError: batch 3 has 17 columns, expected 16"""
-ECHO = "\n".join([
-    "[rank{r}]: Traceback (most recent call last):",
-    '[rank{r}]:   File "/opt/ml/code/train.py", line 91, in main',
-    "[rank{r}]:     dist.all_reduce(grad)",
-    '[rank{r}]:   File "/usr/local/lib/python3.11/site-packages/torch/distributed/distributed_c10d.py", '
-    "line 3252, in all_reduce",
-    "[rank{r}]:     work.wait()",
-    "[rank{r}]: RuntimeError: [../third_party/gloo/gloo/transport/tcp/pair.cc:553] Connection closed by peer "
-    "[10.0.1.{r}]:35030. This is typically caused by a remote worker crashing.",
-])
-SUMMARY = "\n".join([
-    "E1123 05:30:01.210000 6032 torch/distributed/elastic/multiprocessing/api.py:1002] failed (exitcode: 1) "
-    "local_rank: 1 (pid: 6123) of binary: /usr/bin/python3",
-    "torch.distributed.elastic.multiprocessing.errors.ChildFailedError:",
-    "W1123 05:30:01.174000 6032 torch/distributed/elastic/multiprocessing/api.py:1028] Sending process 6126 "
-    "closing signal SIGTERM",
-])
+ECHO = "\n".join(
+    [
+        "[rank{r}]: Traceback (most recent call last):",
+        '[rank{r}]:   File "/opt/ml/code/train.py", line 91, in main',
+        "[rank{r}]:     dist.all_reduce(grad)",
+        '[rank{r}]:   File "/usr/local/lib/python3.11/site-packages/torch/distributed/distributed_c10d.py", '
+        "line 3252, in all_reduce",
+        "[rank{r}]:     work.wait()",
+        "[rank{r}]: RuntimeError: [../third_party/gloo/gloo/transport/tcp/pair.cc:553] Connection closed by peer "
+        "[10.0.1.{r}]:35030. This is typically caused by a remote worker crashing.",
+    ]
+)
+SUMMARY = "\n".join(
+    [
+        "E1123 05:30:01.210000 6032 torch/distributed/elastic/multiprocessing/api.py:1002] failed (exitcode: 1) "
+        "local_rank: 1 (pid: 6123) of binary: /usr/bin/python3",
+        "torch.distributed.elastic.multiprocessing.errors.ChildFailedError:",
+        "W1123 05:30:01.174000 6032 torch/distributed/elastic/multiprocessing/api.py:1028] Sending process 6126 "
+        "closing signal SIGTERM",
+    ]
+)
 
 
 def chatter(rank: int, step: int, rng: random.Random) -> str:
     """One line of what a healthy rank prints, in the proportions of a typical job."""
     roll = rng.random()
     if roll < 0.70:
-        return (f"step={step} loss={rng.random():.6f} lr=0.000500 grad_norm={rng.random() * 3:.4f} "
-                f"tokens/s={rng.randrange(20000, 40000)}")
+        return (
+            f"step={step} loss={rng.random():.6f} lr=0.000500 grad_norm={rng.random() * 3:.4f} "
+            f"tokens/s={rng.randrange(20000, 40000)}"
+        )
     if roll < 0.80:
-        return (f"Epoch {step // 10000}/10: {step % 100:3d}%|#####     | {step % 1000}/1000 "
-                f"[00:12<00:30, 12.34it/s, loss={rng.random():.4f}]")
+        return (
+            f"Epoch {step // 10000}/10: {step % 100:3d}%|#####     | {step % 1000}/1000 "
+            f"[00:12<00:30, 12.34it/s, loss={rng.random():.4f}]"
+        )
     if roll < 0.86:
-        return (f"algo-{rank // 4 + 1}:{4000 + rank}:{5000 + rank} [{rank % 4}] NCCL INFO Channel {step % 32:02d}/32 :"
-                " 0 1 2 3 4 5 6 7")
+        return (
+            f"algo-{rank // 4 + 1}:{4000 + rank}:{5000 + rank} [{rank % 4}] NCCL INFO Channel {step % 32:02d}/32 :"
+            " 0 1 2 3 4 5 6 7"
+        )
     if roll < 0.93:
-        return (f"2026-11-23 05:00:{step % 60:02d},123 - train - INFO - epoch={step // 10000} "
-                f"val_loss={rng.random():.5f} accuracy=0.{rng.randrange(1000)}")
+        return (
+            f"2026-11-23 05:00:{step % 60:02d},123 - train - INFO - epoch={step // 10000} "
+            f"val_loss={rng.random():.5f} accuracy=0.{rng.randrange(1000)}"
+        )
     if roll < 0.99:
-        return (f"[rank{rank}]:[W1123 05:00:00.000000000 reducer.cpp:1400] Warning: find_unused_parameters=True was "
-                "specified in DDP constructor, but did not find any unused parameters in the forward pass.")
+        return (
+            f"[rank{rank}]:[W1123 05:00:00.000000000 reducer.cpp:1400] Warning: find_unused_parameters=True was "
+            "specified in DDP constructor, but did not find any unused parameters in the forward pass."
+        )
     return rng.choice(["found 8 CUDA devices, using cuda:0", "eval: 0 failed, 1024 passed", "Killed 0 stale workers"])
 
 
@@ -103,8 +117,13 @@ def write_record(root: Path, lines: int, ranks: int, host_logs: bool) -> int:
         with mirrors[host].open("a") as handle:
             handle.write("".join(f"2026-11-23T05:30:01.300Z {line}\n" for line in SUMMARY.split("\n")))
     manifest = {
-        "format_version": 1, "harness_version": "bench", "run_id": root.name, "rung": "bench", "job": {},
-        "status": "failed", "complete": True,
+        "format_version": 1,
+        "harness_version": "bench",
+        "run_id": root.name,
+        "rung": "bench",
+        "job": {},
+        "status": "failed",
+        "complete": True,
         "topology": {"hosts": hosts, "processes_per_host": 4, "world_size": ranks},
         "hosts": {h: {"exit_code": 1} for h in hosts},
         "ranks": {str(r): {"host": hosts[r // 4], "local_rank": r % 4} for r in range(ranks)},
@@ -132,10 +151,14 @@ def main() -> None:
             check_run(record, CheckContext())
             times.append(time.perf_counter() - start)
         median = statistics.median(times)
-        print(f"{lines:,} rank-log lines over {args.ranks} ranks ({size / 1e6:.0f} MB read per run"
-              f"{', host logs included' if args.with_host_logs else ''})")
-        print(f"check_run: median {median * 1000:.0f} ms of {args.runs} (min {min(times) * 1000:.0f}, "
-              f"max {max(times) * 1000:.0f}) = {lines / median:,.0f} lines/s")
+        print(
+            f"{lines:,} rank-log lines over {args.ranks} ranks ({size / 1e6:.0f} MB read per run"
+            f"{', host logs included' if args.with_host_logs else ''})"
+        )
+        print(
+            f"check_run: median {median * 1000:.0f} ms of {args.runs} (min {min(times) * 1000:.0f}, "
+            f"max {max(times) * 1000:.0f}) = {lines / median:,.0f} lines/s"
+        )
         print(f"found: {findings[0].title} [{findings[0].cause}]" if findings else "found: nothing")
 
 

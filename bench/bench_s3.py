@@ -65,8 +65,10 @@ def main() -> None:
         t_small = _timed(lambda: download("small"), args.runs)
         t_big = _timed(lambda: download("big"), args.runs)
         t_up = _timed(lambda: s3.upload(big / "data.bin", S3Uri(BUCKET, "out/model.tar.gz")), args.runs)
-    print(f"download {args.files} x {args.file_kib} KiB: {t_small:.2f} s, {small_mb / t_small:.0f} MB/s, "
-          f"{args.files / t_small:.0f} objects/s")
+    print(
+        f"download {args.files} x {args.file_kib} KiB: {t_small:.2f} s, {small_mb / t_small:.0f} MB/s, "
+        f"{args.files / t_small:.0f} objects/s"
+    )
     print(f"download 1 x {args.big_mib} MiB: {t_big:.2f} s, {big_mb / t_big:.0f} MB/s")
     print(f"upload 1 x {args.big_mib} MiB: {t_up:.2f} s, {big_mb / t_up:.0f} MB/s")
 

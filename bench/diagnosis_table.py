@@ -22,12 +22,24 @@ def main(names: list[str]) -> int:
         for directory in directories:
             result = run_scenario(directory, Path(records))
             expect = result.spec.expect
-            got = "(nothing ran)" if result.verdict is None else (
-                f"{result.verdict.outcome} {result.verdict.causes[0] if result.verdict.causes else ''}".strip()
-                + (f" @{result.verdict.first_rung}" if result.verdict.first_rung else ""))
-            rows.append((result.name, f"{expect.outcome} {expect.cause or ''}".strip(), got,
-                         str(result.cause_rank or "-"), "yes" if result.as_expected else "NO",
-                         "; ".join(result.skipped) or "-"))
+            got = (
+                "(nothing ran)"
+                if result.verdict is None
+                else (
+                    f"{result.verdict.outcome} {result.verdict.causes[0] if result.verdict.causes else ''}".strip()
+                    + (f" @{result.verdict.first_rung}" if result.verdict.first_rung else "")
+                )
+            )
+            rows.append(
+                (
+                    result.name,
+                    f"{expect.outcome} {expect.cause or ''}".strip(),
+                    got,
+                    str(result.cause_rank or "-"),
+                    "yes" if result.as_expected else "NO",
+                    "; ".join(result.skipped) or "-",
+                )
+            )
             print(" | ".join(rows[-1]), file=sys.stderr, flush=True)
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:

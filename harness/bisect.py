@@ -30,9 +30,30 @@ from harness.verdict import Verdict, judge
 PAIRS = {("local", "docker"), ("single", "docker")}
 #: Variables of the machine that are never a job's input and would break a container (paths of
 #: this machine, its shell, its session, its credentials).
-MACHINE_ONLY = ("PATH", "HOME", "PWD", "OLDPWD", "HOSTNAME", "SHLVL", "_", "PYTHONPATH", "PYTHONHOME",
-                "VIRTUAL_ENV", "LD_LIBRARY_PATH", "LD_PRELOAD", "TMPDIR", "DISPLAY", "TERM", "SHELL", "USER",
-                "LOGNAME", "MAIL", "LS_COLORS", "COLUMNS", "LINES")
+MACHINE_ONLY = (
+    "PATH",
+    "HOME",
+    "PWD",
+    "OLDPWD",
+    "HOSTNAME",
+    "SHLVL",
+    "_",
+    "PYTHONPATH",
+    "PYTHONHOME",
+    "VIRTUAL_ENV",
+    "LD_LIBRARY_PATH",
+    "LD_PRELOAD",
+    "TMPDIR",
+    "DISPLAY",
+    "TERM",
+    "SHELL",
+    "USER",
+    "LOGNAME",
+    "MAIL",
+    "LS_COLORS",
+    "COLUMNS",
+    "LINES",
+)
 MACHINE_PREFIXES = ("SSH_", "XDG_", "CONDA_", "PYENV_", "DOCKER_", "AWS_", "HARNESS_", "SM_", "PYTEST_")
 DEFAULT_MAX_RUNS = 16
 
@@ -58,9 +79,15 @@ class Bisection:
     not_bisected: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"lower": self.lower, "upper": self.upper, "departure": self.departure,
-                "dimension": self.dimension, "culprit": self.culprit,
-                "steps": [vars(step) for step in self.steps], "not_bisected": self.not_bisected}
+        return {
+            "lower": self.lower,
+            "upper": self.upper,
+            "departure": self.departure,
+            "dimension": self.dimension,
+            "culprit": self.culprit,
+            "steps": [vars(step) for step in self.steps],
+            "not_bisected": self.not_bisected,
+        }
 
 
 def inherited_environment() -> dict[str, str]:
@@ -68,13 +95,22 @@ def inherited_environment() -> dict[str, str]:
     return {k: v for k, v in os.environ.items() if k not in MACHINE_ONLY and not k.startswith(MACHINE_PREFIXES)}
 
 
-def bisect(job: JobSpec, records_dir: Path, *, lower: str = "local", upper: str = "docker",
-           upper_options: dict[str, Any] | None = None, max_runs: int = DEFAULT_MAX_RUNS,
-           on_record: Callable[[RunRecord], None] = lambda record: None) -> Bisection:
+def bisect(
+    job: JobSpec,
+    records_dir: Path,
+    *,
+    lower: str = "local",
+    upper: str = "docker",
+    upper_options: dict[str, Any] | None = None,
+    max_runs: int = DEFAULT_MAX_RUNS,
+    on_record: Callable[[RunRecord], None] = lambda record: None,
+) -> Bisection:
     """Run both rungs, then the upper one with one dimension at a time as on the lower one."""
     if (lower, upper) not in PAIRS:
-        raise UsageError(f"bisect takes {lower} -> {upper} apart in no known dimensions",
-                         hint="bisect between " + ", ".join(f"{a} and {b}" for a, b in sorted(PAIRS)))
+        raise UsageError(
+            f"bisect takes {lower} -> {upper} apart in no known dimensions",
+            hint="bisect between " + ", ".join(f"{a} and {b}" for a, b in sorted(PAIRS)),
+        )
     options = dict(upper_options or {})
     runs: list[RunRecord] = []
 
@@ -108,10 +144,12 @@ def bisect(job: JobSpec, records_dir: Path, *, lower: str = "local", upper: str 
                 break
     except _Budget:
         result.not_bisected["budget"] = f"stopped after {max_runs} runs (--max-runs)"
-    result.not_bisected.update({
-        "image": "Python and packages of the image against this machine's: not a setting of the docker rung",
-        "channel delivery": "bind mounts against symbolic links: not a setting of the docker rung",
-    })
+    result.not_bisected.update(
+        {
+            "image": "Python and packages of the image against this machine's: not a setting of the docker rung",
+            "channel delivery": "bind mounts against symbolic links: not a setting of the docker rung",
+        }
+    )
     return result
 
 
@@ -130,14 +168,26 @@ def _dimensions(options: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]
     found: list[tuple[str, str, dict[str, Any]]] = []
     local_shm = default_shm_size()
     if options.get("shm_size", local_shm) != local_shm:
-        found.append(("/dev/shm", f"/dev/shm {local_shm} as on the host, not {options['shm_size']}",
-                      {"shm_size": local_shm}))
-    found.append(("network model", "every host in one network namespace, sharing a loopback as local hosts do",
-                  {"network": "shared"}))
+        found.append(
+            ("/dev/shm", f"/dev/shm {local_shm} as on the host, not {options['shm_size']}", {"shm_size": local_shm})
+        )
+    found.append(
+        (
+            "network model",
+            "every host in one network namespace, sharing a loopback as local hosts do",
+            {"network": "shared"},
+        )
+    )
     inherited = inherited_environment()
     if inherited:
-        found.append(("environment", f"the {len(inherited)} variables a local run inherits from this machine "
-                      f"({', '.join(sorted(redact_env(inherited)))[:200]})", {"environment": inherited}))
+        found.append(
+            (
+                "environment",
+                f"the {len(inherited)} variables a local run inherits from this machine "
+                f"({', '.join(sorted(redact_env(inherited)))[:200]})",
+                {"environment": inherited},
+            )
+        )
     limits = {name: _soft_limit(name) for name in ("memlock", "stack")}
     found.append(("ulimits", f"ulimits as on the host ({limits})", {"ulimits": limits}))
     return found
@@ -154,8 +204,11 @@ def _narrow(names: list[str], agrees: Callable[[str, str, dict[str, Any]], bool]
     while len(names) > 1:
         half = len(names) // 2
         for part in (names[:half], names[half:]):
-            if agrees("environment", f"only {', '.join(part[:8])}{' ...' if len(part) > 8 else ''}",
-                      {"environment": {name: environment[name] for name in part}}):
+            if agrees(
+                "environment",
+                f"only {', '.join(part[:8])}{' ...' if len(part) > 8 else ''}",
+                {"environment": {name: environment[name] for name in part}},
+            ):
                 names = part
                 break
         else:
@@ -171,8 +224,10 @@ def to_text(result: Bisection) -> str:
         lines.append(f"     {step.record}")
     if result.dimension:
         culprit = f": {result.culprit}" if result.culprit else ""
-        lines.append(f"the {result.upper} run departs because of its {result.dimension}{culprit} "
-                     f"(set as on {result.lower}, the job agrees with {result.lower})")
+        lines.append(
+            f"the {result.upper} run departs because of its {result.dimension}{culprit} "
+            f"(set as on {result.lower}, the job agrees with {result.lower})"
+        )
     elif result.steps:
         lines.append("no single dimension the bisect can set makes it agree")
     lines += [f"not bisected: {what}: {why}" for what, why in result.not_bisected.items()]

@@ -70,8 +70,9 @@ class RequiredRungUnavailable(RungUnavailable):
     since a verdict without it would not be the one asked for."""
 
     def __init__(self, rung: str, reason: str) -> None:
-        super().__init__(rung, reason, hint="run where it can (`harness doctor` says what it needs), "
-                                            "or drop it from --require")
+        super().__init__(
+            rung, reason, hint="run where it can (`harness doctor` says what it needs), or drop it from --require"
+        )
         self.message = f"required rung {rung!r} cannot run here: {reason}"
 
 

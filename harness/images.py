@@ -59,9 +59,7 @@ _DOCKERFILE = ".harness.Dockerfile"  # names in the build context that a user's 
 _WHEELS = ".harness-wheels"
 
 
-def bootstrap_base_image(
-    client: DockerClient, *, suite: str = "bookworm", tag: str | None = None
-) -> str:
+def bootstrap_base_image(client: DockerClient, *, suite: str = "bookworm", tag: str | None = None) -> str:
     """Make a Debian ``suite`` image with python3, pip and venv; return its tag.
 
     The default tag hashes the recipe (suite, mirror, packages, fixes): an unchanged recipe
@@ -158,9 +156,7 @@ def build_image(
         _write_context(archive, dockerfile, context, wheelhouse)
         archive.seek(0)
         try:
-            client.images.build(
-                fileobj=archive, custom_context=True, dockerfile=_DOCKERFILE, tag=tag, forcerm=True
-            )
+            client.images.build(fileobj=archive, custom_context=True, dockerfile=_DOCKERFILE, tag=tag, forcerm=True)
         except BuildError as exc:
             output = "".join(str(chunk.get("stream", "")) for chunk in exc.build_log)
             raise ImageError(
@@ -168,9 +164,7 @@ def build_image(
                 hint="the step that failed is at the end of the build output above",
             ) from exc
         except APIError as exc:
-            raise ImageError(
-                f"docker refused to build {tag}: {exc}", hint="see the dockerd log"
-            ) from exc
+            raise ImageError(f"docker refused to build {tag}: {exc}", hint="see the dockerd log") from exc
     log.info("built %s in %.0f s", tag, time.monotonic() - started)
     return tag
 
@@ -211,9 +205,7 @@ def _dockerfile(base: str, steps: Sequence[str], *, with_wheels: bool) -> str:
     return "\n".join([*lines, *steps, ""])
 
 
-def _write_context(
-    archive: IO[bytes], dockerfile: str, context: Path | None, wheelhouse: Path | None
-) -> None:
+def _write_context(archive: IO[bytes], dockerfile: str, context: Path | None, wheelhouse: Path | None) -> None:
     with tarfile.open(fileobj=archive, mode="w") as tar:
         for child in sorted(context.iterdir()) if context else ():
             tar.add(child, arcname=child.name)

@@ -69,8 +69,10 @@ def climb(
     check_rung_names([step.rung for step in steps])
     missing = [rung for rung in require if rung not in {step.rung for step in steps}]
     if missing:
-        raise UsageError(f"--require names {', '.join(missing)}, which the ladder does not climb",
-                         hint="require only rungs of the ladder (--rungs)")
+        raise UsageError(
+            f"--require names {', '.join(missing)}, which the ladder does not climb",
+            hint="require only rungs of the ladder (--rungs)",
+        )
     backends = [get_backend(step.rung, **step.options) for step in steps]  # bad settings: before anything runs
     unavailable: dict[str, str] = {}
     for step, backend in zip(steps, backends, strict=True):

@@ -97,8 +97,13 @@ def find_python() -> str:
 
 def _version(python: str) -> tuple[int, int]:
     try:
-        out = subprocess.run([python, "-c", "import sys; print(*sys.version_info[:2])"],
-                             capture_output=True, text=True, timeout=30, check=True)
+        out = subprocess.run(
+            [python, "-c", "import sys; print(*sys.version_info[:2])"],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        )
         major, minor = out.stdout.split()
         return int(major), int(minor)
     except (OSError, subprocess.SubprocessError, ValueError):
@@ -114,15 +119,19 @@ def install(python: str | None = None) -> Path:
         return venv
     shutil.rmtree(venv, ignore_errors=True)
     interpreter = python or find_python()
-    steps = ([interpreter, "-m", "venv", str(venv)],
-             [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", *REQUIREMENTS])
+    steps = (
+        [interpreter, "-m", "venv", str(venv)],
+        [str(venv / "bin" / "python"), "-m", "pip", "install", "--quiet", *REQUIREMENTS],
+    )
     for step in steps:
         done = subprocess.run(step, capture_output=True, text=True, check=False)
         if done.returncode != 0:
             shutil.rmtree(venv, ignore_errors=True)
             lines = [line for line in done.stderr.splitlines() if "is ignored" not in line]
-            raise LocalStackError(f"installing LocalStack failed ({' '.join(step[:4])} ...): " + " | ".join(lines[-3:]),
-                                  hint="check that PyPI is reachable; the command above shows what failed")
+            raise LocalStackError(
+                f"installing LocalStack failed ({' '.join(step[:4])} ...): " + " | ".join(lines[-3:]),
+                hint="check that PyPI is reachable; the command above shows what failed",
+            )
     stamp.write_text(wanted)
     return venv
 
@@ -167,9 +176,14 @@ def up(port: int = DEFAULT_PORT, *, python: str | None = None) -> Running:
         "DISABLE_EVENTS": "1",  # no analytics calls out
     }
     with log.open("wb") as out:
-        process = subprocess.Popen([str(venv / "bin" / "python"), "-m", "localstack.runtime.main"], env=env,
-                                   stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                                   start_new_session=True)
+        process = subprocess.Popen(
+            [str(venv / "bin" / "python"), "-m", "localstack.runtime.main"],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
     running = Running(process.pid, port)
     deadline = time.monotonic() + START_TIMEOUT_S
     while not _healthy(running.endpoint):
@@ -177,8 +191,10 @@ def up(port: int = DEFAULT_PORT, *, python: str | None = None) -> Running:
             _stop_group(process.pid)
             tail = log.read_text(errors="replace").splitlines()[-3:]
             why = "it exited" if process.returncode is not None else f"it did not answer within {START_TIMEOUT_S} s"
-            raise LocalStackError(f"LocalStack did not start on port {port}: {why}: " + " | ".join(tail),
-                                  hint=f"the whole log is {log}; is the port taken?")
+            raise LocalStackError(
+                f"LocalStack did not start on port {port}: {why}: " + " | ".join(tail),
+                hint=f"the whole log is {log}; is the port taken?",
+            )
         time.sleep(0.5)
     (root / "state.json").write_text(json.dumps({"pid": running.pid, "port": port}))
     return running

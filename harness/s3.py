@@ -59,8 +59,10 @@ def missing_reason() -> str | None:
     except ImportError:
         return f"boto3 is not installed; {INSTALL_HINT}"
     if boto3.Session().get_credentials() is None:
-        return ("no AWS credentials for S3 (aws configure, AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY; "
-                'for LocalStack: eval "$(harness localstack env)")')
+        return (
+            "no AWS credentials for S3 (aws configure, AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY; "
+            'for LocalStack: eval "$(harness localstack env)")'
+        )
     return None
 
 
@@ -75,14 +77,19 @@ def _translated(exc: Exception, what: str) -> S3Error:
 
     if isinstance(exc, ClientError):
         error = exc.response.get("Error", {})
-        return S3Error(f"{what}: {error.get('Code')}: {error.get('Message')}",
-                       hint="check the bucket, the key and the permissions of your credentials")
-    return S3Error(f"{what}: {type(exc).__name__}: {exc}",
-                   hint="is the endpoint up (harness localstack status) and are credentials set?")
+        return S3Error(
+            f"{what}: {error.get('Code')}: {error.get('Message')}",
+            hint="check the bucket, the key and the permissions of your credentials",
+        )
+    return S3Error(
+        f"{what}: {type(exc).__name__}: {exc}",
+        hint="is the endpoint up (harness localstack status) and are credentials set?",
+    )
 
 
-def download(uri: str, destination: Path, *, shard: tuple[int, int] | None = None,
-             allow_empty: bool = False) -> dict[str, int]:
+def download(
+    uri: str, destination: Path, *, shard: tuple[int, int] | None = None, allow_empty: bool = False
+) -> dict[str, int]:
     """The objects under ``uri`` into ``destination``; ``shard=(i, n)``: only every n-th key from
     the i-th. Returns the files written (relative path -> size). An empty prefix is an error
     (SageMaker fails a job whose channel is empty) unless ``allow_empty`` (checkpoints)."""
@@ -91,15 +98,19 @@ def download(uri: str, destination: Path, *, shard: tuple[int, int] | None = Non
     location, s3 = S3Uri.parse(uri), client()
     destination.mkdir(parents=True, exist_ok=True)
     try:
-        objects = [(item["Key"], int(item["Size"]))
-                   for page in s3.get_paginator("list_objects_v2").paginate(Bucket=location.bucket,
-                                                                            Prefix=location.key)
-                   for item in page.get("Contents", []) if not item["Key"].endswith("/")]
+        objects = [
+            (item["Key"], int(item["Size"]))
+            for page in s3.get_paginator("list_objects_v2").paginate(Bucket=location.bucket, Prefix=location.key)
+            for item in page.get("Contents", [])
+            if not item["Key"].endswith("/")
+        ]
         if not objects and allow_empty:
             return {}
         if not objects:
-            raise S3Error(f"no S3 objects found under {uri}",
-                          hint="SageMaker fails such a job too; upload the data first or fix the channel's URI")
+            raise S3Error(
+                f"no S3 objects found under {uri}",
+                hint="SageMaker fails such a job too; upload the data first or fix the channel's URI",
+            )
         exact = [(key, size) for key, size in objects if key == location.key]
         if exact:
             objects = exact
@@ -108,11 +119,13 @@ def download(uri: str, destination: Path, *, shard: tuple[int, int] | None = Non
             objects = sorted(objects)[index::count]
         written, targets = {}, []
         for key, size in objects:
-            relative = PurePosixPath(key).name if exact else key[len(location.key):].lstrip("/")
+            relative = PurePosixPath(key).name if exact else key[len(location.key) :].lstrip("/")
             target = (destination / relative).resolve()
             if not target.is_relative_to(destination.resolve()):
-                raise S3Error(f"the key {key!r} would be written outside the channel directory",
-                              hint="keys with '..' are refused, as the SageMaker SDK refuses them")
+                raise S3Error(
+                    f"the key {key!r} would be written outside the channel directory",
+                    hint="keys with '..' are refused, as the SageMaker SDK refuses them",
+                )
             target.parent.mkdir(parents=True, exist_ok=True)
             targets.append((key, str(target)))
             written[relative] = size

@@ -90,8 +90,9 @@ def run_hosts(
     return outcome
 
 
-def _supervise(launches: list[HostLaunch], *, max_run_s: float, sink: LineSink | None, hang: HangWatch | None
-               ) -> Outcome:
+def _supervise(
+    launches: list[HostLaunch], *, max_run_s: float, sink: LineSink | None, hang: HangWatch | None
+) -> Outcome:
     outcome = Outcome()
     procs: dict[str, subprocess.Popen[bytes]] = {}
     pumps: list[threading.Thread] = []
@@ -110,8 +111,11 @@ def _supervise(launches: list[HostLaunch], *, max_run_s: float, sink: LineSink |
             )
             procs[launch.host] = proc
             outcome.started_at[launch.host] = now()
-            pump = threading.Thread(target=_pump, daemon=True,
-                                    args=(proc.stdout, launch.log_path, launch.host, sink, secret_values(launch.env)))
+            pump = threading.Thread(
+                target=_pump,
+                daemon=True,
+                args=(proc.stdout, launch.log_path, launch.host, sink, secret_values(launch.env)),
+            )
             pump.start()
             pumps.append(pump)
         deadline = time.monotonic() + max_run_s

@@ -37,7 +37,8 @@ def make_record(
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text("".join(json.dumps(e) + "\n" for e in events))
     for index, process in enumerate(processes or []):
-        write_json(writer.root / "processes" / f"algo-1-{100 + index}.json", {"host": "algo-1", "pid": 100 + index,
-                                                                              **process})
+        write_json(
+            writer.root / "processes" / f"algo-1-{100 + index}.json", {"host": "algo-1", "pid": 100 + index, **process}
+        )
     writer.finish(status)
     return RunRecord.load(writer.root)

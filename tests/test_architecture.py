@@ -119,6 +119,8 @@ def test_no_import_cycle() -> None:
 def test_no_backend_module_over_500_lines() -> None:
     """A rung's module that grows past this is doing two things; split it by phase (plan, run,
     collect), as sagemaker_local/ is."""
-    sizes = {str(path.relative_to(PACKAGE)): len(path.read_text().splitlines())
-             for path in (PACKAGE / "backends").rglob("*.py")}
+    sizes = {
+        str(path.relative_to(PACKAGE)): len(path.read_text().splitlines())
+        for path in (PACKAGE / "backends").rglob("*.py")
+    }
     assert {path: lines for path, lines in sizes.items() if lines > 500} == {}

@@ -41,14 +41,16 @@ def test_the_shm_fault_is_bisected_to_dev_shm(scenarios: Path, torch_image: str,
     assert (result["dimension"], len(result["steps"])) == ("/dev/shm", 1)
 
 
-def test_the_loopback_rendezvous_is_bisected_to_the_network_model(scenarios: Path, torch_image: str,
-                                                                  tmp_path: Path) -> None:
+def test_the_loopback_rendezvous_is_bisected_to_the_network_model(
+    scenarios: Path, torch_image: str, tmp_path: Path
+) -> None:
     result = _bisect(scenarios / "fault_localhost_rendezvous" / "job.yaml", tmp_path)
     assert result["dimension"] == "network model"
 
 
-def test_a_variable_of_the_users_shell_is_named(torch_image: str, tmp_path: Path,
-                                                monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_variable_of_the_users_shell_is_named(
+    torch_image: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     (tmp_path / "src").mkdir()
     (tmp_path / "src" / "train.py").write_text(_SCALED)
     (tmp_path / "job.yaml").write_text(

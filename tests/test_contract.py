@@ -16,8 +16,12 @@ MACHINE = Machine(num_cpus=8, num_gpus=0, network_interface="eth0", python="pyth
 def _job(tmp_path: Path, **overrides: object) -> JobSpec:
     (tmp_path / "train.py").write_text("")
     fields: dict[str, object] = {
-        "name": "demo", "source_dir": tmp_path, "entry_point": "train.py", "instance_count": 2,
-        "processes_per_host": 2, "distribution": "torchrun",
+        "name": "demo",
+        "source_dir": tmp_path,
+        "entry_point": "train.py",
+        "instance_count": 2,
+        "processes_per_host": 2,
+        "distribution": "torchrun",
         "hyperparameters": {"learning-rate": 0.1, "shuffle": False, "optim": "adam", "b": 3},
         "channels": {"train": {"source": str(tmp_path), "content_type": "text/csv"}},
     }
@@ -32,11 +36,38 @@ def test_toolkit_flavour(tmp_path: Path) -> None:
     assert hps["sagemaker_program"] == '"train.py"'
     assert env["SM_HP_LEARNING-RATE"] == "0.1"  # hyphen kept
     assert env["SM_HP_SHUFFLE"] == "false"
-    assert json.loads(env["SM_USER_ARGS"]) == ["-b", "3", "--learning-rate", "0.1", "--optim", "adam",
-                                               "--shuffle", "False"]
-    assert contract.command == ["torchrun", "--nnodes", "2", "--nproc_per_node", "2", "--master_addr", "algo-1",
-                                "--master_port", "7777", "--node_rank", "1", "train.py", "-b", "3",
-                                "--learning-rate", "0.1", "--optim", "adam", "--shuffle", "False"]
+    assert json.loads(env["SM_USER_ARGS"]) == [
+        "-b",
+        "3",
+        "--learning-rate",
+        "0.1",
+        "--optim",
+        "adam",
+        "--shuffle",
+        "False",
+    ]
+    assert contract.command == [
+        "torchrun",
+        "--nnodes",
+        "2",
+        "--nproc_per_node",
+        "2",
+        "--master_addr",
+        "algo-1",
+        "--master_port",
+        "7777",
+        "--node_rank",
+        "1",
+        "train.py",
+        "-b",
+        "3",
+        "--learning-rate",
+        "0.1",
+        "--optim",
+        "adam",
+        "--shuffle",
+        "False",
+    ]
     assert contract.cwd == PurePosixPath("/opt/ml/code")
     assert env["MASTER_ADDR"] == "algo-1" and env["NCCL_SOCKET_IFNAME"] == "eth0"
     assert env["SM_HOSTS"] == '["algo-1","algo-2"]'  # compact JSON
@@ -54,9 +85,23 @@ def test_model_trainer_flavour(tmp_path: Path) -> None:
     assert "SM_USER_ARGS" not in env and "MASTER_ADDR" not in env
     assert env["SM_MASTER_ADDR"] == "algo-1" and env["SM_CURRENT_HOST_RANK"] == "0"
     assert json.loads(env["SM_CHANNELS"]) == ["train", "code", "sm_drivers"]
-    assert contract.command == ["torchrun", "--nnodes=2", "--nproc_per_node=2", "--master_addr=algo-1",
-                                "--master_port=7777", "--node_rank=0", "train.py",
-                                "--learning-rate", "0.1", "--shuffle", "false", "--optim", "adam", "--b", "3"]
+    assert contract.command == [
+        "torchrun",
+        "--nnodes=2",
+        "--nproc_per_node=2",
+        "--master_addr=algo-1",
+        "--master_port=7777",
+        "--node_rank=0",
+        "train.py",
+        "--learning-rate",
+        "0.1",
+        "--shuffle",
+        "false",
+        "--optim",
+        "adam",
+        "--b",
+        "3",
+    ]
     assert contract.cwd == PurePosixPath("/opt/ml/input/data/code")
 
 

@@ -31,8 +31,10 @@ SCENARIOS = ROOT / "scenarios"
 
 def _labelled(what: str, label: str) -> list[str]:
     """`docker ps -a` / `docker network ls` filtered by ``label``, as a user would check."""
-    argv = {"containers": ["docker", "ps", "-a", "--format", "{{.Names}}"],
-            "networks": ["docker", "network", "ls", "--format", "{{.Name}}"]}[what]
+    argv = {
+        "containers": ["docker", "ps", "-a", "--format", "{{.Names}}"],
+        "networks": ["docker", "network", "ls", "--format", "{{.Name}}"],
+    }[what]
     out = subprocess.run([*argv, "--filter", f"label={label}"], capture_output=True, text=True, check=True).stdout
     return out.split()
 
@@ -57,8 +59,9 @@ def test_an_unreachable_engine_is_a_reason_not_a_hang(monkeypatch: pytest.Monkey
 
 @pytest.mark.docker
 @pytest.mark.slow
-def test_reference_job_on_two_containers_matches_local_exactly(engine: DockerClient, torch_image: str,
-                                                               tmp_path: Path) -> None:
+def test_reference_job_on_two_containers_matches_local_exactly(
+    engine: DockerClient, torch_image: str, tmp_path: Path
+) -> None:
     job = load_job(SCENARIOS / "ddp_csv" / "job.yaml")
     seen: dict[str, Any] = {}
 
@@ -67,8 +70,9 @@ def test_reference_job_on_two_containers_matches_local_exactly(engine: DockerCli
             try:
                 run_id = next(tmp_path.glob("ddp-csv-docker-*")).name
                 containers = engine.containers.list(filters={"label": f"harness.run_id={run_id}"})
-                seen["containers"] = {c.attrs["Config"]["Hostname"]: c.attrs["NetworkSettings"]["Networks"]
-                                      for c in containers}
+                seen["containers"] = {
+                    c.attrs["Config"]["Hostname"]: c.attrs["NetworkSettings"]["Networks"] for c in containers
+                }
                 seen["network"] = engine.networks.get(f"harness-{run_id}").attrs
             except Exception as exc:  # a failing callback must not end the log stream it runs in
                 seen["error"] = exc
@@ -116,13 +120,19 @@ def test_shm_hungry_job_needs_more_than_dockers_64m(engine: DockerClient, torch_
 def test_bring_your_own_image_runs_its_train_program(engine: DockerClient, tmp_path: Path) -> None:
     from harness.images import bootstrap_base_image, build_image
 
-    train = ('#!/bin/sh\necho "train on $(hostname) as $TRAINING_JOB_NAME, SM_HOSTS=${SM_HOSTS:-unset}"\n'
-             "echo ok > /opt/ml/model/byo.txt\n")
+    train = (
+        '#!/bin/sh\necho "train on $(hostname) as $TRAINING_JOB_NAME, SM_HOSTS=${SM_HOSTS:-unset}"\n'
+        "echo ok > /opt/ml/model/byo.txt\n"
+    )
     (tmp_path / "context").mkdir()
     (tmp_path / "context" / "train").write_text(train)
-    image = build_image(engine, base=bootstrap_base_image(engine), context=tmp_path / "context",
-                        steps=["COPY train /usr/local/bin/train", "RUN chmod +x /usr/local/bin/train"],
-                        name="harness/test-byo")
+    image = build_image(
+        engine,
+        base=bootstrap_base_image(engine),
+        context=tmp_path / "context",
+        steps=["COPY train /usr/local/bin/train", "RUN chmod +x /usr/local/bin/train"],
+        name="harness/test-byo",
+    )
     try:
         job = JobSpec(name="byo", image=image, instance_count=2)
         record = get_backend("docker").run(job, tmp_path / "records")
@@ -148,31 +158,35 @@ def _sleeper_job(directory: Path, max_run: int) -> Path:
     """Two hosts that print one line and then sleep for ten minutes."""
     (directory / "src").mkdir()
     (directory / "src" / "train.py").write_text("import time\nprint('up', flush=True)\ntime.sleep(600)\n")
-    (directory / "job.yaml").write_text(textwrap.dedent(f"""\
+    (directory / "job.yaml").write_text(
+        textwrap.dedent(f"""\
         name: sleeper
         source_dir: src
         entry_point: train.py
         instance_count: 2
         max_run: {max_run}
-    """))
+    """)
+    )
     return directory / "job.yaml"
 
 
 @pytest.mark.docker
 @pytest.mark.slow
 def test_max_run_stops_every_container(engine: DockerClient, torch_image: str, tmp_path: Path) -> None:
-    record = get_backend("docker", image=torch_image, stop_grace_s=1).run(load_job(_sleeper_job(tmp_path, 3)),
-                                                                           tmp_path / "records")
+    record = get_backend("docker", image=torch_image, stop_grace_s=1).run(
+        load_job(_sleeper_job(tmp_path, 3)), tmp_path / "records"
+    )
     assert record.status == "timeout"
     assert {host: result["exit_code"] for host, result in record.manifest["hosts"].items()} == {
-        "algo-1": 137, "algo-2": 137}  # python as PID 1 ignores SIGTERM, so SIGKILL ends it, as under `docker stop`
+        "algo-1": 137,
+        "algo-2": 137,
+    }  # python as PID 1 ignores SIGTERM, so SIGKILL ends it, as under `docker stop`
     assert _labelled("containers", f"harness.run_id={record.root.name}") == []
 
 
 @pytest.mark.docker
 @pytest.mark.slow
-def test_ctrl_c_mid_run_leaves_no_container_or_network(engine: DockerClient, torch_image: str,
-                                                       tmp_path: Path) -> None:
+def test_ctrl_c_mid_run_leaves_no_container_or_network(engine: DockerClient, torch_image: str, tmp_path: Path) -> None:
     job = _sleeper_job(tmp_path, 900)
     records = tmp_path / "records"
     proc = subprocess.Popen([sys.executable, "-c", _SLEEPER, str(job), str(records), torch_image], cwd=ROOT)
@@ -195,8 +209,7 @@ def _wait_for_running_containers(engine: DockerClient, records: Path, count: int
     while time.monotonic() < deadline:
         runs = list(records.glob("sleeper-docker-*"))
         if runs:
-            running = engine.containers.list(filters={"label": f"harness.run_id={runs[0].name}",
-                                                      "status": "running"})
+            running = engine.containers.list(filters={"label": f"harness.run_id={runs[0].name}", "status": "running"})
             if len(running) == count:
                 return runs[0].name
         time.sleep(0.2)
@@ -205,8 +218,9 @@ def _wait_for_running_containers(engine: DockerClient, records: Path, count: int
 
 @pytest.mark.docker
 def test_gc_removes_leftovers_of_runs_that_are_over(engine: DockerClient, torch_image: str) -> None:
-    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True,
-                          check=True).stdout.strip()
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True
+    ).stdout.strip()
     dead_run, live_run = f"gc-test-dead-{os.getpid()}", f"gc-test-live-{os.getpid()}"
     work = tempfile.mkdtemp(prefix="harness-docker-")  # a killed harness leaves its work dir too
     leftover_labels = {**run_labels(dead_run), "harness.pid": dead, "harness.work_dir": work}
@@ -250,8 +264,9 @@ def test_labels_name_the_owner() -> None:
 
 
 @pytest.mark.docker
-def test_job_secrets_printed_in_a_container_are_scrubbed(engine: DockerClient, torch_image: str,
-                                                         tmp_path: Path) -> None:
+def test_job_secrets_printed_in_a_container_are_scrubbed(
+    engine: DockerClient, torch_image: str, tmp_path: Path
+) -> None:
     secret = "job-secret-2c8e5f7a"
     source = tmp_path / "src"
     source.mkdir()
@@ -280,21 +295,28 @@ dist.all_reduce(tensor)
 @pytest.mark.docker
 @pytest.mark.slow
 @pytest.mark.parametrize("rung", ["local", "docker"])
-def test_a_stuck_job_is_stopped_with_every_ranks_stack(rung: str, engine: DockerClient, torch_image: str,
-                                                        tmp_path: Path) -> None:
+def test_a_stuck_job_is_stopped_with_every_ranks_stack(
+    rung: str, engine: DockerClient, torch_image: str, tmp_path: Path
+) -> None:
     """Hang detection on both rungs: no progress for hang_after_s, stacks dumped in every host's
     process (in a container, by the container's own pid), status hung, the stuck line named."""
     (tmp_path / "src").mkdir()
     (tmp_path / "src" / "train.py").write_text(_STUCK)
-    job = JobSpec(name="stuck", source_dir=tmp_path / "src", entry_point="train.py", instance_count=2,
-                  distribution="torchrun", max_run=300)
+    job = JobSpec(
+        name="stuck",
+        source_dir=tmp_path / "src",
+        entry_point="train.py",
+        instance_count=2,
+        distribution="torchrun",
+        max_run=300,
+    )
     options = {"image": torch_image, "stop_grace_s": 1} if rung == "docker" else {}
     record = get_backend(rung, hang_after_s=5, **options).run(job, tmp_path / "records")
     assert record.status == "hung"
     assert record.manifest["rung_facts"]["hang_after_s"] == 5
     stacks = {rank: (record.root / "ranks" / f"rank-{rank}.stacks.txt").read_text() for rank in (0, 1)}
-    assert "train.py\", line 9" in stacks[1], stacks[1]  # time.sleep
-    assert "train.py\", line 10" in stacks[0], stacks[0]  # the second all_reduce
+    assert 'train.py", line 9' in stacks[1], stacks[1]  # time.sleep
+    assert 'train.py", line 10' in stacks[0], stacks[0]  # the second all_reduce
     from harness.verdict import judge
 
     verdict = judge([record])
@@ -306,11 +328,17 @@ def test_a_job_stopped_at_max_run_has_its_stacks_taken_first(tmp_path: Path) -> 
     """A timeout is localised like a hang: each rank's stack is dumped before the stop."""
     (tmp_path / "src").mkdir()
     (tmp_path / "src" / "train.py").write_text(_STUCK)
-    job = JobSpec(name="stuck", source_dir=tmp_path / "src", entry_point="train.py", instance_count=2,
-                  distribution="torchrun", max_run=20)
+    job = JobSpec(
+        name="stuck",
+        source_dir=tmp_path / "src",
+        entry_point="train.py",
+        instance_count=2,
+        distribution="torchrun",
+        max_run=20,
+    )
     record = get_backend("local", hang_after_s=600).run(job, tmp_path / "records")
     assert record.status == "timeout" and record.manifest["rung_facts"]["hang_after_s"] == 600
-    assert "train.py\", line 9" in (record.root / "ranks" / "rank-1.stacks.txt").read_text()
+    assert 'train.py", line 9' in (record.root / "ranks" / "rank-1.stacks.txt").read_text()
 
 
 def test_the_default_hang_bound_fits_inside_max_run() -> None:
@@ -329,13 +357,17 @@ def _terminal_signals() -> None:
 
 @pytest.mark.docker
 @pytest.mark.slow
-def test_sigterm_to_a_ladder_mid_job_leaves_nothing_and_marks_the_record(engine: DockerClient, torch_image: str,
-                                                                         tmp_path: Path) -> None:
+def test_sigterm_to_a_ladder_mid_job_leaves_nothing_and_marks_the_record(
+    engine: DockerClient, torch_image: str, tmp_path: Path
+) -> None:
     job = _sleeper_job(tmp_path, 900)
     records = tmp_path / "records"
     harness = subprocess.Popen(
         [sys.executable, "-m", "harness", "ladder", str(job), "--rungs", "docker", "--records", str(records)],
-        stderr=subprocess.PIPE, text=True, cwd=ROOT, preexec_fn=_terminal_signals,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=ROOT,
+        preexec_fn=_terminal_signals,
     )
     try:
         run_id = _wait_for_running_containers(engine, records, count=2)

@@ -86,8 +86,18 @@ def test_a_rung_and_a_check_from_an_installed_package_climb_the_ladder(
     toy_package: None, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     report = tmp_path / "verdict.json"
-    code = main(["ladder", str(_job(tmp_path)), "--rungs", "local,toy", "--records", str(tmp_path / "records"),
-                 "--json", str(report)])
+    code = main(
+        [
+            "ladder",
+            str(_job(tmp_path)),
+            "--rungs",
+            "local,toy",
+            "--records",
+            str(tmp_path / "records"),
+            "--json",
+            str(report),
+        ]
+    )
     verdict = json.loads(report.read_text())
     assert code == 1, capsys.readouterr()
     assert verdict["rungs"] == ["local", "toy"] and verdict["first_rung"] == "toy"

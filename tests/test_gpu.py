@@ -12,14 +12,16 @@ from harness.diff.protocol import Tolerance
 from harness.jobspec import load_job
 from harness.verdict import judge
 
-pytestmark = [pytest.mark.gpu, pytest.mark.slow,
-              pytest.mark.skipif(cuda_device_count() == 0, reason="no CUDA device visible to torch")]
+pytestmark = [
+    pytest.mark.gpu,
+    pytest.mark.slow,
+    pytest.mark.skipif(cuda_device_count() == 0, reason="no CUDA device visible to torch"),
+]
 
 
 def test_local_gpu_runs_nccl_and_matches_local(scenarios: Path, records: Path) -> None:
     # One process per GPU: the single-GPU topology of the reference job (NCCL needs a GPU per rank).
-    job = load_job(scenarios / "ddp_csv" / "job.yaml").model_copy(update={"instance_count": 1,
-                                                                          "processes_per_host": 1})
+    job = load_job(scenarios / "ddp_csv" / "job.yaml").model_copy(update={"instance_count": 1, "processes_per_host": 1})
     cpu = get_backend("local").run(job, records)
     gpu = get_backend("local-gpu").run(job, records)
     assert gpu.status == "succeeded", (gpu.root / "hosts" / "algo-1" / "log.txt").read_text()

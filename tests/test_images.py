@@ -31,9 +31,7 @@ def built(engine: DockerClient) -> Iterator[list[str]]:
 
 
 def _run(client: DockerClient, image: str, *command: str) -> str:
-    out = client.containers.run(
-        image, list(command), remove=True, labels={"harness.managed": "true"}
-    )
+    out = client.containers.run(image, list(command), remove=True, labels={"harness.managed": "true"})
     return bytes(out).decode().strip()
 
 
@@ -63,9 +61,7 @@ def test_same_content_gives_the_same_tag_and_no_rebuild(
 
 
 @pytest.mark.docker
-def test_changed_dockerfile_text_gives_another_tag(
-    engine: DockerClient, base_image: str, built: list[str]
-) -> None:
+def test_changed_dockerfile_text_gives_another_tag(engine: DockerClient, base_image: str, built: list[str]) -> None:
     nonce = uuid.uuid4().hex
     one = images.build_image(engine, base=base_image, steps=[f"ENV NONCE={nonce}-1"])
     built.append(one)
@@ -101,9 +97,7 @@ def test_changed_context_file_gives_another_tag(
         (["pip", "install", "--no-index", "numpy"], "Requirement already satisfied"),
     ],
 )
-def test_torch_image_has_python_pip_and_torch(
-    engine: DockerClient, command: list[str], expected: str
-) -> None:
+def test_torch_image_has_python_pip_and_torch(engine: DockerClient, command: list[str], expected: str) -> None:
     tag = images.ensure_torch_image(engine)
     assert engine.images.get(tag).labels["harness.managed"] == "true"
     assert _run(engine, tag, *command).startswith(expected)

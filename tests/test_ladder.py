@@ -21,8 +21,18 @@ def test_a_ddp_wrapper_checkpoint_departs_at_the_first_distributed_rung(
 ) -> None:
     """No steps of its own: the default ladder's baseline rung is the single-process run."""
     report = tmp_path / "verdict.json"
-    code = main(["ladder", str(scenarios / "fault_wrapped_checkpoint" / "job.yaml"), "--rungs", "single,local,docker",
-                 "--records", str(records), "--json", str(report)])
+    code = main(
+        [
+            "ladder",
+            str(scenarios / "fault_wrapped_checkpoint" / "job.yaml"),
+            "--rungs",
+            "single,local,docker",
+            "--records",
+            str(records),
+            "--json",
+            str(report),
+        ]
+    )
     verdict = json.loads(report.read_text())
     assert code == 1
     assert (verdict["outcome"], verdict["first_rung"], verdict["baseline_rung"]) == ("diverged", "local", "single")
@@ -32,13 +42,24 @@ def test_a_ddp_wrapper_checkpoint_departs_at_the_first_distributed_rung(
 
 
 @pytest.mark.slow
-def test_the_reference_job_is_at_parity_with_its_single_process_run(scenarios: Path, records: Path,
-                                                                   tmp_path: Path) -> None:
+def test_the_reference_job_is_at_parity_with_its_single_process_run(
+    scenarios: Path, records: Path, tmp_path: Path
+) -> None:
     """Its script needs a process group, so the baseline runs it under torchrun with one process;
     its curve and weights legitimately differ from the 2x2 run's, and are notes."""
     report = tmp_path / "verdict.json"
-    code = main(["ladder", str(scenarios / "ddp_csv" / "job.yaml"), "--rungs", "single,local", "--records",
-                 str(records), "--json", str(report)])
+    code = main(
+        [
+            "ladder",
+            str(scenarios / "ddp_csv" / "job.yaml"),
+            "--rungs",
+            "single,local",
+            "--records",
+            str(records),
+            "--json",
+            str(report),
+        ]
+    )
     assert code == 0
     assert json.loads(report.read_text())["outcome"] == "parity"
     (single,) = [RunRecord.load(p) for p in records.iterdir() if "-single-" in p.name]
@@ -49,43 +70,87 @@ def test_the_reference_job_is_at_parity_with_its_single_process_run(scenarios: P
 @pytest.mark.slow
 def test_keep_going_climbs_past_a_departure(scenarios: Path, records: Path, tmp_path: Path) -> None:
     report = tmp_path / "verdict.json"
-    main(["ladder", str(scenarios / "fault_wrapped_checkpoint" / "job.yaml"), "--rungs", "single,local,local",
-          "--keep-going", "--records", str(records), "--json", str(report)])
+    main(
+        [
+            "ladder",
+            str(scenarios / "fault_wrapped_checkpoint" / "job.yaml"),
+            "--rungs",
+            "single,local,local",
+            "--keep-going",
+            "--records",
+            str(records),
+            "--json",
+            str(report),
+        ]
+    )
     verdict = json.loads(report.read_text())
     assert verdict["rungs"] == ["single", "local", "local"] and verdict["not_run"] == {}
 
 
 def test_the_baseline_keeps_the_global_batch_where_the_job_says_how() -> None:
-    job = JobSpec(name="b", source_dir=Path("."), entry_point="train.py", distribution="torchrun", instance_count=2,
-                  processes_per_host=2, hyperparameters={"batch-size": 16, "lr": 0.1},
-                  batch_size_hyperparameter="batch-size")
+    job = JobSpec(
+        name="b",
+        source_dir=Path("."),
+        entry_point="train.py",
+        distribution="torchrun",
+        instance_count=2,
+        processes_per_host=2,
+        hyperparameters={"batch-size": 16, "lr": 0.1},
+        batch_size_hyperparameter="batch-size",
+    )
     single = single_process(job)
-    assert (single.world_size, single.distribution, single.hyperparameters) == (1, "none", {"batch-size": 64,
-                                                                                        "lr": 0.1})
+    assert (single.world_size, single.distribution, single.hyperparameters) == (
+        1,
+        "none",
+        {"batch-size": 64, "lr": 0.1},
+    )
     as_text = job.model_copy(update={"hyperparameters": {"batch-size": "16"}})
     assert single_process(as_text).hyperparameters == {"batch-size": "64"}
 
 
-@pytest.mark.parametrize("hyperparameters, expected", [
-    ({"lr": 0.1}, "names no hyperparameter of the job"),
-    ({"batch-size": "large"}, "not a whole number"),
-])
-def test_a_batch_size_hyperparameter_must_name_a_whole_number(hyperparameters: dict[str, object],
-                                                               expected: str, tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "hyperparameters, expected",
+    [
+        ({"lr": 0.1}, "names no hyperparameter of the job"),
+        ({"batch-size": "large"}, "not a whole number"),
+    ],
+)
+def test_a_batch_size_hyperparameter_must_name_a_whole_number(
+    hyperparameters: dict[str, object], expected: str, tmp_path: Path
+) -> None:
     (tmp_path / "train.py").write_text("")
-    (tmp_path / "job.yaml").write_text(json.dumps({
-        "name": "b", "source_dir": ".", "entry_point": "train.py", "hyperparameters": hyperparameters,
-        "batch_size_hyperparameter": "batch-size"}))
+    (tmp_path / "job.yaml").write_text(
+        json.dumps(
+            {
+                "name": "b",
+                "source_dir": ".",
+                "entry_point": "train.py",
+                "hyperparameters": hyperparameters,
+                "batch_size_hyperparameter": "batch-size",
+            }
+        )
+    )
     with pytest.raises(JobSpecError, match=expected):
         load_job(tmp_path / "job.yaml")
 
 
 @pytest.mark.slow
-def test_files_written_by_hosts_the_baseline_does_not_have_are_no_divergence(scenarios: Path, records: Path,
-                                                                           tmp_path: Path) -> None:
+def test_files_written_by_hosts_the_baseline_does_not_have_are_no_divergence(
+    scenarios: Path, records: Path, tmp_path: Path
+) -> None:
     """A correct job that writes one file per host: the second host's file is new with the topology."""
     report = tmp_path / "verdict.json"
-    code = main(["ladder", str(scenarios / "hardcoded_opt_ml" / "job.yaml"), "--rungs", "single,local",
-                 "--records", str(records), "--json", str(report)])
+    code = main(
+        [
+            "ladder",
+            str(scenarios / "hardcoded_opt_ml" / "job.yaml"),
+            "--rungs",
+            "single,local",
+            "--records",
+            str(records),
+            "--json",
+            str(report),
+        ]
+    )
     verdict = json.loads(report.read_text())
     assert code == 0 and verdict["outcome"] == "parity", verdict

@@ -119,12 +119,18 @@ def _default_signals() -> None:
         signal.signal(signum, signal.SIG_DFL)
 
 
-@pytest.mark.parametrize("command, signum, exit_code", [
-    (["run"], signal.SIGINT, 130), (["run"], signal.SIGTERM, 143), (["run"], signal.SIGHUP, 129),
-    (["ladder", "--rungs", "local,local"], signal.SIGTERM, 143),
-])
-def test_a_signal_stops_everything_and_marks_the_record(command: list[str], signum: int, exit_code: int,
-                                                        tmp_path: Path) -> None:
+@pytest.mark.parametrize(
+    "command, signum, exit_code",
+    [
+        (["run"], signal.SIGINT, 130),
+        (["run"], signal.SIGTERM, 143),
+        (["run"], signal.SIGHUP, 129),
+        (["ladder", "--rungs", "local,local"], signal.SIGTERM, 143),
+    ],
+)
+def test_a_signal_stops_everything_and_marks_the_record(
+    command: list[str], signum: int, exit_code: int, tmp_path: Path
+) -> None:
     marker = f"harness-signal-{os.getpid()}-{signum}-{command[0]}"
     job = _write_job(tmp_path, _orphan_script(marker), instance_count=2)
     harness = subprocess.Popen(
@@ -234,23 +240,35 @@ def test_sharded_local_channel_gives_each_host_its_share_and_the_diff_shows_it(t
     (source / "train.py").write_text("import os\nprint(sorted(os.listdir('/opt/ml/input/data/train')))\n")
     runs = {}
     for distribution in ("FullyReplicated", "ShardedByS3Key"):
-        job = JobSpec(name="shards", source_dir=source, entry_point="train.py", instance_count=2,
-                      channels={"train": {"source": str(data), "distribution": distribution}})
+        job = JobSpec(
+            name="shards",
+            source_dir=source,
+            entry_point="train.py",
+            instance_count=2,
+            channels={"train": {"source": str(data), "distribution": distribution}},
+        )
         runs[distribution] = get_backend("local").run(job, tmp_path / "records")
         assert runs[distribution].status == "succeeded"
     sharded = runs["ShardedByS3Key"]
     assert "['part-1.csv', 'part-3.csv']" in (sharded.root / "hosts" / "algo-2" / "log.txt").read_text()
     assert list(sharded.read_json("hosts/algo-1/received/channels.json")["train"]["files"]) == [
-        "part-0.csv", "part-2.csv", "part-4.csv"]
+        "part-0.csv",
+        "part-2.csv",
+        "part-4.csv",
+    ]
     assert (data / "part-0.csv").is_file()  # the source is never touched
-    (finding,) = [f for f in compare(runs["FullyReplicated"], sharded, CheckContext(Tolerance(0, 0, 0, 0)))
-                  if f.cause == "channel-data-differs"]
+    (finding,) = [
+        f
+        for f in compare(runs["FullyReplicated"], sharded, CheckContext(Tolerance(0, 0, 0, 0)))
+        if f.cause == "channel-data-differs"
+    ]
     assert "algo-2 train: 5 files, 20 bytes -> 2 files, 8 bytes" in finding.evidence
     assert "  only on local: part-0.csv, part-2.csv, part-4.csv" in finding.evidence
 
 
-def test_secrets_a_job_prints_are_scrubbed_from_everything_recorded(tmp_path: Path,
-                                                                    monkeypatch: pytest.MonkeyPatch) -> None:
+def test_secrets_a_job_prints_are_scrubbed_from_everything_recorded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """A job that prints its environment (debugging) must not put credentials into the record:
     neither the machine's (inherited on this rung) nor the job's own secret variables."""
     from harness.jobspec import JobSpec
@@ -265,11 +283,18 @@ def test_secrets_a_job_prints_are_scrubbed_from_everything_recorded(tmp_path: Pa
         "    raise RuntimeError(f\"login refused for {os.environ['WANDB_API_KEY']} and \"\n"
         "                       f\"{os.environ['AWS_SECRET_ACCESS_KEY']!r}\")\n"
     )
-    job = JobSpec(name="leaky", source_dir=source, entry_point="train.py", distribution="torchrun",
-                  environment={"WANDB_API_KEY": job_secret})
+    job = JobSpec(
+        name="leaky",
+        source_dir=source,
+        entry_point="train.py",
+        distribution="torchrun",
+        environment={"WANDB_API_KEY": job_secret},
+    )
     failing = job.model_copy(update={"hyperparameters": {"fail": "yes"}})
-    records = [get_backend("local").run(job, tmp_path / "records"),
-               get_backend("local").run(failing, tmp_path / "records")]
+    records = [
+        get_backend("local").run(job, tmp_path / "records"),
+        get_backend("local").run(failing, tmp_path / "records"),
+    ]
     assert [record.status for record in records] == ["succeeded", "failed"]
     assert "WANDB_API_KEY <redacted>" in (records[0].root / "hosts" / "algo-1" / "log.txt").read_text()
     assert "login refused for <redacted>" in json.dumps(records[1].manifest["ranks"])
@@ -290,7 +315,9 @@ def test_gc_stops_what_a_killed_harness_left(tmp_path: Path, capsys: pytest.Capt
     job = _write_job(tmp_path, _orphan_script(marker), instance_count=2)
     harness = subprocess.Popen(
         [sys.executable, "-m", "harness", "run", str(job), "--records", str(tmp_path / "records"), "-v"],
-        stderr=subprocess.PIPE, text=True, preexec_fn=_default_signals,
+        stderr=subprocess.PIPE,
+        text=True,
+        preexec_fn=_default_signals,
     )
     assert harness.stderr is not None
     ready = 0

@@ -101,22 +101,45 @@ def test_catalogue_is_well_formed() -> None:
     for s in CATALOGUE["signatures"]:
         assert s["role"] in ("root", "echo") and s.get("fault", "self") in ("self", "peer", "odd"), s["id"]
         assert s["explain"].strip() and s["hint"].strip() and s["title"].strip(), s["id"]
-    needed = {"collective-mismatch", "collective-timeout", "nccl-watchdog-timeout", "nccl-error", "nccl-duplicate-gpu",
-              "network-interface", "nccl-without-cuda", "rendezvous-timeout", "name-resolution", "shm-exhausted",
-              "out-of-memory", "killed", "image-without-python", "hyperparameter-parse", "python-exception",
-              "dataloader-worker-killed", "permission-denied", "peer-connection-lost", "launcher-summary",
-              "sigterm-of-survivors"}
+    needed = {
+        "collective-mismatch",
+        "collective-timeout",
+        "nccl-watchdog-timeout",
+        "nccl-error",
+        "nccl-duplicate-gpu",
+        "network-interface",
+        "nccl-without-cuda",
+        "rendezvous-timeout",
+        "name-resolution",
+        "shm-exhausted",
+        "out-of-memory",
+        "killed",
+        "image-without-python",
+        "hyperparameter-parse",
+        "python-exception",
+        "dataloader-worker-killed",
+        "permission-denied",
+        "peer-connection-lost",
+        "launcher-summary",
+        "sigterm-of-survivors",
+    }
     assert needed <= set(ids)
 
 
 def test_benign_lines_that_hold_keywords_are_not_errors() -> None:
-    for line in ["found 8 CUDA devices, using cuda:0", "eval: 0 failed, 1024 passed", "Killed 0 stale workers",
-                 "[W1123 04:53:58.787749678 socket.cpp:207] [c10d] The hostname of the client socket cannot be "
-                 "retrieved. err=-3", "step=3 loss=0.25 error_rate=0.01"]:
+    for line in [
+        "found 8 CUDA devices, using cuda:0",
+        "eval: 0 failed, 1024 passed",
+        "Killed 0 stale workers",
+        "[W1123 04:53:58.787749678 socket.cpp:207] [c10d] The hostname of the client socket cannot be "
+        "retrieved. err=-3",
+        "step=3 loss=0.25 error_rate=0.01",
+    ]:
         assert logs.catalogue().classify(line) is None, line
 
 
 # ---- the root of real failures ---------------------------------------------------------------------
+
 
 @pytest.mark.parametrize("case", sorted(EXPECTED))
 def test_root_cause_of_a_captured_failure(case: str) -> None:
@@ -149,7 +172,8 @@ def test_with_detail_the_rank_in_the_other_collective_is_named_with_its_own_line
     assert root.evidence[0].startswith("ranks/rank-3.log:18 ") and "OpType=BROADCAST" in root.evidence[0]
     assert [logs.normalise(e) for e in root.evidence[1:3]] == [
         'line 10: [rank3]:   File "/tmp/<tmp>/code/train.py", line 104, in fault',
-        "line 11: [rank3]:     dist.broadcast(grad, 0)"]
+        "line 11: [rank3]:     dist.broadcast(grad, 0)",
+    ]
     assert "named as at fault by ranks 0, 1, 2" in root.evidence
 
 
@@ -163,8 +187,9 @@ def test_a_rank_that_never_arrives_is_named_not_the_ranks_that_timed_out() -> No
     root = root_finding(logs.check_run(record("straggle"), CONTEXT))
     assert (root.rank, root.cause) == (3, "collective-timeout")
     assert "Timed out waiting 4000ms" in root.evidence[0] and re.match(r"ranks/rank-[012]\.log:15 ", root.evidence[0])
-    assert any(e.startswith("rank 3 printed no error; last: ranks/rank-3.log: ") and "step=2" in e
-               for e in root.evidence)
+    assert any(
+        e.startswith("rank 3 printed no error; last: ranks/rank-3.log: ") and "step=2" in e for e in root.evidence
+    )
     detail = root_finding(logs.check_run(record("straggle-detail"), CONTEXT))
     assert detail.rank == 3 and "Rank 3 failed to pass monitoredBarrier" in detail.evidence[0]
 
@@ -177,8 +202,10 @@ def test_peers_that_only_lost_their_connection_point_at_the_silent_rank() -> Non
 def test_echoes_are_gathered_in_one_note() -> None:
     root, note = logs.check_run(record("crash"), CONTEXT)
     assert root.rank == 3 and 'raise ValueError("batch 3 has 17 columns, expected 16")' in root.evidence[2]
-    assert note.severity == "note" and note.title == "errors on ranks 0, 1, 2 and the launcher on algo-1, algo-2 " \
-                                                      "follow from it (echoes)"
+    assert (
+        note.severity == "note"
+        and note.title == "errors on ranks 0, 1, 2 and the launcher on algo-1, algo-2 follow from it (echoes)"
+    )
     kinds = {re.search(r"\[([\w-]+)\]", e).group(1) for e in note.evidence}  # type: ignore[union-attr]
     assert kinds == {"peer-connection-lost", "sigterm-of-survivors"}
 
@@ -239,14 +266,16 @@ def test_chunk_boundaries_change_nothing(monkeypatch: pytest.MonkeyPatch) -> Non
 
 def test_lines_without_timestamp_sort_last(tmp_path: Path) -> None:
     (tmp_path / "ranks").mkdir()
-    (tmp_path / "manifest.json").write_text(json.dumps({"format_version": 1, "rung": "t", "status": "failed",
-                                                        "topology": {"hosts": []}, "ranks": {}}))
+    (tmp_path / "manifest.json").write_text(
+        json.dumps({"format_version": 1, "rung": "t", "status": "failed", "topology": {"hosts": []}, "ranks": {}})
+    )
     (tmp_path / "ranks" / "rank-0.log").write_text("ValueError: printed without a timestamp\n")
     (tmp_path / "ranks" / "rank-1.log").write_text("2026-11-23T05:00:00.000001Z KeyError: 'x'\n")
     assert root_finding(logs.check_run(RunRecord.load(tmp_path), CONTEXT)).rank == 1
 
 
 # ---- normalisation and comparing two rungs -------------------------------------------------------
+
 
 def test_two_runs_differ_only_in_what_normalisation_removes() -> None:
     for rank in range(4):
@@ -258,22 +287,35 @@ def test_two_runs_differ_only_in_what_normalisation_removes() -> None:
     assert logs.new_errors(record("success"), record("success-again")) == []
 
 
-@pytest.mark.parametrize(("a", "b"), [
-    ("2026-11-23T05:02:00.366005Z [rank0]: RuntimeError: Connection closed by peer [127.0.0.1]:35030.",
-     "2026-11-24T11:00:00.000001Z [rank0]: RuntimeError: Connection closed by peer [10.0.2.15]:41000."),
-    ("W1123 05:02:01.547000 7559 torch/distributed/elastic/multiprocessing/api.py:1028] Sending process 7566 "
-     "closing signal SIGTERM",
-     "W0101 00:00:00.000001 1 torch/distributed/elastic/multiprocessing/api.py:1028] Sending process 2 "
-     "closing signal SIGTERM"),
-    ("[2026-11-23 05:14:53] vm:542:542 [0] init.cc:904 NCCL WARN Duplicate GPU detected : rank 0 and rank 1",
-     "[2026-11-24 01:02:03] algo-2:77:78 [0] init.cc:904 NCCL WARN Duplicate GPU detected : rank 0 and rank 1"),
-    ("The IPv6 network addresses of (algo-9, 44135) cannot be retrieved",
-     "The IPv6 network addresses of (algo-1-x7k2p, 7777) cannot be retrieved"),
-    ("connect to [fe80::1ff:fe23:4567:890a]:29500 at 0x7f3c47379b8d", "connect to [::1]:7777 at 0x55674fa40081"),
-    ('File "/tmp/capture-6rj1bqgg/code/train.py", line 102', 'File "/tmp/tmpa8b2c3/code/train.py", line 102'),
-    ("DataLoader worker (pid(s) 16849) exited unexpectedly; MASTER_PORT=29500",
-     "DataLoader worker (pid(s) 3) exited unexpectedly; MASTER_PORT=7777"),
-])
+@pytest.mark.parametrize(
+    ("a", "b"),
+    [
+        (
+            "2026-11-23T05:02:00.366005Z [rank0]: RuntimeError: Connection closed by peer [127.0.0.1]:35030.",
+            "2026-11-24T11:00:00.000001Z [rank0]: RuntimeError: Connection closed by peer [10.0.2.15]:41000.",
+        ),
+        (
+            "W1123 05:02:01.547000 7559 torch/distributed/elastic/multiprocessing/api.py:1028] Sending process 7566 "
+            "closing signal SIGTERM",
+            "W0101 00:00:00.000001 1 torch/distributed/elastic/multiprocessing/api.py:1028] Sending process 2 "
+            "closing signal SIGTERM",
+        ),
+        (
+            "[2026-11-23 05:14:53] vm:542:542 [0] init.cc:904 NCCL WARN Duplicate GPU detected : rank 0 and rank 1",
+            "[2026-11-24 01:02:03] algo-2:77:78 [0] init.cc:904 NCCL WARN Duplicate GPU detected : rank 0 and rank 1",
+        ),
+        (
+            "The IPv6 network addresses of (algo-9, 44135) cannot be retrieved",
+            "The IPv6 network addresses of (algo-1-x7k2p, 7777) cannot be retrieved",
+        ),
+        ("connect to [fe80::1ff:fe23:4567:890a]:29500 at 0x7f3c47379b8d", "connect to [::1]:7777 at 0x55674fa40081"),
+        ('File "/tmp/capture-6rj1bqgg/code/train.py", line 102', 'File "/tmp/tmpa8b2c3/code/train.py", line 102'),
+        (
+            "DataLoader worker (pid(s) 16849) exited unexpectedly; MASTER_PORT=29500",
+            "DataLoader worker (pid(s) 3) exited unexpectedly; MASTER_PORT=7777",
+        ),
+    ],
+)
 def test_normalise_removes_times_hosts_pids_ports_and_addresses(a: str, b: str) -> None:
     assert logs.normalise(a) == logs.normalise(b)
 
@@ -288,13 +330,16 @@ def test_compare_reports_only_errors_new_on_the_candidate() -> None:
     assert root_finding(findings).rank == 3 and findings[0].cause == "python-exception"
     new = logs.new_errors(record("success"), record("crash"))
     assert new[0] == "[rank3]: ValueError: batch 3 has 17 columns, expected 16"
-    assert "[rank0]: RuntimeError: [/__w/pytorch/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:553] Connection " \
-           "closed by peer [<ip>]:<port>. This is typically caused by a remote worker crashing. Check the logs of " \
-           "the remote worker before reporting an error. GLHF! 🏖️" in new
+    assert (
+        "[rank0]: RuntimeError: [/__w/pytorch/pytorch/third_party/gloo/gloo/transport/tcp/pair.cc:553] Connection "
+        "closed by peer [<ip>]:<port>. This is typically caused by a remote worker crashing. Check the logs of "
+        "the remote worker before reporting an error. GLHF! 🏖️" in new
+    )
     assert logs.compare(record("crash"), record("crash")) == []
 
 
 # ---- the same failures, captured now from the torch installed here -----------------------------
+
 
 def _capture_module() -> Any:
     spec = importlib.util.spec_from_file_location("capture", DATA / "capture.py")
@@ -305,8 +350,11 @@ def _capture_module() -> Any:
 
 
 def _can_unshare() -> bool:
-    return os.geteuid() == 0 and shutil.which("unshare") is not None and subprocess.run(
-        ["unshare", "-m", "true"], capture_output=True).returncode == 0
+    return (
+        os.geteuid() == 0
+        and shutil.which("unshare") is not None
+        and subprocess.run(["unshare", "-m", "true"], capture_output=True).returncode == 0
+    )
 
 
 def _cuda() -> bool:
@@ -315,10 +363,16 @@ def _cuda() -> bool:
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("case", [
-    "mismatch-size", "mismatch-op-detail", "straggle", "nccl-cpu",
-    pytest.param("shm", marks=pytest.mark.skipif(not _can_unshare(), reason="needs root to give /dev/shm 64 MB")),
-])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "mismatch-size",
+        "mismatch-op-detail",
+        "straggle",
+        "nccl-cpu",
+        pytest.param("shm", marks=pytest.mark.skipif(not _can_unshare(), reason="needs root to give /dev/shm 64 MB")),
+    ],
+)
 def test_live_capture_gives_the_same_root(case: str, tmp_path: Path) -> None:
     if case == "nccl-cpu" and _cuda():
         pytest.skip("torch sees a GPU here: NCCL initialises")

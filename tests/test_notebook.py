@@ -17,8 +17,10 @@ def test_notebook_is_stored_without_outputs() -> None:
     code = [cell for cell in cells if cell["cell_type"] == "code"]
     assert code, "the walkthrough has no code cells"
     stored = [i for i, cell in enumerate(code) if cell["outputs"] or cell["execution_count"] is not None]
-    assert not stored, (f"code cells {stored} keep outputs; clear them "
-                        f"(jupyter nbconvert --clear-output --inplace {NOTEBOOK.relative_to(ROOT)})")
+    assert not stored, (
+        f"code cells {stored} keep outputs; clear them "
+        f"(jupyter nbconvert --clear-output --inplace {NOTEBOOK.relative_to(ROOT)})"
+    )
 
 
 @pytest.mark.notebook
@@ -31,8 +33,9 @@ def test_walkthrough_runs_top_to_bottom(tmp_path: Path, monkeypatch: pytest.Monk
 
     monkeypatch.setenv("WALKTHROUGH_RECORDS", str(tmp_path))  # the kernel inherits this environment
     notebook = nbformat.read(NOTEBOOK, as_version=4)
-    client = nbclient.NotebookClient(notebook, timeout=600, kernel_name="python3",
-                                     resources={"metadata": {"path": str(ROOT)}})
+    client = nbclient.NotebookClient(
+        notebook, timeout=600, kernel_name="python3", resources={"metadata": {"path": str(ROOT)}}
+    )
     client.execute()  # raises CellExecutionError with the cell and its traceback
 
     outputs = [output for cell in notebook.cells if cell.cell_type == "code" for output in cell.outputs]

@@ -82,8 +82,20 @@ def test_hang_after_on_a_local_and_docker_ladder_gives_a_verdict(
     scenarios: Path, records: Path, torch_image: str, capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
     report = tmp_path / "verdict.json"
-    code = main(["ladder", str(scenarios / "ddp_csv" / "job.yaml"), "--rungs", "local,docker", "--hang-after", "30",
-                 "--records", str(records), "--json", str(report)])
+    code = main(
+        [
+            "ladder",
+            str(scenarios / "ddp_csv" / "job.yaml"),
+            "--rungs",
+            "local,docker",
+            "--hang-after",
+            "30",
+            "--records",
+            str(records),
+            "--json",
+            str(report),
+        ]
+    )
     out = capsys.readouterr().out
     assert code == 0, out
     assert "PARITY" in out

@@ -55,13 +55,18 @@ def test_s3_reference_job_is_parity_on_every_rung_and_uploads_its_artifacts(
             body = s3.get_object(Bucket=where.bucket, Key=where.key)["Body"].read()
             assert _sha(body) == _sha((record.root / "artifacts" / archive).read_bytes())
     assert _secret_written(records, localstack["secret"]) == []
-    shown = subprocess.run([sys.executable, "-m", "harness", "show", str(result.records[0].root)],
-                           capture_output=True, text=True, check=True).stdout
+    shown = subprocess.run(
+        [sys.executable, "-m", "harness", "show", str(result.records[0].root)],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
     assert f"uploaded model.tar.gz: {result.records[0].manifest['uploaded']['model.tar.gz']}" in shown
 
 
-def test_sharded_channel_gives_each_host_its_own_keys(localstack: dict[str, str], tmp_path: Path,
-                                                      records: Path) -> None:
+def test_sharded_channel_gives_each_host_its_own_keys(
+    localstack: dict[str, str], tmp_path: Path, records: Path
+) -> None:
     data = tmp_path / "shards"
     data.mkdir()
     for index in range(5):
@@ -70,9 +75,13 @@ def test_sharded_channel_gives_each_host_its_own_keys(localstack: dict[str, str]
     source = tmp_path / "src"
     source.mkdir()
     (source / "train.py").write_text("import os\nprint(sorted(os.listdir('/opt/ml/input/data/train')))\n")
-    job = JobSpec(name="sharded", source_dir=source, entry_point="train.py",
-                  instance_count=2, channels={"train": {"source": "s3://harness-tests/sharded/",
-                                                        "distribution": "ShardedByS3Key"}})
+    job = JobSpec(
+        name="sharded",
+        source_dir=source,
+        entry_point="train.py",
+        instance_count=2,
+        channels={"train": {"source": "s3://harness-tests/sharded/", "distribution": "ShardedByS3Key"}},
+    )
     backend = get_backend("local")
     record = backend.run(job, records)
     assert record.status == "succeeded"
@@ -82,11 +91,18 @@ def test_sharded_channel_gives_each_host_its_own_keys(localstack: dict[str, str]
     assert shares[1] == {"part-1.csv", "part-3.csv"}
 
 
-def test_missing_s3_data_is_a_clear_error_and_a_complete_record(localstack: dict[str, str], scenarios: Path,
-                                                               records: Path) -> None:
+def test_missing_s3_data_is_a_clear_error_and_a_complete_record(
+    localstack: dict[str, str], scenarios: Path, records: Path
+) -> None:
     job = load_job(scenarios / "ddp_s3" / "job.yaml").model_copy(
-        update={"channels": {"train": load_job(scenarios / "ddp_s3" / "job.yaml").channels["train"].model_copy(
-            update={"source": "s3://harness-tests/nothing-here/"})}})
+        update={
+            "channels": {
+                "train": load_job(scenarios / "ddp_s3" / "job.yaml")
+                .channels["train"]
+                .model_copy(update={"source": "s3://harness-tests/nothing-here/"})
+            }
+        }
+    )
     with pytest.raises(HarnessError, match=r"no S3 objects found under s3://harness-tests/nothing-here/"):
         get_backend("local").run(job, records)
     (record_dir,) = records.iterdir()
@@ -95,16 +111,19 @@ def test_missing_s3_data_is_a_clear_error_and_a_complete_record(localstack: dict
 
 
 def test_cli_localstack_env_points_boto3_at_it(localstack: dict[str, str]) -> None:
-    out = subprocess.run([sys.executable, "-m", "harness", "localstack", "env"], capture_output=True, text=True,
-                         check=True)
+    out = subprocess.run(
+        [sys.executable, "-m", "harness", "localstack", "env"], capture_output=True, text=True, check=True
+    )
     assert f"export AWS_ENDPOINT_URL_S3={localstack['endpoint']}" in out.stdout.splitlines()
-    status = subprocess.run([sys.executable, "-m", "harness", "localstack", "status"], capture_output=True,
-                            text=True, check=True)
+    status = subprocess.run(
+        [sys.executable, "-m", "harness", "localstack", "status"], capture_output=True, text=True, check=True
+    )
     assert localstack["endpoint"] in status.stdout
 
 
-def test_checkpoints_are_restored_before_the_job_and_synced_per_run(localstack: dict[str, str], tmp_path: Path,
-                                                                   records: Path) -> None:
+def test_checkpoints_are_restored_before_the_job_and_synced_per_run(
+    localstack: dict[str, str], tmp_path: Path, records: Path
+) -> None:
     staged = tmp_path / "staged"
     staged.mkdir()
     (staged / "checkpoint-3.pt").write_text("from an earlier job")
@@ -114,9 +133,15 @@ def test_checkpoints_are_restored_before_the_job_and_synced_per_run(localstack: 
     source.mkdir()
     (source / "train.py").write_text(
         "import os\nprint('found', sorted(os.listdir('/opt/ml/checkpoints')))\n"
-        "open('/opt/ml/checkpoints/checkpoint-4.pt', 'w').write(os.environ['HARNESS_HOST'])\n")
-    job = JobSpec(name="resume", source_dir=source, entry_point="train.py", instance_count=2,
-                  checkpoint={"s3_uri": f"s3://harness-tests/{base}/checkpoints/"})
+        "open('/opt/ml/checkpoints/checkpoint-4.pt', 'w').write(os.environ['HARNESS_HOST'])\n"
+    )
+    job = JobSpec(
+        name="resume",
+        source_dir=source,
+        entry_point="train.py",
+        instance_count=2,
+        checkpoint={"s3_uri": f"s3://harness-tests/{base}/checkpoints/"},
+    )
     record = get_backend("local").run(job, records)
     assert record.status == "succeeded"
     assert "found ['checkpoint-3.pt']" in (record.root / "hosts" / "algo-2" / "log.txt").read_text()

@@ -39,13 +39,30 @@ ROLE_NAME = "HarnessSageMakerTraining"
 #: What docs/sagemaker.md asks of the execution role, S3 limited to the bucket. (The SDK asks IAM
 #: whether the role may put objects in the bucket, and stages the code under the output path
 #: where it may not.)
-EXECUTION_POLICY = {"Version": "2012-10-17", "Statement": [
-    {"Effect": "Allow", "Action": ["s3:GetObject", "s3:PutObject", "s3:ListBucket"],
-     "Resource": [f"arn:aws:s3:::{BUCKET}", f"arn:aws:s3:::{BUCKET}/*"]},
-    {"Effect": "Allow", "Resource": "*", "Action": [
-        "logs:CreateLogGroup", "logs:CreateLogStream", "logs:PutLogEvents", "ecr:GetAuthorizationToken",
-        "ecr:BatchGetImage", "ecr:GetDownloadUrlForLayer", "ecr:BatchCheckLayerAvailability",
-        "cloudwatch:PutMetricData"]}]}
+EXECUTION_POLICY = {
+    "Version": "2012-10-17",
+    "Statement": [
+        {
+            "Effect": "Allow",
+            "Action": ["s3:GetObject", "s3:PutObject", "s3:ListBucket"],
+            "Resource": [f"arn:aws:s3:::{BUCKET}", f"arn:aws:s3:::{BUCKET}/*"],
+        },
+        {
+            "Effect": "Allow",
+            "Resource": "*",
+            "Action": [
+                "logs:CreateLogGroup",
+                "logs:CreateLogStream",
+                "logs:PutLogEvents",
+                "ecr:GetAuthorizationToken",
+                "ecr:BatchGetImage",
+                "ecr:GetDownloadUrlForLayer",
+                "ecr:BatchCheckLayerAvailability",
+                "cloudwatch:PutMetricData",
+            ],
+        },
+    ],
+}
 IMAGE = "763104351884.dkr.ecr.us-east-1.amazonaws.com/pytorch-training:2.5.1-cpu-py311"
 
 
@@ -53,8 +70,16 @@ class _Finished:
     """Stands in for the SageMaker API: a job that starts, trains and completes, leaving ``local``'s
     logs and artifacts where the service leaves them."""
 
-    def __init__(self, sagemaker: Any, boto: Any, replayed: RunRecord, *, outcome: str = "Completed",
-                 failure: str | None = None, denied_after_start: bool = False) -> None:
+    def __init__(
+        self,
+        sagemaker: Any,
+        boto: Any,
+        replayed: RunRecord,
+        *,
+        outcome: str = "Completed",
+        failure: str | None = None,
+        denied_after_start: bool = False,
+    ) -> None:
         from botocore.stub import Stubber
 
         self.boto, self.replayed, self.outcome, self.failure = boto, replayed, outcome, failure
@@ -87,18 +112,23 @@ class _Finished:
         start = dt.datetime(2026, 11, 23, 9, 0, tzinfo=dt.UTC)
         logs = self.boto.client("logs")
         logs.create_log_group(logGroupName="/aws/sagemaker/TrainingJobs") if not logs.describe_log_groups(
-            logGroupNamePrefix="/aws/sagemaker/TrainingJobs")["logGroups"] else None
+            logGroupNamePrefix="/aws/sagemaker/TrainingJobs"
+        )["logGroups"] else None
         for host in ("algo-1", "algo-2"):
             stream = f"{name}/{host}-1763888400"
             logs.create_log_stream(logGroupName="/aws/sagemaker/TrainingJobs", logStreamName=stream)
             lines = (self.replayed.root / "hosts" / host / "log.txt").read_text().splitlines()
-            events = [{"timestamp": int(start.timestamp() * 1000) + i, "message": log_text(line)}
-                      for i, line in enumerate(lines)]
+            events = [
+                {"timestamp": int(start.timestamp() * 1000) + i, "message": log_text(line)}
+                for i, line in enumerate(lines)
+            ]
             logs.put_log_events(logGroupName="/aws/sagemaker/TrainingJobs", logStreamName=stream, logEvents=events)
         output = f"{params['OutputDataConfig']['S3OutputPath']}/{name}/output"
         s3 = self.boto.client("s3")
-        for archive, path in (("model.tar.gz", self.replayed.root / "artifacts" / "model.tar.gz"),
-                              ("output.tar.gz", self._output_with_probe())):
+        for archive, path in (
+            ("model.tar.gz", self.replayed.root / "artifacts" / "model.tar.gz"),
+            ("output.tar.gz", self._output_with_probe()),
+        ):
             s3.upload_file(str(path), BUCKET, f"{output}/{archive}".removeprefix(f"s3://{BUCKET}/"))
         described = {
             "TrainingJobName": name,
@@ -115,20 +145,35 @@ class _Finished:
             "LastModifiedTime": start,
             "EnableNetworkIsolation": False,
         }
-        phases = [("InProgress", "Starting", {}), ("InProgress", "Training", {"TrainingStartTime": start}),
-                  (self.outcome, self.outcome, {
-                      "TrainingStartTime": start, "TrainingEndTime": start + dt.timedelta(seconds=83),
-                      "BillableTimeInSeconds": 83, "TrainingTimeInSeconds": 83,
-                      **({"FailureReason": self.failure} if self.failure else {})})]
+        phases = [
+            ("InProgress", "Starting", {}),
+            ("InProgress", "Training", {"TrainingStartTime": start}),
+            (
+                self.outcome,
+                self.outcome,
+                {
+                    "TrainingStartTime": start,
+                    "TrainingEndTime": start + dt.timedelta(seconds=83),
+                    "BillableTimeInSeconds": 83,
+                    "TrainingTimeInSeconds": 83,
+                    **({"FailureReason": self.failure} if self.failure else {}),
+                },
+            ),
+        ]
         self.stubber.add_response("create_training_job", {"TrainingJobArn": described["TrainingJobArn"]})
         if self.denied_after_start:  # the SDK's own look at the job, then the harness may not follow it
             phases = phases[:1]
         for status, secondary, extra in phases:
-            self.stubber.add_response("describe_training_job", {
-                **described, "TrainingJobStatus": status, "SecondaryStatus": secondary, **extra})
+            self.stubber.add_response(
+                "describe_training_job",
+                {**described, "TrainingJobStatus": status, "SecondaryStatus": secondary, **extra},
+            )
         if self.denied_after_start:
-            self.stubber.add_client_error("describe_training_job", "AccessDeniedException",
-                                          "not authorized to perform: sagemaker:DescribeTrainingJob")
+            self.stubber.add_client_error(
+                "describe_training_job",
+                "AccessDeniedException",
+                "not authorized to perform: sagemaker:DescribeTrainingJob",
+            )
             self.stubber.add_response("stop_training_job", {}, {"TrainingJobName": name})
 
 
@@ -156,8 +201,12 @@ def aws(localstack: dict[str, str], monkeypatch: pytest.MonkeyPatch) -> dict[str
         logs.delete_log_group(logGroupName="/aws/sagemaker/TrainingJobs")
     if BUCKET not in [b["Name"] for b in s3.list_buckets()["Buckets"]]:
         s3.create_bucket(Bucket=BUCKET)
-    trust = {"Version": "2012-10-17", "Statement": [{"Effect": "Allow", "Action": "sts:AssumeRole",
-                                                    "Principal": {"Service": "sagemaker.amazonaws.com"}}]}
+    trust = {
+        "Version": "2012-10-17",
+        "Statement": [
+            {"Effect": "Allow", "Action": "sts:AssumeRole", "Principal": {"Service": "sagemaker.amazonaws.com"}}
+        ],
+    }
     try:
         role = iam.get_role(RoleName=ROLE_NAME)["Role"]["Arn"]
     except iam.exceptions.NoSuchEntityException:
@@ -178,8 +227,9 @@ def scenarios_dir() -> Path:
 
 
 def _backend(aws: dict[str, Any]) -> SageMakerBackend:
-    return SageMakerBackend(SageMakerOptions(role=aws["role"], bucket=BUCKET, image=IMAGE, poll_s=0.01),
-                            boto_session=aws["session"])
+    return SageMakerBackend(
+        SageMakerOptions(role=aws["role"], bucket=BUCKET, image=IMAGE, poll_s=0.01), boto_session=aws["session"]
+    )
 
 
 def test_submitted_job_is_followed_into_a_record_at_parity_with_local(
@@ -194,8 +244,12 @@ def test_submitted_job_is_followed_into_a_record_at_parity_with_local(
     name = service.submitted["TrainingJobName"]
     assert record.status == "succeeded" and record.manifest["rung_facts"]["training_job_name"] == name
     # what ModelTrainer sent is what the dry-run prints, the probe's channel and variables included
-    assert service.submitted == training_job_request(with_probe(job, PROBE_DIR), role=aws["role"], bucket=BUCKET,
-                                                     image=IMAGE, job_name=name).body
+    assert (
+        service.submitted
+        == training_job_request(
+            with_probe(job, PROBE_DIR), role=aws["role"], bucket=BUCKET, image=IMAGE, job_name=name
+        ).body
+    )
     assert service.submitted["Environment"]["HARNESS_PROBE_DIR"] == "/opt/ml/output/data/harness-probe"
     # the probe's files came back in output.tar.gz: out of the archive, into the record
     assert sorted(record.manifest["ranks"]) == ["0", "1", "2", "3"]
@@ -203,15 +257,23 @@ def test_submitted_job_is_followed_into_a_record_at_parity_with_local(
     # ... and only the probe's: a manifest.json the job left there never replaces the record's
     assert "forged" not in record.manifest and record.manifest["rung"] == "sagemaker"
     assert "harness-probe/manifest.json" in record.manifest["rung_facts"]["probe_files_ignored"]
-    assert record.read_json("artifacts/summary.json")["output.tar.gz"]["files"].keys() == \
-        local_run.read_json("artifacts/summary.json")["output.tar.gz"]["files"].keys()
+    assert (
+        record.read_json("artifacts/summary.json")["output.tar.gz"]["files"].keys()
+        == local_run.read_json("artifacts/summary.json")["output.tar.gz"]["files"].keys()
+    )
     # the SDK uploaded the code and its drivers for real
-    keys = [o["Key"] for o in aws["session"].client("s3").list_objects_v2(Bucket=BUCKET, Prefix=f"{job.name}/{name}/")
-            .get("Contents", [])]
+    keys = [
+        o["Key"]
+        for o in aws["session"]
+        .client("s3")
+        .list_objects_v2(Bucket=BUCKET, Prefix=f"{job.name}/{name}/")
+        .get("Contents", [])
+    ]
     assert any("/input/code/" in k or k.endswith("code/sourcedir.tar.gz") for k in keys), keys
     for host in job.hosts:
         assert (record.root / "hosts" / host / "log.txt").read_text().count("\n") == (
-            local_run.root / "hosts" / host / "log.txt").read_text().count("\n")
+            local_run.root / "hosts" / host / "log.txt"
+        ).read_text().count("\n")
     verdict = judge([local_run, record], tolerance=Tolerance(0, 0, 0, 0))
     assert verdict.outcome == "parity", to_text(verdict)
 

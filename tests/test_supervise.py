@@ -30,15 +30,25 @@ def test_sigint_at_random_points_of_the_supervision_loop_never_hangs(tmp_path: P
     their logs are pumped): every run ends with Interrupted, no launcher or grandchild survives.
     A run that hangs fails the test (faulthandler) instead of hanging the suite."""
     marker = f"harness-supervise-{os.getpid()}"
-    script = ("import subprocess, sys, time\n"  # a grandchild carrying the marker too
-              f"subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(30)', '{marker}'])\n"
-              f"print('{marker}', flush=True)\ntime.sleep(30)\n")
+    script = (
+        "import subprocess, sys, time\n"  # a grandchild carrying the marker too
+        f"subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(30)', '{marker}'])\n"
+        f"print('{marker}', flush=True)\ntime.sleep(30)\n"
+    )
     rng = random.Random(20261129)
     faulthandler.dump_traceback_later(600, exit=True)
     try:
         for attempt in range(200):
-            launches = [HostLaunch(f"algo-{n}", [sys.executable, "-c", script, marker], dict(os.environ), tmp_path,
-                                   tmp_path / f"{attempt}-{n}.log") for n in (1, 2)]
+            launches = [
+                HostLaunch(
+                    f"algo-{n}",
+                    [sys.executable, "-c", script, marker],
+                    dict(os.environ),
+                    tmp_path,
+                    tmp_path / f"{attempt}-{n}.log",
+                )
+                for n in (1, 2)
+            ]
             timer = threading.Timer(rng.uniform(0.0, 0.25), os.kill, (os.getpid(), signal.SIGINT))
             started = time.monotonic()
             try:

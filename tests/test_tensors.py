@@ -56,8 +56,11 @@ def write_safetensors(path: Path, state: dict[str, Any], *, pad: bool = True) ->
     blobs, offset = [], 0
     for name, tensor in state.items():
         blob = tensor.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes()
-        header[name] = {"dtype": names[tensor.dtype], "shape": list(tensor.shape),
-                        "data_offsets": [offset, offset + len(blob)]}
+        header[name] = {
+            "dtype": names[tensor.dtype],
+            "shape": list(tensor.shape),
+            "data_offsets": [offset, offset + len(blob)],
+        }
         blobs.append(blob)
         offset += len(blob)
     text = json.dumps(header).encode()
@@ -70,6 +73,7 @@ def write_safetensors(path: Path, state: dict[str, Any], *, pad: bool = True) ->
 
 
 # --- keys --------------------------------------------------------------------------------------
+
 
 def test_identical_files_with_different_bytes(tmp_path: Path) -> None:
     a, b = save(tmp_path / "a.pt", model_state()), save(tmp_path / "b.pt", model_state())
@@ -104,9 +108,11 @@ def test_prefix_on_the_baseline_side_inside_a_nested_dict() -> None:
 
 def test_wrapper_segment_at_several_depths() -> None:
     state = {"embed.weight": torch.ones(2), "layers.0.mlp.weight": torch.ones(2), "layers.1.mlp.weight": torch.ones(2)}
-    fsdp = {"_fsdp_wrapped_module.embed.weight": torch.ones(2),
-            "_fsdp_wrapped_module.layers.0._fsdp_wrapped_module.mlp.weight": torch.ones(2),
-            "_fsdp_wrapped_module.layers.1._fsdp_wrapped_module.mlp.weight": torch.ones(2)}
+    fsdp = {
+        "_fsdp_wrapped_module.embed.weight": torch.ones(2),
+        "_fsdp_wrapped_module.layers.0._fsdp_wrapped_module.mlp.weight": torch.ones(2),
+        "_fsdp_wrapped_module.layers.1._fsdp_wrapped_module.mlp.weight": torch.ones(2),
+    }
     [rename] = compare_state(state, fsdp).renames
     assert (rename.segment, rename.scope, len(rename.pairs)) == ("_fsdp_wrapped_module", "*", 3)
 
@@ -121,6 +127,7 @@ def test_missing_key_and_shifted_layer_index_are_not_renames(tmp_path: Path) -> 
 
 
 # --- shapes, dtypes, values ----------------------------------------------------------------------
+
 
 def test_shape_change(tmp_path: Path) -> None:
     state = model_state()
@@ -196,6 +203,7 @@ def test_nested_state_and_optimizer_values(tmp_path: Path) -> None:
 
 # --- formats -------------------------------------------------------------------------------------
 
+
 def test_safetensors_reader_matches_torch_files(tmp_path: Path) -> None:
     state = {k: v for k, v in model_state().items() if k != "step"}
     torch_file = save(tmp_path / "a.pt", state)
@@ -221,13 +229,13 @@ def test_files_written_by_the_safetensors_package(tmp_path: Path) -> None:
 def test_legacy_torch_format_loads_without_mmap(tmp_path: Path) -> None:
     path = tmp_path / "old.pt"
     torch.save(model_state(), path, _use_new_zipfile_serialization=False)
-    assert tensors.sniff(path.read_bytes()[:tensors.SNIFF_BYTES]) == "torch-legacy"
+    assert tensors.sniff(path.read_bytes()[: tensors.SNIFF_BYTES]) == "torch-legacy"
     assert compare(path, save(tmp_path / "new.pt", model_state())).identical
 
 
 def test_sniff_and_unreadable_files(tmp_path: Path) -> None:
     torch_file = save(tmp_path / "weights.data", model_state())
-    assert tensors.sniff(torch_file.read_bytes()[:tensors.SNIFF_BYTES]) == "torch"
+    assert tensors.sniff(torch_file.read_bytes()[: tensors.SNIFF_BYTES]) == "torch"
     assert tensors.sniff(b"hello world, not a checkpoint") is None
     notes = tmp_path / "notes.txt"
     notes.write_text("not a checkpoint")
@@ -247,14 +255,17 @@ def test_pickled_objects_are_read_by_value_and_never_run(tmp_path: Path) -> None
         def __reduce__(self) -> tuple[Any, ...]:
             return (os.system, (f"touch {marker}",))
 
-    path = save(tmp_path / "obj.pt", {"w": torch.ones(1), "cfg": Path("x"), "args": argparse.Namespace(lr=0.1),
-                                      "boom": Boom()})
+    path = save(
+        tmp_path / "obj.pt", {"w": torch.ones(1), "cfg": Path("x"), "args": argparse.Namespace(lr=0.1), "boom": Boom()}
+    )
     flat = tensors.load(path)
     assert not marker.exists()
     assert (flat["args.__class__"], flat["args.lr"]) == ("argparse.Namespace", 0.1)
     assert repr(flat["boom"]).startswith("posix.system(") and torch.equal(flat["w"], torch.ones(1))
-    other = save(tmp_path / "other.pt", {"w": torch.ones(1), "cfg": Path("x"), "args": argparse.Namespace(lr=0.2),
-                                         "boom": Boom()})
+    other = save(
+        tmp_path / "other.pt",
+        {"w": torch.ones(1), "cfg": Path("x"), "args": argparse.Namespace(lr=0.2), "boom": Boom()},
+    )
     diff = compare(path, other)
     assert [(v.name, v.value, v.other) for v in diff.values] == [("args.lr", "0.1", "0.2")]
 
@@ -267,6 +278,7 @@ def test_without_torch_the_error_says_so(monkeypatch: pytest.MonkeyPatch, tmp_pa
 
 
 # --- through the artifacts check -----------------------------------------------------------------
+
 
 def make_record(root: Path, rung: str, files: dict[str, Any]) -> RunRecord:
     """A minimal succeeded record whose one host wrote ``files`` (state dicts are torch.save'd)."""
@@ -291,14 +303,32 @@ def test_artifacts_check_compares_checkpoints_by_value(monkeypatch: pytest.Monke
     state = model_state()
     noisy = {k: v * (1 + 1e-7) if v.is_floating_point() else v for k, v in state.items()}
     changed = {**state, "layers.0.attn.weight": state["layers.0.attn.weight"] + 0.1}
-    base = make_record(tmp_path, "local", {"model.pt": state, "noisy.pth": state, "weights.data": state,
-                                           "ddp.pt": state, "notes.txt": b"a", "random.bin": b"\x00" * 10})
+    base = make_record(
+        tmp_path,
+        "local",
+        {
+            "model.pt": state,
+            "noisy.pth": state,
+            "weights.data": state,
+            "ddp.pt": state,
+            "notes.txt": b"a",
+            "random.bin": b"\x00" * 10,
+        },
+    )
     reordered = dict(reversed(state.items()))  # other bytes, same tensors
-    cand = make_record(tmp_path, "docker", {"model.pt": reordered, "noisy.pth": noisy, "weights.data": changed,
-                                            "ddp.pt": {f"module.{k}": v for k, v in state.items()},
-                                            "notes.txt": b"b", "random.bin": b"\x01" * 10})
-    findings = {f.title.split(":")[1] if ":" in f.title else "bytes": f
-                for f in artifacts.compare(base, cand, CONTEXT)}
+    cand = make_record(
+        tmp_path,
+        "docker",
+        {
+            "model.pt": reordered,
+            "noisy.pth": noisy,
+            "weights.data": changed,
+            "ddp.pt": {f"module.{k}": v for k, v in state.items()},
+            "notes.txt": b"b",
+            "random.bin": b"\x01" * 10,
+        },
+    )
+    findings = {f.title.split(":")[1] if ":" in f.title else "bytes": f for f in artifacts.compare(base, cand, CONTEXT)}
     assert findings["model.pt"].severity == "note" and "tensors identical" in findings["model.pt"].title
     assert findings["noisy.pth"].severity == "note" and "values within tolerance" in findings["noisy.pth"].title
 
@@ -319,8 +349,10 @@ def test_artifacts_check_compares_checkpoints_by_value(monkeypatch: pytest.Monke
 
 def test_artifacts_check_reports_keys_and_shapes(tmp_path: Path) -> None:
     state = model_state()
-    other = {k: v for k, v in state.items() if k != "step"} | {"embed.weight": torch.zeros(40, 8),
-                                                               "extra.bias": torch.zeros(2)}
+    other = {k: v for k, v in state.items() if k != "step"} | {
+        "embed.weight": torch.zeros(40, 8),
+        "extra.bias": torch.zeros(2),
+    }
     base = make_record(tmp_path, "local", {"model.pt": state})
     cand = make_record(tmp_path, "docker", {"model.pt": other})
     causes = {f.cause: f for f in artifacts.compare(base, cand, CONTEXT)}
@@ -346,9 +378,14 @@ def test_what_cannot_be_read_is_never_parity(tmp_path: Path) -> None:
     torch.save(state, full)
     args = argparse.Namespace(lr=0.05, epochs=3)
     base = make_record(tmp_path, "local", {"model.pt": state, "full.pt": {"model": state, "args": args}})
-    cand = make_record(tmp_path, "docker", {"model.pt": full.getvalue()[: len(full.getvalue()) // 2],
-                                            "full.pt": {"model": {k: v * 10 for k, v in state.items()},
-                                                        "args": args}})
+    cand = make_record(
+        tmp_path,
+        "docker",
+        {
+            "model.pt": full.getvalue()[: len(full.getvalue()) // 2],
+            "full.pt": {"model": {k: v * 10 for k, v in state.items()}, "args": args},
+        },
+    )
     verdict = judge([base, cand], tolerance=Tolerance())
     assert verdict.outcome == "diverged"
     causes = {f.title.split(":")[1]: f.cause for f in verdict.findings if f.severity == "divergence"}
@@ -364,8 +401,10 @@ def test_checkpoints_are_judged_by_the_tensor_tolerance_alone(tmp_path: Path) ->
     """A loose metric tolerance lets no tensor through, an exact one flags none."""
     state = model_state()
     noisy = {k: v * (1 + 1e-7) if v.is_floating_point() else v for k, v in state.items()}
-    records = [make_record(tmp_path, "local", {"model.pt": state}),
-               make_record(tmp_path, "docker", {"model.pt": noisy})]
+    records = [
+        make_record(tmp_path, "local", {"model.pt": state}),
+        make_record(tmp_path, "docker", {"model.pt": noisy}),
+    ]
     loose_curves = judge(records, tolerance=Tolerance(metric_rtol=1.0, metric_atol=1.0, tensor_rtol=0, tensor_atol=0))
     assert (loose_curves.outcome, loose_curves.causes) == ("diverged", ["weights-differ"])
     assert "tolerance: rtol=0, atol=0 (local is the reference)" in loose_curves.findings[0].evidence

@@ -44,8 +44,10 @@ def test_curves_are_judged_by_the_metric_tolerance_alone(tmp_path: Path) -> None
 
 
 def test_a_failed_rung_is_the_first_departure(tmp_path: Path) -> None:
-    records = [make_record(tmp_path, "local", losses=CURVE), make_record(tmp_path, "docker", losses=CURVE[:2],
-                                                                         status="failed")]
+    records = [
+        make_record(tmp_path, "local", losses=CURVE),
+        make_record(tmp_path, "docker", losses=CURVE[:2], status="failed"),
+    ]
     verdict = judge(records)
     assert (verdict.outcome, verdict.first_rung, verdict.baseline_rung) == ("failed", "docker", "local")
 
@@ -79,8 +81,13 @@ def test_collective_mismatch_blames_the_rank_with_its_own_call_site(tmp_path: Pa
 
 
 def test_parameters_drifting_apart(tmp_path: Path) -> None:
-    events = {r: [{"kind": "params", "step": 0, "sum": 1.0, "abs_sum": 1.0, "digest": "same"},
-                  {"kind": "params", "step": 10, "sum": 1.0 + r, "abs_sum": 1.0, "digest": f"d{r}"}] for r in range(2)}
+    events = {
+        r: [
+            {"kind": "params", "step": 0, "sum": 1.0, "abs_sum": 1.0, "digest": "same"},
+            {"kind": "params", "step": 10, "sum": 1.0 + r, "abs_sum": 1.0, "digest": f"d{r}"},
+        ]
+        for r in range(2)
+    }
     verdict = judge([make_record(tmp_path, "local", rank_events=events)])
     assert verdict.causes[0] == "parameter-drift" and verdict.first_step == 10
 
@@ -103,8 +110,19 @@ def test_cli_diff_and_reports(tmp_path: Path) -> None:
     b = make_record(tmp_path, "docker", losses=CURVE[:3] + [0.9, 0.9])
     out = tmp_path / "out"
     out.mkdir()
-    code = main(["diff", str(a.root), str(b.root), "--json", str(out / "v.json"), "--html", str(out / "v.html"),
-                 "--markdown", str(out / "v.md")])
+    code = main(
+        [
+            "diff",
+            str(a.root),
+            str(b.root),
+            "--json",
+            str(out / "v.json"),
+            "--html",
+            str(out / "v.html"),
+            "--markdown",
+            str(out / "v.md"),
+        ]
+    )
     assert code == 1
     html = (out / "v.html").read_text()
     assert "<svg" in html and "DIVERGED" in html and "<script" not in html
@@ -143,8 +161,9 @@ def _install_toy(root: Path, monkeypatch: pytest.MonkeyPatch, entry_points: str)
     monkeypatch.delitem(sys.modules, "toy_checks", raising=False)  # another test's copy
 
 
-def test_checks_installed_through_the_entry_point_group_are_run(tmp_path: Path,
-                                                                monkeypatch: pytest.MonkeyPatch) -> None:
+def test_checks_installed_through_the_entry_point_group_are_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     _install_toy(tmp_path / "site", monkeypatch, "toy-pair = toy_checks:PAIR\ntoy-run = toy_checks:RUN\n")
     records = [make_record(tmp_path, "local", losses=CURVE), make_record(tmp_path, "docker", losses=CURVE)]
     verdict = judge(records, tolerance=Tolerance(metric_rtol=0.5))
@@ -198,8 +217,7 @@ def test_a_required_rung_that_cannot_run_fails_the_ladder_before_anything_runs(
     monkeypatch.setattr(local, "cuda_device_count", lambda: 0)
     job = Path(__file__).resolve().parents[1] / "scenarios" / "ddp_csv" / "job.yaml"
     records = tmp_path / "records"
-    code = main(["ladder", str(job), "--rungs", "local,local-gpu", "--require", "local-gpu",
-                 "--records", str(records)])
+    code = main(["ladder", str(job), "--rungs", "local,local-gpu", "--require", "local-gpu", "--records", str(records)])
     err = capsys.readouterr().err
     assert code == 1
     assert "required rung 'local-gpu' cannot run here: no CUDA device visible to torch" in err

@@ -142,8 +142,10 @@ class Backend(ABC, Generic[PlanT]):
             raise
         except Exception as exc:  # an engine, SDK or OS error: translated here, at the rung's boundary
             record.manifest["error"] = f"{type(exc).__name__}: {exc}"
-            raise RungFailed(f"rung {self.name!r} broke down: {type(exc).__name__}: {exc}",
-                             hint=f"the record {root} keeps what ran until then") from exc
+            raise RungFailed(
+                f"rung {self.name!r} broke down: {type(exc).__name__}: {exc}",
+                hint=f"the record {root} keeps what ran until then",
+            ) from exc
         finally:
             self._finish(job, record, status)
         return RunRecord.load(root)

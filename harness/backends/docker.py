@@ -173,8 +173,10 @@ class DockerBackend(EngineClient, Backend[DockerPlan]):
             return s3_reason
         default_image = job.is_script_mode and not (self.options.image or job.image)
         if default_image and shutil.which("debootstrap") is None and not self.client().images.list("harness/torch"):
-            return ("the script needs an image with python3 and torch: pass --image, set the job's image, "
-                    "or install debootstrap so the harness can build one without a registry")
+            return (
+                "the script needs an image with python3 and torch: pass --image, set the job's image, "
+                "or install debootstrap so the harness can build one without a registry"
+            )
         return None
 
     def _gpu_ids(self, job: JobSpec) -> dict[str, list[str]]:
@@ -191,8 +193,9 @@ class DockerBackend(EngineClient, Backend[DockerPlan]):
         gpus = self._gpu_ids(job)
         work = Path(tempfile.gettempdir()) / f"harness-docker-{uuid.uuid4().hex[:8]}"
         shm_size = self.options.shm_size or default_shm_size()
-        machine = Machine(num_cpus=os.cpu_count() or 1, num_gpus=len(gpus[job.hosts[0]]), network_interface="eth0",
-                          python="python3")
+        machine = Machine(
+            num_cpus=os.cpu_count() or 1, num_gpus=len(gpus[job.hosts[0]]), network_interface="eth0", python="python3"
+        )
         nccl = {"NCCL_DEBUG": "INFO", **{k: v for k, v in job.environment.items() if k.startswith("NCCL_")}}
         contracts = {host: host_contract(job, host, machine) for host in job.hosts}
         ulimits, lowered = effective_ulimits(self.options.ulimits)
@@ -203,25 +206,47 @@ class DockerBackend(EngineClient, Backend[DockerPlan]):
             "image": (self.options.image or job.image if job.is_script_mode else job.image)
             or "harness/torch (to be built by harness.images.ensure_torch_image)",
             "network": "a bridge network per run; each container's hostname and alias is its host name"
-            if self.options.network == "bridge" else "shared: every container in the first one's network namespace "
+            if self.options.network == "bridge"
+            else "shared: every container in the first one's network namespace "
             "(one loopback; algo-N resolve to 127.0.0.1; every host reports the first one's hostname)",
             "inherited_environment": sorted(self.options.environment),
             "opt_ml": "each host's own tree bind-mounted on /opt/ml",
             "channels": CHANNELS_FACT.format(how="bind-mounted read-only from"),
-            "environment": "the contract's platform and launcher layers" if job.is_script_mode
+            "environment": "the contract's platform and launcher layers"
+            if job.is_script_mode
             else "the platform layer only: the image's own program adds SM_*",
-            "shm_size": shm_size, "shm_size_bytes": parse_bytes(shm_size),
-            "ulimits": ulimits, "ulimits_requested": self.options.ulimits, "ulimits_lowered": lowered,
-            "gpus": {"devices": gpus, "shared_by_all_hosts": len(job.hosts) > 1 and gpus[job.hosts[0]] == gpus[
-                job.hosts[-1]], "nccl_env": nccl} if machine.num_gpus else "none",
-            "machine": {"num_cpus": machine.num_cpus, "num_gpus": machine.num_gpus, "network_interface": "eth0",
-                        "num_cpus_source": "os.cpu_count() of the Docker host (no CPU limit is set)"},
+            "shm_size": shm_size,
+            "shm_size_bytes": parse_bytes(shm_size),
+            "ulimits": ulimits,
+            "ulimits_requested": self.options.ulimits,
+            "ulimits_lowered": lowered,
+            "gpus": {
+                "devices": gpus,
+                "shared_by_all_hosts": len(job.hosts) > 1 and gpus[job.hosts[0]] == gpus[job.hosts[-1]],
+                "nccl_env": nccl,
+            }
+            if machine.num_gpus
+            else "none",
+            "machine": {
+                "num_cpus": machine.num_cpus,
+                "num_gpus": machine.num_gpus,
+                "network_interface": "eth0",
+                "num_cpus_source": "os.cpu_count() of the Docker host (no CPU limit is set)",
+            },
             "init": "none: the command is PID 1, as under `docker run image train`",
             "stop": f"SIGTERM, SIGKILL after {self.options.stop_grace_s:g} s",
         }
         requirements.plan_fact(job, facts, self.name)
-        return DockerPlan(self.name, job, contracts, facts, work_dir=work, shm_size=shm_size, ulimits=ulimits,
-                          gpus=gpus if machine.num_gpus else {})
+        return DockerPlan(
+            self.name,
+            job,
+            contracts,
+            facts,
+            work_dir=work,
+            shm_size=shm_size,
+            ulimits=ulimits,
+            gpus=gpus if machine.num_gpus else {},
+        )
 
     def _execute(self, plan: DockerPlan, record: RecordWriter, progress: Progress | None) -> Status:
         client, job, work = self.client(), plan.job, plan.work_dir
@@ -239,20 +264,30 @@ class DockerBackend(EngineClient, Backend[DockerPlan]):
             except requirements.InstallFailed as failed:
                 requirements.fail_containers(job, list(plan.hosts), record, failed)
                 return "failed"
-            mounts = {host: self._prepare_host(job, contract, channels[host], trees[host], record)
-                      for host, contract in plan.hosts.items()}
+            mounts = {
+                host: self._prepare_host(job, contract, channels[host], trees[host], record)
+                for host, contract in plan.hosts.items()
+            }
             restore_checkpoints(job, trees)
             for host, contract in plan.hosts.items():
                 started = time.monotonic()
-                containers[host] = self._create(client, image, plan,
-                                                requirements.container_contract(setup, job, contract, PROBE_MOUNT),
-                                                mounts[host] + requirements.container_mounts(setup, host), network,
-                                                labels)
+                containers[host] = self._create(
+                    client,
+                    image,
+                    plan,
+                    requirements.container_contract(setup, job, contract, PROBE_MOUNT),
+                    mounts[host] + requirements.container_mounts(setup, host),
+                    network,
+                    labels,
+                )
                 created = time.monotonic()
                 containers[host].start()
-                record.host_result(host, container=containers[host].name,
-                                   container_create_s=round(created - started, 3),
-                                   container_start_s=round(time.monotonic() - created, 3))
+                record.host_result(
+                    host,
+                    container=containers[host].name,
+                    container_create_s=round(created - started, 3),
+                    container_start_s=round(time.monotonic() - created, 3),
+                )
             timed_out, hung = self._supervise(containers, job.max_run, record, progress)
             owned_by_root = [work, record.root / "processes", record.root / "ranks"]
             shielded(lambda: reclaim(client, image, owned_by_root, labels))
@@ -269,12 +304,15 @@ class DockerBackend(EngineClient, Backend[DockerPlan]):
             return "timeout"
         return "succeeded" if all(code == 0 for code in codes.values()) else "failed"
 
-    def _prepare_host(self, job: JobSpec, contract: HostContract, channels: dict[str, Path], tree: Path,
-                      record: RecordWriter) -> list[Mount]:
+    def _prepare_host(
+        self, job: JobSpec, contract: HostContract, channels: dict[str, Path], tree: Path, record: RecordWriter
+    ) -> list[Mount]:
         """Write the host's /opt/ml tree and its ``received/`` record; return its mounts."""
         write_host_tree(job, contract, tree)
-        mounts = [Mount(str(OPT_ML), str(tree), type="bind"),
-                  Mount(PROBE_MOUNT, str(PROBE_DIR), type="bind", read_only=True)]
+        mounts = [
+            Mount(str(OPT_ML), str(tree), type="bind"),
+            Mount(PROBE_MOUNT, str(PROBE_DIR), type="bind", read_only=True),
+        ]
         for name, source in channels.items():
             (tree / "input" / "data" / name).mkdir(exist_ok=True)  # made here, so that Docker does not make it as root
             mounts.append(Mount(f"{OPT_ML}/input/data/{name}", str(source), type="bind", read_only=True))
@@ -284,43 +322,73 @@ class DockerBackend(EngineClient, Backend[DockerPlan]):
         record_received(record, contract, self._env(job, contract))
         return mounts
 
-    def _create(self, client: DockerClient, image: str, plan: DockerPlan, contract: HostContract, mounts: list[Mount],
-                network: Network, labels: dict[str, str]) -> Container:
+    def _create(
+        self,
+        client: DockerClient,
+        image: str,
+        plan: DockerPlan,
+        contract: HostContract,
+        mounts: list[Mount],
+        network: Network,
+        labels: dict[str, str],
+    ) -> Container:
         host, job = contract.host, plan.job
-        script = {"entrypoint": contract.command, "working_dir": str(contract.cwd)} if job.is_script_mode else {
-            "command": ["train"]}  # bring-your-own image: `docker run image train`, its own entrypoint
-        devices = [DeviceRequest(driver="nvidia", device_ids=plan.gpus[host], capabilities=[["gpu"]])] \
-            if plan.gpus else None
+        script = (
+            {"entrypoint": contract.command, "working_dir": str(contract.cwd)}
+            if job.is_script_mode
+            else {"command": ["train"]}
+        )  # bring-your-own image: `docker run image train`, its own entrypoint
+        devices = (
+            [DeviceRequest(driver="nvidia", device_ids=plan.gpus[host], capabilities=[["gpu"]])] if plan.gpus else None
+        )
         first = f"{labels[RUN_ID]}-{job.hosts[0]}"
         networking: dict[str, Any] = {
-            "hostname": host, "network": network.name,
+            "hostname": host,
+            "network": network.name,
             "networking_config": {network.name: client.api.create_endpoint_config(aliases=[host])},
         }
         if self.options.network == "shared":
-            networking = ({"network_mode": f"container:{first}"} if host != job.hosts[0] else
-                          {**networking, "extra_hosts": {other: "127.0.0.1" for other in job.hosts[1:]}})
+            networking = (
+                {"network_mode": f"container:{first}"}
+                if host != job.hosts[0]
+                else {**networking, "extra_hosts": {other: "127.0.0.1" for other in job.hosts[1:]}}
+            )
         return client.containers.create(
-            image, name=f"{labels[RUN_ID]}-{host}", environment=self._env(job, contract),
-            labels={**labels, "harness.host": host}, mounts=mounts,
-            shm_size=plan.shm_size, ulimits=[Ulimit(name=k, soft=v, hard=v) for k, v in plan.ulimits.items()],
-            device_requests=devices, **networking, **script)
+            image,
+            name=f"{labels[RUN_ID]}-{host}",
+            environment=self._env(job, contract),
+            labels={**labels, "harness.host": host},
+            mounts=mounts,
+            shm_size=plan.shm_size,
+            ulimits=[Ulimit(name=k, soft=v, hard=v) for k, v in plan.ulimits.items()],
+            device_requests=devices,
+            **networking,
+            **script,
+        )
 
     def _env(self, job: JobSpec, contract: HostContract) -> dict[str, str]:
         return {**self.options.environment, **_container_env(job, contract)}
 
-    def _supervise(self, containers: dict[str, Container], max_run: int, record: RecordWriter,
-                   progress: Progress | None) -> tuple[bool, bool]:
+    def _supervise(
+        self, containers: dict[str, Container], max_run: int, record: RecordWriter, progress: Progress | None
+    ) -> tuple[bool, bool]:
         """Stream every host's log until all have exited; stop them all at ``max_run``, when no rank
         makes progress for ``hang_after_s`` (after their stacks are dumped), or on Ctrl-C.
         Returns (timed out, hung)."""
-        pumps = [threading.Thread(target=pump_logs, args=(c, record.host_dir(h) / "log.txt", h, progress), daemon=True)
-                 for h, c in containers.items()]
+        pumps = [
+            threading.Thread(target=pump_logs, args=(c, record.host_dir(h) / "log.txt", h, progress), daemon=True)
+            for h, c in containers.items()
+        ]
         for pump in pumps:
             pump.start()
         after = hang_after(self.options.hang_after_s, "hang_after_s" in self.options.model_fields_set, max_run)
         record.set_fact("hang_after_s", after)
-        hang = HangWatch(record.root, after, functools.partial(signal_rank, containers),
-                         logs=lambda: [record.host_dir(host) / "log.txt" for host in containers])
+        hang = HangWatch(
+            record.root,
+            after,
+            functools.partial(signal_rank, containers),
+            logs=lambda: [record.host_dir(host) / "log.txt" for host in containers],
+        )
         deadline, timed_out, hung = time.monotonic() + max_run, False, False
         with interrupts.deferred():
             try:
@@ -357,7 +425,10 @@ def _container_env(job: JobSpec, contract: HostContract) -> dict[str, str]:
     (``SM_*``) is what the image's own program (the toolkit, if it has it) adds."""
     env = contract.env if job.is_script_mode else contract.platform_env
     python_path = ":".join(p for p in (PROBE_MOUNT, env.get("PYTHONPATH")) if p)
-    return {"PYTHONUNBUFFERED": "1", **env, "PYTHONPATH": python_path,
-            "HARNESS_PROBE_DIR": RECORD_MOUNT, "HARNESS_HOST": contract.host}
-
-
+    return {
+        "PYTHONUNBUFFERED": "1",
+        **env,
+        "PYTHONPATH": python_path,
+        "HARNESS_PROBE_DIR": RECORD_MOUNT,
+        "HARNESS_HOST": contract.host,
+    }

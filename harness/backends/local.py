@@ -169,8 +169,9 @@ class LocalBackend(Backend[LocalPlan]):
                 ]
                 trees = {host: work / host / "opt_ml" for host in plan.hosts}
                 restore_checkpoints(job, trees)
-                after = hang_after(self.options.hang_after_s, "hang_after_s" in self.options.model_fields_set,
-                                   job.max_run)
+                after = hang_after(
+                    self.options.hang_after_s, "hang_after_s" in self.options.model_fields_set, job.max_run
+                )
                 record.set_fact("hang_after_s", after)
                 outcome = run_hosts(
                     launches,
@@ -207,8 +208,10 @@ class LocalBackend(Backend[LocalPlan]):
         write_host_tree(job, contract, tree)
         for name, source in channels.items():
             (tree / "input" / "data" / name).symlink_to(source, target_is_directory=True)
-        env = {**_host_env(contract, record.root if self.options.probe else None),
-               orphans.RUN_ID_ENV: str(record.manifest["run_id"])}  # how `harness gc` finds them if we die
+        env = {
+            **_host_env(contract, record.root if self.options.probe else None),
+            orphans.RUN_ID_ENV: str(record.manifest["run_id"]),
+        }  # how `harness gc` finds them if we die
         requirements.activate_local(job, env)
         record_received(record, contract, env)
         preexec = None
@@ -246,8 +249,11 @@ class SingleBackend(LocalBackend):
             return record
         shutil.rmtree(record.root)
         retried = super().run(single_process(job, distribution="torchrun"), records_dir, progress=progress)
-        facts = {**retried.manifest["rung_facts"], "baseline": "under torchrun with one process (world size 1): "
-                 "run as a plain script it stopped for want of a process group (RANK expected, but not set)"}
+        facts = {
+            **retried.manifest["rung_facts"],
+            "baseline": "under torchrun with one process (world size 1): "
+            "run as a plain script it stopped for want of a process group (RANK expected, but not set)",
+        }
         write_json(retried.root / "manifest.json", {**retried.manifest, "rung_facts": facts})
         return RunRecord.load(retried.root)
 
@@ -275,8 +281,14 @@ def single_process(job: JobSpec, distribution: Distribution = "none") -> JobSpec
     if key is not None:
         scaled = int(str(hyperparameters[key])) * job.world_size  # a whole number: the job spec checks it
         hyperparameters[key] = scaled if isinstance(hyperparameters[key], int) else str(scaled)
-    return job.model_copy(update={"instance_count": 1, "processes_per_host": 1, "hyperparameters": hyperparameters,
-                                  "distribution": distribution})
+    return job.model_copy(
+        update={
+            "instance_count": 1,
+            "processes_per_host": 1,
+            "hyperparameters": hyperparameters,
+            "distribution": distribution,
+        }
+    )
 
 
 class LocalGpuBackend(LocalBackend):

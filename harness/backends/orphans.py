@@ -30,8 +30,16 @@ WORK_PREFIX = "harness-local"  # local and local-gpu work dirs: harness-local-*,
 
 def claim(work: Path, run_id: str, record_root: Path) -> None:
     """Mark ``work`` as this harness's, so that :func:`gc` can tell when it is orphaned."""
-    write_json(work / OWNER_FILE, {"pid": os.getpid(), "hostname": socket.gethostname(), "run_id": run_id,
-                                   "record": str(record_root), "started_at": now()})
+    write_json(
+        work / OWNER_FILE,
+        {
+            "pid": os.getpid(),
+            "hostname": socket.gethostname(),
+            "run_id": run_id,
+            "record": str(record_root),
+            "started_at": now(),
+        },
+    )
 
 
 def gc() -> list[str]:
@@ -46,8 +54,10 @@ def gc() -> list[str]:
             stopped = _stop_processes(str(owner["run_id"]))
             marked = _mark_record(Path(owner["record"]), owner)
             shutil.rmtree(owner_file.parent, ignore_errors=True)
-            done.append(f"local run {owner['run_id']}: {stopped} processes stopped, work dir {owner_file.parent} "
-                        f"removed{', record marked interrupted' if marked else ''}")
+            done.append(
+                f"local run {owner['run_id']}: {stopped} processes stopped, work dir {owner_file.parent} "
+                f"removed{', record marked interrupted' if marked else ''}"
+            )
     return done
 
 
@@ -88,7 +98,10 @@ def _mark_record(root: Path, owner: dict[str, Any]) -> bool:
         return False
     if manifest.get("status") != "running":
         return False
-    manifest.update(status="interrupted", ended_at=now(),
-                    error=f"the harness (pid {owner['pid']}) was killed; `harness gc` stopped what it left")
+    manifest.update(
+        status="interrupted",
+        ended_at=now(),
+        error=f"the harness (pid {owner['pid']}) was killed; `harness gc` stopped what it left",
+    )
     write_json(manifest_path, manifest)
     return True

@@ -34,12 +34,14 @@ _RENAME_HINTS = {
     "module": "save model.module.state_dict() instead of the DDP wrapper's state_dict()",
     "_orig_mod": "save the state_dict of the module before torch.compile (model._orig_mod.state_dict())",
     "_fsdp_wrapped_module": "save a full state dict (torch.distributed.checkpoint.state_dict.get_model_state_dict) "
-                            "so FSDP's wrapper names are not in the keys",
+    "so FSDP's wrapper names are not in the keys",
     "_checkpoint_wrapped_module": "save the state_dict of the unwrapped module: activation checkpointing "
-                                  "wrappers add '_checkpoint_wrapped_module.' to every key they wrap",
+    "wrappers add '_checkpoint_wrapped_module.' to every key they wrap",
 }
-_RENAME_HINT = ("save the same module on both rungs, or strip the prefix before saving "
-                "(torch.nn.modules.utils.consume_prefix_in_state_dict_if_present)")
+_RENAME_HINT = (
+    "save the same module on both rungs, or strip the prefix before saving "
+    "(torch.nn.modules.utils.consume_prefix_in_state_dict_if_present)"
+)
 
 
 def compare(baseline: RunRecord, candidate: RunRecord, context: CheckContext) -> list[Finding]:
@@ -55,28 +57,44 @@ def compare(baseline: RunRecord, candidate: RunRecord, context: CheckContext) ->
         changed = sorted(n for n in set(a) & set(b) if a[n]["sha256"] != b[n]["sha256"])
         new_writers = _written_by_new_workers(archive, extra, b, baseline, candidate)
         extra = [n for n in extra if n not in new_writers]
-        evidence = ([f"missing on {candidate.rung}: {n}" for n in missing]
-                    + [f"extra on {candidate.rung}: {n}" for n in extra])
+        evidence = [f"missing on {candidate.rung}: {n}" for n in missing] + [
+            f"extra on {candidate.rung}: {n}" for n in extra
+        ]
         if evidence:
             findings.append(Finding("artifacts", "divergence", f"{archive} differs on {candidate.rung}", evidence))
         if new_writers:
-            findings.append(Finding(
-                "artifacts", "note", f"{len(new_writers)} files in {archive} written by hosts or ranks "
-                f"{baseline.rung} does not have", _capped([f"{n}: {who}" for n, who in new_writers.items()]),
-                cause="topology-changes-artifacts", confidence=0.2))
+            findings.append(
+                Finding(
+                    "artifacts",
+                    "note",
+                    f"{len(new_writers)} files in {archive} written by hosts or ranks {baseline.rung} does not have",
+                    _capped([f"{n}: {who}" for n, who in new_writers.items()]),
+                    cause="topology-changes-artifacts",
+                    confidence=0.2,
+                )
+            )
         compared, tensor_findings = _checkpoints(archive, changed, baseline, candidate, context)
         findings += tensor_findings
         rest = [n for n in changed if n not in compared]
         if rest:  # bytes differ whenever floats do (GPU vs CPU); only values can tell divergence
-            findings.append(Finding(
-                "artifacts", "note", f"{len(rest)} files in {archive} differ byte-wise on {candidate.rung}",
-                [f"{n}: {a[n]['size']} vs {b[n]['size']} bytes" for n in rest[:_SHOWN]],
-            ))
+            findings.append(
+                Finding(
+                    "artifacts",
+                    "note",
+                    f"{len(rest)} files in {archive} differ byte-wise on {candidate.rung}",
+                    [f"{n}: {a[n]['size']} vs {b[n]['size']} bytes" for n in rest[:_SHOWN]],
+                )
+            )
         for name, hosts in theirs.get(archive, {}).get("clashes", {}).items():
-            findings.append(Finding(
-                "artifacts", "note", f"{archive}: {name} written by several hosts on {candidate.rung}",
-                [f"{name}: {', '.join(hosts)}"], hint="write model files from one rank, or give each host its own name",
-            ))
+            findings.append(
+                Finding(
+                    "artifacts",
+                    "note",
+                    f"{archive}: {name} written by several hosts on {candidate.rung}",
+                    [f"{name}: {', '.join(hosts)}"],
+                    hint="write model files from one rank, or give each host its own name",
+                )
+            )
     return findings
 
 
@@ -88,28 +106,44 @@ def check_run(record: RunRecord, context: CheckContext) -> list[Finding]:
     clashes, lost = checkpoints.get("clashes") or {}, set(checkpoints.get("clashes_with_different_content") or [])
     if not clashes:
         return []
-    hint = ("give each host its own checkpoint file names (include the host or the global rank), "
-            "or save checkpoints from global rank 0 only")
+    hint = (
+        "give each host its own checkpoint file names (include the host or the global rank), "
+        "or save checkpoints from global rank 0 only"
+    )
     if lost:
-        return [Finding(
-            "artifacts", "divergence",
-            f"{len(lost)} checkpoint files differ between hosts and overwrite each other in one S3 prefix",
-            [f"{key}: {', '.join(clashes[key])} wrote different content; the last upload wins"
-             for key in sorted(lost)[:10]],
-            hint=hint, cause="checkpoint-clash-across-hosts", confidence=0.7,
-        )]
-    return [Finding(
-        "artifacts", "note", f"{len(clashes)} checkpoint files written by several hosts to one S3 prefix",
-        [f"{key}: {', '.join(hosts)} (identical content)" for key, hosts in sorted(clashes.items())[:10]],
-        hint=hint, cause="checkpoint-clash-across-hosts", confidence=0.3,
-    )]
+        return [
+            Finding(
+                "artifacts",
+                "divergence",
+                f"{len(lost)} checkpoint files differ between hosts and overwrite each other in one S3 prefix",
+                [
+                    f"{key}: {', '.join(clashes[key])} wrote different content; the last upload wins"
+                    for key in sorted(lost)[:10]
+                ],
+                hint=hint,
+                cause="checkpoint-clash-across-hosts",
+                confidence=0.7,
+            )
+        ]
+    return [
+        Finding(
+            "artifacts",
+            "note",
+            f"{len(clashes)} checkpoint files written by several hosts to one S3 prefix",
+            [f"{key}: {', '.join(hosts)} (identical content)" for key, hosts in sorted(clashes.items())[:10]],
+            hint=hint,
+            cause="checkpoint-clash-across-hosts",
+            confidence=0.3,
+        )
+    ]
 
 
 _ARCHIVE_ROOTS = {"model.tar.gz": "/opt/ml/model/", "output.tar.gz": "/opt/ml/output/data/"}
 
 
-def _written_by_new_workers(archive: str, extra: list[str], files: dict[str, Any], baseline: RunRecord,
-                            candidate: RunRecord) -> dict[str, str]:
+def _written_by_new_workers(
+    archive: str, extra: list[str], files: dict[str, Any], baseline: RunRecord, candidate: RunRecord
+) -> dict[str, str]:
     """Extra files that only hosts or ranks the baseline does not have wrote (``algo-2.txt`` on
     two hosts against one, ``shard-3.pt`` from rank 3 of four against one process): a topology
     change legitimately adds them, so they are not a divergence."""
@@ -140,17 +174,23 @@ def _damaged_archives(record: RunRecord) -> list[Finding]:
         path, recorded = record.root / "artifacts" / archive, info.get("bytes")
         size = path.stat().st_size if path.is_file() else None
         if recorded is not None and size != recorded:
-            findings.append(Finding(
-                "artifacts", "divergence", f"{archive} of the {record.rung} record is damaged: its files were not "
-                "compared", [f"{path}: {'missing' if size is None else f'{size} bytes'}, {recorded} bytes when packed"],
-                hint="run the rung again: the record was changed or cut short after the run",
-                cause="artifact-unreadable", confidence=0.6,
-            ))
+            findings.append(
+                Finding(
+                    "artifacts",
+                    "divergence",
+                    f"{archive} of the {record.rung} record is damaged: its files were not compared",
+                    [f"{path}: {'missing' if size is None else f'{size} bytes'}, {recorded} bytes when packed"],
+                    hint="run the rung again: the record was changed or cut short after the run",
+                    cause="artifact-unreadable",
+                    confidence=0.6,
+                )
+            )
     return findings
 
 
-def _checkpoints(archive: str, changed: list[str], baseline: RunRecord, candidate: RunRecord,
-                 context: CheckContext) -> tuple[set[str], list[Finding]]:
+def _checkpoints(
+    archive: str, changed: list[str], baseline: RunRecord, candidate: RunRecord, context: CheckContext
+) -> tuple[set[str], list[Finding]]:
     """The changed files of ``archive`` that are checkpoints on either side, and their findings.
     A checkpoint that cannot be read is a divergence: its bytes differ, and unread is not equal."""
     if not changed:
@@ -162,20 +202,30 @@ def _checkpoints(archive: str, changed: list[str], baseline: RunRecord, candidat
             try:
                 extracted[record.root] = _extract(record.root / "artifacts" / archive, set(changed), Path(tmp) / dest)
             except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
-                return set(changed), [Finding(
-                    "artifacts", "divergence", f"{archive} cannot be read on {record.rung}: "
-                    f"{len(changed)} files whose bytes differ were not compared", [f"{exc}"],
-                    hint="run the rung again: the archive is damaged", cause="artifact-unreadable", confidence=0.6)]
+                return set(changed), [
+                    Finding(
+                        "artifacts",
+                        "divergence",
+                        f"{archive} cannot be read on {record.rung}: "
+                        f"{len(changed)} files whose bytes differ were not compared",
+                        [f"{exc}"],
+                        hint="run the rung again: the archive is damaged",
+                        cause="artifact-unreadable",
+                        confidence=0.6,
+                    )
+                ]
         ours, theirs = extracted[baseline.root], extracted[candidate.root]
         names = sorted(name for name in ours.keys() | theirs.keys() if _sniffed(ours.get(name), theirs.get(name)))
         for name in names:
             where = f"{archive}:{name}"
             a, b = _load(ours.get(name)), _load(theirs.get(name))
             if isinstance(a, dict) and isinstance(b, dict):
-                diff = tensors.compare_state(a, b, rtol=context.tolerance.tensor_rtol,
-                                             atol=context.tolerance.tensor_atol)
-                findings += _findings(where, diff, baseline.rung, candidate.rung,
-                                      numbers_not_comparable(baseline, candidate))
+                diff = tensors.compare_state(
+                    a, b, rtol=context.tolerance.tensor_rtol, atol=context.tolerance.tensor_atol
+                )
+                findings += _findings(
+                    where, diff, baseline.rung, candidate.rung, numbers_not_comparable(baseline, candidate)
+                )
             else:
                 findings.append(_unread(where, a, b, baseline.rung, candidate.rung))
     return set(names), findings
@@ -203,15 +253,27 @@ def _load(path: Path | None) -> dict[str, object] | CheckpointError:
 
 def _unread(where: str, a: object, b: object, base: str, cand: str) -> Finding:
     """A checkpoint one side (or neither) could read: never equal, since nothing was compared."""
-    errors = [f"{rung}: {value.message.split(': ', 1)[-1]}" for rung, value in ((base, a), (cand, b))
-              if isinstance(value, CheckpointError)]
+    errors = [
+        f"{rung}: {value.message.split(': ', 1)[-1]}"
+        for rung, value in ((base, a), (cand, b))
+        if isinstance(value, CheckpointError)
+    ]
     unreadable = [rung for rung, value in ((base, a), (cand, b)) if isinstance(value, CheckpointError)]
-    title = (f"{where}: cannot be read on {unreadable[0]}, only on the other rung: not compared" if len(unreadable) == 1
-             else f"{where}: cannot be read on either rung and the bytes differ: not compared")
+    title = (
+        f"{where}: cannot be read on {unreadable[0]}, only on the other rung: not compared"
+        if len(unreadable) == 1
+        else f"{where}: cannot be read on either rung and the bytes differ: not compared"
+    )
     hint = next((value.hint for value in (a, b) if isinstance(value, CheckpointError) and value.hint), None)
-    return Finding("tensors", "divergence", title, errors, hint=hint,
-                   cause="checkpoint-unreadable" if len(unreadable) == 1 else "checkpoint-not-compared",
-                   confidence=0.6 if len(unreadable) == 1 else 0.3)
+    return Finding(
+        "tensors",
+        "divergence",
+        title,
+        errors,
+        hint=hint,
+        cause="checkpoint-unreadable" if len(unreadable) == 1 else "checkpoint-not-compared",
+        confidence=0.6 if len(unreadable) == 1 else 0.3,
+    )
 
 
 def _extract(archive: Path, names: set[str], dest: Path) -> dict[str, Path]:
@@ -245,37 +307,66 @@ def _findings(where: str, diff: CheckpointDiff, base: str, cand: str, values_may
     if diff.missing or diff.extra:
         evidence = [f"missing on {cand}: {k}" for k in diff.missing] + [f"extra on {cand}: {k}" for k in diff.extra]
         title = f"{where}: {len(diff.missing)} tensors missing and {len(diff.extra)} extra on {cand}"
-        findings.append(Finding(
-            "tensors", "divergence", title, _capped(evidence), cause="checkpoint-keys", confidence=0.7,
-            hint="the two rungs saved different modules or different parts of one",
-        ))
+        findings.append(
+            Finding(
+                "tensors",
+                "divergence",
+                title,
+                _capped(evidence),
+                cause="checkpoint-keys",
+                confidence=0.7,
+                hint="the two rungs saved different modules or different parts of one",
+            )
+        )
     reshaped = diff.shape_mismatches + diff.dtype_mismatches
     if reshaped:
-        findings.append(Finding(
-            "tensors", "divergence", f"{where}: {len(reshaped)} tensors change shape or dtype on {cand}",
-            _capped([_reshaped(t) for t in reshaped]), cause="checkpoint-shapes", confidence=0.7,
-            hint="a different model configuration, a sharded save (FSDP/ZeRO shards instead of a full state "
-                 "dict), or a cast (.half(), autocast, bf16) before saving on one rung",
-        ))
+        findings.append(
+            Finding(
+                "tensors",
+                "divergence",
+                f"{where}: {len(reshaped)} tensors change shape or dtype on {cand}",
+                _capped([_reshaped(t) for t in reshaped]),
+                cause="checkpoint-shapes",
+                confidence=0.7,
+                hint="a different model configuration, a sharded save (FSDP/ZeRO shards instead of a full state "
+                "dict), or a cast (.half(), autocast, bf16) before saving on one rung",
+            )
+        )
     worst = diff.beyond_tolerance
     if worst:
         compared = [t for t in diff.tensors if not t.shape_differs]
         title = f"{where}: {len(worst)} of {len(compared)} tensors differ beyond tolerance on {cand}"
         tolerance = f"tolerance: rtol={diff.rtol}, atol={diff.atol} ({base} is the reference)"
-        findings.append(Finding(
-            "tensors", "divergence", title, [*_capped([_error(t) for t in worst]), tolerance],
-            hint="the weights were trained differently: the first divergent metric step says when",
-            cause="weights-differ", confidence=0.4,
-        ) if values_may_differ is None else Finding(
-            "tensors", "note", f"{title} (not compared: {values_may_differ})", _capped([_error(t) for t in worst]),
-            cause="topology-changes-numbers", confidence=0.2,
-        ))
+        findings.append(
+            Finding(
+                "tensors",
+                "divergence",
+                title,
+                [*_capped([_error(t) for t in worst]), tolerance],
+                hint="the weights were trained differently: the first divergent metric step says when",
+                cause="weights-differ",
+                confidence=0.4,
+            )
+            if values_may_differ is None
+            else Finding(
+                "tensors",
+                "note",
+                f"{title} (not compared: {values_may_differ})",
+                _capped([_error(t) for t in worst]),
+                cause="topology-changes-numbers",
+                confidence=0.2,
+            )
+        )
     if diff.values:
-        findings.append(Finding(
-            "tensors", "note", f"{where}: {len(diff.values)} non-tensor entries differ on {cand}",
-            _capped([f"{v.name}: {v.value} on {base}, {v.other} on {cand}" for v in diff.values]),
-            cause="checkpoint-values",
-        ))
+        findings.append(
+            Finding(
+                "tensors",
+                "note",
+                f"{where}: {len(diff.values)} non-tensor entries differ on {cand}",
+                _capped([f"{v.name}: {v.value} on {base}, {v.other} on {cand}" for v in diff.values]),
+                cause="checkpoint-values",
+            )
+        )
     if not findings:
         findings.append(_agreement(where, diff, cand))
     return findings
@@ -288,32 +379,45 @@ def _rename_finding(where: str, rename: KeyRename, diff: CheckpointDiff, base: s
     values = [t for t in diff.tensors if t.name in renamed]
     agree = sum(t.within_tolerance for t in values)
     return Finding(
-        "tensors", "divergence", f"{where}: keys carry '{rename.segment}.' ({place}) on {rung} only",
+        "tensors",
+        "divergence",
+        f"{where}: keys carry '{rename.segment}.' ({place}) on {rung} only",
         [f"{len(rename.pairs)} keys renamed, for example:"]
         + [f"{a!r} on {base} is {b!r} on {cand}" for a, b in rename.pairs[:3]]
         + [f"under the renamed keys, {agree} of {len(values)} tensors agree within tolerance"],
         hint=_RENAME_HINTS.get(rename.segment.split(".")[0], _RENAME_HINT),
-        cause="checkpoint-key-prefix", confidence=0.8,
+        cause="checkpoint-key-prefix",
+        confidence=0.8,
     )
 
 
 def _agreement(where: str, diff: CheckpointDiff, cand: str) -> Finding:
     equal = sum(t.equal for t in diff.tensors)
     if diff.identical:
-        return Finding("tensors", "note", f"{where}: bytes differ, tensors identical on {cand}",
-                       [f"{equal} tensors bit-identical; the bytes differ only in layout or metadata"])
+        return Finding(
+            "tensors",
+            "note",
+            f"{where}: bytes differ, tensors identical on {cand}",
+            [f"{equal} tensors bit-identical; the bytes differ only in layout or metadata"],
+        )
     close = [t for t in diff.tensors if not t.equal]
     return Finding(
-        "tensors", "note", f"{where}: bytes differ, values within tolerance on {cand}",
-        [f"{equal} of {len(diff.tensors)} tensors identical, {len(close)} within rtol={diff.rtol}, atol={diff.atol}",
-         f"largest errors: max abs {max(t.max_abs for t in close):.3g}, max rel {max(t.max_rel for t in close):.3g}"],
+        "tensors",
+        "note",
+        f"{where}: bytes differ, values within tolerance on {cand}",
+        [
+            f"{equal} of {len(diff.tensors)} tensors identical, {len(close)} within rtol={diff.rtol}, atol={diff.atol}",
+            f"largest errors: max abs {max(t.max_abs for t in close):.3g}, max rel {max(t.max_rel for t in close):.3g}",
+        ],
     )
 
 
 def _error(t: TensorDiff) -> str:
     name = t.name if t.name == t.other else f"{t.name} ({t.other})"
-    return (f"{name}: max abs {t.max_abs:.3g}, max rel {t.max_rel:.3g}, {t.differing} of {t.numel} elements "
-            f"differ, {t.beyond} beyond tolerance")
+    return (
+        f"{name}: max abs {t.max_abs:.3g}, max rel {t.max_rel:.3g}, {t.differing} of {t.numel} elements "
+        f"differ, {t.beyond} beyond tolerance"
+    )
 
 
 def _reshaped(t: TensorDiff) -> str:

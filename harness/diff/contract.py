@@ -49,24 +49,37 @@ def _channel_data(baseline: RunRecord, candidate: RunRecord) -> list[Finding]:
                 continue
             only_a, only_b = sorted(set(x) - set(y)), sorted(set(y) - set(x))
             resized = sorted(n for n in set(x) & set(y) if x[n] != y[n])
-            evidence.append(f"{host} {channel}: {len(x)} files, {sum(x.values())} bytes -> "
-                            f"{len(y)} files, {sum(y.values())} bytes")
+            evidence.append(
+                f"{host} {channel}: {len(x)} files, {sum(x.values())} bytes -> {len(y)} files, {sum(y.values())} bytes"
+            )
             evidence += [f"  only on {baseline.rung}: {', '.join(only_a[:5])}"] if only_a else []
             evidence += [f"  only on {candidate.rung}: {', '.join(only_b[:5])}"] if only_b else []
             evidence += [f"  size differs: {', '.join(resized[:5])}"] if resized else []
     if not evidence:
         return []
-    return [Finding("contract", "note", f"the channels held different data on {candidate.rung}", evidence,
-                    hint="compare the channels' sources and distribution (ShardedByS3Key gives each host a share)",
-                    cause="channel-data-differs", confidence=0.4)]
+    return [
+        Finding(
+            "contract",
+            "note",
+            f"the channels held different data on {candidate.rung}",
+            evidence,
+            hint="compare the channels' sources and distribution (ShardedByS3Key gives each host a share)",
+            cause="channel-data-differs",
+            confidence=0.4,
+        )
+    ]
 
 
 def changes(a: object, b: object, where: str = "") -> list[str]:
     """What differs between two JSON values, one line per changed key (nested keys dotted),
     each value whole up to a length, so that no line is cut in the middle of a value."""
     if isinstance(a, dict) and isinstance(b, dict):
-        return [line for key in sorted(set(a) | set(b), key=str) if a.get(key, _UNSET) != b.get(key, _UNSET)
-                for line in changes(a.get(key, _UNSET), b.get(key, _UNSET), f"{where}.{key}" if where else str(key))]
+        return [
+            line
+            for key in sorted(set(a) | set(b), key=str)
+            if a.get(key, _UNSET) != b.get(key, _UNSET)
+            for line in changes(a.get(key, _UNSET), b.get(key, _UNSET), f"{where}.{key}" if where else str(key))
+        ]
     return [f"{where or 'value'}: {_short(a)} -> {_short(b)}"]
 
 

@@ -41,22 +41,25 @@ _STAMP = re.compile(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?Z) ")
 _RANK_PREFIX = re.compile(r"\[rank(\d+)\]:")
 _FRAME = re.compile(r'File "(?P<path>[^"]+)", line (?P<line>\d+)')
 _LIBRARY = re.compile(r"site-packages|dist-packages|/lib/python\d|<frozen|<string>|_harness_probe")
-_NORMALISE = [(re.compile(p), r) for p, r in [
-    (r"^\d{4}-\d\d-\d\dT[\d:.]+Z ", ""),
-    (r"\d{4}-\d\d-\d\d[T _]\d\d:\d\d:\d\d(?:[.,]\d+)?Z?", "<time>"),
-    (r"\b([EWIF])\d{4} \d\d:\d\d:\d\d\.\d+(?: \d+(?= ))?", r"\1<time>"),  # glog: level, time, pid
-    (r"(?<![\w.-])[\w.-]+:\d+:\d+ (?=\[\d+\] )", "<host>:<pid>:<tid> "),  # NCCL's line prefix
-    (r"\balgo-\d+(?:-[a-z0-9]{5})?\b|\bip-\d+-\d+-\d+-\d+\b", "<host>"),
-    (r"(?<![\w:.])(?=[0-9a-fA-F:]*\d)(?:[0-9a-fA-F]{0,4}:){2,7}[0-9a-fA-F]{0,4}(?![\w:.])", "<ip>"),
-    (r"\b\d{1,3}(?:\.\d{1,3}){3}\b", "<ip>"),
-    (r"(<ip>\]?|<host>|localhost):\d{2,5}\b", r"\1:<port>"),
-    (r"(\((?:<ip>|<host>|localhost), )\d{2,5}\)", r"\1<port>)"),
-    (r"(?<![A-Za-z])((?i:port)\w*['\"]?\s*[=:]?\s*)\d{2,5}\b", r"\1<port>"),
-    (r"\b(pids?|PID|pid\(s\)|[Pp]rocess)(\s*[:=]?\s*)\d+", r"\1\2<pid>"),
-    (r"\b0x[0-9a-fA-F]{4,}\b", "<hex>"),
-    (r"/tmp/[^\s/'\"]+|/var/folders/[^\s'\"]+", "/tmp/<tmp>"),
-    (r"\btorch_\d+_\d+(?:_\d+)?", "torch_<id>"),
-]]
+_NORMALISE = [
+    (re.compile(p), r)
+    for p, r in [
+        (r"^\d{4}-\d\d-\d\dT[\d:.]+Z ", ""),
+        (r"\d{4}-\d\d-\d\d[T _]\d\d:\d\d:\d\d(?:[.,]\d+)?Z?", "<time>"),
+        (r"\b([EWIF])\d{4} \d\d:\d\d:\d\d\.\d+(?: \d+(?= ))?", r"\1<time>"),  # glog: level, time, pid
+        (r"(?<![\w.-])[\w.-]+:\d+:\d+ (?=\[\d+\] )", "<host>:<pid>:<tid> "),  # NCCL's line prefix
+        (r"\balgo-\d+(?:-[a-z0-9]{5})?\b|\bip-\d+-\d+-\d+-\d+\b", "<host>"),
+        (r"(?<![\w:.])(?=[0-9a-fA-F:]*\d)(?:[0-9a-fA-F]{0,4}:){2,7}[0-9a-fA-F]{0,4}(?![\w:.])", "<ip>"),
+        (r"\b\d{1,3}(?:\.\d{1,3}){3}\b", "<ip>"),
+        (r"(<ip>\]?|<host>|localhost):\d{2,5}\b", r"\1:<port>"),
+        (r"(\((?:<ip>|<host>|localhost), )\d{2,5}\)", r"\1<port>)"),
+        (r"(?<![A-Za-z])((?i:port)\w*['\"]?\s*[=:]?\s*)\d{2,5}\b", r"\1<port>"),
+        (r"\b(pids?|PID|pid\(s\)|[Pp]rocess)(\s*[:=]?\s*)\d+", r"\1\2<pid>"),
+        (r"\b0x[0-9a-fA-F]{4,}\b", "<hex>"),
+        (r"/tmp/[^\s/'\"]+|/var/folders/[^\s'\"]+", "/tmp/<tmp>"),
+        (r"\btorch_\d+_\d+(?:_\d+)?", "torch_<id>"),
+    ]
+]
 
 
 def normalise(line: str) -> str:
@@ -112,15 +115,28 @@ class Catalogue:
 @functools.cache
 def catalogue(path: Path | None = None) -> Catalogue:
     """The catalogue, compiled once: the package's ``signatures.yaml`` unless ``path`` is given."""
-    text = path.read_text() if path else importlib.resources.files("harness").joinpath(
-        "signatures.yaml").read_text(encoding="utf-8")
+    text = (
+        path.read_text()
+        if path
+        else importlib.resources.files("harness").joinpath("signatures.yaml").read_text(encoding="utf-8")
+    )
     data = yaml.safe_load(text)
     raw = sorted(data["signatures"], key=lambda s: -int(s["priority"]))
-    signatures = tuple(Signature(
-        s["id"], s["title"], s["role"], int(s["priority"]), tuple(re.compile(p) for p in s["patterns"]),
-        tuple(re.compile(p) for p in s.get("exclude", [])), " ".join(s["explain"].split()),
-        " ".join(s["hint"].split()), s.get("fault", "self"),
-        tuple(re.compile(p) for p in s.get("last_words", []))) for s in raw)
+    signatures = tuple(
+        Signature(
+            s["id"],
+            s["title"],
+            s["role"],
+            int(s["priority"]),
+            tuple(re.compile(p) for p in s["patterns"]),
+            tuple(re.compile(p) for p in s.get("exclude", [])),
+            " ".join(s["explain"].split()),
+            " ".join(s["hint"].split()),
+            s.get("fault", "self"),
+            tuple(re.compile(p) for p in s.get("last_words", [])),
+        )
+        for s in raw
+    )
     keywords = [str(k).lower() for k in data["keywords"]]
     gates = {k: tuple(i for i, s in enumerate(raw) if any(k in e.lower() for e in s["examples"])) for k in keywords}
     return Catalogue(tuple(k.encode() for k in keywords), signatures, gates)
@@ -152,7 +168,7 @@ def _split(line: str) -> tuple[str, str, float]:
     if not stamp:
         return "", line, math.inf
     when = dt.datetime.fromisoformat(stamp.group(1).replace("Z", "+00:00")).timestamp()
-    return stamp.group(1), line[stamp.end():], when
+    return stamp.group(1), line[stamp.end() :], when
 
 
 def _frame_above(window: bytes, lineno: int, prefix: str) -> tuple[str | None, tuple[str, ...]]:
@@ -168,8 +184,9 @@ def _frame_above(window: bytes, lineno: int, prefix: str) -> tuple[str | None, t
         frame = _FRAME.search(text)
         if frame and not _LIBRARY.search(frame["path"]):
             code = _split(lines[-back])[1].strip() if back > 1 else ""
-            shown = [f"line {lineno - back}: {text.strip()}"] + ([] if not code or _FRAME.search(code) else
-                                                                [f"line {lineno - back + 1}: {code}"])
+            shown = [f"line {lineno - back}: {text.strip()}"] + (
+                [] if not code or _FRAME.search(code) else [f"line {lineno - back + 1}: {code}"]
+            )
             return f"{frame['path'].rsplit('/', 1)[-1]}:{frame['line']}", tuple(shown)
     return None, ()
 
@@ -199,14 +216,17 @@ def scan(path: Path, cat: Catalogue) -> Iterator[Hit]:
             for start in sorted(starts):
                 lineno, pos = lineno + block.count(b"\n", pos, start), start
                 stop = block.find(b"\n", start)
-                line = block[start:stop if stop >= 0 else len(block)].decode("utf-8", "replace").rstrip("\r")
-                above = block[block.rfind(b"\n", 0, start - 1) + 1:start] if start else \
-                    tail[tail.rfind(b"\n", 0, -1) + 1:]
+                line = block[start : stop if stop >= 0 else len(block)].decode("utf-8", "replace").rstrip("\r")
+                above = (
+                    block[block.rfind(b"\n", 0, start - 1) + 1 : start]
+                    if start
+                    else tail[tail.rfind(b"\n", 0, -1) + 1 :]
+                )
                 if b'File "' in above and _FRAME.search(above.decode("utf-8", "replace")):
                     continue  # the source line a traceback shows under a frame, not an error
                 text = _split(line)[1]
                 if hit := cat.classify(text):
-                    before = (tail + block[:start] if start < LOOKBACK else block[start - LOOKBACK:start])[-LOOKBACK:]
+                    before = (tail + block[:start] if start < LOOKBACK else block[start - LOOKBACK : start])[-LOOKBACK:]
                     prefix = _RANK_PREFIX.match(text)
                     yield (lineno, line, *hit, *_frame_above(before, lineno, prefix.group(0) if prefix else ""))
             base = lineno + block.count(b"\n", pos)
@@ -231,8 +251,11 @@ def timeline(record: RunRecord, cat: Catalogue | None = None) -> Timeline:
     cat = cat or catalogue()
     ranks = {int(r): v for r, v in (record.manifest.get("ranks") or {}).items()}
     hosts: dict[int, str | None] = {r: v.get("host") for r, v in ranks.items()}
-    local = {(v.get("host"), int(v["local_rank"])): r for r, v in ranks.items()  # str in the local rung's records
-             if str(v.get("local_rank", "")).isdigit()}
+    local = {
+        (v.get("host"), int(v["local_rank"])): r
+        for r, v in ranks.items()  # str in the local rung's records
+        if str(v.get("local_rank", "")).isdigit()
+    }
     matches: list[Match] = []
     last: dict[int, str] = {}
     for rank, path in record.rank_logs().items():
@@ -257,8 +280,22 @@ def _last_words(record: RunRecord, host: str, cat: Catalogue) -> list[Match]:
     for signature in cat.signatures:
         if signature.ends(text):
             lineno = sum(1 for _ in path.open("rb"))
-            return [Match(signature, path.relative_to(record.root).as_posix(), lineno, stamp, when, text, None, False,
-                          host, (), None, ())]
+            return [
+                Match(
+                    signature,
+                    path.relative_to(record.root).as_posix(),
+                    lineno,
+                    stamp,
+                    when,
+                    text,
+                    None,
+                    False,
+                    host,
+                    (),
+                    None,
+                    (),
+                )
+            ]
     return []
 
 
@@ -269,17 +306,39 @@ def _last_line(path: Path) -> str:
     return lines[-1].decode("utf-8", "replace") if lines else ""
 
 
-def _matches(record: RunRecord, path: Path, cat: Catalogue, rank: int | None, host: str | None,
-             local: dict[tuple[Any, Any], int]) -> list[Match]:
+def _matches(
+    record: RunRecord, path: Path, cat: Catalogue, rank: int | None, host: str | None, local: dict[tuple[Any, Any], int]
+) -> list[Match]:
     out, source = [], path.relative_to(record.root).as_posix()
     for lineno, line, signature, found, frame, context in scan(path, cat):
         stamp, text, when = _split(line)
         prefix, about = _RANK_PREFIX.match(text), found.groupdict().get("local_rank")
-        who = rank if rank is not None else int(prefix.group(1)) if prefix else \
-            local.get((host, int(about))) if about is not None else None
+        who = (
+            rank
+            if rank is not None
+            else int(prefix.group(1))
+            if prefix
+            else local.get((host, int(about)))
+            if about is not None
+            else None
+        )
         blame = tuple(int(b) for b in re.findall(r"\d+", found.groupdict().get("blame") or ""))
-        out.append(Match(signature, source, lineno, stamp, when, text, who, rank is not None or bool(prefix), host,
-                         blame, frame, context))
+        out.append(
+            Match(
+                signature,
+                source,
+                lineno,
+                stamp,
+                when,
+                text,
+                who,
+                rank is not None or bool(prefix),
+                host,
+                blame,
+                frame,
+                context,
+            )
+        )
     return out
 
 
@@ -313,8 +372,11 @@ def _judge(record: RunRecord, tl: Timeline) -> list[Finding]:
     if not tl.matches:
         return []
     roots = [m for m in tl.matches if m.signature.role == "root"]
-    first = max((m for m in roots if m.time <= roots[0].time + TIE_S),
-                key=lambda m: (m.signature.priority, -m.time)) if roots else tl.matches[0]
+    first = (
+        max((m for m in roots if m.time <= roots[0].time + TIE_S), key=lambda m: (m.signature.priority, -m.time))
+        if roots
+        else tl.matches[0]
+    )
     rank, how, focus, extra = _suspect(first, roots, tl)
     sig, who, at = first.signature, _who(rank, first.host, tl), f" at {focus.frame}" if focus.frame else ""
     title, confidence = {
@@ -325,10 +387,25 @@ def _judge(record: RunRecord, tl: Timeline) -> list[Finding]:
     }[how]
     if sig.role == "echo":
         title, confidence = f"{title}; no rank printed a primary error", confidence / 2
-    evidence = [focus.where(), *focus.context, *([first.where()] if focus is not first else []), *extra,
-                f"why: {sig.explain}"]
-    findings = [Finding("logs", "failure" if record.status != "succeeded" else "note", title, evidence, hint=sig.hint,
-                        cause="collective-mismatch" if how == "site" else sig.id, rank=rank, confidence=confidence)]
+    evidence = [
+        focus.where(),
+        *focus.context,
+        *([first.where()] if focus is not first else []),
+        *extra,
+        f"why: {sig.explain}",
+    ]
+    findings = [
+        Finding(
+            "logs",
+            "failure" if record.status != "succeeded" else "note",
+            title,
+            evidence,
+            hint=sig.hint,
+            cause="collective-mismatch" if how == "site" else sig.id,
+            rank=rank,
+            confidence=confidence,
+        )
+    ]
     echoes: dict[str, Match] = {}
     for match in tl.matches:
         if match.rank is None or match.rank not in (rank, first.rank):
@@ -337,9 +414,16 @@ def _judge(record: RunRecord, tl: Timeline) -> list[Finding]:
         ranks = _list({m.rank for m in echoes.values() if m.rank is not None})
         hosts = ", ".join(sorted({m.host or "?" for m in echoes.values() if m.rank is None}))
         on = " and ".join(x for x in (ranks and f"ranks {ranks}", hosts and f"the launcher on {hosts}") if x)
-        findings.append(Finding("logs", "note", f"errors on {on} follow from it (echoes)",
-                                [f"{w} [{m.signature.id}] {m.where()[:300]}" for w, m in list(echoes.items())[:12]],
-                                cause=findings[0].cause, confidence=0.3))
+        findings.append(
+            Finding(
+                "logs",
+                "note",
+                f"errors on {on} follow from it (echoes)",
+                [f"{w} [{m.signature.id}] {m.where()[:300]}" for w, m in list(echoes.items())[:12]],
+                cause=findings[0].cause,
+                confidence=0.3,
+            )
+        )
     return findings
 
 

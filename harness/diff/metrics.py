@@ -52,8 +52,6 @@ def _at_equal_samples(a: list[float], b: list[float], sa: int, sb: int) -> tuple
     return xs, ys, seen
 
 
-
-
 def compare(baseline: RunRecord, candidate: RunRecord, context: CheckContext) -> list[Finding]:
     """Each metric of every host and rank both records logged it on, under
     ``context.tolerance.metric_*``; when the topology changes, the first host's curve alone, at
@@ -61,9 +59,17 @@ def compare(baseline: RunRecord, candidate: RunRecord, context: CheckContext) ->
     rtol, atol = context.tolerance.metric_rtol, context.tolerance.metric_atol
     reason = numbers_not_comparable(baseline, candidate)
     if reason is not None:
-        return [Finding("metrics", "note", f"loss curves of {baseline.rung} and {candidate.rung} are not compared",
-                        [reason], hint="set batch_size_hyperparameter in the job to compare them at an equal "
-                        "global batch", cause="topology-changes-numbers", confidence=0.2)]
+        return [
+            Finding(
+                "metrics",
+                "note",
+                f"loss curves of {baseline.rung} and {candidate.rung} are not compared",
+                [reason],
+                hint="set batch_size_hyperparameter in the job to compare them at an equal global batch",
+                cause="topology-changes-numbers",
+                confidence=0.2,
+            )
+        ]
     findings = []
     theirs = candidate.metrics()
     sa, sb = samples_per_step(baseline), samples_per_step(candidate)
@@ -74,8 +80,10 @@ def compare(baseline: RunRecord, candidate: RunRecord, context: CheckContext) ->
                 "metrics",
                 "note",
                 f"{candidate.rung} consumes {sb} samples per step, {baseline.rung} {sa}",
-                [f"world size {world_size(baseline)} -> {world_size(candidate)}",
-                 "curves compared at equal samples seen"],
+                [
+                    f"world size {world_size(baseline)} -> {world_size(candidate)}",
+                    "curves compared at equal samples seen",
+                ],
                 hint="keep the global batch (per-rank batch x world size) and the learning rate together when the "
                 "topology changes",
                 cause="effective-batch-changed",

@@ -31,8 +31,21 @@ from harness.errors import CheckpointError
 if TYPE_CHECKING:
     import torch
 
-__all__ = ["CheckpointDiff", "CheckpointError", "KeyRename", "TensorDiff", "ValueDiff", "compare",
-           "compare_state", "compare_tensor", "find_renames", "flatten", "is_checkpoint_name", "load", "sniff"]
+__all__ = [
+    "CheckpointDiff",
+    "CheckpointError",
+    "KeyRename",
+    "TensorDiff",
+    "ValueDiff",
+    "compare",
+    "compare_state",
+    "compare_tensor",
+    "find_renames",
+    "flatten",
+    "is_checkpoint_name",
+    "load",
+    "sniff",
+]
 
 #: File names treated as checkpoints whatever their first bytes say.
 CHECKPOINT_SUFFIXES = (".pt", ".pth", ".bin", ".ckpt", ".safetensors")
@@ -47,9 +60,22 @@ _LEGACY_MAGIC = b"\x80\x02\x8a\nl\xfc\x9cF\xf9 j\xa8P\x19"  # pickled 0x1950a86a
 _SAFETENSORS_MAX_HEADER = 100_000_000  # the format's own limit
 _METADATA = "__metadata__"  # the safetensors header's string-to-string map
 _SAFETENSORS_DTYPES = {  # format name → torch attribute name
-    "F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "F8_E4M3": "float8_e4m3fn",
-    "F8_E5M2": "float8_e5m2", "I64": "int64", "I32": "int32", "I16": "int16", "I8": "int8", "U64": "uint64",
-    "U32": "uint32", "U16": "uint16", "U8": "uint8", "BOOL": "bool", "C64": "complex64",
+    "F64": "float64",
+    "F32": "float32",
+    "F16": "float16",
+    "BF16": "bfloat16",
+    "F8_E4M3": "float8_e4m3fn",
+    "F8_E5M2": "float8_e5m2",
+    "I64": "int64",
+    "I32": "int32",
+    "I16": "int16",
+    "I8": "int8",
+    "U64": "uint64",
+    "U32": "uint32",
+    "U16": "uint16",
+    "U8": "uint8",
+    "BOOL": "bool",
+    "C64": "complex64",
 }
 _INSTALL_HINT = "pip install 'sagemaker-parity-harness[torch]' (or the torch build the jobs use)"
 
@@ -149,11 +175,16 @@ class CheckpointDiff:
 
     @property
     def within_tolerance(self) -> bool:
-        return (self.keys_match and not self.values and not self.dtype_mismatches
-                and all(t.within_tolerance for t in self.tensors))
+        return (
+            self.keys_match
+            and not self.values
+            and not self.dtype_mismatches
+            and all(t.within_tolerance for t in self.tensors)
+        )
 
 
 # --- reading ---------------------------------------------------------------------------------------
+
 
 def is_checkpoint_name(name: str) -> bool:
     return name.lower().endswith(CHECKPOINT_SUFFIXES)
@@ -163,7 +194,7 @@ def sniff(head: bytes) -> Format | None:
     """The checkpoint format from a file's first bytes (``SNIFF_BYTES`` of them), or None."""
     if head.startswith(b"PK\x03\x04") and len(head) >= 30:
         name_len = struct.unpack_from("<H", head, 26)[0]
-        first = head[30:30 + name_len]
+        first = head[30 : 30 + name_len]
         return "torch" if len(first) == name_len and first.endswith(b"data.pkl") else None
     if head.startswith(_LEGACY_MAGIC):
         return "torch-legacy"
@@ -185,12 +216,15 @@ def load(path: Path) -> dict[str, Any]:
         obj = torch.load(path, mmap=fmt == "torch", weights_only=True, map_location="cpu")
     except Exception:  # noqa: BLE001 - objects beyond torch's allowlist: read them by value instead
         try:
-            obj = torch.load(path, mmap=fmt == "torch", weights_only=False, map_location="cpu",
-                             pickle_module=unpickle.RESTRICTED)
+            obj = torch.load(
+                path, mmap=fmt == "torch", weights_only=False, map_location="cpu", pickle_module=unpickle.RESTRICTED
+            )
         except Exception as exc:  # pickle, zip and torch errors all mean "cannot read"
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-            raise CheckpointError(f"{path.name}: cannot load as a checkpoint ({first})",
-                                  hint="the file is damaged or not a torch checkpoint") from exc
+            raise CheckpointError(
+                f"{path.name}: cannot load as a checkpoint ({first})",
+                hint="the file is damaged or not a torch checkpoint",
+            ) from exc
     return flatten(obj)
 
 
@@ -217,8 +251,9 @@ def _torch() -> Any:
     try:
         import torch
     except ImportError:
-        raise CheckpointError("torch is not installed, so checkpoints cannot be compared tensor by tensor",
-                              hint=_INSTALL_HINT) from None
+        raise CheckpointError(
+            "torch is not installed, so checkpoints cannot be compared tensor by tensor", hint=_INSTALL_HINT
+        ) from None
     return torch
 
 
@@ -258,13 +293,15 @@ def _view(raw: torch.Tensor, dtype: torch.dtype, shape: list[int]) -> torch.Tens
 
 # --- comparing -------------------------------------------------------------------------------------
 
+
 def compare(baseline: Path, candidate: Path, *, rtol: float = 0.0, atol: float = 0.0) -> CheckpointDiff:
     """Compare two checkpoint files (torch or safetensors, in any combination)."""
     return compare_state(load(baseline), load(candidate), rtol=rtol, atol=atol)
 
 
-def compare_state(baseline: Mapping[str, Any], candidate: Mapping[str, Any], *,
-                  rtol: float = 0.0, atol: float = 0.0) -> CheckpointDiff:
+def compare_state(
+    baseline: Mapping[str, Any], candidate: Mapping[str, Any], *, rtol: float = 0.0, atol: float = 0.0
+) -> CheckpointDiff:
     """Compare two state dicts (nested ones are flattened first)."""
     torch = _torch()
     a, b = flatten(baseline), flatten(candidate)
@@ -281,12 +318,14 @@ def compare_state(baseline: Mapping[str, Any], candidate: Mapping[str, Any], *,
         renames=tuple(renames),
         tensors=tuple(compare_tensor(x, a[x], y, b[y], rtol=rtol, atol=atol) for x, y in pairs),
         values=tuple(_value_diffs(a, b, a.keys() - a_tensors, b.keys() - b_tensors, rtol=rtol, atol=atol)),
-        rtol=rtol, atol=atol,
+        rtol=rtol,
+        atol=atol,
     )
 
 
-def compare_tensor(name: str, a: torch.Tensor, other: str, b: torch.Tensor, *,
-                   rtol: float = 0.0, atol: float = 0.0) -> TensorDiff:
+def compare_tensor(
+    name: str, a: torch.Tensor, other: str, b: torch.Tensor, *, rtol: float = 0.0, atol: float = 0.0
+) -> TensorDiff:
     """One pair: bit-identical at memory bandwidth, otherwise chunked statistics."""
     a, b = _plain(a), _plain(b)
     shape, other_shape = tuple(a.shape), tuple(b.shape)
@@ -295,8 +334,9 @@ def compare_tensor(name: str, a: torch.Tensor, other: str, b: torch.Tensor, *,
     if shape != other_shape or (a.dtype == b.dtype and _bit_equal(a, b)):
         return diff
     differing, beyond, max_abs, max_rel = _stats(a, b, rtol=rtol, atol=atol)
-    return TensorDiff(name, other, shape, other_shape, dtype, other_dtype, a.numel(),
-                      differing, beyond, max_abs, max_rel)
+    return TensorDiff(
+        name, other, shape, other_shape, dtype, other_dtype, a.numel(), differing, beyond, max_abs, max_rel
+    )
 
 
 def _plain(t: torch.Tensor) -> torch.Tensor:
@@ -331,13 +371,13 @@ def _chunks(a: torch.Tensor, b: torch.Tensor) -> Iterator[tuple[torch.Tensor, to
     if a.is_contiguous() and b.is_contiguous():
         x, y = a.reshape(-1), b.reshape(-1)
         for i in range(0, x.numel(), CHUNK):
-            yield x[i:i + CHUNK], y[i:i + CHUNK]
+            yield x[i : i + CHUNK], y[i : i + CHUNK]
     elif a.dim() == 0:
         yield a.reshape(1), b.reshape(1)
     else:
         step = max(1, CHUNK // max(1, a[0].numel()))
         for i in range(0, a.shape[0], step):
-            yield a[i:i + step].reshape(-1), b[i:i + step].reshape(-1)
+            yield a[i : i + step].reshape(-1), b[i : i + step].reshape(-1)
 
 
 def _stats(a: torch.Tensor, b: torch.Tensor, *, rtol: float, atol: float) -> tuple[int, int, float, float]:
@@ -367,8 +407,9 @@ def _stats(a: torch.Tensor, b: torch.Tensor, *, rtol: float, atol: float) -> tup
     return differing, beyond, max_abs, max_rel
 
 
-def _value_diffs(a: Mapping[str, Any], b: Mapping[str, Any], a_keys: set[str], b_keys: set[str], *,
-                 rtol: float, atol: float) -> list[ValueDiff]:
+def _value_diffs(
+    a: Mapping[str, Any], b: Mapping[str, Any], a_keys: set[str], b_keys: set[str], *, rtol: float, atol: float
+) -> list[ValueDiff]:
     """Non-tensor leaves: numbers under the tensor tolerance, the rest by equality; a leaf on
     one side only is reported with ``<absent>`` on the other, except safetensors metadata,
     which a torch file never has."""
@@ -411,6 +452,7 @@ def _short(v: Any) -> str:
 
 # --- renamed keys ----------------------------------------------------------------------------------
 
+
 def find_renames(missing: set[str], extra: set[str]) -> list[KeyRename]:
     """Explain missing and extra keys by a segment one side adds: greedily the rule that maps the
     most keys, until none maps any. Numeric segments (list indices, layer numbers) never count:
@@ -435,8 +477,9 @@ def _best_rule(missing: set[str], extra: set[str]) -> KeyRename | None:
     if not votes:
         return None
     # most keys first; then a prefix over a scoped or wildcard rule, then the shorter segment
-    (side, scope, segment), _ = min(votes.items(), key=lambda kv: (-kv[1], kv[0][1] == "*", len(kv[0][1]),
-                                                                    len(kv[0][2]), kv[0]))
+    (side, scope, segment), _ = min(
+        votes.items(), key=lambda kv: (-kv[1], kv[0][1] == "*", len(kv[0][1]), len(kv[0][2]), kv[0])
+    )
     carriers, others = (extra, missing) if side == "candidate" else (missing, extra)
     pairs = []
     for key in sorted(carriers):
@@ -453,9 +496,9 @@ def _strippings(key: str) -> list[tuple[str, str, str]]:
     out = []
     for i in range(len(parts) - 1):
         for n in (1, 2):
-            segment = parts[i:i + n]
+            segment = parts[i : i + n]
             if i + n < len(parts) and not any(p.isdigit() for p in segment):
-                out.append((".".join(parts[:i]), ".".join(segment), ".".join(parts[:i] + parts[i + n:])))
+                out.append((".".join(parts[:i]), ".".join(segment), ".".join(parts[:i] + parts[i + n :])))
     for part in set(parts[:-1]):
         if not part.isdigit():
             out.append(("*", part, ".".join([p for p in parts[:-1] if p != part] + parts[-1:])))
@@ -468,6 +511,10 @@ def _strip(key: str, scope: str, segment: str) -> str | None:
         return ".".join([p for p in parts[:-1] if p != segment] + parts[-1:]) if segment in parts[:-1] else None
     head = scope.split(".") if scope else []
     seg = segment.split(".")
-    if parts[:len(head)] != head or parts[len(head):len(head) + len(seg)] != seg or len(parts) <= len(head) + len(seg):
+    if (
+        parts[: len(head)] != head
+        or parts[len(head) : len(head) + len(seg)] != seg
+        or len(parts) <= len(head) + len(seg)
+    ):
         return None
-    return ".".join(head + parts[len(head) + len(seg):])
+    return ".".join(head + parts[len(head) + len(seg) :])

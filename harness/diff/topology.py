@@ -26,5 +26,7 @@ def numbers_not_comparable(baseline: RunRecord, candidate: RunRecord) -> str | N
         return None
     if any(record.manifest["job"].get("batch_size_hyperparameter") for record in (baseline, candidate)):
         return None
-    return (f"the world size changes ({before} -> {after}) and the job names no per-process batch size "
-            "(batch_size_hyperparameter) that would keep the global batch equal")
+    return (
+        f"the world size changes ({before} -> {after}) and the job names no per-process batch size "
+        "(batch_size_hyperparameter) that would keep the global batch equal"
+    )

@@ -31,8 +31,10 @@ def load_csv(directory: str) -> TensorDataset:
 
 
 def latest_checkpoint() -> str | None:
-    names = sorted((n for n in os.listdir(CHECKPOINTS) if n.startswith("checkpoint-")),
-                   key=lambda n: int(n.split("-")[1].split(".")[0]))
+    names = sorted(
+        (n for n in os.listdir(CHECKPOINTS) if n.startswith("checkpoint-")),
+        key=lambda n: int(n.split("-")[1].split(".")[0]),
+    )
     return os.path.join(CHECKPOINTS, names[-1]) if names else None
 
 
@@ -77,8 +79,10 @@ def main() -> None:
                 print(f"epoch={epoch} step={step} loss={mean_loss.item() / world:.6f}", flush=True)
             step += 1
         if local_rank == 0:  # BUG: one writer per node, but every node syncs to the same S3 prefix
-            torch.save({"model": model.module.state_dict(), "noise": shuffle.get_state(), "epoch": epoch},
-                       os.path.join(CHECKPOINTS, f"checkpoint-{epoch}.pt"))
+            torch.save(
+                {"model": model.module.state_dict(), "noise": shuffle.get_state(), "epoch": epoch},
+                os.path.join(CHECKPOINTS, f"checkpoint-{epoch}.pt"),
+            )
     if rank == 0:
         torch.save(model.module.state_dict(), os.path.join(os.environ["SM_MODEL_DIR"], "model.pt"))
     dist.destroy_process_group()

@@ -36,8 +36,9 @@ def main() -> None:
     args = parser.parse_args()
 
     torch.manual_seed(0)
-    loader = DataLoader(Images(args.batches * args.batch_size), batch_size=args.batch_size,
-                        num_workers=args.num_workers)
+    loader = DataLoader(
+        Images(args.batches * args.batch_size), batch_size=args.batch_size, num_workers=args.num_workers
+    )
     model = torch.nn.Linear(3, 1)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.5)
     for step, (images, target) in enumerate(loader):

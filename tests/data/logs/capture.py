@@ -26,8 +26,14 @@ from typing import Any, NamedTuple
 HERE = Path(__file__).resolve().parent
 DETAIL = {"TORCH_DISTRIBUTED_DEBUG": "DETAIL"}
 SMALL_SHM = ["unshare", "-m", "sh", "-c", 'mount -t tmpfs -o size=64m tmpfs /dev/shm && exec "$@"', "sh"]
-ROOT_OWNED_OPT_ML = ["unshare", "-m", "sh", "-c", 'mount -t tmpfs -o mode=755 tmpfs /opt && mkdir -p /opt/ml/model '
-                     '&& exec "$@"', "sh"]
+ROOT_OWNED_OPT_ML = [
+    "unshare",
+    "-m",
+    "sh",
+    "-c",
+    'mount -t tmpfs -o mode=755 tmpfs /opt && mkdir -p /opt/ml/model && exec "$@"',
+    "sh",
+]
 
 
 class Case(NamedTuple):
@@ -97,19 +103,41 @@ def capture(case: str, out: Path) -> Path:
     port, names = free_port(), [f"algo-{i + 1}" for i in range(spec.hosts)]
     started, procs, pumps = now(), {}, []
     for node, host in enumerate(names):
-        env = {**os.environ, "PYTHONPATH": str(HERE / "capture_tee"), "CAPTURE_RANKS_DIR": str(root / "ranks"),
-               "SM_CURRENT_HOST": host, "PYTHONUNBUFFERED": "1"}
+        env = {
+            **os.environ,
+            "PYTHONPATH": str(HERE / "capture_tee"),
+            "CAPTURE_RANKS_DIR": str(root / "ranks"),
+            "SM_CURRENT_HOST": host,
+            "PYTHONUNBUFFERED": "1",
+        }
         env.pop("TORCH_DISTRIBUTED_DEBUG", None)
         master = spec.env.get("CAPTURE_MASTER_ADDR", "127.0.0.1")
-        argv = [*spec.wrapper, sys.executable, "-m", "torch.distributed.run", "--nnodes", str(spec.hosts),
-                "--nproc_per_node", str(spec.nproc), "--node_rank", str(node), "--master_addr", master,
-                "--master_port", str(port), "train.py", "--mode", spec.mode]
+        argv = [
+            *spec.wrapper,
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nnodes",
+            str(spec.hosts),
+            "--nproc_per_node",
+            str(spec.nproc),
+            "--node_rank",
+            str(node),
+            "--master_addr",
+            master,
+            "--master_port",
+            str(port),
+            "train.py",
+            "--mode",
+            spec.mode,
+        ]
         if spec.launcher == "bash":
             argv = ["/bin/bash", "-c", 'python3 "$@"', "bash", "train.py", "--mode", spec.mode]
         env.update(spec.env)
         (root / "hosts" / host).mkdir(parents=True)
-        procs[host] = subprocess.Popen(argv, cwd=code, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                       start_new_session=True)
+        procs[host] = subprocess.Popen(
+            argv, cwd=code, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True
+        )
         pumps.append(threading.Thread(target=_pump, args=(procs[host].stdout, root / "hosts" / host / "log.txt")))
         pumps[-1].start()
     codes, status = {}, "succeeded"
@@ -128,20 +156,41 @@ def capture(case: str, out: Path) -> Path:
     return root
 
 
-def _manifest(root: Path, case: str, hosts: list[str], nproc: int, codes: dict[str, int], status: str,
-              started: str) -> None:
+def _manifest(
+    root: Path, case: str, hosts: list[str], nproc: int, codes: dict[str, int], status: str, started: str
+) -> None:
     """A format-1 manifest with what the log analysis reads, and where the capture came from."""
     import torch
 
     ranks = {str(i * nproc + j): {"host": h, "local_rank": j} for i, h in enumerate(hosts) for j in range(nproc)}
     manifest = {
-        "format_version": 1, "harness_version": "capture", "run_id": root.name, "rung": "capture",
-        "job": {"name": case}, "started_at": started, "ended_at": now(), "status": status, "complete": True,
-        "topology": {"hosts": hosts, "processes_per_host": nproc, "world_size": len(ranks),
-                     "distribution": "torchrun", "launcher": "toolkit"},
-        "hosts": {h: {"exit_code": c} for h, c in codes.items()}, "ranks": ranks, "rung_facts": {},
-        "capture": {"case": case, "mode": CASES[case].mode, "env": CASES[case].env, "torch": torch.__version__,
-                    "python": platform.python_version(), "machine": platform.machine()},
+        "format_version": 1,
+        "harness_version": "capture",
+        "run_id": root.name,
+        "rung": "capture",
+        "job": {"name": case},
+        "started_at": started,
+        "ended_at": now(),
+        "status": status,
+        "complete": True,
+        "topology": {
+            "hosts": hosts,
+            "processes_per_host": nproc,
+            "world_size": len(ranks),
+            "distribution": "torchrun",
+            "launcher": "toolkit",
+        },
+        "hosts": {h: {"exit_code": c} for h, c in codes.items()},
+        "ranks": ranks,
+        "rung_facts": {},
+        "capture": {
+            "case": case,
+            "mode": CASES[case].mode,
+            "env": CASES[case].env,
+            "torch": torch.__version__,
+            "python": platform.python_version(),
+            "machine": platform.machine(),
+        },
     }
     (root / "manifest.json").write_text(json.dumps(manifest, indent=1) + "\n")
 

@@ -81,8 +81,11 @@ def main() -> None:
     dist.init_process_group(backend, timeout=TIMEOUT)
     rank, world = dist.get_rank(), dist.get_world_size()
     faulty = FAULTY if FAULTY >= 0 else world - 1
-    print(f"rank {rank}/{world} pid {os.getpid()} on {os.environ.get('SM_CURRENT_HOST')} "
-          f"master {os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}", flush=True)
+    print(
+        f"rank {rank}/{world} pid {os.getpid()} on {os.environ.get('SM_CURRENT_HOST')} "
+        f"master {os.environ['MASTER_ADDR']}:{os.environ['MASTER_PORT']}",
+        flush=True,
+    )
     device = torch.device("cuda", 0) if backend == "nccl" else torch.device("cpu")
     grad = torch.ones(4, device=device)
     for step in range(args.steps):
