@@ -2,7 +2,7 @@
 launchers install it: on ``local`` into a cached environment (never the user's), on ``docker`` in
 each container from a wheelhouse the host made; bad requirements fail the job, not the harness.
 
-The package is ``tabulate==0.9.0``: small, pure Python, and not in the harness's environment
+The package is ``xmltodict==0.14.2``: one pure-Python module, and not in the harness's environment
 (checked below with pip, so that a test can never pass because it was there already)."""
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from harness.backends import get_backend
 from harness.jobspec import JobSpec, load_job
 from harness.record import RunRecord
 
-PACKAGE, VERSION = "tabulate", "0.9.0"
+PACKAGE, VERSION = "xmltodict", "0.14.2"  # tabulate came with Airflow: it must be in no extra
 MISSING = "harness-no-such-package-0f3a9c==1.0"
 SCRIPT = f"""\
 import os, sys
@@ -71,7 +71,7 @@ def test_local_plan_names_the_cached_environment_and_builds_nothing(tmp_path: Pa
     assert plan.hosts["algo-2"].command[0] == f"{environment}/bin/python"
     assert not cache.exists()
     same = _job(tmp_path, f"{PACKAGE}=={VERSION}\n", name="same-requirements")
-    other = _job(tmp_path, f"{PACKAGE}==0.8.10\n", name="other-requirements")
+    other = _job(tmp_path, f"{PACKAGE}==0.13.0\n", name="other-requirements")
     assert requirements.local_environment(same) == requirements.local_environment(job)
     assert requirements.local_environment(other) != requirements.local_environment(job)
 
