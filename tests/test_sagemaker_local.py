@@ -305,7 +305,7 @@ def test_a_failing_host_is_recorded_and_nothing_is_left(engine: DockerClient, to
 @pytest.mark.slow
 def test_max_run_stops_the_sdk_run(engine: DockerClient, torch_image: str, tmp_path: Path) -> None:
     # max_run leaves the containers time to start on a loaded 2-CPU machine; the job would sleep 600 s
-    job = _job(tmp_path, "import time\nprint('up', flush=True)\ntime.sleep(600)\n", max_run=25)
+    job = _job(tmp_path, "import time\nprint('up', flush=True)\ntime.sleep(600)\n", max_run=60)
     started = time.monotonic()
     options = SageMakerLocalOptions(gpus=False, image=torch_image, stop_grace_s=1)
     record = SageMakerLocalBackend(options).run(job, tmp_path / "records")
