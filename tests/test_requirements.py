@@ -192,7 +192,7 @@ def test_docker_installs_in_each_container_from_the_hosts_wheelhouse(
             "-r",
             "requirements.txt",
         ]
-        assert info["wheels"] == [f"{PACKAGE}-{VERSION}-py3-none-any.whl"]
+        assert [wheel.split("-")[:2] for wheel in info["wheels"]] == [[PACKAGE, VERSION]]
         log = record.host_log(host).read_text()
         assert "Looking in links: /opt/harness/wheels" in log and "Looking in indexes" not in log  # offline
         assert f"imported {PACKAGE} {VERSION} rank - python /usr/bin/python3" in log

@@ -203,7 +203,9 @@ def _start_pumps(
 ) -> None:
     with contextlib.suppress(APIError, DockerException):
         for host, container in compose_containers(client, project).items():
-            if host not in pumps:
+            # A log stream opened on a container compose has created but not started ends at once,
+            # empty, and the host's log would stay so: wait until it runs (or ran).
+            if host not in pumps and container.status != "created":
                 pumps[host] = threading.Thread(
                     target=pump_logs, daemon=True, args=(container, record.host_dir(host) / "log.txt", host, progress)
                 )

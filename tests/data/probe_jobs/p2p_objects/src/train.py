@@ -29,6 +29,9 @@ if rank == 0:  # any source
     seen.append(sources)
 else:
     dist.send(torch.tensor([float(rank)]), dst=0)
+# An any-source receive takes whatever message comes first from anyone: without this barrier a
+# fast rank's ring message below (8 bytes) could be taken for a 4-byte one here, under load.
+dist.barrier()
 right, left = (rank + 1) % world, (rank - 1) % world
 incoming = torch.zeros(2)
 for request in [dist.isend(torch.full((2,), float(rank)), right), dist.irecv(incoming, left)]:
