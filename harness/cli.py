@@ -93,12 +93,17 @@ def _rung_names(text: str | None, flag: str) -> list[str]:
     return names
 
 
+def _number(text: str) -> float:
+    """``text`` as a float; anything that is not a finite number as NaN, which every bound refuses."""
+    try:
+        return float(text)
+    except ValueError:
+        return math.nan
+
+
 def _tolerance(text: str) -> float:
     """A tolerance: a finite number >= 0 (``|a - b| <= atol + rtol * |a|``)."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
+    value = _number(text)
     if not math.isfinite(value) or value < 0:
         raise argparse.ArgumentTypeError(f"a tolerance is a number >= 0, got {text!r}")
     return value
@@ -106,10 +111,7 @@ def _tolerance(text: str) -> float:
 
 def _seconds(text: str) -> float:
     """A duration: a finite number of seconds > 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        value = math.nan
+    value = _number(text)
     if not math.isfinite(value) or value <= 0:
         raise argparse.ArgumentTypeError(f"expected a number of seconds > 0, got {text!r}")
     return value
