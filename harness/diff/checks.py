@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from importlib.metadata import entry_points
 
-from harness.diff import artifacts, contract, environment, failures, hang, logs, metrics, ranks
+from harness.diff import artifacts, contract, environment, failures, hang, logs, metrics, ranks, rendezvous
 from harness.diff.findings import Finding
 from harness.diff.protocol import Check, CheckContext, PairCheck, RunCheck
 from harness.errors import UsageError
@@ -24,6 +24,7 @@ ENTRY_POINT_GROUP = "harness.checks"
 
 BUILTIN: tuple[Check, ...] = (
     RunCheck("ranks", ranks.check_run),
+    RunCheck("rendezvous", rendezvous.check_run),
     RunCheck("hang", hang.check_run),
     RunCheck("logs", logs.check_run),
     RunCheck("checkpoint-clash", artifacts.check_run),

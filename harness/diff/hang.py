@@ -48,6 +48,8 @@ def check_run(record: RunRecord, context: CheckContext) -> list[Finding]:
             f"(collectives {beat.get('collectives')}, batches {beat.get('batches')})"
         )
     if not stuck:
+        if any(isinstance(r := p.get("rendezvous"), dict) and not r.get("joined_at") for p in record.processes()):
+            return []  # stuck before any rank existed: the rendezvous check says where (diff.rendezvous)
         return [
             Finding(
                 "hang",

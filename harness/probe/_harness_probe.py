@@ -708,6 +708,7 @@ def instrument_distributed(c10d):
         start_rank(rank)
         import torch
 
+        _quietly("rendezvous", _rendezvous_joined, rank, c10d.get_world_size())
         fingerprint(torch_fingerprint(torch))
         args, kwargs = token
         _rank().emit(
@@ -722,12 +723,57 @@ def instrument_distributed(c10d):
             caller=caller(),
         )
 
-    c10d.init_process_group = _hook(
-        c10d.init_process_group, before=lambda args, kwargs: (args, kwargs), after=after_init
-    )
+    def before_init(args, kwargs):
+        _quietly("rendezvous", _rendezvous_started, args, kwargs)
+        return args, kwargs
+
+    c10d.init_process_group = _hook(c10d.init_process_group, before=before_init, after=after_init)
     for name in _COLLECTIVES + _POINT_TO_POINT:
         if callable(getattr(c10d, name, None)):
             setattr(c10d, name, _wrap_collective(c10d, name, getattr(c10d, name)))
+
+
+def _endpoint(args, kwargs):
+    """Where ``init_process_group(*args, **kwargs)`` meets its peers: ``tcp://`` or ``env://``
+    (``MASTER_ADDR``/``MASTER_PORT`` as they are now, after anything the job set), or a
+    ``TCPStore``'s host and port; None for file and other stores."""
+    method = kwargs.get("init_method") or (args[1] if len(args) > 1 else None)
+    store = kwargs.get("store") or (args[5] if len(args) > 5 else None)
+    if store is not None:
+        host, port = getattr(store, "host", None), getattr(store, "port", None)
+        return {"via": "store", "addr": host, "port": port} if host is not None else None
+    if method is None or str(method).startswith("env://"):
+        return {"via": "env://", "addr": os.environ.get("MASTER_ADDR"), "port": os.environ.get("MASTER_PORT")}
+    import urllib.parse  # only once a job rendezvous
+
+    parsed = urllib.parse.urlsplit(str(method))
+    if parsed.scheme != "tcp":
+        return None
+    return {"via": "tcp://", "addr": parsed.hostname, "port": parsed.port}
+
+
+def _rendezvous_started(args, kwargs):
+    """Written before the call blocks, so that a rendezvous that never completes is on record
+    (the rung's watchdog reads it while the job runs): which ranks came, where they went."""
+    # init_process_group(backend, init_method, timeout, world_size, rank, store, ...)
+    world = kwargs.get("world_size", args[3] if len(args) > 3 else -1)
+    rank = kwargs.get("rank", args[4] if len(args) > 4 else -1)
+    _process().update(
+        rendezvous={
+            "endpoint": _endpoint(args, kwargs),
+            "rank": int(os.environ.get("RANK", -1)) if rank in (None, -1) else int(rank),
+            "world_size": int(os.environ.get("WORLD_SIZE", -1)) if world in (None, -1) else int(world),
+            "caller": user_line() or caller(),
+            "started_at": now(),
+        }
+    )
+
+
+def _rendezvous_joined(rank, world_size):
+    process = _process()
+    rendezvous = dict(process.info.get("rendezvous") or {})
+    rendezvous.update(rank=rank, world_size=world_size, joined_at=now())
+    process.update(rendezvous=rendezvous)
 
 
 _CALLS = threading.local()
