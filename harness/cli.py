@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import IO, Any, NoReturn
 
 from harness import __version__, interrupts
-from harness.backends import backend_class, check_rung_names, get_backend, rungs
+from harness.backends import backend_class, check_rung_names, get_backend, parse_rung_list, rungs
 from harness.backends.base import Backend, Progress
 from harness.diff import logs
 from harness.diff.protocol import CheckContext, Tolerance
@@ -75,22 +75,6 @@ class _Parser(argparse.ArgumentParser):
             if close:
                 raise UsageError(message, hint=f"did you mean {close[0]!r}?")
         raise UsageError(message, hint=f"see `{self.prog} --help`")
-
-
-def _rung_names(text: str | None, flag: str) -> list[str]:
-    """The rungs a comma-separated flag names; an unknown one is refused with the closest name."""
-    names = [name.strip() for name in (text or "").split(",") if name.strip()]
-    known = list(rungs())
-    for name in names:
-        if name not in known:
-            close = difflib.get_close_matches(name, known, n=1)
-            raise UsageError(
-                f"{flag}: unknown rung {name!r}; choose from {', '.join(known)}",
-                hint=f"did you mean {close[0]!r}?" if close else "`harness doctor` lists every rung",
-            )
-    if text is not None and not names:
-        raise UsageError(f"{flag}: no rung named", hint=f"e.g. {flag} local,docker")
-    return names
 
 
 def _number(text: str) -> float:
@@ -545,8 +529,8 @@ def _report(verdict: Verdict, args: argparse.Namespace) -> int:
 
 def cmd_ladder(args: argparse.Namespace) -> int:
     job = _job(args)
-    names = _rung_names(args.rungs, "--rungs") if args.rungs is not None else list(DEFAULT_RUNGS)
-    required = _rung_names(args.require, "--require") if args.require is not None else []
+    names = parse_rung_list(args.rungs, where="--rungs") if args.rungs is not None else list(DEFAULT_RUNGS)
+    required = parse_rung_list(args.require, where="--require") if args.require is not None else []
     settings = rung_settings(args, names)
     _writable_dir(args.records, "--records")
     _report_files(args)

@@ -45,9 +45,9 @@ from urllib.parse import quote
 
 import pytest
 
-from harness.backends import rungs as known_rungs
+from harness.backends import parse_rung_list
 from harness.diff.protocol import DEFAULT_ATOL, DEFAULT_RTOL, Tolerance
-from harness.errors import HarnessError, RequiredRungUnavailable, RungUnavailable
+from harness.errors import HarnessError, RequiredRungUnavailable, RungUnavailable, UsageError
 from harness.jobspec import JobSpec, load_job
 from harness.ladder import DEFAULT_RUNGS, LadderResult, climb
 from harness.record import RunRecord
@@ -69,14 +69,10 @@ class RungSkippedWarning(UserWarning):
 
 def _rung_list(text: str) -> list[str]:
     """``--harness-rungs`` as argparse type: comma-separated names of known rungs."""
-    rungs = [rung.strip() for rung in text.split(",") if rung.strip()]
-    known = known_rungs()
-    unknown = [rung for rung in rungs if rung not in known]
-    if unknown or not rungs:
-        raise argparse.ArgumentTypeError(
-            f"unknown rung {unknown[0]!r}; choose from {', '.join(known)}" if unknown else "name at least one rung"
-        )
-    return rungs
+    try:
+        return parse_rung_list(text, where="--harness-rungs")
+    except UsageError as exc:
+        raise argparse.ArgumentTypeError(f"{exc} ({exc.hint})" if exc.hint else str(exc)) from None
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:

@@ -9,6 +9,7 @@ climb after the built-in rungs.
 
 from __future__ import annotations
 
+import difflib
 import importlib
 from importlib.metadata import entry_points
 from typing import Any
@@ -39,12 +40,26 @@ def rungs() -> dict[str, str]:
     return found
 
 
-def check_rung_names(names: list[str]) -> None:
-    """Raise :class:`UsageError` naming the first unknown rung and the choices."""
-    known = rungs()
-    unknown = [name for name in names if name not in known]
-    if unknown:
-        raise UsageError(f"unknown rung {unknown[0]!r}; choose from {', '.join(known)}")
+def check_rung_names(names: list[str], *, where: str = "") -> None:
+    """Raise :class:`UsageError` naming the first unknown rung, the choices and the closest name;
+    ``where`` (a flag, a setting) prefixes the message."""
+    known = list(rungs())
+    for name in names:
+        if name not in known:
+            close = difflib.get_close_matches(name, known, n=1)
+            raise UsageError(
+                f"{where + ': ' if where else ''}unknown rung {name!r}; choose from {', '.join(known)}",
+                hint=f"did you mean {close[0]!r}?" if close else "`harness doctor` lists every rung",
+            )
+
+
+def parse_rung_list(text: str, *, where: str) -> list[str]:
+    """The rungs a comma-separated list names (a flag, a setting); at least one, all known."""
+    names = [name.strip() for name in text.split(",") if name.strip()]
+    if not names:
+        raise UsageError(f"{where}: no rung named", hint=f"e.g. {where} local,docker")
+    check_rung_names(names, where=where)
+    return names
 
 
 def backend_class(name: str) -> type[Backend[Any]]:
