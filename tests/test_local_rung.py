@@ -333,6 +333,6 @@ def test_gc_stops_what_a_killed_harness_left(tmp_path: Path, capsys: pytest.Capt
     work = Path(RunRecord.load(record).manifest["rung_facts"]["work_dir"])
     assert work.is_dir()
     assert main(["gc"]) == 0
-    assert f"local run {record.name}: " in capsys.readouterr().out
+    assert f"run {record.name}: " in capsys.readouterr().out
     assert _processes_with(marker) == [] and not work.exists()
     assert RunRecord.load(record).status == "interrupted"

@@ -25,6 +25,7 @@ from harness.backends.sagemaker_local.collect import read_sm_training_env
 from harness.backends.sagemaker_local.isolation import isolated, rename_network
 from harness.backends.sagemaker_local.plan import SDK_NETWORK, run_network
 from harness.backends.sagemaker_sdk import ENTRYPOINT, sdk_missing_reason
+from harness.cli import main
 from harness.diff.protocol import Tolerance
 from harness.errors import RungFailed
 from harness.jobspec import Channel, JobSpec, load_job
@@ -435,3 +436,46 @@ def test_two_ladders_started_together_both_give_a_verdict(
         compose = yaml.safe_load((run.root / "sdk" / "docker-compose.yaml").read_text())
         assert compose["networks"][SDK_NETWORK]["name"] == run.manifest["rung_facts"]["adapted"]["network"]
         assert _left_behind(engine, run) == []
+
+
+@pytest.mark.docker
+@pytest.mark.sagemaker_local
+@pytest.mark.slow
+def test_gc_removes_what_a_killed_harness_left(
+    engine: DockerClient, torch_image: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """SIGKILL leaves compose, its containers, the run's network and image tag and the SDK's work
+    dir; `harness gc` removes them all and marks the record."""
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "train.py").write_text("import time\nprint('up', flush=True)\ntime.sleep(600)\n")
+    (tmp_path / "job.yaml").write_text(
+        f"name: sm-killed\nsource_dir: src\nentry_point: train.py\ninstance_count: 2\nimage: {torch_image}\n"
+    )
+    records = tmp_path / "records"
+    harness = subprocess.Popen(
+        [sys.executable, "-m", "harness", "run", str(tmp_path / "job.yaml"), "--rung", "sagemaker-local"]
+        + ["--records", str(records)],
+        stderr=subprocess.DEVNULL,
+        cwd=ROOT,
+        preexec_fn=_default_signals,
+    )
+    try:
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline:
+            logs = list(records.glob("**/hosts/algo-*/log.txt"))
+            if len(logs) == 2 and all("up" in p.read_text() for p in logs):
+                break
+            assert harness.poll() is None
+            time.sleep(0.5)
+        else:
+            pytest.fail("the job never started")
+    finally:
+        harness.kill()
+        harness.wait(timeout=30)
+    (record_dir,) = {p.parents[2] for p in logs}
+    record = RunRecord.load(record_dir)
+    assert _left_behind(engine, record), "a killed harness cleans nothing up"
+    assert main(["gc"]) == 0
+    assert f"run {record_dir.name}: " in capsys.readouterr().out
+    assert _left_behind(engine, record) == []
+    assert RunRecord.load(record_dir).status == "interrupted"

@@ -1,4 +1,4 @@
-"""What a killed harness leaves of a ``local`` run, found and removed by ``harness gc``.
+"""What a killed harness leaves of a run on this machine, found and removed by ``harness gc``.
 
 A harness stopped by SIGKILL (the OOM killer, ``kill -9``, a CI runner's hard timeout) cannot
 clean up: its launchers run on, re-parented to init, its work dir stays, its record says
@@ -25,7 +25,9 @@ from harness.record import now, write_json
 
 RUN_ID_ENV = "HARNESS_RUN_ID"
 OWNER_FILE = "owner.json"
-WORK_PREFIX = "harness-local"  # local and local-gpu work dirs: harness-local-*, harness-local-gpu-*
+#: Work dirs of the rungs that claim theirs: local and local-gpu (harness-local-*,
+#: harness-local-gpu-*), sagemaker-local (the SDK's container root, harness-sagemaker-local-*).
+WORK_PREFIXES = ("harness-local", "harness-sagemaker-local-")
 
 
 def claim(work: Path, run_id: str, record_root: Path) -> None:
@@ -46,16 +48,17 @@ def gc() -> list[str]:
     """Stop the processes, remove the work dirs and mark the records of local runs whose harness
     is gone; returns what was done, a line per run."""
     done = []
-    for owner_file in sorted(Path(tempfile.gettempdir()).glob(f"{WORK_PREFIX}*/{OWNER_FILE}")):
+    tmp = Path(tempfile.gettempdir())
+    for owner_file in sorted(path for prefix in WORK_PREFIXES for path in tmp.glob(f"{prefix}*/{OWNER_FILE}")):
         with contextlib.suppress(OSError, ValueError, KeyError, TypeError):
             owner = json.loads(owner_file.read_text())
             if _alive(owner):
                 continue
-            stopped = _stop_processes(str(owner["run_id"]))
+            stopped = _stop_processes(str(owner["run_id"]), owner_file.parent)
             marked = _mark_record(Path(owner["record"]), owner)
             shutil.rmtree(owner_file.parent, ignore_errors=True)
             done.append(
-                f"local run {owner['run_id']}: {stopped} processes stopped, work dir {owner_file.parent} "
+                f"run {owner['run_id']}: {stopped} processes stopped, work dir {owner_file.parent} "
                 f"removed{', record marked interrupted' if marked else ''}"
             )
     return done
@@ -73,13 +76,17 @@ def _alive(owner: dict[str, Any]) -> bool:
     return True
 
 
-def _stop_processes(run_id: str) -> int:
-    """SIGKILL every process (and its process group) whose environment carries the run's id."""
+def _stop_processes(run_id: str, work: Path) -> int:
+    """SIGKILL every process (and its process group) whose environment carries the run's id, or
+    whose command line names its work dir (docker-compose, given the SDK's compose file there)."""
     marker = f"{RUN_ID_ENV}={run_id}".encode()
+    named = str(work).encode()
     found = []
     for proc in Path("/proc").glob("[0-9]*"):
         with contextlib.suppress(OSError, ValueError):
-            if marker in (proc / "environ").read_bytes().split(b"\0"):
+            if marker in (proc / "environ").read_bytes().split(b"\0") or any(
+                named in part for part in (proc / "cmdline").read_bytes().split(b"\0")
+            ):
                 found.append(int(proc.name))
     for pid in found:
         with contextlib.suppress(ProcessLookupError, PermissionError):

@@ -42,6 +42,7 @@ import shutil
 from pydantic import NonNegativeFloat
 
 from harness import interrupts, requirements
+from harness.backends import orphans
 from harness.backends.base import Backend, Capabilities, Progress, RungOptions
 from harness.backends.containers import (
     EngineClient,
@@ -143,6 +144,7 @@ class SageMakerLocalBackend(EngineClient, Backend[SdkPlan]):
                 run_image = labelled_image(client, image, labels)
                 record.set_fact("image", image)
                 record.set_fact("run_image", run_image)
+                orphans.claim(plan.work_dir, str(record.manifest["run_id"]), record.root)  # for `harness gc`
                 prepare(plan)
                 if not requirements.prepare_sdk(client, image, job, plan.ours, labels, record):
                     return "failed"  # the host's pip could not get the wheels: failed as sm_train.sh fails
