@@ -11,7 +11,7 @@ that explain them), then by how surely each check identifies its cause.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
 from harness.diff.checks import registered
@@ -71,6 +71,14 @@ def rank_findings(findings: list[Finding]) -> list[Finding]:
     return sorted(findings, key=lambda f: (_SEVERITY[f.severity], -f.confidence))
 
 
+def settle(findings: list[Finding]) -> list[Finding]:
+    """Corroborating findings keep their severity beside a decisive finding that is not one of
+    them; without one they are notes: they explain a departure, they never make one."""
+    if any(f.severity != "note" and not f.corroborating for f in findings):
+        return findings
+    return [replace(f, severity="note") if f.corroborating and f.severity != "note" else f for f in findings]
+
+
 def _findings_for(
     record: RunRecord, below: RunRecord | None, checks: tuple[Check, ...], context: CheckContext
 ) -> list[Finding]:
@@ -92,7 +100,7 @@ def _findings_for(
                 confidence=0.3,
             )
         )
-    return rank_findings(findings)
+    return rank_findings(settle(findings))
 
 
 def judge(

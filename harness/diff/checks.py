@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from importlib.metadata import entry_points
 
-from harness.diff import artifacts, contract, environment, failures, hang, logs, metrics, ranks, rendezvous
+from harness.diff import artifacts, contract, environment, failures, hang, logs, metrics, ranks, rendezvous, variables
 from harness.diff.findings import Finding
 from harness.diff.protocol import Check, CheckContext, PairCheck, RunCheck
 from harness.errors import UsageError
@@ -28,11 +28,13 @@ BUILTIN: tuple[Check, ...] = (
     RunCheck("hang", hang.check_run),
     RunCheck("logs", logs.check_run),
     RunCheck("checkpoint-clash", artifacts.check_run),
+    RunCheck("variables-unset", variables.check_run),
     PairCheck("failures", failures.compare),
     PairCheck("metrics", metrics.compare),
     PairCheck("artifacts", artifacts.compare),
     PairCheck("contract", contract.compare),
     PairCheck("environment", environment.compare),
+    PairCheck("variables", variables.compare),
 )
 
 

@@ -20,7 +20,10 @@ Severity = Literal["failure", "divergence", "note"]
 @dataclass(frozen=True)
 class Finding:
     """``severity``: ``failure`` and ``divergence`` decide the verdict; ``note`` only explains.
-    ``confidence`` (0..1) orders findings of the same severity: how surely this is the cause."""
+    ``confidence`` (0..1) orders findings of the same severity: how surely this is the cause.
+    ``corroborating``: the finding explains a departure but is none by itself (a variable that
+    differs between two rungs): it keeps its severity only beside a decisive finding of the same
+    record, and is a note where it stands alone, so it can never turn parity into a departure."""
 
     kind: Kind
     severity: Severity
@@ -31,6 +34,7 @@ class Finding:
     cause: str | None = None
     rank: int | None = None
     confidence: float = 0.5
+    corroborating: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -7,8 +7,8 @@ imports nothing heavy: torch is instrumented when the job imports it, through an
 It writes under ``HARNESS_PROBE_DIR``:
 
 * ``processes/<host>-<pid>.json``: argv, cwd, environment (secrets redacted), parsed arguments,
-  exit (code, exception) of each process, and ``probe_errors`` (what went wrong in the probe
-  itself, which the job never sees);
+  exit (code, exception) of each process, the variables it read and set (:func:`record_environ`),
+  and ``probe_errors`` (what went wrong in the probe itself, which the job never sees);
 * ``hosts/<host>/fingerprint.json``: Python, packages, CPUs, ``/dev/shm``, ulimits, and, once
   torch is imported: torch/CUDA/cuDNN/NCCL versions and GPUs (written once per host);
 * ``ranks/rank-N.log``: the rank's own output, timestamped (a tee process outlives a crash);
@@ -248,12 +248,25 @@ _MAX_ERRORS = 20
 
 def _quietly(what, function, *args, **kwargs):
     """``function(*args, **kwargs)`` for the probe's own work: whatever it raises is written to
-    the process record (``probe_errors``) and goes no further, so the job never sees it."""
+    the process record (``probe_errors``) and goes no further, so the job never sees it. What
+    the environment is asked meanwhile is the probe's own question, not the job's
+    (:func:`_probe_busy`)."""
+    _OWN.depth = getattr(_OWN, "depth", 0) + 1
     try:
         return function(*args, **kwargs)
     except Exception as exc:
         _probe_error(what, exc)
         return None
+    finally:
+        _OWN.depth -= 1
+
+
+#: Per thread: how deep the probe is in work of its own (:func:`_quietly`).
+_OWN = threading.local()
+
+
+def _probe_busy():
+    return getattr(_OWN, "depth", 0) > 0
 
 
 def _probe_error(what, exc):
@@ -353,14 +366,32 @@ class Process:
         if not own_rank and os.environ.get("RANK"):
             self.info["inherited_rank"] = os.environ["RANK"]
         self.exit_code = 0
+        self.lock = threading.RLock()
+        self.saving = False
         self.save()
 
     def update(self, **fields):
         self.info.update(fields)
         self.save()
 
-    def save(self):
-        write_json(self.path, self.info)
+    def save(self, wait=True):
+        """Write the record, with the environment variables read and set so far. Saves never
+        overlap: one asked for during another of the same thread (a signal handler) is left to
+        the one under way, and with ``wait=False`` one asked for while another thread saves is
+        skipped (the next save writes it). Returns whether it wrote."""
+        if not self.lock.acquire(blocking=wait):
+            return False
+        try:
+            if self.saving:
+                return False
+            self.saving = True
+            try:
+                write_json(self.path, {**self.info, **_environ_fields()})
+            finally:
+                self.saving = False
+        finally:
+            self.lock.release()
+        return True
 
 
 class Rank:
@@ -401,6 +432,8 @@ class Rank:
                     self.events.flush()
             except (OSError, ValueError):
                 return
+            if _ENVIRON["dirty"]:
+                _quietly("environ", _save_environ, False)
             time.sleep(1.0)
 
     def close(self):
@@ -618,6 +651,8 @@ def _name_gpus():
 
 _TORCH_DIR = {"path": None}
 _PROBE_FILE = os.path.splitext(os.path.abspath(__file__))[0]
+#: The probe's directory (this file, sitecustomize): reads from there are the probe's own.
+_PROBE_DIR = os.path.dirname(_PROBE_FILE) + os.sep
 _LIBRARY = re.compile(r"[/\\](?:site-packages|dist-packages)[/\\]|[/\\]lib[/\\]python\d[\d.]*[/\\]|^<frozen")
 
 
@@ -1124,6 +1159,212 @@ def record_writes():
     sys.addaudithook(audit)
 
 
+# ---- environment variables the job reads and sets ---------------------------------------------
+
+#: At most this many names per process are kept, read by the job's code, by libraries (importing
+#: torch alone reads some 330, most of them unset) and set (then only counted); values up to this
+#: many characters; a change is saved at most this often, and at exit.
+_ENVIRON_NAMES = {"job": 300, "library": 1000, "writes": 300}
+_ENVIRON_VALUE = 200
+_ENVIRON_SAVE_EVERY_S = 1.0
+#: This process's reads and writes: {name: entry}; an entry is never changed once stored (a new
+#: one replaces it), so a save may copy the dicts while another thread records.
+_ENVIRON = {"pid": None, "reads": {}, "writes": {}, "kept": {}, "dropped": 0, "dirty": False, "saved": 0.0}
+#: Code of the environment's own methods (os, collections.abc): never the reader.
+_ENVIRON_CODE = set()
+#: Per thread: the frame that is listing the whole environment (``dict(os.environ)``, ``.copy()``,
+#: ``.items()``), as (id, code, instruction): its reads are a copy, not reads of single names.
+_LISTING = threading.local()
+
+
+def _environ_state():
+    """This process's reads and writes; a forked child starts its own (``os.register_at_fork``)."""
+    if _ENVIRON["pid"] != os.getpid():
+        _ENVIRON.update(pid=os.getpid(), reads={}, writes={}, kept={}, dropped=0, dirty=False, saved=0.0)
+    return _ENVIRON
+
+
+def _environ_fields():
+    """What goes into the process record: ``env_reads`` and ``env_writes``, copied (a copy of a
+    dict is one step for other threads) before anything iterates them."""
+    if _ENVIRON["pid"] != os.getpid():
+        return {}
+    _ENVIRON["dirty"] = False
+    reads, writes = dict(_ENVIRON["reads"]), dict(_ENVIRON["writes"])
+    if not reads and not writes:
+        return {}
+    fields = {"env_reads": {k: v for k, v in reads.items() if v is not None}, "env_writes": writes}
+    if _ENVIRON["dropped"]:
+        fields["env_names_dropped"] = _ENVIRON["dropped"]
+    return fields
+
+
+def _save_environ(wait):
+    process = _process()
+    if process is not None and process.save(wait=wait):
+        _ENVIRON["saved"] = time.monotonic()
+
+
+def _environ_changed():
+    state = _ENVIRON
+    state["dirty"] = True
+    if time.monotonic() - state["saved"] >= _ENVIRON_SAVE_EVERY_S:
+        _save_environ(False)
+
+
+def _reader():
+    """The frame that asked the environment: past the hook's own frames, the first outside os
+    and collections.abc; None where that is the probe itself (the hooks skip the probe's work
+    under :func:`_quietly` before they get here)."""
+    frame = sys._getframe(1)
+    while frame is not None and frame.f_code.co_filename.startswith(_PROBE_FILE):
+        frame = frame.f_back
+    while frame is not None and frame.f_code.co_filename in _ENVIRON_CODE:
+        frame = frame.f_back
+    if frame is None or frame.f_code.co_filename.startswith(_PROBE_DIR):
+        return None
+    return frame
+
+
+def _where(frame):
+    """(the reading line, the job's own line that led to it where a library read it)."""
+    at = "%s:%d" % (frame.f_code.co_filename, frame.f_lineno)
+    first = frame
+    while frame is not None:
+        filename = frame.f_code.co_filename
+        if not _LIBRARY.search(filename) and not filename.startswith(("<", _PROBE_DIR)):
+            return at, (None if frame is first else "%s:%d" % (filename, frame.f_lineno)), frame is first
+        frame = frame.f_back
+    return at, None, False
+
+
+def _listing_key(frame):
+    return (id(frame), frame.f_code, frame.f_lasti)
+
+
+def _environ_listed():
+    """``__iter__``: the frame that lists the environment; its own reads of each name follow."""
+    frame = _reader()
+    _LISTING.key = None if frame is None else _listing_key(frame)
+
+
+def _keep(state, kind):
+    """Whether one more name of ``kind`` is kept; else it is counted (``env_names_dropped``)."""
+    kept = state["kept"].get(kind, 0)
+    if kept >= _ENVIRON_NAMES[kind]:
+        state["dropped"] += 1
+        return False
+    state["kept"][kind] = kept + 1
+    return True
+
+
+def _clip(value):
+    return value if len(value) <= _ENVIRON_VALUE else value[:_ENVIRON_VALUE] + "..."
+
+
+def _environ_read(name, value):
+    """The first read of ``name`` in this process: the value it saw (None: unset), where."""
+    state = _environ_state()
+    if name in state["reads"]:
+        return
+    frame = _reader()
+    if frame is None or getattr(_LISTING, "key", None) == _listing_key(frame):
+        return
+    at, user, own = _where(frame)
+    if not _keep(state, "job" if own else "library"):
+        state["reads"][name] = None  # counted once, never kept
+        return
+    entry = {"value": None if value is None else _clip(redact({name: value})[name]), "set": value is not None}
+    entry.update(at=at, by="job" if own else "library")
+    if user is not None:
+        entry["user"] = user
+    if name in state["writes"]:
+        entry["set_by_job"] = True
+    state["reads"][name] = entry
+    _environ_changed()
+
+
+def _environ_written(name, value):
+    """A write (value) or a delete (None) of ``name``: the value it left, where it was first set."""
+    state = _environ_state()
+    before = state["writes"].get(name)
+    if before is not None and before.get("value") == (None if value is None else _clip(redact({name: value})[name])):
+        return
+    frame = _reader()
+    if frame is None:
+        return
+    if before is None and not _keep(state, "writes"):
+        return
+    entry = {"value": None if value is None else _clip(redact({name: value})[name]), "deleted": value is None}
+    entry["at"] = before["at"] if before else _where(frame)[0]
+    entry["times"] = (before["times"] if before else 0) + 1
+    state["writes"][name] = entry
+    _environ_changed()
+
+
+def record_environ():
+    """Which variables the job reads (``os.environ[...]``, ``.get``, ``os.getenv``, ``in``; unset
+    names too) and sets or deletes: hooks on ``os._Environ``, so every copy of the mapping and
+    every library is covered. Reads through C (``getenv`` in torch's or NCCL's native code) are
+    not seen. Listing the whole environment (``dict(os.environ)``, ``.copy()``, ``.items()``, as
+    launchers do for their children) is no read of each name. Cheap on the way: a name already
+    recorded costs one dict lookup; records are saved at most every second, and at exit."""
+    import collections.abc
+
+    environ = os._Environ
+    _ENVIRON_CODE.update(
+        (
+            environ.__getitem__.__code__.co_filename,
+            collections.abc.Mapping.get.__code__.co_filename,
+        )
+    )
+    _environ_state()
+    os.register_at_fork(after_in_child=_environ_state)
+    getitem, setitem, delitem, iterate = environ.__getitem__, environ.__setitem__, environ.__delitem__, environ.__iter__
+
+    @functools.wraps(getitem)
+    def __getitem__(self, key):
+        try:
+            value = getitem(self, key)
+        except KeyError:
+            if isinstance(key, str) and self is os.environ:
+                _seen(key, None)
+            raise
+        if isinstance(key, str) and self is os.environ:
+            _seen(key, value)
+        return value
+
+    def _seen(key, value):
+        state = _ENVIRON
+        if key in state["reads"]:
+            if state["dirty"] and time.monotonic() - state["saved"] >= _ENVIRON_SAVE_EVERY_S:
+                _quietly("environ", _save_environ, False)
+            return
+        if not _probe_busy():
+            _quietly("environ", _environ_read, key, value)
+
+    @functools.wraps(setitem)
+    def __setitem__(self, key, value):
+        setitem(self, key, value)
+        if self is os.environ and isinstance(key, str) and not _probe_busy():
+            _quietly("environ", _environ_written, key, value)
+
+    @functools.wraps(delitem)
+    def __delitem__(self, key):
+        delitem(self, key)
+        if self is os.environ and isinstance(key, str) and not _probe_busy():
+            _quietly("environ", _environ_written, key, None)
+
+    @functools.wraps(iterate)
+    def __iter__(self):
+        if self is os.environ and not _probe_busy():
+            _quietly("environ", _environ_listed)
+        return iterate(self)
+
+    environ.__getitem__, environ.__setitem__ = __getitem__, __setitem__
+    environ.__delitem__, environ.__iter__ = __delitem__, __iter__
+
+
 def install():
     global PROCESS
     if not DIR:
@@ -1139,3 +1380,4 @@ def install():
     sys.meta_path.insert(0, _Finder())
     if own:
         _quietly("rank", start_rank, rank)
+    _quietly("environ", record_environ)
