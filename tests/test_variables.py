@@ -105,9 +105,77 @@ def test_an_unset_sagemaker_name_is_named_with_the_ones_the_contract_sets(tmp_pa
     ]
 
 
+def test_a_failed_run_names_what_its_own_code_read_unset_never_a_librarys_advice(tmp_path: Path) -> None:
+    advice = _read(None, at="/x/site-packages/torch/distributed/c10d_logger.py:3", by="library")
+    process = _process({"TORCH_DISTRIBUTED_DEBUG": advice})
+    process.update(exit_code=1, exception="RuntimeError: timed out; set TORCH_DISTRIBUTED_DEBUG=DETAIL")
+    record = make_record(tmp_path, "local", status="failed", processes=[process])
+    assert not variables.check_run(record, CheckContext())
+    process["env_reads"]["DATA_DIR"] = _read(None)
+    record = make_record(tmp_path, "local", status="failed", processes=[process])
+    (found,) = variables.check_run(record, CheckContext())
+    assert (found.cause, found.severity, found.confidence) == ("env-var-unset", "failure", 0.2)
+    assert found.evidence == [
+        "DATA_DIR: read unset at /opt/ml/code/train.py:5",
+        "TORCH_DISTRIBUTED_DEBUG: read unset at torch/distributed/c10d_logger.py:3; named in the error",
+    ]
+
+
 def test_a_succeeded_run_with_unset_reads_has_no_finding(tmp_path: Path) -> None:
     record = make_record(tmp_path, "local", processes=[_process({"SM_CHANNEL_TEST": _read(None)})])
     assert not [f for f in judge([record]).findings if f.cause in ("sm-variable-unset", "env-var-unset")]
+
+
+# ---- the probe -------------------------------------------------------------------------------
+
+_READER = """\
+import os
+scale = os.environ.get("FEATURE_SCALE", "1")
+missing = os.getenv("NOT_THERE")
+present = "ALSO_NOT" in os.environ
+copies = dict(os.environ), os.environ.copy(), list(os.environ.items())
+os.environ["MINE"] = "a"
+os.environ["MINE"] = "b"
+os.environ["MY_SECRET_TOKEN"] = "token-value-never-recorded"
+del os.environ["MINE"]
+try:
+    os.environ["SM_CHANNEL_TRAINING"]
+except KeyError:
+    pass
+if os.fork() == 0:
+    os.environ.get("CHILD_ONLY")
+    os._exit(0)
+os.wait()
+"""
+
+
+def test_the_probe_records_reads_and_writes_of_the_environment(tmp_path: Path) -> None:
+    """What the job's code reads (set or not) and sets, where; never what the probe reads, nor
+    each name of an environment listed whole; a forked child records its own (os._exit)."""
+    import os
+    import subprocess
+    import sys
+
+    (tmp_path / "job.py").write_text(_READER)
+    probe = Path(variables.__file__).resolve().parent.parent / "probe"
+    env = {**os.environ, "PYTHONPATH": str(probe), "HARNESS_PROBE_DIR": str(tmp_path / "rec")}
+    env.update(FEATURE_SCALE="3", LISTED_ONLY="x")
+    subprocess.run([sys.executable, str(tmp_path / "job.py")], env=env, check=True, timeout=60)
+    records = [json.loads(p.read_text()) for p in sorted((tmp_path / "rec" / "processes").glob("*.json"))]
+    assert len(records) == 2, records
+    child = next(r for r in records if "CHILD_ONLY" in r.get("env_reads", {}))
+    parent = next(r for r in records if r is not child)
+    reads, job = parent["env_reads"], str(tmp_path / "job.py")
+    assert reads["FEATURE_SCALE"] == {"value": "3", "set": True, "at": f"{job}:2", "by": "job"}
+    assert reads["NOT_THERE"] == {"value": None, "set": False, "at": f"{job}:3", "by": "job"}
+    assert reads["ALSO_NOT"]["set"] is False and reads["SM_CHANNEL_TRAINING"]["at"] == f"{job}:11"
+    assert not {"LISTED_ONLY", "HARNESS_PROBE_DIR", "HARNESS_HOST", "RANK"} & set(reads)
+    writes = parent["env_writes"]
+    assert writes["MINE"] == {"value": None, "deleted": True, "at": f"{job}:6", "times": 3}
+    assert writes["MY_SECRET_TOKEN"]["value"] == "<redacted>"
+    assert "token-value-never-recorded" not in json.dumps(records)
+    assert list(child["env_reads"]) == ["CHILD_ONLY"]
+    assert not any(r.get("probe_errors") for r in records)
 
 
 # ---- real runs ------------------------------------------------------------------------------

@@ -198,9 +198,11 @@ def check_run(record: RunRecord, context: CheckContext) -> list[Finding]:
     given = _sagemaker_names(record)
     sagemaker = {n for n, r in unset.items() if n.startswith("SM_") and n not in given and (r.by_job or n in named)}
     others = {n for n, r in unset.items() if r.by_job and _compared(n)}
-    chosen = sorted(mentioned | sagemaker | others, key=lambda n: (n not in named, n not in sagemaker, n))
-    if not chosen:
-        return []
+    if not named | sagemaker | others:
+        return []  # a library's advice alone is no finding
+    chosen = sorted(
+        mentioned | sagemaker | others, key=lambda n: (n not in named, n not in sagemaker, n not in others, n)
+    )
     evidence = []
     for name in chosen[:_MAX_SHOWN]:
         line = f"{name}: read unset at {unset[name].at}" + ("; named in the error" if name in mentioned else "")
