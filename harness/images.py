@@ -33,12 +33,31 @@ from docker.utils import parse_repository_tag
 
 from harness.errors import ImageError
 
-__all__ = ["bootstrap_base_image", "build_image", "build_wheelhouse", "ensure_torch_image"]
+__all__ = [
+    "bootstrap_base_image",
+    "build_image",
+    "build_toolkit_wheelhouse",
+    "build_wheelhouse",
+    "ensure_toolkit_image",
+    "ensure_torch_image",
+]
 
 log = logging.getLogger(__name__)
 
 _LABEL = "harness.managed=true"
 _TORCH_REQUIREMENTS = ("torch==2.13.0", "numpy")
+#: The SageMaker training toolkit as the PyTorch deep learning containers install it (their
+#: Dockerfile.cpu/gpu: ``pip install sagemaker-pytorch-training sagemaker-training``), pinned.
+TOOLKIT_VERSIONS = {"sagemaker-training": "5.1.4", "sagemaker-pytorch-training": "3.0.0"}
+#: The label a toolkit image carries: the versions, as the rung's ``toolkit`` fact says them.
+TOOLKIT_LABEL = "harness.toolkit"
+#: The toolkit image's repository; ``--image harness/toolkit`` asks the docker rung to build it.
+TOOLKIT_IMAGE = "harness/toolkit"
+#: What the PyTorch DLCs set so that ``train`` (sagemaker_training.cli.train) hands over to the
+#: PyTorch toolkit (``ENV SAGEMAKER_TRAINING_MODULE=...`` in every pytorch/training Dockerfile).
+TOOLKIT_MODULE = "sagemaker_pytorch_container.training:main"
+#: Debian bookworm's python3, which the base image has: the toolkit's C extension is built for it.
+_IMAGE_PYTHON = "3.11"
 
 _DEBIAN_MIRROR = "http://deb.debian.org/debian"
 # SageMaker's training driver runs `python3 || python` and `pip3 || pip`; other launchers call
@@ -179,6 +198,89 @@ def ensure_torch_image(client: DockerClient) -> str:
     base = bootstrap_base_image(client)
     wheels = build_wheelhouse(_TORCH_REQUIREMENTS, cache)
     return build_image(client, base=base, wheelhouse=wheels, name="harness/torch")
+
+
+def toolkit_description(versions: dict[str, str] | None = None) -> str:
+    """``sagemaker-training 5.1.4, sagemaker-pytorch-training 3.0.0``: the label's value."""
+    return ", ".join(f"{name} {version}" for name, version in (versions or TOOLKIT_VERSIONS).items())
+
+
+def build_toolkit_wheelhouse(dest: Path, beside: Path | None = None) -> Path:
+    """Wheels of the pinned toolkit and of everything it needs, for the image's Python; return
+    their folder (keyed by the requirements and reused, as :func:`build_wheelhouse`).
+
+    Both toolkits are published as sources only, and ``sagemaker-training`` compiles a C
+    extension (``gethostname``, the MPI hostname shim), as does its dependency ``inotify_simple``
+    1.2.1: so ``pip wheel`` builds them here, with the host's compiler, for the host's Python,
+    which must be the image's (3.11, glibc), and fetches the other dependencies as published.
+    Wheels that ``beside`` (the torch wheelhouse) already holds are pinned to its versions and
+    left out, so the toolkit layer never replaces numpy under torch.
+    """
+    host = f"{sys.version_info[0]}.{sys.version_info[1]}"
+    if host != _IMAGE_PYTHON:
+        raise ImageError(
+            f"the toolkit's C extension must be built by Python {_IMAGE_PYTHON} (the image's), "
+            f"and the harness runs on {host}",
+            hint=f"run the harness from a Python {_IMAGE_PYTHON} environment to build the toolkit image",
+        )
+    requirements = [f"{name}=={version}" for name, version in TOOLKIT_VERSIONS.items()]
+    present = _wheel_names(beside)
+    target = dest / f"toolkit-py{host}-{_digest(host, *requirements, *present)}"
+    if target.is_dir():
+        return target
+    dest.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    partial = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=dest))
+    try:
+        pins = partial / ".constraints.txt"
+        pins.write_text("".join(f"{_name_version(name)}\n" for name in present), encoding="utf-8")
+        _run(
+            [sys.executable, "-m", "pip", "wheel", "--wheel-dir", str(partial), "-c", str(pins), *requirements],
+            what=f"pip wheel {' '.join(requirements)}",
+            hint="pip needs an index with the toolkit's sources and gcc with the Python headers",
+        )
+        pins.unlink()
+        for duplicate in set(present) & {p.name for p in partial.glob("*.whl")}:
+            (partial / duplicate).unlink()
+        partial.rename(target)
+    except OSError:
+        if not target.is_dir():
+            raise
+    finally:
+        shutil.rmtree(partial, ignore_errors=True)
+    log.info("built toolkit wheelhouse %s in %.0f s", target, time.monotonic() - started)
+    return target
+
+
+def ensure_toolkit_image(client: DockerClient) -> str:
+    """Return the tag of a PyTorch-DLC-like image: the torch image, the pinned SageMaker training
+    toolkit and PyTorch toolkit, and ``SAGEMAKER_TRAINING_MODULE``, so that ``docker run IMAGE
+    train`` runs the toolkit's ``train`` console script, which hands over to
+    ``sagemaker_pytorch_container.training:main``, as in the DLCs. Built offline from wheels made
+    on the host (:func:`build_toolkit_wheelhouse`) on top of :func:`ensure_torch_image`, whose
+    layers it shares; labelled :data:`TOOLKIT_LABEL` (the rung reads the versions from it) and
+    tagged ``harness/toolkit:latest`` too. Not reproduced from the DLCs: their entrypoint's
+    hostname shim (``start_with_right_hostname.sh``, docs/toolkit.md), conda, MPI and extras.
+    """
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "harness" / "wheels"
+    torch_image = ensure_torch_image(client)
+    torch_wheels = build_wheelhouse(_TORCH_REQUIREMENTS, cache)
+    wheels = build_toolkit_wheelhouse(cache, beside=torch_wheels)
+    steps = [
+        f"ENV SAGEMAKER_TRAINING_MODULE={TOOLKIT_MODULE}",
+        f'LABEL {TOOLKIT_LABEL}="{toolkit_description()}"',
+        "WORKDIR /",
+        'CMD ["train"]',
+    ]
+    tag = build_image(client, base=torch_image, steps=steps, wheelhouse=wheels, name=TOOLKIT_IMAGE)
+    client.images.get(tag).tag(TOOLKIT_IMAGE, "latest")
+    return tag
+
+
+def _name_version(wheel: str) -> str:
+    """``numpy==2.4.6`` from ``numpy-2.4.6-cp311-....whl`` (a wheel name's first two fields)."""
+    name, version = wheel.split("-")[:2]
+    return f"{name}=={version}"
 
 
 def _debootstrap(suite: str, rootfs: Path) -> None:
