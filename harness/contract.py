@@ -16,6 +16,9 @@ apart because they differ between SageMaker setups and break jobs in different w
     ``torch_distributed.py``) with aws/sagemaker-pytorch-training-toolkit (``training.py``),
     as in the PyTorch deep learning containers. Hyperparameters arrive JSON-encoded (SDK v2
     ``Framework.hyperparameters()``); the command line is sorted with booleans as ``True``.
+    Checked against the real sagemaker-training 5.1.4 and sagemaker-pytorch-training 3.0.0 by
+    tests/test_toolkit.py, which the docker rung runs where the image has them (harness/toolkit.py;
+    docs/toolkit.md lists the differences that remain, and why).
   - ``model-trainer``: the SDK v3 ``ModelTrainer`` drivers (``container_drivers/scripts/
     environment.py``, ``common/utils.py``, ``distributed_drivers/torchrun_driver.py``): strings
     unquoted (``safe_serialize``), arguments in insertion order with booleans as ``true``,
@@ -45,6 +48,36 @@ _TOOLKIT_RESERVED = (
     "sagemaker_job_name",
     "sagemaker_region",
 )
+#: Instance types whose torchrun gets ``FI_PROVIDER=efa`` / the RDMA variables from the toolkit
+#: (TK ``__init__.py`` ``SM_EFA_NCCL_INSTANCES``, ``SM_EFA_RDMA_INSTANCES``; ``torch_distributed.py``).
+_EFA_NCCL_INSTANCES = frozenset(
+    (
+        "ml.g4dn.8xlarge",
+        "ml.g4dn.12xlarge",
+        "ml.g5.48xlarge",
+        "ml.p3dn.24xlarge",
+        "ml.p4d.24xlarge",
+        "ml.p4de.24xlarge",
+        "ml.p5.48xlarge",
+        "ml.p5e.48xlarge",
+        "ml.trn1.32xlarge",
+        "ml.p6e-gb200.36xlarge",
+    )
+)
+_EFA_RDMA_INSTANCES = frozenset(
+    (
+        "ml.p4d.24xlarge",
+        "ml.p4de.24xlarge",
+        "ml.p5.48xlarge",
+        "ml.p5e.48xlarge",
+        "ml.trn1.32xlarge",
+        "ml.p6e-gb200.36xlarge",
+    )
+)
+#: What the PyTorch DLCs set in their image (``ENV SAGEMAKER_TRAINING_MODULE=...``, every
+#: pytorch/training Dockerfile) so that ``train`` hands over to the PyTorch toolkit; the entry
+#: point inherits it.
+TOOLKIT_FRAMEWORK_MODULE = "sagemaker_pytorch_container.training:main"
 #: Reserved ``sagemaker_*`` keys the toolkit keeps out of ``SM_FRAMEWORK_PARAMS`` (``params.py``).
 _TOOLKIT_NOT_FRAMEWORK = {
     "sagemaker_program",
@@ -127,6 +160,11 @@ def serialized_hyperparameters(job: JobSpec) -> dict[str, str]:
     if job.distribution == "torchrun":
         encoded["sagemaker_torch_distributed_enabled"] = "true"
         encoded["sagemaker_instance_type"] = json.dumps(job.instance_type)
+        # The toolkit starts one process per GPU (1 on CPU) unless this framework parameter says
+        # how many (TK runner.py ``_mpi_param_value``, for every runner type); SDK v2's
+        # ``torch_distributed`` sends none, so a job that asks for P per host sends it as a
+        # hyperparameter (how request.py reads it back). Verified against sagemaker-training 5.1.4.
+        encoded["sagemaker_mpi_num_of_processes_per_host"] = json.dumps(job.processes_per_host)
     return encoded
 
 
@@ -270,7 +308,7 @@ def _toolkit_env(job: JobSpec, host: str, machine: Machine, opt_ml: PurePosixPat
         "current_instance_type": job.instance_type,
         "distribution_hosts": hosts if distributed else [],
         "distribution_instance_groups": [group] if distributed else [],
-        "framework_module": "sagemaker_pytorch_container.training:main",
+        "framework_module": TOOLKIT_FRAMEWORK_MODULE,
         "hosts": hosts,
         "hyperparameters": hps,
         "input_config_dir": str(opt_ml / "input" / "config"),
@@ -288,7 +326,7 @@ def _toolkit_env(job: JobSpec, host: str, machine: Machine, opt_ml: PurePosixPat
         "master_hostname": hosts[0],
         "model_dir": str(opt_ml / "model"),
         "module_dir": module_dir,
-        "module_name": PurePosixPath(job.entry_point or "None").stem,
+        "module_name": (job.entry_point or "None").removesuffix(".py"),  # TK _parse_module_name
         "network_interface_name": machine.network_interface,
         "num_cpus": machine.num_cpus,
         "num_gpus": machine.num_gpus,
@@ -334,6 +372,7 @@ def _toolkit_env(job: JobSpec, host: str, machine: Machine, opt_ml: PurePosixPat
         "SM_OUTPUT_INTERMEDIATE_DIR": properties["output_intermediate_dir"],
         **{key: value for key, value in paths.items() if key.startswith("SM_CHANNEL_")},
         **{f"SM_HP_{key.upper()}": _env_value(value) for key, value in hps.items()},
+        "SAGEMAKER_TRAINING_MODULE": TOOLKIT_FRAMEWORK_MODULE,  # the DLC image's, inherited
         "CURRENT_HOST": host,
         "SAGEMAKER_JOB_NAME": job.name,
         "SAGEMAKER_REGION": "us-east-1",
@@ -345,8 +384,12 @@ def _toolkit_env(job: JobSpec, host: str, machine: Machine, opt_ml: PurePosixPat
         "MASTER_ADDR": hosts[0],
         "MASTER_PORT": str(MASTER_PORT),
     }
-    if job.distribution == "torchrun":
-        env["NCCL_PROTO"] = "simple"  # TK torch_distributed.py _setup()
+    if job.distribution == "torchrun":  # TK torch_distributed.py _setup()
+        env["NCCL_PROTO"] = "simple"
+        if job.instance_type in _EFA_NCCL_INSTANCES:
+            env["FI_PROVIDER"] = "efa"
+        if job.instance_type in _EFA_RDMA_INSTANCES:
+            env.update({"FI_EFA_USE_DEVICE_RDMA": "1", "RDMAV_FORK_SAFE": "1"})
     return env
 
 
@@ -454,7 +497,7 @@ def script_args(job: JobSpec) -> list[str]:
 def launch_command(job: JobSpec, host: str, machine: Machine) -> list[str]:
     """The command the launcher runs on ``host`` (from its working directory :func:`code_dir`).
 
-    Toolkit: ``[python, train.py, *args]`` or ``torchrun --nnodes N --nproc_per_node P
+    Toolkit: ``[python, --, train.py, *args]`` or ``torchrun --nnodes N --nproc_per_node P
     [--master_addr … --master_port 7777 --node_rank i] train.py *args`` (multi-node flags only
     when N > 1; separate tokens). v3 torchrun driver: the same flags in ``--flag=value`` form.
     """
@@ -462,6 +505,8 @@ def launch_command(job: JobSpec, host: str, machine: Machine) -> list[str]:
         return ["train"]
     script, args = job.entry_point or "", script_args(job)
     if job.distribution == "none":
+        if job.launcher == "toolkit":  # TK process.py: the script after '--' (its sys.argv is the same)
+            return [machine.python, "--", script, *args]
         return [machine.python, script, *args]
     hosts = sorted(job.hosts) if job.launcher == "model-trainer" else job.hosts
     flags = {"nnodes": str(len(hosts)), "nproc_per_node": str(job.processes_per_host)}
@@ -530,7 +575,10 @@ def failure_message(job: JobSpec, exit_code: int, command: list[str], error_line
             f"'aws/sagemaker/TrainingJobs'.\nTrainingJob - {job.name}"
         )
     info = '\nExtraInfo "OutOfMemory: Process killed by SIGKILL (signal 9)"' if exit_code == 137 else ""
-    message = "\n".join(dict.fromkeys(error_lines))
+    # TK process.py: watch() keeps each line stripped of " :\n" plus a newline, joined by spaces;
+    # check_error() then drops repeated lines and strips the whole (sagemaker-training 5.1.4).
+    joined = " ".join(line.strip(" :\n") + "\n" for line in dict.fromkeys(error_lines))
+    message = "\n".join(dict.fromkeys(joined.split("\n"))).strip()
     return (
         f'ExecuteUserScriptError:\nExitCode {exit_code}\nErrorMessage "{message}"{info}\nCommand "{" ".join(command)}"'
     )

@@ -196,10 +196,10 @@ def test_docker_installs_in_each_container_from_the_hosts_wheelhouse(
         log = record.host_log(host).read_text()
         assert "Looking in links: /opt/harness/wheels" in log and "Looking in indexes" not in log  # offline
         assert f"imported {PACKAGE} {VERSION} rank - python /usr/bin/python3" in log
-        assert (
-            json.loads((record.root / "hosts" / host / "received" / "command.json").read_text())["argv"][1]
-            == "train.py"
-        )  # the launcher's own command, not the installer's
+        assert json.loads((record.root / "hosts" / host / "received" / "command.json").read_text())["argv"][1:3] == [
+            "--",
+            "train.py",
+        ]  # the launcher's own command, not the installer's
     assert record.manifest["rung_facts"]["requirements"]["installed"] == {PACKAGE: VERSION}
     again = get_backend("docker", gpus=False).run(job, tmp_path / "records")
     assert again.status == "succeeded" and _requirements(again)["wheelhouse_reused"] is True
