@@ -35,7 +35,7 @@ from docker.types import DeviceRequest, Mount, Ulimit
 from docker.utils import parse_bytes
 from pydantic import Field, NonNegativeFloat, PositiveFloat, field_validator
 
-from harness import artifacts, interrupts, requirements
+from harness import artifacts, interrupts, requirements, toolkit
 from harness.backends.base import Backend, Capabilities, Plan, Progress, RungOptions
 from harness.backends.containers import (
     LOG_DRAIN_S,
@@ -50,7 +50,6 @@ from harness.backends.containers import (
     pump_logs,
     quietly,
     reclaim,
-    resolve_image,
     run_labels,
     shielded,
     stop,
@@ -236,6 +235,8 @@ class DockerBackend(EngineClient, Backend[DockerPlan]):
             "init": "none: the command is PID 1, as under `docker run image train`",
             "stop": f"SIGTERM, SIGKILL after {self.options.stop_grace_s:g} s",
         }
+        if job.is_script_mode and job.launcher == "toolkit":
+            facts["toolkit"] = f"{toolkit.EMULATED}, unless the image has the toolkit (decided when it is known)"
         requirements.plan_fact(job, facts, self.name)
         return DockerPlan(
             self.name,
@@ -254,8 +255,15 @@ class DockerBackend(EngineClient, Backend[DockerPlan]):
         containers: dict[str, Container] = {}
         image = ""
         try:  # everything made below carries the run's labels; the finally removes it by label
-            image = resolve_image(client, job, self.options.image)
+            image = toolkit.image_for(client, job, self.options.image)
             record.set_fact("image", image)
+            uses_toolkit = job.is_script_mode and job.launcher == "toolkit"
+            real = toolkit.found_in_image(client, image, labels) if uses_toolkit else None
+            if real:  # the image's own toolkit makes the launcher layer (docs/toolkit.md)
+                plan.hosts = toolkit.hand_over(plan.hosts, real)
+                record.set_fact("environment", "the contract's platform layer; the image's toolkit adds the rest")
+            if uses_toolkit:
+                record.set_fact("toolkit", real or toolkit.EMULATED)
             network = client.networks.create(f"harness-{labels[RUN_ID]}", driver="bridge", labels=labels)
             trees = {host: work / host / "opt_ml" for host in plan.hosts}
             channels = stage_channels(job, work, record)
@@ -296,6 +304,8 @@ class DockerBackend(EngineClient, Backend[DockerPlan]):
             requirements.collect_containers(job, setup, record)
             record.manifest["artifacts"] = artifact_overview(artifacts.collect(trees, record.root))
             record.manifest["ranks"] = ranks_from_probe(record.root)
+            if real:
+                toolkit.record_launched(record, plan.hosts)
         finally:
             shielded(lambda: teardown(client, labels, image, work))
         if hung:
