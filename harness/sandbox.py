@@ -1,14 +1,26 @@
 """Private Linux namespaces that make one machine look like a SageMaker cluster.
 
 The ``local`` rungs run every host's processes on this machine, yet jobs expect what SageMaker
-gives them: ``algo-1`` … ``algo-N`` resolve, ``MASTER_PORT`` 7777 is free, and ``/opt/ml`` is the
-host's own tree. One network namespace per run (loopback only, so concurrent runs never collide
-on ports and nothing listens on the machine's real interfaces) and one mount namespace per host
-(a private ``/etc/hosts`` and that host's tree bind-mounted on ``/opt/ml``) give exactly that,
-without writing the machine's real ``/opt/ml`` or ``/etc/hosts``.
+gives them: ``algo-1`` … ``algo-N`` resolve to distinct machines, ``MASTER_PORT`` 7777 is free on
+each, ``127.0.0.1`` is the host's own, and ``/opt/ml`` is the host's own tree. Each host gets its
+own network namespace, mount namespace (a private ``/etc/hosts``, that host's tree bind-mounted on
+``/opt/ml``) and UTS namespace (``gethostname()`` is ``algo-N``); the hosts' networks meet on a
+bridge in one more namespace, the run's own:
+
+    run namespace:    br0 ── veth1, veth2, …           (no address, no route off the machine)
+    algo-N namespace: lo (127.0.0.1), eth0 10.0.0.(N+1)/16, the peer of vethN
+
+So a job that rendezvous on ``localhost`` waits for a master that is not there, as on real
+instances, concurrent runs never collide, and nothing listens on the machine's real interfaces;
+the machine's real ``/opt/ml`` and ``/etc/hosts`` are never written. Each namespace is held by a
+tiny anchor process; a namespace ends with its last process, and its interfaces with it, so a
+killed harness leaves nothing behind (the anchors exit when their stdin closes).
 
 This needs ``CAP_SYS_ADMIN`` (root, as in CI and in containers started ``--privileged``). Without
-it the rung runs degraded (:func:`unavailable_reason` says why) and the run record says so.
+it the rung runs degraded (:func:`unavailable_reason` says why) and the run record says so. Where
+namespaces can be made but not bridges and veth pairs (no ``ip`` command, no veth driver:
+:func:`host_networks_unavailable_reason`), every host shares the run's namespace, loopback only,
+and the record says that instead.
 """
 
 from __future__ import annotations
@@ -16,6 +28,7 @@ from __future__ import annotations
 import ctypes
 import fcntl
 import os
+import shutil
 import socket
 import struct
 import subprocess
@@ -23,11 +36,22 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 
+from harness import interrupts
+
 CLONE_NEWNS = 0x00020000
 CLONE_NEWUTS = 0x04000000
 CLONE_NEWNET = 0x40000000
 MS_RDONLY, MS_BIND, MS_REC, MS_PRIVATE = 1, 4096, 16384, 1 << 18
 _SIOCGIFFLAGS, _SIOCSIFFLAGS, _IFF_UP = 0x8913, 0x8914, 0x1
+
+#: The interface each host's namespace has, as on SageMaker's instances and the container rungs.
+HOST_INTERFACE = "eth0"
+#: algo-N is 10.0.0.(N+1) on the bridge (up to 65533 hosts); the run's namespace is private, so
+#: every run may use the same subnet.
+_SUBNET, _PREFIX_LEN = (10, 0), 16
+#: EC2 instances in a VPC (and so SageMaker's) have jumbo frames on eth0.
+_MTU = 9001
+_ANCHOR = [sys.executable, "-S", "-c", "import sys; sys.stdin.buffer.read()"]
 
 _libc = ctypes.CDLL(None, use_errno=True)
 
@@ -73,6 +97,36 @@ def unavailable_reason() -> str | None:
     return None
 
 
+def host_networks_unavailable_reason() -> str | None:
+    """Why each host cannot get its own network namespace on a bridge, or None when it can (tried
+    in a throwaway namespace that ends with the ``ip`` process that made it)."""
+    ip = _ip_command()
+    if ip is None:
+        return "the ip command (iproute2) is not installed"
+    try:
+        probe = subprocess.run(
+            [ip, "-batch", "-"],
+            input=b"link add name probe0 type bridge\n"
+            b"link add name probe1 type veth peer name probe2\n"
+            b"link set probe1 master probe0\n",
+            capture_output=True,
+            preexec_fn=_enter_new_network,
+            timeout=30,
+            check=False,
+        )
+    except (OSError, subprocess.SubprocessError) as exc:
+        return f"cannot run ip in a new network namespace ({exc})"
+    if probe.returncode != 0:
+        said = (probe.stderr or probe.stdout).decode(errors="replace").strip().splitlines()
+        return f"cannot create a bridge and veth pairs ({said[0] if said else f'ip exited {probe.returncode}'})"
+    return None
+
+
+def host_addresses(hosts: list[str]) -> dict[str, str]:
+    """Each host's address on the run's bridge: ``algo-N`` is ``10.0.0.(N+1)``."""
+    return {host: ".".join(map(str, (*_SUBNET, (i + 2) // 256, (i + 2) % 256))) for i, host in enumerate(hosts)}
+
+
 def _loopback_up() -> None:
     with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
         request = struct.pack("16sH", b"lo", 0)
@@ -80,56 +134,93 @@ def _loopback_up() -> None:
         fcntl.ioctl(sock, _SIOCSIFFLAGS, struct.pack("16sH", b"lo", flags | _IFF_UP))
 
 
-def hosts_file(hosts: list[str]) -> str:
-    """``/etc/hosts`` for a run: every SageMaker host name on loopback of the run's namespace."""
-    return f"127.0.0.1\tlocalhost\n127.0.0.1\t{' '.join(hosts)}\n::1\tlocalhost ip6-localhost\n"
+def hosts_file(hosts: list[str], addresses: dict[str, str] | None = None) -> str:
+    """``/etc/hosts`` for a run: every SageMaker host name at its address on the bridge, or, where
+    the hosts share one namespace (``addresses`` None), all of them on its loopback."""
+    names = (
+        "".join(f"{addresses[host]}\t{host}\n" for host in hosts) if addresses else f"127.0.0.1\t{' '.join(hosts)}\n"
+    )
+    return f"127.0.0.1\tlocalhost\n::1\tlocalhost ip6-localhost ip6-loopback\n{names}"
 
 
 class RunNetwork:
-    """A network namespace that lives as long as the run: held open by a tiny anchor process.
-
-    The anchor exits on its own when the harness dies (its stdin closes), so a killed harness
-    leaves no namespace behind.
+    """The run's network namespaces, for as long as the run lasts: with ``hosts``, one per host
+    (addresses in :attr:`addresses`) bridged in the run's own; without, the run's alone, shared
+    by every host (loopback only). Each is held open by an anchor process that exits on its own
+    when the harness dies (its stdin closes), so a killed harness leaves no namespace behind
+    once its job's processes have ended (they are inside the hosts' namespaces).
     """
 
-    def __init__(self) -> None:
+    def __init__(self, hosts: list[str] | None = None) -> None:
+        self.addresses: dict[str, str] = host_addresses(hosts) if hosts else {}
         self._anchor: subprocess.Popen[bytes] | None = None
+        self._hosts: dict[str, subprocess.Popen[bytes]] = {}
 
     def __enter__(self) -> RunNetwork:
-        self._anchor = subprocess.Popen(
-            [sys.executable, "-S", "-c", "import sys; sys.stdout.write('up\\n'); sys.stdout.flush(); sys.stdin.read()"],
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            preexec_fn=_enter_new_network,
-            start_new_session=True,
-        )
-        assert self._anchor.stdout is not None
-        if self._anchor.stdout.readline() != b"up\n":
+        try:
+            with interrupts.deferred():  # a signal while half made: undone below, then raised
+                self._anchor = _start_anchor()
+                for host in self.addresses:
+                    self._hosts[host] = _start_anchor()
+                if self._hosts:
+                    self._bridge_hosts()
+        except BaseException:
             self.__exit__(None, None, None)
-            raise OSError("the network namespace anchor did not start")
+            raise
         return self
 
     def __exit__(self, *exc: object) -> None:
-        if self._anchor is not None:
-            self._anchor.kill()
-            self._anchor.wait()
-            self._anchor = None
+        anchors = [*self._hosts.values(), *([self._anchor] if self._anchor is not None else [])]
+        for anchor in anchors:
+            anchor.kill()
+        for anchor in anchors:
+            anchor.wait()
+            if anchor.stdin is not None:
+                anchor.stdin.close()
+        self._anchor, self._hosts = None, {}
 
     @property
     def netns_path(self) -> str:
+        """The run's namespace (the bridge's; every host's where hosts share it)."""
         assert self._anchor is not None, "RunNetwork used outside its `with` block"
         return f"/proc/{self._anchor.pid}/ns/net"
+
+    def host_netns_path(self, host: str) -> str:
+        """The namespace ``host``'s processes run in."""
+        anchor = self._hosts.get(host)
+        return self.netns_path if anchor is None else f"/proc/{anchor.pid}/ns/net"
+
+    def _bridge_hosts(self) -> None:
+        """A bridge in the run's namespace and, for each host, a veth pair: one end on the
+        bridge, the other the host's eth0 with its address."""
+        ip = _ip_command() or "ip"
+        run_side = ["link add name br0 type bridge", "link set br0 up"]
+        for n, anchor in enumerate(self._hosts.values(), start=1):
+            run_side += [
+                f"link add name veth{n} mtu {_MTU} type veth peer name {HOST_INTERFACE} mtu {_MTU} netns {anchor.pid}",
+                f"link set veth{n} master br0 up",
+            ]
+        _wait_ip([_start_ip(ip, self.netns_path, run_side)])
+        _wait_ip(
+            [
+                _start_ip(
+                    ip,
+                    self.host_netns_path(host),
+                    [f"addr add {address}/{_PREFIX_LEN} dev {HOST_INTERFACE}", f"link set {HOST_INTERFACE} up"],
+                )
+                for host, address in self.addresses.items()
+            ]
+        )
 
     def host_entry(
         self, *, host: str, opt_ml: Path, hosts_path: Path, overlay_dir: Path, cwd: str
     ) -> Callable[[], None]:
-        """A ``preexec_fn`` that puts a child into this run's network and its host's mounts."""
-        netns = self.netns_path
+        """A ``preexec_fn`` that puts a child into its host's network and mounts (every process
+        it starts inherits them: torchrun's workers, DataLoader workers, the probe's tees)."""
+        netns = self.host_netns_path(host)
 
         def enter() -> None:
-            fd = os.open(netns, os.O_RDONLY)
-            _check(_libc.setns(fd, CLONE_NEWNET), "setns")
-            os.close(fd)
+            _enter_network(netns)
             _check(_libc.unshare(CLONE_NEWNS | CLONE_NEWUTS), "unshare mount and UTS namespaces")
             # gethostname() returns algo-N, as the deep learning containers' LD_PRELOAD shim makes it.
             _check(_libc.sethostname(host.encode(), len(host)), "sethostname")
@@ -139,6 +230,49 @@ class RunNetwork:
             os.chdir(cwd)  # as the job sees it (/opt/ml/code), not the work dir behind the mount
 
         return enter
+
+
+def _ip_command() -> str | None:
+    return shutil.which("ip") or shutil.which("ip", path="/usr/sbin:/sbin")  # root's PATH may lack sbin
+
+
+def _start_anchor() -> subprocess.Popen[bytes]:
+    """A process in a new network namespace (loopback up) that lives until its stdin closes. The
+    namespace exists once ``Popen`` returns: the child made it before its ``exec``."""
+    return subprocess.Popen(
+        _ANCHOR,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        preexec_fn=_enter_new_network,
+        start_new_session=True,  # a Ctrl-C at the terminal is the harness's to handle
+    )
+
+
+def _start_ip(ip: str, netns: str, commands: list[str]) -> tuple[subprocess.Popen[bytes], bytes]:
+    proc = subprocess.Popen(
+        [ip, "-batch", "-"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        preexec_fn=lambda: _enter_network(netns),
+    )
+    return proc, "".join(f"{command}\n" for command in commands).encode()
+
+
+def _wait_ip(started: list[tuple[subprocess.Popen[bytes], bytes]]) -> None:
+    for proc, commands in started:
+        out, _ = proc.communicate(commands, timeout=30)
+        if proc.returncode != 0:
+            raise OSError(f"setting up the hosts' network failed: ip: {out.decode(errors='replace').strip()}")
+
+
+def _enter_network(netns: str) -> None:
+    fd = os.open(netns, os.O_RDONLY)
+    try:
+        _check(_libc.setns(fd, CLONE_NEWNET), "setns")
+    finally:
+        os.close(fd)
 
 
 def _enter_new_network() -> None:

@@ -2,11 +2,15 @@
 
 Each SageMaker host becomes a launcher process with its own ``/opt/ml`` tree built by
 :mod:`harness.contract`. With private namespaces (:mod:`harness.sandbox`) the job sees exactly
-what SageMaker gives it: ``algo-N`` resolve (to this run's private loopback), port 7777 is free,
-and ``/opt/ml`` is the host's own tree, so scripts that hard-code ``/opt/ml`` paths write into the
-record's work dir, never into the machine's real ``/opt/ml``. Without namespaces the rung runs
-*degraded*: paths point into the work dir, the rendezvous moves to ``127.0.0.1`` on a free port,
-writes to the real ``/opt/ml`` are refused by the probe, and the record lists each adaptation.
+what SageMaker gives it: each host its own network (``algo-N`` resolve to distinct addresses on a
+private bridge, ``127.0.0.1`` is the host's own, port 7777 is free on each host), and ``/opt/ml``
+is the host's own tree, so scripts that hard-code ``/opt/ml`` paths write into the record's work
+dir, never into the machine's real ``/opt/ml``, and a script that rendezvous on ``localhost``
+fails here as it does on real instances. Where bridges cannot be made (no ``ip`` command) the
+hosts share one private loopback instead. Without namespaces the rung runs *degraded*: paths
+point into the work dir, the rendezvous moves to ``127.0.0.1`` on a free port, writes to the real
+``/opt/ml`` are refused by the probe, and the record lists each adaptation (``rung_facts``:
+``namespaces``, ``network``, ``hostnames`` say which of the three a run had).
 """
 
 from __future__ import annotations
@@ -68,6 +72,11 @@ def _namespaces_unavailable() -> str | None:
 
 
 @functools.cache
+def _host_networks_unavailable() -> str | None:
+    return sandbox.host_networks_unavailable_reason()
+
+
+@functools.cache
 def cuda_device_count() -> int:
     """GPUs torch sees here (asked in a child so the harness itself never imports torch)."""
     try:
@@ -102,6 +111,8 @@ class LocalPlan(Plan):
 
     work_dir: Path = Path()
     namespaced: bool = True
+    #: Each host in its own network namespace (else, when namespaced, all in the run's one).
+    host_networks: bool = True
 
 
 class LocalBackend(Backend[LocalPlan]):
@@ -118,13 +129,18 @@ class LocalBackend(Backend[LocalPlan]):
             return "a bring-your-own image runs only on container rungs (docker, sagemaker-local)"
         return s3_unsupported(job)
 
-    def _machine(self) -> Machine:
-        return Machine(num_cpus=os.cpu_count() or 1, num_gpus=0, network_interface="lo", python=sys.executable)
+    def _machine(self, network_interface: str) -> Machine:
+        return Machine(
+            num_cpus=os.cpu_count() or 1, num_gpus=0, network_interface=network_interface, python=sys.executable
+        )
 
     def plan(self, job: JobSpec) -> LocalPlan:
         degraded = _namespaces_unavailable()
+        shared = _host_networks_unavailable() if degraded is None else None
+        host_networks = degraded is None and shared is None
         work = Path(tempfile.gettempdir()) / f"harness-{self.name}-{uuid.uuid4().hex[:8]}"  # orphans.WORK_PREFIX
-        machine = requirements.local_machine(job, self._machine())  # the job's cached environment's python
+        interface = sandbox.HOST_INTERFACE if host_networks else "lo"
+        machine = requirements.local_machine(job, self._machine(interface))  # the job's cached environment's python
         contracts: dict[str, HostContract] = {}
         for host in job.hosts:
             opt_ml = OPT_ML if degraded is None else PurePosixPath(work / host / "opt_ml")
@@ -132,13 +148,15 @@ class LocalBackend(Backend[LocalPlan]):
         facts: dict[str, object] = {
             "work_dir": str(work),
             "probe": "on" if self.options.probe else "off",
-            "namespaces": "private network and mount namespaces" if degraded is None else f"none: {degraded}",
+            "namespaces": f"none: {degraded}"
+            if degraded is not None
+            else "network, mount and hostname (UTS) namespaces per host"
+            if host_networks
+            else "mount and hostname (UTS) namespaces per host, one network namespace for the run",
+            **_network_facts(job.hosts, degraded, shared),
             "opt_ml": "each host's tree mounted on /opt/ml"
             if degraded is None
             else "not emulated: paths point into the work dir; writes to /opt/ml are refused",
-            "hostnames": "algo-N resolve to the run's private loopback"
-            if degraded is None
-            else "algo-N do not resolve; the rendezvous uses 127.0.0.1",
             "channels": CHANNELS_FACT.format(how="symbolic links to"),
             "gpus": "hidden (CUDA_VISIBLE_DEVICES='')" if machine.num_gpus == 0 else f"{machine.num_gpus} visible",
             "machine": {
@@ -152,7 +170,9 @@ class LocalBackend(Backend[LocalPlan]):
             port = _free_port()
             facts["adapted"] = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port}
             contracts = {h: _degrade(c, port) for h, c in contracts.items()}
-        return LocalPlan(self.name, job, contracts, facts, work_dir=work, namespaced=degraded is None)
+        return LocalPlan(
+            self.name, job, contracts, facts, work_dir=work, namespaced=degraded is None, host_networks=host_networks
+        )
 
     def _execute(self, plan: LocalPlan, record: RecordWriter, progress: Progress | None) -> Status:
         job, work, namespaced = plan.job, plan.work_dir, plan.namespaced
@@ -162,7 +182,8 @@ class LocalBackend(Backend[LocalPlan]):
             channels = stage_channels(job, work, record)
             if not requirements.install_local(job, plan.hosts, record):
                 return "failed"  # pip failed: recorded as the launchers fail, none started
-            with sandbox.RunNetwork() if namespaced else _no_network() as network:
+            network_of = sandbox.RunNetwork(job.hosts if plan.host_networks else None)
+            with network_of if namespaced else _no_network() as network:
                 launches = [
                     self._prepare_host(job, contract, channels[host], work, record, network)
                     for host, contract in plan.hosts.items()
@@ -218,7 +239,7 @@ class LocalBackend(Backend[LocalPlan]):
         cwd = Path(str(contract.cwd))
         if network is not None:
             hosts_path = work / host / "hosts"
-            hosts_path.write_text(sandbox.hosts_file(job.hosts), encoding="utf-8")
+            hosts_path.write_text(sandbox.hosts_file(job.hosts, network.addresses or None), encoding="utf-8")
             preexec = network.host_entry(
                 host=host,
                 opt_ml=tree,
@@ -302,10 +323,35 @@ class LocalGpuBackend(LocalBackend):
             return "no CUDA device visible to torch on this machine"
         return None
 
-    def _machine(self) -> Machine:
+    def _machine(self, network_interface: str) -> Machine:
         return Machine(
-            num_cpus=os.cpu_count() or 1, num_gpus=cuda_device_count(), network_interface="lo", python=sys.executable
+            num_cpus=os.cpu_count() or 1,
+            num_gpus=cuda_device_count(),
+            network_interface=network_interface,
+            python=sys.executable,
         )
+
+
+def _network_facts(hosts: list[str], degraded: str | None, shared: str | None) -> dict[str, str]:
+    """The network model a run has, for the record: ``network`` and ``hostnames``."""
+    if degraded is not None:
+        return {
+            "network": "none of its own: every host shares this machine's network, its loopback and ports",
+            "hostnames": "algo-N do not resolve; the rendezvous uses 127.0.0.1",
+        }
+    if shared is not None:
+        return {
+            "network": "one network namespace for the run, loopback only, shared by every host: 127.0.0.1 and "
+            f"ports are common to all hosts (no namespace per host: {shared})",
+            "hostnames": "algo-N resolve to the run's private loopback",
+        }
+    addresses = sandbox.host_addresses(hosts)
+    return {
+        "network": f"one network namespace per host, bridged: {sandbox.HOST_INTERFACE} with "
+        f"{', '.join(f'{host} at {address}' for host, address in addresses.items())}; 127.0.0.1 and ports are "
+        "each host's own; nothing routes off this machine",
+        "hostnames": "algo-N resolve to each host's address on the bridge",
+    }
 
 
 class _no_network:
