@@ -261,10 +261,21 @@ def _start_ip(ip: str, netns: str, commands: list[str]) -> tuple[subprocess.Pope
 
 
 def _wait_ip(started: list[tuple[subprocess.Popen[bytes], bytes]]) -> None:
-    for proc, commands in started:
-        out, _ = proc.communicate(commands, timeout=30)
-        if proc.returncode != 0:
-            raise OSError(f"setting up the hosts' network failed: ip: {out.decode(errors='replace').strip()}")
+    """Feed each ``ip -batch`` its commands and wait for all of them (none left running when one
+    fails or hangs); raise with what the first failing one said."""
+    failed = []
+    try:
+        for proc, commands in started:
+            out, _ = proc.communicate(commands, timeout=30)
+            if proc.returncode != 0:
+                failed.append(out.decode(errors="replace").strip() or f"ip exited {proc.returncode}")
+    finally:
+        for proc, _ in started:
+            if proc.poll() is None:
+                proc.kill()
+                proc.wait()
+    if failed:
+        raise OSError(f"setting up the hosts' network failed: ip: {failed[0]}")
 
 
 def _enter_network(netns: str) -> None:
