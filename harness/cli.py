@@ -17,6 +17,7 @@ import os
 import re
 import signal
 import sys
+import tempfile
 import textwrap
 import threading
 import time
@@ -737,16 +738,30 @@ def _plain(value: Any) -> str:
 
 
 def cmd_doctor(args: argparse.Namespace) -> int:
-    for rung in rungs():
-        try:
-            backend = get_backend(rung)
-            reason = backend.unavailable_reason()
-        except HarnessError as exc:
-            _emit(f"{rung:16} unavailable: {exc.message}")
-            continue
-        _emit(
-            f"{rung:16} {'ready' if reason is None else 'unavailable: ' + reason} [{backend.capabilities.describe()}]"
+    """Each rung: ready or why not, what it can do, and for a ready one how like SageMaker it is
+    here (its network model and launcher, from the plan of a 2-host torchrun job)."""
+    with tempfile.TemporaryDirectory(prefix="harness-doctor-") as scratch:
+        (Path(scratch) / "train.py").touch()
+        sample = JobSpec(
+            name="doctor", source_dir=Path(scratch), entry_point="train.py", instance_count=2, distribution="torchrun"
         )
+        for rung in rungs():
+            try:
+                backend = get_backend(rung)
+                reason = backend.unavailable_reason()
+            except HarnessError as exc:
+                _emit(f"{rung:16} unavailable: {exc.message}")
+                continue
+            state = "ready" if reason is None else f"unavailable: {reason}"
+            _emit(f"{rung:16} {state} [{backend.capabilities.describe()}]")
+            if reason is None:
+                try:
+                    facts = backend.plan(sample).facts
+                except HarnessError:  # a rung of another package that cannot plan such a job
+                    continue
+                for key in ("network", "toolkit", "launcher"):
+                    if facts.get(key):
+                        _emit(f"{'':16}   {key}: {facts[key]}")
     from harness import localstack, s3
 
     missing = s3.missing_reason()

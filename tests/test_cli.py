@@ -121,3 +121,18 @@ def test_a_ladder_says_which_rung_starts_and_how_it_ended(tmp_path: Path, capsys
     err = capsys.readouterr().err
     assert "[local] starting: 1 host x 1 process" in err
     assert "[local] succeeded after " in err
+
+
+def test_doctor_says_how_like_sagemaker_each_ready_rung_is(capsys: pytest.CaptureFixture[str]) -> None:
+    """The network model and the launcher of each ready rung, as its plan would record them."""
+    assert main(["doctor"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    local = out.index(next(line for line in out if line.startswith("local ")))
+    if " ready " in out[local]:
+        assert out[local + 1].strip().startswith("network: ")
+        assert out[local + 2].strip() == "toolkit: emulated (harness/contract.py)"
+    unavailable = [line for line in out if line.startswith("local-gpu ") or line.startswith("sagemaker ")]
+    for line in unavailable:
+        if "unavailable" in line:
+            following = out[out.index(line) + 1]
+            assert not following.startswith(" "), "an unavailable rung is not planned"

@@ -29,7 +29,7 @@ from pathlib import Path, PurePosixPath
 
 from pydantic import PositiveFloat
 
-from harness import artifacts, requirements, sandbox
+from harness import artifacts, requirements, sandbox, toolkit
 from harness.backends import orphans
 from harness.backends.base import Backend, Capabilities, Plan, Progress, RungOptions
 from harness.backends.hosts import (
@@ -138,7 +138,7 @@ class LocalBackend(Backend[LocalPlan]):
         degraded = _namespaces_unavailable()
         shared = _host_networks_unavailable() if degraded is None else None
         host_networks = degraded is None and shared is None
-        work = Path(tempfile.gettempdir()) / f"harness-{self.name}-{uuid.uuid4().hex[:8]}"  # orphans.WORK_PREFIX
+        work = Path(tempfile.gettempdir()) / f"harness-{self.name}-{uuid.uuid4().hex[:8]}"  # orphans.WORK_PREFIXES
         interface = sandbox.HOST_INTERFACE if host_networks else "lo"
         machine = requirements.local_machine(job, self._machine(interface))  # the job's cached environment's python
         contracts: dict[str, HostContract] = {}
@@ -165,6 +165,8 @@ class LocalBackend(Backend[LocalPlan]):
                 "network_interface": machine.network_interface,
             },
         }
+        if job.is_script_mode and job.launcher == "toolkit":
+            facts["toolkit"] = toolkit.EMULATED
         requirements.plan_fact(job, facts, self.name)
         if degraded is not None:
             port = _free_port()
