@@ -6,8 +6,10 @@ Two findings, on any rung, the first already where the job succeeds:
 - **A rank that rendezvous on a host that does not serve the store.** Rank 0 serves the store
   every other rank connects to; a rank whose address is its own loopback (``localhost``,
   ``127.0.0.1``), or another host's name, while rank 0 runs elsewhere, waits for a master that
-  is not there once hosts are separate machines. On ``local`` without private networks every
-  host shares one loopback and such a job works, so the finding is the only sign there.
+  is not there once hosts are separate machines. ``local`` gives each host its own network
+  namespace, so such a job fails there already and this finding names why; where ``local`` falls
+  back to one loopback for every host (no ``ip``, no namespaces) the job works, and the finding
+  is the only sign.
 - **A rendezvous that never completed**: which ranks joined, which are missing, the address each
   used against the one the contract gave its host.
 
