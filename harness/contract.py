@@ -31,6 +31,7 @@ still hands the job consistent paths; the run record says which root was used.
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import PurePosixPath
 from typing import Any
@@ -460,9 +461,39 @@ def _model_trainer_env(job: JobSpec, host: str, machine: Machine, opt_ml: PurePo
             ),
         }
     )
+    if job.is_script_mode:  # sm_train.sh: `cd /opt/ml/input/data/code` (bash exports PWD)
+        env["PWD"] = str(code_dir(job, opt_ml))
+    # sm_train.sh sources `export K='<value>'` lines: bash reads each value back (docs/toolkit.md).
+    env = {key: _sourced(value) for key, value in env.items()}
     if job.distribution == "torchrun":  # torchrun_driver.py setup_env()
+        if job.instance_type in _MODEL_TRAINER_EFA_NCCL_INSTANCES:
+            env["FI_PROVIDER"] = "efa"
+        if job.instance_type in _EFA_RDMA_INSTANCES:
+            env.update({"FI_EFA_USE_DEVICE_RDMA": "1", "RDMAV_FORK_SAFE": "1"})
         env.update({"NCCL_SOCKET_IFNAME": machine.network_interface, "NCCL_PROTO": "simple"})
     return env
+
+
+#: v3 ``common/utils.py`` ``SM_EFA_NCCL_INSTANCES`` (sagemaker-train 1.27.0): the toolkit's list
+#: without ``ml.p6e-gb200.36xlarge``; ``SM_EFA_RDMA_INSTANCES`` is the toolkit's.
+_MODEL_TRAINER_EFA_NCCL_INSTANCES = _EFA_NCCL_INSTANCES - {"ml.p6e-gb200.36xlarge"}
+#: Characters bash leaves alone in an unquoted word (no splitting, expansion or globbing).
+_SHELL_PLAIN = re.compile(r"[A-Za-z0-9_.,:/+=@%-]*")
+
+
+def _sourced(value: str) -> str:
+    """What bash makes of ``export K='<value>'``: v3 ``environment.py`` writes each variable so,
+    unescaped, and ``sm_train.sh`` sources the file. A single quote in the value ends the quoting:
+    where the text between two of them is a plain word, the quotes just disappear (``'single'`` ->
+    ``single``), as here. Otherwise (an odd number of quotes, or spaces or shell characters between
+    two) bash splits, expands or fails, and the drivers' job fails at ``source``; the emulation
+    keeps the value (docs/toolkit.md, "ModelTrainer drivers"). Checked on sagemaker-local."""
+    if "'" not in value:
+        return value
+    parts = value.split("'")
+    if len(parts) % 2 == 0 or not all(_SHELL_PLAIN.fullmatch(part) for part in parts[1::2]):
+        return value
+    return "".join(parts)
 
 
 def toolkit_cmd_args(hyperparameters: dict[str, Any]) -> list[str]:
@@ -480,11 +511,25 @@ def toolkit_cmd_args(hyperparameters: dict[str, Any]) -> list[str]:
 
 
 def model_trainer_cmd_args(hyperparameters: dict[str, Any]) -> list[str]:
-    """v3 ``hyperparameters_to_cli_args``: insertion order, always ``--key``, JSON for non-strings."""
+    """v3 ``hyperparameters_to_cli_args``: insertion order, always ``--key``, JSON for non-strings.
+
+    The drivers read the hyperparameters back from ``SM_HPS`` as bash sourced it (:func:`_sourced`)
+    and ``safe_deserialize`` each value again before ``safe_serialize``."""
+    seen = json.loads(_sourced(json.dumps(hyperparameters)))
     args: list[str] = []
-    for key, value in hyperparameters.items():
-        args += [f"--{key}", _safe_serialize(value)]
+    for key, value in seen.items():
+        args += [f"--{key}", _safe_serialize(_safe_deserialize(value))]
     return args
+
+
+def _safe_deserialize(value: Any) -> Any:
+    """v3 ``safe_deserialize``: ``json.loads`` of a string where it parses, else the value."""
+    if not isinstance(value, str):
+        return value
+    try:
+        return json.loads(value)
+    except json.JSONDecodeError:
+        return value
 
 
 def script_args(job: JobSpec) -> list[str]:
