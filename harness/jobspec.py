@@ -191,6 +191,13 @@ class JobSpec(_Strict):
                 "processes_per_host > 1 needs distribution: torchrun "
                 "(without a distribution SageMaker starts one process per host)"
             )
+        hyphenated = [name for name in self.channels if "-" in name]
+        if self.is_script_mode and self.launcher == "model-trainer" and hyphenated:
+            raise ValueError(
+                f"channel {hyphenated[0]!r}: ModelTrainer's drivers export SM_CHANNEL_"
+                f"{hyphenated[0].upper()}, which bash refuses (not a valid identifier), and the job fails "
+                "with exit 1 on SageMaker (docs/toolkit.md); name the channel without hyphens"
+            )
         return self
 
     @property

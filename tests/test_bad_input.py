@@ -57,6 +57,10 @@ CASES = {
     "zero processes": (GOOD + "processes_per_host: 0\n", "processes_per_host: Input should be greater than 0"),
     "wrong type": (GOOD + "max_run: soon\n", "max_run: Input should be a valid integer"),
     "bad channel path": (GOOD + "channels:\n  train: missing-dir\n", "channels.train.source"),
+    "hyphenated channel under ModelTrainer": (
+        GOOD + "launcher: model-trainer\nchannels:\n  extra-data: .\n",
+        "channel 'extra-data': ModelTrainer's drivers export SM_CHANNEL_EXTRA-DATA",
+    ),
     "unknown channel key": (
         GOOD + "channels:\n  train:\n    source: data\n    mode: Pipe\n",
         "channels.train.mode: unknown key",

@@ -262,7 +262,8 @@ def test_emulation_reads_values_back_as_bash_sources_them_and_sets_efa() -> None
 def test_a_channel_name_with_a_hyphen_fails_the_drivers(engine: DockerClient, torch_image: str, tmp_path: Path) -> None:
     """``export SM_CHANNEL_EXTRA-DATA=...`` is no valid bash: ``source`` fails under ``set -e`` and
     ``sm_train.sh`` fails the job before the entry point starts. The emulation gives the variable
-    (accepted, docs/toolkit.md): a job spec's hyphenated channel runs on the emulated rungs only."""
+    (docs/toolkit.md), so the job spec refuses such a job up front (tests/test_bad_input.py);
+    ``model_copy`` skips that check here to show what the drivers do with it."""
     job = MATRIX["2x1-none"].model_copy(
         update={
             "name": "mt-hyphen",
