@@ -35,14 +35,31 @@ def check_run(record: RunRecord, context: CheckContext) -> list[Finding]:
     ]
 
 
+#: The target of every child torch.multiprocessing starts (``torch.multiprocessing.spawn._wrap``:
+#: ``spawn``, ``start_processes``, and through them torch's elastic agent, Lightning's
+#: ``ddp_spawn``, accelerate's ``notebook_launcher``, PyTorch-Ignite's ``Parallel``).
+_TORCH_MULTIPROCESSING_TARGET = "_wrap"
+
+
+def _reported_to_parent(process: dict[str, Any]) -> bool:
+    """Whether the parent was told of this child's failure: torch.multiprocessing's context
+    raises in the parent (``ProcessRaisedException``, ``ProcessExitedException``) when a child it
+    started fails, so a job that still succeeded caught that error or restarted the ranks (the
+    elastic agent's ``max_restarts``) on purpose. multiprocessing's own ``Process`` tells nobody."""
+    return process.get("mp_target") == _TORCH_MULTIPROCESSING_TARGET
+
+
 def _hidden_failures(record: RunRecord, processes: list[dict[str, Any]]) -> list[Finding]:
     """Processes that failed while the job reported success, named with what they printed (the
-    signature and the line), so that the cause is in this finding and not a note below it."""
+    signature and the line), so that the cause is in this finding and not a note below it.
+    Children whose failure torch.multiprocessing raised in their parent were not hidden: a note."""
     if record.status != "succeeded":
         return []
-    crashed = [p for p in processes if p.get("exception") or p.get("exit_code") not in (0, None)]
+    failed = [p for p in processes if p.get("exception") or p.get("exit_code") not in (0, None)]
+    crashed = [p for p in failed if not _reported_to_parent(p)]
+    handled = [p for p in failed if _reported_to_parent(p)]
     if not crashed:
-        return []
+        return _handled_failures(handled)
     error = root_error(
         record, hosts={str(p.get("host")) for p in crashed}, texts=[str(p.get("exception") or "") for p in crashed]
     )
@@ -70,6 +87,30 @@ def _hidden_failures(record: RunRecord, processes: list[dict[str, Any]]) -> list
             hint=f"{error.signature.hint} Then {hint}." if error else hint,
             cause="hidden-child-failure",
             confidence=0.9,
+        )
+    ]
+
+
+def _handled_failures(handled: list[dict[str, Any]]) -> list[Finding]:
+    """Children that failed, were reported to their parent by torch.multiprocessing, and the job
+    went on to succeed: what it was told (a note, never a failure)."""
+    if not handled:
+        return []
+    return [
+        Finding(
+            "ranks",
+            "note",
+            f"{len(handled)} processes started by torch.multiprocessing failed; their parent was told "
+            "(the error raised in it, or its elastic agent restarted them) and the job succeeded",
+            [
+                f"{p['host']} pid {p['pid']}"
+                + (f" rank {p['rank']}" if p.get("rank") is not None else "")
+                + f": exit {p.get('exit_code')}"
+                + (f", {p['exception']}" if p.get("exception") else "")
+                for p in handled[:10]
+            ],
+            cause="child-failure-handled",
+            confidence=0.2,
         )
     ]
 
