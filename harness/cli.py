@@ -398,7 +398,7 @@ class _RungProgress:
 
 def _run_rung(job: JobSpec, backend: Backend[Any], args: argparse.Namespace) -> RunRecord:
     rung = backend.name
-    progress = _RungProgress(rung, job, args.verbose)
+    progress = _RungProgress(rung, backend.job_as_run(job), args.verbose)
     callback: Progress = progress
     status = None
     try:
@@ -538,7 +538,7 @@ def cmd_ladder(args: argparse.Namespace) -> int:
     lines: dict[str, _RungProgress] = {}
 
     def progress(rung: str) -> Progress:
-        lines[rung] = _RungProgress(rung, job, args.verbose)
+        lines[rung] = _RungProgress(rung, backend_class(rung).job_as_run(job), args.verbose)
         return lines[rung]
 
     def done(record: RunRecord) -> None:

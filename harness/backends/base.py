@@ -102,6 +102,12 @@ class Backend(ABC, Generic[PlanT]):
         """Why this rung cannot run this particular job, or None."""
         return None
 
+    @classmethod
+    def job_as_run(cls, job: JobSpec) -> JobSpec:
+        """The job as this rung runs it: the same, but for a rung that runs another topology
+        (``single``: one host, one process)."""
+        return job
+
     @abstractmethod
     def plan(self, job: JobSpec) -> PlanT:
         """The exact per-host contract and commands, without running anything."""

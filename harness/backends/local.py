@@ -280,11 +280,15 @@ class SingleBackend(LocalBackend):
         write_json(retried.root / "manifest.json", {**retried.manifest, "rung_facts": facts})
         return RunRecord.load(retried.root)
 
+    @classmethod
+    def job_as_run(cls, job: JobSpec) -> JobSpec:
+        return job if job.world_size == 1 else single_process(job)
+
     def check(self, job: JobSpec) -> None:
         super().check(single_process(job))
 
     def plan(self, job: JobSpec) -> LocalPlan:
-        return super().plan(job if job.world_size == 1 else single_process(job))
+        return super().plan(self.job_as_run(job))
 
 
 _NO_PROCESS_GROUP = re.compile(rb"environment variable (RANK|WORLD_SIZE|MASTER_ADDR|MASTER_PORT) expected, but not set")
