@@ -335,7 +335,12 @@ def _point_to_point(events: dict[int, list[dict[str, Any]]], status: str) -> lis
 
 
 def _parameter_drift(events: dict[int, list[dict[str, Any]]]) -> list[Finding]:
-    params = {rank: {e["step"]: e for e in evs if e["kind"] == "params"} for rank, evs in events.items()}
+    """Replicas whose parameters differ at the same optimizer step. Sharded parameters (FSDP,
+    DTensor: the probe marks the step ``sharded``) differ across ranks by design: not compared."""
+    params = {
+        rank: {e["step"]: e for e in evs if e["kind"] == "params" and not e.get("sharded")}
+        for rank, evs in events.items()
+    }
     params = {rank: p for rank, p in params.items() if p}
     if len(params) < 2:
         return []

@@ -946,6 +946,23 @@ def instrument_dataloader(module):
     base.__next__ = _hook(base.__next__, after=after_next)
 
 
+def _local(tensor):
+    """This rank's own part of a distributed tensor (``DTensor.to_local()``: FSDP2's parameters,
+    tensor parallelism): summing or reshaping the DTensor itself would make collectives of the
+    job's tensors, and ``.numpy()`` refuses tensor subclasses."""
+    to_local = getattr(tensor, "to_local", None)
+    return to_local() if callable(to_local) else tensor
+
+
+def _sharded(tensor):
+    """Whether each rank holds another part of this parameter (a DTensor placed other than
+    Replicate, FSDP's FlatParameter): its digests differ across ranks by design."""
+    placements = getattr(tensor, "placements", None)
+    if placements is not None:
+        return any(not getattr(p, "is_replicate", lambda: False)() for p in placements)
+    return type(tensor).__name__ == "FlatParameter"
+
+
 def instrument_optimizer(module):
     def after_step(optimizer, args, kwargs):
         rank = _rank()
@@ -959,12 +976,15 @@ def instrument_optimizer(module):
 
         with torch.no_grad():
             params = [p for group in optimizer.param_groups for p in group["params"]]
+            sharded = any(_sharded(p) for p in params)
+            params = [_local(p) for p in params]
             total = sum(float(p.double().sum()) for p in params)
             absolute = sum(float(p.double().abs().sum()) for p in params)
             hasher = hashlib.blake2b(digest_size=12)
             for p in params:
                 digest_tensor(p, hasher)
-        rank.emit("params", flush=True, step=step, sum=total, abs_sum=absolute, digest=hasher.hexdigest())
+        fields = {"sharded": True} if sharded else {}
+        rank.emit("params", flush=True, step=step, sum=total, abs_sum=absolute, digest=hasher.hexdigest(), **fields)
 
     def hook(optimizer, args, kwargs):
         _quietly("optimizer step", after_step, optimizer, args, kwargs)  # returns None: the step is untouched
