@@ -9,92 +9,27 @@ point-to-point and object collectives, DataLoader (forked and spawned workers), 
 rank's output (a helper with its own stdout and stderr, ``os.wait()`` for every child), signals.
 
 The one difference allowed is the documented one (harness/probe/_harness_probe.py): a traceback
-through a hooked call shows one frame of the probe; :func:`output_lines` leaves those lines out.
+through a hooked call shows one frame of the probe; :func:`transparency.output_lines` leaves those
+lines out. The comparison lives in tests/transparency.py, shared with tests/test_corpus.py.
 """
 
 from __future__ import annotations
 
 import importlib.util
-import json
-import re
 from collections import Counter
 from pathlib import Path
-from typing import Any
 
 import pytest
+from transparency import assert_transparent, output_lines, same_output
 
 from harness.backends import get_backend
-from harness.diff.logs import normalise
 from harness.jobspec import load_job
-from harness.record import RunRecord, log_text
+from harness.record import RunRecord
 from harness.verdict import judge
 
 pytestmark = pytest.mark.slow
 
 JOBS = Path(__file__).resolve().parent / "data" / "probe_jobs"
-#: A traceback frame of the probe: its "File" line and the indented lines under it.
-_PROBE_FRAME = re.compile(r'^(?P<prefix>(?:\[[\w:]+\]:? ?)?)\s*File "[^"]*_harness_probe\.py", line \d+, in ')
-
-
-def output_lines(record: RunRecord) -> Counter[str]:
-    """Every host's output as a multiset of lines, without timestamps, normalised as the logs
-    check compares rungs (pids, ports, temporary paths), without the probe's traceback frames."""
-    lines: Counter[str] = Counter()
-    for host in record.hosts:
-        path = record.host_log(host)
-        if not path.is_file():
-            continue
-        inside: str | None = None  # the prefix of the probe frame being skipped
-        for raw in path.read_text(errors="replace").splitlines():
-            text = log_text(raw)
-            frame = _PROBE_FRAME.match(text)
-            if frame:
-                inside = frame["prefix"]
-                continue
-            if inside is not None and text.startswith(inside) and text[len(inside) :].startswith("    "):
-                continue
-            inside = None
-            if text.strip():
-                lines[normalise(text)] += 1
-    return lines
-
-
-def same_output(with_probe: Counter[str], without: Counter[str]) -> tuple[bool, list[str]]:
-    """Equal multisets of lines; where processes wrote to one pipe at once, a line may be cut or
-    joined differently from run to run (two ranks' "a" and "\\n" writes interleave), so lines that
-    differ are equal when their characters are. Returns (equal, the differing lines)."""
-    only_on, only_off = with_probe - without, without - with_probe
-    differing = [f"with the probe only: {line}" for line in only_on] + [f"without only: {line}" for line in only_off]
-    if not differing:
-        return True, []
-    chars_on = Counter("".join(line for line in only_on.elements()).replace(" ", ""))
-    chars_off = Counter("".join(line for line in only_off.elements()).replace(" ", ""))
-    return chars_on == chars_off, differing
-
-
-def artifact_hashes(record: RunRecord) -> dict[str, dict[str, str]]:
-    summary = json.loads((record.root / "artifacts" / "summary.json").read_text())
-    return {archive: {name: f["sha256"] for name, f in info["files"].items()} for archive, info in summary.items()}
-
-
-def probe_errors(record: RunRecord) -> list[str]:
-    return [f"pid {p['pid']}: {e}" for p in record.processes() for e in p.get("probe_errors", [])]
-
-
-def assert_transparent(with_probe: RunRecord, without: RunRecord) -> None:
-    assert (
-        with_probe.manifest["rung_facts"].get("probe") == "on" and without.manifest["rung_facts"].get("probe") == "off"
-    )
-    assert with_probe.status == without.status
-
-    def exits(record: RunRecord) -> dict[str, Any]:
-        return {host: result.get("exit_code") for host, result in record.manifest["hosts"].items()}
-
-    assert exits(with_probe) == exits(without)
-    equal, differing = same_output(output_lines(with_probe), output_lines(without))
-    assert equal, "output differs:\n" + "\n".join(differing[:40])
-    assert artifact_hashes(with_probe) == artifact_hashes(without)
-    assert not probe_errors(with_probe)
 
 
 def run_both(name: str, records: Path) -> tuple[RunRecord, RunRecord]:

@@ -1,0 +1,5 @@
+"""Entry point: accelerate's own module, run as its __main__ (no code of accelerate's is copied here)."""
+
+import runpy
+
+runpy.run_module("accelerate.test_utils.scripts.test_script", run_name="__main__")
