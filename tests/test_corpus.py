@@ -42,8 +42,17 @@ JOBS = sorted(path.parent for path in CORPUS.glob("*/corpus.yaml"))
 RUNGS = ("local", "docker", "sagemaker-local")
 #: Lines launchers print a different number of times from run to run, probe or not: c10d's
 #: warning for each TCP store connection whose peer address has no name (the local rung's
-#: bridge addresses), one per connection attempt, retries included.
-VARIES = (re.compile(r"\[c10d\] The hostname of the client socket cannot be retrieved"),)
+#: bridge addresses), one per connection attempt, retries included; and, across hosts, the store
+#: client that finds the store gone as torchrun's agents leave (the master host's agent closes it
+#: first: a warning with its C++ stack, and the agent's "Error waiting on exit barrier" with its
+#: traceback, in a job that succeeds either way).
+VARIES = (
+    re.compile(r"\[c10d\] The hostname of the client socket cannot be retrieved"),
+    re.compile(r"\[c10d\] recvValueWithTimeout failed on SocketImpl.*Connection was likely closed"),
+    re.compile(r"^Exception raised from recvBytes at "),
+    re.compile(r"^frame #\d+: |^<omitting python frames>$"),
+    re.compile(r"^E\d{4} [\d:.]+ \d+ torch/distributed/elastic/agent/server/api\.py:\d+\] "),
+)
 #: The first line of an exception (``ValueError: ...``), a rank's ``[rankN]:`` prefix aside.
 _EXCEPTION = re.compile(
     r"^(?:\[rank\d+\]:\s*)?(?P<line>(?:[A-Za-z_][\w]*\.)*(?P<name>[A-Za-z_]\w*(?:Error|Exception)):.*)$"
