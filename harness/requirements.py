@@ -29,6 +29,7 @@ import fcntl
 import hashlib
 import json
 import os
+import re
 import shutil
 import site
 import subprocess
@@ -432,7 +433,7 @@ def prepare_containers(
         {
             **record.manifest["rung_facts"].get("requirements", {}),
             "wheelhouse": str(wheelhouse),
-            "image_python": target,
+            "image_python": _short_target(target),
         },
     )
     return ContainerSetup(wheelhouse, reused, setup_dirs)
@@ -490,17 +491,22 @@ def collect_containers(job: JobSpec, setup: ContainerSetup | None, record: Recor
         record.set_fact("requirements", {**record.manifest["rung_facts"].get("requirements", {}), "installed": summary})
 
 
-def image_python(client: Any, image: str, labels: dict[str, str]) -> dict[str, str]:
-    """The image's ``python3``: version, wheel tag, platform and C library (asked once per image
-    id, kept in the cache). Raises :class:`InstallFailed` when the image has no ``python3``."""
+def image_python(client: Any, image: str, labels: dict[str, str]) -> dict[str, Any]:
+    """The image's ``python3``: version, wheel tag, platform, C library and the distributions it
+    has (``installed``: ``name==version``), asked once per image id and kept in the cache. Raises
+    :class:`InstallFailed` when the image has no ``python3``."""
     image_id = str(client.images.get(image).id).replace("sha256:", "")
     known = cache_root() / "images" / f"{image_id[:32]}.json"
     if known.is_file():
-        return dict(json.loads(known.read_text()))
+        cached = dict(json.loads(known.read_text()))
+        if "installed" in cached:
+            return cached
     code = (
-        "import json, platform, sys, sysconfig; print(json.dumps({'version': platform.python_version(), "
-        "'tag': 'cp%d%d' % sys.version_info[:2], 'platform': sysconfig.get_platform(), "
-        "'libc': '-'.join(platform.libc_ver())}))"
+        "import json, platform, sys, sysconfig, importlib.metadata as m; print(json.dumps({"
+        "'version': platform.python_version(), 'tag': 'cp%d%d' % sys.version_info[:2], "
+        "'platform': sysconfig.get_platform(), 'libc': '-'.join(platform.libc_ver()), "
+        "'installed': sorted({'%s==%s' % (d.metadata['Name'], d.version) for d in m.distributions() "
+        "if d.metadata['Name']})}))"
     )
     from docker.errors import APIError, ContainerError
 
@@ -511,7 +517,7 @@ def image_python(client: Any, image: str, labels: dict[str, str]) -> dict[str, s
     except (ContainerError, APIError) as exc:  # no python3: the launcher could not run pip either
         message = f"the image {image} has no working python3 to install requirements.txt with: {exc}"
         raise InstallFailed(127, message, message, "asking the image's python3") from exc
-    found: dict[str, str] = json.loads(out.decode().strip().splitlines()[-1])
+    found: dict[str, Any] = json.loads(out.decode().strip().splitlines()[-1])
     known.parent.mkdir(parents=True, exist_ok=True)
     known.write_text(json.dumps(found), encoding="utf-8")
     return found
@@ -523,14 +529,20 @@ def _host_python() -> dict[str, str]:
     return {"tag": f"cp{sys.version_info[0]}{sys.version_info[1]}", "platform": sysconfig.get_platform()}
 
 
-def _wheelhouse(requirements: Path, target: dict[str, str]) -> tuple[Path, bool]:
+def _wheelhouse(requirements: Path, target: dict[str, Any]) -> tuple[Path, bool]:
     """Wheels of everything ``requirements`` needs for ``target`` (the image's Python), made by
     the host's pip with the host's index and certificates; (the folder, whether it was reused).
 
     Where the image's Python is the harness's (same ``cpXY`` tag and platform), ``pip wheel``:
     wheels as published, and wheels built here from any source-only package, so the container
     installs with no compiler and no network. Otherwise ``pip download --only-binary=:all:`` for
-    the image's tag and platform (a source-only package then fails, saying so)."""
+    the image's tag and platform (a source-only package then fails, saying so).
+
+    What the image has is kept: its distributions constrain the resolution (a requirement on
+    ``torch`` takes the image's build, never the newest wheel with its CUDA libraries), and their
+    wheels are left out of the folder, so the container's pip finds them satisfied. Where the
+    requirements conflict with the image (they pin another version), pip resolves them alone, as
+    it would in the container, and the image's package is upgraded there."""
     host = _host_python()
     native = host["tag"] == target["tag"] and host["platform"] == target["platform"]
     key = _digest(
@@ -540,6 +552,7 @@ def _wheelhouse(requirements: Path, target: dict[str, str]) -> tuple[Path, bool]
         target["platform"],
         target.get("libc", ""),
         "wheel" if native else "download",
+        *target.get("installed", []),
     )
     folder = cache_root() / f"wheels-{key[:16]}"
     if (folder / _DONE).is_file():
@@ -573,12 +586,27 @@ def _wheelhouse(requirements: Path, target: dict[str, str]) -> tuple[Path, bool]
             *(arg for tag in _platform_tags(target, arch) for arg in ("--platform", tag)),
         ]
     try:
-        out = subprocess.run(argv, cwd=requirements.parent, capture_output=True, text=True)
+        installed = list(target.get("installed", []))
+        out = None
+        if installed:
+            constraints = partial / ".image-constraints.txt"
+            constraints.write_text("\n".join(installed) + "\n", encoding="utf-8")
+            out = subprocess.run(
+                [*argv, "-c", str(constraints)], cwd=requirements.parent, capture_output=True, text=True
+            )
+            constraints.unlink()
+        if out is None or out.returncode != 0:  # no image list, or requirements that pin another version
+            out = subprocess.run(argv, cwd=requirements.parent, capture_output=True, text=True)
         if out.returncode != 0:
             raise InstallFailed(
                 out.returncode, out.stderr, out.stdout + out.stderr, f"the host's pip {argv[3]} making the wheelhouse"
             )
-        (partial / _DONE).write_text(json.dumps({"argv": argv, "target": target, "made_at": now()}, indent=2))
+        kept = _drop_installed(partial, installed)
+        (partial / _DONE).write_text(
+            json.dumps(
+                {"argv": argv, "target": _short_target(target), "left_to_the_image": kept, "made_at": now()}, indent=2
+            )
+        )
         try:
             partial.rename(folder)
         except OSError:  # another run made it first: use that one
@@ -589,7 +617,27 @@ def _wheelhouse(requirements: Path, target: dict[str, str]) -> tuple[Path, bool]
     return folder, False
 
 
-def _platform_tags(target: dict[str, str], arch: str) -> list[str]:
+def _drop_installed(folder: Path, installed: list[str]) -> list[str]:
+    """Remove the wheels of distributions the image has at that version; returns their names."""
+    have = {_canonical(pin.partition("==")[0]): pin.partition("==")[2] for pin in installed}
+    dropped = []
+    for wheel in folder.glob("*.whl"):
+        name, version = wheel.name.split("-")[:2]
+        if have.get(_canonical(name)) == version:
+            wheel.unlink()
+            dropped.append(f"{name}=={version}")
+    return sorted(dropped)
+
+
+def _canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def _short_target(target: dict[str, Any]) -> dict[str, Any]:
+    return {key: value for key, value in target.items() if key != "installed"}
+
+
+def _platform_tags(target: dict[str, Any], arch: str) -> list[str]:
     """Wheel platform tags the image accepts: manylinux up to its glibc, plain linux."""
     libc, _, version = target.get("libc", "").partition("-")
     tags = [f"linux_{arch}"]
@@ -666,7 +714,7 @@ def prepare_sdk(
         {
             **record.manifest["rung_facts"].get("requirements", {}),
             "wheelhouse": str(wheelhouse),
-            "image_python": target,
+            "image_python": _short_target(target),
         },
     )
     (ours / f"{WHEELS_CHANNEL}.json").write_text(json.dumps({"wheelhouse": str(wheelhouse), "reused": reused}))

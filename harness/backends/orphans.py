@@ -89,8 +89,12 @@ def _stop_processes(run_id: str, work: Path) -> int:
             ):
                 found.append(int(proc.name))
     for pid in found:
+        # A launcher leads a process group of its own (start_new_session): the group goes with
+        # it. Another process (compose, started by the harness) may share its group with the
+        # shell or test runner that started the harness: it goes alone.
         with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(os.getpgid(pid), signal.SIGKILL)
+            if os.getpgid(pid) == pid:
+                os.killpg(pid, signal.SIGKILL)
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(pid, signal.SIGKILL)
     return len(found)
