@@ -145,6 +145,15 @@ def local_environment(job: JobSpec) -> LocalEnvironment | None:
     return LocalEnvironment(cache_root() / f"venv-{key[:16]}", key)
 
 
+def ensure_local_environment(job: JobSpec) -> None:
+    """Build the job's cached environment now, where it has ``requirements.txt`` and none is
+    built yet: the first run that builds it prints pip's output, the later ones one line that it
+    was reused, so runs meant to be compared line by line start from a built one."""
+    cached = local_environment(job)
+    if cached is not None and job.source_dir is not None:
+        _ensure_venv(cached, job.source_dir, [])
+
+
 def local_machine(job: JobSpec, machine: Machine) -> Machine:
     """The local rung's machine with the cached environment's interpreter, where there is one."""
     env = local_environment(job)
@@ -586,7 +595,7 @@ def _wheelhouse(requirements: Path, target: dict[str, Any]) -> tuple[Path, bool]
             *(arg for tag in _platform_tags(target, arch) for arg in ("--platform", tag)),
         ]
     try:
-        installed = list(target.get("installed", []))
+        installed = _constraints(target.get("installed", []))
         out = None
         if installed:
             constraints = partial / ".image-constraints.txt"
@@ -615,6 +624,19 @@ def _wheelhouse(requirements: Path, target: dict[str, Any]) -> tuple[Path, bool]
     finally:
         shutil.rmtree(partial, ignore_errors=True)
     return folder, False
+
+
+#: Never constrained: the installers themselves (pip builds packages with newer ones, and an
+#: image may carry two of them, its system's and pip's own).
+_INSTALLERS = {"pip", "setuptools", "wheel"}
+
+
+def _constraints(installed: list[str]) -> list[str]:
+    """The image's distributions as pins, but for the installers and names it has twice."""
+    names = [_canonical(pin.partition("==")[0]) for pin in installed]
+    return [
+        pin for pin, name in zip(installed, names, strict=True) if name not in _INSTALLERS and names.count(name) == 1
+    ]
 
 
 def _drop_installed(folder: Path, installed: list[str]) -> list[str]:

@@ -36,6 +36,7 @@ from harness.jobspec import load_job
 from harness.ladder import climb
 from harness.record import RunRecord
 from harness.report import to_text
+from harness.requirements import ensure_local_environment
 
 CORPUS = Path(__file__).resolve().parent / "data" / "corpus"
 JOBS = sorted(path.parent for path in CORPUS.glob("*/corpus.yaml"))
@@ -185,6 +186,9 @@ def test_corpus_job(directory: Path, records: Path, table: CorpusTable) -> None:
     row = Row(directory.name, about["program"], about["launcher"], "", "", "not compared", 0.0)
     table.rows.append(row)
     try:
+        # The run that builds the local environment of requirements.txt prints pip's output; the
+        # runs compared below must both find it built.
+        ensure_local_environment(job)
         result = climb(job, records / "ladder", rungs=RUNGS)
         ran = [record.rung for record in result.records]
         row.rungs = " -> ".join(ran) + "".join(f" (skipped {rung})" for rung in result.skipped)
