@@ -352,6 +352,20 @@ def test_ctrl_c_leaves_no_container_network_or_image(engine: DockerClient, torch
     assert _left_behind(engine, record) == []
 
 
+def _once_both_hosts_are_up(records: Path, harness: subprocess.Popen[Any]) -> Path:
+    """The run's record once both hosts printed ``up`` (a job that then sleeps); fails where the
+    harness exits first or the job never starts within 300 s."""
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        logs = list(records.glob("**/hosts/algo-*/log.txt"))
+        if len(logs) == 2 and all("up" in p.read_text() for p in logs):
+            (record_dir,) = {p.parents[2] for p in logs}
+            return record_dir
+        assert harness.poll() is None, harness.communicate()[1]
+        time.sleep(0.5)
+    pytest.fail("the job never started")
+
+
 def _default_signals() -> None:
     """The dispositions a terminal gives a program (a background job of a non-interactive shell
     starts its children with SIGINT ignored, which Python then leaves ignored)."""
@@ -381,16 +395,7 @@ def test_sigterm_mid_job_stops_everything_and_marks_the_record(
         preexec_fn=_default_signals,
     )
     try:
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            logs = list(records.glob("**/hosts/algo-*/log.txt"))
-            if len(logs) == 2 and all("up" in p.read_text() for p in logs):
-                break
-            assert harness.poll() is None, harness.communicate()[1]
-            time.sleep(0.5)
-        else:
-            pytest.fail("the job never started")
-        (record_dir,) = {p.parents[2] for p in logs}
+        record_dir = _once_both_hosts_are_up(records, harness)
         facts = RunRecord.load(record_dir).manifest["rung_facts"]
         assert _processes_naming(facts["work_dir"]), "compose should be running"
         labelled = engine.networks.list(filters={"label": f"harness.run_id={record_dir.name}"})
@@ -460,19 +465,10 @@ def test_gc_removes_what_a_killed_harness_left(
         preexec_fn=_default_signals,
     )
     try:
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            logs = list(records.glob("**/hosts/algo-*/log.txt"))
-            if len(logs) == 2 and all("up" in p.read_text() for p in logs):
-                break
-            assert harness.poll() is None
-            time.sleep(0.5)
-        else:
-            pytest.fail("the job never started")
+        record_dir = _once_both_hosts_are_up(records, harness)
     finally:
         harness.kill()
         harness.wait(timeout=30)
-    (record_dir,) = {p.parents[2] for p in logs}
     record = RunRecord.load(record_dir)
     assert _left_behind(engine, record), "a killed harness cleans nothing up"
     assert main(["gc"]) == 0
