@@ -57,6 +57,10 @@ def test_a_variable_that_differs_alone_is_a_note_and_parity_stands(tmp_path: Pat
     assert not verdict.findings
     (note,) = settle(variables.compare(base, cand, CheckContext()))
     assert (note.cause, note.severity) == ("env-var-differs", "note")
+    assert (
+        note.title
+        == "HOSTNAME, which the job reads, is 'laptop' on local and 'algo-1' on docker; 1 more variable read differs"
+    )
     assert note.evidence[0].startswith("HOSTNAME: 'laptop' on local -> 'algo-1' on docker; read by the job")
     assert note.evidence[1] == "TORCH_HOME: '/a' on local -> '/b' on docker; read at torch/hub.py:1"
 
@@ -196,7 +200,9 @@ def test_a_variable_of_the_users_shell_is_named_with_both_values(
     assert verdict.outcome == "diverged", verdict.findings
     found = [f for f in _decisive(verdict) if f.cause == "env-var-differs"]
     assert found, [(f.cause, f.title) for f in verdict.findings]
-    assert found[0].title == "FEATURE_SCALE_FOR_BISECT, which the job reads, is '3' on local and <unset> on docker"
+    assert found[0].title.startswith(
+        "FEATURE_SCALE_FOR_BISECT, which the job reads, is '3' on local and <unset> on docker"
+    )
     assert (
         found[0].evidence[0].startswith("FEATURE_SCALE_FOR_BISECT: '3' on local -> <unset> on docker; read by the job")
     )

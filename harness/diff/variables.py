@@ -139,10 +139,11 @@ def compare(baseline: RunRecord, candidate: RunRecord, context: CheckContext) ->
     if len(rows) > _MAX_SHOWN:
         evidence.append(f"... and {len(rows) - _MAX_SHOWN} more")
     job, name, va, vb, at = rows[0]
-    if len(rows) == 1:
-        title = f"{name}, which the job reads, is {_shown(va)} on {base} and {_shown(vb)} on {cand}"
-    else:
-        title = f"{len(rows)} variables the job read differ between {base} and {cand}, first {name}"
+    reader = "the job" if job else "a library"
+    title = f"{name}, which {reader} reads, is {_shown(va)} on {base} and {_shown(vb)} on {cand}"
+    if len(rows) > 1:  # e.g. a login shell's LOGNAME and USER, which getpass reads, unset in a container
+        more = len(rows) - 1
+        title += f"; {more} more variable{'s' if more > 1 else ''} read differ{'' if more > 1 else 's'}"
     return [
         Finding(
             "environment",
