@@ -26,7 +26,9 @@ MISSING = "harness-no-such-package-0f3a9c==1.0"
 SCRIPT = f"""\
 import os, sys
 import {PACKAGE}
-print("imported {PACKAGE}", {PACKAGE}.__version__, "rank", os.environ.get("RANK", "-"), "python", sys.executable)
+rank = os.environ.get("RANK", "-")
+line = " ".join(["imported {PACKAGE}", {PACKAGE}.__version__, "rank", rank, "python", sys.executable])
+print(line, flush=True)  # one write: under PYTHONUNBUFFERED print writes each argument, and ranks interleave
 """
 
 
