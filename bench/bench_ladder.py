@@ -4,8 +4,9 @@ top of the default ladder.
     python bench/bench_ladder.py [--rungs single,local,docker,sagemaker-local]
 
 For each fault: the wall time of the ladder climbed to the end (``--keep-going``) and stopped
-where it departs, the rungs each ran; then ``harness bisect`` between local and docker for the
-faults that depart on docker: runs, wall time, the dimension it names.
+where it departs, the rungs each ran; then ``harness bisect`` up to docker from the last rung the
+fault agrees on (``single`` for the loopback rendezvous, which ``local``'s per-host networks
+already catch): runs, wall time, the dimension it names.
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ FAULTS: dict[str, dict[str, Any]] = {
     "fault_localhost_rendezvous": {},
     "fault_shm_exhaustion": {"shm_size": "64m"},
 }
-BISECTED = ("fault_localhost_rendezvous", "fault_shm_exhaustion")
+#: Faults bisected up to docker, and the rung below it that each agrees on.
+BISECTED = {"fault_localhost_rendezvous": "single", "fault_shm_exhaustion": "local"}
 
 
 def main() -> int:
@@ -53,7 +55,7 @@ def main() -> int:
         if name in BISECTED:
             with tempfile.TemporaryDirectory(prefix="harness-bench-bisect-") as records:
                 started = time.monotonic()
-                found = bisect(job, Path(records), upper_options=docker_options)
+                found = bisect(job, Path(records), lower=BISECTED[name], upper_options=docker_options)
                 cells.append(f"{time.monotonic() - started:.0f} s, {2 + len(found.steps)} runs: {found.dimension}")
         else:
             cells.append("-")

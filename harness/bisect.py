@@ -1,7 +1,9 @@
 """``harness bisect``: which one difference between two rungs makes a job depart.
 
-Between ``local`` and ``docker`` many things change at once: the network model (hosts sharing
-one loopback, or each its own network stack), ``/dev/shm``, ulimits, the environment (a local run
+Between ``local`` and ``docker`` many things change at once: the network model (where the lower
+rung's hosts share one loopback, as ``single``'s one process or a ``local`` run without a network
+namespace per host does, against each its own network stack), ``/dev/shm``, ulimits, the
+environment (a local run
 inherits the shell's variables, a container gets the contract's only), the image (Python and
 packages), channel delivery. Each dimension the docker rung can take from the local rung is a
 setting of it; the bisect runs the upper rung with one dimension at a time set as on the lower
@@ -21,6 +23,7 @@ from typing import Any
 
 from harness.backends import get_backend
 from harness.backends.docker import default_shm_size
+from harness.backends.local import LocalPlan
 from harness.errors import UsageError
 from harness.jobspec import JobSpec
 from harness.record import RunRecord, redact_env
@@ -66,6 +69,9 @@ class Step:
     change: str
     record: str
     agrees: bool
+    #: The step's verdict against the lower rung: ``parity``, or ``diverged (cause)`` after a
+    #: failure the change removed (the job's loopback address is still named where it succeeds).
+    outcome: str
 
 
 @dataclass
@@ -130,13 +136,18 @@ def bisect(
         return result
 
     def agrees(dimension: str, change: str, settings: dict[str, Any]) -> bool:
+        """Whether the change removes the departure: parity, or a failure gone (the run ends as
+        the lower one did, whatever else still differs)."""
         record = run(upper, {**options, **settings})
-        ok = judge([base, record]).outcome in ("parity", "nothing-compared")
-        result.steps.append(Step(dimension, change, str(record.root), ok))
+        step = judge([base, record])
+        ok = step.outcome in ("parity", "nothing-compared") or (
+            verdict.outcome == "failed" and step.outcome != "failed" and record.status == base.status
+        )
+        result.steps.append(Step(dimension, change, str(record.root), ok, _outcome(step)))
         return ok
 
     try:
-        for dimension, change, settings in _dimensions(options):
+        for dimension, change, settings in _dimensions(options, shared_network=_shares_a_network(lower, job)):
             if agrees(dimension, change, settings):
                 result.dimension = dimension
                 if dimension == "environment":
@@ -158,11 +169,24 @@ class _Budget(Exception):
 
 
 def _departure(verdict: Verdict) -> str:
-    cause = verdict.causes[0] if verdict.causes else verdict.outcome
-    return f"{verdict.first_rung} {verdict.outcome} ({cause})"
+    return f"{verdict.first_rung} {_outcome(verdict)}"
 
 
-def _dimensions(options: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]]:
+def _outcome(verdict: Verdict) -> str:
+    if verdict.outcome in ("parity", "nothing-compared"):
+        return verdict.outcome
+    return f"{verdict.outcome} ({verdict.causes[0] if verdict.causes else verdict.outcome})"
+
+
+def _shares_a_network(lower: str, job: JobSpec) -> bool:
+    """Whether the lower rung runs the job's hosts on one network: ``single`` (one host for all),
+    or ``local`` where this machine gives no network namespace per host."""
+    plan = get_backend(lower).plan(job)
+    own = isinstance(plan, LocalPlan) and plan.host_networks and len(plan.job.hosts) == len(job.hosts)
+    return len(job.hosts) > 1 and not own
+
+
+def _dimensions(options: dict[str, Any], *, shared_network: bool) -> list[tuple[str, str, dict[str, Any]]]:
     """Each dimension in which the upper rung, as configured, differs from a local run, the ones
     most often behind a departure first."""
     found: list[tuple[str, str, dict[str, Any]]] = []
@@ -171,13 +195,14 @@ def _dimensions(options: dict[str, Any]) -> list[tuple[str, str, dict[str, Any]]
         found.append(
             ("/dev/shm", f"/dev/shm {local_shm} as on the host, not {options['shm_size']}", {"shm_size": local_shm})
         )
-    found.append(
-        (
-            "network model",
-            "every host in one network namespace, sharing a loopback as local hosts do",
-            {"network": "shared"},
+    if shared_network:
+        found.append(
+            (
+                "network model",
+                "every host in one network namespace, sharing a loopback as the lower rung's hosts do",
+                {"network": "shared"},
+            )
         )
-    )
     inherited = inherited_environment()
     if inherited:
         found.append(
@@ -219,14 +244,17 @@ def _narrow(names: list[str], agrees: Callable[[str, str, dict[str, Any]], bool]
 def to_text(result: Bisection) -> str:
     lines = [f"bisect {result.lower} -> {result.upper}: {result.departure}"]
     for number, step in enumerate(result.steps, 1):
-        outcome = f"agrees with {result.lower}" if step.agrees else f"departs as {result.upper} does"
+        if step.agrees:
+            outcome = f"agrees with {result.lower}" + ("" if step.outcome == "parity" else f", then {step.outcome}")
+        else:
+            outcome = f"departs: {step.outcome}"
         lines.append(f"  {number}. [{step.dimension}] {result.upper} with {step.change}: {outcome}")
         lines.append(f"     {step.record}")
     if result.dimension:
         culprit = f": {result.culprit}" if result.culprit else ""
         lines.append(
             f"the {result.upper} run departs because of its {result.dimension}{culprit} "
-            f"(set as on {result.lower}, the job agrees with {result.lower})"
+            f"(set as on {result.lower}, the job ends as on {result.lower})"
         )
     elif result.steps:
         lines.append("no single dimension the bisect can set makes it agree")

@@ -41,11 +41,26 @@ def test_the_shm_fault_is_bisected_to_dev_shm(scenarios: Path, torch_image: str,
     assert (result["dimension"], len(result["steps"])) == ("/dev/shm", 1)
 
 
-def test_the_loopback_rendezvous_is_bisected_to_the_network_model(
+def test_the_loopback_rendezvous_is_bisected_to_the_network_model_from_one_process(
     scenarios: Path, torch_image: str, tmp_path: Path
 ) -> None:
-    result = _bisect(scenarios / "fault_localhost_rendezvous" / "job.yaml", tmp_path)
-    assert result["dimension"] == "network model"
+    """One process meets itself on 127.0.0.1; two containers do not, unless they share a loopback."""
+    result = _bisect(scenarios / "fault_localhost_rendezvous" / "job.yaml", tmp_path, "--between", "single,docker")
+    assert result["dimension"] == "network model" and len(result["steps"]) == 1  # type: ignore[arg-type]
+    (step,) = result["steps"]  # type: ignore[misc]
+    assert step["agrees"] and step["outcome"] == "diverged (rendezvous-address)"  # succeeded, still named
+
+
+def test_the_network_model_is_no_dimension_where_local_gives_each_host_its_own(
+    scenarios: Path, torch_image: str, tmp_path: Path
+) -> None:
+    """local fails the loopback rendezvous as docker does: nothing departs, nothing is run."""
+    report = tmp_path / "bisect.json"
+    job = scenarios / "fault_localhost_rendezvous" / "job.yaml"
+    code = main(["bisect", str(job), "--records", str(tmp_path / "records"), "--json", str(report)])
+    result = json.loads(report.read_text())
+    assert code == 1 and result["departure"].startswith("nothing to bisect: docker does not depart from local")
+    assert result["steps"] == []
 
 
 def test_a_variable_of_the_users_shell_is_named(
