@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import io
 import json
 import os
 import re
@@ -227,9 +228,12 @@ def test_gc_removes_leftovers_of_runs_that_are_over(engine: DockerClient, torch_
     leftover = engine.containers.create(torch_image, ["true"], labels=leftover_labels)
     network = engine.networks.create(f"harness-{dead_run}", labels=leftover_labels)
     live = engine.containers.create(torch_image, ["true"], labels=run_labels(live_run))
+    owner = " ".join(f"{k}={json.dumps(v)}" for k, v in leftover_labels.items() if k != "harness.run_id")
+    untagged, _ = engine.images.build(fileobj=io.BytesIO(f"FROM {torch_image}\nLABEL {owner}\n".encode()))
     try:
         removed = gc(engine)
         assert f"container {leftover.name}" in removed and f"network harness-{dead_run}" in removed
+        assert f"image {untagged.short_id}" in removed  # an untagged image a run's build step left
         assert _labelled("containers", f"harness.run_id={dead_run}") == []
         assert _labelled("networks", f"harness.run_id={dead_run}") == []
         assert _labelled("containers", f"harness.run_id={live_run}") == [live.name]  # its harness still runs

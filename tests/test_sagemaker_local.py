@@ -58,6 +58,10 @@ def _left_behind(engine: DockerClient, record: RunRecord) -> list[str]:
         )
     ]
     found += [f"image {facts['run_image']}" for _ in engine.images.list(name=facts["run_image"])]
+    found += [  # the tag's build steps (once one per label) stayed behind as untagged images
+        f"dangling image {i.short_id}"
+        for i in engine.images.list(filters={"dangling": True, "label": f"harness.pid={os.getpid()}"})
+    ]
     found += [
         f"network {n.name}" for n in engine.networks.list(filters={"label": f"harness.run_id={record.root.name}"})
     ]

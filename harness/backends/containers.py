@@ -149,10 +149,18 @@ def gc(client: DockerClient, *, include_live: bool = False) -> list[str]:
     A run is over when its ``harness.pid`` no longer exists on this machine (``harness.hostname``);
     another machine's runs on a shared engine cannot be checked and are kept. ``include_live=True``
     removes every labelled run. Only resources with a ``harness.run_id`` are runs (containers made
-    by hand from harness images inherit ``harness.managed=true``); images are caches, kept.
-    """
+    by hand from harness images inherit ``harness.managed=true``); images are caches, kept, except
+    untagged ones a run made (its tag's build steps)."""
     keep = (lambda labels: False) if include_live else is_live
-    return remove_labelled(client, [f"{MANAGED}=true", RUN_ID], keep)
+    gone = remove_labelled(client, [f"{MANAGED}=true", RUN_ID], keep)
+    # untagged steps of a run's image tag, which older versions left behind (one per label)
+    dangling = client.images.list(filters={"dangling": True, "label": [f"{MANAGED}=true", OWNER_PID]})
+    removals = [
+        (image.short_id, functools.partial(client.images.remove, image.id))
+        for image in dangling
+        if not keep(image.labels or {})
+    ]
+    return gone + [f"image {name}" for name, remove in removals if quietly(remove)]
 
 
 def remove_labelled(client: DockerClient, labels: list[str], keep: Callable[[dict[str, str]], bool]) -> list[str]:

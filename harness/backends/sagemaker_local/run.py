@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import io
+import json
 import os
 import signal
 import sys
@@ -96,10 +97,14 @@ def local_model_trainer(plan: SdkPlan, image: str) -> Any:
 
 
 def labelled_image(client: DockerClient, image: str, labels: dict[str, str]) -> str:
-    """A tag of ``image`` carrying the run's labels (no layer added), so the SDK's containers do."""
+    """A tag of ``image`` carrying the run's labels (no layer added), so the SDK's containers do.
+
+    The labels are one ``LABEL`` line: the build's ``labels=`` adds a line, and with the engine's
+    legacy builder an intermediate image, per label, and those stayed behind as dangling images."""
     tag = f"{RUN_IMAGE_PREFIX}{labels[RUN_ID][-120:]}"
+    dockerfile = f"FROM {image}\nLABEL " + " ".join(f"{k}={json.dumps(v)}" for k, v in labels.items()) + "\n"
     try:
-        client.images.build(fileobj=io.BytesIO(f"FROM {image}\n".encode()), tag=tag, labels=labels, rm=True, pull=False)
+        client.images.build(fileobj=io.BytesIO(dockerfile.encode()), tag=tag, rm=True, pull=False)
     except (BuildError, APIError) as exc:
         raise ImageError(f"cannot tag {image} with the run's labels: {exc}") from exc
     return tag
