@@ -1,4 +1,4 @@
-"""`harness bisect` names the one difference between local and docker that makes a job depart."""
+"""`harness bisect` names the one difference between two rungs (local or single, and docker) that makes a job depart."""
 
 from __future__ import annotations
 
@@ -11,20 +11,7 @@ from harness.cli import main
 
 pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
-_SCALED = """\
-import os, torch
-scale = float(os.environ.get("FEATURE_SCALE_FOR_BISECT", "1"))  # set in the user's shell, not in the job
-torch.manual_seed(0)
-x, y = torch.randn(64, 4) * scale, torch.randn(64, 1)
-model = torch.nn.Linear(4, 1)
-optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
-for step in range(5):
-    optimizer.zero_grad()
-    loss = torch.nn.functional.mse_loss(model(x), y)
-    loss.backward()
-    optimizer.step()
-    print(f"step={step} loss={loss.item():.6f}", flush=True)
-"""
+JOBS = Path(__file__).resolve().parent / "data" / "probe_jobs"
 
 
 def _bisect(job: Path, tmp_path: Path, *flags: str) -> dict[str, object]:
@@ -66,14 +53,8 @@ def test_the_network_model_is_no_dimension_where_local_gives_each_host_its_own(
 def test_a_variable_of_the_users_shell_is_named(
     torch_image: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    (tmp_path / "src").mkdir()
-    (tmp_path / "src" / "train.py").write_text(_SCALED)
-    (tmp_path / "job.yaml").write_text(
-        "name: shell-env\nsource_dir: src\nentry_point: train.py\n"
-        "metric_definitions: [{name: loss, regex: 'step=\\d+ loss=([0-9.]+)'}]\n"
-    )
     monkeypatch.setenv("FEATURE_SCALE_FOR_BISECT", "3")
-    result = _bisect(tmp_path / "job.yaml", tmp_path)
+    result = _bisect(JOBS / "shell_variable" / "job.yaml", tmp_path)
     assert result["departure"].startswith("docker diverged (metric-divergence)")  # type: ignore[union-attr]
     assert (result["dimension"], result["culprit"]) == ("environment", "FEATURE_SCALE_FOR_BISECT")
     assert all(Path(step["record"]).is_dir() for step in result["steps"])  # type: ignore[union-attr, index]

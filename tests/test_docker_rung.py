@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 from docker import DockerClient
 from docker.errors import NotFound
+from terminal import terminal_signals
 
 from harness.backends import get_backend
 from harness.backends.containers import gc, host_gpu_count, run_labels
@@ -190,7 +191,9 @@ def test_max_run_stops_every_container(engine: DockerClient, torch_image: str, t
 def test_ctrl_c_mid_run_leaves_no_container_or_network(engine: DockerClient, torch_image: str, tmp_path: Path) -> None:
     job = _sleeper_job(tmp_path, 900)
     records = tmp_path / "records"
-    proc = subprocess.Popen([sys.executable, "-c", _SLEEPER, str(job), str(records), torch_image], cwd=ROOT)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _SLEEPER, str(job), str(records), torch_image], cwd=ROOT, preexec_fn=terminal_signals
+    )
     try:
         run_id = _wait_for_running_containers(engine, records, count=2)
         proc.send_signal(signal.SIGINT)
@@ -352,13 +355,6 @@ def test_the_default_hang_bound_fits_inside_max_run() -> None:
     assert hang_after(300, True, 240) == 300  # what the user asked for stands
 
 
-def _terminal_signals() -> None:
-    """The dispositions a terminal gives a program (a background job of a non-interactive shell
-    starts its children with SIGINT ignored, which Python then leaves ignored)."""
-    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, signal.SIG_DFL)
-
-
 @pytest.mark.docker
 @pytest.mark.slow
 def test_sigterm_to_a_ladder_mid_job_leaves_nothing_and_marks_the_record(
@@ -371,7 +367,7 @@ def test_sigterm_to_a_ladder_mid_job_leaves_nothing_and_marks_the_record(
         stderr=subprocess.PIPE,
         text=True,
         cwd=ROOT,
-        preexec_fn=_terminal_signals,
+        preexec_fn=terminal_signals,
     )
     try:
         run_id = _wait_for_running_containers(engine, records, count=2)

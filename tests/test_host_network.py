@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from terminal import terminal_signals
 
 from harness import sandbox
 from harness.backends import get_backend, local
@@ -178,7 +179,7 @@ class _Run:
             [sys.executable, "-m", "harness", "run", str(job), "--records", str(tmp_path / "records"), "-v"],
             stderr=subprocess.PIPE,
             text=True,
-            preexec_fn=_default_signals,
+            preexec_fn=terminal_signals,
         )
         assert self.proc.stderr is not None
         self.checks: dict[str, dict[str, Any]] = {}
@@ -205,11 +206,6 @@ class _Run:
         assert _our_links() == self.links_before  # nothing was ever made in the machine's namespace
         assert not Path(record.manifest["rung_facts"]["work_dir"]).exists()
         return record
-
-
-def _default_signals() -> None:
-    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, signal.SIG_DFL)
 
 
 @pytest.mark.slow

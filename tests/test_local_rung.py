@@ -11,6 +11,7 @@ import tarfile
 from pathlib import Path
 
 import pytest
+from terminal import terminal_signals
 
 from harness.backends import get_backend
 from harness.cli import main
@@ -112,13 +113,6 @@ def test_max_run_stops_every_process(tmp_path: Path) -> None:
     assert _processes_with(marker) == []
 
 
-def _default_signals() -> None:
-    """The dispositions a terminal gives a program: a background job of a non-interactive shell
-    starts its children with SIGINT ignored, which Python then leaves ignored."""
-    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, signal.SIG_DFL)
-
-
 @pytest.mark.parametrize(
     "command, signum, exit_code",
     [
@@ -137,7 +131,7 @@ def test_a_signal_stops_everything_and_marks_the_record(
         [sys.executable, "-m", "harness", *command, str(job), "--records", str(tmp_path / "records"), "-v"],
         stderr=subprocess.PIPE,
         text=True,
-        preexec_fn=_default_signals,
+        preexec_fn=terminal_signals,
     )
     assert harness.stderr is not None
     for line in harness.stderr:
@@ -319,7 +313,7 @@ def test_gc_stops_what_a_killed_harness_left(tmp_path: Path, capsys: pytest.Capt
         [sys.executable, "-m", "harness", "run", str(job), "--records", str(tmp_path / "records"), "-v"],
         stderr=subprocess.PIPE,
         text=True,
-        preexec_fn=_default_signals,
+        preexec_fn=terminal_signals,
     )
     assert harness.stderr is not None
     ready = 0

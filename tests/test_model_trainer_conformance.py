@@ -16,15 +16,14 @@ asserted exactly: an SDK release that changes its drivers fails here.
 
 from __future__ import annotations
 
-import io
 import json
 import os
-import tarfile
 from pathlib import Path
 from typing import Any
 
 import pytest
 from docker import DockerClient
+from dumps import process_dumps
 
 from harness.backends.sagemaker_local import SageMakerLocalBackend, SageMakerLocalOptions
 from harness.backends.sagemaker_sdk import PROBE_CHANNEL, RECORD_CHANNEL
@@ -112,18 +111,6 @@ def emulated(job: JobSpec, host: str, training_job_name: str) -> HostContract:
     return host_contract(as_local_mode_presents(job, training_job_name), host, machine)
 
 
-def _dumps(record: RunRecord) -> dict[tuple[str, str], dict[str, Any]]:
-    """Each process's dump, by host and local rank (``none`` outside torchrun), from output.tar.gz."""
-    found = {}
-    with tarfile.open(record.root / "artifacts" / "output.tar.gz") as tar:
-        for member in tar.getmembers():
-            handle = tar.extractfile(member)
-            if member.name.startswith("dump-") and handle is not None:
-                host, rank = member.name.removeprefix("dump-").removesuffix(".json").rsplit("-", 1)
-                found[(host, rank)] = json.load(io.TextIOWrapper(handle, encoding="utf-8"))
-    return found
-
-
 def differences(
     contract: HostContract, launched: dict[str, str], container: dict[str, str], received: dict[str, Any]
 ) -> dict[str, tuple[str, str]]:
@@ -191,7 +178,7 @@ def test_conformance_of_the_emulation_with_the_model_trainer_drivers(
 
 
 def check_record(job: JobSpec, record: RunRecord) -> None:
-    dumps = _dumps(record)
+    dumps = process_dumps(record)
     torchrun = job.distribution == "torchrun"
     ranks = [str(r) for r in range(job.processes_per_host)] if torchrun else ["none"]
     assert sorted(dumps) == sorted((host, rank) for host in job.hosts for rank in ranks)
@@ -279,4 +266,4 @@ def test_a_channel_name_with_a_hyphen_fails_the_drivers(engine: DockerClient, to
     assert record.status == "failed" and record.manifest["hosts"]["algo-1"]["exit_code"] == 1
     log = record.host_log("algo-1").read_text()
     assert "export: `SM_CHANNEL_EXTRA-DATA=/opt/ml/input/data/extra-data': not a valid identifier" in log
-    assert not (record.root / "artifacts" / "output.tar.gz").is_file() or not _dumps(record)
+    assert not (record.root / "artifacts" / "output.tar.gz").is_file() or not process_dumps(record)

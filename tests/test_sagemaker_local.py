@@ -18,6 +18,7 @@ from typing import Any
 import pytest
 import yaml
 from docker import DockerClient
+from terminal import terminal_signals
 
 from harness.backends import sagemaker_sdk
 from harness.backends.sagemaker_local import SageMakerLocalBackend, SageMakerLocalOptions
@@ -337,7 +338,11 @@ def test_ctrl_c_leaves_no_container_network_or_image(engine: DockerClient, torch
     (tmp_path / "src").mkdir()
     (tmp_path / "src" / "train.py").write_text("import time\nprint('up', flush=True)\ntime.sleep(600)\n")
     records = tmp_path / "records"
-    proc = subprocess.Popen([sys.executable, "-c", _RUNNER, str(tmp_path / "src"), str(records), torch_image], cwd=ROOT)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", _RUNNER, str(tmp_path / "src"), str(records), torch_image],
+        cwd=ROOT,
+        preexec_fn=terminal_signals,
+    )
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline:
@@ -370,13 +375,6 @@ def _once_both_hosts_are_up(records: Path, harness: subprocess.Popen[Any]) -> Pa
     pytest.fail("the job never started")
 
 
-def _default_signals() -> None:
-    """The dispositions a terminal gives a program (a background job of a non-interactive shell
-    starts its children with SIGINT ignored, which Python then leaves ignored)."""
-    for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
-        signal.signal(signum, signal.SIG_DFL)
-
-
 @pytest.mark.docker
 @pytest.mark.sagemaker_local
 @pytest.mark.slow
@@ -396,7 +394,7 @@ def test_sigterm_mid_job_stops_everything_and_marks_the_record(
         stderr=subprocess.PIPE,
         text=True,
         cwd=ROOT,
-        preexec_fn=_default_signals,
+        preexec_fn=terminal_signals,
     )
     try:
         record_dir = _once_both_hosts_are_up(records, harness)
@@ -466,7 +464,7 @@ def test_gc_removes_what_a_killed_harness_left(
         + ["--records", str(records)],
         stderr=subprocess.DEVNULL,
         cwd=ROOT,
-        preexec_fn=_default_signals,
+        preexec_fn=terminal_signals,
     )
     try:
         record_dir = _once_both_hosts_are_up(records, harness)

@@ -11,21 +11,19 @@ a toolkit release that changes behaviour fails here.
 
 from __future__ import annotations
 
-import io
 import json
 import re
-import tarfile
 from pathlib import Path, PurePosixPath
 from typing import Any
 
 import pytest
+from dumps import process_dumps
 
 from harness import images, toolkit
 from harness.backends import get_backend
 from harness.backends.docker import PROBE_MOUNT
 from harness.contract import Machine, host_contract
 from harness.jobspec import JobSpec
-from harness.record import RunRecord
 
 DATA = Path(__file__).resolve().parent / "data" / "toolkit"
 VERSIONS = "sagemaker-training 5.1.4, sagemaker-pytorch-training 3.0.0"
@@ -198,18 +196,6 @@ def image_python(engine: Any, toolkit_image: str) -> dict[str, Any]:
     return dict(json.loads(bytes(out).decode().strip().splitlines()[-1]))
 
 
-def _dumps(record: RunRecord) -> dict[tuple[str, str], dict[str, Any]]:
-    """Each process's dump, by host and local rank (``none`` outside torchrun), from output.tar.gz."""
-    found = {}
-    with tarfile.open(record.root / "artifacts" / "output.tar.gz") as tar:
-        for member in tar.getmembers():
-            handle = tar.extractfile(member)
-            if member.name.startswith("dump-") and handle is not None:
-                host, rank = member.name.removeprefix("dump-").removesuffix(".json").rsplit("-", 1)
-                found[(host, rank)] = json.load(io.TextIOWrapper(handle, encoding="utf-8"))
-    return found
-
-
 def _accepted(python: dict[str, Any]) -> dict[str, tuple[str, str]]:
     """The variables in which the real toolkit and the emulation differ, docs/toolkit.md says why:
     (emulation, real toolkit)."""
@@ -232,7 +218,7 @@ def test_conformance_of_the_emulation_with_the_real_toolkit(
     assert record.status == "succeeded", record.host_log(job.hosts[0]).read_text()[-3000:]
     assert record.manifest["rung_facts"]["toolkit"] == VERSIONS
     emulated = get_backend("docker", gpus=False).plan(job).hosts  # what the emulated path would give
-    dumps = _dumps(record)
+    dumps = process_dumps(record)
     torchrun = job.distribution == "torchrun"
     ranks = [str(r) for r in range(job.processes_per_host)] if torchrun else ["none"]
     assert sorted(dumps) == sorted((host, rank) for host in job.hosts for rank in ranks)
