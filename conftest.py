@@ -36,8 +36,24 @@ def engine() -> Iterator[Any]:
     if reason:
         pytest.skip(reason)
     client = docker.from_env()
+    before = _harness_resources(client)
     yield client
+    left = sorted(_harness_resources(client) - before)
     client.close()
+    assert not left, f"the tests left these behind in the Docker engine: {left}"
+
+
+def _harness_resources(client: Any) -> set[str]:
+    """Everything in the engine that carries the harness's label and is not a cached image:
+    whatever a test or a run leaks (a build's intermediate container, a run's network) shows here
+    once the session is over, whichever test made it."""
+    found = {"label": "harness.managed=true"}
+    return {
+        *(f"container {c.name}" for c in client.containers.list(all=True, filters=found)),
+        *(f"network {n.name}" for n in client.networks.list(filters=found)),
+        *(f"volume {v.name}" for v in client.volumes.list(filters=found)),
+        *(f"untagged image {i.short_id}" for i in client.images.list(filters={**found, "dangling": True})),
+    }
 
 
 @pytest.fixture(scope="module")

@@ -232,7 +232,7 @@ def test_gc_removes_leftovers_of_runs_that_are_over(engine: DockerClient, torch_
     network = engine.networks.create(f"harness-{dead_run}", labels=leftover_labels)
     live = engine.containers.create(torch_image, ["true"], labels=run_labels(live_run))
     owner = " ".join(f"{k}={json.dumps(v)}" for k, v in leftover_labels.items() if k != "harness.run_id")
-    untagged, _ = engine.images.build(fileobj=io.BytesIO(f"FROM {torch_image}\nLABEL {owner}\n".encode()))
+    untagged, _ = engine.images.build(fileobj=io.BytesIO(f"FROM {torch_image}\nLABEL {owner}\n".encode()), rm=True)
     try:
         removed = gc(engine)
         assert f"container {leftover.name}" in removed and f"network harness-{dead_run}" in removed
