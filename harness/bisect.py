@@ -244,10 +244,12 @@ def _narrow(names: list[str], agrees: Callable[[str, str, dict[str, Any]], bool]
 def to_text(result: Bisection) -> str:
     lines = [f"bisect {result.lower} -> {result.upper}: {result.departure}"]
     for number, step in enumerate(result.steps, 1):
-        if step.agrees:
-            outcome = f"agrees with {result.lower}" + ("" if step.outcome == "parity" else f", then {step.outcome}")
-        else:
+        if not step.agrees:
             outcome = f"departs: {step.outcome}"
+        elif step.outcome == "parity":
+            outcome = f"agrees with {result.lower}"
+        else:  # a failure the change removed, with what still differs
+            outcome = f"ends as on {result.lower} (verdict: {step.outcome})"
         lines.append(f"  {number}. [{step.dimension}] {result.upper} with {step.change}: {outcome}")
         lines.append(f"     {step.record}")
     if result.dimension:

@@ -7,9 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from harness.bisect import Bisection, Step, to_text
 from harness.cli import main
-
-pytestmark = [pytest.mark.docker, pytest.mark.slow]
 
 JOBS = Path(__file__).resolve().parent / "data" / "probe_jobs"
 
@@ -22,12 +21,16 @@ def _bisect(job: Path, tmp_path: Path, *flags: str) -> dict[str, object]:
     return result  # type: ignore[no-any-return]
 
 
+@pytest.mark.docker
+@pytest.mark.slow
 def test_the_shm_fault_is_bisected_to_dev_shm(scenarios: Path, torch_image: str, tmp_path: Path) -> None:
     result = _bisect(scenarios / "fault_shm_exhaustion" / "job.yaml", tmp_path, "--shm-size", "64m")
     assert result["departure"] == "docker failed (shm-exhausted)"
     assert (result["dimension"], len(result["steps"])) == ("/dev/shm", 1)
 
 
+@pytest.mark.docker
+@pytest.mark.slow
 def test_the_loopback_rendezvous_is_bisected_to_the_network_model_from_one_process(
     scenarios: Path, torch_image: str, tmp_path: Path
 ) -> None:
@@ -38,6 +41,8 @@ def test_the_loopback_rendezvous_is_bisected_to_the_network_model_from_one_proce
     assert step["agrees"] and step["outcome"] == "diverged (rendezvous-address)"  # succeeded, still named
 
 
+@pytest.mark.docker
+@pytest.mark.slow
 def test_the_network_model_is_no_dimension_where_local_gives_each_host_its_own(
     scenarios: Path, torch_image: str, tmp_path: Path
 ) -> None:
@@ -50,6 +55,8 @@ def test_the_network_model_is_no_dimension_where_local_gives_each_host_its_own(
     assert result["steps"] == []
 
 
+@pytest.mark.docker
+@pytest.mark.slow
 def test_a_variable_of_the_users_shell_is_named(
     torch_image: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -58,3 +65,17 @@ def test_a_variable_of_the_users_shell_is_named(
     assert result["departure"].startswith("docker diverged (metric-divergence)")  # type: ignore[union-attr]
     assert (result["dimension"], result["culprit"]) == ("environment", "FEATURE_SCALE_FOR_BISECT")
     assert all(Path(step["record"]).is_dir() for step in result["steps"])  # type: ignore[union-attr, index]
+
+
+def test_a_step_that_removes_the_failure_says_what_still_differs() -> None:
+    result = Bisection("single", "docker", "docker failed (rendezvous-address)", dimension="network model")
+    result.steps = [
+        Step("/dev/shm", "/dev/shm as on the host", "runs/a", False, "failed (rendezvous-address)"),
+        Step("network model", "one network namespace", "runs/b", True, "diverged (rendezvous-address)"),
+    ]
+    lines = to_text(result).splitlines()
+    assert lines[1] == "  1. [/dev/shm] docker with /dev/shm as on the host: departs: failed (rendezvous-address)"
+    assert lines[3].endswith("one network namespace: ends as on single (verdict: diverged (rendezvous-address))")
+    assert (
+        lines[5] == "the docker run departs because of its network model (set as on single, the job ends as on single)"
+    )
