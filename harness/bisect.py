@@ -3,13 +3,12 @@
 Between ``local`` and ``docker`` many things change at once: the network model (where the lower
 rung's hosts share one loopback, as ``single``'s one process or a ``local`` run without a network
 namespace per host does, against each its own network stack), ``/dev/shm``, ulimits, the
-environment (a local run
-inherits the shell's variables, a container gets the contract's only), the image (Python and
-packages), channel delivery. Each dimension the docker rung can take from the local rung is a
-setting of it; the bisect runs the upper rung with one dimension at a time set as on the lower
-one, and the first run that agrees with the lower rung names the dimension. For the environment
-it then halves the inherited variables until one variable (or the smallest group it can find)
-is left. Every run is a record of its own; the search stops at ``max_runs``.
+environment (a local run inherits the shell's variables, a container gets the contract's only),
+the image (Python and packages), channel delivery. Each dimension the docker rung can take from
+the local rung is a setting of it; the bisect runs the upper rung with one dimension at a time
+set as on the lower one, and the first run that agrees with the lower rung names the dimension.
+For the environment it then halves the inherited variables until one variable (or the smallest
+group it can find) is left. Every run is a record of its own; the search stops at ``max_runs``.
 """
 
 from __future__ import annotations
@@ -69,8 +68,9 @@ class Step:
     change: str
     record: str
     agrees: bool
-    #: The step's verdict against the lower rung: ``parity``, or ``diverged (cause)`` after a
-    #: failure the change removed (the job's loopback address is still named where it succeeds).
+    #: The step's verdict against the lower rung: ``parity``, or the outcome and its first cause
+    #: (``failed (shm-exhausted)``; ``diverged (rendezvous-address)`` where the change removed the
+    #: failure and a finding remains: a loopback rendezvous succeeds on a shared network).
     outcome: str
 
 
