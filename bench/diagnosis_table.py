@@ -1,7 +1,10 @@
-"""Run every scenario through its ladder and print the diagnosis table:
-scenario, expected outcome and cause, what the verdict said, and where the expected cause ranked.
+"""Run scenarios through their ladders and print the diagnosis table: scenario, expected outcome
+and cause, what the verdict said, and where the expected cause ranked.
 
-    python bench/diagnosis_table.py [SCENARIO ...]
+    python bench/diagnosis_table.py [DIRECTORY | SCENARIO ...]
+
+With no argument: every scenario in ``scenarios/``. A directory holding scenarios (the fault
+catalogue, ``tests/data/faults``) runs each one in it; a name is a scenario of ``scenarios/``.
 """
 
 from __future__ import annotations
@@ -16,7 +19,13 @@ ROOT = Path(__file__).resolve().parent.parent / "scenarios"
 
 
 def main(names: list[str]) -> int:
-    directories = [ROOT / n for n in names] if names else all_scenarios(ROOT)
+    directories: list[Path] = []
+    for name in names or [str(ROOT)]:
+        path = Path(name)
+        if path.is_dir() and not (path / "scenario.yaml").is_file():
+            directories += all_scenarios(path)
+        else:
+            directories.append(path if path.is_dir() else ROOT / name)
     rows = [("scenario", "expected", "got", "cause rank", "ok", "skipped")]
     with tempfile.TemporaryDirectory(prefix="harness-diagnosis-") as records:
         for directory in directories:

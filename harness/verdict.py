@@ -68,7 +68,39 @@ class Verdict:
 
 
 def rank_findings(findings: list[Finding]) -> list[Finding]:
-    return sorted(findings, key=lambda f: (_SEVERITY[f.severity], -f.confidence))
+    return fold_consequences(sorted(findings, key=lambda f: (_SEVERITY[f.severity], -f.confidence)))
+
+
+def fold_consequences(findings: list[Finding]) -> list[Finding]:
+    """A finding that explains others (``Finding.explains``) leads: the findings whose cause it
+    names are folded into its evidence (``consequence: <title>``), and it takes the gravest
+    severity among them, so that the verdict leads with one cause and its consequences under it."""
+    explaining = [f for f in findings if f.explains and f.severity != "note"]
+    if not explaining:
+        return findings
+    folded: dict[int, list[Finding]] = {id(f): [] for f in explaining}
+    kept: list[Finding] = []
+    for finding in findings:
+        owner = next(
+            (e for e in explaining if e is not finding and finding.cause in e.explains and not finding.explains), None
+        )
+        if owner is None:
+            kept.append(finding)
+        else:
+            folded[id(owner)].append(finding)
+    result: list[tuple[bool, Finding]] = []
+    for finding in kept:
+        consequences = folded.get(id(finding)) or []
+        if consequences:
+            gravest = min((finding, *consequences), key=lambda f: _SEVERITY[f.severity]).severity
+            finding = replace(
+                finding,
+                severity=gravest,
+                evidence=[*finding.evidence, *(f"consequence: {c.title} ({c.cause})" for c in consequences)],
+            )
+        result.append((bool(consequences), finding))
+    result.sort(key=lambda pair: (_SEVERITY[pair[1].severity], not pair[0], -pair[1].confidence))
+    return [finding for _, finding in result]
 
 
 def settle(findings: list[Finding]) -> list[Finding]:

@@ -14,7 +14,21 @@ from __future__ import annotations
 
 from importlib.metadata import entry_points
 
-from harness.diff import artifacts, contract, environment, failures, hang, logs, metrics, ranks, rendezvous, variables
+from harness.diff import (
+    artifacts,
+    contract,
+    data,
+    environment,
+    failures,
+    hang,
+    learning,
+    logs,
+    metrics,
+    model,
+    ranks,
+    rendezvous,
+    variables,
+)
 from harness.diff.findings import Finding
 from harness.diff.protocol import Check, CheckContext, PairCheck, RunCheck
 from harness.errors import UsageError
@@ -23,6 +37,8 @@ from harness.record import RunRecord
 ENTRY_POINT_GROUP = "harness.checks"
 
 BUILTIN: tuple[Check, ...] = (
+    RunCheck("model", model.check_run),
+    RunCheck("data", data.check_run),
     RunCheck("ranks", ranks.check_run),
     RunCheck("rendezvous", rendezvous.check_run),
     RunCheck("hang", hang.check_run),
@@ -31,6 +47,7 @@ BUILTIN: tuple[Check, ...] = (
     RunCheck("variables-unset", variables.check_run),
     PairCheck("failures", failures.compare),
     PairCheck("metrics", metrics.compare),
+    PairCheck("learning", learning.compare),
     PairCheck("artifacts", artifacts.compare),
     PairCheck("contract", contract.compare),
     PairCheck("environment", environment.compare),

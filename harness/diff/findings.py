@@ -23,7 +23,10 @@ class Finding:
     ``confidence`` (0..1) orders findings of the same severity: how surely this is the cause.
     ``corroborating``: the finding explains a departure but is none by itself (a variable that
     differs between two rungs): it keeps its severity only beside a decisive finding of the same
-    record, and is a note where it stands alone, so it can never turn parity into a departure."""
+    record, and is a note where it stands alone, so it can never turn parity into a departure.
+    ``explains``: the causes this finding accounts for (uneven batches explain a collective
+    mismatch and the hang that follows): the verdict ranks it above them and folds them into its
+    evidence."""
 
     kind: Kind
     severity: Severity
@@ -35,6 +38,7 @@ class Finding:
     rank: int | None = None
     confidence: float = 0.5
     corroborating: bool = False
+    explains: tuple[str, ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

@@ -53,6 +53,7 @@ import functools
 import hashlib
 import importlib.abc
 import importlib.metadata
+import itertools
 import json
 import os
 import platform
@@ -932,18 +933,265 @@ def _peer(c10d, name, bound, group, ranks):
 
 
 def instrument_dataloader(module):
+    """The data ledger: every batch a rank consumes (a digest), and per epoch of each
+    ``DataLoader`` which samples it drew, in what order (:class:`_Epoch`). An epoch is one pass
+    of a sampler iterator (``iter(loader)``, or a persistent-workers iterator's reset); it is
+    closed when the iterator is exhausted, when the next pass of the same loader starts, or at
+    exit (then marked unfinished)."""
     base = module._BaseDataLoaderIter
+    next_batch, next_index = base.__next__, base._next_index
 
-    def after_next(batch, token):
+    @functools.wraps(next_batch)
+    def __next__(self):
+        try:
+            batch = next_batch(self)
+        except StopIteration:
+            _quietly("data ledger", _epoch_ended, self)
+            raise
+        _quietly("data ledger", _batch_consumed, self, batch)
+        return batch
+
+    @functools.wraps(next_index)
+    def _next_index(self):
+        indices = next_index(self)
+        _quietly("data ledger", _indices_drawn, self, indices)
+        return indices
+
+    base.__next__, base._next_index = __next__, _next_index
+    loader = module.DataLoader
+    loader.__init__ = _hook(loader.__init__, before=_loader_site, after=_loader_created)
+
+
+#: Per sampler object of a DataLoader (its batch sampler, or its sampler without one): which
+#: loader of the process it is, and where the job created it.
+_LOADERS = None
+_LOADER_ORDINALS = itertools.count()
+#: Per DataLoader iterator: the epoch it is drawing now.
+_EPOCHS = None
+#: Map-style datasets up to this many samples get an exact bitmap of the samples drawn (2 MiB
+#: raw at the bound, far less compressed); larger ones are ledgered by counts and order only.
+_BITMAP_LIMIT = 1 << 24
+#: Samples of an iterable dataset are ledgered by content digest; beyond this many, a
+#: consistent subsample (the same on every rank: by the digest's value) is kept.
+_DIGEST_LIMIT = 1 << 16
+
+
+def _loader_site(args, kwargs):
+    return args[0] if args else None, user_line()
+
+
+def _loader_created(result, token):
+    loader, site = token or (None, None)
+    if loader is not None:
+        _loader_of(loader._index_sampler, site)
+
+
+def _loader_of(sampler, site=None):
+    """Ordinal and creation site of the loader whose sampler is ``sampler`` (its batch sampler,
+    or its sampler without one: the one object every pass of a loader shares)."""
+    global _LOADERS
+    import weakref
+
+    if _LOADERS is None:
+        _LOADERS = weakref.WeakKeyDictionary()
+    info = _LOADERS.get(sampler)
+    if info is None:
+        info = {"loader": next(_LOADER_ORDINALS), "site": site or user_line(), "epochs": 0}
+        _LOADERS[sampler] = info
+    return info
+
+
+def _sampler_shuffles(sampler):
+    """Whether the loader's sampler draws a new order (RandomSampler, DistributedSampler with
+    ``shuffle``); None where the sampler does not say."""
+    inner = getattr(sampler, "sampler", sampler)  # a BatchSampler's sampler
+    name = type(inner).__name__
+    if name == "RandomSampler":
+        return True
+    if name == "SequentialSampler":
+        return False
+    shuffle = getattr(inner, "shuffle", None)
+    return shuffle if isinstance(shuffle, bool) else None
+
+
+class _Epoch:
+    """One pass of one loader on one rank: the batches, the samples drawn (an exact bitmap of
+    dataset indices for a map-style dataset, content digests for an iterable one), samples drawn
+    twice, the first indices and a digest of the order."""
+
+    def __init__(self, iterator, info):
+        info["epochs"] += 1
+        self.loader, self.site, self.epoch = info["loader"], info["site"], info["epochs"] - 1
+        self.sampler_iter = iterator._sampler_iter
+        self.iterable = iterator._dataset_kind != 0  # _DatasetKind.Map
+        sampler = iterator._index_sampler
+        inner = getattr(sampler, "sampler", sampler)
+        self.sampler = type(inner).__name__
+        self.shuffle = _sampler_shuffles(sampler)
+        self.replacement = bool(getattr(inner, "replacement", False))
+        self.length = None
+        if not self.iterable:
+            with contextlib.suppress(TypeError):
+                self.length = len(iterator._dataset)
+        self.bits = bytearray((self.length + 7) // 8) if self.length and self.length <= _BITMAP_LIMIT else None
+        self.digests, self.keep = set(), 0  # iterable: sample digests, kept where digest % 2**keep == 0
+        self.batches = self.samples = self.repeats = 0
+        self.repeated, self.first = [], []
+        self.order = hashlib.blake2b(digest_size=12)
+        rank = _rank()
+        self.steps_at_start = rank.counters["steps"] if rank is not None else 0
+        self.closed = False
+        if rank is not None:  # a rank that hangs in this epoch never closes it: its loader is named here
+            rank.emit(
+                "epoch_start", flush=True, loader=self.loader, site=self.site, epoch=self.epoch, **self.describe()
+            )
+
+    def describe(self):
+        return {
+            "dataset": "iterable" if self.iterable else "map",
+            "length": self.length,
+            "sampler": self.sampler,
+            "shuffle": self.shuffle,
+            "replacement": self.replacement,
+        }
+
+    def drew(self, indices):
+        if self.iterable:
+            return
+        if not isinstance(indices, list):
+            indices = [indices]
+        self.order.update(repr(indices).encode())
+        if len(self.first) < 8:
+            self.first.extend(indices[: 8 - len(self.first)])
+        bits = self.bits
+        for index in indices:
+            if not isinstance(index, int):
+                continue
+            self.samples += 1
+            if bits is not None and 0 <= index < self.length:
+                byte, mask = index >> 3, 1 << (index & 7)
+                if bits[byte] & mask:
+                    self.repeats += 1
+                    if len(self.repeated) < 5:
+                        self.repeated.append(index)
+                bits[byte] |= mask
+
+    def consumed(self, batch):
+        self.batches += 1
+        if not self.iterable:
+            return
+        for sample in _samples(batch):
+            hasher = hashlib.blake2b(digest_size=8)
+            digest(sample, hasher)
+            value = int.from_bytes(hasher.digest(), "big")
+            self.samples += 1
+            self.order.update(hasher.digest())
+            if value % (1 << self.keep):
+                continue
+            if value in self.digests:
+                self.repeats += 1
+            self.digests.add(value)
+            while len(self.digests) > _DIGEST_LIMIT:
+                self.keep += 1
+                self.digests = {d for d in self.digests if not d % (1 << self.keep)}
+
+    def close(self, finished):
+        if self.closed:
+            return
+        self.closed = True
         rank = _rank()
         if rank is None:
             return
-        hasher = hashlib.blake2b(digest_size=12)
-        digest(batch, hasher)
-        rank.counters["batches"] += 1
-        rank.emit("batch", n=rank.counters["batches"], digest=hasher.hexdigest(), size=batch_size(batch))
+        import base64
+        import zlib
 
-    base.__next__ = _hook(base.__next__, after=after_next)
+        fields = {
+            "loader": self.loader,
+            "site": self.site,
+            "epoch": self.epoch,
+            "finished": finished,
+            **self.describe(),
+            "batches": self.batches,
+            "samples": self.samples,
+            "repeats": self.repeats,
+            "steps": rank.counters["steps"] - self.steps_at_start,
+            "order": self.order.hexdigest(),
+        }
+        if self.first:
+            fields["first"] = self.first
+        if self.repeated:
+            fields["repeated"] = self.repeated
+        if self.bits is not None:
+            fields["bitmap"] = base64.b64encode(zlib.compress(bytes(self.bits), 6)).decode()
+        if self.iterable:
+            fields["digests"], fields["digest_keep"] = sorted(self.digests), self.keep
+        rank.emit("data_epoch", flush=True, **fields)
+
+
+def _samples(batch):
+    """The samples of a collated batch: rows of its tensors (a tuple, list or dict of tensors
+    is one sample per row across them); a batch that is no tensor is one sample."""
+    parts = batch if isinstance(batch, (list, tuple)) else list(batch.values()) if isinstance(batch, dict) else [batch]
+    rows = batch_size(batch)
+    if not rows or not all(_is_tensor(p) and p.dim() and p.shape[0] == rows for p in parts):
+        return [batch]
+    return [[p[i] for p in parts] for i in range(rows)]
+
+
+def _current_epoch(iterator):
+    global _EPOCHS
+    import weakref
+
+    if _EPOCHS is None:
+        _EPOCHS = weakref.WeakKeyDictionary()
+        atexit.register(_quietly, "data ledger", _close_epochs)
+    epoch = _EPOCHS.get(iterator)
+    if epoch is None or epoch.sampler_iter is not iterator._sampler_iter:
+        if epoch is not None:
+            epoch.close(finished=False)
+        info = _loader_of(iterator._index_sampler)
+        for other in list(_EPOCHS.values()):  # a loader's previous pass, left unfinished
+            if other.loader == info["loader"] and not other.closed:
+                other.close(finished=False)
+        epoch = _EPOCHS[iterator] = _Epoch(iterator, info)
+    return epoch
+
+
+def _close_epochs():
+    for epoch in list((_EPOCHS or {}).values()):
+        epoch.close(finished=False)
+
+
+def _indices_drawn(iterator, indices):
+    if _rank() is not None:
+        _current_epoch(iterator).drew(indices)
+
+
+def _batch_consumed(iterator, batch):
+    rank = _rank()
+    if rank is None:
+        return
+    epoch = _current_epoch(iterator)
+    epoch.consumed(batch)
+    hasher = hashlib.blake2b(digest_size=12)
+    digest(batch, hasher)
+    size = batch_size(batch)
+    rank.counters["batches"] += 1
+    _STEP["samples"] += size or 0
+    rank.emit(
+        "batch",
+        n=rank.counters["batches"],
+        digest=hasher.hexdigest(),
+        size=size,
+        loader=epoch.loader,
+        epoch=epoch.epoch,
+        i=epoch.batches,
+    )
+
+
+def _epoch_ended(iterator):
+    if _rank() is not None and _EPOCHS is not None and iterator in _EPOCHS:
+        _EPOCHS[iterator].close(finished=True)
 
 
 def _local(tensor):
@@ -964,6 +1212,11 @@ def _sharded(tensor):
 
 
 def instrument_optimizer(module):
+    """The loss ledger, per optimizer step (before it): the values ``backward()`` was called on
+    since the last step, the samples consumed, the gradient norm after the distributed reduction
+    and the learning rate applied; and, every ``HARNESS_PARAM_EVERY`` steps (after it), digests of
+    the parameters."""
+
     def after_step(optimizer, args, kwargs):
         rank = _rank()
         if rank is None:
@@ -986,10 +1239,109 @@ def instrument_optimizer(module):
         fields = {"sharded": True} if sharded else {}
         rank.emit("params", flush=True, step=step, sum=total, abs_sum=absolute, digest=hasher.hexdigest(), **fields)
 
+    def pre(optimizer, args, kwargs):
+        _quietly("loss ledger", _step_taken, optimizer)
+
     def hook(optimizer, args, kwargs):
         _quietly("optimizer step", after_step, optimizer, args, kwargs)  # returns None: the step is untouched
 
+    module.register_optimizer_step_pre_hook(pre)
     module.register_optimizer_step_post_hook(hook)
+
+
+#: What happened since the last optimizer step: samples consumed, tensors ``backward()`` ran on.
+_STEP = {"samples": 0, "losses": []}
+
+
+def _step_taken(optimizer):
+    rank = _rank()
+    losses, samples = _STEP["losses"], _STEP["samples"]
+    _STEP["losses"], _STEP["samples"] = [], 0
+    if rank is None:
+        return
+    import torch
+
+    values = [float(t) for t in losses]
+    with torch.no_grad():
+        grads = [_local(p.grad) for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
+        norms = [torch.linalg.vector_norm(g).double().cpu() for g in grads]
+        norm = float(torch.linalg.vector_norm(torch.stack(norms))) if norms else None
+    lr = optimizer.param_groups[0].get("lr") if optimizer.param_groups else None
+    rank.emit(
+        "step",
+        step=rank.counters["steps"],
+        loss=sum(values) / len(values) if values else None,
+        backwards=len(values),
+        samples=samples,
+        grad_norm=norm,
+        lr=float(lr) if isinstance(lr, (int, float)) or _is_tensor(lr) else None,
+    )
+
+
+def instrument_autograd(module):
+    """Each scalar ``backward()`` is called on (``Tensor.backward`` calls this function): the
+    loss of the loss ledger, kept detached until the optimizer step reads it."""
+
+    def before(args, kwargs):
+        tensors = args[0] if args else kwargs.get("tensors")
+        if _rank() is not None and _is_tensor(tensors) and tensors.numel() == 1 and len(_STEP["losses"]) < 64:
+            _STEP["losses"].append(tensors.detach())
+
+    module.backward = _hook(module.backward, before=before)
+
+
+def instrument_model_wrappers(module):
+    """The model ledger: when a model is wrapped for distribution (DDP, FSDP), what each rank
+    holds: names, shapes, dtypes, devices and ``requires_grad`` of its parameters and buffers,
+    recorded before the wrapper's own checks run (they raise on a mismatch)."""
+    for name in ("DistributedDataParallel", "FullyShardedDataParallel"):
+        wrapper = getattr(module, name, None)
+        if wrapper is not None and "__init__" in vars(wrapper):
+            wrapper.__init__ = _hook(wrapper.__init__, before=functools.partial(_model_wrapped, name))
+
+
+#: At most this many parameters and buffers are listed one by one in a model event.
+_MODEL_ENTRIES = 5000
+
+
+def _model_wrapped(wrapper, args, kwargs):
+    rank = _rank()
+    model = args[1] if len(args) > 1 else kwargs.get("module")
+    if rank is None or model is None or not hasattr(model, "named_parameters"):
+        return
+    import torch
+
+    entries = []
+    for name, tensor in model.named_parameters():
+        entries.append(
+            [
+                name,
+                list(tensor.shape),
+                str(tensor.dtype).replace("torch.", ""),
+                tensor.device.type,
+                bool(tensor.requires_grad),
+            ]
+        )
+    for name, tensor in model.named_buffers():
+        entries.append(
+            [name, list(tensor.shape), str(tensor.dtype).replace("torch.", ""), tensor.device.type, "buffer"]
+        )
+    hasher = hashlib.blake2b(digest_size=12)
+    hasher.update(json.dumps(entries).encode())
+    group = kwargs.get("process_group")
+    ranks = None
+    if group is not None:
+        ranks = _quietly("model ledger", _group, torch.distributed.distributed_c10d, group)
+    rank.emit(
+        "model",
+        flush=True,
+        wrapper=wrapper,
+        group=ranks,
+        caller=user_line() or caller(),
+        count=len(entries),
+        digest=hasher.hexdigest(),
+        entries=entries[:_MODEL_ENTRIES],
+    )
 
 
 def instrument_serialization(module):
@@ -1010,6 +1362,9 @@ _HOOKS = {
     "torch.utils.data.dataloader": instrument_dataloader,
     "torch.optim.optimizer": instrument_optimizer,
     "torch.serialization": instrument_serialization,
+    "torch.autograd": instrument_autograd,
+    "torch.nn.parallel.distributed": instrument_model_wrappers,
+    "torch.distributed.fsdp.fully_sharded_data_parallel": instrument_model_wrappers,
 }
 
 
