@@ -294,3 +294,54 @@ def test_point_to_point_events_name_their_peer(tmp_path: Path) -> None:
         ("barrier", None, None),
     ]
     assert [(op["dir"], op["peer"], op["shape"]) for op in calls[2]["ops"]] == [("send", 0, [2]), ("recv", 0, [2])]
+
+
+def test_the_ledgers_record_what_each_step_drew_computed_and_wrapped(tmp_path: Path) -> None:
+    """The data ledger holds exactly the indices the sampler handed out per epoch (an iterator's
+    exhaustion closes the epoch, a loop left early leaves it unfinished), the loss ledger the
+    value ``backward()`` ran on and the gradient norm, the model ledger the wrapped model."""
+    code = program(
+        """
+        from torch.nn.parallel import DistributedDataParallel
+        from torch.utils.data import DataLoader, TensorDataset
+        torch.manual_seed(0)
+        data = TensorDataset(torch.randn(50, 3), torch.randn(50, 1))
+        loader = DataLoader(data, batch_size=8, shuffle=True)
+        model = DistributedDataParallel(torch.nn.Linear(3, 1))
+        model.register_buffer("scale", torch.ones(1))
+        optimizer = torch.optim.SGD(model.parameters(), lr=0.1)
+        for epoch in range(2):
+            for x, y in loader:
+                optimizer.zero_grad()
+                loss = torch.nn.functional.mse_loss(model(x), y)
+                loss.backward()
+                optimizer.step()
+        for x, y in loader:
+            break
+        print(round(loss.item(), 4), flush=True)
+        """
+    )
+    on = assert_same(tmp_path, code)
+    assert not probe_errors(tmp_path)
+    recorded = events(tmp_path)
+    epochs = [e for e in recorded if e["kind"] == "data_epoch"]
+    assert [(e["epoch"], e["finished"], e["batches"], e["samples"]) for e in epochs] == [
+        (0, True, 7, 50),
+        (1, True, 7, 50),
+        (2, False, 1, 8),
+    ]
+    import base64
+    import zlib
+
+    bits = int.from_bytes(zlib.decompress(base64.b64decode(epochs[0]["bitmap"])), "little")
+    assert bits == (1 << 50) - 1 and epochs[0]["shuffle"] is True and epochs[0]["sampler"] == "RandomSampler"
+    assert epochs[0]["order"] != epochs[1]["order"]
+    steps = [e for e in recorded if e["kind"] == "step"]
+    assert len(steps) == 14 and all(s["backwards"] == 1 and s["grad_norm"] > 0 and s["lr"] == 0.1 for s in steps)
+    assert [s["samples"] for s in steps[:7]] == [8] * 6 + [2]
+    assert round(steps[-1]["loss"], 4) == float(on.stdout.split()[-1])
+    (model,) = [e for e in recorded if e["kind"] == "model"]
+    assert model["wrapper"] == "DistributedDataParallel" and model["entries"][:2] == [
+        ["weight", [1, 3], "float32", "cpu", True],
+        ["bias", [1], "float32", "cpu", True],
+    ]

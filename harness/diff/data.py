@@ -211,32 +211,34 @@ def _map_coverage(site: str, group: list[_Pass]) -> Finding | None:
             cause="data-not-sharded",
             confidence=0.85,
         )
-    samples = {p.rank: int(p.end.get("samples") or 0) for p in group}
-    total = sum(samples.values())
+    total = sum(int(p.end.get("samples") or 0) for p in group)
     union = 0
     for mask in masks.values():
         union |= mask
     distinct = union.bit_count()
-    overlap = min(total, length) - distinct  # samples drawn twice beyond what padding explains
-    batch = max((samples[r] // max(1, p.batches) for r, p in ((p.rank, p) for p in group)), default=1)
+    batch = max((int(p.end.get("samples") or 0) // max(1, p.batches) for p in group), default=1)
+    # A sampler pads the shards to one length (DistributedSampler: under one sample per rank;
+    # accelerate's even_batches: under a batch per rank) with samples drawn again: not overlap.
+    padding = min(max(0, total - length), len(group) * batch)
+    overlap = total - distinct - padding
+    if overlap <= len(group):
+        return None  # disjoint shards (fewer samples than the dataset holds may be by design)
+    dropped = min(max(0, length - total), len(group) * (batch + 1))  # drop_last: under a batch per rank
     unseen = length - distinct
-    allowance = len(group) * (batch + 1)  # drop_last: less than a batch per rank, and the sampler's own
     epoch = group[0].epoch
-    if overlap <= len(group) and unseen <= allowance:
-        return None
     shared = _shared_pairs(masks)
     evidence = [
         f"{len(group)} ranks drew {total} samples of {length}: {distinct} distinct, {unseen} drawn by no rank",
         *shared,
     ]
-    if unseen > allowance:
+    if unseen - dropped > len(group):
         missing = _examples(((1 << length) - 1) & ~union)
         evidence.append("never drawn: " + ", ".join(map(str, missing)) + (", ..." if unseen > len(missing) else ""))
         return Finding(
             kind="ranks",
             severity="divergence",
-            title=f"{unseen} of {length} samples of {site} were drawn by no rank in epoch {epoch}"
-            + (f" while {overlap} were drawn more than once" if overlap > len(group) else ""),
+            title=f"{unseen} of {length} samples of {site} were drawn by no rank in epoch {epoch}, "
+            f"while {total - distinct} were drawn more than once",
             evidence=evidence,
             hint="shard by the global rank and world size: DistributedSampler(dataset) takes both from the process "
             "group (num_replicas=LOCAL_WORLD_SIZE or rank=LOCAL_RANK shards per host, not per job)",
@@ -246,7 +248,7 @@ def _map_coverage(site: str, group: list[_Pass]) -> Finding | None:
     return Finding(
         kind="ranks",
         severity="divergence",
-        title=f"the ranks' shards of {site} overlap in epoch {epoch}: {overlap} samples drawn more than once",
+        title=f"the ranks' shards of {site} overlap in epoch {epoch}: {total - distinct} samples drawn more than once",
         evidence=evidence,
         hint="every rank must draw a disjoint shard of one permutation: DistributedSampler with the same seed on "
         "every rank (its default), and the rank and world size of the process group",

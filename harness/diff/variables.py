@@ -25,8 +25,10 @@ from harness.diff.findings import Finding
 from harness.diff.protocol import CheckContext
 from harness.record import RunRecord, log_text
 
-#: Names compared elsewhere (the contract check) or the harness's own.
-_NOT_HERE = (*RELEVANT, "LOCAL_RANK", "HARNESS_")
+#: Names compared elsewhere (the contract check), the harness's own, and those torchrun's
+#: elastic agent sets for its own machinery (an error file per attempt, the signals it forwards,
+#: its store): they differ with every launch and say nothing about the job.
+_NOT_HERE = (*RELEVANT, "LOCAL_RANK", "HARNESS_", "TORCHELASTIC_")
 _LIBRARY_PATH = re.compile(r".*[/\\](?:site-packages|dist-packages)[/\\]|.*[/\\]lib[/\\]python\d[\d.]*[/\\]")
 _MAX_SHOWN = 20
 _LOG_TAIL = 60

@@ -435,6 +435,8 @@ class Rank:
                 return
             if _ENVIRON["dirty"]:
                 _quietly("environ", _save_environ, False)
+            if _ABANDONED:
+                _quietly("data ledger", close_abandoned)
             time.sleep(1.0)
 
     def close(self):
@@ -1145,6 +1147,7 @@ def _current_epoch(iterator):
     if _EPOCHS is None:
         _EPOCHS = weakref.WeakKeyDictionary()
         atexit.register(_quietly, "data ledger", _close_epochs)
+    close_abandoned()
     epoch = _EPOCHS.get(iterator)
     if epoch is None or epoch.sampler_iter is not iterator._sampler_iter:
         if epoch is not None:
@@ -1154,10 +1157,23 @@ def _current_epoch(iterator):
             if other.loader == info["loader"] and not other.closed:
                 other.close(finished=False)
         epoch = _EPOCHS[iterator] = _Epoch(iterator, info)
+        # A loop left early drops its iterator: the pass is written as unfinished soon after
+        # (by the heartbeat, the next pass, or at exit), never from the garbage collector itself.
+        weakref.finalize(iterator, _ABANDONED.append, epoch)
     return epoch
 
 
+#: Passes whose iterator was dropped before it was exhausted.
+_ABANDONED = []
+
+
+def close_abandoned():
+    while _ABANDONED:
+        _ABANDONED.pop().close(finished=False)
+
+
 def _close_epochs():
+    close_abandoned()
     for epoch in list((_EPOCHS or {}).values()):
         epoch.close(finished=False)
 

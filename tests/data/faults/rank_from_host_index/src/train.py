@@ -23,7 +23,7 @@ hosts = json.loads(os.environ["SM_HOSTS"])
 host_rank = hosts.index(os.environ["SM_CURRENT_HOST"])  # the bug: the local rank is forgotten
 dist.init_process_group(
     "gloo",
-    init_method=f"tcp://{hosts[0]}:23456",
+    init_method=f"tcp://{hosts[0]}:{os.environ.get('MASTER_PORT', '7777')}",
     rank=host_rank,
     world_size=len(hosts),
     timeout=datetime.timedelta(seconds=20),

@@ -1,0 +1,221 @@
+"""The ledger checks on canned records: the data ledger (uneven batches, overlapping or
+incomplete shards, an order that repeats), the model ledger (a model that differs across ranks)
+and the loss ledger (a distributed run that learns otherwise than one process), and a finding
+that explains others leading the verdict with them folded under it."""
+
+from __future__ import annotations
+
+import base64
+import zlib
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fake_records import make_record
+
+from harness.diff.findings import Finding
+from harness.verdict import judge
+
+pytestmark = pytest.mark.unit
+
+SITE = "train.py:20"
+
+
+def bitmap(indices: list[int], length: int) -> str:
+    value = sum(1 << i for i in set(indices))
+    return base64.b64encode(zlib.compress(value.to_bytes((length + 7) // 8, "little"))).decode()
+
+
+def epoch(
+    rank_indices: list[int],
+    *,
+    number: int = 0,
+    length: int = 64,
+    batch: int = 8,
+    order: str | None = None,
+    shuffle: bool = True,
+    replacement: bool = False,
+    steps: bool = True,
+) -> list[dict[str, Any]]:
+    """One rank's events for one pass: the pass opens, a batch (and a step) per ``batch``
+    samples, then the pass closes with what it drew."""
+    describe = {"dataset": "map", "length": length, "sampler": "DistributedSampler", "shuffle": shuffle}
+    out: list[dict[str, Any]] = [
+        {"kind": "epoch_start", "loader": 0, "site": SITE, "epoch": number, **describe, "replacement": replacement}
+    ]
+    batches = max(1, -(-len(rank_indices) // batch))
+    for n in range(batches):
+        out.append(
+            {
+                "kind": "batch",
+                "loader": 0,
+                "epoch": number,
+                "i": n + 1,
+                "digest": repr(rank_indices[n * batch : (n + 1) * batch]),
+                "size": batch,
+            }
+        )
+        if steps:
+            out.append({"kind": "step", "step": n, "loss": 1.0, "samples": batch, "grad_norm": 1.0, "lr": 0.1})
+        out.append({"kind": "collective", "op": "all_reduce", "seq": n + 1, "shapes": [[9]], "caller": "train.py:30"})
+    out.append(
+        {
+            "kind": "data_epoch",
+            "loader": 0,
+            "site": SITE,
+            "epoch": number,
+            "finished": True,
+            **describe,
+            "replacement": replacement,
+            "batches": batches,
+            "samples": len(rank_indices),
+            "repeats": 0,
+            "steps": batches if steps else 0,
+            "order": order or repr(rank_indices),
+            "first": rank_indices[:8],
+            "bitmap": bitmap(rank_indices, length),
+        }
+    )
+    return out
+
+
+def verdict_findings(tmp: Path, events: dict[int, list[dict[str, Any]]], status: str = "succeeded") -> list[Finding]:
+    return judge([make_record(tmp, "local", rank_events=events, status=status)]).findings  # type: ignore[arg-type]
+
+
+def causes(found: list[Finding]) -> list[str | None]:
+    return [f.cause for f in found if f.severity != "note"]
+
+
+def test_disjoint_shards_padded_by_the_sampler_are_no_finding(tmp_path: Path) -> None:
+    # 62 samples over 2 ranks, padded to 32 each: sample 0 is drawn twice, by design
+    events = {0: epoch(list(range(0, 62, 2)) + [0]), 1: epoch(list(range(1, 62, 2)) + [1])}
+    assert causes(verdict_findings(tmp_path, {r: e for r, e in events.items()})) == []
+
+
+def test_shards_by_local_rank_overlap_across_hosts(tmp_path: Path) -> None:
+    halves = [list(range(0, 64, 2)), list(range(1, 64, 2))]
+    events = {rank: epoch(halves[rank % 2]) for rank in range(4)}
+    (finding,) = [f for f in verdict_findings(tmp_path, events) if f.severity != "note"]
+    assert finding.cause == "data-overlap" and "64 samples drawn more than once" in finding.title
+    assert any("ranks 0 and 2 both drew 32 samples (the same shard)" in line for line in finding.evidence)
+
+
+def test_samples_no_rank_draws_are_named_with_examples(tmp_path: Path) -> None:
+    quarters = [list(range(q, 64, 4)) for q in range(4)]
+    events = {rank: epoch(quarters[rank % 2]) for rank in range(4)}  # rank = LOCAL_RANK: quarters 2, 3 never drawn
+    (finding,) = [f for f in verdict_findings(tmp_path, events) if f.severity != "note"]
+    assert finding.cause == "data-unseen"
+    assert finding.title.startswith(f"32 of 64 samples of {SITE} were drawn by no rank in epoch 0")
+    assert "never drawn: 2, 3, 6, 7, 10, ..." in finding.evidence
+
+
+def test_sampling_with_replacement_and_evaluation_loaders_are_left_out(tmp_path: Path) -> None:
+    everything = list(range(64))
+    with_replacement = {rank: epoch(everything[:: 1 - 2 * rank], replacement=True) for rank in range(2)}
+    assert causes(verdict_findings(tmp_path, with_replacement)) == []
+    evaluation = {rank: epoch(everything[rank::3], steps=False) for rank in range(2)}
+    assert causes(verdict_findings(tmp_path, evaluation)) == []
+
+
+def test_a_shuffle_that_repeats_every_epoch(tmp_path: Path) -> None:
+    halves = [list(range(0, 64, 2)), list(range(1, 64, 2))]
+    same = {r: epoch(halves[r], number=0, order=f"o{r}") + epoch(halves[r], number=1, order=f"o{r}") for r in range(2)}
+    (finding,) = [f for f in verdict_findings(tmp_path, same) if f.severity != "note"]
+    assert finding.cause == "order-repeats" and "every rank draws the same order in each of 2 epochs" in finding.title
+    fresh = {r: epoch(halves[r], number=0, order="a") + epoch(halves[r], number=1, order="b") for r in range(2)}
+    assert causes(verdict_findings(tmp_path, fresh)) == []
+    unshuffled = {
+        r: epoch(halves[r], number=0, shuffle=False) + epoch(halves[r], number=1, shuffle=False) for r in range(2)
+    }
+    assert causes(verdict_findings(tmp_path, unshuffled)) == []
+
+
+def test_uneven_batches_explain_the_mismatch_and_the_hang_they_cause(tmp_path: Path) -> None:
+    events = {rank: epoch(list(range(rank, 44, 4))) for rank in range(4)}  # 11, 11, 11, 11 samples
+    events[0] = epoch(list(range(0, 48, 4)) + [1, 2, 3, 5, 6, 7, 9, 10], length=64)  # 20 samples: 3 batches
+    events[0].insert(-1, {"kind": "collective", "op": "barrier", "seq": 4, "shapes": [], "caller": "train.py:40"})
+    found = verdict_findings(tmp_path, events, status="hung")
+    first = found[0]
+    assert first.cause == "uneven-batches" and first.severity == "failure"
+    assert first.title.endswith("rank 0 3, ranks 1, 2, 3 2")
+    assert "rank 0's batch 3, which its peers never drew, met all_reduce #3 (train.py:30)" in first.evidence
+    assert any(line.startswith("consequence: ") and "(collective-mismatch)" in line for line in first.evidence)
+    assert "collective-mismatch" not in causes(found[1:])
+
+
+def test_uneven_batches_in_a_run_that_succeeded_are_a_note(tmp_path: Path) -> None:
+    events = {0: epoch(list(range(0, 24))), 1: epoch(list(range(24, 40)))}  # 3 and 2 batches, Join-style
+    uneven = [f for f in verdict_findings(tmp_path, events) if f.cause == "uneven-batches"]
+    assert [f.severity for f in uneven] == ["note"]
+
+
+def model(entries: list[list[Any]]) -> dict[str, Any]:
+    import hashlib
+    import json
+
+    digest = hashlib.blake2b(json.dumps(entries).encode(), digest_size=12).hexdigest()
+    return {
+        "kind": "model",
+        "wrapper": "DistributedDataParallel",
+        "group": None,
+        "caller": "train.py:12",
+        "count": len(entries),
+        "digest": digest,
+        "entries": entries,
+    }
+
+
+def test_a_model_that_differs_across_ranks_names_the_first_parameter_with_both_values(tmp_path: Path) -> None:
+    same = [["emb.weight", [24, 32], "float32", "cpu", True], ["head.weight", [2, 32], "float32", "cpu", True]]
+    other = [["emb.weight", [22, 32], "float32", "cpu", True], ["head.weight", [2, 32], "float32", "cpu", False]]
+    events = {0: [model(same)], 1: [model(same)], 2: [model(other)]}
+    found = verdict_findings(tmp_path, events, status="failed")
+    assert found[0].cause == "model-differs" and found[0].severity == "failure"
+    assert found[0].title.endswith(
+        "(train.py:12): parameter 0 (emb.weight) shape is [22, 32] on rank 2 and [24, 32] on rank 0"
+    )
+    assert "parameter 1 (head.weight) requires_grad is False on rank 2 and True on rank 0" in found[0].evidence
+    alike = {0: [model(same)], 1: [model(same)]}
+    assert causes(verdict_findings(tmp_path, alike)) == []
+
+
+def steps(losses: list[float], grads: list[float], samples: int, lr: float = 0.1) -> list[dict[str, Any]]:
+    return [
+        {"kind": "step", "step": i, "loss": loss, "samples": samples, "grad_norm": grad, "lr": lr, "backwards": 1}
+        for i, (loss, grad) in enumerate(zip(losses, grads, strict=True))
+    ]
+
+
+def ladder(tmp: Path, base: list[dict[str, Any]], ranks: dict[int, list[dict[str, Any]]]) -> list[Finding]:
+    below = make_record(tmp, "single", rank_events={0: base})
+    above = make_record(tmp, "local", rank_events=ranks)
+    return judge([below, above]).findings
+
+
+LOSSES = [1.0 - 0.05 * i for i in range(12)]
+GRADS = [2.0 - 0.1 * i for i in range(12)]
+
+
+def test_the_same_global_batches_learn_alike(tmp_path: Path) -> None:
+    base = steps(LOSSES, GRADS, 32)
+    ranks = {r: steps([x * (1 + 1e-6) for x in LOSSES], GRADS, 8) for r in range(4)}
+    assert causes(ladder(tmp_path, base, ranks)) == []
+
+
+def test_gradients_summed_over_ranks_are_named_at_the_first_step(tmp_path: Path) -> None:
+    base = steps(LOSSES, GRADS, 32)
+    ranks = {r: steps(LOSSES, [g * 4 for g in GRADS], 8) for r in range(4)}
+    (finding,) = [f for f in ladder(tmp_path, base, ranks) if f.severity != "note"]
+    assert finding.cause == "learning-differs" and finding.step == 0
+    assert (
+        finding.title == "local learns differently from single from step 0: gradient norm 8 on local, 2 on single (x4)"
+    )
+
+
+def test_a_grown_global_batch_is_judged_by_its_gradient_scale_only(tmp_path: Path) -> None:
+    base = steps(LOSSES, GRADS, 8)
+    quieter = {r: steps([x * 1.1 for x in LOSSES], [g * 0.6 for g in GRADS], 8) for r in range(4)}
+    assert causes(ladder(tmp_path, base, quieter)) == []
+    summed = {r: steps(LOSSES, [g * 3.5 for g in GRADS], 8) for r in range(4)}
+    assert causes(ladder(tmp_path, base, summed)) == ["learning-differs"]
