@@ -27,6 +27,7 @@ from harness.diff import (
     model,
     ranks,
     rendezvous,
+    sharing,
     variables,
 )
 from harness.diff.findings import Finding
@@ -41,6 +42,7 @@ BUILTIN: tuple[Check, ...] = (
     RunCheck("data", data.check_run),
     RunCheck("ranks", ranks.check_run),
     RunCheck("rendezvous", rendezvous.check_run),
+    RunCheck("sharing", sharing.check_run),
     RunCheck("hang", hang.check_run),
     RunCheck("logs", logs.check_run),
     RunCheck("checkpoint-clash", artifacts.check_run),

@@ -12,6 +12,11 @@ Two findings, on any rung, the first already where the job succeeds:
   is the only sign.
 - **A rendezvous that never completed**: which ranks joined, which are missing, the address each
   used against the one the contract gave its host.
+- **A rank or world size of the job's own making** that differs from the one its launcher gave
+  it (``RANK``, ``WORLD_SIZE``): ``WORLD_SIZE`` read as a number of nodes where the launcher means
+  processes (``world-size-semantics``), a rank computed from the host's index alone
+  (``rank-assignment``). Only processes the launcher started as ranks are judged; the children a
+  rank starts for itself inherit its variables without being its rank.
 
 Addresses that are neither a loopback nor a host name of the job (an IP, a fully qualified name)
 are never judged: the check cannot tell where they lead, and a false alarm is worse than none.
@@ -22,7 +27,7 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
-from harness.diff.findings import Finding
+from harness.diff.findings import Finding, Severity
 from harness.diff.protocol import CheckContext
 from harness.record import RunRecord
 
@@ -108,9 +113,77 @@ def _unfinished(record: RunRecord, world: list[dict[str, Any]]) -> list[str]:
     return evidence
 
 
+#: What a rank or world size that disagrees with the launcher's leads to.
+_CONSEQUENCES = (
+    "rendezvous-timeout",
+    "hang",
+    "job-failed",
+    "python-exception",
+    "sigterm-of-survivors",
+    "launcher-summary",
+    "peer-reported-failure",
+    "peer-connection-lost",
+)
+
+
+def _against_launcher(record: RunRecord, ended_badly: bool) -> list[Finding]:
+    """A rank number that repeats is what fails first (two processes claim one rank), so it
+    leads where the world size is wrong as well."""
+    worlds, ranks = [], []
+    claimed: dict[tuple[int, int], int] = defaultdict(int)
+    for process in record.processes():
+        rendezvous, env = process.get("rendezvous"), process.get("env")
+        if not isinstance(rendezvous, dict) or not isinstance(env, dict) or process.get("inherited_rank"):
+            continue
+        given_rank, given_world = str(env.get("RANK", "")), str(env.get("WORLD_SIZE", ""))
+        if not (given_rank.isdigit() and given_world.isdigit()):
+            continue
+        where = f"{process.get('host')} pid {process.get('pid')} at {rendezvous.get('caller')}"
+        world, rank = int(rendezvous.get("world_size", -1)), int(rendezvous.get("rank", -1))
+        claimed[(world, rank)] += 1
+        if world != int(given_world):
+            worlds.append(
+                f"{where}: world_size={world} where the launcher started WORLD_SIZE={given_world} processes "
+                f"(RANK={given_rank})"
+            )
+        if rank != int(given_rank):
+            ranks.append(f"{where}: rank={rank} where the launcher gave RANK={given_rank}")
+    severity: Severity = "failure" if ended_badly else "divergence"
+    repeated = any(count > 1 for count in claimed.values())
+    if worlds and not (ranks and repeated):
+        return [
+            Finding(
+                kind="ranks",
+                severity=severity,
+                title=f"init_process_group is given a world size other than the launcher's: {worlds[0]}",
+                evidence=worlds[:8],
+                hint="WORLD_SIZE is the number of processes in the job (torchrun, SageMaker), not of nodes: pass "
+                "nothing and let init_process_group read RANK and WORLD_SIZE (env://)",
+                cause="world-size-semantics",
+                confidence=0.95,
+                explains=_CONSEQUENCES,
+            )
+        ]
+    if ranks:
+        return [
+            Finding(
+                kind="ranks",
+                severity=severity,
+                title=f"init_process_group is given a rank other than the launcher's: {ranks[0]}",
+                evidence=ranks[:8],
+                hint="take the rank the launcher gives (RANK, or dist.get_rank() after init): a rank computed from "
+                "the host's index alone repeats on every process of a host",
+                cause="rank-assignment",
+                confidence=0.95,
+                explains=_CONSEQUENCES,
+            )
+        ]
+    return []
+
+
 def check_run(record: RunRecord, context: CheckContext) -> list[Finding]:
-    findings = []
     ended_badly = record.status != "succeeded"
+    findings = _against_launcher(record, ended_badly)
     for world in _worlds(record):
         wrong = _wrong_host(record, world)
         if wrong:

@@ -796,9 +796,11 @@ def _rendezvous_started(args, kwargs):
     # init_process_group(backend, init_method, timeout, world_size, rank, store, ...)
     world = kwargs.get("world_size", args[3] if len(args) > 3 else -1)
     rank = kwargs.get("rank", args[4] if len(args) > 4 else -1)
+    method = kwargs.get("init_method") or (args[1] if len(args) > 1 else None)
     _process().update(
         rendezvous={
             "endpoint": _endpoint(args, kwargs),
+            "file": str(method)[len("file://") :] if str(method).startswith("file://") else None,
             "rank": int(os.environ.get("RANK", -1)) if rank in (None, -1) else int(rank),
             "world_size": int(os.environ.get("WORLD_SIZE", -1)) if world in (None, -1) else int(world),
             "caller": user_line() or caller(),
@@ -1531,23 +1533,55 @@ def _record_write(path):
 
 def record_writes():
     """Files each rank opens for writing: several ranks writing one model file, or files written
-    where SageMaker keeps nothing, are findings of their own."""
+    where SageMaker keeps nothing, are findings of their own. And the scratch files the job's own
+    code opens outside ``/opt/ml`` (:func:`_scratch_opened`): SageMaker hosts share none."""
     roots = [os.environ.get(k) for k in ("SM_MODEL_DIR", "SM_OUTPUT_DIR", "SM_OUTPUT_DATA_DIR")]
     _WRITES["contract"] = tuple(p for p in [*roots, "/opt/ml/model", "/opt/ml/output", "/opt/ml/checkpoints"] if p)
     _WRITES["ignored"] = ("/tmp", "/var/tmp", "/dev", "/proc", "/sys", DIR)
+    prefixes = {sys.prefix, sys.base_prefix, sys.exec_prefix}
+    _SCRATCH["system"] = tuple(
+        p.rstrip(os.sep) + os.sep for p in ("/opt/ml", DIR, "/dev", "/proc", "/sys", "/etc", "/usr", *prefixes) if p
+    )
 
     def opened(args):
         if _rank() is None or not isinstance(args[0], str):
             return
         mode, flags = args[1] or "r", args[2] or 0
-        if ("w" in mode or "a" in mode or "x" in mode or "+" in mode) or flags & (os.O_WRONLY | os.O_RDWR):
-            _record_write(os.path.abspath(args[0]))
+        writes = ("w" in mode or "a" in mode or "x" in mode or "+" in mode) or flags & (os.O_WRONLY | os.O_RDWR)
+        path = os.path.abspath(args[0])
+        if writes:
+            _record_write(path)
+        if not (path + os.sep).startswith(_SCRATCH["system"]):
+            _scratch_opened(path, "w" if writes else "r")
 
     def audit(event, args):
         if event == "open" and RANK is not None:  # an audit hook that raises would fail the job's open()
             _quietly("open", opened, args)
 
     sys.addaudithook(audit)
+
+
+#: Paths that are no scratch (the contract's tree, the system, Python itself), and the
+#: (path, mode) pairs already recorded.
+_SCRATCH = {"system": (), "seen": set()}
+_STDLIB = re.compile(r"[/\\]lib[/\\]python\d[\d.]*[/\\](?!.*(?:site|dist)-packages)|^<frozen")
+
+
+def _scratch_opened(path, mode):
+    """A ``scratch`` event when the job's own code opens a file outside ``/opt/ml`` (directly or
+    through the standard library: ``open``, ``pathlib``, ``json``): the first frame beyond the
+    standard library is the job's. A library's own caches (a compiler's, a hub's) are left out."""
+    if (path, mode) in _SCRATCH["seen"]:
+        return
+    for frame in _frames():
+        filename = frame.f_code.co_filename
+        if _STDLIB.search(filename):
+            continue
+        if _LIBRARY.search(filename) or filename.startswith("<"):
+            return
+        _SCRATCH["seen"].add((path, mode))
+        _rank().emit("scratch", flush=True, path=path, mode=mode, caller="%s:%d" % (filename, frame.f_lineno))
+        return
 
 
 # ---- environment variables the job reads and sets ---------------------------------------------
