@@ -75,6 +75,28 @@ _EFA_RDMA_INSTANCES = frozenset(
         "ml.p6e-gb200.36xlarge",
     )
 )
+#: GPUs per instance of the SageMaker training instance types that have several (AWS, "Amazon
+#: SageMaker pricing" and the EC2 accelerated-computing instance pages): what a job on one of them
+#: is offered, whatever GPUs the machine that emulates it has.
+GPUS_PER_INSTANCE = {
+    "ml.p3.8xlarge": 4,
+    "ml.p3.16xlarge": 8,
+    "ml.p3dn.24xlarge": 8,
+    "ml.p4d.24xlarge": 8,
+    "ml.p4de.24xlarge": 8,
+    "ml.p5.48xlarge": 8,
+    "ml.p5e.48xlarge": 8,
+    "ml.g4dn.12xlarge": 4,
+    "ml.g5.12xlarge": 4,
+    "ml.g5.24xlarge": 4,
+    "ml.g5.48xlarge": 8,
+    "ml.g6.12xlarge": 4,
+    "ml.g6.24xlarge": 4,
+    "ml.g6.48xlarge": 8,
+    "ml.g6e.12xlarge": 4,
+    "ml.g6e.24xlarge": 4,
+    "ml.g6e.48xlarge": 8,
+}
 #: What the PyTorch DLCs set in their image (``ENV SAGEMAKER_TRAINING_MODULE=...``, every
 #: pytorch/training Dockerfile) so that ``train`` hands over to the PyTorch toolkit; the entry
 #: point inherits it.

@@ -6,7 +6,8 @@ handed out (an exact bitmap for map-style datasets, content digests for iterable
 these, for the loaders the job trains on (an optimizer stepped during the pass):
 
 * ranks that draw different numbers of batches in one epoch (``uneven-batches``): the cause of
-  the collective mismatch and the hang that follow, which it explains;
+  the collective mismatch and the hang that follow, which it explains. The ranks behind must have
+  exhausted their sampler: a rank that crashed or hung mid-epoch drew fewer for another reason;
 * shards that overlap or leave samples unseen (``data-overlap``, ``data-unseen``), beyond what a
   sampler's padding or ``drop_last`` accounts for; shards identical on every rank are
   ``data-not-sharded`` (:mod:`harness.diff.ranks`, from the batches);
@@ -133,6 +134,8 @@ def _uneven(site: str, epoch: int, group: list[_Pass], failed: bool) -> Finding 
     if len(counts) < 2:
         return None
     most, fewest = max(counts), min(counts)
+    if not all(p.end.get("finished") for p in group if p.batches == fewest):
+        return None  # the ranks behind stopped mid-epoch (a crash, a hang elsewhere): no uneven data
     evidence = [f"{_ranks(r)} drew {n} batches" for n, r in sorted(counts.items(), reverse=True)]
     ahead = min(counts[most])
     extra = next(p for p in group if p.rank == ahead)

@@ -1237,6 +1237,9 @@ def instrument_optimizer(module):
 
     def after_step(optimizer, args, kwargs):
         rank = _rank()
+        _PROCESS_STEPS["n"] += 1
+        if _PROCESS_STEPS["n"] == 1:  # a process that trains, with or without a process group
+            _process().update(optimizer_steps=1)
         if rank is None:
             return
         step = rank.counters["steps"]
@@ -1267,6 +1270,8 @@ def instrument_optimizer(module):
     module.register_optimizer_step_post_hook(hook)
 
 
+#: Optimizer steps this process took (written to its record at its first step and at exit).
+_PROCESS_STEPS = {"n": 0}
 #: What happened since the last optimizer step: samples consumed, tensors ``backward()`` ran on.
 _STEP = {"samples": 0, "losses": []}
 
@@ -1311,11 +1316,19 @@ def instrument_autograd(module):
 def instrument_model_wrappers(module):
     """The model ledger: when a model is wrapped for distribution (DDP, FSDP), what each rank
     holds: names, shapes, dtypes, devices and ``requires_grad`` of its parameters and buffers,
-    recorded before the wrapper's own checks run (they raise on a mismatch)."""
+    recorded before the wrapper's own checks run (they raise on a mismatch). ``DataParallel``
+    (one process driving every GPU) is noted in the process record."""
     for name in ("DistributedDataParallel", "FullyShardedDataParallel"):
         wrapper = getattr(module, name, None)
         if wrapper is not None and "__init__" in vars(wrapper):
             wrapper.__init__ = _hook(wrapper.__init__, before=functools.partial(_model_wrapped, name))
+    single_process = getattr(module, "DataParallel", None)
+    if single_process is not None and "__init__" in vars(single_process):
+        single_process.__init__ = _hook(single_process.__init__, before=_data_parallel)
+
+
+def _data_parallel(args, kwargs):
+    _process().update(data_parallel=True)
 
 
 #: At most this many parameters and buffers are listed one by one in a model event.
@@ -1382,6 +1395,7 @@ _HOOKS = {
     "torch.serialization": instrument_serialization,
     "torch.autograd": instrument_autograd,
     "torch.nn.parallel.distributed": instrument_model_wrappers,
+    "torch.nn.parallel.data_parallel": instrument_model_wrappers,
     "torch.distributed.fsdp.fully_sharded_data_parallel": instrument_model_wrappers,
 }
 
@@ -1463,6 +1477,8 @@ def _at_exit():
         _quietly("gpus", _name_gpus)
     process = _process()
     fields = {"ended_at": now(), "exit_code": process.exit_code}
+    if _PROCESS_STEPS["n"]:
+        fields["optimizer_steps"] = _PROCESS_STEPS["n"]
     last = getattr(sys, "last_value", None)
     if last is not None and not isinstance(last, SystemExit):
         fields.update(exit_code=1, exception="%s: %s" % (type(last).__name__, last))
