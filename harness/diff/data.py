@@ -234,14 +234,15 @@ def _map_coverage(site: str, group: list[_Pass]) -> Finding | None:
         f"{len(group)} ranks drew {total} samples of {length}: {distinct} distinct, {unseen} drawn by no rank",
         *shared,
     ]
-    if unseen - dropped > len(group):
+    repeated_shards = len(set(masks.values())) < len(masks)
+    if repeated_shards and unseen - dropped > len(group):
         missing = _examples(((1 << length) - 1) & ~union)
         evidence.append("never drawn: " + ", ".join(map(str, missing)) + (", ..." if unseen > len(missing) else ""))
         return Finding(
             kind="ranks",
             severity="divergence",
-            title=f"{unseen} of {length} samples of {site} were drawn by no rank in epoch {epoch}, "
-            f"while {total - distinct} were drawn more than once",
+            title=f"{unseen} of {length} samples of {site} were drawn by no rank in epoch {epoch}: "
+            f"ranks drew the same shard, {total - distinct} samples more than once",
             evidence=evidence,
             hint="shard by the global rank and world size: DistributedSampler(dataset) takes both from the process "
             "group (num_replicas=LOCAL_WORLD_SIZE or rank=LOCAL_RANK shards per host, not per job)",
@@ -251,7 +252,8 @@ def _map_coverage(site: str, group: list[_Pass]) -> Finding | None:
     return Finding(
         kind="ranks",
         severity="divergence",
-        title=f"the ranks' shards of {site} overlap in epoch {epoch}: {total - distinct} samples drawn more than once",
+        title=f"the ranks' shards of {site} overlap in epoch {epoch}: {total - distinct} samples drawn more than once"
+        + (f", {unseen} by no rank" if unseen > dropped else ""),
         evidence=evidence,
         hint="every rank must draw a disjoint shard of one permutation: DistributedSampler with the same seed on "
         "every rank (its default), and the rank and world size of the process group",

@@ -10,11 +10,12 @@ distributed step is the samples-weighted mean of its ranks' losses over the glob
   the slices of one permutation, so they draw the very batches one process draws), the first
   steps must agree up to float rounding: the first step whose loss or gradient norm departs is
   the finding, with both values. Where the first step's losses differ (randomness that is not
-  aligned: dropout, augmentation), only a gap far beyond such noise counts: the median ratio of
-  gradient norms or losses over the first steps outside [1/2, 2].
+  aligned: dropout, augmentation; or a loss of another scale), only a gap far beyond such noise
+  counts: the median ratio of gradient norms or losses over the first five steps outside
+  [0.4, 2.5].
 * Where the global batch grew (each rank takes the batch one process took), averaging over more
-  samples can only shrink the gradient's noise: a gradient norm twice or more the baseline's, at
-  losses that agree, means the updates were scaled (gradients summed, not averaged).
+  samples can only shrink the gradient's noise: a gradient norm 2.5 times the baseline's or more
+  means the updates were scaled (gradients summed, not averaged).
 """
 
 from __future__ import annotations
@@ -30,7 +31,9 @@ from harness.record import RunRecord
 #: Steps compared: the ones float rounding cannot yet have carried apart.
 _EXACT_STEPS = 10
 _EXACT_RTOL = 1e-3
-_TREND_STEPS = 20
+#: Steps whose ratios are compared where the runs are not aligned: the first few, before two
+#: runs that learn at different rates have drifted to different places.
+_TREND_STEPS = 5
 
 
 @dataclass(frozen=True)
@@ -52,7 +55,7 @@ def compare(baseline: RunRecord, candidate: RunRecord, context: CheckContext) ->
         finding = _exact(base, cand, steps, baseline.rung, candidate.rung)
         if finding is not None:
             return [finding]
-        return _trend(base, cand, steps, baseline.rung, candidate.rung, lower=0.5)
+        return _trend(base, cand, steps, baseline.rung, candidate.rung, lower=0.4)
     grew = all(cand[i].samples > base[i].samples > 0 for i in range(min(steps, 3)))
     return _trend(base, cand, steps, baseline.rung, candidate.rung, lower=None) if grew else []
 
@@ -119,11 +122,11 @@ def _trend(
         return []
     grad = statistics.median(grads)
     loss = statistics.median(losses) if losses else 1.0
-    departs = grad >= 2.0 or (lower is not None and (grad <= lower or not 0.5 <= loss <= 2.0))
+    departs = grad >= 2.5 or (lower is not None and (grad <= lower or not 0.4 <= loss <= 2.5))
     if not departs:
         return []
     index = next(
-        (i for i in window if (r := _ratio(base[i].grad_norm, cand[i].grad_norm)) is not None and not 0.5 < r < 2.0),
+        (i for i in window if (r := _ratio(base[i].grad_norm, cand[i].grad_norm)) is not None and not 0.4 < r < 2.5),
         0,
     )
     return [_finding(base, cand, index, below, rung, exact=False, medians=(grad, loss))]
@@ -167,5 +170,6 @@ def _finding(
         "loss by its mean, and scale the learning rate only with the global batch",
         step=index,
         cause="learning-differs",
+        explains=("weights-differ", "metric-divergence", "metric-length", "checkpoint-shapes"),
         confidence=0.75 if exact else 0.6,
     )

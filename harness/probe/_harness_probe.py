@@ -45,6 +45,7 @@ more daemon thread (``harness-heartbeat``); its stdout/stderr are pipes to the t
 under every launcher the harness runs); ``sys.meta_path[0]`` is the probe's import hook.
 """
 
+import array
 import atexit
 import contextlib
 import datetime
@@ -437,6 +438,8 @@ class Rank:
                 _quietly("environ", _save_environ, False)
             if _ABANDONED:
                 _quietly("data ledger", close_abandoned)
+            if _STEP["pending"]:
+                _quietly("loss ledger", flush_steps)
             time.sleep(1.0)
 
     def close(self):
@@ -975,6 +978,8 @@ _EPOCHS = None
 #: Map-style datasets up to this many samples get an exact bitmap of the samples drawn (2 MiB
 #: raw at the bound, far less compressed); larger ones are ledgered by counts and order only.
 _BITMAP_LIMIT = 1 << 24
+#: Indices drawn are folded into the ledger in bulk, this many at a time.
+_FOLD_EVERY = 1 << 16
 #: Samples of an iterable dataset are ledgered by content digest; beyond this many, a
 #: consistent subsample (the same on every rank: by the digest's value) is kept.
 _DIGEST_LIMIT = 1 << 16
@@ -1033,11 +1038,15 @@ class _Epoch:
         self.sampler = type(inner).__name__
         self.shuffle = _sampler_shuffles(sampler)
         self.replacement = bool(getattr(inner, "replacement", False))
-        self.length = None
+        self.length, self.through = None, None
         if not self.iterable:
-            with contextlib.suppress(TypeError):
-                self.length = len(iterator._dataset)
-        self.bits = bytearray((self.length + 7) // 8) if self.length and self.length <= _BITMAP_LIMIT else None
+            self.length, self.through = _base_dataset(iterator._dataset)
+        # Indices are buffered as they are drawn (C speed) and folded into the mask in bulk.
+        self.buffer, self.mask, self.indexed = array.array("q"), None, not self.iterable
+        if self.length and self.length <= _BITMAP_LIMIT:
+            import torch
+
+            self.mask = torch.zeros(self.length, dtype=torch.bool)
         self.digests, self.keep = set(), 0  # iterable: sample digests, kept where digest % 2**keep == 0
         self.batches = self.samples = self.repeats = 0
         self.repeated, self.first = [], []
@@ -1060,25 +1069,56 @@ class _Epoch:
         }
 
     def drew(self, indices):
-        if self.iterable:
+        if not self.indexed:
             return
         if not isinstance(indices, list):
             indices = [indices]
-        self.order.update(repr(indices).encode())
+        self.samples += len(indices)
+        try:
+            self.buffer.extend(indices)
+        except (TypeError, OverflowError):  # keys that are no integers: counted, not ledgered
+            self.indexed = False
+            return
+        if len(self.buffer) >= _FOLD_EVERY:
+            self.fold()
+
+    def fold(self):
+        """The buffered indices into the order digest and the mask: repeats within this rank."""
+        buffer, self.buffer = self.buffer, array.array("q")
+        if not buffer:
+            return
+        self.order.update(buffer.tobytes())
         if len(self.first) < 8:
-            self.first.extend(indices[: 8 - len(self.first)])
-        bits = self.bits
-        for index in indices:
-            if not isinstance(index, int):
-                continue
-            self.samples += 1
-            if bits is not None and 0 <= index < self.length:
-                byte, mask = index >> 3, 1 << (index & 7)
-                if bits[byte] & mask:
-                    self.repeats += 1
-                    if len(self.repeated) < 5:
-                        self.repeated.append(index)
-                bits[byte] |= mask
+            self.first.extend(buffer[: 8 - len(self.first)].tolist())
+        if self.mask is None:
+            return
+        import torch
+
+        drawn = torch.frombuffer(buffer, dtype=torch.int64)
+        if self.through is not None:  # positions in a Subset: the dataset's own indices
+            drawn = self.through[drawn[(drawn >= 0) & (drawn < len(self.through))]]
+        drawn = drawn[(drawn >= 0) & (drawn < self.length)]
+        unique = torch.unique(drawn)
+        again = unique[self.mask[unique]]
+        self.repeats += int(drawn.numel() - unique.numel()) + int(again.numel())
+        if len(self.repeated) < 5 and again.numel():
+            self.repeated.extend(again[: 5 - len(self.repeated)].tolist())
+        self.mask[unique] = True
+
+    def bitmap(self):
+        """The mask packed eight samples a byte (sample i: byte i // 8, bit i % 8), compressed."""
+        import base64
+        import zlib
+
+        import torch
+
+        mask = self.mask
+        pad = (-mask.numel()) % 8
+        if pad:
+            mask = torch.cat([mask, torch.zeros(pad, dtype=torch.bool)])
+        weights = torch.tensor([1, 2, 4, 8, 16, 32, 64, 128], dtype=torch.uint8)
+        packed = (mask.view(-1, 8).to(torch.uint8) * weights).sum(1, dtype=torch.uint8)
+        return base64.b64encode(zlib.compress(bytes(packed.tolist()), 6)).decode()
 
     def consumed(self, batch):
         self.batches += 1
@@ -1106,9 +1146,7 @@ class _Epoch:
         rank = _rank()
         if rank is None:
             return
-        import base64
-        import zlib
-
+        self.fold()
         fields = {
             "loader": self.loader,
             "site": self.site,
@@ -1125,11 +1163,30 @@ class _Epoch:
             fields["first"] = self.first
         if self.repeated:
             fields["repeated"] = self.repeated
-        if self.bits is not None:
-            fields["bitmap"] = base64.b64encode(zlib.compress(bytes(self.bits), 6)).decode()
+        if self.mask is not None and self.indexed:
+            fields["bitmap"] = self.bitmap()
         if self.iterable:
             fields["digests"], fields["digest_keep"] = sorted(self.digests), self.keep
         rank.emit("data_epoch", flush=True, **fields)
+
+
+def _base_dataset(dataset):
+    """The length of the dataset under any ``Subset`` (the standard way to cut a shard by hand),
+    and the map from the outer positions to its indices (None without a Subset), so that shards
+    cut from one dataset are compared by the samples they hold."""
+    through = None
+    while type(dataset).__name__ == "Subset" and hasattr(dataset, "indices") and hasattr(dataset, "dataset"):
+        if len(dataset.indices) > _BITMAP_LIMIT:
+            return None, None
+        import torch
+
+        indices = torch.as_tensor(list(dataset.indices), dtype=torch.int64)
+        through = indices if through is None else indices[through]
+        dataset = dataset.dataset
+    try:
+        return len(dataset), through
+    except TypeError:
+        return None, None
 
 
 def _samples(batch):
@@ -1273,10 +1330,11 @@ def instrument_optimizer(module):
 #: Optimizer steps this process took (written to its record at its first step and at exit).
 _PROCESS_STEPS = {"n": 0}
 #: What happened since the last optimizer step: samples consumed, tensors ``backward()`` ran on.
-_STEP = {"samples": 0, "losses": []}
+_STEP = {"samples": 0, "losses": [], "pending": []}
 
 
 def _step_taken(optimizer):
+    """Kept as tensors, read in bulk (:func:`flush_steps`): no device sync and no event per step."""
     rank = _rank()
     losses, samples = _STEP["losses"], _STEP["samples"]
     _STEP["losses"], _STEP["samples"] = [], 0
@@ -1284,21 +1342,48 @@ def _step_taken(optimizer):
         return
     import torch
 
-    values = [float(t) for t in losses]
     with torch.no_grad():
         grads = [_local(p.grad) for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
-        norms = [torch.linalg.vector_norm(g).double().cpu() for g in grads]
-        norm = float(torch.linalg.vector_norm(torch.stack(norms))) if norms else None
+        foreach = getattr(torch, "_foreach_norm", None)
+        norms = (
+            (foreach(grads) if foreach is not None else [torch.linalg.vector_norm(g) for g in grads]) if grads else []
+        )
     lr = optimizer.param_groups[0].get("lr") if optimizer.param_groups else None
-    rank.emit(
-        "step",
-        step=rank.counters["steps"],
-        loss=sum(values) / len(values) if values else None,
-        backwards=len(values),
-        samples=samples,
-        grad_norm=norm,
-        lr=float(lr) if isinstance(lr, (int, float)) or _is_tensor(lr) else None,
-    )
+    _STEP["pending"].append((rank.counters["steps"], losses, samples, norms, lr))
+    if len(_STEP["pending"]) >= _STEPS_PER_EVENT:
+        flush_steps()
+
+
+#: Steps are written this many at a time (and by the heartbeat, and at exit).
+_STEPS_PER_EVENT = 64
+
+
+def flush_steps():
+    """One ``step`` event per pending step, their values read from the device in one go."""
+    pending, _STEP["pending"] = _STEP["pending"], []
+    rank = _rank()
+    if not pending or rank is None:
+        return
+    import torch
+
+    with torch.no_grad():
+        losses = [torch.stack([t.double().cpu() for t in ls]).mean() if ls else None for _, ls, _, _, _ in pending]
+        norms = [
+            torch.linalg.vector_norm(torch.stack([n.double().cpu() for n in ns])) if ns else None
+            for _, _, _, ns, _ in pending
+        ]
+    for index, (step, backwards, samples, _, lr) in enumerate(pending):
+        loss, norm = losses[index], norms[index]
+        rank.emit(
+            "step",
+            flush=index == len(pending) - 1,
+            step=step,
+            loss=None if loss is None else float(loss),
+            backwards=len(backwards),
+            samples=samples,
+            grad_norm=None if norm is None else float(norm),
+            lr=float(lr) if isinstance(lr, (int, float)) or _is_tensor(lr) else None,
+        )
 
 
 def instrument_autograd(module):
@@ -1475,6 +1560,7 @@ def record_exit():
 def _at_exit():
     if _rank() is not None:
         _quietly("gpus", _name_gpus)
+        _quietly("loss ledger", flush_steps)
     process = _process()
     fields = {"ended_at": now(), "exit_code": process.exit_code}
     if _PROCESS_STEPS["n"]:

@@ -1,0 +1,164 @@
+"""What the ledgers cost: per optimizer step, paired against the probe without them, and the size
+of one epoch's data ledger at 10 million samples.
+
+    python bench/bench_ledgers.py [--base COMMIT] [--pairs N] [--steps N]
+
+* **Per step**: one training loop (the reference job's model and batch, one rank on gloo) is
+  run under the probe of ``--base`` (a commit before the ledgers, checked out into a temporary
+  worktree) and of this tree, alternately, ``--pairs`` times; each run times its own loop, so
+  start-up is left out. Printed: each side's median microseconds per step, and the median of the
+  pairwise ratios.
+* **Size**: the data ledger's ``data_epoch`` event of one rank of 4 drawing its shard of a
+  shuffled 10-million-sample dataset in batches of 1,024 (the probe's own ``_Epoch``), and the
+  time it adds per batch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+BEFORE_LEDGERS = "fe13c01"
+
+LOOP = """
+import os, sys, tempfile, time
+import torch
+import torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data.distributed import DistributedSampler
+dist.init_process_group("gloo", init_method="file://" + os.path.join(tempfile.mkdtemp(), "store"), rank=0, world_size=1)
+torch.manual_seed(0)
+data = TensorDataset(torch.randn(1024, 8), torch.randn(1024, 1))
+sampler = DistributedSampler(data, shuffle=True)
+loader = DataLoader(data, batch_size=16, sampler=sampler)
+model = DistributedDataParallel(torch.nn.Linear(8, 1))
+optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+steps, epoch, start = int(sys.argv[1]), 0, None
+done = 0
+while done < steps:
+    sampler.set_epoch(epoch)
+    for x, y in loader:
+        if done == 50:
+            start = time.perf_counter()
+        optimizer.zero_grad()
+        loss = torch.nn.functional.mse_loss(model(x), y)
+        loss.backward()
+        optimizer.step()
+        done += 1
+        if done == steps:
+            break
+    epoch += 1
+print((time.perf_counter() - start) / (steps - 50) * 1e6)
+"""
+
+
+def _probe_env(probe_dir: Path, record: Path) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("HARNESS_")}
+    env.update(
+        RANK="0",
+        LOCAL_RANK="0",
+        WORLD_SIZE="1",
+        HARNESS_PROBE_DIR=str(record),
+        HARNESS_HOST="algo-1",
+        PYTHONPATH=str(probe_dir),
+    )
+    return env
+
+
+def per_step(base: str, pairs: int, steps: int) -> dict[str, float]:
+    with tempfile.TemporaryDirectory(prefix="harness-bench-ledgers-") as scratch:
+        tree = Path(scratch) / "base"
+        subprocess.run(["git", "-C", str(ROOT), "worktree", "add", "-q", "--detach", str(tree), base], check=True)
+        try:
+            script = Path(scratch) / "loop.py"
+            script.write_text(textwrap.dedent(LOOP))
+            sides = {"without": tree / "harness" / "probe", "with": ROOT / "harness" / "probe"}
+            times: dict[str, list[float]] = {"without": [], "with": []}
+            for n in range(pairs):
+                for side, probe in sides.items():
+                    record = Path(scratch) / f"{side}-{n}"
+                    out = subprocess.run(
+                        [sys.executable, str(script), str(steps)],
+                        env=_probe_env(probe, record),
+                        capture_output=True,
+                        text=True,
+                        check=True,
+                    )
+                    times[side].append(float(out.stdout.split()[-1]))
+        finally:
+            subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)], check=False)
+    ratios = [w / o for w, o in zip(times["with"], times["without"], strict=True)]
+    return {
+        "without_us_per_step": statistics.median(times["without"]),
+        "with_us_per_step": statistics.median(times["with"]),
+        "ratio_median": statistics.median(ratios),
+        "ratio_min": min(ratios),
+        "ratio_max": max(ratios),
+        "pairs": pairs,
+    }
+
+
+def ledger_size(samples: int = 10_000_000, world: int = 4, batch: int = 1024) -> dict[str, float]:
+    import torch
+
+    sys.path.insert(0, str(ROOT / "harness" / "probe"))
+    import _harness_probe as probe
+
+    emitted: dict[str, object] = {}
+
+    class Rank:
+        counters = {"steps": 0}
+
+        def emit(self, kind: str, flush: bool = False, **fields: object) -> None:
+            emitted.update(kind=kind, line=json.dumps({"kind": kind, **fields}))
+
+    class Iterator:  # what _Epoch reads of a DataLoader iterator
+        _dataset_kind = 0
+        _sampler_iter = object()
+        _index_sampler = type("DistributedSampler", (), {"shuffle": True})()
+        _dataset = range(samples)
+
+    probe.RANK = Rank()
+    probe.RANK.pid = os.getpid()  # type: ignore[attr-defined]
+    order = torch.randperm(samples, generator=torch.Generator().manual_seed(0))
+    shard = order[0::world].tolist()
+    epoch = probe._Epoch(Iterator(), {"loader": 0, "site": "train.py:1", "epochs": 0})
+    batches = [shard[i : i + batch] for i in range(0, len(shard), batch)]
+    start = time.perf_counter()
+    for indices in batches:
+        epoch.drew(indices)
+    per_batch = (time.perf_counter() - start) / len(batches) * 1e6
+    epoch.close(finished=True)
+    return {
+        "samples": samples,
+        "ranks": world,
+        "batch": batch,
+        "us_per_batch": per_batch,
+        "event_bytes_per_rank": len(str(emitted["line"])),
+        "event_bytes_all_ranks": len(str(emitted["line"])) * world,
+    }
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--base", default=BEFORE_LEDGERS, help="a commit whose probe has no ledgers")
+    parser.add_argument("--pairs", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=1050)
+    args = parser.parse_args()
+    result = {"per_step": per_step(args.base, args.pairs, args.steps), "size": ledger_size()}
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
