@@ -68,7 +68,27 @@ class Verdict:
 
 
 def rank_findings(findings: list[Finding]) -> list[Finding]:
-    return fold_consequences(sorted(findings, key=lambda f: (_SEVERITY[f.severity], -f.confidence)))
+    ranked = sorted(findings, key=lambda f: (_SEVERITY[f.severity], -f.confidence))
+    return fold_consequences(fold_restatements(ranked))
+
+
+def fold_restatements(findings: list[Finding]) -> list[Finding]:
+    """Two checks that name one cause (from the events and from the stacks, say) are one finding:
+    the later, in ranked order, is folded into the first's evidence (``also: <title>``)."""
+    first: dict[str, int] = {}
+    result: list[Finding] = []
+    for finding in findings:
+        if finding.cause is None or finding.severity == "note" or finding.cause not in first:
+            if finding.cause is not None and finding.severity != "note":
+                first[finding.cause] = len(result)
+            result.append(finding)
+            continue
+        index = first[finding.cause]
+        kept = result[index]
+        result[index] = replace(
+            kept, evidence=[*kept.evidence, f"also: {finding.title}"], explains=(*kept.explains, *finding.explains)
+        )
+    return result
 
 
 def fold_consequences(findings: list[Finding]) -> list[Finding]:

@@ -33,6 +33,7 @@ def check_run(record: RunRecord, context: CheckContext) -> list[Finding]:
     if record.status != "hung":
         return []
     evidence, stuck = [], []
+    lines: dict[str, list[int]] = {}
     beats = record.heartbeats()
     for rank, path in record.rank_stacks().items():
         frames = _last_dump(path.read_text(errors="replace"))
@@ -43,6 +44,8 @@ def check_run(record: RunRecord, context: CheckContext) -> list[Finding]:
         beat = beats.get(rank, {})
         where = f"{user[0]}:{user[1]}" if user else f"{frames[0][0]}:{frames[0][1]}"
         stuck.append(rank)
+        if user:
+            lines.setdefault(f"{where} in {user[2]}", []).append(rank)
         evidence.append(
             f"rank {rank} stuck at {where} in {innermost} "
             f"(collectives {beat.get('collectives')}, batches {beat.get('batches')})"
@@ -59,6 +62,8 @@ def check_run(record: RunRecord, context: CheckContext) -> list[Finding]:
                 confidence=0.5,
             )
         ]
+    if len(lines) > 1:
+        return [_waiting_apart(lines, evidence)]
     return [
         Finding(
             "hang",
@@ -71,3 +76,24 @@ def check_run(record: RunRecord, context: CheckContext) -> list[Finding]:
             confidence=0.7,
         )
     ]
+
+
+def _waiting_apart(lines: dict[str, list[int]], evidence: list[str]) -> Finding:
+    """Ranks hung at different lines of the job's code wait for each other in different calls:
+    a collective that some ranks issue and others never reach, whether or not the probe saw it
+    (a wrapper's own broadcast, issued from C++, such as DDP's buffer broadcast in forward)."""
+    groups = sorted(lines.items(), key=lambda item: (-len(item[1]), item[1]))
+    shown = "; ".join(
+        f"{'rank' if len(r) == 1 else 'ranks'} {', '.join(map(str, r))} at {where}" for where, r in groups
+    )
+    return Finding(
+        "hang",
+        "failure",
+        f"the ranks hung in different places of the job's code: {shown}",
+        evidence,
+        hint="every rank must reach the same collectives in the same order: the line the fewest ranks are at is "
+        "usually the branch only they took (a wrapped model's forward issues a collective of its own)",
+        cause="collective-mismatch",
+        confidence=0.75,
+        explains=("hang", "sigterm-of-survivors", "launcher-summary", "job-failed"),
+    )

@@ -1,8 +1,10 @@
-"""The process group rendezvous through a file (init_method="file:///tmp/..."): PyTorch's docs
-say the file must be on a file system shared by every process ("a shared file system that is
-visible from all machines"); under /tmp that holds only while all processes run on one machine,
-and on separate hosts each host's ranks wait in their own file for peers that never appear.
-Source: "Shared file-system initialization" in https://docs.pytorch.org/docs/stable/distributed.html
+"""The process group rendezvous through a file (init_method="file:///tmp/..."), which PyTorch's
+docs require to be on "a file system that is shared and visible from all machines in a group";
+/tmp is that only while every process runs on one machine, and on separate hosts each host's
+ranks wait in their own file for peers that never appear. Source: "Shared file-system
+initialization" in https://docs.pytorch.org/docs/stable/distributed.html, and
+https://github.com/diux-dev/cluster/issues/12 ("Things hang when using multiple machines +
+dist-url:file: init method").
 """
 
 import argparse

@@ -37,8 +37,8 @@ step = 0
 for epoch in range(args.epochs):
     sampler.set_epoch(epoch)
     for micro, (features, target) in enumerate(loader):
-        loss = torch.nn.functional.mse_loss(model(features), target) / args.accumulation_steps
         with model.no_sync():  # the bug: the optimizer-step micro-batch must run outside no_sync
+            loss = torch.nn.functional.mse_loss(model(features), target) / args.accumulation_steps
             loss.backward()
         if (micro + 1) % args.accumulation_steps == 0:
             optimizer.step()

@@ -1,9 +1,11 @@
-"""Rank and world size from SageMaker's host list (rank = index of SM_CURRENT_HOST in SM_HOSTS,
-world size = number of hosts), as the older SageMaker PyTorch examples wrote for one process per
-host; launched with several processes per host, two processes claim each rank and the explicit
-tcp:// rendezvous on the first host fails. Source: the SageMaker example's host-rank pattern that
-https://github.com/aws/amazon-sagemaker-examples/pull/1666 fixes ("does not spawn workers per GPU",
-one process per instance), and https://github.com/aws/sagemaker-python-sdk/issues/1110.
+"""The rank taken from SageMaker's host list (rank = index of SM_CURRENT_HOST in SM_HOSTS), as the
+SageMaker PyTorch MNIST example writes it for one process per host, while the world size is the
+launcher's; launched with several processes per host the local rank is forgotten, two processes
+claim each host's rank, no process claims the others, and the explicit tcp:// rendezvous on the
+first host never completes. Source: sagemaker-python-sdk/pytorch_mnist/mnist.py in
+https://github.com/aws/amazon-sagemaker-examples (host_rank = args.hosts.index(args.current_host);
+dist.init_process_group(backend, rank=host_rank, world_size=len(args.hosts))), whose one process
+per instance https://github.com/aws/amazon-sagemaker-examples/pull/1666 addresses.
 """
 
 import argparse
@@ -20,12 +22,13 @@ parser = argparse.ArgumentParser()
 parser.add_argument("--epochs", type=int, default=1)
 args = parser.parse_args()
 hosts = json.loads(os.environ["SM_HOSTS"])
-host_rank = hosts.index(os.environ["SM_CURRENT_HOST"])  # the bug: the local rank is forgotten
+world_size = int(os.environ.get("WORLD_SIZE", len(hosts)))
+host_rank = hosts.index(os.environ["SM_CURRENT_HOST"])  # the bug: the host's index; the local rank is forgotten
 dist.init_process_group(
     "gloo",
     init_method=f"tcp://{hosts[0]}:{os.environ.get('MASTER_PORT', '7777')}",
     rank=host_rank,
-    world_size=len(hosts),
+    world_size=world_size,
     timeout=datetime.timedelta(seconds=20),
 )
 rank = dist.get_rank()

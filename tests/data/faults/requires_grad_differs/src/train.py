@@ -1,4 +1,4 @@
-""""Freeze the backbone when the rare class is missing" is decided from the labels in this rank's
+""" "Freeze the backbone when the rare class is missing" is decided from the labels in this rank's
 shard, so rank 0 freezes the first layer and its peers do not; DistributedDataParallel registers
 only parameters that require grad, so the ranks hand it different parameter lists and it fails
 (or hangs) at construction. Source: PyTorch's parameter check in DDP's constructor,

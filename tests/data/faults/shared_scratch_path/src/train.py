@@ -1,10 +1,10 @@
-"""Rank 0 computes the normalisation statistics, writes them to a scratch file under /tmp and
+"""Rank 0 computes the normalisation statistics, writes them to a scratch file under /tmp, and
 every rank reads that file after a barrier: the "rank 0 prepares, the others wait then read"
-pattern assumes a file system shared by every process, which /tmp is only while every host is
-the same machine; on separate hosts the other host's ranks find no file (or one a previous job
-left). Source: https://github.com/KempnerInstitute/KempnerForge/issues/49 (rank 0's writes and
-the other ranks' reads of the same path across nodes) and the barrier-then-read pattern of
-torch.distributed.barrier, https://docs.pytorch.org/docs/stable/distributed.html
+pattern assumes one file system visible from every host, which /tmp is only while the hosts are
+one machine; on separate hosts the other host's ranks find no file (or one a previous job left).
+Source: https://github.com/NVIDIA/Megatron-LM/pull/246 ("when each node uses an isolated file
+system, the nodes except for master node cannot access" the files rank 0 builds) and
+https://github.com/NVIDIA/Megatron-LM/issues/1355 (FileNotFoundError on the second node).
 """
 
 import argparse

@@ -1,9 +1,11 @@
 """Data parallelism by hand: gradients are all-reduced and averaged every step, but the model is
 built without a seed and its initial weights are never broadcast from rank 0 (which
-DistributedDataParallel does in its constructor), so each replica starts from different weights
-and, applying the same averaged update, stays different. Source: PyTorch's DDP design notes
-("the constructor broadcasts state_dict() from rank 0 to all other processes to make sure all
-model replicas start from the exact same state"), https://docs.pytorch.org/docs/stable/notes/ddp.html
+DistributedDataParallel's constructor does), so each replica starts from different weights and,
+applying the same averaged update, stays different. Source: the construction step of
+https://docs.pytorch.org/docs/stable/notes/ddp.html (the constructor broadcasts rank 0's
+state_dict() so that every replica starts from the same state) and
+https://discuss.pytorch.org/t/proper-distributeddataparallel-usage/74564/2 ("Rank 0 will
+broadcast model states to all other ranks when you construct DDP ... DDP only syncs grad").
 """
 
 import argparse

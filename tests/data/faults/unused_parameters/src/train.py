@@ -46,7 +46,7 @@ torch.manual_seed(0)
 model = DistributedDataParallel(Net())  # find_unused_parameters defaults to False
 optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
 step = 0
-for epoch in range(args.epochs):
+for _epoch in range(args.epochs):
     for features, target in loader:
         optimizer.zero_grad()
         loss = torch.nn.functional.mse_loss(model(features), target)
