@@ -3,7 +3,7 @@ of one epoch's data ledger at 10 million samples.
 
     python bench/bench_ledgers.py [--base COMMIT] [--pairs N] [--steps N]
 
-* **Per step**: one training loop (the reference job's model and batch, one rank on gloo) is
+* **Per step**: one training loop (the reference job's model and batch, two ranks on gloo) is
   run under the probe of ``--base`` (a commit before the ledgers, checked out into a temporary
   worktree) and of this tree, alternately, ``--pairs`` times; each run times its own loop, so
   start-up is left out. Printed: each side's median microseconds per step, and the median of the
@@ -28,6 +28,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 BEFORE_LEDGERS = "fe13c01"
+WORLD = 2
 
 LOOP = """
 import os, sys, tempfile, time
@@ -36,7 +37,8 @@ import torch.distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader, TensorDataset
 from torch.utils.data.distributed import DistributedSampler
-dist.init_process_group("gloo", init_method="file://" + os.path.join(tempfile.mkdtemp(), "store"), rank=0, world_size=1)
+rank, world = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+dist.init_process_group("gloo", init_method="file://" + sys.argv[2], rank=rank, world_size=world)
 torch.manual_seed(0)
 data = TensorDataset(torch.randn(1024, 8), torch.randn(1024, 1))
 sampler = DistributedSampler(data, shuffle=True)
@@ -58,16 +60,19 @@ while done < steps:
         if done == steps:
             break
     epoch += 1
-print((time.perf_counter() - start) / (steps - 50) * 1e6)
+elapsed = (time.perf_counter() - start) / (steps - 50) * 1e6
+if rank == 0:
+    print(elapsed)
 """
 
 
-def _probe_env(probe_dir: Path, record: Path) -> dict[str, str]:
+def _probe_env(probe_dir: Path, record: Path, rank: int) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("HARNESS_")}
     env.update(
-        RANK="0",
-        LOCAL_RANK="0",
-        WORLD_SIZE="1",
+        RANK=str(rank),
+        LOCAL_RANK=str(rank),
+        WORLD_SIZE=str(WORLD),
+        OMP_NUM_THREADS="1",
         HARNESS_PROBE_DIR=str(record),
         HARNESS_HOST="algo-1",
         PYTHONPATH=str(probe_dir),
@@ -86,15 +91,20 @@ def per_step(base: str, pairs: int, steps: int) -> dict[str, float]:
             times: dict[str, list[float]] = {"without": [], "with": []}
             for n in range(pairs):
                 for side, probe in sides.items():
-                    record = Path(scratch) / f"{side}-{n}"
-                    out = subprocess.run(
-                        [sys.executable, str(script), str(steps)],
-                        env=_probe_env(probe, record),
-                        capture_output=True,
-                        text=True,
-                        check=True,
-                    )
-                    times[side].append(float(out.stdout.split()[-1]))
+                    record, store = Path(scratch) / f"{side}-{n}", Path(scratch) / f"store-{side}-{n}"
+                    ranks = [
+                        subprocess.Popen(
+                            [sys.executable, str(script), str(steps), str(store)],
+                            env=_probe_env(probe, record, rank),
+                            stdout=subprocess.PIPE,
+                            text=True,
+                        )
+                        for rank in range(WORLD)
+                    ]
+                    outputs = [rank.communicate()[0] for rank in ranks]
+                    if any(rank.returncode for rank in ranks):
+                        raise SystemExit(f"the loop failed under the probe of {probe}")
+                    times[side].append(float(outputs[0].split()[-1]))
         finally:
             subprocess.run(["git", "-C", str(ROOT), "worktree", "remove", "--force", str(tree)], check=False)
     ratios = [w / o for w, o in zip(times["with"], times["without"], strict=True)]

@@ -94,20 +94,41 @@ def fold_restatements(findings: list[Finding]) -> list[Finding]:
 def fold_consequences(findings: list[Finding]) -> list[Finding]:
     """A finding that explains others (``Finding.explains``) leads: the findings whose cause it
     names are folded into its evidence (``consequence: <title>``), and it takes the gravest
-    severity among them, so that the verdict leads with one cause and its consequences under it."""
+    severity among them, so that the verdict leads with one cause and its consequences under it.
+    Explanations chain (uneven batches explain a collective mismatch, which explains the hang):
+    everything folds into the finding nothing else explains; where two explain each other, the
+    one ranked first leads."""
     explaining = [f for f in findings if f.explains and f.severity != "note"]
     if not explaining:
         return findings
-    folded: dict[int, list[Finding]] = {id(f): [] for f in explaining}
+    order = {id(f): n for n, f in enumerate(findings)}
+    owner: dict[int, Finding] = {}
+    for finding in findings:
+        parents = [
+            e
+            for e in explaining
+            if e is not finding
+            and finding.cause in e.explains
+            and not (e.cause in finding.explains and order[id(finding)] < order[id(e)])
+        ]
+        if parents:
+            owner[id(finding)] = parents[0]
+
+    def root(finding: Finding) -> Finding:
+        seen: set[int] = set()
+        while id(finding) in owner and id(finding) not in seen:
+            seen.add(id(finding))
+            finding = owner[id(finding)]
+        return finding
+
+    folded: dict[int, list[Finding]] = {}
     kept: list[Finding] = []
     for finding in findings:
-        owner = next(
-            (e for e in explaining if e is not finding and finding.cause in e.explains and not finding.explains), None
-        )
-        if owner is None:
+        top = root(finding)
+        if top is finding:
             kept.append(finding)
         else:
-            folded[id(owner)].append(finding)
+            folded.setdefault(id(top), []).append(finding)
     result: list[tuple[bool, Finding]] = []
     for finding in kept:
         consequences = folded.get(id(finding)) or []

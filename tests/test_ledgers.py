@@ -219,3 +219,23 @@ def test_a_grown_global_batch_is_judged_by_its_gradient_scale_only(tmp_path: Pat
     assert causes(ladder(tmp_path, base, quieter)) == []
     summed = {r: steps(LOSSES, [g * 3.5 for g in GRADS], 8) for r in range(4)}
     assert causes(ladder(tmp_path, base, summed)) == ["learning-differs"]
+
+
+def test_explanations_chain_to_the_finding_nothing_explains() -> None:
+    from harness.verdict import rank_findings
+
+    def finding(cause: str, confidence: float, explains: tuple[str, ...] = ()) -> Finding:
+        return Finding(
+            kind="ranks", severity="failure", title=cause, cause=cause, confidence=confidence, explains=explains
+        )
+
+    hang = finding("hang", 0.7)
+    mismatch = finding("collective-mismatch", 0.95, explains=("hang",))
+    restated = finding("collective-mismatch", 0.75, explains=("hang", "job-failed"))
+    uneven = finding("uneven-batches", 0.9, explains=("collective-mismatch", "hang", "job-failed"))
+    (first,) = rank_findings([hang, mismatch, restated, uneven])
+    assert first.cause == "uneven-batches"
+    assert first.evidence == [
+        "consequence: collective-mismatch (collective-mismatch)",
+        "consequence: hang (hang)",
+    ]

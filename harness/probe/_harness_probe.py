@@ -1200,6 +1200,22 @@ def _samples(batch):
 
 
 def _current_epoch(iterator):
+    """The pass ``iterator`` is drawing (the last one asked for is at hand without a lookup: by
+    id, and checked against the iterator's sampler iterator, which a reused id never shares)."""
+    last = _LAST_EPOCH[0]
+    if last is not None and last[0] == id(iterator) and last[1].sampler_iter is iterator._sampler_iter:
+        if _ABANDONED:
+            close_abandoned()
+        return last[1]
+    epoch = _lookup_epoch(iterator)
+    _LAST_EPOCH[0] = (id(iterator), epoch)
+    return epoch
+
+
+_LAST_EPOCH = [None]
+
+
+def _lookup_epoch(iterator):
     global _EPOCHS
     import weakref
 
@@ -1367,21 +1383,23 @@ def flush_steps():
     import torch
 
     with torch.no_grad():
-        losses = [torch.stack([t.double().cpu() for t in ls]).mean() if ls else None for _, ls, _, _, _ in pending]
-        norms = [
-            torch.linalg.vector_norm(torch.stack([n.double().cpu() for n in ns])) if ns else None
-            for _, _, _, ns, _ in pending
-        ]
-    for index, (step, backwards, samples, _, lr) in enumerate(pending):
-        loss, norm = losses[index], norms[index]
+        losses = [t for _, ls, _, _, _ in pending for t in ls]
+        values = torch.stack([t.reshape(()).double().cpu() for t in losses]).tolist() if losses else []
+        norms = [n for _, _, _, ns, _ in pending for n in ns]
+        squares = (torch.stack([n.double().cpu() for n in norms]) ** 2).tolist() if norms else []
+    at_loss = at_norm = 0
+    for index, (step, backwards, samples, step_norms, lr) in enumerate(pending):
+        mine = values[at_loss : at_loss + len(backwards)]
+        square = sum(squares[at_norm : at_norm + len(step_norms)])
+        at_loss, at_norm = at_loss + len(backwards), at_norm + len(step_norms)
         rank.emit(
             "step",
             flush=index == len(pending) - 1,
             step=step,
-            loss=None if loss is None else float(loss),
+            loss=sum(mine) / len(mine) if mine else None,
             backwards=len(backwards),
             samples=samples,
-            grad_norm=None if norm is None else float(norm),
+            grad_norm=square**0.5 if step_norms else None,
             lr=float(lr) if isinstance(lr, (int, float)) or _is_tensor(lr) else None,
         )
 
