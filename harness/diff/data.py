@@ -98,14 +98,18 @@ def _passes(events: dict[int, list[dict[str, Any]]]) -> list[_Pass]:
     for rank, evs in events.items():
         sites: dict[Any, str] = {}
         current: dict[tuple[Any, Any], _Pass] = {}
+        numbered: dict[str, int] = defaultdict(int)
         last: _Pass | None = None
         for event in evs:
             kind = event.get("kind")
             if kind == "epoch_start":
                 loader = event.get("loader")
                 site = sites.setdefault(loader, str(event.get("site") or f"loader {loader}"))
-                one = _Pass(rank, site, int(event.get("epoch", 0)), info=event)
-                current[(loader, one.epoch)] = one
+                # Epochs are counted per site: a job that makes a new DataLoader every epoch
+                # (the same line) draws its epochs 0, 1, 2 from three loaders.
+                one = _Pass(rank, site, numbered[site], info=event)
+                numbered[site] += 1
+                current[(loader, event.get("epoch", 0))] = one
                 passes.append(one)
             elif kind == "batch" and "loader" in event:
                 last = current.get((event["loader"], event.get("epoch", 0)))
