@@ -55,8 +55,6 @@ def epoch(
                 "size": batch,
             }
         )
-        if steps:
-            out.append({"kind": "step", "step": n, "loss": 1.0, "samples": batch, "grad_norm": 1.0, "lr": 0.1})
         out.append({"kind": "collective", "op": "all_reduce", "seq": n + 1, "shapes": [[9]], "caller": "train.py:30"})
     out.append(
         {
@@ -181,9 +179,18 @@ def test_a_model_that_differs_across_ranks_names_the_first_parameter_with_both_v
 
 
 def steps(losses: list[float], grads: list[float], samples: int, lr: float = 0.1) -> list[dict[str, Any]]:
+    """A rank's loss ledger as the probe writes it: one ``steps`` event, a list per field."""
+    count = len(losses)
     return [
-        {"kind": "step", "step": i, "loss": loss, "samples": samples, "grad_norm": grad, "lr": lr, "backwards": 1}
-        for i, (loss, grad) in enumerate(zip(losses, grads, strict=True))
+        {
+            "kind": "steps",
+            "step": list(range(count)),
+            "loss": losses,
+            "backwards": [1] * count,
+            "samples": [samples] * count,
+            "grad_norm": grads,
+            "lr": [lr] * count,
+        }
     ]
 
 

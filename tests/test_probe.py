@@ -336,10 +336,10 @@ def test_the_ledgers_record_what_each_step_drew_computed_and_wrapped(tmp_path: P
     bits = int.from_bytes(zlib.decompress(base64.b64decode(epochs[0]["bitmap"])), "little")
     assert bits == (1 << 50) - 1 and epochs[0]["shuffle"] is True and epochs[0]["sampler"] == "RandomSampler"
     assert epochs[0]["order"] != epochs[1]["order"]
-    steps = [e for e in recorded if e["kind"] == "step"]
-    assert len(steps) == 14 and all(s["backwards"] == 1 and s["grad_norm"] > 0 and s["lr"] == 0.1 for s in steps)
-    assert [s["samples"] for s in steps[:7]] == [8] * 6 + [2]
-    assert round(steps[-1]["loss"], 4) == float(on.stdout.split()[-1])
+    (steps,) = [e for e in recorded if e["kind"] == "steps"]  # written at exit: fewer than 64
+    assert steps["step"] == list(range(14)) and steps["backwards"] == [1] * 14 and steps["lr"] == [0.1] * 14
+    assert all(norm > 0 for norm in steps["grad_norm"]) and steps["samples"][:7] == [8] * 6 + [2]
+    assert round(steps["loss"][-1], 4) == float(on.stdout.split()[-1])
     (model,) = [e for e in recorded if e["kind"] == "model"]
     assert model["wrapper"] == "DistributedDataParallel" and model["entries"][:2] == [
         ["weight", [1, 3], "float32", "cpu", True],

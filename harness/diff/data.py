@@ -55,6 +55,7 @@ class _Pass:
     info: dict[str, Any] = field(default_factory=dict)
     batches: int = 0
     steps: int = 0
+    first_step: int | None = None
     closed: dict[str, Any] | None = None
     #: The collective the rank issued right after each batch (1-based batch number -> event).
     after_batch: dict[int, dict[str, Any]] = field(default_factory=dict)
@@ -115,8 +116,9 @@ def _passes(events: dict[int, list[dict[str, Any]]]) -> list[_Pass]:
                 last = current.get((event["loader"], event.get("epoch", 0)))
                 if last is not None:
                     last.batches += 1
-            elif kind == "step" and last is not None:
-                last.steps += 1
+                    if isinstance(event.get("step"), int):  # the rank's optimizer steps so far
+                        last.first_step = event["step"] if last.first_step is None else last.first_step
+                        last.steps = max(last.steps, event["step"] - last.first_step)
             elif kind == "collective" and last is not None and last.batches not in last.after_batch:
                 last.after_batch[last.batches] = event
             elif kind == "data_epoch":

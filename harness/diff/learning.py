@@ -3,7 +3,7 @@ as the run it was scaled from?
 
 The probe records, per rank and optimizer step, the loss ``backward()`` ran on, the samples
 consumed, the gradient norm after the distributed reduction and the learning rate
-(docs/run-record.md: ``step``), so every job has curves, ``metric_definitions`` or not. A
+(docs/run-record.md: ``steps``), so every job has curves, ``metric_definitions`` or not. A
 distributed step is the samples-weighted mean of its ranks' losses over the global batch.
 
 * Where both runs take the same global batch per step (a ``DistributedSampler`` hands the ranks
@@ -64,7 +64,7 @@ def _global_steps(record: RunRecord) -> tuple[list[_Step], int]:
     """The run's optimizer steps over the global batch, and how many ranks took them."""
     per_rank: dict[int, list[dict[str, Any]]] = {}
     for rank, events in record.rank_events().items():
-        steps = [e for e in events if e.get("kind") == "step"]
+        steps = [step for e in events if e.get("kind") == "steps" for step in _unpacked(e)]
         if steps:
             per_rank[rank] = steps
     if not per_rank:
@@ -83,6 +83,15 @@ def _global_steps(record: RunRecord) -> tuple[list[_Step], int]:
         first = per_rank[min(per_rank)][index]
         merged.append(_Step(loss, samples, _number(first.get("grad_norm")), _number(first.get("lr"))))
     return merged, len(per_rank)
+
+
+def _unpacked(event: dict[str, Any]) -> list[dict[str, Any]]:
+    """A ``steps`` event (one list per field) as one dict per step."""
+    fields = ("step", "loss", "backwards", "samples", "grad_norm", "lr")
+    columns = [event.get(name) for name in fields]
+    if not all(isinstance(column, list) for column in columns):
+        return []
+    return [dict(zip(fields, row, strict=False)) for row in zip(*columns, strict=False)]
 
 
 def _number(value: Any) -> float | None:

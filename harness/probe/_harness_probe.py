@@ -1277,6 +1277,7 @@ def _batch_consumed(iterator, batch):
         loader=epoch.loader,
         epoch=epoch.epoch,
         i=epoch.batches,
+        step=rank.counters["steps"],
     )
 
 
@@ -1358,24 +1359,27 @@ def _step_taken(optimizer):
         return
     import torch
 
-    with torch.no_grad():
+    step, norms = rank.counters["steps"], []
+    if step < _NORM_EVERY_STEP_UNTIL or step % PARAM_EVERY == 0:
         grads = [_local(p.grad) for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
         foreach = getattr(torch, "_foreach_norm", None)
-        norms = (
-            (foreach(grads) if foreach is not None else [torch.linalg.vector_norm(g) for g in grads]) if grads else []
-        )
+        if grads:  # gradients require no grad: no autograd graph is recorded here
+            norms = foreach(grads) if foreach is not None else [torch.linalg.vector_norm(g) for g in grads]
     lr = optimizer.param_groups[0].get("lr") if optimizer.param_groups else None
-    _STEP["pending"].append((rank.counters["steps"], losses, samples, norms, lr))
+    _STEP["pending"].append((step, losses, samples, norms, lr))
     if len(_STEP["pending"]) >= _STEPS_PER_EVENT:
         flush_steps()
 
 
-#: Steps are written this many at a time (and by the heartbeat, and at exit).
+#: The gradient norm is taken at every step until this one (where runs are compared step by
+#: step), then every ``HARNESS_PARAM_EVERY`` steps: it costs a pass over every gradient.
+_NORM_EVERY_STEP_UNTIL = 32
+#: Steps are written this many to an event (and by the heartbeat, and at exit).
 _STEPS_PER_EVENT = 64
 
 
 def flush_steps():
-    """One ``step`` event per pending step, their values read from the device in one go."""
+    """One ``steps`` event for the pending steps, their values read from the device in one go."""
     pending, _STEP["pending"] = _STEP["pending"], []
     rank = _rank()
     if not pending or rank is None:
@@ -1383,25 +1387,34 @@ def flush_steps():
     import torch
 
     with torch.no_grad():
-        losses = [t for _, ls, _, _, _ in pending for t in ls]
-        values = torch.stack([t.reshape(()).double().cpu() for t in losses]).tolist() if losses else []
-        norms = [n for _, _, _, ns, _ in pending for n in ns]
-        squares = (torch.stack([n.double().cpu() for n in norms]) ** 2).tolist() if norms else []
+        values = _read_all([t for _, ls, _, _, _ in pending for t in ls])
+        squares = [n * n for n in _read_all([n for _, _, _, ns, _ in pending for n in ns])]
+    fields = {"step": [], "loss": [], "backwards": [], "samples": [], "grad_norm": [], "lr": []}
     at_loss = at_norm = 0
-    for index, (step, backwards, samples, step_norms, lr) in enumerate(pending):
+    for step, backwards, samples, step_norms, lr in pending:
         mine = values[at_loss : at_loss + len(backwards)]
         square = sum(squares[at_norm : at_norm + len(step_norms)])
         at_loss, at_norm = at_loss + len(backwards), at_norm + len(step_norms)
-        rank.emit(
-            "step",
-            flush=index == len(pending) - 1,
-            step=step,
-            loss=sum(mine) / len(mine) if mine else None,
-            backwards=len(backwards),
-            samples=samples,
-            grad_norm=square**0.5 if step_norms else None,
-            lr=float(lr) if isinstance(lr, (int, float)) or _is_tensor(lr) else None,
-        )
+        fields["step"].append(step)
+        fields["loss"].append(sum(mine) / len(mine) if mine else None)
+        fields["backwards"].append(len(backwards))
+        fields["samples"].append(samples)
+        fields["grad_norm"].append(square**0.5 if step_norms else None)
+        fields["lr"].append(float(lr) if isinstance(lr, (int, float)) or _is_tensor(lr) else None)
+    rank.emit("steps", flush=True, **fields)
+
+
+def _read_all(scalars):
+    """Floats of many one-element tensors: one stack and one copy where they share a device and
+    dtype (the usual case), one by one otherwise."""
+    if not scalars:
+        return []
+    import torch
+
+    try:
+        return torch.stack([t.reshape(()) for t in scalars]).double().cpu().tolist()
+    except (RuntimeError, TypeError):
+        return [float(t) for t in scalars]
 
 
 def instrument_autograd(module):
