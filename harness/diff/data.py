@@ -199,7 +199,18 @@ def _coverage(site: str, epochs: list[list[_Pass]], world: int) -> list[Finding]
     return []
 
 
+def _equal_shards(group: list[_Pass]) -> bool:
+    """Whether every rank drew about as many samples (within a batch): a sharding scheme. A
+    scheme where one rank draws for all (accelerate's ``dispatch_batches``) or ranks draw what
+    they like is not judged for overlap."""
+    counts = [int(p.end.get("samples") or 0) for p in group]
+    batch = max((count // max(1, p.batches) for count, p in zip(counts, group, strict=True)), default=1)
+    return max(counts) - min(counts) <= max(1, batch)
+
+
 def _map_coverage(site: str, group: list[_Pass]) -> Finding | None:
+    if not _equal_shards(group):
+        return None
     lengths = {p.end.get("length") for p in group}
     bits = {p.rank: _bits(p.end) for p in group}
     if len(lengths) != 1 or None in lengths or any(b is None for b in bits.values()):
@@ -288,6 +299,8 @@ def _shared_pairs(masks: dict[int, int], limit: int = 3, budget: int = 2000) -> 
 def _iterable_coverage(site: str, group: list[_Pass]) -> Finding | None:
     """Iterable datasets have no indices: samples are compared by content digest (a consistent
     subsample on large epochs, the same on every rank, so overlaps are estimated)."""
+    if not _equal_shards(group):
+        return None
     keep = max(int(p.end.get("digest_keep") or 0) for p in group)
     sets = {p.rank: {d for d in p.end.get("digests") or [] if not d % (1 << keep)} for p in group}
     repeats = sum(int(p.end.get("repeats") or 0) for p in group)

@@ -986,7 +986,11 @@ _DIGEST_LIMIT = 1 << 16
 
 
 def _loader_site(args, kwargs):
-    return args[0] if args else None, user_line()
+    """Where the loader is made: the job's own line, and the library's line that made it where a
+    library did (accelerate's ``prepare``, a test suite's helpers), so that loaders one line of
+    the job makes through different library code stay apart."""
+    mine, made = user_line(), caller()
+    return args[0] if args else None, mine if made in (None, mine) else "%s via %s" % (mine, made)
 
 
 def _loader_created(result, token):
