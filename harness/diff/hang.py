@@ -34,6 +34,7 @@ def check_run(record: RunRecord, context: CheckContext) -> list[Finding]:
         return []
     evidence, stuck = [], []
     lines: dict[str, list[int]] = {}
+    waiting_in_library = True  # every rank blocked inside a library call, none in its own code
     beats = record.heartbeats()
     for rank, path in record.rank_stacks().items():
         frames = _last_dump(path.read_text(errors="replace"))
@@ -44,6 +45,7 @@ def check_run(record: RunRecord, context: CheckContext) -> list[Finding]:
         beat = beats.get(rank, {})
         where = f"{user[0]}:{user[1]}" if user else f"{frames[0][0]}:{frames[0][1]}"
         stuck.append(rank)
+        waiting_in_library = waiting_in_library and any(lib in frames[0][0] for lib in _LIBRARY)
         if user:
             lines.setdefault(f"{where} in {user[2]}", []).append(rank)
         evidence.append(
@@ -62,7 +64,7 @@ def check_run(record: RunRecord, context: CheckContext) -> list[Finding]:
                 confidence=0.5,
             )
         ]
-    if len(lines) > 1:
+    if len(lines) > 1 and waiting_in_library:
         return [_waiting_apart(lines, evidence)]
     return [
         Finding(
@@ -79,9 +81,11 @@ def check_run(record: RunRecord, context: CheckContext) -> list[Finding]:
 
 
 def _waiting_apart(lines: dict[str, list[int]], evidence: list[str]) -> Finding:
-    """Ranks hung at different lines of the job's code wait for each other in different calls:
-    a collective that some ranks issue and others never reach, whether or not the probe saw it
-    (a wrapper's own broadcast, issued from C++, such as DDP's buffer broadcast in forward)."""
+    """Ranks hung at different lines of the job's code, each blocked inside a library call, wait
+    for each other in different calls: a collective that some ranks issue and others never
+    reach, whether or not the probe saw it (a wrapper's own broadcast, issued from C++, such as
+    DDP's buffer broadcast in forward). A rank blocked in its own code (a sleep, a loop, a read)
+    is a hang of that rank, not a mismatch."""
     groups = sorted(lines.items(), key=lambda item: (-len(item[1]), item[1]))
     shown = "; ".join(
         f"{'rank' if len(r) == 1 else 'ranks'} {', '.join(map(str, r))} at {where}" for where, r in groups
