@@ -25,22 +25,17 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-from harness.diff.findings import Finding
+from harness.diff.findings import ECHOES, Finding
 from harness.diff.protocol import CheckContext
 from harness.record import RunRecord
 
 #: Causes a rank's extra batches lead to: its collectives no longer pair with its peers'.
 _UNEVEN_CONSEQUENCES = (
+    *ECHOES,
     "collective-mismatch",
     "p2p-mismatch",
-    "hang",
     "collective-timeout",
-    "job-failed",
-    "python-exception",
     "peer-connection-lost",
-    "peer-reported-failure",
-    "sigterm-of-survivors",
-    "launcher-summary",
     "parameter-drift",
 )
 
@@ -199,13 +194,17 @@ def _coverage(site: str, epochs: list[list[_Pass]], world: int) -> list[Finding]
     return []
 
 
+def _batch(group: list[_Pass]) -> int:
+    """The largest samples-per-batch among the ranks' passes."""
+    return max((int(p.end.get("samples") or 0) // max(1, p.batches) for p in group), default=1)
+
+
 def _equal_shards(group: list[_Pass]) -> bool:
     """Whether every rank drew about as many samples (within a batch): a sharding scheme. A
     scheme where one rank draws for all (accelerate's ``dispatch_batches``) or ranks draw what
     they like is not judged for overlap."""
     counts = [int(p.end.get("samples") or 0) for p in group]
-    batch = max((count // max(1, p.batches) for count, p in zip(counts, group, strict=True)), default=1)
-    return max(counts) - min(counts) <= max(1, batch)
+    return max(counts) - min(counts) <= max(1, _batch(group))
 
 
 def _map_coverage(site: str, group: list[_Pass]) -> Finding | None:
@@ -236,7 +235,7 @@ def _map_coverage(site: str, group: list[_Pass]) -> Finding | None:
     for mask in masks.values():
         union |= mask
     distinct = union.bit_count()
-    batch = max((int(p.end.get("samples") or 0) // max(1, p.batches) for p in group), default=1)
+    batch = _batch(group)
     # A sampler pads the shards to one length (DistributedSampler: under one sample per rank;
     # accelerate's even_batches: under a batch per rank) with samples drawn again: not overlap.
     padding = min(max(0, total - length), len(group) * batch)

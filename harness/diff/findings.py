@@ -16,6 +16,10 @@ Kind = Literal[
 ]
 Severity = Literal["failure", "divergence", "note"]
 
+#: What every rank and the launcher print once a distributed job has gone wrong, whatever the
+#: cause: a finding that names a cause lists these among what it explains (``Finding.explains``).
+ECHOES = ("hang", "job-failed", "python-exception", "sigterm-of-survivors", "launcher-summary", "peer-reported-failure")
+
 
 @dataclass(frozen=True)
 class Finding:

@@ -14,21 +14,16 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
-from harness.diff.findings import Finding
+from harness.diff.findings import ECHOES, Finding
 from harness.diff.protocol import CheckContext
 from harness.record import RunRecord
 
 #: What a model that differs across ranks leads to in the wrapper and the collectives after it.
 _CONSEQUENCES = (
+    *ECHOES,
     "collective-mismatch",
-    "hang",
     "collective-timeout",
-    "job-failed",
-    "python-exception",
     "peer-connection-lost",
-    "peer-reported-failure",
-    "sigterm-of-survivors",
-    "launcher-summary",
     "parameter-drift",
     "unused-parameters",
 )

@@ -27,7 +27,7 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
-from harness.diff.findings import Finding, Severity
+from harness.diff.findings import ECHOES, Finding, Severity
 from harness.diff.protocol import CheckContext
 from harness.record import RunRecord
 
@@ -114,16 +114,7 @@ def _unfinished(record: RunRecord, world: list[dict[str, Any]]) -> list[str]:
 
 
 #: What a rank or world size that disagrees with the launcher's leads to.
-_CONSEQUENCES = (
-    "rendezvous-timeout",
-    "hang",
-    "job-failed",
-    "python-exception",
-    "sigterm-of-survivors",
-    "launcher-summary",
-    "peer-reported-failure",
-    "peer-connection-lost",
-)
+_CONSEQUENCES = (*ECHOES, "rendezvous-timeout", "peer-connection-lost")
 
 
 def _against_launcher(record: RunRecord, ended_badly: bool) -> list[Finding]:

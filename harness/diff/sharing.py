@@ -16,20 +16,11 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
-from harness.diff.findings import Finding
+from harness.diff.findings import ECHOES, Finding
 from harness.diff.protocol import CheckContext
 from harness.record import RunRecord
 
-_CONSEQUENCES = (
-    "rendezvous-timeout",
-    "hang",
-    "job-failed",
-    "python-exception",
-    "collective-timeout",
-    "sigterm-of-survivors",
-    "launcher-summary",
-    "peer-reported-failure",
-)
+_CONSEQUENCES = (*ECHOES, "rendezvous-timeout", "collective-timeout")
 
 
 def check_run(record: RunRecord, context: CheckContext) -> list[Finding]:
