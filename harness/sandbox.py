@@ -33,7 +33,8 @@ import socket
 import struct
 import subprocess
 import sys
-from collections.abc import Callable
+import tempfile
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from harness import interrupts
@@ -213,10 +214,21 @@ class RunNetwork:
         )
 
     def host_entry(
-        self, *, host: str, opt_ml: Path, hosts_path: Path, overlay_dir: Path, cwd: str
+        self,
+        *,
+        host: str,
+        opt_ml: Path,
+        hosts_path: Path,
+        overlay_dir: Path,
+        cwd: str,
+        own_dirs: dict[str, Path],
+        keep: Sequence[str],
     ) -> Callable[[], None]:
         """A ``preexec_fn`` that puts a child into its host's network and mounts (every process
-        it starts inherits them: torchrun's workers, DataLoader workers, the probe's tees)."""
+        it starts inherits them: torchrun's workers, DataLoader workers, the probe's tees).
+        ``own_dirs``: each directory the host has of its own (``/tmp``, home: see
+        :func:`own_directories`) and the empty directory that backs it; ``keep``: the paths the
+        harness hands the job (its interpreter, the record, the channels), which stay visible."""
         netns = self.host_netns_path(host)
 
         def enter() -> None:
@@ -227,9 +239,54 @@ class RunNetwork:
             _mount("none", "/", None, MS_REC | MS_PRIVATE)
             _mount(str(hosts_path), "/etc/hosts", None, MS_BIND)
             _mount_opt_ml(opt_ml, overlay_dir)
+            for directory, backing in own_dirs.items():
+                _mount_own(directory, backing, keep)
+            if os.path.isdir("/dev/shm"):
+                _mount("tmpfs", "/dev/shm", "tmpfs", 0, "mode=1777")
             os.chdir(cwd)  # as the job sees it (/opt/ml/code), not the work dir behind the mount
 
         return enter
+
+
+def own_directories(home: str | None, keep: Sequence[str]) -> list[str]:
+    """The directories each host has of its own, as separate instances do: ``/tmp``, ``/var/tmp``,
+    the temporary directory and home; so a file one host writes there (a ``file://`` rendezvous,
+    statistics rank 0 prepares for everyone) is not there on another. A directory that holds a
+    path the harness hands the job as a whole (home is the job's source tree) stays shared."""
+    candidates = ["/tmp", "/var/tmp", tempfile.gettempdir(), *([home] if home else [])]
+    own: list[str] = []
+    for directory in map(os.path.realpath, candidates):
+        inside_kept = any(_within(directory, os.path.realpath(path)) for path in keep if os.path.isabs(path))
+        if directory != "/" and os.path.isdir(directory) and directory not in own and not inside_kept:
+            own.append(directory)
+    return own
+
+
+def _within(path: str, directory: str) -> bool:
+    return path == directory or path.startswith(directory.rstrip("/") + "/")
+
+
+def _mount_own(directory: str, backing: Path, keep: Sequence[str]) -> None:
+    """Mount the empty ``backing`` on ``directory``; each path in ``keep`` under it is bound back
+    at its place from a handle opened before the mount hid it (so the host sees the harness's
+    own paths there, and nothing else of the machine's directory)."""
+    paths = sorted({os.path.realpath(p) for p in keep if os.path.isabs(p) and os.path.exists(p)})
+    paths = [p for p in paths if _within(p, directory) and p != directory]
+    outermost = [p for p in paths if not any(_within(p, q) and p != q for q in paths)]
+    handles = [(path, os.open(path, os.O_PATH)) for path in outermost]
+    try:
+        _mount(str(backing), directory, None, MS_BIND)
+        for path, handle in handles:
+            source = f"/proc/self/fd/{handle}"
+            if os.path.isdir(source):
+                os.makedirs(path, exist_ok=True)
+            else:
+                os.makedirs(os.path.dirname(path), exist_ok=True)
+                open(path, "a").close()  # noqa: SIM115 - an empty file to mount on
+            _mount(source, path, None, MS_BIND | MS_REC)
+    finally:
+        for _, handle in handles:
+            os.close(handle)
 
 
 def _ip_command() -> str | None:

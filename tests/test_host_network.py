@@ -98,8 +98,10 @@ sys.exit(1 if args.mode == "fail" and me == "algo-2" else 0)
 def _write_job(tmp_path: Path, mode: str, **extra: object) -> Path:
     (tmp_path / "src").mkdir()
     (tmp_path / "src" / "train.py").write_text(CHECK_SCRIPT)
+    (tmp_path / "control").mkdir()  # a channel: the one path of the test's that every host sees
     lines = ["name: netcheck", "source_dir: src", "entry_point: train.py", "instance_count: 2"]
-    lines.append(f"hyperparameters: {{go: {tmp_path / 'go'}, mode: {mode}}}")
+    lines.append(f"channels: {{control: {tmp_path / 'control'}}}")
+    lines.append(f"hyperparameters: {{go: /opt/ml/input/data/control/go, mode: {mode}}}")
     lines += [f"{key}: {value}" for key, value in extra.items()]
     (tmp_path / "job.yaml").write_text("\n".join(lines) + "\n")
     return tmp_path / "job.yaml"
@@ -226,7 +228,7 @@ def test_each_host_has_its_own_network_and_nothing_is_left(tmp_path: Path) -> No
     assert one["netns"] != two["netns"]
     assert one["child_netns"] == one["netns"] and two["child_netns"] == two["netns"]  # children inherit
     assert {one["netns"], two["netns"]} < run.namespaces  # and the bridge's
-    (tmp_path / "go").touch()
+    (tmp_path / "control" / "go").touch()
     record = run.finish(0)
     assert record.status == "succeeded"
     facts = record.manifest["rung_facts"]
@@ -240,7 +242,7 @@ def test_each_host_has_its_own_network_and_nothing_is_left(tmp_path: Path) -> No
 @pytest.mark.usefixtures("namespaces_or_skip")
 def test_nothing_is_left_after_a_failure(tmp_path: Path) -> None:
     run = _Run(tmp_path, "fail")
-    (tmp_path / "go").touch()
+    (tmp_path / "control" / "go").touch()
     assert run.finish(1).status == "failed"
 
 
@@ -265,8 +267,9 @@ def test_without_bridges_the_hosts_share_one_loopback(tmp_path: Path, monkeypatc
     """Where veth pairs cannot be made the rung still isolates the run, in one namespace, and the
     record says that the hosts share it."""
     monkeypatch.setattr(local, "_host_networks_unavailable", lambda: "no veth here (test)")
-    (tmp_path / "go").touch()  # the job checks, then ends at once
-    record = get_backend("local").run(load_job(_write_job(tmp_path, "succeed")), tmp_path / "records")
+    job = load_job(_write_job(tmp_path, "succeed"))
+    (tmp_path / "control" / "go").touch()  # the job checks, then ends at once
+    record = get_backend("local").run(job, tmp_path / "records")
     assert record.status == "succeeded"
     facts = record.manifest["rung_facts"]
     assert facts["network"].startswith("one network namespace for the run") and "no veth here" in facts["network"]
@@ -306,3 +309,37 @@ def test_hosts_file_maps_each_host_to_its_address() -> None:
     assert "127.0.0.1\tlocalhost" in lines and "10.0.0.4\talgo-3" in lines
     assert "127.0.0.1\talgo-1 algo-2 algo-3" in sandbox.hosts_file(hosts).splitlines()
     assert sandbox.host_addresses([f"algo-{n}" for n in range(1, 301)])["algo-300"] == "10.0.1.45"
+
+
+#: Each host writes a file named after itself into /tmp, /var/tmp, /dev/shm and home, waits for
+#: the other to have written, and says what it sees there (OWNCHECK).
+OWN_DIRS_SCRIPT = r"""
+import json, os, time
+me = os.environ["SM_CURRENT_HOST"]
+dirs = ["/tmp", "/var/tmp", "/dev/shm", os.path.expanduser("~")]
+for d in dirs:
+    with open(os.path.join(d, f"harness-own-{me}"), "w") as f:
+        f.write(me)
+time.sleep(1.5)
+seen = {d: sorted(f for f in os.listdir(d) if f.startswith("harness-own-")) for d in dirs}
+print("OWNCHECK " + json.dumps({"host": me, "seen": seen}), flush=True)
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.usefixtures("namespaces_or_skip")
+def test_each_host_has_its_own_tmp_shm_and_home(tmp_path: Path) -> None:
+    """A file one host writes to /tmp, /var/tmp, /dev/shm or home is not there on the other, as
+    on separate instances, and nothing of it reaches this machine's directories."""
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "train.py").write_text(OWN_DIRS_SCRIPT)
+    (tmp_path / "job.yaml").write_text("name: owncheck\nsource_dir: src\nentry_point: train.py\ninstance_count: 2\n")
+    record = get_backend("local").run(load_job(tmp_path / "job.yaml"), tmp_path / "records")
+    assert record.status == "succeeded"
+    for host in record.hosts:
+        line = next(x for x in record.host_log(host).read_text().splitlines() if "OWNCHECK " in x)
+        seen = json.loads(line.split("OWNCHECK ", 1)[1])["seen"]
+        assert all(names == [f"harness-own-{host}"] for names in seen.values()), seen
+    home = Path.home()
+    assert not [p for d in (Path("/tmp"), Path("/var/tmp"), Path("/dev/shm"), home) for p in d.glob("harness-own-*")]
+    assert "/dev/shm" in record.manifest["rung_facts"]["file_system"]

@@ -169,6 +169,7 @@ class LocalBackend(Backend[LocalPlan]):
             facts["toolkit"] = toolkit.EMULATED
         requirements.plan_fact(job, facts, self.name)
         if degraded is not None:
+            facts["file_system"] = "shared: every host sees this machine's whole file system (no mount namespaces)"
             port = _free_port()
             facts["adapted"] = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port}
             contracts = {h: _degrade(c, port) for h, c in contracts.items()}
@@ -242,12 +243,25 @@ class LocalBackend(Backend[LocalPlan]):
         if network is not None:
             hosts_path = work / host / "hosts"
             hosts_path.write_text(sandbox.hosts_file(job.hosts, network.addresses or None), encoding="utf-8")
+            keep = _handed_to_job(env, [work, record.root, *channels.values()])
+            own_dirs = {}
+            for directory in sandbox.own_directories(env.get("HOME"), keep):
+                backing = own_dirs[directory] = work / host / "own" / directory.strip("/").replace("/", "_")
+                backing.mkdir(parents=True)
+                backing.chmod(0o1777 if "tmp" in directory else 0o700)
+            record.set_fact(
+                "file_system",
+                f"each host has its own {', '.join([*own_dirs, '/dev/shm'])} (empty at the start); the rest of this "
+                "machine's file system outside /opt/ml is shared by the hosts",
+            )
             preexec = network.host_entry(
                 host=host,
                 opt_ml=tree,
                 hosts_path=hosts_path,
                 overlay_dir=work / host / "overlay",
                 cwd=str(contract.cwd),
+                own_dirs=own_dirs,
+                keep=keep,
             )
             cwd = tree / PurePosixPath(contract.cwd).relative_to(OPT_ML)  # same directory, seen from outside
         return HostLaunch(host, contract.command, env, cwd, record.host_dir(host) / "log.txt", preexec)
@@ -385,6 +399,19 @@ def _degrade(contract: HostContract, port: int) -> HostContract:
         contract.cwd,
         {**contract.facts, "degraded": True},
     )
+
+
+def _handed_to_job(env: dict[str, str], paths: list[Path]) -> list[str]:
+    """The paths the harness hands a host's processes, which must stay where they are however
+    little of the machine the host shares: the interpreter and its environment, the harness's
+    package (the probe), everything on ``PATH`` and ``PYTHONPATH``, and ``paths`` (the work dir,
+    the record, the channels' sources)."""
+    listed = [p for name in ("PATH", "PYTHONPATH") for p in env.get(name, "").split(os.pathsep)]
+    return [
+        str(p)
+        for p in (*paths, sys.prefix, sys.base_prefix, sys.exec_prefix, PROBE_DIR.parent, *sys.path, *listed)
+        if p and os.path.isabs(p)
+    ]
 
 
 def _host_env(contract: HostContract, probe_dir: Path | None) -> dict[str, str]:

@@ -11,6 +11,8 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any, Literal
 
+from harness.diff import library_errors
+
 Kind = Literal[
     "failure", "metrics", "artifacts", "tensors", "contract", "environment", "logs", "ranks", "hyperparameters", "hang"
 ]
@@ -18,7 +20,17 @@ Severity = Literal["failure", "divergence", "note"]
 
 #: What every rank and the launcher print once a distributed job has gone wrong, whatever the
 #: cause: a finding that names a cause lists these among what it explains (``Finding.explains``).
-ECHOES = ("hang", "job-failed", "python-exception", "sigterm-of-survivors", "launcher-summary", "peer-reported-failure")
+#: A library's refusal (:mod:`library_errors`) is the exception such a rank raises, as a
+#: ``python-exception`` is.
+ECHOES = (
+    "hang",
+    "job-failed",
+    "python-exception",
+    *library_errors.CAUSES,
+    "sigterm-of-survivors",
+    "launcher-summary",
+    "peer-reported-failure",
+)
 
 
 @dataclass(frozen=True)

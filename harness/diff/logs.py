@@ -30,6 +30,7 @@ from typing import Any
 
 import yaml
 
+from harness.diff import library_errors
 from harness.diff.findings import Finding
 from harness.diff.protocol import CheckContext
 from harness.record import RunRecord
@@ -110,6 +111,38 @@ class Catalogue:
             if found := self.signatures[index].match(text):
                 return self.signatures[index], found
         return None
+
+
+def _raised_by_library(text: str, window: bytes, prefix: str) -> Signature | None:
+    """A distributed library's own refusal: the exception's message is one the library raises
+    (:mod:`library_errors`) and the traceback's innermost frame is the file that raises it."""
+    lines = window.decode("utf-8", "replace").split("\n")
+    for line in reversed(lines[-120:]):
+        said = _split(line)[1]
+        if prefix and not said.startswith(prefix):
+            continue
+        if frame := _FRAME.search(said):
+            error = library_errors.index().find(text, raised_in=frame["path"])
+            return _library_signature(error) if error else None
+        if "Traceback (most recent call last)" in said:
+            return None
+    return None
+
+
+@functools.cache
+def _library_signature(error: library_errors.LibraryError) -> Signature:
+    """An exception a distributed library raised from its own check (:mod:`library_errors`)."""
+    component = error.component
+    return Signature(
+        component.cause,
+        f"{component.title} ({error.exception})",
+        "root",
+        10,
+        (),
+        (),
+        f"the library's own check in {error.function}() ({error.source}) raised it",
+        f"{component.hint}; read the check at {error.source} in {error.function}() for the condition it enforces",
+    )
 
 
 @functools.cache
@@ -228,7 +261,10 @@ def scan(path: Path, cat: Catalogue) -> Iterator[Hit]:
                 if hit := cat.classify(text):
                     before = (tail + block[:start] if start < LOOKBACK else block[start - LOOKBACK : start])[-LOOKBACK:]
                     prefix = _RANK_PREFIX.match(text)
-                    yield (lineno, line, *hit, *_frame_above(before, lineno, prefix.group(0) if prefix else ""))
+                    signature = hit[0]
+                    if signature.id == "python-exception":
+                        signature = _raised_by_library(text, before, prefix.group(0) if prefix else "") or signature
+                    yield (lineno, line, signature, hit[1], *_frame_above(before, lineno, prefix.group(0) if prefix else ""))
             base = lineno + block.count(b"\n", pos)
             tail = (tail + block)[-LOOKBACK:] if len(block) < LOOKBACK else block[-LOOKBACK:]
             if not data:
