@@ -13,7 +13,7 @@ from harness.scenario import all_scenarios, load_scenario, run_scenario
 
 FAULTS = Path(__file__).resolve().parent / "data" / "faults"
 #: One fault per mechanism: the data ledger (batches, shards, order), the model ledger, the loss
-#: ledger, hosts that share a file, the launcher's rank, ranks hung apart.
+#: ledger, hosts that share a file, the launcher's rank, ranks hung apart, a library's refusal.
 CLIMBED = (
     "uneven_manual_shards",
     "local_rank_sharding",
@@ -23,6 +23,7 @@ CLIMBED = (
     "shared_scratch_path",
     "rank_from_host_index",
     "eval_rank0_through_ddp",
+    "sampler_replicas_per_node",
 )
 
 

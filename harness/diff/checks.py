@@ -26,6 +26,7 @@ from harness.diff import (
     logs,
     metrics,
     model,
+    nccl,
     ranks,
     rendezvous,
     sharing,
@@ -55,6 +56,7 @@ BUILTIN: tuple[Check, ...] = (
     PairCheck("artifacts", artifacts.compare),
     PairCheck("contract", contract.compare),
     PairCheck("environment", environment.compare),
+    PairCheck("nccl", nccl.compare),
     PairCheck("variables", variables.compare),
 )
 
