@@ -4,8 +4,10 @@ The ``local`` rungs run every host's processes on this machine, yet jobs expect 
 gives them: ``algo-1`` … ``algo-N`` resolve to distinct machines, ``MASTER_PORT`` 7777 is free on
 each, ``127.0.0.1`` is the host's own, and ``/opt/ml`` is the host's own tree. Each host gets its
 own network namespace, mount namespace (a private ``/etc/hosts``, that host's tree bind-mounted on
-``/opt/ml``) and UTS namespace (``gethostname()`` is ``algo-N``); the hosts' networks meet on a
-bridge in one more namespace, the run's own:
+``/opt/ml``, its own empty ``/tmp``, ``/var/tmp``, ``/dev/shm`` and home, where the harness's
+own paths are bound back: nothing one host writes there is seen by another) and UTS namespace
+(``gethostname()`` is ``algo-N``); the hosts' networks meet on a bridge in one more namespace,
+the run's own:
 
     run namespace:    br0 ── veth1, veth2, …           (no address, no route off the machine)
     algo-N namespace: lo (127.0.0.1), eth0 10.0.0.(N+1)/16, the peer of vethN

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.diff import library_errors, logs
+from harness.diff import extract_library_errors, library_errors, logs
 from harness.diff.findings import ECHOES
 
 pytestmark = pytest.mark.unit
@@ -28,9 +28,10 @@ def test_the_data_is_what_the_installed_libraries_raise() -> None:
     installed = {name: importlib.metadata.version(name) for name in library_errors.LIBRARIES}
     assert {k: _release(v) for k, v in committed["versions"].items()} == {
         k: _release(v) for k, v in installed.items()
-    }, "rerun: python -m harness.diff.library_errors"
-    extracted = library_errors.extract()
-    assert committed["errors"] == extracted["errors"], "rerun: python -m harness.diff.library_errors"
+    }, "rerun: python -m harness.diff.extract_library_errors"
+    assert committed["errors"] == extract_library_errors.extract().errors, (
+        "rerun: python -m harness.diff.extract_library_errors"
+    )
 
 
 def test_every_component_and_enough_messages_are_known() -> None:
@@ -58,7 +59,7 @@ SAMPLER_LOG = """\
 2026-12-06T21:25:57.606254Z [rank3]:   File "{raised_in}", line 84, in __init__
 2026-12-06T21:25:57.606257Z [rank3]:     raise ValueError(
 2026-12-06T21:25:57.606261Z [rank3]: ValueError: Invalid rank 3, rank should be in the interval [0, 1]
-"""
+"""  # noqa: E501
 
 
 @pytest.mark.parametrize(
@@ -89,7 +90,7 @@ def test_a_message_of_the_library_without_a_traceback_stays_an_exception() -> No
 
 
 def test_extraction_reads_literal_and_formatted_messages(tmp_path: Path) -> None:
-    source = '''
+    source = """
 def check(world, rank):
     if rank >= world:
         raise ValueError(f"Invalid rank {rank}, rank should be in the interval [0, {world - 1}]")
@@ -98,10 +99,10 @@ def short():
     raise ValueError("too short")
 def variable(msg):
     raise ValueError(msg)
-'''
+"""
     path = tmp_path / "mod.py"
     path.write_text(source)
-    found = list(library_errors._raises(path, "torch/distributed/mod.py"))
+    found = list(extract_library_errors._raises(path, "torch/distributed/mod.py"))
     assert [(e.parts, e.exception, e.function) for e in found] == [
         (("Invalid rank ", ", rank should be in the interval [0, ", "]"), "ValueError", "check"),
         (("Process group is not initialized yet, call init_process_group first",), "RuntimeError", "check"),

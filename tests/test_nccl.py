@@ -26,7 +26,7 @@ SOCKET = """\
 2026-01-01T00:00:00.000Z algo-1:80:95 [0] NCCL INFO Using network Socket
 2026-01-01T00:00:00.000Z algo-1:80:95 [0] NCCL INFO Channel 00/0 : 0[0] -> 1[1] via P2P/CUMEM
 2026-01-01T00:00:00.000Z algo-1:80:95 [0] NCCL INFO Channel 00/0 : 1[1] -> 2[0] [send] via NET/Socket/0
-"""
+"""  # noqa: E501
 
 EFA = """\
 2026-01-01T00:00:00.000Z 8h200-2:6831:6840 [0] NCCL INFO NET/OFI Selected Provider is efa (found 16 nics)
@@ -35,7 +35,7 @@ EFA = """\
 2026-01-01T00:00:00.000Z NCCL version 2.21.5+cuda12.4
 2026-01-01T00:00:00.000Z 8h200-2:6831:6840 [0] NCCL INFO Channel 00/0 : 0[0] -> 1[1] via P2P/CUMEM
 2026-01-01T00:00:00.000Z 8h200-2:6831:6840 [0] NCCL INFO Channel 00/0 : 15[7] -> 0[0] [receive] via NET/Libfabric/0/GDRDMA
-"""
+"""  # noqa: E501
 
 
 def _record(root: Path, rung: str, log: str, status: str = "succeeded") -> RunRecord:
@@ -68,7 +68,9 @@ def test_another_network_beside_a_hang_is_named_with_it(tmp_path: Path) -> None:
 
 
 def test_the_same_choices_or_no_info_lines_are_no_finding(tmp_path: Path) -> None:
-    assert nccl.compare(_record(tmp_path, "docker", SOCKET), _record(tmp_path, "sagemaker", SOCKET), CheckContext()) == []
+    assert (
+        nccl.compare(_record(tmp_path, "docker", SOCKET), _record(tmp_path, "sagemaker", SOCKET), CheckContext()) == []
+    )
     assert nccl.compare(_record(tmp_path, "docker", SOCKET), _record(tmp_path, "sagemaker", ""), CheckContext()) == []
 
 

@@ -6,7 +6,9 @@ what SageMaker gives it: each host its own network (``algo-N`` resolve to distin
 private bridge, ``127.0.0.1`` is the host's own, port 7777 is free on each host), and ``/opt/ml``
 is the host's own tree, so scripts that hard-code ``/opt/ml`` paths write into the record's work
 dir, never into the machine's real ``/opt/ml``, and a script that rendezvous on ``localhost``
-fails here as it does on real instances. Where bridges cannot be made (no ``ip`` command) the
+fails here as it does on real instances. ``/tmp``, ``/var/tmp``, ``/dev/shm`` and home are each
+host's own too, so a ``file://`` rendezvous or a scratch file one host writes for another fails
+here as well. Where bridges cannot be made (no ``ip`` command) the
 hosts share one private loopback instead. Without namespaces the rung runs *degraded*: paths
 point into the work dir, the rendezvous moves to ``127.0.0.1`` on a free port, writes to the real
 ``/opt/ml`` are refused by the probe, and the record lists each adaptation (``rung_facts``:
@@ -407,11 +409,8 @@ def _handed_to_job(env: dict[str, str], paths: list[Path]) -> list[str]:
     package (the probe), everything on ``PATH`` and ``PYTHONPATH``, and ``paths`` (the work dir,
     the record, the channels' sources)."""
     listed = [p for name in ("PATH", "PYTHONPATH") for p in env.get(name, "").split(os.pathsep)]
-    return [
-        str(p)
-        for p in (*paths, sys.prefix, sys.base_prefix, sys.exec_prefix, PROBE_DIR.parent, *sys.path, *listed)
-        if p and os.path.isabs(p)
-    ]
+    interpreter = [sys.prefix, sys.base_prefix, sys.exec_prefix, str(PROBE_DIR.parent), *sys.path]
+    return [p for p in (*map(str, paths), *interpreter, *listed) if os.path.isabs(p)]
 
 
 def _host_env(contract: HostContract, probe_dir: Path | None) -> dict[str, str]:

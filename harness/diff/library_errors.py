@@ -3,8 +3,8 @@
 A job that misuses FSDP, DDP, the elastic launcher, distributed checkpointing, accelerate or
 Lightning stops with the library's own message; the catalogue of :mod:`harness.diff.logs` knows
 a few dozen by hand and calls the rest a ``python-exception``. This module knows every one the
-pinned libraries can raise from Python: ``python -m harness.diff.library_errors`` reads their
-sources (each ``raise SomeError("...")`` whose message is a string or f-string), keeps the
+pinned libraries can raise from Python: ``python -m harness.diff.extract_library_errors`` reads
+their sources (each ``raise SomeError("...")`` whose message is a string or f-string), keeps the
 first line of each message as literal parts around the formatted values, and writes them to
 ``harness/library_errors.json``; rerun it when a pin moves (a test fails until it is). A line
 the catalogue calls a ``python-exception`` whose message is one of them becomes a finding of the
@@ -17,16 +17,12 @@ the hand-written catalogue covers those that users meet.
 
 from __future__ import annotations
 
-import ast
 import functools
 import importlib.metadata
 import importlib.resources
 import json
 import re
-import sys
-from collections.abc import Iterator
 from dataclasses import dataclass
-from pathlib import Path
 
 #: The packages read, with the folders of each that hold distributed code.
 LIBRARIES: dict[str, tuple[str, ...]] = {
@@ -130,10 +126,6 @@ COMPONENTS: tuple[Component, ...] = (
     ),
 )
 
-#: Messages whose first line has fewer literal characters than this, or fewer words, say too
-#: little to be told apart from a user's own ("Invalid value {x}").
-_MIN_CHARS, _MIN_WORDS = 24, 4
-
 
 @dataclass(frozen=True)
 class LibraryError:
@@ -156,108 +148,6 @@ class LibraryError:
     def component(self) -> Component:
         return next(c for c in COMPONENTS if self.source.startswith(c.prefix))
 
-
-# ---- extraction ------------------------------------------------------------------------------
-
-
-def _message_parts(node: ast.expr) -> list[str | None] | None:
-    """A message's literal text, with None for each formatted value; None where it is no
-    string built in place (a variable, a call)."""
-    if isinstance(node, ast.Constant) and isinstance(node.value, str):
-        return [node.value]
-    if isinstance(node, ast.JoinedStr):
-        parts: list[str | None] = []
-        for value in node.values:
-            parts += [value.value] if isinstance(value, ast.Constant) and isinstance(value.value, str) else [None]
-        return parts
-    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Add):
-        left, right = _message_parts(node.left), _message_parts(node.right)
-        return None if left is None or right is None else left + right
-    if isinstance(node, ast.BinOp) and isinstance(node.op, ast.Mod) and _message_parts(node.left) is not None:
-        text = "".join(p if p is not None else "\0" for p in _message_parts(node.left) or [])
-        return [p if p else None for p in re.split(r"(%[-#0 +]*\d*(?:\.\d+)?[sdrfi])", text) if p]  # type: ignore[misc]
-    if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "format":
-        base = _message_parts(node.func.value)
-        if base is None:
-            return None
-        text = "".join(p if p is not None else "\0" for p in base)
-        return [p if not p.startswith("{") else None for p in re.split(r"(\{[^{}]*\})", text) if p]
-    return None
-
-
-def _first_line(parts: list[str | None]) -> tuple[str, ...]:
-    """Literal parts of the message's first line, merged where no value sits between them."""
-    merged: list[str] = [""]
-    for part in parts:
-        if part is None:
-            merged.append("")
-            continue
-        text = part.replace("\0", "")
-        head, newline, _ = text.partition("\n")
-        merged[-1] += head
-        if newline:
-            break
-    while len(merged) > 1 and merged[0] == "" and merged[1] == "":
-        merged.pop(0)
-    return tuple(merged)
-
-
-def _raise_sites(node: ast.AST, function: str = "<module>") -> Iterator[tuple[ast.Raise, str]]:
-    """Every ``raise`` under ``node`` with the function it sits in."""
-    for child in ast.iter_child_nodes(node):
-        inner = child.name if isinstance(child, ast.FunctionDef | ast.AsyncFunctionDef) else function
-        if isinstance(child, ast.Raise):
-            yield child, function
-        yield from _raise_sites(child, inner)
-
-
-def _raises(path: Path, relative: str) -> Iterator[LibraryError]:
-    try:
-        tree = ast.parse(path.read_text(encoding="utf-8"), str(path))
-    except (SyntaxError, UnicodeDecodeError):
-        return
-    for node, function in _raise_sites(tree):
-        if not (isinstance(node.exc, ast.Call) and node.exc.args):
-            continue
-        func = node.exc.func
-        name = func.attr if isinstance(func, ast.Attribute) else func.id if isinstance(func, ast.Name) else ""
-        if not re.search(r"(Error|Exception)$", name):
-            continue
-        parts = _message_parts(node.exc.args[0])
-        if parts is None:
-            continue
-        line = _first_line(parts)
-        literal = "".join(line)
-        if len(literal.strip()) < _MIN_CHARS or len(literal.split()) < _MIN_WORDS:
-            continue
-        yield LibraryError(line, name, f"{relative}:{node.lineno}", function)
-
-
-def extract() -> dict[str, object]:
-    """Every message the installed libraries raise from their distributed code, with their
-    versions; the same sources give the same result, byte for byte."""
-    site = Path(importlib.metadata.distribution("torch").locate_file(""))
-    errors: dict[tuple[str, ...], LibraryError] = {}
-    for roots in LIBRARIES.values():
-        for root in roots:
-            base = site / root
-            files = [base] if base.suffix == ".py" else sorted(base.rglob("*.py"))
-            for path in files:
-                relative = path.relative_to(site).as_posix()
-                if "/tests/" in relative or "/testing/" in relative:
-                    continue
-                for error in _raises(path, relative):
-                    errors.setdefault(error.parts, error)  # the first place that raises it
-    return {
-        "versions": {name: importlib.metadata.version(name) for name in LIBRARIES},
-        "errors": [
-            {"parts": list(e.parts), "exception": e.exception, "source": e.source, "function": e.function}
-            for e in sorted(errors.values(), key=lambda e: e.source)
-        ],
-    }
-
-
-# ---- lookup ----------------------------------------------------------------------------------
 
 _EXCEPTION_LINE = re.compile(r"^(?:\[rank\d+\]: ?)?(?:[A-Za-z_][\w.]*\.)?\w*(?:Error|Exception): (?P<message>.+)")
 
@@ -289,24 +179,9 @@ class Index:
 @functools.cache
 def index() -> Index:
     data = json.loads(importlib.resources.files("harness").joinpath("library_errors.json").read_text(encoding="utf-8"))
-    errors = tuple(
-        LibraryError(tuple(e["parts"]), e["exception"], e["source"], e["function"]) for e in data["errors"]
-    )
+    errors = tuple(LibraryError(tuple(e["parts"]), e["exception"], e["source"], e["function"]) for e in data["errors"])
     return Index(data["versions"], errors, tuple(max(e.parts, key=len) for e in errors))
 
 
 #: Every cause this module can name: findings that explain a python-exception explain these too.
 CAUSES = tuple(dict.fromkeys(c.cause for c in COMPONENTS))
-
-
-def main() -> None:
-    out = Path(__file__).resolve().parents[1] / "library_errors.json"
-    data = extract()
-    lines = [json.dumps(e, sort_keys=True, separators=(",", ":")) for e in data["errors"]]  # type: ignore[attr-defined]
-    versions = json.dumps(data["versions"], sort_keys=True)
-    out.write_text('{"versions": %s, "errors": [\n%s\n]}\n' % (versions, ",\n".join(lines)), encoding="utf-8")
-    print(f"wrote {out}", file=sys.stderr)
-
-
-if __name__ == "__main__":
-    main()

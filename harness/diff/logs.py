@@ -264,7 +264,13 @@ def scan(path: Path, cat: Catalogue) -> Iterator[Hit]:
                     signature = hit[0]
                     if signature.id == "python-exception":
                         signature = _raised_by_library(text, before, prefix.group(0) if prefix else "") or signature
-                    yield (lineno, line, signature, hit[1], *_frame_above(before, lineno, prefix.group(0) if prefix else ""))
+                    yield (
+                        lineno,
+                        line,
+                        signature,
+                        hit[1],
+                        *_frame_above(before, lineno, prefix.group(0) if prefix else ""),
+                    )
             base = lineno + block.count(b"\n", pos)
             tail = (tail + block)[-LOOKBACK:] if len(block) < LOOKBACK else block[-LOOKBACK:]
             if not data:
