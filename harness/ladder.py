@@ -10,6 +10,7 @@ from typing import Any
 
 from harness.backends import check_rung_names, get_backend
 from harness.backends.base import Progress
+from harness.diff import replay
 from harness.diff.protocol import Tolerance
 from harness.errors import NoRungCanRun, RequiredRungUnavailable, RungUnavailable, UsageError
 from harness.jobspec import JobSpec
@@ -83,6 +84,7 @@ def climb(
             if step.rung in require:
                 raise RequiredRungUnavailable(step.rung, exc.reason) from None
     records: list[RunRecord] = []
+    replayed = False
     skipped: dict[str, str] = {}
     not_run: dict[str, str] = {}
     for step, backend in zip(steps, backends, strict=True):
@@ -93,6 +95,8 @@ def climb(
             not_run[step.label] = f"the ladder departed at {departed}; --keep-going runs the rungs above it"
             continue
         record = backend.run(step.job(job), records_dir, progress=progress(step.rung))
+        if not replayed and replay.replayable(record):
+            replayed = _replay(record, step.job(job))
         on_record(record)
         records.append(record)
     if not records:
@@ -100,6 +104,19 @@ def climb(
     verdict = judge(records, tolerance=tolerance, skipped=skipped)
     verdict.not_run = not_run
     return LadderResult(verdict, records, skipped)
+
+
+def _replay(record: RunRecord, job: JobSpec) -> bool:
+    """The first distributed run of the ladder replayed in one process (:mod:`harness.diff.replay`),
+    into its own record's ``replay/``; False where the ``single`` rung cannot run the job."""
+    replay_job = job.model_copy(update={"environment": {**job.environment, "HARNESS_REPLAY": str(record.root)}})
+    single = get_backend("single")
+    try:
+        single.check(replay_job)
+    except RungUnavailable:
+        return False
+    single.run(replay_job, replay.replay_root(record))
+    return True
 
 
 def _departs(records: list[RunRecord], tolerance: Tolerance) -> str | None:

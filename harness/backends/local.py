@@ -406,9 +406,10 @@ def _degrade(contract: HostContract, port: int) -> HostContract:
 def _handed_to_job(env: dict[str, str], paths: list[Path]) -> list[str]:
     """The paths the harness hands a host's processes, which must stay where they are however
     little of the machine the host shares: the interpreter and its environment, the harness's
-    package (the probe), everything on ``PATH`` and ``PYTHONPATH``, and ``paths`` (the work dir,
-    the record, the channels' sources)."""
+    package (the probe), everything on ``PATH`` and ``PYTHONPATH``, the harness's own variables
+    (the record a replay reads), and ``paths`` (the work dir, the record, the channels' sources)."""
     listed = [p for name in ("PATH", "PYTHONPATH") for p in env.get(name, "").split(os.pathsep)]
+    listed += [value for name, value in env.items() if name.startswith("HARNESS_")]
     interpreter = [sys.prefix, sys.base_prefix, sys.exec_prefix, str(PROBE_DIR.parent), *sys.path]
     return [p for p in (*map(str, paths), *interpreter, *listed) if os.path.isabs(p)]
 

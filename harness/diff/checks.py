@@ -29,6 +29,7 @@ from harness.diff import (
     nccl,
     ranks,
     rendezvous,
+    replay,
     sharing,
     variables,
 )
@@ -41,6 +42,7 @@ ENTRY_POINT_GROUP = "harness.checks"
 
 BUILTIN: tuple[Check, ...] = (
     RunCheck("model", model.check_run),
+    RunCheck("replay", replay.check_run),
     RunCheck("data", data.check_run),
     RunCheck("ranks", ranks.check_run),
     RunCheck("rendezvous", rendezvous.check_run),

@@ -47,6 +47,7 @@ under every launcher the harness runs); ``sys.meta_path[0]`` is the probe's impo
 
 import array
 import atexit
+import collections
 import contextlib
 import datetime
 import faulthandler
@@ -960,8 +961,11 @@ def instrument_dataloader(module):
 
     @functools.wraps(next_index)
     def _next_index(self):
-        indices = next_index(self)
+        indices = next_index(self)  # drawn even where replayed: the job's random draws stay its own
         _quietly("data ledger", _indices_drawn, self, indices)
+        if REPLAY_FROM:
+            replayed = _quietly("replay", _replayed_indices, self, indices)
+            return indices if replayed is None else replayed
         return indices
 
     base.__next__, base._next_index = __next__, _next_index
@@ -1258,8 +1262,13 @@ def _close_epochs():
 
 
 def _indices_drawn(iterator, indices):
-    if _rank() is not None:
+    rank = _rank()
+    if rank is not None:
         _current_epoch(iterator).drew(indices)
+        if rank.counters["steps"] < REPLAY_STEPS and isinstance(indices, list):
+            drawn = _DRAWN.setdefault(id(iterator), collections.deque())
+            if len(drawn) < 4 * REPLAY_STEPS:
+                drawn.append(list(indices))
 
 
 def _batch_consumed(iterator, batch):
@@ -1271,6 +1280,11 @@ def _batch_consumed(iterator, batch):
     hasher = hashlib.blake2b(digest_size=12)
     digest(batch, hasher)
     size = batch_size(batch)
+    if rank.counters["steps"] < REPLAY_STEPS:
+        drawn = _DRAWN.get(id(iterator))
+        _STEP["indices"].append(drawn.popleft() if drawn else None)
+        if REPLAY_FROM and iterator is _REPLAY["iterator"]:
+            _replayed_batch(batch)
     rank.counters["batches"] += 1
     _STEP["samples"] += size or 0
     rank.emit(
@@ -1346,24 +1360,29 @@ def instrument_optimizer(module):
 
     module.register_optimizer_step_pre_hook(pre)
     module.register_optimizer_step_post_hook(hook)
+    module.Optimizer.__init__ = _hook(
+        module.Optimizer.__init__, before=lambda args, kwargs: args, after=_optimizer_made
+    )
 
 
 #: Optimizer steps this process took (written to its record at its first step and at exit).
 _PROCESS_STEPS = {"n": 0}
 #: What happened since the last optimizer step: samples consumed, tensors ``backward()`` ran on.
-_STEP = {"samples": 0, "losses": [], "pending": []}
+_STEP = {"samples": 0, "losses": [], "pending": [], "indices": [], "replayable": {}}
 
 
 def _step_taken(optimizer):
     """Kept as tensors, read in bulk (:func:`flush_steps`): no device sync and no event per step."""
     rank = _rank()
-    losses, samples = _STEP["losses"], _STEP["samples"]
-    _STEP["losses"], _STEP["samples"] = [], 0
+    losses, samples, indices = _STEP["losses"], _STEP["samples"], _STEP["indices"]
+    _STEP["losses"], _STEP["samples"], _STEP["indices"] = [], 0, []
     if rank is None:
         return
     import torch
 
     step, norms = rank.counters["steps"], []
+    if REPLAY_FROM and _REPLAY["rng"] is not None:
+        _replay_randomness(step)
     if step < _NORM_EVERY_STEP_UNTIL or step % PARAM_EVERY == 0:
         grads = [_local(p.grad) for group in optimizer.param_groups for p in group["params"] if p.grad is not None]
         foreach = getattr(torch, "_foreach_norm", None)
@@ -1371,6 +1390,8 @@ def _step_taken(optimizer):
             norms = foreach(grads) if foreach is not None else [torch.linalg.vector_norm(g) for g in grads]
     lr = optimizer.param_groups[0].get("lr") if optimizer.param_groups else None
     _STEP["pending"].append((step, losses, samples, norms, lr))
+    if step < REPLAY_STEPS:
+        _STEP["replayable"][step] = indices
     if len(_STEP["pending"]) >= _STEPS_PER_EVENT:
         flush_steps()
 
@@ -1405,6 +1426,15 @@ def flush_steps():
         fields["samples"].append(samples)
         fields["grad_norm"].append(square**0.5 if step_norms else None)
         fields["lr"].append(float(lr) if isinstance(lr, (int, float)) or _is_tensor(lr) else None)
+        if step in _STEP["replayable"]:
+            norms = [sq**0.5 for sq in squares[at_norm - len(step_norms) : at_norm]]
+            rank.emit(
+                "replay_step",
+                step=step,
+                indices=_STEP["replayable"].pop(step),
+                loss=fields["loss"][-1],
+                param_norms=norms if len(norms) <= _REPLAY_MAX_PARAMS else None,
+            )
     rank.emit("steps", flush=True, **fields)
 
 
@@ -1493,6 +1523,180 @@ def _model_wrapped(wrapper, args, kwargs):
         digest=hasher.hexdigest(),
         entries=entries[:_MODEL_ENTRIES],
     )
+
+
+# ---- differential replay ----------------------------------------------------------------------
+
+#: The first optimizer steps of every run are kept replayable (``replay_step`` events): the
+#: dataset indices of each batch the step consumed, its loss, and each parameter's gradient norm
+#: after the distributed reduction; rank 0 keeps the weights it handed its DDP/FSDP wrapper. A
+#: one-process run given that record (``HARNESS_REPLAY``) draws the same global batches from the
+#: same weights and records the same (harness.diff.replay compares them).
+REPLAY_STEPS = 8
+REPLAY_FROM = os.environ.get("HARNESS_REPLAY", "")
+#: Weights above this size, or models with more parameters, are not kept.
+_REPLAY_MAX_BYTES = 64 << 20
+_REPLAY_MAX_PARAMS = 4096
+#: Per DataLoader iterator (by id): index lists drawn and not yet consumed (prefetched).
+_DRAWN = {}
+_REPLAY = {"plan": None, "iterator": None, "k": 0, "weights": None, "rng": None, "consumed": 0}
+
+
+def _optimizer_made(result, args):
+    """The first optimizer's parameters as it was made (before any step: the initial weights):
+    kept by rank 0 of a distributed run; in a replay, the recorded run's loaded into them."""
+    if _REPLAY["weights"] is not None or not args:
+        return
+    params = [p for group in args[0].param_groups for p in group["params"]]
+    if REPLAY_FROM:
+        _load_initial_weights(params)
+        return
+    rank = _rank()
+    _REPLAY["weights"] = "seen"
+    if rank is None or str(rank.rank) != "0" or int(os.environ.get("WORLD_SIZE") or 1) < 2:
+        return
+    import torch
+
+    size = sum(p.numel() * p.element_size() for p in params)
+    if params and size <= _REPLAY_MAX_BYTES and len(params) <= _REPLAY_MAX_PARAMS:
+        with torch.no_grad():
+            torch.save([_local(p).detach().to("cpu", copy=True) for p in params], rank.base + ".init.pt")
+
+
+def _replay_plan():
+    """The recorded run's global batches, step by step, and each rank's share (its size and
+    digest), read once: the steps every rank took with one batch of indices each."""
+    if _REPLAY["plan"] is not None:
+        return _REPLAY["plan"]
+    ranks = {}
+    directory = os.path.join(REPLAY_FROM, "ranks")
+    for name in os.listdir(directory):
+        match = re.fullmatch(r"rank-(\d+)\.jsonl", name)
+        if not match:
+            continue
+        events = {"steps": {}, "batches": {}, "sites": {}}
+        with open(os.path.join(directory, name), encoding="utf-8") as handle:
+            for line in handle:
+                event = json.loads(line)
+                kind = event.get("kind")
+                if kind == "replay_step":
+                    events["steps"][event["step"]] = event["indices"]
+                elif kind == "batch" and event.get("step", REPLAY_STEPS) < REPLAY_STEPS:
+                    events["batches"].setdefault(event["step"], []).append(event)
+                elif kind == "epoch_start":
+                    events["sites"][event["loader"]] = event["site"]
+        ranks[int(match.group(1))] = events
+    batches, parts, site = [], [], None
+    for step in range(REPLAY_STEPS):
+        shares = [ranks[r]["steps"].get(step) for r in sorted(ranks)]
+        drawn = [ranks[r]["batches"].get(step, []) for r in sorted(ranks)]
+        if not ranks or any(s is None or len(s) != 1 or s[0] is None for s in shares):
+            break
+        if any(len(d) != 1 for d in drawn):
+            break
+        sites = {ranks[r]["sites"].get(d[0]["loader"]) for r, d in zip(sorted(ranks), drawn)}  # noqa: B905 - the probe runs on older Pythons too
+        if len(sites) != 1 or (site is not None and sites != {site}):
+            break
+        site = sites.pop()
+        batches.append([i for share in shares for i in share[0]])
+        parts.append([(d[0]["size"], d[0]["digest"]) for d in drawn])
+    init = os.path.join(directory, "rank-0.init.pt")
+    _REPLAY["plan"] = {"site": site, "batches": batches, "parts": parts, "init": init if os.path.exists(init) else None}
+    _rank_or_process_note(replay_plan={"steps": len(batches), "site": site, "weights": bool(_REPLAY["plan"]["init"])})
+    return _REPLAY["plan"]
+
+
+def _rank_or_process_note(**fields):
+    rank = _rank()
+    if rank is not None:
+        rank.emit("replay", flush=True, **fields)
+
+
+def _load_initial_weights(params):
+    """The recorded run's initial weights into the first optimizer's parameters, in order, before
+    the first forward; refused (and said) where their number or shapes differ."""
+    plan = _replay_plan()
+    if plan["init"] is None:
+        _REPLAY["weights"] = "rank 0 kept no weights (a model above 64 MiB, or over 4096 parameters)"
+        _rank_or_process_note(weights=_REPLAY["weights"])
+        return
+    import torch
+
+    saved = torch.load(plan["init"], weights_only=True)
+    shapes = [tuple(p.shape) for p in params]
+    if shapes != [tuple(t.shape) for t in saved]:
+        _REPLAY["weights"] = "the optimizer's parameters are not the recorded run's (%d against %d)" % (
+            len(shapes),
+            len(saved),
+        )
+    else:
+        with torch.no_grad():
+            for param, value in zip(params, saved):  # noqa: B905 - equal lengths, checked above
+                param.copy_(value.to(device=param.device, dtype=param.dtype))
+        _REPLAY["weights"] = "loaded"
+    _rank_or_process_note(weights=_REPLAY["weights"])
+
+
+def _replayed_indices(iterator, indices):
+    """The recorded global batch instead of ``indices``, for the first pass of the loader made
+    where the recorded run's training loader was made, while recorded batches last."""
+    plan = _replay_plan()
+    if not plan["batches"] or not isinstance(indices, list):
+        return None
+    if _REPLAY["iterator"] is None:
+        if _rank() is None or _current_epoch(iterator).site != plan["site"]:
+            return None
+        _REPLAY["iterator"] = iterator
+    if iterator is not _REPLAY["iterator"] or _REPLAY["k"] >= len(plan["batches"]):
+        return None
+    _REPLAY["k"] += 1
+    return list(plan["batches"][_REPLAY["k"] - 1])
+
+
+def _slice(batch, start, stop):
+    if _is_tensor(batch):
+        return batch[start:stop]
+    if isinstance(batch, dict):
+        return {k: _slice(v, start, stop) for k, v in batch.items()}
+    nested = isinstance(batch, (list, tuple)) and batch
+    if nested and all(_is_tensor(b) or isinstance(b, (list, tuple, dict)) for b in batch):
+        return type(batch)(_slice(b, start, stop) for b in batch)
+    return batch[start:stop]
+
+
+def _replayed_batch(batch):
+    """Each rank's share of a replayed global batch, digested as that rank digested its own:
+    equal only where the same indices gave the same samples (no random augmentation, a
+    collate that stacks rows); and the random state, to see whether the step draws from it."""
+    plan, k = _replay_plan(), _REPLAY["consumed"]
+    _REPLAY["consumed"] += 1
+    if k >= len(plan["parts"]):
+        return
+    start, differs = 0, None
+    for rank, (size, recorded) in enumerate(plan["parts"][k]):
+        hasher = hashlib.blake2b(digest_size=12)
+        digest(_slice(batch, start, start + (size or 0)), hasher)
+        if hasher.hexdigest() != recorded and differs is None:
+            differs = rank
+        start += size or 0
+    _rank_or_process_note(step=k, data="equal" if differs is None else "differs on rank %d" % differs)
+    _REPLAY["rng"] = _random_state()
+
+
+def _random_state():
+    import torch
+
+    state = [torch.random.get_rng_state()]
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state.append(torch.cuda.get_rng_state())
+    return hashlib.blake2b(b"".join(bytes(s.numpy()) for s in state), digest_size=12).hexdigest()
+
+
+def _replay_randomness(step):
+    """Whether the step drew random numbers between its batch and its optimizer step (dropout,
+    a random mask): then one process cannot draw what the ranks drew."""
+    drew, _REPLAY["rng"] = _random_state() != _REPLAY["rng"], None
+    _rank_or_process_note(step=step, random=drew)
 
 
 def instrument_serialization(module):
