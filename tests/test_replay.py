@@ -1,0 +1,97 @@
+"""Differential replay (``harness.diff.replay``): a distributed run's first optimizer steps done
+again in one process, from rank 0's initial weights and the global batches the ranks drew."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from harness.diff import replay
+from harness.diff.protocol import CheckContext
+from harness.jobspec import load_job
+from harness.ladder import climb
+
+ROOT = Path(__file__).resolve().parent.parent
+FAULTS = ROOT / "tests" / "data" / "faults"
+
+#: A correct DDP job whose model has dropout: its steps draw random numbers, which one process
+#: cannot draw as four ranks drew them.
+DROPOUT_JOB = """
+import torch, torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
+
+dist.init_process_group("gloo")
+g = torch.Generator().manual_seed(0)
+x = torch.randn(128, 8, generator=g)
+y = x.sum(1, keepdim=True)
+dataset = TensorDataset(x, y)
+sampler = DistributedSampler(dataset, shuffle=True, seed=0)
+loader = DataLoader(dataset, batch_size=8, sampler=sampler)
+torch.manual_seed(0)
+layers = [torch.nn.Linear(8, 16), torch.nn.Dropout(0.3), torch.nn.Linear(16, 1)]
+model = DistributedDataParallel(torch.nn.Sequential(*layers))
+optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+for features, target in loader:
+    optimizer.zero_grad()
+    torch.nn.functional.mse_loss(model(features), target).backward()
+    optimizer.step()
+dist.destroy_process_group()
+"""
+
+
+def _ladder(job_yaml: Path, records: Path) -> Any:
+    return climb(load_job(job_yaml), records, rungs=["single", "local"])
+
+
+@pytest.mark.slow
+def test_gradients_summed_without_dividing_depart_from_one_process_at_step_0(tmp_path: Path) -> None:
+    result = _ladder(FAULTS / "grad_sum_no_divide" / "job.yaml", tmp_path)
+    first = result.verdict.findings[0]
+    assert (first.cause, first.step) == ("replay-differs", 0), [f.title for f in result.verdict.findings]
+    assert "ratio 4" in first.evidence[0]  # four ranks' gradients summed, not averaged
+    assert "learning-differs" in first.explains
+
+
+@pytest.mark.slow
+def test_the_reference_job_agrees_with_one_process_at_every_replayed_step(tmp_path: Path) -> None:
+    result = _ladder(ROOT / "scenarios" / "ddp_csv" / "job.yaml", tmp_path)
+    assert result.verdict.outcome == "parity"
+    local = result.records[-1]
+    [note] = replay.check_run(local, CheckContext())
+    assert note.severity == "note"
+    assert note.title == "replay: the first 8 optimizer steps agree with one process drawing the same global batches"
+
+
+@pytest.mark.slow
+def test_steps_that_draw_random_numbers_are_left_out_never_a_divergence(tmp_path: Path) -> None:
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "train.py").write_text(DROPOUT_JOB)
+    (tmp_path / "job.yaml").write_text(
+        "name: dropout\nsource_dir: src\nentry_point: train.py\ndistribution: torchrun\n"
+        "instance_count: 2\nprocesses_per_host: 2\n"
+    )
+    result = _ladder(tmp_path / "job.yaml", tmp_path / "records")
+    assert result.verdict.outcome == "parity"
+    [note] = replay.check_run(result.records[-1], CheckContext())
+    assert note.title == "replay: nothing compared"
+    assert "step 0 and after: the step drew random numbers" in note.evidence[-1]
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(
+    ("mine", "ranks", "left_out"),
+    [
+        (2.0, [1.0, 3.0], None),  # a mean loss: one process's over both halves is their mean
+        (8.0, [1.0, 3.0], "is not the ranks' mean"),  # summed over the batch: another function
+        (None, [1.0, 3.0], "no loss to compare"),
+    ],
+)
+def test_gradients_compare_only_where_the_loss_is_a_mean(
+    mine: float | None, ranks: list[float], left_out: str | None
+) -> None:
+    shares = [{"loss": loss, "indices": [[0, 1, 2, 3]]} for loss in ranks]
+    said = replay._loss_not_a_mean({"loss": mine}, shares)
+    assert said == left_out if left_out is None else left_out in (said or "")
