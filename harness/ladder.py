@@ -95,7 +95,7 @@ def climb(
             not_run[step.label] = f"the ladder departed at {departed}; --keep-going runs the rungs above it"
             continue
         record = backend.run(step.job(job), records_dir, progress=progress(step.rung))
-        if not replayed and replay.replayable(record):
+        if not replayed and any(r.rung == "single" for r in records) and replay.replayable(record):
             replayed = _replay(record, step.job(job))
         on_record(record)
         records.append(record)
@@ -107,8 +107,9 @@ def climb(
 
 
 def _replay(record: RunRecord, job: JobSpec) -> bool:
-    """The first distributed run of the ladder replayed in one process (:mod:`harness.diff.replay`),
-    into its own record's ``replay/``; False where the ``single`` rung cannot run the job."""
+    """The first distributed run of a ladder that climbs from ``single`` replayed in one process
+    (:mod:`harness.diff.replay`), into its own record's ``replay/``; False where the ``single``
+    rung cannot run the job."""
     replay_job = job.model_copy(update={"environment": {**job.environment, "HARNESS_REPLAY": str(record.root)}})
     single = get_backend("single")
     try:

@@ -82,16 +82,18 @@ def test_steps_that_draw_random_numbers_are_left_out_never_a_divergence(tmp_path
 
 @pytest.mark.unit
 @pytest.mark.parametrize(
-    ("mine", "ranks", "left_out"),
+    ("mine", "ranks", "sums", "left_out"),
     [
-        (2.0, [1.0, 3.0], None),  # a mean loss: one process's over both halves is their mean
-        (8.0, [1.0, 3.0], "is not the ranks' mean"),  # summed over the batch: another function
-        (None, [1.0, 3.0], "no loss to compare"),
+        (2.0, [1.0, 3.0], False, None),  # a mean loss: one process's over both halves is their mean
+        (4.0, [1.0, 3.0], False, "is not the ranks' mean"),  # summed: compared only where told the global batch
+        (4.0, [1.0, 3.0], True, None),
+        (8.0, [1.0, 3.0], True, "is not the ranks' mean"),  # another function of the samples
+        (None, [1.0, 3.0], False, "no loss to compare"),
     ],
 )
-def test_gradients_compare_only_where_the_loss_is_a_mean(
-    mine: float | None, ranks: list[float], left_out: str | None
+def test_gradients_compare_only_where_the_loss_is_a_mean_or_a_sum_of_the_global_batch(
+    mine: float | None, ranks: list[float], sums: bool, left_out: str | None
 ) -> None:
     shares = [{"loss": loss, "indices": [[0, 1, 2, 3]]} for loss in ranks]
-    said = replay._loss_not_a_mean({"loss": mine}, shares)
-    assert said == left_out if left_out is None else left_out in (said or "")
+    said = replay._loss_not_a_mean({"loss": mine}, shares, sums=sums)
+    assert said is None if left_out is None else left_out in (said or "")

@@ -70,11 +70,13 @@ def _left_out(replay: list[dict[str, Any]], step: int) -> str | None:
     return None
 
 
-def _loss_not_a_mean(mine: dict[str, Any], shares: list[dict[str, Any]]) -> str | None:
+def _loss_not_a_mean(mine: dict[str, Any], shares: list[dict[str, Any]], sums: bool = False) -> str | None:
     """Gradients compare only where the loss is the mean over the batch: then one process's loss
-    over the global batch is the ranks' mean. A loss summed, or divided by a batch size the job
-    was told (the replay hands one process the global batch), or normalised over the batch
-    (BatchNorm without SyncBatchNorm) is another function of the same samples."""
+    over the global batch is the ranks' mean. A loss divided by a batch size the job was told
+    (the replay hands one process the global batch), or normalised over the batch (BatchNorm
+    without SyncBatchNorm) is another function of the same samples. With ``sums`` (the job names
+    its batch-size hyperparameter, so one process was told the global batch) a loss summed over
+    the batch compares too: one process's is then the ranks' sum."""
     weights = [len((share.get("indices") or [[]])[0] or []) for share in shares]
     losses = [float(share["loss"]) for share in shares if isinstance(share.get("loss"), (int, float))]
     loss = mine.get("loss")
@@ -82,6 +84,8 @@ def _loss_not_a_mean(mine: dict[str, Any], shares: list[dict[str, Any]]) -> str 
         return "no loss to compare"
     mean = sum(x * w for x, w in zip(losses, weights, strict=True)) / sum(weights)
     if math.isclose(loss, mean, rel_tol=LOSS_RTOL, abs_tol=ATOL):
+        return None
+    if sums and math.isclose(loss, sum(losses), rel_tol=LOSS_RTOL, abs_tol=ATOL):
         return None
     return (
         f"the loss of one process over the global batch ({loss:.6g}) is not the ranks' mean ({mean:.6g}): "
@@ -97,6 +101,7 @@ def check_run(record: RunRecord, context: CheckContext) -> list[Finding]:
     mine = replay.rank_events().get(0, [])
     theirs, ours = _steps(ranks.get(0, [])), _steps(mine)
     names = _names(record)
+    told_global_batch = bool((record.manifest.get("job") or {}).get("batch_size_hyperparameter"))
     compared, left_out = 0, None
     for step in sorted(theirs):
         if step not in ours:
@@ -105,7 +110,8 @@ def check_run(record: RunRecord, context: CheckContext) -> list[Finding]:
         if left_out is not None:
             left_out = f"step {step} and after: {left_out}"
             break
-        left_out = _loss_not_a_mean(ours[step], [_steps(events).get(step, {}) for events in ranks.values()])
+        shares = [_steps(events).get(step, {}) for events in ranks.values()]
+        left_out = _loss_not_a_mean(ours[step], shares, sums=told_global_batch)
         if left_out is not None:
             left_out = f"step {step} and after: {left_out}"
             break
@@ -180,9 +186,14 @@ def _differs(
 
 
 def replayable(record: RunRecord) -> bool:
-    """Whether the ladder can replay ``record``: a distributed run whose rank 0 kept the weights
-    it wrapped and whose ranks recorded replayable steps."""
-    return (record.root / "ranks" / "rank-0.init.pt").is_file() and len(record.rank_logs()) > 1
+    """Whether the ladder can replay ``record``: a distributed run whose rank 0 kept its initial
+    weights and drew its first step's batch from a loader (the indices of one batch)."""
+    if not (record.root / "ranks" / "rank-0.init.pt").is_file() or len(record.rank_logs()) < 2:
+        return False
+    events = record.iter_rank_events().get(0, iter(()))
+    first = next((e for e in events if e.get("kind") == "replay_step"), None)
+    indices = (first or {}).get("indices") or []
+    return len(indices) == 1 and isinstance(indices[0], list)
 
 
 def replay_root(record: RunRecord) -> Path:
