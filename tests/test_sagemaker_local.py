@@ -107,6 +107,7 @@ def test_plan_is_a_dry_run_of_what_the_sdk_writes() -> None:
     assert not Path(plan.facts["work_dir"]).exists()
 
 
+@pytest.mark.unit
 def test_jobs_the_sdk_cannot_run_as_sagemaker_would_are_refused_with_the_reason() -> None:
     backend = SageMakerLocalBackend(SageMakerLocalOptions(gpus=False))
     byo = JobSpec(name="byo", image="team/trainer:1")
@@ -114,6 +115,12 @@ def test_jobs_the_sdk_cannot_run_as_sagemaker_would_are_refused_with_the_reason(
     sharded = Channel(source="s3://team-data/train/", distribution="ShardedByS3Key")
     s3 = JobSpec(name="s3", source_dir=ROOT, entry_point="x.py", channels={"train": sharded})
     assert "ShardedByS3Key" in (backend.unsupported_reason(s3) or "")
+    # A local directory too: local mode drops the distribution and gives every host every file.
+    directory = Channel(source=str(ROOT), distribution="ShardedByS3Key")
+    local = JobSpec(name="dir", source_dir=ROOT, entry_point="x.py", channels={"train": directory})
+    assert "every host gets every file" in (backend.unsupported_reason(local) or "")
+    replicated = JobSpec(name="dir", source_dir=ROOT, entry_point="x.py", channels={"train": Channel(source=str(ROOT))})
+    assert backend.unsupported_reason(replicated) is None
     clash = JobSpec(name="clash", source_dir=ROOT, entry_point="x.py", channels={"code": Channel(source=str(ROOT))})
     assert "code" in (backend.unsupported_reason(clash) or "")
 

@@ -106,11 +106,12 @@ class SageMakerLocalBackend(EngineClient, Backend[SdkPlan]):
                 "a bring-your-own image: SDK v3 local mode starts it without the `train` argument "
                 "SageMaker passes (no command in its compose file), so it would not run as on SageMaker"
             )
-        sharded = [n for n, c in job.channels.items() if c.is_s3 and c.distribution == "ShardedByS3Key"]
+        sharded = [n for n, c in job.channels.items() if c.distribution == "ShardedByS3Key"]
         if sharded:
             return (
-                f"channels {sharded} are ShardedByS3Key: local mode refuses them "
-                "(it supports FullyReplicated S3 channels only)"
+                f"channels {sharded} are ShardedByS3Key: local mode refuses it on S3 channels and drops it on local "
+                "directories (every host gets every file, where SageMaker gives each host its share), so the job "
+                "would read other data than on SageMaker; the local and docker rungs shard them as SageMaker does"
             )
         s3_reason = s3_unsupported(job)
         if s3_reason:

@@ -152,8 +152,8 @@ def sdk_facts(job: JobSpec, instance_type: str, num_gpus: int) -> dict[str, Any]
         "own); the record attributes its files to hosts from the probe's write events",
         "opt_ml": "per host: input/ and output/; shared: model/; no /opt/ml/code, no /opt/ml/checkpoints",
         "channels": "local directories bind-mounted read-write; s3:// channels downloaded by the SDK on the "
-        "host (download_folder) into a temporary directory, then mounted; FastFile not honoured, "
-        "ShardedByS3Key refused",
+        "host (download_folder) into a temporary directory, then mounted; FastFile not honoured (the files are "
+        "the same), ShardedByS3Key refused (local mode would give every host every file of a local directory)",
         "code": "a copy of source_dir as the code channel, read-write, cwd of the launcher "
         "(the SDK would mount the directory itself)",
         "resourceconfig": "current_host, hosts, network_interface_name, current_instance_type only "
