@@ -538,6 +538,23 @@ class RunRecord(RecordFiles):
         _raise_problems(manifest_path, manifest_problems(manifest, strict=strict))
         return cls(root, manifest)
 
+    def rank_events(self) -> dict[int, list[dict[str, Any]]]:
+        """Each rank's probe events, read once: a record read back is complete, and most checks
+        read every rank's events (judging 512 ranks parsed them ten times over)."""
+        cached = vars(self).get("_rank_events")
+        if cached is None:
+            cached = super().rank_events()
+            object.__setattr__(self, "_rank_events", cached)
+        return {rank: list(events) for rank, events in cached.items()}
+
+    def processes(self) -> list[dict[str, Any]]:
+        """Every process record, read once (see :meth:`rank_events`)."""
+        cached = vars(self).get("_processes")
+        if cached is None:
+            cached = super().processes()
+            object.__setattr__(self, "_processes", cached)
+        return [dict(process) for process in cached]
+
     @property
     def rung(self) -> str:
         return str(self.manifest["rung"])

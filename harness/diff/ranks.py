@@ -8,7 +8,6 @@ processes that crashed while the job reported success, files several ranks wrote
 
 from __future__ import annotations
 
-import json
 import math
 from collections import Counter
 from dataclasses import dataclass
@@ -168,8 +167,12 @@ def _collective_mismatch(events: dict[int, list[dict[str, Any]]]) -> list[Findin
 
 
 def _signature(call: dict[str, Any]) -> tuple[Any, ...]:
-    """What the ranks of one collective must agree on."""
-    return call["op"], json.dumps(call.get("shapes")), json.dumps(call.get("dtypes")), call.get("objects")
+    """What the ranks of one collective must agree on (lists made hashable)."""
+    return call["op"], _frozen(call.get("shapes")), _frozen(call.get("dtypes")), call.get("objects")
+
+
+def _frozen(value: Any) -> Any:
+    return tuple(_frozen(v) for v in value) if isinstance(value, list) else value
 
 
 def _mismatch_in(group: Group, calls: dict[int, list[dict[str, Any]]]) -> tuple[float, Finding] | None:
