@@ -96,7 +96,7 @@ def climb(
             continue
         record = backend.run(step.job(job), records_dir, progress=progress(step.rung))
         if not replayed and any(r.rung == "single" for r in records) and replay.replayable(record):
-            replayed = _replay(record, step.job(job))
+            replayed = replay_in_one_process(record, step.job(job))
         on_record(record)
         records.append(record)
     if not records:
@@ -106,7 +106,7 @@ def climb(
     return LadderResult(verdict, records, skipped)
 
 
-def _replay(record: RunRecord, job: JobSpec) -> bool:
+def replay_in_one_process(record: RunRecord, job: JobSpec) -> bool:
     """The first distributed run of a ladder that climbs from ``single`` replayed in one process
     (:mod:`harness.diff.replay`), into its own record's ``replay/``; False where the ``single``
     rung cannot run the job."""

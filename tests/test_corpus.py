@@ -33,7 +33,9 @@ from transparency import artifact_hashes, assert_transparent, output_lines, prob
 
 from harness.backends import get_backend
 from harness.jobspec import load_job
-from harness.ladder import climb
+from harness.diff import replay
+from harness.diff.protocol import CheckContext
+from harness.ladder import climb, replay_in_one_process
 from harness.record import RunRecord
 from harness.report import to_text
 from harness.requirements import ensure_local_environment
@@ -74,6 +76,7 @@ class Row:
     verdict: str
     transparent: str
     seconds: float
+    replay: str = "not replayable"
 
 
 class CorpusTable:
@@ -84,12 +87,12 @@ class CorpusTable:
         self.rows: list[Row] = []
 
     def markdown(self) -> str:
-        head = "| job | program | launcher | rungs | verdict | probe on/off equal | seconds |"
-        lines = [head, "|---|---|---|---|---|---|---|"]
+        head = "| job | program | launcher | rungs | verdict | probe on/off equal | replay in one process | seconds |"
+        lines = [head, "|---|---|---|---|---|---|---|---|"]
         for r in sorted(self.rows, key=lambda row: row.job):
             lines.append(
                 f"| {r.job} | {r.program} | {r.launcher} | {r.rungs} | {r.verdict} | {r.transparent} "
-                f"| {r.seconds:.0f} |"
+                f"| {r.replay} | {r.seconds:.0f} |"
             )
         return "\n".join(lines) + "\n"
 
@@ -216,6 +219,13 @@ def test_corpus_job(directory: Path, records: Path, table: CorpusTable) -> None:
         row.transparent = "yes" + (" (both stopped by max_run)" if with_probe is not local else "")
 
         report = to_text(result.verdict)
+        # The differential replay of the distributed run in one process: on a correct program it
+        # agrees, or says what it left out; never a divergence.
+        if replay.replayable(local) and replay_in_one_process(local, job):
+            said = replay.check_run(local, CheckContext())
+            row.replay = "; ".join(f.title for f in said) or "nothing to compare"
+            if expect["outcome"] == "parity":
+                assert [f.cause for f in said if f.severity != "note"] == [], [f.title for f in said]
         if expect["outcome"] == "parity":
             assert local.status == "succeeded", _tail(local)
             wanted = "parity" if len(ran) > 1 else "nothing-compared"  # a container rung cannot run here

@@ -410,6 +410,8 @@ def _handed_to_job(env: dict[str, str], paths: list[Path]) -> list[str]:
     (the record a replay reads), and ``paths`` (the work dir, the record, the channels' sources)."""
     listed = [p for name in ("PATH", "PYTHONPATH") for p in env.get(name, "").split(os.pathsep)]
     listed += [value for name, value in env.items() if name.startswith("HARNESS_")]
+    # A virtual environment's bin on PATH (the job's cached one) needs the whole environment.
+    listed = [str(Path(p).parent) if (Path(p).parent / "pyvenv.cfg").is_file() else p for p in listed]
     interpreter = [sys.prefix, sys.base_prefix, sys.exec_prefix, str(PROBE_DIR.parent), *sys.path]
     return [p for p in (*map(str, paths), *interpreter, *listed) if os.path.isabs(p)]
 
