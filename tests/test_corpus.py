@@ -32,9 +32,9 @@ import yaml
 from transparency import artifact_hashes, assert_transparent, output_lines, probe_errors
 
 from harness.backends import get_backend
-from harness.jobspec import load_job
 from harness.diff import replay
 from harness.diff.protocol import CheckContext
+from harness.jobspec import load_job
 from harness.ladder import climb, replay_in_one_process
 from harness.record import RunRecord
 from harness.report import to_text

@@ -70,6 +70,12 @@ def _left_out(replay: list[dict[str, Any]], step: int) -> str | None:
     return None
 
 
+def _trained_on(share: dict[str, Any]) -> int:
+    """Samples of the batch a rank's step trained on: the last it consumed before the step."""
+    indices = share.get("indices") or []
+    return len(indices[-1] or []) if indices else 0
+
+
 def _loss_not_a_mean(mine: dict[str, Any], shares: list[dict[str, Any]], sums: bool = False) -> str | None:
     """Gradients compare only where the loss is the mean over the batch: then one process's loss
     over the global batch is the ranks' mean. A loss divided by a batch size the job was told
@@ -77,7 +83,7 @@ def _loss_not_a_mean(mine: dict[str, Any], shares: list[dict[str, Any]], sums: b
     without SyncBatchNorm) is another function of the same samples. With ``sums`` (the job names
     its batch-size hyperparameter, so one process was told the global batch) a loss summed over
     the batch compares too: one process's is then the ranks' sum."""
-    weights = [len((share.get("indices") or [[]])[0] or []) for share in shares]
+    weights = [_trained_on(share) for share in shares]
     losses = [float(share["loss"]) for share in shares if isinstance(share.get("loss"), (int, float))]
     loss = mine.get("loss")
     if not isinstance(loss, (int, float)) or len(losses) != len(shares) or not sum(weights):
@@ -105,6 +111,7 @@ def check_run(record: RunRecord, context: CheckContext) -> list[Finding]:
     compared, left_out = 0, None
     for step in sorted(theirs):
         if step not in ours:
+            left_out = f"step {step} and after: the one process took no step {step} with a replayed batch"
             break
         left_out = _left_out(mine, step)
         if left_out is not None:
@@ -151,7 +158,7 @@ def _differs(
 ) -> Finding:
     name = names[index] if index < len(names) else f"parameter {index}"
     shares = {r: _steps(events).get(step, {}) for r, events in sorted(ranks.items())}
-    samples = sum(len(s.get("indices", [[]])[0] or []) for s in shares.values())
+    samples = sum(_trained_on(s) for s in shares.values())
     losses = [float(s["loss"]) for s in shares.values() if isinstance(s.get("loss"), (int, float))]
     ratio = distributed / single if single else math.inf
     evidence = [
@@ -193,7 +200,7 @@ def replayable(record: RunRecord) -> bool:
     events = record.iter_rank_events().get(0, iter(()))
     first = next((e for e in events if e.get("kind") == "replay_step"), None)
     indices = (first or {}).get("indices") or []
-    return len(indices) == 1 and isinstance(indices[0], list)
+    return bool(indices) and isinstance(indices[-1], list)
 
 
 def replay_root(record: RunRecord) -> Path:

@@ -1282,7 +1282,7 @@ def _batch_consumed(iterator, batch):
     size = batch_size(batch)
     if rank.counters["steps"] < REPLAY_STEPS:
         drawn = _DRAWN.get(id(iterator))
-        _STEP["indices"].append(drawn.popleft() if drawn else None)
+        _STEP["indices"].append((epoch.loader, drawn.popleft() if drawn else None))
         if REPLAY_FROM and iterator is _REPLAY["iterator"]:
             _replayed_batch(batch)
     rank.counters["batches"] += 1
@@ -1428,10 +1428,12 @@ def flush_steps():
         fields["lr"].append(float(lr) if isinstance(lr, (int, float)) or _is_tensor(lr) else None)
         if step in _STEP["replayable"]:
             norms = [sq**0.5 for sq in squares[at_norm - len(step_norms) : at_norm]]
+            consumed = _STEP["replayable"].pop(step)
             rank.emit(
                 "replay_step",
                 step=step,
-                indices=_STEP["replayable"].pop(step),
+                loaders=[loader for loader, _ in consumed],
+                indices=[indices for _, indices in consumed],
                 loss=fields["loss"][-1],
                 param_norms=norms if len(norms) <= _REPLAY_MAX_PARAMS else None,
             )
@@ -1580,7 +1582,7 @@ def _replay_plan():
                 event = json.loads(line)
                 kind = event.get("kind")
                 if kind == "replay_step":
-                    events["steps"][event["step"]] = event["indices"]
+                    events["steps"][event["step"]] = _training_share(event)
                 elif kind == "batch" and event.get("step", REPLAY_STEPS) < REPLAY_STEPS:
                     events["batches"].setdefault(event["step"], []).append(event)
                 elif kind == "epoch_start":
@@ -1589,21 +1591,37 @@ def _replay_plan():
     batches, parts, site = [], [], None
     for step in range(REPLAY_STEPS):
         shares = [ranks[r]["steps"].get(step) for r in sorted(ranks)]
-        drawn = [ranks[r]["batches"].get(step, []) for r in sorted(ranks)]
-        if not ranks or any(s is None or len(s) != 1 or s[0] is None for s in shares):
+        if not ranks or any(share is None for share in shares):
             break
+        drawn = [
+            [b for b in ranks[r]["batches"].get(step, []) if b.get("loader") == share[0]]
+            for r, share in zip(sorted(ranks), shares)  # noqa: B905 - the probe runs on older Pythons too
+        ]
         if any(len(d) != 1 for d in drawn):
             break
-        sites = {ranks[r]["sites"].get(d[0]["loader"]) for r, d in zip(sorted(ranks), drawn)}  # noqa: B905 - the probe runs on older Pythons too
+        sites = {ranks[r]["sites"].get(share[0]) for r, share in zip(sorted(ranks), shares)}  # noqa: B905
         if len(sites) != 1 or (site is not None and sites != {site}):
             break
         site = sites.pop()
-        batches.append([i for share in shares for i in share[0]])
+        batches.append([i for share in shares for i in share[1]])
         parts.append([(d[0]["size"], d[0]["digest"]) for d in drawn])
     init = os.path.join(directory, "rank-0.init.pt")
     _REPLAY["plan"] = {"site": site, "batches": batches, "parts": parts, "init": init if os.path.exists(init) else None}
     _rank_or_process_note(replay_plan={"steps": len(batches), "site": site, "weights": bool(_REPLAY["plan"]["init"])})
     return _REPLAY["plan"]
+
+
+def _training_share(event):
+    """(loader, indices) of the batch a step trained on: the last one consumed before the
+    optimizer step, alone of its loader in that step (evaluation or a sanity check drawn from
+    another loader meanwhile changes no weight); None where there is none or several (gradient
+    accumulation)."""
+    loaders, indices = event.get("loaders") or [], event.get("indices") or []
+    if not loaders or len(loaders) != len(indices) or indices[-1] is None:
+        return None
+    if loaders.count(loaders[-1]) != 1:
+        return None
+    return loaders[-1], indices[-1]
 
 
 def _rank_or_process_note(**fields):
@@ -2146,4 +2164,6 @@ def install():
     sys.meta_path.insert(0, _Finder())
     if own:
         _quietly("rank", start_rank, rank)
+    elif REPLAY_FROM and rank is None and not _multiprocessing_helper(_command_line()):
+        _quietly("rank", start_rank, 0)  # a replay without a process group records as rank 0
     _quietly("environ", record_environ)
