@@ -57,8 +57,8 @@ from harness.backends.containers import (
 )
 from harness.backends.hosts import (
     CHANNELS_FACT,
-    PROBE_DIR,
     artifact_overview,
+    compiled_probe,
     ranks_from_probe,
     record_received,
     restore_checkpoints,
@@ -321,7 +321,7 @@ class DockerBackend(EngineClient, Backend[DockerPlan]):
         write_host_tree(job, contract, tree)
         mounts = [
             Mount(str(OPT_ML), str(tree), type="bind"),
-            Mount(PROBE_MOUNT, str(PROBE_DIR), type="bind", read_only=True),
+            Mount(PROBE_MOUNT, str(compiled_probe()), type="bind", read_only=True),
         ]
         for name, source in channels.items():
             (tree / "input" / "data" / name).mkdir(exist_ok=True)  # made here, so that Docker does not make it as root

@@ -39,6 +39,7 @@ from harness.backends.hosts import (
     PROBE_DIR,
     artifact_overview,
     collect_failure,
+    compiled_probe,
     ranks_from_probe,
     record_received,
     restore_checkpoints,
@@ -419,7 +420,7 @@ def _handed_to_job(env: dict[str, str], paths: list[Path]) -> list[str]:
 def _host_env(contract: HostContract, probe_dir: Path | None) -> dict[str, str]:
     inherited = {k: v for k, v in os.environ.items() if not k.startswith(_INHERITED_NOISE)}
     python_path = os.pathsep.join(
-        p for p in (str(PROBE_DIR), contract.env.get("PYTHONPATH"), inherited.get("PYTHONPATH")) if p
+        p for p in (str(compiled_probe()), contract.env.get("PYTHONPATH"), inherited.get("PYTHONPATH")) if p
     )
     env = {
         **inherited,

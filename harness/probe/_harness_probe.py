@@ -54,7 +54,6 @@ import faulthandler
 import functools
 import hashlib
 import importlib.abc
-import importlib.metadata
 import itertools
 import json
 import os
@@ -590,6 +589,8 @@ def base_fingerprint():
                 ]
     except ImportError:
         pass
+    import importlib.metadata  # here, not at the top: only the first process of a host needs it
+
     packages = {}
     for dist in importlib.metadata.distributions():
         name = dist.metadata["Name"]
