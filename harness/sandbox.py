@@ -230,8 +230,10 @@ class RunNetwork:
         it starts inherits them: torchrun's workers, DataLoader workers, the probe's tees).
         ``own_dirs``: each directory the host has of its own (``/tmp``, home: see
         :func:`own_directories`) and the empty directory that backs it; ``keep``: the paths the
-        harness hands the job (its interpreter, the record, the channels), which stay visible."""
+        harness hands the job (its interpreter, the record, the channels), which stay visible.
+        ``/dev/shm`` is the host's own too, as large as this machine's."""
         netns = self.host_netns_path(host)
+        shm_bytes = _shm_bytes()
 
         def enter() -> None:
             _enter_network(netns)
@@ -243,11 +245,19 @@ class RunNetwork:
             _mount_opt_ml(opt_ml, overlay_dir)
             for directory, backing in own_dirs.items():
                 _mount_own(directory, backing, keep)
-            if os.path.isdir("/dev/shm"):
-                _mount("tmpfs", "/dev/shm", "tmpfs", 0, "mode=1777")
+            if shm_bytes:
+                _mount("tmpfs", "/dev/shm", "tmpfs", 0, f"mode=1777,size={shm_bytes}")
             os.chdir(cwd)  # as the job sees it (/opt/ml/code), not the work dir behind the mount
 
         return enter
+
+
+def _shm_bytes() -> int | None:
+    try:
+        shm = os.statvfs("/dev/shm")
+    except OSError:
+        return None
+    return shm.f_frsize * shm.f_blocks or None
 
 
 def own_directories(home: str | None, keep: Sequence[str]) -> list[str]:

@@ -322,7 +322,8 @@ for d in dirs:
         f.write(me)
 time.sleep(1.5)
 seen = {d: sorted(f for f in os.listdir(d) if f.startswith("harness-own-")) for d in dirs}
-print("OWNCHECK " + json.dumps({"host": me, "seen": seen}), flush=True)
+shm = os.statvfs("/dev/shm")
+print("OWNCHECK " + json.dumps({"host": me, "seen": seen, "shm": shm.f_frsize * shm.f_blocks}), flush=True)
 """
 
 
@@ -338,8 +339,10 @@ def test_each_host_has_its_own_tmp_shm_and_home(tmp_path: Path) -> None:
     assert record.status == "succeeded"
     for host in record.hosts:
         line = next(x for x in record.host_log(host).read_text().splitlines() if "OWNCHECK " in x)
-        seen = json.loads(line.split("OWNCHECK ", 1)[1])["seen"]
-        assert all(names == [f"harness-own-{host}"] for names in seen.values()), seen
+        said = json.loads(line.split("OWNCHECK ", 1)[1])
+        assert all(names == [f"harness-own-{host}"] for names in said["seen"].values()), said
+        shm = os.statvfs("/dev/shm")
+        assert said["shm"] == shm.f_frsize * shm.f_blocks  # as large as this machine's
     home = Path.home()
     assert not [p for d in (Path("/tmp"), Path("/var/tmp"), Path("/dev/shm"), home) for p in d.glob("harness-own-*")]
     assert "/dev/shm" in record.manifest["rung_facts"]["file_system"]
