@@ -37,6 +37,9 @@ def test_sigint_at_random_points_of_the_supervision_loop_never_hangs(tmp_path: P
     )
     rng = random.Random(20261129)
     faulthandler.dump_traceback_later(600, exit=True)
+    # Ctrl-C as a terminal delivers it: a suite started as a background job of a non-interactive
+    # shell inherits SIGINT ignored, and the harness rightly leaves an ignored SIGINT ignored.
+    inherited = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         for attempt in range(200):
             launches = [
@@ -62,4 +65,5 @@ def test_sigint_at_random_points_of_the_supervision_loop_never_hangs(tmp_path: P
             assert time.monotonic() - started < 30, f"attempt {attempt} took {time.monotonic() - started:.1f} s"
             assert _running(marker) == [], f"attempt {attempt} left processes behind"
     finally:
+        signal.signal(signal.SIGINT, inherited)
         faulthandler.cancel_dump_traceback_later()
