@@ -1370,6 +1370,8 @@ def instrument_optimizer(module):
 _PROCESS_STEPS = {"n": 0}
 #: What happened since the last optimizer step: samples consumed, tensors ``backward()`` ran on.
 _STEP = {"samples": 0, "losses": [], "pending": [], "indices": [], "replayable": {}}
+#: Steps are taken on the job's thread and flushed by the heartbeat's too.
+_STEP_LOCK = threading.Lock()
 
 
 def _step_taken(optimizer):
@@ -1390,9 +1392,10 @@ def _step_taken(optimizer):
         if grads:  # gradients require no grad: no autograd graph is recorded here
             norms = foreach(grads) if foreach is not None else [torch.linalg.vector_norm(g) for g in grads]
     lr = optimizer.param_groups[0].get("lr") if optimizer.param_groups else None
-    _STEP["pending"].append((step, losses, samples, norms, lr))
-    if step < REPLAY_STEPS:
-        _STEP["replayable"][step] = indices
+    with _STEP_LOCK:  # the heartbeat flushes from its own thread
+        if step < REPLAY_STEPS:
+            _STEP["replayable"][step] = indices
+        _STEP["pending"].append((step, losses, samples, norms, lr))
     if len(_STEP["pending"]) >= _STEPS_PER_EVENT:
         flush_steps()
 
@@ -1406,7 +1409,9 @@ _STEPS_PER_EVENT = 64
 
 def flush_steps():
     """One ``steps`` event for the pending steps, their values read from the device in one go."""
-    pending, _STEP["pending"] = _STEP["pending"], []
+    with _STEP_LOCK:
+        pending, _STEP["pending"] = _STEP["pending"], []
+        replayable = {step: _STEP["replayable"].pop(step) for step, *_ in pending if step in _STEP["replayable"]}
     rank = _rank()
     if not pending or rank is None:
         return
@@ -1427,9 +1432,9 @@ def flush_steps():
         fields["samples"].append(samples)
         fields["grad_norm"].append(square**0.5 if step_norms else None)
         fields["lr"].append(float(lr) if isinstance(lr, (int, float)) or _is_tensor(lr) else None)
-        if step in _STEP["replayable"]:
+        if step in replayable:
             norms = [sq**0.5 for sq in squares[at_norm - len(step_norms) : at_norm]]
-            consumed = _STEP["replayable"].pop(step)
+            consumed = replayable[step]
             rank.emit(
                 "replay_step",
                 step=step,
