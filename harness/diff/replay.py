@@ -103,9 +103,9 @@ def check_run(record: RunRecord, context: CheckContext) -> list[Finding]:
     replay = replay_of(record)
     if replay is None:
         return []
-    ranks = record.rank_events()
+    ranks = {rank: _steps(events) for rank, events in sorted(record.rank_events().items())}
     mine = replay.rank_events().get(0, [])
-    theirs, ours = _steps(ranks.get(0, [])), _steps(mine)
+    theirs, ours = ranks.get(0, {}), _steps(mine)
     names = _names(record)
     told_global_batch = bool((record.manifest.get("job") or {}).get("batch_size_hyperparameter"))
     compared, left_out = 0, None
@@ -117,7 +117,7 @@ def check_run(record: RunRecord, context: CheckContext) -> list[Finding]:
         if left_out is not None:
             left_out = f"step {step} and after: {left_out}"
             break
-        shares = [_steps(events).get(step, {}) for events in ranks.values()]
+        shares = [steps.get(step, {}) for steps in ranks.values()]
         left_out = _loss_not_a_mean(ours[step], shares, sums=told_global_batch)
         if left_out is not None:
             left_out = f"step {step} and after: {left_out}"
@@ -148,7 +148,7 @@ def check_run(record: RunRecord, context: CheckContext) -> list[Finding]:
 def _differs(
     record: RunRecord,
     replay: RunRecord,
-    ranks: dict[int, list[dict[str, Any]]],
+    ranks: dict[int, dict[int, dict[str, Any]]],
     ours: dict[int, dict[str, Any]],
     step: int,
     index: int,
@@ -157,7 +157,7 @@ def _differs(
     distributed: float,
 ) -> Finding:
     name = names[index] if index < len(names) else f"parameter {index}"
-    shares = {r: _steps(events).get(step, {}) for r, events in sorted(ranks.items())}
+    shares = {rank: steps.get(step, {}) for rank, steps in ranks.items()}
     samples = sum(_trained_on(s) for s in shares.values())
     losses = [float(s["loss"]) for s in shares.values() if isinstance(s.get("loss"), (int, float))]
     ratio = distributed / single if single else math.inf
