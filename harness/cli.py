@@ -777,9 +777,10 @@ def cmd_gc(args: argparse.Namespace) -> int:
     answers, labelled containers and networks."""
     from harness.backends import containers, orphans
 
-    removed = orphans.gc()
-    if containers.engine_unavailable_reason() is None:
-        removed += containers.gc(containers.client())
+    # Containers first: a run's containers write into its work dir (sagemaker-local mounts it),
+    # and a dir removed under a live writer comes back.
+    removed = containers.gc(containers.client()) if containers.engine_unavailable_reason() is None else []
+    removed = orphans.gc() + removed
     _emit("\n".join(removed) if removed else "nothing to remove")
     return 0
 

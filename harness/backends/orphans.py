@@ -18,6 +18,7 @@ import shutil
 import signal
 import socket
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -97,7 +98,22 @@ def _stop_processes(run_id: str, work: Path) -> int:
                 os.killpg(pid, signal.SIGKILL)
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.kill(pid, signal.SIGKILL)
+    _wait_gone(found)  # a process still writing into the work dir would bring it back
     return len(found)
+
+
+def _wait_gone(pids: list[int], seconds: float = 10.0) -> None:
+    """Until each of ``pids`` is gone or a zombie (SIGKILL is delivered, not awaited)."""
+    deadline = time.monotonic() + seconds
+    for pid in pids:
+        while time.monotonic() < deadline:
+            try:
+                state = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()[0]
+            except (OSError, IndexError):
+                break
+            if state in ("Z", "X"):
+                break
+            time.sleep(0.05)
 
 
 def _mark_record(root: Path, owner: dict[str, Any]) -> bool:

@@ -1372,6 +1372,9 @@ _PROCESS_STEPS = {"n": 0}
 _STEP = {"samples": 0, "losses": [], "pending": [], "indices": [], "replayable": {}}
 #: Steps are taken on the job's thread and flushed by the heartbeat's too.
 _STEP_LOCK = threading.Lock()
+#: One flush at a time, from taking the pending steps to writing them: the exit's flush waits for
+#: a heartbeat's under way, which the interpreter's exit would otherwise cut off with its steps.
+_FLUSH_LOCK = threading.RLock()
 
 
 def _step_taken(optimizer):
@@ -1409,6 +1412,11 @@ _STEPS_PER_EVENT = 64
 
 def flush_steps():
     """One ``steps`` event for the pending steps, their values read from the device in one go."""
+    with _FLUSH_LOCK:
+        _flush_pending_steps()
+
+
+def _flush_pending_steps():
     with _STEP_LOCK:
         pending, _STEP["pending"] = _STEP["pending"], []
         replayable = {step: _STEP["replayable"].pop(step) for step, *_ in pending if step in _STEP["replayable"]}
