@@ -21,9 +21,9 @@ from pathlib import Path
 from typing import Any
 
 from harness.backends import get_backend
-from harness.backends.docker import default_shm_size
+from harness.backends.containers import default_shm_size
 from harness.backends.local import LocalPlan
-from harness.errors import UsageError
+from harness.errors import HarnessError, UsageError
 from harness.jobspec import JobSpec
 from harness.record import RunRecord, redact_env
 from harness.verdict import Verdict, judge
@@ -117,12 +117,17 @@ def bisect(
             f"bisect takes {lower} -> {upper} apart in no known dimensions",
             hint="bisect between " + ", ".join(f"{a} and {b}" for a, b in sorted(PAIRS)),
         )
+    if max_runs < 2:
+        raise UsageError(
+            f"--max-runs {max_runs}: the two rungs alone take two runs",
+            hint=f"give --max-runs 2 or more (default {DEFAULT_MAX_RUNS})",
+        )
     options = dict(upper_options or {})
     runs: list[RunRecord] = []
 
     def run(rung: str, settings: dict[str, Any]) -> RunRecord:
         if len(runs) >= max_runs:
-            raise _Budget
+            raise _Budget(max_runs)
         record = get_backend(rung, **settings).run(job, records_dir)
         on_record(record)
         runs.append(record)
@@ -164,8 +169,12 @@ def bisect(
     return result
 
 
-class _Budget(Exception):
-    """The search reached ``max_runs``."""
+class _Budget(HarnessError):
+    """The search reached ``max_runs``: raised and caught inside :func:`bisect` (which checks that
+    its first two runs fit), which then reports what it found so far."""
+
+    def __init__(self, max_runs: int) -> None:
+        super().__init__(f"the search reached {max_runs} runs", hint="give a larger --max-runs to search further")
 
 
 def _departure(verdict: Verdict) -> str:

@@ -569,8 +569,6 @@ def cmd_bisect(args: argparse.Namespace) -> int:
 
     job = _job(args)
     lower, _, upper = args.between.partition(",")
-    if args.max_runs < 2:
-        raise UsageError(f"--max-runs {args.max_runs}: the two rungs alone take two runs")
     settings = rung_settings(args, [upper])[upper]
     result = bisect.bisect(
         job,

@@ -17,7 +17,7 @@ apart because they differ between SageMaker setups and break jobs in different w
     as in the PyTorch deep learning containers. Hyperparameters arrive JSON-encoded (SDK v2
     ``Framework.hyperparameters()``); the command line is sorted with booleans as ``True``.
     Checked against the real sagemaker-training 5.1.4 and sagemaker-pytorch-training 3.0.0 by
-    tests/test_toolkit.py, which the docker rung runs where the image has them (harness/toolkit.py;
+    tests/test_toolkit.py, which the docker rung runs where the image has them (harness/backends/toolkit.py;
     docs/toolkit.md lists the differences that remain, and why).
   - ``model-trainer``: the SDK v3 ``ModelTrainer`` drivers (``container_drivers/scripts/
     environment.py``, ``common/utils.py``, ``distributed_drivers/torchrun_driver.py``): strings

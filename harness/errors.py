@@ -16,7 +16,16 @@ failed); anything else is a bug and keeps its traceback.
     │   └── RequiredRungUnavailable   a rung given to --require cannot
     ├── ImageError            an image could not be built or found
     ├── CheckpointError       a checkpoint cannot be read for a tensor-level diff
-    └── RungFailed            a rung broke down while running (not the job failing)
+    ├── RungFailed            a rung broke down while running (not the job failing)
+    │   (defined beside the code that raises them:)
+    ├── S3Error               harness.s3: an S3 transfer around the job failed
+    ├── LocalStackError       harness.localstack: LocalStack could not be installed or started
+    ├── ArchiveRefused        harness.artifacts: an archive over the caps (also a tarfile.TarError)
+    └── InstallFailed         harness.requirements: pip could not install requirements.txt (the
+                              rungs record it as the job failing; the hint is in the rung fact)
+
+tests/test_errors.py checks that every exception class of the package (but for the code that runs
+alone, in the job or a container) is in this tree.
 """
 
 from __future__ import annotations

@@ -49,6 +49,7 @@ from harness.contract import (
     requirements_command,
     requirements_failure_message,
 )
+from harness.errors import HarnessError
 from harness.jobspec import JobSpec
 from harness.record import RecordWriter, now, write_json
 
@@ -62,12 +63,19 @@ _DONE = "harness-install.json"  # written last: an environment without it is inc
 _LOG = "harness-install.log"
 
 
-class InstallFailed(Exception):
-    """pip could not install the requirements (the job's failure, not the harness's)."""
+class InstallFailed(HarnessError):
+    """pip could not install the requirements (the job's failure, not the harness's). The rungs
+    catch it and fail every host as the launcher would, the hint in the ``requirements`` rung
+    fact. ``returncode`` is the failed command's exit status; ``exit_code`` stays the CLI's, as
+    for every :class:`HarnessError`."""
 
-    def __init__(self, exit_code: int, stderr: str, output: str, stage: str) -> None:
-        super().__init__(f"pip exited {exit_code} ({stage})")
-        self.exit_code, self.stderr, self.output, self.stage = exit_code, stderr, output, stage
+    def __init__(self, returncode: int, stderr: str, output: str, stage: str, *, hint: str) -> None:
+        super().__init__(f"pip exited {returncode} ({stage})", hint=hint)
+        self.returncode, self.stderr, self.output, self.stage = returncode, stderr, output, stage
+
+
+#: Where a failed install's output ends up, for the hints.
+_SEE_LOG = "pip's output is in each host's log.txt of the record"
 
 
 def requirements_file(job: JobSpec) -> Path | None:
@@ -212,7 +220,7 @@ def install_local(job: JobSpec, hosts: dict[str, HostContract], record: RecordWr
     try:
         result, reused, output = _ensure_venv(cached, job.source_dir, announce)
     except InstallFailed as failed:
-        info.update(command=command, exit_code=failed.exit_code, stderr=failed.stderr, stage=failed.stage)
+        info.update(command=command, exit_code=failed.returncode, stderr=failed.stderr, stage=failed.stage)
         _fail_hosts(job, hosts, record, info, failed, command, started)
         return False
     info.update(result, reused=reused, built_at=result.get("built_at"))
@@ -257,7 +265,14 @@ def _build_venv(cached: LocalEnvironment, source_dir: Path, announce: list[str])
         [sys.executable, "-m", "venv", "--without-pip", str(cached.path)], capture_output=True, text=True
     )
     if venv.returncode != 0:
-        raise InstallFailed(venv.returncode, venv.stderr, venv.stdout + venv.stderr, "python -m venv")
+        raise InstallFailed(
+            venv.returncode,
+            venv.stderr,
+            venv.stdout + venv.stderr,
+            "python -m venv",
+            hint=f"the harness's Python could not make a virtual environment under {cached.path.parent}: "
+            "check that it is writable and has free space (the error is in each host's log.txt)",
+        )
     purelib = subprocess.run(
         [str(cached.python), "-c", "import sysconfig; print(sysconfig.get_path('purelib'))"],
         capture_output=True,
@@ -287,10 +302,22 @@ def _build_venv(cached: LocalEnvironment, source_dir: Path, announce: list[str])
         )
     output = (cached.path / _LOG).read_text(errors="replace")
     if not result_path.is_file():
-        raise InstallFailed(proc.returncode, output[-4096:], output, "the installer")
+        raise InstallFailed(
+            proc.returncode,
+            output[-4096:],
+            output,
+            "the installer",
+            hint=f"the installer stopped before it wrote its result; {_SEE_LOG}",
+        )
     result: dict[str, Any] = json.loads(result_path.read_text())
     if result["exit_code"] != 0:
-        raise InstallFailed(result["exit_code"], result["stderr"], output, "pip install")
+        raise InstallFailed(
+            result["exit_code"],
+            result["stderr"],
+            output,
+            "pip install",
+            hint=f"fix {REQUIREMENTS_FILE} in source_dir (a package or version pip cannot find or build); {_SEE_LOG}",
+        )
     result.update(built_at=now(), shares=shared)
     (cached.path / _DONE).write_text(json.dumps(result, indent=2), encoding="utf-8")
     result_path.unlink()
@@ -343,7 +370,7 @@ def _fail_hosts(
 ) -> None:
     """Every host as its launcher leaves it when pip fails: pip's output in its log, exit 1, the
     launcher's failure message (``failure_written_by: launcher``)."""
-    message = requirements_failure_message(job, failed.exit_code, command, failed.stderr)
+    message = requirements_failure_message(job, failed.returncode, command, failed.stderr)
     for host in hosts:
         _append_log(record, host, failed.output.splitlines())
         write_json(record.host_dir(host) / "received" / "requirements.json", info)
@@ -360,7 +387,8 @@ def _fail_hosts(
         "requirements",
         {
             **record.manifest["rung_facts"].get("requirements", {}),
-            "failed": f"pip exited {failed.exit_code} ({failed.stage})",
+            "failed": failed.message,
+            "hint": failed.hint,
         },
     )
 
@@ -458,7 +486,7 @@ def fail_containers(job: JobSpec, hosts: list[str], record: RecordWriter, failed
         "launcher": job.launcher,
         "command": command,
         "emulated": "in each container at start, from a wheelhouse made on the host",
-        "exit_code": failed.exit_code,
+        "exit_code": failed.returncode,
         "stderr": failed.stderr,
         "stage": failed.stage,
     }
@@ -525,7 +553,14 @@ def image_python(client: Any, image: str, labels: dict[str, str]) -> dict[str, A
         )
     except (ContainerError, APIError) as exc:  # no python3: the launcher could not run pip either
         message = f"the image {image} has no working python3 to install requirements.txt with: {exc}"
-        raise InstallFailed(127, message, message, "asking the image's python3") from exc
+        raise InstallFailed(
+            127,
+            message,
+            message,
+            "asking the image's python3",
+            hint=f"use an image with python3 on its PATH, or leave {REQUIREMENTS_FILE} out of source_dir "
+            "(SageMaker's launcher could not install it in this image either)",
+        ) from exc
     found: dict[str, Any] = json.loads(out.decode().strip().splitlines()[-1])
     known.parent.mkdir(parents=True, exist_ok=True)
     known.write_text(json.dumps(found), encoding="utf-8")
@@ -608,7 +643,18 @@ def _wheelhouse(requirements: Path, target: dict[str, Any]) -> tuple[Path, bool]
             out = subprocess.run(argv, cwd=requirements.parent, capture_output=True, text=True)
         if out.returncode != 0:
             raise InstallFailed(
-                out.returncode, out.stderr, out.stdout + out.stderr, f"the host's pip {argv[3]} making the wheelhouse"
+                out.returncode,
+                out.stderr,
+                out.stdout + out.stderr,
+                f"the host's pip {argv[3]} making the wheelhouse",
+                hint=f"fix {REQUIREMENTS_FILE} in source_dir (a package or version pip cannot find or build)"
+                + (
+                    ""
+                    if native
+                    else f"; only wheels for the image's Python ({target['tag']}, {target['platform']}) can be "
+                    "used, so a package without one needs an image with the harness's Python (pip then builds it)"
+                )
+                + f"; {_SEE_LOG}",
             )
         kept = _drop_installed(partial, installed)
         (partial / _DONE).write_text(
@@ -724,7 +770,7 @@ def prepare_sdk(
             "launcher": "SDK v3 sm_train.sh",
             "command": SDK_COMMAND,
             "emulated": "by the SDK's driver in each container, from a wheelhouse made on the host",
-            "exit_code": failed.exit_code,
+            "exit_code": failed.returncode,
             "stderr": failed.stderr,
             "stage": failed.stage,
         }

@@ -11,6 +11,10 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
+import pytest
+
+pytestmark = pytest.mark.unit
+
 PACKAGE = Path(__file__).resolve().parents[1] / "harness"
 
 
@@ -124,3 +128,104 @@ def test_no_backend_module_over_500_lines() -> None:
         for path in (PACKAGE / "backends").rglob("*.py")
     }
     assert {path: lines for path, lines in sizes.items() if lines > 500} == {}
+
+
+#: The flow, lowest first: a module imports only from its own layer and the layers below it.
+#: spec: what a job is and receives; record: what a run wrote; runtime: what the rungs run on;
+#: rungs; judge: diff and verdict; report; drivers: what users call (ladder, CLI, plugins).
+LAYERS: dict[str, tuple[str, ...]] = {
+    "base": ("harness._version", "harness.errors", "harness.interrupts", "harness.install_requirements"),
+    "spec": ("harness.jobspec", "harness.contract", "harness.request", "harness.s3"),
+    "record": ("harness.record", "harness.artifacts", "harness.metrics"),
+    "runtime": (
+        "harness.sandbox",
+        "harness.supervise",
+        "harness.hang",
+        "harness.requirements",
+        "harness.images",
+        "harness.localstack",
+    ),
+    "rungs": ("harness.backends",),
+    "judge": ("harness.diff", "harness.verdict"),
+    "report": ("harness.report",),
+    "drivers": (
+        "harness",
+        "harness.__main__",
+        "harness.ladder",
+        "harness.bisect",
+        "harness.scenario",
+        "harness.testing",
+        "harness.cli",
+        "harness.pytest_plugin",
+        "harness.airflow",
+    ),
+}
+#: The rungs' own modules; the rest of harness/backends/ is what rungs share (base, containers,
+#: hosts, the toolkit, the SDK's helpers), which names no rung.
+RUNG_MODULES = (
+    "harness.backends.local",
+    "harness.backends.docker",
+    "harness.backends.sagemaker",
+    "harness.backends.sagemaker_local",
+)
+#: Imports of a rung's own module from outside it, each with why it is still there.
+KNOWN_REACHES_INTO_A_RUNG = {
+    ("harness.bisect", "harness.backends.local"): "bisect asks the local plan whether hosts have own networks",
+}
+
+
+def _layer(module: str) -> str:
+    """The layer of ``module``: the one naming it or the longest package above it."""
+    best = max(
+        ((layer, prefix) for layer, prefixes in LAYERS.items() for prefix in prefixes if _within(module, prefix)),
+        key=lambda found: len(found[1]),
+        default=None,
+    )
+    assert best is not None, f"{module} is in no layer: add it to LAYERS"
+    return best[0]
+
+
+def _within(module: str, package: str) -> bool:
+    return module == package or (package != "harness" and module.startswith(package + "."))
+
+
+def _rung_of(module: str) -> str | None:
+    return next((rung for rung in RUNG_MODULES if _within(module, rung)), None)
+
+
+def test_every_import_runs_down_the_flow() -> None:
+    order = list(LAYERS)
+    upward = sorted(
+        f"{module} ({_layer(module)}) -> {target} ({_layer(target)})"
+        for module, targets in import_graph().items()
+        for target in targets
+        if order.index(_layer(target)) > order.index(_layer(module))
+    )
+    assert upward == []
+
+
+def test_no_module_reaches_into_a_rung_but_the_rung_itself() -> None:
+    """Rungs are reached through the registry (harness.backends): no rung imports another, what
+    rungs share imports none, and the rest of the harness imports none."""
+    reaches = sorted(
+        (module, target)
+        for module, targets in import_graph().items()
+        for target in targets
+        if _rung_of(target) is not None and _rung_of(module) != _rung_of(target)
+    )
+    assert [pair for pair in reaches if pair not in KNOWN_REACHES_INTO_A_RUNG] == []
+    assert sorted(KNOWN_REACHES_INTO_A_RUNG) == [pair for pair in reaches if pair in KNOWN_REACHES_INTO_A_RUNG]
+
+
+@pytest.mark.parametrize(
+    ("graph", "upward"),
+    [
+        ({"harness.record": {"harness.verdict"}}, True),  # the record would know its judge
+        ({"harness.verdict": {"harness.record"}}, False),
+        ({"harness.backends.docker": {"harness.diff.logs"}}, True),
+    ],
+)
+def test_the_layer_check_sees_an_arrow_back_up(graph: dict[str, set[str]], upward: bool) -> None:
+    order = list(LAYERS)
+    found = [(m, t) for m, ts in graph.items() for t in ts if order.index(_layer(t)) > order.index(_layer(m))]
+    assert bool(found) == upward

@@ -19,8 +19,8 @@ from typing import Any
 import pytest
 from dumps import process_dumps
 
-from harness import images, toolkit
-from harness.backends import get_backend
+from harness import images
+from harness.backends import get_backend, toolkit
 from harness.backends.docker import PROBE_MOUNT
 from harness.contract import Machine, host_contract
 from harness.jobspec import JobSpec
@@ -79,6 +79,7 @@ MATRIX = {
 # --- without an engine -----------------------------------------------------------------------------
 
 
+@pytest.mark.unit
 def test_emulation_asks_the_toolkit_for_the_processes_per_host_and_sets_efa() -> None:
     """Found by the conformance run: without the framework parameter the toolkit starts one
     process per GPU (one on CPU); torchrun on EFA instance types gets the EFA variables."""
@@ -104,6 +105,7 @@ def test_emulation_asks_the_toolkit_for_the_processes_per_host_and_sets_efa() ->
     assert plain.env["SAGEMAKER_TRAINING_MODULE"] == "sagemaker_pytorch_container.training:main"
 
 
+@pytest.mark.unit
 def test_hand_over_gives_the_platform_layer_and_train() -> None:
     machine = Machine(num_cpus=4, network_interface="eth0", python="python3")
     contracts = {h: host_contract(MATRIX["2x1-none"], h, machine) for h in ("algo-1", "algo-2")}
@@ -119,6 +121,7 @@ def _user_env() -> dict[str, str]:
     return {"MY_SETTING": "on", "NCCL_DEBUG": "INFO"}
 
 
+@pytest.mark.unit
 def test_launched_argv_names_a_console_script_as_the_toolkit_ran_it() -> None:
     script = {
         "argv": [INTERPRETER, "dump.py", "--x", "1"],
@@ -155,6 +158,7 @@ class _Client:
         self.images, self.containers = _Images(config), _Containers(out)
 
 
+@pytest.mark.unit
 def test_found_in_image_by_label_by_the_dlc_variable_or_not_at_all() -> None:
     labelled = _Client({"Labels": {images.TOOLKIT_LABEL: VERSIONS}})
     assert toolkit.found_in_image(labelled, "img", {}) == VERSIONS and labelled.containers.calls == 0
@@ -167,6 +171,7 @@ def test_found_in_image_by_label_by_the_dlc_variable_or_not_at_all() -> None:
     assert toolkit.found_in_image(broken, "img", {}) is None
 
 
+@pytest.mark.unit
 def test_docker_plan_says_the_toolkit_is_decided_with_the_image() -> None:
     plan = get_backend("docker", gpus=False).plan(MATRIX["1x1-none"])
     assert plan.facts["toolkit"].startswith(toolkit.EMULATED)

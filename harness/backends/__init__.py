@@ -9,8 +9,10 @@ climb after the built-in rungs.
 
 from __future__ import annotations
 
+import contextlib
 import difflib
 import importlib
+from collections.abc import Iterator, Mapping
 from importlib.metadata import entry_points
 from typing import Any
 
@@ -32,12 +34,31 @@ BUILTIN_RUNGS: dict[str, str] = {
 }
 
 
+#: Rungs registered in this process (:func:`registered`), which stand in for any rung of their name.
+_REGISTERED: dict[str, type[Backend[Any]]] = {}
+
+
 def rungs() -> dict[str, str]:
     """Every rung known here, built-in first, then those installed packages declare."""
     found = dict(BUILTIN_RUNGS)
     for entry in entry_points(group=ENTRY_POINT_GROUP):
         found.setdefault(entry.name, entry.value)
+    found.update({name: f"{cls.__module__}:{cls.__qualname__}" for name, cls in _REGISTERED.items()})
     return found
+
+
+@contextlib.contextmanager
+def registered(backends: Mapping[str, type[Backend[Any]]]) -> Iterator[None]:
+    """``backends`` (rung name → class) stand in for the rungs of those names while the block
+    runs, for this process only: how :mod:`harness.testing` puts a canned rung under the ladder
+    and the CLI without an installed package."""
+    saved = dict(_REGISTERED)
+    _REGISTERED.update(backends)
+    try:
+        yield
+    finally:
+        _REGISTERED.clear()
+        _REGISTERED.update(saved)
 
 
 def check_rung_names(names: list[str], *, where: str = "") -> None:
@@ -65,6 +86,8 @@ def parse_rung_list(text: str, *, where: str) -> list[str]:
 def backend_class(name: str) -> type[Backend[Any]]:
     """The class behind rung ``name`` (imports its module, and with it the rung's dependencies)."""
     check_rung_names([name])
+    if name in _REGISTERED:
+        return _REGISTERED[name]
     module, _, attribute = rungs()[name].partition(":")
     try:
         cls = getattr(importlib.import_module(module), attribute)

@@ -116,6 +116,21 @@ def engine_gpus(client: Callable[[], DockerClient]) -> bool:
     return "nvidia" in runtimes or shutil.which("nvidia-container-runtime-hook") is not None
 
 
+#: Docker's own /dev/shm size, which SageMaker local mode keeps (no shm setting in SDK v3).
+DOCKER_DEFAULT_SHM = "64m"
+
+
+def default_shm_size() -> str:
+    """Half of this machine's memory: the size the kernel gives a tmpfs ``/dev/shm`` by default.
+
+    SageMaker does not document its ``/dev/shm`` size (UNVERIFIED), but DataLoader jobs that fail
+    under Docker's 64 MB in local mode run on the service (aws/sagemaker-python-sdk#937, #3331),
+    so the service's is large; the instance's own tmpfs default is the closest stand-in.
+    """
+    total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    return f"{total // 2 // (1 << 20)}m"
+
+
 def resolve_image(client: DockerClient, job: JobSpec, image_override: str | None) -> str:
     """The image the job's hosts run: for a script, the rung's ``image_override``, else the job's,
     else :func:`harness.images.ensure_torch_image` (built here, no registry); a bring-your-own

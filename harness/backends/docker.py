@@ -35,13 +35,15 @@ from docker.types import DeviceRequest, Mount, Ulimit
 from docker.utils import parse_bytes
 from pydantic import Field, NonNegativeFloat, PositiveFloat, field_validator
 
-from harness import artifacts, interrupts, requirements, toolkit
+from harness import artifacts, interrupts, requirements
+from harness.backends import toolkit
 from harness.backends.base import Backend, Capabilities, Plan, Progress, RungOptions
 from harness.backends.containers import (
     LOG_DRAIN_S,
     RUN_ID,
     WORK_DIR,
     EngineClient,
+    default_shm_size,
     engine_gpus,
     engine_unavailable_reason,
     host_gpu_count,
@@ -75,23 +77,10 @@ from harness.supervise import STOP_GRACE_S
 
 PROBE_MOUNT = "/opt/harness/probe"
 RECORD_MOUNT = "/opt/harness/record"  # only its processes/ and ranks/ are mounted: the job never sees the manifest
-#: Docker's own /dev/shm size, which SageMaker local mode keeps (no shm setting in SDK v3).
-DOCKER_DEFAULT_SHM = "64m"
 #: ``--ulimit memlock=-1 --ulimit stack=67108864``: what NVIDIA's framework containers ask for, so
 #: pinned memory and deep recursion behave as on a training instance rather than under Docker's
 #: 64 KiB memlock. SageMaker's own limits are not documented (UNVERIFIED).
 DEFAULT_ULIMITS = {"memlock": -1, "stack": 67108864}
-
-
-def default_shm_size() -> str:
-    """Half of this machine's memory: the size the kernel gives a tmpfs ``/dev/shm`` by default.
-
-    SageMaker does not document its ``/dev/shm`` size (UNVERIFIED), but DataLoader jobs that fail
-    under Docker's 64 MB in local mode run on the service (aws/sagemaker-python-sdk#937, #3331),
-    so the service's is large; the instance's own tmpfs default is the closest stand-in.
-    """
-    total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
-    return f"{total // 2 // (1 << 20)}m"
 
 
 def effective_ulimits(requested: dict[str, int]) -> tuple[dict[str, int], dict[str, str]]:

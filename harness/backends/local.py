@@ -31,8 +31,8 @@ from pathlib import Path, PurePosixPath
 
 from pydantic import PositiveFloat
 
-from harness import artifacts, requirements, sandbox, toolkit
-from harness.backends import orphans
+from harness import artifacts, requirements, sandbox
+from harness.backends import orphans, toolkit
 from harness.backends.base import Backend, Capabilities, Plan, Progress, RungOptions
 from harness.backends.hosts import (
     CHANNELS_FACT,

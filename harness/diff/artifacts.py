@@ -21,7 +21,7 @@ import zlib
 from pathlib import Path
 from typing import Any
 
-from harness.artifacts import capped_members
+from harness.artifacts import ArchiveRefused, capped_members
 from harness.diff import tensors
 from harness.diff.findings import Finding
 from harness.diff.protocol import CheckContext
@@ -202,14 +202,16 @@ def _checkpoints(
             try:
                 extracted[record.root] = _extract(record.root / "artifacts" / archive, set(changed), Path(tmp) / dest)
             except (tarfile.TarError, EOFError, OSError, zlib.error) as exc:
+                # an archive over the caps is not damaged: the refusal's own message and hint
+                said, hint = (exc.message, exc.hint) if isinstance(exc, ArchiveRefused) else (f"{exc}", None)
                 return set(changed), [
                     Finding(
                         "artifacts",
                         "divergence",
                         f"{archive} cannot be read on {record.rung}: "
                         f"{len(changed)} files whose bytes differ were not compared",
-                        [f"{exc}"],
-                        hint="run the rung again: the archive is damaged",
+                        [said],
+                        hint=hint or "run the rung again: the archive is damaged",
                         cause="artifact-unreadable",
                         confidence=0.6,
                     )

@@ -22,7 +22,7 @@ from typing import Any
 
 from harness import requirements
 from harness.backends.base import Plan
-from harness.backends.docker import DOCKER_DEFAULT_SHM
+from harness.backends.containers import DOCKER_DEFAULT_SHM
 from harness.backends.sagemaker_sdk import (
     DATA,
     ENTRYPOINT,
