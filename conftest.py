@@ -1,7 +1,9 @@
-"""Shared test fixtures: paths of the scenarios and a per-test records directory."""
+"""Shared test fixtures (paths of the scenarios, a per-test records directory, the engines) and
+the check that every test carries a tier marker."""
 
 from __future__ import annotations
 
+import tomllib
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -10,6 +12,32 @@ import pytest
 
 ROOT = Path(__file__).resolve().parent
 SCENARIOS = ROOT / "scenarios"
+
+
+#: The tiers: the markers pyproject.toml declares (plugins register markers of their own, such as
+#: ``harness_parity``, which are no tier).
+TIERS = frozenset(
+    line.split(":", 1)[0].strip()
+    for line in tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))["tool"]["pytest"]["ini_options"][
+        "markers"
+    ]
+)
+
+
+@pytest.hookimpl(tryfirst=True)  # before ``-m`` and ``-k`` deselect: an unmarked test fails every run
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Fail the collection where a test carries none of the tier markers: ``-m unit`` is the fast
+    tier run on every change, and CI picks the other tiers by marker too, so a selection can only
+    be trusted to be complete (and the fast one fast) if every test says which tier it belongs to.
+    An unmarked test would silently drop out of every ``-m`` selection, so the suite refuses to
+    run instead, naming the tests to mark."""
+    unmarked = [item.nodeid for item in items if not TIERS.intersection(m.name for m in item.iter_markers())]
+    if unmarked:
+        raise pytest.UsageError(
+            f"{len(unmarked)} test(s) carry none of the tier markers ({', '.join(sorted(TIERS))}); "
+            "mark each with its tier(s) (pyproject.toml's [tool.pytest.ini_options] markers):\n  "
+            + "\n  ".join(unmarked)
+        )
 
 
 @pytest.fixture

@@ -15,20 +15,20 @@ import os
 import re
 import secrets
 import tarfile
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, get_args
+from typing import Any
 
 from harness._version import __version__
 from harness.errors import RecordError
 from harness.jobspec import JobSpec
+from harness.record_models import Status, manifest_problems, process_problems
+from harness.record_models import json_kind as _kind
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 
-Status = Literal["running", "succeeded", "failed", "timeout", "hung", "interrupted", "error"]
-STATUSES: tuple[str, ...] = get_args(Status)
 _SECRET_NAME = re.compile(r"SECRET|TOKEN|PASSWORD|PASSWD|CREDENTIAL|PRIVATE|_KEY$|^AWS_ACCESS_KEY_ID$", re.I)
 
 
@@ -171,6 +171,14 @@ class RecordWriter:
         )
 
     def flush(self) -> None:
+        """The manifest, checked against its format first: a rung that breaks the format fails
+        here, where it wrote, not in a reader later."""
+        problems = manifest_problems(self.manifest)
+        if problems:
+            raise RecordError(
+                f"{self.root / MANIFEST}: the harness was about to write {problems[0]}",
+                hint="a bug of the rung that set this key: report it with the record",
+            )
         write_json(self.root / MANIFEST, self.manifest)
 
     def host_dir(self, host: str) -> Path:
@@ -205,19 +213,6 @@ class RecordWriter:
 
 
 _DAMAGED = "the record is damaged or was not written by this harness: run the job again for a new one"
-
-
-def _kind(value: Any) -> str:
-    """What a JSON value is, in words, for an error message."""
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "a boolean"
-    if isinstance(value, int | float):
-        return f"the number {value!r}"
-    if isinstance(value, str):
-        return f"the string {value[:40]!r}"
-    return "a list" if isinstance(value, list) else "an object" if isinstance(value, dict) else type(value).__name__
 
 
 def is_number(value: Any) -> bool:
@@ -304,10 +299,7 @@ class RecordFiles:
         found = []
         for path in sorted((self.root / "processes").glob("*.json")):
             info = _read_object(path, "process record")
-            for key, check in (("host", _string), ("pid", _integer)):
-                expected = check(info.get(key))
-                if expected is not None:
-                    raise RecordError(f"{path}: {key}: expected {expected}, got {_kind(info.get(key))}", hint=_DAMAGED)
+            _raise_problems(path, process_problems(info))
             found.append(info)
         return found
 
@@ -338,143 +330,6 @@ def read_events(path: Path) -> Iterator[dict[str, Any]]:
                 what = 'has no "kind"' if isinstance(event, dict) else f"is {_kind(event)}, not an object"
                 raise RecordError(f"{path}:{number}: not a probe event: the line {what}", hint=_DAMAGED)
             yield event
-
-
-# ---- the manifest's shape -----------------------------------------------------------------------
-# Each check returns None when the value is fine, else what was expected.
-
-
-def _string(value: Any) -> str | None:
-    return None if isinstance(value, str) else "a string"
-
-
-def _optional_string(value: Any) -> str | None:
-    return None if value is None or isinstance(value, str) else "a string or null"
-
-
-def _integer(value: Any) -> str | None:
-    return None if isinstance(value, int) and not isinstance(value, bool) else "an integer"
-
-
-def _optional_integer(value: Any) -> str | None:
-    return None if value is None or _integer(value) is None else "an integer or null"
-
-
-def _boolean(value: Any) -> str | None:
-    return None if isinstance(value, bool) else "true or false"
-
-
-def _object(value: Any) -> str | None:
-    return None if isinstance(value, dict) else "an object"
-
-
-def _status(value: Any) -> str | None:
-    return None if value in STATUSES else f"one of {', '.join(STATUSES)}"
-
-
-def _host_names(value: Any) -> str | None:
-    ok = isinstance(value, list) and all(isinstance(host, str) for host in value)
-    return None if ok else "a list of host names"
-
-
-def _local_rank(value: Any) -> str | None:
-    return None if value is None or _integer(value) is None or isinstance(value, str) else "an integer or null"
-
-
-Shape = Mapping[str, "tuple[bool, Any]"]  # key -> (required, check or nested shape)
-
-#: Each value: (required, check). A check is a function (above), a nested shape (an object with
-#: these keys), or ``("each", shape)``: an object whose every value has that shape.
-_HOST: Shape = {
-    "exit_code": (False, _optional_integer),
-    "started_at": (False, _optional_string),
-    "ended_at": (False, _optional_string),
-    "failure_reason": (False, _optional_string),
-    "failure_written_by": (False, _optional_string),
-}
-_RANK: Shape = {
-    "host": (False, _optional_string),
-    "pid": (False, _optional_integer),
-    "local_rank": (False, _local_rank),
-    "ended_at": (False, _optional_string),
-    "exception": (False, _optional_string),
-}
-MANIFEST_SHAPE: Shape = {
-    "format_version": (True, _integer),
-    "harness_version": (True, _string),
-    "run_id": (True, _string),
-    "rung": (True, _string),
-    "job": (True, {"name": (True, _string), "hyperparameters": (True, _object)}),
-    "topology": (
-        True,
-        {
-            "hosts": (True, _host_names),
-            "processes_per_host": (True, _integer),
-            "world_size": (True, _integer),
-            "distribution": (True, _string),
-            "launcher": (True, _string),
-        },
-    ),
-    "started_at": (True, _string),
-    "ended_at": (True, _optional_string),
-    "status": (True, _status),
-    "complete": (True, _boolean),
-    "hosts": (True, ("each", _HOST)),
-    "ranks": (True, ("each", _RANK)),
-    "rung_facts": (True, _object),
-    "artifacts": (False, ("each", {"files": (False, _integer), "clashes": (False, _object)})),
-    "checkpoints": (False, {"s3_uri": (True, _string), "files": (True, _object), "clashes": (True, _object)}),
-    "uploaded": (False, ("each", None)),
-    "error": (False, _optional_string),
-}
-#: What a reader cannot do without: a manifest written by hand (a test's, a benchmark's) may hold
-#: only these; every other key is checked when it is there (``RunRecord.load(strict=False)``).
-_ESSENTIAL = ("format_version", "rung", "status", "topology", "topology.hosts")
-
-
-def manifest_problems(manifest: dict[str, Any], *, strict: bool = True) -> list[str]:
-    """What is wrong with a manifest's shape, as ``key: problem`` lines (none: it is fine)."""
-    problems: list[str] = []
-    _check_shape(manifest, MANIFEST_SHAPE, "", strict, problems)
-    if strict and not problems and not manifest["topology"]["hosts"]:
-        problems.append("topology.hosts: expected at least one host, got an empty list")
-    return problems
-
-
-def _check_shape(data: dict[str, Any], shape: Shape, prefix: str, strict: bool, problems: list[str]) -> None:
-    for key, (required, check) in shape.items():
-        where = prefix + key
-        if key not in data:
-            if required and (strict or where in _ESSENTIAL):
-                problems.append(f"{where}: missing")
-            continue
-        _check_value(data[key], check, where, strict, problems)
-
-
-def _check_value(value: Any, check: Any, where: str, strict: bool, problems: list[str]) -> None:
-    if check is None:
-        return
-    if isinstance(check, tuple):  # ("each", shape): an object of objects
-        if not isinstance(value, dict):
-            problems.append(f"{where}: expected an object, got {_kind(value)}")
-            return
-        for key, item in value.items():
-            if isinstance(check[1], Mapping) and not isinstance(item, dict):
-                problems.append(f"{where}.{key}: expected an object, got {_kind(item)}")
-            elif isinstance(check[1], Mapping):
-                _check_shape(item, check[1], f"{where}.{key}.", strict, problems)
-        if where == "ranks" and any(not str(key).isdigit() for key in value):
-            problems.append(f"{where}: keys must be rank numbers, got {sorted(value)[:3]}")
-        return
-    if isinstance(check, Mapping):
-        if not isinstance(value, dict):
-            problems.append(f"{where}: expected an object, got {_kind(value)}")
-        else:
-            _check_shape(value, check, where + ".", strict, problems)
-        return
-    expected = check(value)
-    if expected is not None:
-        problems.append(f"{where}: expected {expected}, got {_kind(value)}")
 
 
 def metrics_problems(metrics: Any) -> list[str]:
@@ -511,7 +366,7 @@ class RunRecord(RecordFiles):
     @classmethod
     def load(cls, root: Path, *, strict: bool = False) -> RunRecord:
         """The record at ``root``, its manifest checked against the documented format
-        (:data:`MANIFEST_SHAPE`): a missing key or a value of the wrong type is a
+        (:class:`harness.record_models.Manifest`): a missing key or a value of the wrong type is a
         :class:`RecordError` naming the file and the key. Without ``strict`` a manifest written by
         hand (a test's, a benchmark's) may hold only what readers cannot do without (rung, status,
         topology.hosts); the keys it does hold are checked all the same. ``strict``: every key the

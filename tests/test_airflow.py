@@ -84,6 +84,7 @@ def _error(capsys: pytest.CaptureFixture[str]) -> str:
 # ---- without Airflow -----------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_the_core_never_imports_airflow() -> None:
     code = (
         "import sys, harness, harness.cli, harness.ladder, harness.airflow\n"
@@ -95,6 +96,7 @@ def test_the_core_never_imports_airflow() -> None:
 
 
 @pytest.mark.skipif(HAS_AIRFLOW, reason="Airflow is installed here")
+@pytest.mark.unit
 def test_from_airflow_without_airflow_says_what_to_install(capsys: pytest.CaptureFixture[str]) -> None:
     argv = ["run", "--from-airflow", str(EXAMPLES / "sagemaker_training.py"), "--task", "train", "--dry-run"]
     assert main(argv) == 2

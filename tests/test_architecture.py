@@ -136,7 +136,7 @@ def test_no_backend_module_over_500_lines() -> None:
 LAYERS: dict[str, tuple[str, ...]] = {
     "base": ("harness._version", "harness.errors", "harness.interrupts", "harness.install_requirements"),
     "spec": ("harness.jobspec", "harness.contract", "harness.request", "harness.s3"),
-    "record": ("harness.record", "harness.artifacts", "harness.metrics"),
+    "record": ("harness.record", "harness.record_models", "harness.artifacts", "harness.metrics"),
     "runtime": (
         "harness.sandbox",
         "harness.supervise",

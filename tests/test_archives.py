@@ -24,6 +24,8 @@ from harness.diff.artifacts import _extract
 from harness.errors import HarnessError
 from harness.record import pack_like_sagemaker
 
+pytestmark = pytest.mark.unit
+
 HOSTS = ["algo-1", "algo-2"]
 REAL_MANIFEST = {"format_version": 1, "status": "succeeded", "rung": "sagemaker"}
 

@@ -97,6 +97,7 @@ CASES = {
 
 
 @pytest.mark.parametrize("text, expected", CASES.values(), ids=CASES.keys())
+@pytest.mark.unit
 def test_bad_job_file(workdir: Path, capsys: pytest.CaptureFixture[str], text: str, expected: str) -> None:
     job = workdir / "job.yaml"
     job.write_text(text)
@@ -109,12 +110,14 @@ def test_bad_job_file(workdir: Path, capsys: pytest.CaptureFixture[str], text: s
     assert not records.exists()
 
 
+@pytest.mark.unit
 def test_missing_job_file(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["ladder", str(tmp_path / "absent.yaml"), "--records", str(tmp_path / "r")]) == 2
     assert "no such job file" in one_error(capsys.readouterr().err)
     assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.unit
 def test_a_directory_given_as_job_file_suggests_the_job_inside(
     workdir: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -167,6 +170,7 @@ USAGE = {
 
 
 @pytest.mark.parametrize("case", USAGE.values(), ids=USAGE.keys())
+@pytest.mark.unit
 def test_bad_usage(workdir: Path, capsys: pytest.CaptureFixture[str], case: tuple[Any, ...]) -> None:
     argv, expected, *hint = case
     job, file = workdir / "job.yaml", workdir / "a-file"
@@ -186,6 +190,7 @@ def test_bad_usage(workdir: Path, capsys: pytest.CaptureFixture[str], case: tupl
 
 
 @pytest.mark.parametrize("command", ["run", "ladder"])
+@pytest.mark.unit
 def test_records_on_a_read_only_file_system(
     workdir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch, command: str
 ) -> None:
@@ -263,6 +268,7 @@ REQUESTS = {
 
 
 @pytest.mark.parametrize("content, expected", REQUESTS.values(), ids=REQUESTS.keys())
+@pytest.mark.unit
 def test_bad_request(tmp_path: Path, capsys: pytest.CaptureFixture[str], content: str, expected: str) -> None:
     request = tmp_path / "request.json"
     request.write_text(content)
@@ -274,6 +280,7 @@ def test_bad_request(tmp_path: Path, capsys: pytest.CaptureFixture[str], content
     assert not (tmp_path / "r").exists()
 
 
+@pytest.mark.unit
 def test_a_directory_given_as_request(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["run", "--from-request", str(tmp_path), "--records", str(tmp_path / "r")]) == 2
     assert "a directory, not a request file" in one_error(capsys.readouterr().err)
@@ -412,6 +419,7 @@ DAMAGE: dict[str, tuple[Callable[[Path], None], str, bool]] = {
 
 
 @pytest.mark.parametrize("damage, expected, both", DAMAGE.values(), ids=DAMAGE.keys())
+@pytest.mark.unit
 def test_a_damaged_record_is_named_never_a_traceback(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], damage: Callable[[Path], None], expected: str, both: bool
 ) -> None:
@@ -428,6 +436,7 @@ def test_a_damaged_record_is_named_never_a_traceback(
         assert main(["show", str(bad.root)]) == 0  # show does not read these files; it must not fail either
 
 
+@pytest.mark.slow
 def test_show_into_a_closed_pipe_ends_quietly(tmp_path: Path) -> None:
     """`harness show R | head -1`: the reader goes away; no BrokenPipeError, exit 0."""
     record = make_record(tmp_path, "local", losses=[1.0, 0.5])
@@ -445,6 +454,7 @@ def test_show_into_a_closed_pipe_ends_quietly(tmp_path: Path) -> None:
     assert "Traceback" not in err and "BrokenPipe" not in err and err == ""
 
 
+@pytest.mark.unit
 def test_request_roundtrip(tmp_path: Path, scenarios: Path) -> None:
     """A v2-style request (JSON-encoded hyperparameters) gives back the job it describes."""
     from harness.request import load_request
@@ -492,6 +502,7 @@ def test_request_roundtrip(tmp_path: Path, scenarios: Path) -> None:
     assert job.metric_definitions[0].regex == "loss=([0-9.]+)"
 
 
+@pytest.mark.unit
 def test_s3_channel_without_credentials_is_refused_before_anything_runs(
     workdir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -511,6 +522,7 @@ def test_s3_channel_without_credentials_is_refused_before_anything_runs(
     assert not records.exists()
 
 
+@pytest.mark.slow
 def test_localstack_without_a_recent_python_says_what_to_install(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:

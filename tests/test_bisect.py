@@ -67,6 +67,7 @@ def test_a_variable_of_the_users_shell_is_named(
     assert all(Path(step["record"]).is_dir() for step in result["steps"])  # type: ignore[union-attr, index]
 
 
+@pytest.mark.unit
 def test_a_step_that_removes_the_failure_says_what_still_differs() -> None:
     result = Bisection("single", "docker", "docker failed (rendezvous-address)", dimension="network model")
     result.steps = [

@@ -22,6 +22,7 @@ def _edit_manifest(record: RunRecord, **changes: object) -> RunRecord:
     return RunRecord.load(record.root)
 
 
+@pytest.mark.unit
 def test_show_gives_each_metric_once_and_facts_as_lines(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     record = make_record(tmp_path, "local", losses=[1.0, 0.5, 0.25])
     (record.root / "metrics.json").write_text(
@@ -39,6 +40,7 @@ def test_show_gives_each_metric_once_and_facts_as_lines(tmp_path: Path, capsys: 
     assert not any("{" in line for line in facts)  # no dict printed as a Python literal
 
 
+@pytest.mark.unit
 def test_show_gives_a_failure_whole_wrapped_and_the_log_files(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -61,6 +63,7 @@ def test_show_gives_a_failure_whole_wrapped_and_the_log_files(
     assert "exit codes: algo-1 1" in out
 
 
+@pytest.mark.unit
 def test_show_names_the_signal_an_exit_code_stands_for(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     record = make_record(tmp_path, "local", status="failed")
     _edit_manifest(record, hosts={"algo-1": {"exit_code": -9}})
@@ -68,6 +71,7 @@ def test_show_names_the_signal_an_exit_code_stands_for(tmp_path: Path, capsys: p
     assert "algo-1: exit -9 (SIGKILL)" in capsys.readouterr().out
 
 
+@pytest.mark.unit
 def test_progress_lines_when_stderr_is_not_a_terminal(
     capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -123,16 +127,24 @@ def test_a_ladder_says_which_rung_starts_and_how_it_ended(tmp_path: Path, capsys
     assert "[local] succeeded after " in err
 
 
-def test_doctor_says_how_like_sagemaker_each_ready_rung_is(capsys: pytest.CaptureFixture[str]) -> None:
-    """The network model and the launcher of each ready rung, as its plan would record them."""
+@pytest.mark.slow  # asks torch in a child for CUDA devices, probes namespaces and the Docker engine
+def test_doctor_says_how_like_sagemaker_each_ready_rung_is(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The network model and the launcher of each ready rung, as its plan would record them; an
+    unavailable rung is not planned."""
+    from harness.backends.sagemaker import ROLE_ENV
+
+    monkeypatch.delenv(ROLE_ENV, raising=False)  # the sagemaker rung is unavailable on any machine
     assert main(["doctor"]) == 0
     out = capsys.readouterr().out.splitlines()
     local = out.index(next(line for line in out if line.startswith("local ")))
-    if " ready " in out[local]:
-        assert out[local + 1].strip().startswith("network: ")
-        assert out[local + 2].strip() == "toolkit: emulated (harness/contract.py)"
-    unavailable = [line for line in out if line.startswith("local-gpu ") or line.startswith("sagemaker ")]
-    for line in unavailable:
-        if "unavailable" in line:
-            following = out[out.index(line) + 1]
-            assert not following.startswith(" "), "an unavailable rung is not planned"
+    assert " ready " in out[local], out[local]  # the local rung needs nothing a machine may lack
+    assert out[local + 1].strip().startswith("network: ")
+    assert out[local + 2].strip() == "toolkit: emulated (harness/contract.py)"
+    sagemaker = out.index(next(line for line in out if line.startswith("sagemaker ")))
+    assert " unavailable: " in out[sagemaker], out[sagemaker]
+    unavailable = [i for i, line in enumerate(out) if not line.startswith(" ") and " unavailable: " in line]
+    assert sagemaker in unavailable
+    for i in unavailable:
+        assert i + 1 == len(out) or not out[i + 1].startswith(" "), f"an unavailable rung is not planned: {out[i]}"

@@ -18,6 +18,7 @@ from harness.record import README_TEMPLATE, RecordWriter, RunRecord
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "run-record.md"
 
 
+@pytest.mark.unit
 def test_every_record_starts_with_a_readme(tmp_path: Path) -> None:
     writer = RecordWriter(tmp_path / "demo-local-x", JOB, "local")
     writer.start()
@@ -27,6 +28,7 @@ def test_every_record_starts_with_a_readme(tmp_path: Path) -> None:
     assert "docs/run-record.md" in readme
 
 
+@pytest.mark.unit
 def test_the_readme_names_only_files_the_format_documents() -> None:
     documented = DOCS.read_text()
     paths = re.findall(r"^\| `([^`]+)` \|", README_TEMPLATE, flags=re.M)
@@ -36,6 +38,7 @@ def test_the_readme_names_only_files_the_format_documents() -> None:
     assert "README.md" in documented
 
 
+@pytest.mark.unit
 def test_empty_stacks_files_are_removed_when_the_run_ends(tmp_path: Path) -> None:
     writer = RecordWriter(tmp_path / "r", JOB, "local")
     writer.start()
@@ -52,6 +55,7 @@ def _process(root: Path, pid: int, **info: object) -> None:
     path.write_text(json.dumps({"pid": pid, "host": "algo-1", **info}))
 
 
+@pytest.mark.unit
 def test_a_rank_that_left_through_os_exit_ends_at_its_last_sign_of_life(tmp_path: Path) -> None:
     """torchrun workers of the reference job end with os._exit: no exit handler, no ended_at from
     the probe; a DataLoader worker of the same rank is not the rank."""
@@ -77,6 +81,7 @@ def test_a_rank_that_left_through_os_exit_ends_at_its_last_sign_of_life(tmp_path
     assert ranks["1"]["ended_at"] == "2026-01-01T00:00:05.000Z" and ranks["1"]["ended_at_from"] == "probe"  # type: ignore[index]
 
 
+@pytest.mark.unit
 def test_a_strict_load_wants_every_key_the_harness_writes(tmp_path: Path) -> None:
     record = make_record(tmp_path, "local", losses=[1.0])
     manifest = json.loads((record.root / "manifest.json").read_text())

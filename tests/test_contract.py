@@ -10,6 +10,8 @@ import pytest
 from harness.contract import Machine, host_contract
 from harness.jobspec import JobSpec
 
+pytestmark = pytest.mark.unit
+
 MACHINE = Machine(num_cpus=8, num_gpus=0, network_interface="eth0", python="python3")
 
 

@@ -243,6 +243,7 @@ def test_corpus_job(directory: Path, records: Path, table: CorpusTable) -> None:
         row.seconds = time.monotonic() - started
 
 
+@pytest.mark.unit
 def test_the_corpus_is_whole() -> None:
     """At least 12 jobs, each with its requirements pinned and a row in the README's table."""
     readme = (CORPUS / "README.md").read_text()
@@ -259,6 +260,7 @@ def test_the_corpus_is_whole() -> None:
         assert about["expect"]["outcome"] in ("parity", "failed")
 
 
+@pytest.mark.unit
 def test_children_torch_multiprocessing_reported_to_their_parent_are_not_hidden(tmp_path: Path) -> None:
     """accelerate's notebook_launcher test: the elastic agent forks ranks (torch.multiprocessing)
     that fail on purpose, raises ChildFailedError in the parent, and the test expects it. That is
@@ -281,6 +283,7 @@ def test_children_torch_multiprocessing_reported_to_their_parent_are_not_hidden(
     assert "1 of its processes failed" in verdict.findings[0].title
 
 
+@pytest.mark.unit
 def test_sharded_parameters_are_no_drift(tmp_path: Path) -> None:
     """torch's FSDP2 (the torch_fsdp2_dcp job): each rank's parameters are its own shard, so their
     digests differ by design; the probe marks such steps ``sharded`` (it digests the local shard,

@@ -41,6 +41,7 @@ def _labelled(what: str, label: str) -> list[str]:
     return out.split()
 
 
+@pytest.mark.unit
 def test_plan_is_a_dry_run_with_the_machine_settings() -> None:
     """No engine needed: planning starts, builds and pulls nothing."""
     job = load_job(SCENARIOS / "ddp_csv" / "job.yaml")
@@ -53,6 +54,7 @@ def test_plan_is_a_dry_run_with_the_machine_settings() -> None:
     assert not Path(plan.facts["work_dir"]).exists()
 
 
+@pytest.mark.unit
 def test_an_unreachable_engine_is_a_reason_not_a_hang(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("DOCKER_HOST", "tcp://127.0.0.1:9")  # discard port: refused at once
     reason = get_backend("docker", gpus=False).unavailable_reason()
@@ -119,6 +121,7 @@ def test_shm_hungry_job_needs_more_than_dockers_64m(engine: DockerClient, torch_
 
 
 @pytest.mark.docker
+@pytest.mark.slow
 def test_bring_your_own_image_runs_its_train_program(engine: DockerClient, tmp_path: Path) -> None:
     from harness.images import bootstrap_base_image, build_image
 
@@ -264,6 +267,7 @@ def test_gpus_are_split_between_hosts_and_nccl_is_verbose(engine: DockerClient) 
     assert json.loads(env["SM_HOSTS"]) == ["algo-1", "algo-2"]
 
 
+@pytest.mark.unit
 def test_labels_name_the_owner() -> None:
     labels = run_labels("r")
     assert labels["harness.managed"] == "true" and labels["harness.run_id"] == "r"
@@ -271,6 +275,7 @@ def test_labels_name_the_owner() -> None:
 
 
 @pytest.mark.docker
+@pytest.mark.slow
 def test_job_secrets_printed_in_a_container_are_scrubbed(
     engine: DockerClient, torch_image: str, tmp_path: Path
 ) -> None:
@@ -348,6 +353,7 @@ def test_a_job_stopped_at_max_run_has_its_stacks_taken_first(tmp_path: Path) -> 
     assert 'train.py", line 9' in (record.root / "ranks" / "rank-1.stacks.txt").read_text()
 
 
+@pytest.mark.unit
 def test_the_default_hang_bound_fits_inside_max_run() -> None:
     from harness.hang import hang_after
 

@@ -104,6 +104,7 @@ def test_a_rung_and_a_check_from_an_installed_package_climb_the_ladder(
     assert [f["title"] for f in verdict["findings"] if f["cause"] == "toy-divergence"] == ["toy: local -> toy (toy)"]
 
 
+@pytest.mark.slow
 def test_an_installed_rung_declares_its_settings_like_a_built_in_one(
     toy_package: None, capsys: pytest.CaptureFixture[str]
 ) -> None:

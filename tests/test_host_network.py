@@ -291,6 +291,7 @@ def test_without_bridges_the_hosts_share_one_loopback(tmp_path: Path, monkeypatc
         ("not permitted (test)", None, "none of its own", "lo"),
     ],
 )
+@pytest.mark.unit
 def test_the_plan_states_the_network_model(
     degraded: str | None, shared: str | None, network: str, interface: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -303,6 +304,7 @@ def test_the_plan_states_the_network_model(
     assert plan.host_networks == (degraded is None and shared is None)
 
 
+@pytest.mark.unit
 def test_hosts_file_maps_each_host_to_its_address() -> None:
     hosts = ["algo-1", "algo-2", "algo-3"]
     lines = sandbox.hosts_file(hosts, sandbox.host_addresses(hosts)).splitlines()

@@ -103,6 +103,7 @@ def test_torch_image_has_python_pip_and_torch(engine: DockerClient, command: lis
     assert _run(engine, tag, *command).startswith(expected)
 
 
+@pytest.mark.unit
 def test_missing_debootstrap_is_an_image_error_with_a_hint(monkeypatch: pytest.MonkeyPatch) -> None:
     no_images: Any = SimpleNamespace(images=SimpleNamespace(list=lambda name: []))
     monkeypatch.setattr("shutil.which", lambda name: None)

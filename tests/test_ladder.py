@@ -87,6 +87,7 @@ def test_keep_going_climbs_past_a_departure(scenarios: Path, records: Path, tmp_
     assert verdict["rungs"] == ["single", "local", "local"] and verdict["not_run"] == {}
 
 
+@pytest.mark.unit
 def test_the_baseline_keeps_the_global_batch_where_the_job_says_how() -> None:
     job = JobSpec(
         name="b",
@@ -115,6 +116,7 @@ def test_the_baseline_keeps_the_global_batch_where_the_job_says_how() -> None:
         ({"batch-size": "large"}, "not a whole number"),
     ],
 )
+@pytest.mark.unit
 def test_a_batch_size_hyperparameter_must_name_a_whole_number(
     hyperparameters: dict[str, object], expected: str, tmp_path: Path
 ) -> None:

@@ -81,6 +81,7 @@ SIGNATURES = [pytest.param(s, id=s["id"]) for s in CATALOGUE["signatures"]]
 
 
 @pytest.mark.parametrize("signature", SIGNATURES)
+@pytest.mark.unit
 def test_every_example_is_recognised_as_its_own_signature(signature: dict[str, Any]) -> None:
     keywords = [k.lower() for k in CATALOGUE["keywords"]]
     for example in signature["examples"]:
@@ -90,11 +91,13 @@ def test_every_example_is_recognised_as_its_own_signature(signature: dict[str, A
 
 
 @pytest.mark.parametrize("signature", SIGNATURES)
+@pytest.mark.unit
 def test_every_pattern_is_checked_against_a_real_example(signature: dict[str, Any]) -> None:
     for pattern in signature["patterns"]:
         assert any(re.search(pattern, e) for e in signature["examples"]), pattern
 
 
+@pytest.mark.unit
 def test_catalogue_is_well_formed() -> None:
     ids = [s["id"] for s in CATALOGUE["signatures"]]
     assert len(ids) == len(set(ids))
@@ -126,6 +129,7 @@ def test_catalogue_is_well_formed() -> None:
     assert needed <= set(ids)
 
 
+@pytest.mark.unit
 def test_benign_lines_that_hold_keywords_are_not_errors() -> None:
     for line in [
         "found 8 CUDA devices, using cuda:0",
@@ -142,6 +146,7 @@ def test_benign_lines_that_hold_keywords_are_not_errors() -> None:
 
 
 @pytest.mark.parametrize("case", sorted(EXPECTED))
+@pytest.mark.unit
 def test_root_cause_of_a_captured_failure(case: str) -> None:
     cause, rank, frame = EXPECTED[case]
     run = record(case)
@@ -155,6 +160,7 @@ def test_root_cause_of_a_captured_failure(case: str) -> None:
         assert finding.title.startswith(f"rank {rank} ({run.manifest['ranks'][str(rank)]['host']})")
 
 
+@pytest.mark.unit
 def test_collective_mismatch_is_that_ranks_fault_at_that_line_not_its_peers_connection_reset() -> None:
     findings = logs.check_run(record("mismatch-size"), CONTEXT)
     root, echoes = findings
@@ -166,6 +172,7 @@ def test_collective_mismatch_is_that_ranks_fault_at_that_line_not_its_peers_conn
     assert any(e.startswith("rank 1 (algo-1) [peer-connection-lost] ranks/rank-1.log:17 ") for e in echoes.evidence)
 
 
+@pytest.mark.unit
 def test_with_detail_the_rank_in_the_other_collective_is_named_with_its_own_line() -> None:
     root = root_finding(logs.check_run(record("mismatch-op-detail"), CONTEXT))
     assert root.rank == 3 and root.cause == "collective-mismatch"
@@ -177,12 +184,14 @@ def test_with_detail_the_rank_in_the_other_collective_is_named_with_its_own_line
     assert "named as at fault by ranks 0, 1, 2" in root.evidence
 
 
+@pytest.mark.unit
 def test_without_detail_the_rank_alone_at_another_call_site_is_named() -> None:
     root = root_finding(logs.check_run(record("mismatch-op"), CONTEXT))
     assert (root.rank, root.cause, root.confidence) == (3, "collective-mismatch", 0.6)
     assert "dist.broadcast(grad, 0)" in root.evidence[2] and "ranks 0, 1, 2 at train.py:91" in root.evidence
 
 
+@pytest.mark.unit
 def test_a_rank_that_never_arrives_is_named_not_the_ranks_that_timed_out() -> None:
     root = root_finding(logs.check_run(record("straggle"), CONTEXT))
     assert (root.rank, root.cause) == (3, "collective-timeout")
@@ -194,11 +203,13 @@ def test_a_rank_that_never_arrives_is_named_not_the_ranks_that_timed_out() -> No
     assert detail.rank == 3 and "Rank 3 failed to pass monitoredBarrier" in detail.evidence[0]
 
 
+@pytest.mark.unit
 def test_peers_that_only_lost_their_connection_point_at_the_silent_rank() -> None:
     root = root_finding(logs.check_run(record("exit-early"), CONTEXT))
     assert root.rank == 3 and root.confidence < 0.5 and "no rank printed a primary error" in root.title
 
 
+@pytest.mark.unit
 def test_echoes_are_gathered_in_one_note() -> None:
     root, note = logs.check_run(record("crash"), CONTEXT)
     assert root.rank == 3 and 'raise ValueError("batch 3 has 17 columns, expected 16")' in root.evidence[2]
@@ -210,18 +221,21 @@ def test_echoes_are_gathered_in_one_note() -> None:
     assert kinds == {"peer-connection-lost", "sigterm-of-survivors"}
 
 
+@pytest.mark.unit
 def test_nccl_backend_on_a_cpu_machine() -> None:
     root = root_finding(logs.check_run(record("nccl-cpu"), CONTEXT))
     assert "Distributed package doesn't have NCCL built in" in root.evidence[0]
     assert "line 5: dist.init_process_group(backend, timeout=TIMEOUT)" in root.evidence
 
 
+@pytest.mark.unit
 def test_shared_memory_exhaustion() -> None:
     for case in ("shm", "shm-bus"):
         root = root_finding(logs.check_run(record(case), CONTEXT))
         assert root.cause == "shm-exhausted" and "shm-size" in (root.hint or "")
 
 
+@pytest.mark.unit
 def test_a_launcher_error_without_any_rank_is_the_hosts() -> None:
     root = root_finding(logs.check_run(record("no-python"), CONTEXT))
     assert root.title == "algo-1 failed first: image without python or pip"
@@ -229,6 +243,7 @@ def test_a_launcher_error_without_any_rank_is_the_hosts() -> None:
     assert re.fullmatch(rf"hosts/algo-1/log\.txt:1 {stamp} bash: line 1: python3: command not found", root.evidence[0])
 
 
+@pytest.mark.unit
 def test_host_log_stands_in_for_a_missing_rank_log(tmp_path: Path) -> None:
     run = copy("crash", tmp_path)
     (run.root / "ranks" / "rank-3.log").unlink()
@@ -237,6 +252,7 @@ def test_host_log_stands_in_for_a_missing_rank_log(tmp_path: Path) -> None:
     assert root.evidence[0].startswith("hosts/algo-2/log.txt:") and "at train.py:102" in root.title
 
 
+@pytest.mark.unit
 def test_launcher_lines_are_attributed_through_the_manifests_local_ranks(tmp_path: Path) -> None:
     ranks = json.loads((RECORDS / "crash" / "manifest.json").read_text())["ranks"]
     as_strings = {r: {**v, "local_rank": str(v["local_rank"])} for r, v in ranks.items()}  # as the local rung writes
@@ -246,15 +262,18 @@ def test_launcher_lines_are_attributed_through_the_manifests_local_ranks(tmp_pat
         assert {(m.host, m.rank, m.own) for m in launcher} == {("algo-1", 0, False), ("algo-2", 3, False)}
 
 
+@pytest.mark.unit
 def test_errors_of_a_run_that_succeeded_are_notes(tmp_path: Path) -> None:
     findings = logs.check_run(copy("crash", tmp_path, status="succeeded"), CONTEXT)
     assert findings and {f.severity for f in findings} == {"note"}
 
 
+@pytest.mark.unit
 def test_a_clean_run_has_no_findings() -> None:
     assert logs.check_run(record("success"), CONTEXT) == []
 
 
+@pytest.mark.unit
 def test_chunk_boundaries_change_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
     cases = ["crash", "mismatch-op-detail", "straggle", "shm-bus", "gpu-watchdog"]
     expected = {c: [f.to_dict() for f in logs.check_run(record(c), CONTEXT)] for c in cases}
@@ -264,6 +283,7 @@ def test_chunk_boundaries_change_nothing(monkeypatch: pytest.MonkeyPatch) -> Non
         assert [f.to_dict() for f in logs.check_run(record(case), CONTEXT)] == expected[case], case
 
 
+@pytest.mark.unit
 def test_lines_without_timestamp_sort_last(tmp_path: Path) -> None:
     (tmp_path / "ranks").mkdir()
     (tmp_path / "manifest.json").write_text(
@@ -277,6 +297,7 @@ def test_lines_without_timestamp_sort_last(tmp_path: Path) -> None:
 # ---- normalisation and comparing two rungs -------------------------------------------------------
 
 
+@pytest.mark.unit
 def test_two_runs_differ_only_in_what_normalisation_removes() -> None:
     for rank in range(4):
         a = (RECORDS / "success" / "ranks" / f"rank-{rank}.log").read_text().splitlines()
@@ -316,15 +337,18 @@ def test_two_runs_differ_only_in_what_normalisation_removes() -> None:
         ),
     ],
 )
+@pytest.mark.unit
 def test_normalise_removes_times_hosts_pids_ports_and_addresses(a: str, b: str) -> None:
     assert logs.normalise(a) == logs.normalise(b)
 
 
+@pytest.mark.unit
 def test_normalise_keeps_what_matters() -> None:
     line = "[rank3]: RuntimeError: 64 vs 4. step=12 loss=0.25 c10::Error std::bad_alloc"
     assert logs.normalise(line) == line
 
 
+@pytest.mark.unit
 def test_compare_reports_only_errors_new_on_the_candidate() -> None:
     findings = logs.compare(record("success"), record("crash"))
     assert root_finding(findings).rank == 3 and findings[0].cause == "python-exception"

@@ -69,6 +69,7 @@ def _run(repo: pytest.Pytester, *args: str) -> pytest.RunResult:
     return result
 
 
+@pytest.mark.unit
 def test_options_in_their_own_group_with_help(repo: pytest.Pytester) -> None:
     result = _run(repo, "--help")
     result.stdout.fnmatch_lines(
@@ -82,16 +83,19 @@ def test_options_in_their_own_group_with_help(repo: pytest.Pytester) -> None:
     )
 
 
+@pytest.mark.unit
 def test_marker_is_registered(repo: pytest.Pytester) -> None:
     _run(repo, "--markers").stdout.fnmatch_lines(["@pytest.mark.harness_parity(job, rungs=None, *"])
 
 
+@pytest.mark.unit
 def test_unknown_rung_is_a_usage_error(repo: pytest.Pytester) -> None:
     result = _run(repo, "--harness-rungs", "local,lokal")
     assert result.ret == pytest.ExitCode.USAGE_ERROR
     result.stderr.fnmatch_lines(["*--harness-rungs: unknown rung 'lokal'; choose from single, local, local-gpu*"])
 
 
+@pytest.mark.unit
 def test_bad_job_or_marker_errors_without_traceback(repo: pytest.Pytester) -> None:
     _tests(
         repo,
@@ -120,6 +124,7 @@ def test_bad_job_or_marker_errors_without_traceback(repo: pytest.Pytester) -> No
 
 
 @pytest.mark.usefixtures("no_gpu")
+@pytest.mark.unit
 def test_no_runnable_rung_skips_with_the_reasons(repo: pytest.Pytester) -> None:
     _tests(
         repo,
@@ -318,10 +323,13 @@ def test_summary_counts_tests_as_pytest_saw_them_next_to_the_verdicts(repo: pyte
         "(test passed)</summary>"
     ) in summary
     assert "DIVERGED (" not in summary.split("test_expects_divergence", 2)[1].split("\n")[0]
-    for link in re.findall(r"\]\(([^)]+)\)", summary):  # relative to summary.md, and there
+    links = re.findall(r"\]\(([^)]+)\)", summary)
+    assert links, summary  # the records are linked: a summary without links would pass the loop below
+    for link in links:  # relative to summary.md, and there
         assert (repo.path / "out" / link).exists(), link
 
 
+@pytest.mark.unit
 def test_installed_entry_point_loads_the_plugin(pytester: pytest.Pytester) -> None:
     name = _entry_point()
     if name is None:

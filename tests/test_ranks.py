@@ -7,12 +7,15 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import pytest
 from fake_records import make_record
 
 from harness.diff.findings import Finding
 from harness.jobspec import JobSpec
 from harness.record import RunRecord
 from harness.verdict import judge
+
+pytestmark = pytest.mark.unit
 
 TORCHRUN = JobSpec(
     name="fake",

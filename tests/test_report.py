@@ -47,11 +47,13 @@ def _charts(page: str) -> list[ET.Element]:
     return [ET.fromstring(svg) for svg in re.findall(r'<svg class="chart".*?</svg>', page, re.S)]
 
 
+@pytest.mark.unit
 def test_labels_tell_records_of_one_rung_apart() -> None:
     assert record_labels(["local", "local", "docker"]) == ["local #1", "local #2", "docker"]
     assert record_labels(["local", "docker", "local", "local"]) == ["local #1", "docker", "local #2", "local #3"]
 
 
+@pytest.mark.unit
 def test_html_chart_has_axes_ticks_and_one_curve_per_rank_per_record(tmp_path: Path) -> None:
     page = to_html(_ladder(tmp_path / "runs"))
     (chart,) = _charts(page)
@@ -74,6 +76,7 @@ def test_html_chart_has_axes_ticks_and_one_curve_per_rank_per_record(tmp_path: P
     assert "<script" not in page
 
 
+@pytest.mark.unit
 def test_html_chart_falls_back_to_every_host_and_breaks_lines_at_nan(tmp_path: Path) -> None:
     records = [make_record(tmp_path, "local", losses=CURVE, job=TWO_BY_TWO) for _ in range(2)]
     write_json(records[1].root / "metrics.json", {"loss": {"algo-1": CURVE, "algo-2": [1.0, float("nan"), 0.5, 0.4]}})
@@ -84,6 +87,7 @@ def test_html_chart_falls_back_to_every_host_and_breaks_lines_at_nan(tmp_path: P
     assert " h0" in paths[("local #2", "algo-2")]
 
 
+@pytest.mark.unit
 def test_reports_written_to_files_name_records_relative_to_the_file(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -106,6 +110,7 @@ def test_reports_written_to_files_name_records_relative_to_the_file(
     assert printed == [str(tmp_path / "runs" / a.root.name), str(tmp_path / "runs" / b.root.name)]
 
 
+@pytest.mark.unit
 def test_markdown_folds_the_whole_evidence_and_every_note() -> None:
     evidence = [f"line {i}: " + "x" * 80 for i in range(40)] + ["a ``` fence inside"]
     verdict = Verdict(
@@ -130,6 +135,7 @@ def test_markdown_folds_the_whole_evidence_and_every_note() -> None:
     assert markdown.rstrip().endswith("Records: [local](../runs/a) · [docker](../runs/b)")
 
 
+@pytest.mark.unit
 def test_diff_warns_when_the_records_are_of_other_jobs_or_topologies(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:

@@ -7,6 +7,7 @@ The package is ``xmltodict==0.14.2``: one pure-Python module, and not in the har
 
 from __future__ import annotations
 
+import functools
 import json
 import subprocess
 import sys
@@ -36,9 +37,17 @@ def _pip(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "pip", *args], capture_output=True, text=True)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def package_is_not_in_the_harness_environment() -> None:
-    assert _pip("show", PACKAGE).returncode != 0, f"{PACKAGE} is installed in {sys.prefix}: pick another package"
+@functools.cache
+def _installed_here() -> bool:
+    return _pip("show", PACKAGE).returncode == 0
+
+
+@pytest.fixture(autouse=True)
+def package_is_not_in_the_harness_environment(request: pytest.FixtureRequest) -> None:
+    """Asked of pip once, for the tests that install the package; a plan (the unit tests) installs
+    nothing, and starts no process."""
+    if request.node.get_closest_marker("unit") is None:
+        assert not _installed_here(), f"{PACKAGE} is installed in {sys.prefix}: pick another package"
 
 
 @pytest.fixture
@@ -65,6 +74,7 @@ def _requirements(record: RunRecord, host: str = "algo-1") -> dict[str, object]:
     return dict(json.loads((record.root / "hosts" / host / "received" / "requirements.json").read_text()))
 
 
+@pytest.mark.unit
 def test_local_plan_names_the_cached_environment_and_builds_nothing(tmp_path: Path, cache: Path) -> None:
     job = _job(tmp_path, f"{PACKAGE}=={VERSION}\n", instance_count=2)
     plan = get_backend("local").plan(job)
@@ -78,6 +88,7 @@ def test_local_plan_names_the_cached_environment_and_builds_nothing(tmp_path: Pa
     assert requirements.local_environment(other) != requirements.local_environment(job)
 
 
+@pytest.mark.unit
 def test_docker_plan_says_how_the_requirements_are_installed(tmp_path: Path, cache: Path) -> None:
     docker = get_backend("docker", gpus=False)
     how = docker.plan(_job(tmp_path, f"{PACKAGE}=={VERSION}\n")).facts["requirements"]["how"]
@@ -258,6 +269,7 @@ def sdk_engine(engine: DockerClient) -> DockerClient:
     return engine
 
 
+@pytest.mark.unit
 def test_sagemaker_local_plan_adds_the_wheels_channel(tmp_path: Path, cache: Path) -> None:
     plan = get_backend("sagemaker-local", gpus=False).plan(_job(tmp_path, f"{PACKAGE}=={VERSION}\n"))
     config = json.loads(plan.hosts["algo-1"].files["input/config/inputdataconfig.json"])

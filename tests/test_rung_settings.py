@@ -14,6 +14,7 @@ from harness.errors import JobSpecError, UsageError
 from harness.scenario import load_scenario
 
 
+@pytest.mark.unit
 def test_every_rung_declares_its_settings_and_capabilities() -> None:
     for name in rungs():
         backend = get_backend(name)
@@ -22,11 +23,13 @@ def test_every_rung_declares_its_settings_and_capabilities() -> None:
         assert isinstance(backend.capabilities.hang_detection, bool)
 
 
+@pytest.mark.unit
 def test_an_unknown_setting_names_the_rung_the_key_and_the_choices() -> None:
     with pytest.raises(UsageError, match=r"rung 'local' has no setting 'shm_size'; its settings: hang_after_s, probe"):
         get_backend("local", shm_size="64m")
 
 
+@pytest.mark.unit
 def test_a_setting_of_the_wrong_type_is_refused() -> None:
     with pytest.raises(UsageError, match=r"rung 'docker' setting 'gpus'"):
         rung_options("docker", {"gpus": "sometimes"})
@@ -43,6 +46,7 @@ def test_a_setting_of_the_wrong_type_is_refused() -> None:
         (["--rung", "sagemaker", "--shm-size", "1g", "--dry-run"], "sagemaker has no setting 'shm_size'"),
     ],
 )
+@pytest.mark.unit
 def test_a_flag_the_rung_does_not_take_is_refused(
     argv: list[str], expected: str, scenarios: Path, records: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -54,6 +58,7 @@ def test_a_flag_the_rung_does_not_take_is_refused(
     assert list(records.iterdir()) == []
 
 
+@pytest.mark.unit
 def test_a_ladder_flag_no_rung_takes_is_refused_before_anything_runs(
     scenarios: Path, records: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
@@ -63,11 +68,13 @@ def test_a_ladder_flag_no_rung_takes_is_refused_before_anything_runs(
     assert list(records.iterdir()) == []
 
 
+@pytest.mark.unit
 def test_an_unknown_rung_in_a_ladder_is_refused(scenarios: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["ladder", str(scenarios / "ddp_csv" / "job.yaml"), "--rungs", "local,dokcer"]) == 2
     assert "unknown rung 'dokcer'" in capsys.readouterr().err
 
 
+@pytest.mark.unit
 def test_scenario_settings_are_checked_when_the_scenario_loads(tmp_path: Path) -> None:
     (tmp_path / "scenario.yaml").write_text(
         "steps:\n  - rung: local\n    options: {shm_size: 64m}\nexpect: {outcome: parity}\n"

@@ -83,6 +83,7 @@ def _processes_naming(text: str) -> list[int]:
     return [int(line.split(None, 1)[0]) for line in out.splitlines() if text in line and "ps -eww" not in line]
 
 
+@pytest.mark.unit
 def test_plan_is_a_dry_run_of_what_the_sdk_writes() -> None:
     job = load_job(REFERENCE)
     plan = SageMakerLocalBackend(SageMakerLocalOptions(gpus=False)).plan(job)
@@ -125,12 +126,14 @@ def test_jobs_the_sdk_cannot_run_as_sagemaker_would_are_refused_with_the_reason(
     assert "code" in (backend.unsupported_reason(clash) or "")
 
 
+@pytest.mark.unit
 def test_a_missing_sdk_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(sagemaker_sdk, "sdk_version", lambda: None)
     assert "[sagemaker]" in (sdk_missing_reason() or "")
     assert "[sagemaker]" in (SageMakerLocalBackend(SageMakerLocalOptions(gpus=False)).unavailable_reason() or "")
 
 
+@pytest.mark.unit
 def test_sm_training_env_is_read_as_the_driver_writes_it(tmp_path: Path) -> None:
     path = tmp_path / "sm_training.env"
     path.write_text("export SM_HPS='{\"a\": 1}'\nexport SM_HOSTS='[\"algo-1\"]'\nnot a line\n")
@@ -154,6 +157,7 @@ def _sdk_container(root: Path) -> Any:
     )
 
 
+@pytest.mark.unit
 def test_each_run_gets_a_network_of_its_own_and_nothing_else_changes(tmp_path: Path) -> None:
     """The SDK's compose file, as the SDK writes it, with only the network's name (and labels)
     changed for a run in progress; any other caller of the SDK gets the file untouched."""
@@ -177,11 +181,13 @@ def test_each_run_gets_a_network_of_its_own_and_nothing_else_changes(tmp_path: P
     assert _sdk_container(ours)._generate_compose_file({}, [])["networks"] == {SDK_NETWORK: {"name": SDK_NETWORK}}
 
 
+@pytest.mark.unit
 def test_a_compose_file_without_the_sdks_network_fails_with_the_reason(tmp_path: Path) -> None:
     with pytest.raises(RungFailed, match="no 'sagemaker-local' network"):
         rename_network({"services": {}}, tmp_path, "sagemaker-local-x", {})
 
 
+@pytest.mark.slow
 def test_without_the_hook_runs_take_turns_under_a_lock(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Where the SDK's compose file cannot be adapted, a second run waits for the first, says
     for whom, and gives up after its bound; the lock goes with the process that held it."""

@@ -25,10 +25,19 @@ def test_scenario_diagnosis(directory: Path, records: Path, request: pytest.Fixt
     if result.verdict is None:
         pytest.skip("no step can run here: " + "; ".join(f"{k}: {v}" for k, v in result.skipped.items()))
     expect = result.spec.expect
+    report = to_text(result.verdict)
     ran = {record.rung for record in result.records}
     if expect.first_rung and expect.first_rung not in ran:
-        pytest.skip(f"the rung that shows this fault did not run here: {result.skipped}")
-    report = to_text(result.verdict)
+        # Skipped only where that rung cannot run here; a rung the ladder never reached (it
+        # departed below it) or that is no step of the scenario is a failure, never a pass or a skip.
+        labels = [step.to_step().label for step in result.spec.steps if step.rung == expect.first_rung]
+        unavailable = {label: result.skipped[label] for label in labels if label in result.skipped}
+        if labels and len(unavailable) == len(labels):
+            pytest.skip(f"the rung that shows this fault cannot run here: {unavailable}")
+        pytest.fail(
+            f"the rung that shows this fault, {expect.first_rung}, did not run: "
+            f"not run {result.verdict.not_run}, skipped {result.skipped}\n{report}"
+        )
     assert result.verdict.outcome == expect.outcome, report
     if expect.cause:
         assert result.verdict.causes[:1] == [expect.cause], report
@@ -36,6 +45,7 @@ def test_scenario_diagnosis(directory: Path, records: Path, request: pytest.Fixt
         assert result.verdict.first_rung == expect.first_rung, report
 
 
+@pytest.mark.unit
 def test_there_are_enough_scenarios() -> None:
     faults = [p for p in SCENARIOS if p.name.startswith("fault_")]
     assert len(SCENARIOS) - len(faults) >= 3 and len(faults) >= 8

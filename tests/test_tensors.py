@@ -26,6 +26,8 @@ from harness.jobspec import JobSpec  # noqa: E402
 from harness.record import RecordWriter, RunRecord  # noqa: E402
 from harness.verdict import judge  # noqa: E402
 
+pytestmark = pytest.mark.unit
+
 RTOL, ATOL = 1e-5, 1e-6
 CONTEXT = CheckContext(Tolerance(tensor_rtol=RTOL, tensor_atol=ATOL))
 

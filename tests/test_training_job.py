@@ -21,6 +21,8 @@ from harness import interrupts
 from harness.backends import training_job
 from harness.interrupts import Interrupted
 
+pytestmark = pytest.mark.unit
+
 
 class _Record:
     def __init__(self) -> None:

@@ -34,6 +34,7 @@ def _decisive(verdict: Any) -> list[Any]:
     return [f for f in verdict.findings if f.severity != "note"]
 
 
+@pytest.mark.unit
 def test_a_variable_read_with_another_value_is_named_when_the_rungs_diverge(tmp_path: Path) -> None:
     base = make_record(
         tmp_path, "local", losses=[1.0, 0.5], processes=[_process({"SCALE": _read("3")}, {"SCALE": "3"})]
@@ -47,6 +48,7 @@ def test_a_variable_read_with_another_value_is_named_when_the_rungs_diverge(tmp_
     assert verdict.causes[0] == "metric-divergence"  # the symptom stays first; the variable right with it
 
 
+@pytest.mark.unit
 def test_a_variable_that_differs_alone_is_a_note_and_parity_stands(tmp_path: Path) -> None:
     reads = {"HOSTNAME": _read("laptop"), "TORCH_HOME": _read("/a", at="/x/site-packages/torch/hub.py:1", by="library")}
     other = {"HOSTNAME": _read("algo-1"), "TORCH_HOME": _read("/b", at="/x/site-packages/torch/hub.py:1", by="library")}
@@ -65,6 +67,7 @@ def test_a_variable_that_differs_alone_is_a_note_and_parity_stands(tmp_path: Pat
     assert note.evidence[1] == "TORCH_HOME: '/a' on local -> '/b' on docker; read at torch/hub.py:1"
 
 
+@pytest.mark.unit
 def test_a_name_one_run_did_not_read_is_taken_from_its_processes_environment(tmp_path: Path) -> None:
     """The job read DATA_ROOT on local only (a branch docker never took): docker's processes
     started without it. A record whose probe recorded no reads at all stands for nothing."""
@@ -80,6 +83,7 @@ def test_a_name_one_run_did_not_read_is_taken_from_its_processes_environment(tmp
     assert variables.compare(base, older, CheckContext()) == []
 
 
+@pytest.mark.unit
 def test_contract_variables_are_left_to_the_contract_check(tmp_path: Path) -> None:
     base = make_record(tmp_path, "local", losses=[1.0], processes=[_process({"SM_CURRENT_HOST": _read("algo-1")})])
     cand = make_record(tmp_path, "docker", losses=[2.0], processes=[_process({"SM_CURRENT_HOST": _read("algo-2")})])
@@ -93,6 +97,7 @@ def _with_contract(record: RunRecord, env: dict[str, str]) -> RunRecord:
     return RunRecord.load(record.root)
 
 
+@pytest.mark.unit
 def test_an_unset_sagemaker_name_is_named_with_the_ones_the_contract_sets(tmp_path: Path) -> None:
     process = _process({"SM_CHANNEL_TRAINING": _read(None), "SM_HOSTS": _read('["algo-1"]')})
     process.update(exit_code=1, exception="KeyError: 'SM_CHANNEL_TRAINING'")
@@ -109,6 +114,7 @@ def test_an_unset_sagemaker_name_is_named_with_the_ones_the_contract_sets(tmp_pa
     ]
 
 
+@pytest.mark.unit
 def test_a_failed_run_names_what_its_own_code_read_unset_never_a_librarys_advice(tmp_path: Path) -> None:
     advice = _read(None, at="/x/site-packages/torch/distributed/c10d_logger.py:3", by="library")
     process = _process({"TORCH_DISTRIBUTED_DEBUG": advice})
@@ -125,6 +131,7 @@ def test_a_failed_run_names_what_its_own_code_read_unset_never_a_librarys_advice
     ]
 
 
+@pytest.mark.unit
 def test_a_succeeded_run_with_unset_reads_has_no_finding(tmp_path: Path) -> None:
     record = make_record(tmp_path, "local", processes=[_process({"SM_CHANNEL_TEST": _read(None)})])
     assert not [f for f in judge([record]).findings if f.cause in ("sm-variable-unset", "env-var-unset")]
@@ -153,6 +160,7 @@ os.wait()
 """
 
 
+@pytest.mark.slow
 def test_the_probe_records_reads_and_writes_of_the_environment(tmp_path: Path) -> None:
     """What the job's code reads (set or not) and sets, where; never what the probe reads, nor
     each name of an environment listed whole; a forked child records its own (os._exit)."""

@@ -15,6 +15,8 @@ from harness.errors import RecordError, UsageError
 from harness.record import RunRecord
 from harness.verdict import judge
 
+pytestmark = pytest.mark.unit
+
 CURVE = [1.0, 0.8, 0.6, 0.5, 0.45]
 
 
