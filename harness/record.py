@@ -23,8 +23,9 @@ from typing import Any
 from harness._version import __version__
 from harness.errors import RecordError
 from harness.jobspec import JobSpec
-from harness.record_models import Status, manifest_problems, process_problems
+from harness.record_models import Status as Status  # the record's statuses, as readers import them
 from harness.record_models import json_kind as _kind
+from harness.record_models import manifest_problems, process_problems
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"

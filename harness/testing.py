@@ -82,8 +82,9 @@ class CannedRung(Backend[CannedPlan]):
         for host in plan.job.hosts:
             lines = [f"2026-01-01T00:00:00.000Z {line}\n" for line in canned.log]
             (record.host_dir(host) / "log.txt").write_text("".join(lines), encoding="utf-8")
-            for line in canned.log if progress is not None else ():
-                progress(host, line)
+            if progress is not None:
+                for line in canned.log:
+                    progress(host, line)
             record.host_result(host, exit_code=0 if canned.status == "succeeded" else 1)
         for rank, events in canned.rank_events.items():
             path = record.root / "ranks" / f"rank-{rank}.jsonl"
