@@ -41,6 +41,50 @@ for features, target in loader:
 dist.destroy_process_group()
 """
 
+#: A DDP job whose steps run their forward and backward inside ``optimizer.step(closure)`` (as
+#: Lightning's automatic optimization does) and whose loop fetches the next batch before it
+#: trains on this one (as accelerate's DataLoaderShard does): its first step consumed two
+#: batches, every later step one. ``ALL_REDUCE`` adds an all_reduce of the gradients on top of
+#: DDP's own inside the closure (the ddp_plus_manual_allreduce fault).
+CLOSURE_JOB = """
+import torch, torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
+
+ALL_REDUCE = {all_reduce}
+
+
+def one_ahead(loader):
+    iterator = iter(loader)
+    current = next(iterator)
+    for following in iterator:
+        yield current
+        current = following
+    yield current
+
+
+dist.init_process_group("gloo")
+g = torch.Generator().manual_seed(0)
+x = torch.randn(512, 8, generator=g)
+y = x.sum(1, keepdim=True)
+dataset = TensorDataset(x, y)
+loader = DataLoader(dataset, batch_size=8, sampler=DistributedSampler(dataset, shuffle=True, seed=0))
+torch.manual_seed(0)
+model = DistributedDataParallel(torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1)))
+optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+for features, target in one_ahead(loader):
+    def closure():
+        optimizer.zero_grad()
+        loss = torch.nn.functional.mse_loss(model(features), target)
+        loss.backward()
+        if ALL_REDUCE:
+            for p in model.parameters():
+                dist.all_reduce(p.grad)
+        return loss
+    optimizer.step(closure)
+dist.destroy_process_group()
+"""
+
 
 def _ladder(job_yaml: Path, records: Path) -> Any:
     return climb(load_job(job_yaml), records, rungs=["single", "local"])
@@ -97,3 +141,50 @@ def test_gradients_compare_only_where_the_loss_is_a_mean_or_a_sum_of_the_global_
     shares = [{"loss": loss, "indices": [[0, 1, 2, 3]]} for loss in ranks]
     said = replay._loss_not_a_mean({"loss": mine}, shares, sums=sums)
     assert said is None if left_out is None else left_out in (said or "")
+
+
+def _job(tmp_path: Path, source: str) -> Path:
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "train.py").write_text(source)
+    (tmp_path / "job.yaml").write_text(
+        "name: replayed\nsource_dir: src\nentry_point: train.py\ndistribution: torchrun\n"
+        "instance_count: 2\nprocesses_per_host: 2\n"
+    )
+    return tmp_path / "job.yaml"
+
+
+@pytest.mark.slow
+def test_steps_taken_in_a_closure_from_a_loader_fetching_one_ahead_are_replayed(tmp_path: Path) -> None:
+    """The step's loss and gradients are read once its closure has run (not before: they would
+    be the previous step's), and the batches are handed out in the order the ranks drew them."""
+    result = _ladder(_job(tmp_path, CLOSURE_JOB.format(all_reduce=False)), tmp_path / "records")
+    assert result.verdict.outcome == "parity", [f.title for f in result.verdict.findings]
+    [note] = replay.check_run(result.records[-1], CheckContext())
+    assert note.title == "replay: the first 8 optimizer steps agree with one process drawing the same global batches"
+
+
+@pytest.mark.slow
+def test_an_all_reduce_inside_the_closure_departs_from_one_process_at_step_0(tmp_path: Path) -> None:
+    result = _ladder(_job(tmp_path, CLOSURE_JOB.format(all_reduce=True)), tmp_path / "records")
+    first = result.verdict.findings[0]
+    assert (first.cause, first.step) == ("replay-differs", 0), [f.title for f in result.verdict.findings]
+    assert "ratio 4" in first.evidence[0]
+
+
+@pytest.mark.unit
+def test_a_replay_whose_processes_recorded_as_one_is_left_out() -> None:
+    """A job that starts its ranks itself (a trainer told devices=2) before any rank variable is
+    set runs several processes on the single rung, recorded as one: nothing of it is compared."""
+    replayed = [
+        {"kind": "dist_init", "world_size": 2, "rank": 1},
+        {"kind": "dist_init", "world_size": 2, "rank": 0},
+        {"kind": "replay", "weights": "loaded"},
+        {"kind": "replay", "loader": 1},
+        {"kind": "replay", "draw": 0, "data": "equal"},
+    ]
+    said = replay._left_out(replayed, 0, {"loaders": [1]})
+    assert said is not None and "2 processes of the job recorded as one" in said
+    alone = [e for e in replayed if e["kind"] != "dist_init"]
+    assert replay._left_out(alone, 0, {"loaders": [1]}) is None
+    assert "another loader" in (replay._left_out(alone, 0, {"loaders": [0]}) or "")
+    assert "drew no replayed batch" in (replay._left_out(alone, 1, {"loaders": [1]}) or "")

@@ -273,8 +273,9 @@ class LocalBackend(Backend[LocalPlan]):
 class SingleBackend(LocalBackend):
     """The job as a data scientist runs it before it goes distributed: one host, one process, no
     distribution, on this machine's CPU. A script that cannot run without a process group (it
-    calls ``init_process_group`` whatever its launch) fails at once with torch's "environment
-    variable RANK expected, but not set"; it is then run as ``torchrun --nproc_per_node 1`` would
+    calls ``init_process_group`` whatever its launch, or reads a variable torchrun sets) fails at
+    once ("environment variable RANK expected, but not set", ``KeyError: 'LOCAL_WORLD_SIZE'``);
+    it is then run as ``torchrun --nproc_per_node 1`` would
     run it (world size 1), and the record says so. This is the baseline the ladder starts from:
     what a topology change must not change (artifacts, checkpoint structure, parsed
     hyperparameters) is compared with the distributed rungs; curves and weights only at an equal
@@ -292,7 +293,7 @@ class SingleBackend(LocalBackend):
         facts = {
             **retried.manifest["rung_facts"],
             "baseline": "under torchrun with one process (world size 1): "
-            "run as a plain script it stopped for want of a process group (RANK expected, but not set)",
+            "run as a plain script it stopped for want of what torchrun sets (a process group's variables)",
         }
         write_json(retried.root / "manifest.json", {**retried.manifest, "rung_facts": facts})
         return RunRecord.load(retried.root)
@@ -308,11 +309,17 @@ class SingleBackend(LocalBackend):
         return super().plan(self.job_as_run(job))
 
 
-_NO_PROCESS_GROUP = re.compile(rb"environment variable (RANK|WORLD_SIZE|MASTER_ADDR|MASTER_PORT) expected, but not set")
+#: A job stopped for want of what a launcher sets: torch's own message, or the job's reading a
+#: variable torchrun sets (``os.environ["LOCAL_WORLD_SIZE"]``, as Lightning's examples do).
+_NO_PROCESS_GROUP = re.compile(
+    rb"environment variable (RANK|WORLD_SIZE|MASTER_ADDR|MASTER_PORT) expected, but not set"
+    rb"|KeyError: '(LOCAL_RANK|RANK|GROUP_RANK|ROLE_RANK|LOCAL_WORLD_SIZE|WORLD_SIZE|GROUP_WORLD_SIZE"
+    rb"|ROLE_WORLD_SIZE|MASTER_ADDR|MASTER_PORT|TORCHELASTIC_RUN_ID)'"
+)
 
 
 def needs_process_group(record: RunRecord) -> bool:
-    """Whether the job failed only because it was not launched with a process group's variables."""
+    """Whether the job failed because it was not launched with a process group's variables."""
     return record.status == "failed" and any(
         _NO_PROCESS_GROUP.search(record.host_log(host).read_bytes()) for host in record.hosts
     )

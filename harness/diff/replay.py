@@ -15,7 +15,11 @@ left out: a step whose forward or backward drew random numbers (dropout, random 
 state moved between the batch and the optimizer step), samples that differ when drawn again
 (random augmentation, a collate that pads per batch: each rank's share of the replayed batch is
 digested as the rank digested its own), weights the optimizer's parameters cannot take (another
-order or count), steps where a rank drew no batch or several (gradient accumulation). Once a step
+order or count), steps where a rank drew no batch or trained on several (gradient accumulation),
+a one-process step that consumed another number of batches than the ranks', or trained from
+another loader than the one replayed, processes of the job that recorded as one. Batches are
+handed out in the order the ranks drew them (a loader wrapper that fetches one ahead draws two
+before its first step); a step given a closure is measured once the closure has run. Once a step
 is left out, the weights after it are no longer the same, so the steps after it are too.
 """
 
@@ -54,20 +58,42 @@ def _names(record: RunRecord) -> list[str]:
     return []
 
 
-def _left_out(replay: list[dict[str, Any]], step: int) -> str | None:
-    """Why ``step`` of the replay is not comparable, or None."""
+def _left_out(replay: list[dict[str, Any]], step: int, mine: dict[str, Any]) -> str | None:
+    """Why ``step`` of the replay (``mine``: its ``replay_step``) is not comparable, or None."""
     notes = [e for e in replay if e.get("kind") == "replay"]
+    joined = [e for e in replay if e.get("kind") == "dist_init"]
+    if len(joined) > 1:  # ranks of their own, each handed the global batch, compare; one stream of several does not
+        return (
+            f"{len(joined)} processes of the job recorded as one on the single rung: it starts its ranks itself "
+            "(a trainer given several devices) before any rank variable is set, so their steps cannot be told apart"
+        )
     weights = next((e["weights"] for e in notes if "weights" in e), None)
     if weights != "loaded":
         return f"the initial weights were not loaded: {weights or 'no optimizer was made'}"
-    data = next((e["data"] for e in notes if e.get("step") == step and "data" in e), None)
-    if data is None:
+    data = {int(e["draw"]): e["data"] for e in notes if "draw" in e and "data" in e}
+    if step not in data:
+        plan: dict[str, Any] = next((e["replay_plan"] for e in notes if "replay_plan" in e), {})
+        if plan.get("stopped"):
+            return f"the distributed run cannot be replayed from {plan['stopped']}"
         return "the one process drew no replayed batch for this step"
-    if data != "equal":
-        return f"the samples differ when drawn again ({data}): random augmentation, or a collate that pads per batch"
+    differs = next((data[draw] for draw in sorted(data) if draw <= step and data[draw] != "equal"), None)
+    if differs is not None:
+        return (
+            f"the samples differ when drawn again ({differs}): random augmentation, a collate that pads per "
+            "batch, or not the recorded data set"
+        )
+    loader = next((e["loader"] for e in notes if "loader" in e), None)
+    if (mine.get("loaders") or [None])[-1] != loader:
+        return "the one process's step trained on batches of another loader than the one replayed"
     if any(e.get("step") == step and e.get("random") for e in notes):
         return "the step drew random numbers between its batch and its optimizer step (dropout, a random mask)"
     return None
+
+
+def _batches(share: dict[str, Any]) -> int:
+    """Batches a step consumed from the loader of its last one (the loader it trained from)."""
+    loaders = share.get("loaders") or []
+    return loaders.count(loaders[-1]) if loaders else 0
 
 
 def _trained_on(share: dict[str, Any]) -> int:
@@ -111,11 +137,18 @@ def check_run(record: RunRecord, context: CheckContext) -> list[Finding]:
     compared, left_out = 0, None
     for step in sorted(theirs):
         if step not in ours:
-            left_out = f"step {step} and after: the one process took no step {step} with a replayed batch"
+            failed = f" (the job {replay.status} there)" if replay.status != "succeeded" else ""
+            left_out = f"step {step} and after: the one process took no step {step} with a replayed batch{failed}"
             break
-        left_out = _left_out(mine, step)
+        left_out = _left_out(mine, step, ours[step])
         if left_out is not None:
             left_out = f"step {step} and after: {left_out}"
+            break
+        if _batches(ours[step]) != _batches(theirs[step]):
+            left_out = (
+                f"step {step} and after: the one process consumed {_batches(ours[step])} batches before its "
+                f"optimizer step, rank 0 {_batches(theirs[step])}"
+            )
             break
         shares = [steps.get(step, {}) for steps in ranks.values()]
         left_out = _loss_not_a_mean(ours[step], shares, sums=told_global_batch)

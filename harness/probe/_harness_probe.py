@@ -1040,6 +1040,10 @@ class _Epoch:
     def __init__(self, iterator, info):
         info["epochs"] += 1
         self.loader, self.site, self.epoch = info["loader"], info["site"], info["epochs"] - 1
+        # The how-manieth pass made at this site (a library that makes every loader on one line
+        # makes the evaluation's and the training's there): what a replay finds its loader by.
+        self.nth = _SITE_PASSES.get(_user_site(self.site), 0)
+        _SITE_PASSES[_user_site(self.site)] = self.nth + 1
         self.sampler_iter = iterator._sampler_iter
         self.iterable = iterator._dataset_kind != 0  # _DatasetKind.Map
         sampler = iterator._index_sampler
@@ -1249,6 +1253,14 @@ def _lookup_epoch(iterator):
 
 #: Passes whose iterator was dropped before it was exhausted.
 _ABANDONED = []
+#: Per job line that made loaders: how many passes were made of them.
+_SITE_PASSES = {}
+
+
+def _user_site(site):
+    """The job's own line of a loader's site: a library may make the loader again for the ranks
+    (a distributed sampler, a sharded batch sampler) where one process keeps the job's own."""
+    return str(site).split(" via ")[0]
 
 
 def close_abandoned():
@@ -1354,9 +1366,14 @@ def instrument_optimizer(module):
         rank.emit("params", flush=True, step=step, sum=total, abs_sum=absolute, digest=hasher.hexdigest(), **fields)
 
     def pre(optimizer, args, kwargs):
-        _quietly("loss ledger", _step_taken, optimizer)
+        # A step given a closure (Lightning's automatic optimization, LBFGS) runs the forward and
+        # backward inside it: the step's loss and gradients are there only once it returns.
+        if _closure(args, kwargs) is None:
+            _quietly("loss ledger", _step_taken, optimizer)
 
     def hook(optimizer, args, kwargs):
+        if _closure(args, kwargs) is not None:
+            _quietly("loss ledger", _step_taken, optimizer)
         _quietly("optimizer step", after_step, optimizer, args, kwargs)  # returns None: the step is untouched
 
     module.register_optimizer_step_pre_hook(pre)
@@ -1364,6 +1381,13 @@ def instrument_optimizer(module):
     module.Optimizer.__init__ = _hook(
         module.Optimizer.__init__, before=lambda args, kwargs: args, after=_optimizer_made
     )
+
+
+def _closure(args, kwargs):
+    """The closure an optimizer step was given (``step(closure)``; the hooks' ``args`` begin with
+    the optimizer), or None."""
+    closure = args[1] if len(args) > 1 else kwargs.get("closure")
+    return closure if callable(closure) else None
 
 
 #: Optimizer steps this process took (written to its record at its first step and at exit).
@@ -1449,6 +1473,7 @@ def _flush_pending_steps():
                 loaders=[loader for loader, _ in consumed],
                 indices=[indices for _, indices in consumed],
                 loss=fields["loss"][-1],
+                backwards=len(backwards),
                 param_norms=norms if len(norms) <= _REPLAY_MAX_PARAMS else None,
             )
     rank.emit("steps", flush=True, **fields)
@@ -1580,8 +1605,13 @@ def _optimizer_made(result, args):
 
 
 def _replay_plan():
-    """The recorded run's global batches, step by step, and each rank's share (its size and
-    digest), read once: the steps every rank took with one batch of indices each."""
+    """The recorded run's training batches in the order every rank drew them (the global batch of
+    each draw: the ranks' indices in rank order), each rank's share of it (size and digest), and
+    the pass they were drawn in (its site, the how-manieth pass made there, the dataset's length);
+    read once. A step may find its next batch drawn already (a loader wrapper that fetches one
+    ahead): the first step then consumed two, every later one one. Where a step trained on several
+    batches, or ran several backward passes (gradient accumulation), or ranks differ, the plan
+    ends before it, and says why (``stopped``)."""
     if _REPLAY["plan"] is not None:
         return _REPLAY["plan"]
     ranks = {}
@@ -1590,52 +1620,90 @@ def _replay_plan():
         match = re.fullmatch(r"rank-(\d+)\.jsonl", name)
         if not match:
             continue
-        events = {"steps": {}, "batches": {}, "sites": {}}
+        events = {"steps": {}, "batches": {}, "passes": {}}
+        counted = {}
         with open(os.path.join(directory, name), encoding="utf-8") as handle:
             for line in handle:
                 event = json.loads(line)
                 kind = event.get("kind")
                 if kind == "replay_step":
-                    events["steps"][event["step"]] = _training_share(event)
+                    events["steps"][event["step"]] = event
                 elif kind == "batch" and event.get("step", REPLAY_STEPS) < REPLAY_STEPS:
                     events["batches"].setdefault(event["step"], []).append(event)
                 elif kind == "epoch_start":
-                    events["sites"][event["loader"]] = event["site"]
+                    site = _user_site(event["site"])
+                    nth = counted.get(site, 0)
+                    counted[site] = nth + 1
+                    events["passes"][(event["loader"], event["epoch"])] = (site, nth, event.get("length"))
         ranks[int(match.group(1))] = events
-    batches, parts, site = [], [], None
+    order = sorted(ranks)
+    batches, parts, where, stopped = [], [], None, None
     for step in range(REPLAY_STEPS):
-        shares = [ranks[r]["steps"].get(step) for r in sorted(ranks)]
-        if not ranks or any(share is None for share in shares):
+        shares = [_training_share(ranks[r]["steps"].get(step)) for r in order]
+        if not ranks or any(share is None or isinstance(share, str) for share in shares):
+            said = [share for share in shares if isinstance(share, str)]
+            if said or any(step in ranks[r]["steps"] for r in order):  # not merely the run's end
+                stopped = "step %d: %s" % (step, said[0] if said else "a rank took no step with a batch of indices")
             break
         drawn = [
             [b for b in ranks[r]["batches"].get(step, []) if b.get("loader") == share[0]]
-            for r, share in zip(sorted(ranks), shares)  # noqa: B905 - the probe runs on older Pythons too
+            for r, share in zip(order, shares)  # noqa: B905 - the probe runs on older Pythons too
         ]
-        if any(len(d) != 1 for d in drawn):
+        counts = {len(share[1]) for share in shares} | {len(d) for d in drawn}
+        if len(counts) != 1:
+            stopped = "step %d: the ranks drew unlike numbers of batches" % step
             break
-        sites = {ranks[r]["sites"].get(share[0]) for r, share in zip(sorted(ranks), shares)}  # noqa: B905
-        if len(sites) != 1 or (site is not None and sites != {site}):
+        count = counts.pop()
+        if count != 1 and (step or _training_share(ranks[order[0]]["steps"].get(1)) is None):
+            stopped = "step %d: each rank trained on %d batches (gradient accumulation)" % (step, count)
             break
-        site = sites.pop()
-        batches.append([i for share in shares for i in share[1]])
-        parts.append([(d[0]["size"], d[0]["digest"]) for d in drawn])
+        passes = {ranks[r]["passes"].get((b["loader"], b.get("epoch"))) for r, d in zip(order, drawn) for b in d}  # noqa: B905
+        if len(passes) != 1 or None in passes or (where is not None and passes != {where}):
+            stopped = "step %d: its batches were drawn in unlike passes of the data (%s)" % (
+                step,
+                "; ".join(sorted("pass %s made at %s" % (p[1], p[0]) for p in passes if p is not None))
+                or "no pass recorded",
+            )
+            break
+        where = passes.pop()
+        for j in range(count):
+            batches.append([i for share in shares for i in share[1][j]])
+            parts.append([(d[j]["size"], d[j]["digest"]) for d in drawn])
+    if len(batches) > 1 and _training_share(ranks[order[0]]["steps"].get(1)) is None:
+        del batches[1:], parts[1:]  # a first step of two batches, and no second step to show it was one ahead
     init = os.path.join(directory, "rank-0.init.pt")
-    _REPLAY["plan"] = {"site": site, "batches": batches, "parts": parts, "init": init if os.path.exists(init) else None}
-    _rank_or_process_note(replay_plan={"steps": len(batches), "site": site, "weights": bool(_REPLAY["plan"]["init"])})
+    site, nth, length = where or (None, None, None)
+    _REPLAY["plan"] = {
+        "site": site,
+        "nth": nth,
+        "length": length,
+        "batches": batches,
+        "parts": parts,
+        "init": init if os.path.exists(init) else None,
+    }
+    note = {"steps": len(batches), "site": site, "weights": bool(_REPLAY["plan"]["init"])}
+    if stopped is not None:
+        note["stopped"] = stopped
+    _rank_or_process_note(replay_plan=note)
     return _REPLAY["plan"]
 
 
 def _training_share(event):
-    """(loader, indices) of the batch a step trained on: the last one consumed before the
-    optimizer step, alone of its loader in that step (evaluation or a sanity check drawn from
-    another loader meanwhile changes no weight); None where there is none or several (gradient
-    accumulation)."""
+    """(loader, [indices of each batch]) a step trained on: the batches of the loader of the last
+    one consumed before the optimizer step (evaluation or a sanity check drawn from another loader
+    meanwhile changes no weight); None where there is none; a reason where the step cannot be
+    replayed."""
+    if event is None:
+        return None
     loaders, indices = event.get("loaders") or [], event.get("indices") or []
-    if not loaders or len(loaders) != len(indices) or indices[-1] is None:
+    if not loaders or len(loaders) != len(indices):
         return None
-    if loaders.count(loaders[-1]) != 1:
+    if (event.get("backwards") or 0) > 1:
+        return "each rank ran %d backward passes before its optimizer step (gradient accumulation)" % event["backwards"]
+    mine = [i for loader, i in zip(loaders, indices) if loader == loaders[-1]]  # noqa: B905
+    if any(i is None for i in mine):
         return None
-    return loaders[-1], indices[-1]
+    return loaders[-1], mine
 
 
 def _rank_or_process_note(**fields):
@@ -1670,19 +1738,33 @@ def _load_initial_weights(params):
 
 
 def _replayed_indices(iterator, indices):
-    """The recorded global batch instead of ``indices``, for the first pass of the loader made
-    where the recorded run's training loader was made, while recorded batches last."""
+    """The recorded global batch instead of ``indices``, in the pass made where the recorded run's
+    training pass was made (the same site, the same how-manieth pass there, a dataset of the same
+    length), while recorded batches last; never an index the dataset does not have."""
     plan = _replay_plan()
     if not plan["batches"] or not isinstance(indices, list):
         return None
     if _REPLAY["iterator"] is None:
-        if _rank() is None or _current_epoch(iterator).site != plan["site"]:
+        if _rank() is None:
+            return None
+        epoch = _current_epoch(iterator)
+        if (_user_site(epoch.site), epoch.nth) != (plan["site"], plan["nth"]) or epoch.length != plan["length"]:
             return None
         _REPLAY["iterator"] = iterator
+        _rank_or_process_note(loader=epoch.loader)
     if iterator is not _REPLAY["iterator"] or _REPLAY["k"] >= len(plan["batches"]):
         return None
+    replayed = list(plan["batches"][_REPLAY["k"]])
+    try:
+        size = len(iterator._dataset)
+    except TypeError:
+        size = None
+    if size is not None and any(not isinstance(i, int) or not 0 <= i < size for i in replayed):
+        _REPLAY["k"] = len(plan["batches"])  # the dataset is not the recorded one: no more replay
+        _rank_or_process_note(draw=_REPLAY["consumed"], data="indices outside the dataset (%d samples)" % size)
+        return None
     _REPLAY["k"] += 1
-    return list(plan["batches"][_REPLAY["k"] - 1])
+    return replayed
 
 
 def _slice(batch, start, stop):
@@ -1711,7 +1793,7 @@ def _replayed_batch(batch):
         if hasher.hexdigest() != recorded and differs is None:
             differs = rank
         start += size or 0
-    _rank_or_process_note(step=k, data="equal" if differs is None else "differs on rank %d" % differs)
+    _rank_or_process_note(draw=k, data="equal" if differs is None else "differs on rank %d" % differs)
     _REPLAY["rng"] = _random_state()
 
 
