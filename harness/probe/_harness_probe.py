@@ -15,8 +15,8 @@ It writes under ``HARNESS_PROBE_DIR``:
 * ``ranks/rank-N.jsonl``: events: ``dist_init``, ``collective`` (op, shapes, dtypes, group,
   peer for point-to-point, caller line), ``batch`` (digest of each batch consumed), ``params``
   (digest of the parameters every ``HARNESS_PARAM_EVERY`` optimizer steps), ``write``.
-  Events a crash or an ``os._exit`` must not lose (collectives, writes, parameters) are flushed
-  at once, the others every second;
+  Events a crash must not lose (collectives, writes, parameters) are flushed at once, the
+  others every second and before ``os._exit`` (which runs no exit handler);
 * ``ranks/rank-N.heartbeat``: progress counters, rewritten every second; on SIGUSR1 the rank
   dumps every thread's stack to ``ranks/rank-N.stacks.txt`` (the harness's hang detector).
 
@@ -1908,6 +1908,19 @@ def record_exit():
 
     sys.exit = _hook(original_exit, before=before)
     atexit.register(_quietly, "exit", _at_exit)
+    os._exit = _hook(os._exit, before=lambda args, kwargs: _before_os_exit())
+
+
+def _before_os_exit():
+    """``os._exit`` runs no exit handler (torchrun workers often leave through it): the rank's
+    pending steps and events are written first, or the steps since the heartbeat's last flush are
+    lost. Only the rank's own process: a forked child may hold a copy of a lock taken at the fork."""
+    rank = _rank()
+    if rank is None:
+        return
+    _quietly("loss ledger", flush_steps)
+    _quietly("data ledger", close_abandoned)
+    rank.close()
 
 
 def _at_exit():
