@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import logging
 import os
 import shutil
@@ -25,7 +26,7 @@ import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 from docker import DockerClient
 from docker.errors import APIError, BuildError, ImageNotFound
@@ -43,6 +44,18 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
+
+
+def python_json_in_image(client: DockerClient, image: str, code: str, labels: dict[str, str]) -> Any:
+    """What ``code``, run by the image's ``python3`` in isolated mode with no network, prints
+    last, read as JSON: how the harness asks an image what it has. The engine's errors
+    (``ContainerError``: no ``python3``, ``APIError``) and the output's (``ValueError``,
+    ``IndexError``) are the caller's to judge."""
+    out = client.containers.run(
+        image, entrypoint=["python3", "-I", "-c", code], network_mode="none", labels=labels, remove=True
+    )
+    return json.loads(bytes(out).decode().strip().splitlines()[-1])
+
 
 _LABEL = "harness.managed=true"
 _TORCH_REQUIREMENTS = ("torch==2.13.0", "numpy")

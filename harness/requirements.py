@@ -547,10 +547,10 @@ def image_python(client: Any, image: str, labels: dict[str, str]) -> dict[str, A
     )
     from docker.errors import APIError, ContainerError
 
+    from harness.images import python_json_in_image
+
     try:
-        out = client.containers.run(
-            image, entrypoint=["python3", "-I", "-c", code], network_mode="none", labels=labels, remove=True
-        )
+        found: dict[str, Any] = python_json_in_image(client, image, code, labels)
     except (ContainerError, APIError) as exc:  # no python3: the launcher could not run pip either
         message = f"the image {image} has no working python3 to install requirements.txt with: {exc}"
         raise InstallFailed(
@@ -561,7 +561,6 @@ def image_python(client: Any, image: str, labels: dict[str, str]) -> dict[str, A
             hint=f"use an image with python3 on its PATH, or leave {REQUIREMENTS_FILE} out of source_dir "
             "(SageMaker's launcher could not install it in this image either)",
         ) from exc
-    found: dict[str, Any] = json.loads(out.decode().strip().splitlines()[-1])
     known.parent.mkdir(parents=True, exist_ok=True)
     known.write_text(json.dumps(found), encoding="utf-8")
     return found

@@ -17,7 +17,6 @@ docs/toolkit.md lists where the two differ, and tests/test_toolkit.py holds them
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Iterable
 from dataclasses import replace
@@ -25,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from harness.contract import HostContract
-from harness.images import TOOLKIT_IMAGE, TOOLKIT_LABEL, TOOLKIT_VERSIONS, toolkit_description
+from harness.images import TOOLKIT_IMAGE, TOOLKIT_LABEL, TOOLKIT_VERSIONS, python_json_in_image, toolkit_description
 from harness.jobspec import JobSpec
 from harness.record import RecordFiles, RecordWriter, redact_env, write_json
 
@@ -75,10 +74,7 @@ def found_in_image(client: Any, image: str, labels: dict[str, str]) -> str | Non
     from docker.errors import APIError, ContainerError
 
     try:
-        out = client.containers.run(
-            image, entrypoint=["python3", "-I", "-c", code], network_mode="none", labels=labels, remove=True
-        )
-        versions = json.loads(bytes(out).decode().strip().splitlines()[-1])
+        versions = python_json_in_image(client, image, code, labels)
     except (ContainerError, APIError, ValueError, IndexError):
         return None
     return toolkit_description(versions) if "sagemaker-training" in versions else None

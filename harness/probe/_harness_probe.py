@@ -1042,8 +1042,9 @@ class _Epoch:
         self.loader, self.site, self.epoch = info["loader"], info["site"], info["epochs"] - 1
         # The how-manieth pass made at this site (a library that makes every loader on one line
         # makes the evaluation's and the training's there): what a replay finds its loader by.
-        self.nth = _SITE_PASSES.get(_user_site(self.site), 0)
-        _SITE_PASSES[_user_site(self.site)] = self.nth + 1
+        site = _user_site(self.site)
+        self.nth = _SITE_PASSES.get(site, 0)
+        _SITE_PASSES[site] = self.nth + 1
         self.sampler_iter = iterator._sampler_iter
         self.iterable = iterator._dataset_kind != 0  # _DatasetKind.Map
         sampler = iterator._index_sampler
@@ -1637,6 +1638,9 @@ def _replay_plan():
                     events["passes"][(event["loader"], event["epoch"])] = (site, nth, event.get("length"))
         ranks[int(match.group(1))] = events
     order = sorted(ranks)
+    # Rank 0's second step, where it took one: what tells a first step of two batches (one
+    # fetched ahead) from gradient accumulation.
+    second = _training_share(ranks[order[0]]["steps"].get(1)) if order else None
     batches, parts, where, stopped = [], [], None, None
     for step in range(REPLAY_STEPS):
         shares = [_training_share(ranks[r]["steps"].get(step)) for r in order]
@@ -1654,7 +1658,7 @@ def _replay_plan():
             stopped = "step %d: the ranks drew unlike numbers of batches" % step
             break
         count = counts.pop()
-        if count != 1 and (step or _training_share(ranks[order[0]]["steps"].get(1)) is None):
+        if count != 1 and (step or second is None):
             stopped = "step %d: each rank trained on %d batches (gradient accumulation)" % (step, count)
             break
         passes = {ranks[r]["passes"].get((b["loader"], b.get("epoch"))) for r, d in zip(order, drawn) for b in d}  # noqa: B905
@@ -1669,7 +1673,7 @@ def _replay_plan():
         for j in range(count):
             batches.append([i for share in shares for i in share[1][j]])
             parts.append([(d[j]["size"], d[j]["digest"]) for d in drawn])
-    if len(batches) > 1 and _training_share(ranks[order[0]]["steps"].get(1)) is None:
+    if len(batches) > 1 and second is None:
         del batches[1:], parts[1:]  # a first step of two batches, and no second step to show it was one ahead
     init = os.path.join(directory, "rank-0.init.pt")
     site, nth, length = where or (None, None, None)
