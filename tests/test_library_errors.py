@@ -22,9 +22,20 @@ def _release(version: str) -> str:
     return version.split("+", 1)[0]
 
 
+def _installed(distribution: str) -> bool:
+    try:
+        importlib.metadata.version(distribution)
+    except importlib.metadata.PackageNotFoundError:
+        return False
+    return True
+
+
 def test_the_data_is_what_the_installed_libraries_raise() -> None:
     """The pins moved without a rerun of the script, or its output was edited by hand."""
     committed = json.loads(DATA.read_text())
+    missing = [name for name in library_errors.LIBRARIES if not _installed(name)]
+    if missing:  # README's install has the test extra only; CI installs the corpus extra too
+        pytest.skip(f"{', '.join(missing)} not installed: pip install -e '.[corpus]' to check the data")
     installed = {name: importlib.metadata.version(name) for name in library_errors.LIBRARIES}
     assert {k: _release(v) for k, v in committed["versions"].items()} == {
         k: _release(v) for k, v in installed.items()
