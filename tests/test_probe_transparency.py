@@ -79,6 +79,25 @@ def test_the_comparison_drops_only_the_probes_frames(tmp_path: Path) -> None:
     assert not same_output(Counter(["a", "harness probe: oops"]), Counter(["a"]))[0]
 
 
+def test_a_traceback_cut_short_by_the_launchers_signal_is_left_out_whole(tmp_path: Path) -> None:
+    """CI's run of accelerate's notebook_launcher test: a rank that failed on purpose was stopped by
+    the elastic agent's SIGTERM while it formatted its own traceback, in the run without the probe
+    only. Such a traceback races; one that ends in the program's own error is compared."""
+    own = ["Traceback (most recent call last):", '  File "/t.py", line 4, in f', "    fail()", "RuntimeError: even"]
+    stopped = [
+        "Process ForkProcess-10:",
+        *own,
+        "During handling of the above exception, another exception occurred:",
+        "Traceback (most recent call last):",
+        '  File "/x/torch/distributed/elastic/multiprocessing/api.py", line 86, in _terminate_process_handler',
+        "torch.distributed.elastic.multiprocessing.api.SignalException: Process 7 got signal: 15",
+    ]
+    off = output_lines(_Logs(tmp_path / "off.txt", ["start", *stopped, "done"]))  # type: ignore[arg-type]
+    assert off == Counter(["start", "done"])
+    kept = output_lines(_Logs(tmp_path / "kept.txt", ["start", *own, "done"]))  # type: ignore[arg-type]
+    assert sum(kept.values()) == 6 and kept["RuntimeError: even"] == 1
+
+
 @pytest.mark.skipif(
     importlib.util.find_spec("accelerate") is None, reason="accelerate is not installed (pip install '.[corpus]')"
 )

@@ -23,18 +23,37 @@ from harness.record import RunRecord, log_text
 _PROBE_FRAME = re.compile(r'^(?P<prefix>(?:\[[\w:]+\]:? ?)?)\s*File "[^"]*_harness_probe\.py", line \d+, in ')
 
 
+#: Where a traceback starts: multiprocessing's "Process Name-N:" header or the traceback's own.
+_TRACEBACK_START = re.compile(r"^(?:Process [\w-]+:|Traceback \(most recent call last\):)$")
+#: A traceback's exception line (unindented, ``pkg.Name: message``) and the lines that chain one.
+_EXCEPTION_LINE = re.compile(r"^(?:[A-Za-z_]\w*\.)*(?P<name>[A-Za-z_]\w*)(?::|$)")
+_CHAINED = ("During handling of the above exception", "The above exception was the direct cause")
+
+
 def output_lines(record: RunRecord, ignore: Iterable[re.Pattern[str]] = ()) -> Counter[str]:
     """Every host's output as a multiset of lines, without timestamps, normalised as the logs
     check compares rungs (pids, ports, temporary paths), without the probe's traceback frames and
     without lines ``ignore`` matches (ones a program prints a different number of times from run
-    to run, with or without the probe)."""
+    to run, with or without the probe).
+
+    A traceback that ends in torch elastic's ``SignalException`` is left out whole: its process
+    was stopped by its launcher, and whether the signal came while it was printing a traceback of
+    its own races (accelerate's notebook_launcher test, probe or not)."""
     ignore = tuple(ignore)
     lines: Counter[str] = Counter()
+
+    def keep(block: list[str]) -> None:
+        for text in block:
+            if not any(pattern.search(text) for pattern in ignore):
+                lines[normalise(text)] += 1
+
     for host in record.hosts:
         path = record.host_log(host)
         if not path.is_file():
             continue
         inside: str | None = None  # the prefix of the probe frame being skipped
+        traceback: list[str] = []  # the traceback being read, kept or dropped at its end
+        ended: str | None = None  # its last exception's name, until a line shows no chain follows
         for raw in path.read_text(errors="replace").splitlines():
             text = log_text(raw)
             frame = _PROBE_FRAME.match(text)
@@ -44,8 +63,22 @@ def output_lines(record: RunRecord, ignore: Iterable[re.Pattern[str]] = ()) -> C
             if inside is not None and text.startswith(inside) and text[len(inside) :].startswith("    "):
                 continue
             inside = None
-            if text.strip() and not any(pattern.search(text) for pattern in ignore):
-                lines[normalise(text)] += 1
+            if not text.strip():
+                continue
+            if ended is not None and not text.startswith(_CHAINED):
+                if ended != "SignalException":
+                    keep(traceback)
+                traceback, ended = [], None
+            if traceback or _TRACEBACK_START.match(text):
+                traceback.append(text)
+                exception = _EXCEPTION_LINE.match(text)
+                ended = (
+                    exception["name"] if exception and len(traceback) > 1 and not text.startswith(_CHAINED) else None
+                )
+                continue
+            keep([text])
+        if ended != "SignalException":
+            keep(traceback)
     return lines
 
 
