@@ -88,7 +88,7 @@ def _harness_resources(client: Any) -> set[str]:
 def torch_image(engine: Any) -> str:
     """The image with python3, pip and torch the container rungs run scripts on (built once per
     machine; module scope so that a module may narrow ``engine``)."""
-    from harness.images import ensure_torch_image
+    from harness.runtime.images import ensure_torch_image
 
     return ensure_torch_image(engine)
 

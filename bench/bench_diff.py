@@ -4,7 +4,7 @@
 
 Writes a transformer-shaped state dict (embedding, attention and MLP blocks, norms, head) as a
 torch zip file and as ``.safetensors``, a byte-identical-valued copy of each and a copy with a
-few tensors changed, then times ``harness.diff.tensors.compare`` on each pair.
+few tensors changed, then times ``harness.judge.tensors.compare`` on each pair.
 
 Throughput = (bytes of file A + bytes of file B) / wall seconds of one ``compare`` call, which
 memory-maps both files, reads every tensor and returns the typed result; 1 GB = 1e9 bytes.
@@ -32,7 +32,7 @@ from typing import Any
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from harness.diff.tensors import compare  # noqa: E402
+from harness.judge.tensors import compare  # noqa: E402
 
 RTOL, ATOL = 1e-5, 1e-6
 

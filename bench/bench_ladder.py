@@ -18,10 +18,10 @@ import time
 from pathlib import Path
 from typing import Any
 
-from harness.bisect import bisect
-from harness.jobspec import load_job
-from harness.ladder import Step, climb
-from harness.scenario import load_scenario
+from harness.ladder.bisect import bisect
+from harness.ladder.climbing import Step, climb
+from harness.ladder.scenario import load_scenario
+from harness.spec.job import load_job
 
 ROOT = Path(__file__).resolve().parent.parent / "scenarios"
 #: Faults and the docker settings their scenario gives the rung they depart on.

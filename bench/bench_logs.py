@@ -1,4 +1,4 @@
-"""Log analysis throughput: ``harness.diff.logs.check_run`` over 1,000,000 lines from 8 ranks.
+"""Log analysis throughput: ``harness.judge.logs.check_run`` over 1,000,000 lines from 8 ranks.
 
     python bench/bench_logs.py [--lines 1000000] [--ranks 8] [--runs 5] [--with-host-logs]
 
@@ -25,9 +25,9 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from harness.diff.logs import check_run  # noqa: E402
-from harness.diff.protocol import CheckContext  # noqa: E402
-from harness.record import RunRecord  # noqa: E402
+from harness.judge.logs import check_run  # noqa: E402
+from harness.judge.protocol import CheckContext  # noqa: E402
+from harness.record.run_record import RunRecord  # noqa: E402
 
 START = dt.datetime(2026, 11, 23, 5, 0, 0, tzinfo=dt.UTC)
 CRASH = """[rank5]: Traceback (most recent call last):

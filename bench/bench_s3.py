@@ -5,8 +5,8 @@
 
 Two data sets under one bucket: many small objects (``--files`` x ``--file-kib``, the shape of a
 sharded CSV or image data set) and one large object (``--big-mib``, the shape of a checkpoint or
-a packed data set). Measures ``harness.s3.download`` of each prefix (what every rung does before
-the job starts) and ``harness.s3.upload`` of the large file (what it does with ``model.tar.gz``):
+a packed data set). Measures ``harness.spec.s3.download`` of each prefix (what every rung does before
+the job starts) and ``harness.spec.s3.upload`` of the large file (what it does with ``model.tar.gz``):
 the median of ``--runs`` in MB/s and objects/s. LocalStack runs on this machine, so the numbers
 are the harness's and boto3's cost plus LocalStack's, not a network's.
 """
@@ -22,8 +22,8 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from harness import s3  # noqa: E402
-from harness.s3 import S3Uri  # noqa: E402
+from harness.spec import s3  # noqa: E402
+from harness.spec.s3 import S3Uri  # noqa: E402
 
 BUCKET = "harness-bench"
 

@@ -10,7 +10,7 @@ data ledger (the strided shard r of N of a ``--samples`` dataset, as ``Distribut
 it: an exact bitmap), its batch digests and order, its process record, its host. Every rank runs
 ``--steps`` optimizer steps, each an all-reduce, so the collective sequences grow with the
 steps as in a real job. Two such records, baseline and candidate, are judged together
-(``harness.verdict.judge``, every check) and reported (text, JSON, HTML); with ``--fault`` the
+(``harness.judge.verdict.judge``, every check) and reported (text, JSON, HTML); with ``--fault`` the
 candidate's last rank issues a broadcast where its peers all-reduce, so the verdict has a
 finding to rank and report. Printed: per rank
 count, the seconds of writing, judging and reporting, the verdict, and the growth from the
@@ -34,8 +34,8 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from harness import report  # noqa: E402
-from harness.record import RunRecord  # noqa: E402
-from harness.verdict import judge  # noqa: E402
+from harness.judge.verdict import judge  # noqa: E402
+from harness.record.run_record import RunRecord  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 PER_HOST = 8

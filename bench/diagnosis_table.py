@@ -13,7 +13,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from harness.scenario import all_scenarios, run_scenario
+from harness.ladder.scenario import all_scenarios, run_scenario
 
 ROOT = Path(__file__).resolve().parent.parent / "scenarios"
 

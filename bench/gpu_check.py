@@ -7,7 +7,7 @@ Each row is one check, run for real, with its outcome, its time and what it show
 * ``local-gpu``: the reference job on one GPU per process (NCCL), against ``local`` on the CPU,
   judged with the GPU tolerance the docs give (weights within 1e-4);
 * ``nccl facts``: what NCCL said it chose on that run (network, transports, version:
-  :mod:`harness.diff.nccl`), with ``NCCL_DEBUG=INFO`` set in the job's environment;
+  :mod:`harness.judge.nccl`), with ``NCCL_DEBUG=INFO`` set in the job's environment;
 * ``docker nccl``: the reference job in one container per host, NCCL across containers (the GPUs
   split between the hosts), against ``local-gpu``;
 * ``toolkit``: the same under the real ``sagemaker-training`` toolkit image;
@@ -32,12 +32,12 @@ from pathlib import Path
 
 from harness.backends import get_backend
 from harness.backends.local import cuda_device_count
-from harness.diff import nccl, tensors
-from harness.diff.protocol import Tolerance
 from harness.errors import HarnessError
-from harness.jobspec import JobSpec, load_job
-from harness.record import RunRecord
-from harness.verdict import judge
+from harness.judge import nccl, tensors
+from harness.judge.protocol import Tolerance
+from harness.judge.verdict import judge
+from harness.record.run_record import RunRecord
+from harness.spec.job import JobSpec, load_job
 
 ROOT = Path(__file__).resolve().parent.parent
 REFERENCE = ROOT / "scenarios" / "ddp_csv" / "job.yaml"

@@ -24,7 +24,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from harness.backends import get_backend
-from harness.jobspec import JobSpec, load_job
+from harness.spec.job import JobSpec, load_job
 
 ROOT = Path(__file__).resolve().parent.parent
 REFERENCE = ROOT / "scenarios" / "ddp_csv" / "job.yaml"
@@ -176,7 +176,7 @@ def main() -> int:
         ]
         if get_backend("docker").unavailable_reason() is None:
             from harness.backends.containers import client
-            from harness.images import ensure_torch_image
+            from harness.runtime.images import ensure_torch_image
 
             image = ensure_torch_image(client())  # warm image: built before anything is timed
             starts: list[float] = []
@@ -195,7 +195,7 @@ def main() -> int:
                 ("container create+start per host (s)", f"{statistics.median(starts):.2f}", "bare docker"),
             ]
         if not args.quick:
-            from harness.ladder import climb
+            from harness.ladder.climbing import climb
 
             started = time.perf_counter()
             ladder = climb(job, work / "records")

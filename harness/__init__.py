@@ -3,8 +3,8 @@ where and why its behaviour diverges."""
 
 from harness._version import __version__
 from harness.errors import HarnessError, JobSpecError, RecordError, RungFailed, RungUnavailable, UsageError
-from harness.jobspec import Channel, JobSpec, MetricDefinition, load_job
-from harness.record import RunRecord
+from harness.record.run_record import RunRecord
+from harness.spec.job import Channel, JobSpec, MetricDefinition, load_job
 
 __all__ = [
     "Channel",

@@ -18,10 +18,10 @@ failed); anything else is a bug and keeps its traceback.
     ├── CheckpointError       a checkpoint cannot be read for a tensor-level diff
     ├── RungFailed            a rung broke down while running (not the job failing)
     │   (defined beside the code that raises them:)
-    ├── S3Error               harness.s3: an S3 transfer around the job failed
-    ├── LocalStackError       harness.localstack: LocalStack could not be installed or started
-    ├── ArchiveRefused        harness.artifacts: an archive over the caps (also a tarfile.TarError)
-    └── InstallFailed         harness.requirements: pip could not install requirements.txt (the
+    ├── S3Error               harness.spec.s3: an S3 transfer around the job failed
+    ├── LocalStackError       harness.runtime.localstack: LocalStack could not be installed or started
+    ├── ArchiveRefused        harness.record.archives: an archive over the caps (also a tarfile.TarError)
+    └── InstallFailed         harness.runtime.requirements: pip could not install requirements.txt (the
                               rungs record it as the job failing; the hint is in the rung fact)
 
 tests/test_errors.py checks that every exception class of the package (but for the code that runs

@@ -9,14 +9,14 @@ for a check in one of two ways:
   evidence unless the verdict is parity. The body (often empty) may take the ``harness_result``
   fixture to check more.
 * the ``harness_ladder`` fixture, ``harness_ladder(job, rungs=None, rtol=..., ...)`` with the same
-  arguments, which climbs and returns the :class:`~harness.ladder.LadderResult`;
+  arguments, which climbs and returns the :class:`~harness.ladder.climbing.LadderResult`;
   :func:`assert_parity` fails the test with the verdict. For jobs built in Python, or tests that
   expect a divergence.
 
-``job`` is a :class:`~harness.jobspec.JobSpec` or a job file, relative to pytest's rootdir.
+``job`` is a :class:`~harness.spec.job.JobSpec` or a job file, relative to pytest's rootdir.
 ``rtol``/``atol`` are the tolerance of metric curves, ``tensor_rtol``/``tensor_atol`` that of
-checkpoint tensors (:class:`~harness.diff.protocol.Tolerance`). Rungs: the test's own, else
-``--harness-rungs``, else :data:`harness.ladder.DEFAULT_RUNGS`. A rung that cannot run here is
+checkpoint tensors (:class:`~harness.judge.protocol.Tolerance`). Rungs: the test's own, else
+``--harness-rungs``, else :data:`harness.ladder.climbing.DEFAULT_RUNGS`. A rung that cannot run here is
 left out and reported as a :class:`RungSkippedWarning`; a test of which no rung can run, or of
 which only one rung ran (nothing was compared), is skipped with every rung's reason, unless a rung
 it names in ``require`` could not run: then it fails. Records go under ``--harness-record-dir``
@@ -46,12 +46,12 @@ from urllib.parse import quote
 import pytest
 
 from harness.backends import parse_rung_list
-from harness.diff.protocol import DEFAULT_ATOL, DEFAULT_RTOL, Tolerance
 from harness.errors import HarnessError, RequiredRungUnavailable, RungUnavailable, UsageError
-from harness.jobspec import JobSpec, load_job
-from harness.ladder import DEFAULT_RUNGS, LadderResult, climb
-from harness.record import RunRecord
+from harness.judge.protocol import DEFAULT_ATOL, DEFAULT_RTOL, Tolerance
+from harness.ladder.climbing import DEFAULT_RUNGS, LadderResult, climb
+from harness.record.run_record import RunRecord
 from harness.report import to_json, to_text
+from harness.spec.job import JobSpec, load_job
 
 __all__ = ["LadderRunner", "RungSkippedWarning", "assert_parity"]
 

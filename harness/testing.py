@@ -22,8 +22,8 @@ from typing import Any
 
 from harness.backends import backend_class, registered, rungs
 from harness.backends.base import Backend, Capabilities, Plan, Progress, RungOptions
-from harness.jobspec import JobSpec
-from harness.record import RecordWriter, Status, write_json
+from harness.record.run_record import RecordWriter, Status, write_json
+from harness.spec.job import JobSpec
 
 
 @dataclass(frozen=True)

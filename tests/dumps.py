@@ -9,7 +9,7 @@ import json
 import tarfile
 from typing import Any
 
-from harness.record import RunRecord
+from harness.record.run_record import RunRecord
 
 
 def process_dumps(record: RunRecord) -> dict[tuple[str, str], dict[str, Any]]:

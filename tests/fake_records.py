@@ -7,8 +7,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-from harness.jobspec import JobSpec
-from harness.record import RecordWriter, RunRecord, Status, write_json
+from harness.record.run_record import RecordWriter, RunRecord, Status, write_json
+from harness.spec.job import JobSpec
 
 JOB = JobSpec(name="fake", image="img", instance_count=1, hyperparameters={"lr": 0.1, "flag": False})
 

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 
 from harness.cli import main
-from harness.jobspec import load_job
+from harness.spec.job import load_job
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples" / "airflow"
@@ -87,7 +87,7 @@ def _error(capsys: pytest.CaptureFixture[str]) -> str:
 @pytest.mark.slow
 def test_the_core_never_imports_airflow() -> None:
     code = (
-        "import sys, harness, harness.cli, harness.ladder, harness.airflow\n"
+        "import sys, harness, harness.cli, harness.ladder.climbing, harness.airflow\n"
         "loaded = [m for m in sys.modules if m == 'airflow' or m.startswith('airflow.')]\n"
         "assert not loaded, loaded\n"
     )

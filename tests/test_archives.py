@@ -16,13 +16,13 @@ from pathlib import Path
 
 import pytest
 
-from harness import artifacts
-from harness.artifacts import ArchiveRefused
 from harness.backends.sagemaker import PROBE_OUTPUT, unpack_probe
 from harness.backends.sagemaker_sdk import copy_probe_files, ignored_fact, is_probe_file
-from harness.diff.artifacts import _extract
 from harness.errors import HarnessError
-from harness.record import pack_like_sagemaker
+from harness.judge.artifacts import _extract
+from harness.record import archives
+from harness.record.archives import ArchiveRefused
+from harness.record.run_record import pack_like_sagemaker
 
 pytestmark = pytest.mark.unit
 
@@ -60,13 +60,13 @@ def test_a_gzip_bomb_is_refused_before_anything_is_written(tmp_path: Path) -> No
     assert archive.stat().st_size < 2**20  # 50 MiB of zeros in well under 1 MiB of gzip
     dest = tmp_path / "out"
     with pytest.raises(ArchiveRefused) as refused:
-        artifacts.extract(archive, dest, max_bytes=10 * 2**20)
+        archives.extract(archive, dest, max_bytes=10 * 2**20)
     message = refused.value.message
     assert "unpacks to more than 10.0 MiB" in message and "'zeros.bin' alone is 50.0 MiB" in message
     assert str(archive) in message
     assert isinstance(refused.value, HarnessError) and isinstance(refused.value, tarfile.TarError)
     assert not any(p.is_file() for p in dest.rglob("*"))  # nothing of the member was written
-    artifacts.extract(archive, tmp_path / "fits", max_bytes=60 * 2**20)  # under the cap it unpacks
+    archives.extract(archive, tmp_path / "fits", max_bytes=60 * 2**20)  # under the cap it unpacks
     assert (tmp_path / "fits" / "zeros.bin").stat().st_size == 50 * 2**20
 
 
@@ -77,12 +77,12 @@ def test_an_archive_of_too_many_members_is_refused(tmp_path: Path) -> None:
             info = tarfile.TarInfo(f"f{i}")
             tar.addfile(info, io.BytesIO(b""))
     with pytest.raises(ArchiveRefused, match="more than 20 members"):
-        artifacts.extract(archive, tmp_path / "out", max_members=20)
+        archives.extract(archive, tmp_path / "out", max_members=20)
     assert len(list((tmp_path / "out").iterdir())) == 20  # stopped at the cap
 
 
 def test_the_caps_are_the_documented_defaults() -> None:
-    assert artifacts.MAX_ARCHIVE_BYTES == 20 * 2**30 and artifacts.MAX_ARCHIVE_MEMBERS == 100_000
+    assert archives.MAX_ARCHIVE_BYTES == 20 * 2**30 and archives.MAX_ARCHIVE_MEMBERS == 100_000
 
 
 def test_a_bomb_in_a_record_is_an_unreadable_archive_to_the_diff(
@@ -91,7 +91,7 @@ def test_a_bomb_in_a_record_is_an_unreadable_archive_to_the_diff(
     """The diff streams checkpoints out through the same caps; a refusal is a ``TarError``, which
     the diff reports as an archive it could not read (a divergence), never as equal."""
     archive = _bomb(tmp_path / "model.tar.gz", 50 * 2**20)
-    monkeypatch.setattr(artifacts, "MAX_ARCHIVE_BYTES", 10 * 2**20)
+    monkeypatch.setattr(archives, "MAX_ARCHIVE_BYTES", 10 * 2**20)
     with pytest.raises(tarfile.TarError, match="unpacks to more than 10.0 MiB"):
         _extract(archive, {"zeros.bin"}, tmp_path / "out")
 
@@ -152,7 +152,7 @@ def test_a_forged_probe_directory_in_the_jobs_archive_cannot_replace_the_record(
 
 def test_unpacking_a_bomb_fails_with_the_reason(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     archive = _bomb(tmp_path / "record" / "artifacts" / "output.tar.gz", 50 * 2**20)
-    monkeypatch.setattr(artifacts, "MAX_ARCHIVE_BYTES", 10 * 2**20)
+    monkeypatch.setattr(archives, "MAX_ARCHIVE_BYTES", 10 * 2**20)
     with pytest.raises(ArchiveRefused, match="unpacks to more than 10.0 MiB"):
         unpack_probe(archive.parent.parent, HOSTS)
 

@@ -457,7 +457,7 @@ def test_show_into_a_closed_pipe_ends_quietly(tmp_path: Path) -> None:
 @pytest.mark.unit
 def test_request_roundtrip(tmp_path: Path, scenarios: Path) -> None:
     """A v2-style request (JSON-encoded hyperparameters) gives back the job it describes."""
-    from harness.request import load_request
+    from harness.spec.request import load_request
 
     request = {
         "TrainingJobName": "ddp-csv",

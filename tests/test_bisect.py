@@ -7,8 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.bisect import Bisection, Step, to_text
 from harness.cli import main
+from harness.ladder.bisect import Bisection, Step, to_text
 
 JOBS = Path(__file__).resolve().parent / "data" / "probe_jobs"
 

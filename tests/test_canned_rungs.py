@@ -11,9 +11,9 @@ import pytest
 from harness.backends import rungs
 from harness.backends.base import RungOptions
 from harness.cli import main
-from harness.jobspec import JobSpec
-from harness.ladder import climb
+from harness.ladder.climbing import climb
 from harness.report import to_html, to_markdown
+from harness.spec.job import JobSpec
 from harness.testing import Canned, canned_rungs, steps_event
 
 pytestmark = pytest.mark.unit

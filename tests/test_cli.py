@@ -10,10 +10,10 @@ from pathlib import Path
 import pytest
 from fake_records import make_record
 
-from harness import cli
 from harness.cli import main
-from harness.jobspec import JobSpec
-from harness.record import RunRecord
+from harness.cli.console import RungProgress
+from harness.record.run_record import RunRecord
+from harness.spec.job import JobSpec
 
 
 def _edit_manifest(record: RunRecord, **changes: object) -> RunRecord:
@@ -77,7 +77,7 @@ def test_progress_lines_when_stderr_is_not_a_terminal(
 ) -> None:
     monkeypatch.setenv("HARNESS_PROGRESS_EVERY", "0.05")
     job = JobSpec(name="demo", image="img", instance_count=2)
-    progress = cli._RungProgress("docker", job, verbose=False)
+    progress = RungProgress("docker", job, verbose=False)
     progress("algo-1", "epoch=1 step=3 loss=0.5")
     time.sleep(0.3)
     progress.done("succeeded")
@@ -141,7 +141,7 @@ def test_doctor_says_how_like_sagemaker_each_ready_rung_is(
     local = out.index(next(line for line in out if line.startswith("local ")))
     assert " ready " in out[local], out[local]  # the local rung needs nothing a machine may lack
     assert out[local + 1].strip().startswith("network: ")
-    assert out[local + 2].strip() == "toolkit: emulated (harness/contract.py)"
+    assert out[local + 2].strip() == "toolkit: emulated (harness/spec/host_contract.py)"
     sagemaker = out.index(next(line for line in out if line.startswith("sagemaker ")))
     assert " unavailable: " in out[sagemaker], out[sagemaker]
     unavailable = [i for i, line in enumerate(out) if not line.startswith(" ") and " unavailable: " in line]

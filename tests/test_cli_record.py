@@ -13,7 +13,7 @@ from fake_records import JOB, make_record
 
 from harness.backends.hosts import ranks_from_probe
 from harness.errors import RecordError
-from harness.record import README_TEMPLATE, RecordWriter, RunRecord
+from harness.record.run_record import README_TEMPLATE, RecordWriter, RunRecord
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "run-record.md"
 
@@ -95,7 +95,7 @@ def test_a_strict_load_wants_every_key_the_harness_writes(tmp_path: Path) -> Non
 @pytest.mark.slow
 def test_the_reference_job_leaves_a_complete_record(scenarios: Path, tmp_path: Path) -> None:
     from harness.backends import get_backend
-    from harness.jobspec import load_job
+    from harness.spec.job import load_job
 
     record = get_backend("local").run(load_job(scenarios / "ddp_csv" / "job.yaml"), tmp_path / "records")
     assert record.status == "succeeded"

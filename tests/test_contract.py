@@ -1,4 +1,4 @@
-"""The contract per launcher flavour, checked against the facts cited in harness/contract.py."""
+"""The contract per launcher flavour, checked against the facts cited in harness/spec/host_contract.py."""
 
 from __future__ import annotations
 
@@ -7,8 +7,8 @@ from pathlib import Path, PurePosixPath
 
 import pytest
 
-from harness.contract import Machine, host_contract
-from harness.jobspec import JobSpec
+from harness.spec.host_contract import Machine, host_contract
+from harness.spec.job import JobSpec
 
 pytestmark = pytest.mark.unit
 

@@ -32,13 +32,13 @@ import yaml
 from transparency import artifact_hashes, assert_transparent, output_lines, probe_errors
 
 from harness.backends import get_backend
-from harness.diff import replay
-from harness.diff.protocol import CheckContext
-from harness.jobspec import load_job
-from harness.ladder import climb, replay_in_one_process
-from harness.record import RunRecord
+from harness.judge import replay
+from harness.judge.protocol import CheckContext
+from harness.ladder.climbing import climb, replay_in_one_process
+from harness.record.run_record import RunRecord
 from harness.report import to_text
-from harness.requirements import ensure_local_environment
+from harness.runtime.requirements import ensure_local_environment
+from harness.spec.job import load_job
 
 CORPUS = Path(__file__).resolve().parent / "data" / "corpus"
 JOBS = sorted(path.parent for path in CORPUS.glob("*/corpus.yaml"))
@@ -267,9 +267,9 @@ def test_children_torch_multiprocessing_reported_to_their_parent_are_not_hidden(
     no hidden failure; a multiprocessing.Process child that fails unseen still is."""
     from fake_records import make_record
 
-    from harness.diff import ranks
-    from harness.diff.protocol import CheckContext
-    from harness.verdict import judge
+    from harness.judge import ranks
+    from harness.judge.protocol import CheckContext
+    from harness.judge.verdict import judge
 
     parent = {"exit_code": 0}
     told = [{"exit_code": 1, "rank": str(r), "mp_target": "_wrap"} for r in range(2)]
@@ -291,7 +291,7 @@ def test_sharded_parameters_are_no_drift(tmp_path: Path) -> None:
     Replicas that differ still are."""
     from fake_records import make_record
 
-    from harness.verdict import judge
+    from harness.judge.verdict import judge
 
     def step(digest: str, **extra: Any) -> dict[str, Any]:
         return {"kind": "params", "step": 0, "sum": 1.0, "abs_sum": 1.0, "digest": digest, **extra}

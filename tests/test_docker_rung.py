@@ -24,8 +24,8 @@ from terminal import terminal_signals
 
 from harness.backends import get_backend
 from harness.backends.containers import gc, host_gpu_count, run_labels
-from harness.jobspec import JobSpec, load_job
-from harness.record import RunRecord
+from harness.record.run_record import RunRecord
+from harness.spec.job import JobSpec, load_job
 
 ROOT = Path(__file__).resolve().parent.parent
 SCENARIOS = ROOT / "scenarios"
@@ -123,7 +123,7 @@ def test_shm_hungry_job_needs_more_than_dockers_64m(engine: DockerClient, torch_
 @pytest.mark.docker
 @pytest.mark.slow
 def test_bring_your_own_image_runs_its_train_program(engine: DockerClient, tmp_path: Path) -> None:
-    from harness.images import bootstrap_base_image, build_image
+    from harness.runtime.images import bootstrap_base_image, build_image
 
     train = (
         '#!/bin/sh\necho "train on $(hostname) as $TRAINING_JOB_NAME, SM_HOSTS=${SM_HOSTS:-unset}"\n'
@@ -154,7 +154,7 @@ _SLEEPER = """
 import sys
 from pathlib import Path
 from harness.backends import get_backend
-from harness.jobspec import load_job
+from harness.spec.job import load_job
 get_backend("docker", image=sys.argv[3], stop_grace_s=2).run(load_job(Path(sys.argv[1])), Path(sys.argv[2]))
 """
 
@@ -329,7 +329,7 @@ def test_a_stuck_job_is_stopped_with_every_ranks_stack(
     stacks = {rank: (record.root / "ranks" / f"rank-{rank}.stacks.txt").read_text() for rank in (0, 1)}
     assert 'train.py", line 9' in stacks[1], stacks[1]  # time.sleep
     assert 'train.py", line 10' in stacks[0], stacks[0]  # the second all_reduce
-    from harness.verdict import judge
+    from harness.judge.verdict import judge
 
     verdict = judge([record])
     assert verdict.outcome == "failed" and "hang" in verdict.causes
@@ -355,7 +355,7 @@ def test_a_job_stopped_at_max_run_has_its_stacks_taken_first(tmp_path: Path) -> 
 
 @pytest.mark.unit
 def test_the_default_hang_bound_fits_inside_max_run() -> None:
-    from harness.hang import hang_after
+    from harness.runtime.hang_watch import hang_after
 
     assert hang_after(300, False, 240) == 120 and hang_after(300, False, 3600) == 300
     assert hang_after(300, True, 240) == 300  # what the user asked for stands

@@ -19,16 +19,16 @@ import pytest
 from fake_records import make_record
 
 import harness
-from harness import artifacts
 from harness.cli import main
 from harness.errors import HarnessError
+from harness.record import archives
 
 PACKAGE = Path(harness.__file__).parent
 #: Not walked: code that runs on its own, where the harness is not importable (in the user's job,
 #: in a container), so it cannot derive from HarnessError; and ``__main__``, which runs the CLI.
 STANDALONE = {
     "harness.probe": "runs inside the user's job and imports nothing of the harness",
-    "harness.install_requirements": "runs alone inside each container (standard library only)",
+    "harness.runtime.install_requirements": "runs alone inside each container (standard library only)",
     "harness.__main__": "runs the CLI when imported",
 }
 
@@ -81,9 +81,15 @@ def workdir(tmp_path: Path) -> Path:
 def test_the_walk_finds_the_modules_that_define_errors() -> None:
     """The walk below covers the package: the modules that define errors are in it."""
     modules = _modules()
-    for name in ("harness.errors", "harness.s3", "harness.localstack", "harness.artifacts", "harness.requirements"):
+    for name in (
+        "harness.errors",
+        "harness.spec.s3",
+        "harness.runtime.localstack",
+        "harness.record.archives",
+        "harness.runtime.requirements",
+    ):
         assert name in modules
-    assert not [m for m in modules if m.startswith(("harness.probe", "harness.install_requirements"))]
+    assert not [m for m in modules if m.startswith(("harness.probe", "harness.runtime.install_requirements"))]
 
 
 @pytest.mark.unit
@@ -136,7 +142,7 @@ def test_an_archive_over_the_caps_is_a_finding_with_the_refusals_hint(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """``diff`` of records whose checkpoints are in an archive over the caps: the refusal
-    (:class:`~harness.artifacts.ArchiveRefused`) is a divergence that says why and what to do,
+    (:class:`~harness.record.archives.ArchiveRefused`) is a divergence that says why and what to do,
     not a damaged archive (the hint of one that does not open)."""
     roots = []
     for rung in ("local", "docker"):
@@ -144,9 +150,9 @@ def test_an_archive_over_the_caps_is_a_finding_with_the_refusals_hint(
         tree = tmp_path / rung / "algo-1"
         (tree / "model").mkdir(parents=True)
         (tree / "model" / "model.pt").write_bytes(os.urandom(4096))  # bytes differ: streamed out to compare
-        artifacts.collect({"algo-1": tree}, record.root)
+        archives.collect({"algo-1": tree}, record.root)
         roots.append(str(record.root))
-    monkeypatch.setattr(artifacts, "MAX_ARCHIVE_BYTES", 1024)
+    monkeypatch.setattr(archives, "MAX_ARCHIVE_BYTES", 1024)
     assert main(["diff", *roots]) == 1
     captured = capsys.readouterr()
     assert "Traceback" not in captured.out + captured.err
@@ -197,7 +203,7 @@ def test_an_s3_endpoint_that_does_not_answer_is_one_error_with_a_hint(
 def test_requirements_pip_cannot_install_fail_the_run_and_the_record_gives_the_hint(
     workdir: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """:class:`~harness.requirements.InstallFailed` is the job's failure, not the CLI's: every
+    """:class:`~harness.runtime.requirements.InstallFailed` is the job's failure, not the CLI's: every
     host fails as the launcher would (exit 1), and the ``requirements`` rung fact keeps the hint
     (``harness show`` prints it)."""
     monkeypatch.setenv("XDG_CACHE_HOME", str(workdir / "cache"))

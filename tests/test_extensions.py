@@ -35,7 +35,7 @@ class ToyRung(LocalBackend):
 
 TOY_CHECK = '''
 """A pair check that always finds something, so that a test can see it ran."""
-from harness.diff import Finding, PairCheck
+from harness.judge import Finding, PairCheck
 
 
 def _compare(baseline, candidate, context):

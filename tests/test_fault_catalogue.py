@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from harness.scenario import all_scenarios, load_scenario, run_scenario
+from harness.ladder.scenario import all_scenarios, load_scenario, run_scenario
 
 FAULTS = Path(__file__).resolve().parent / "data" / "faults"
 #: One fault per mechanism: the data ledger (batches, shards, order), the model ledger, the loss

@@ -8,9 +8,9 @@ import pytest
 
 from harness.backends import get_backend
 from harness.backends.local import cuda_device_count
-from harness.diff.protocol import Tolerance
-from harness.jobspec import load_job
-from harness.verdict import judge
+from harness.judge.protocol import Tolerance
+from harness.judge.verdict import judge
+from harness.spec.job import load_job
 
 pytestmark = [
     pytest.mark.gpu,

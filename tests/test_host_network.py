@@ -15,10 +15,10 @@ from typing import Any
 import pytest
 from terminal import terminal_signals
 
-from harness import sandbox
 from harness.backends import get_backend, local
-from harness.jobspec import load_job
-from harness.record import RunRecord
+from harness.record.run_record import RunRecord
+from harness.runtime import sandbox
+from harness.spec.job import load_job
 
 #: Every host serves its name on 7777 (the same port on each), algo-1 also on its loopback's
 #: 7778; each then asks its own 127.0.0.1, every algo-N, and 127.0.0.1:7778, prints what it

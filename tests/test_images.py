@@ -12,8 +12,8 @@ import pytest
 from docker import DockerClient
 from docker.models.images import ImageCollection
 
-from harness import images
 from harness.errors import ImageError
+from harness.runtime import images
 
 
 @pytest.fixture(scope="module")

@@ -11,8 +11,8 @@ import pytest
 from harness.backends.local import single_process
 from harness.cli import main
 from harness.errors import JobSpecError
-from harness.jobspec import JobSpec, load_job
-from harness.record import RunRecord
+from harness.record.run_record import RunRecord
+from harness.spec.job import JobSpec, load_job
 
 
 @pytest.mark.slow

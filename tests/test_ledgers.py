@@ -13,8 +13,8 @@ from typing import Any
 import pytest
 from fake_records import make_record
 
-from harness.diff.findings import Finding
-from harness.verdict import judge
+from harness.judge.findings import Finding
+from harness.judge.verdict import judge
 
 pytestmark = pytest.mark.unit
 
@@ -229,7 +229,7 @@ def test_a_grown_global_batch_is_judged_by_its_gradient_scale_only(tmp_path: Pat
 
 
 def test_explanations_chain_to_the_finding_nothing_explains() -> None:
-    from harness.verdict import rank_findings
+    from harness.judge.verdict import rank_findings
 
     def finding(cause: str, confidence: float, explains: tuple[str, ...] = ()) -> Finding:
         return Finding(

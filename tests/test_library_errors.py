@@ -1,4 +1,4 @@
-"""The errors the distributed libraries raise (``harness.diff.library_errors``): extracted from the
+"""The errors the distributed libraries raise (``harness.judge.library_errors``): extracted from the
 installed sources, kept as data, and each recognised in a log as its library's refusal."""
 
 from __future__ import annotations
@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from harness.diff import extract_library_errors, library_errors, logs
-from harness.diff.findings import ECHOES
+from harness.judge import extract_library_errors, library_errors, logs
+from harness.judge.findings import ECHOES
 
 pytestmark = pytest.mark.unit
 
-DATA = Path(library_errors.__file__).resolve().parents[1] / "library_errors.json"
+DATA = Path(library_errors.__file__).resolve().with_name("library_errors.json")
 
 
 def _release(version: str) -> str:
@@ -39,9 +39,9 @@ def test_the_data_is_what_the_installed_libraries_raise() -> None:
     installed = {name: importlib.metadata.version(name) for name in library_errors.LIBRARIES}
     assert {k: _release(v) for k, v in committed["versions"].items()} == {
         k: _release(v) for k, v in installed.items()
-    }, "rerun: python -m harness.diff.extract_library_errors"
+    }, "rerun: python -m harness.judge.extract_library_errors"
     assert committed["errors"] == extract_library_errors.extract().errors, (
-        "rerun: python -m harness.diff.extract_library_errors"
+        "rerun: python -m harness.judge.extract_library_errors"
     )
 
 

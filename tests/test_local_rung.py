@@ -15,10 +15,10 @@ from terminal import terminal_signals
 
 from harness.backends import get_backend
 from harness.cli import main
-from harness.jobspec import load_job
-from harness.record import RunRecord
+from harness.judge.verdict import judge
+from harness.record.run_record import RunRecord
 from harness.report import to_html, to_json, to_markdown, to_text
-from harness.verdict import judge
+from harness.spec.job import load_job
 
 pytestmark = pytest.mark.slow
 
@@ -224,9 +224,9 @@ def test_relative_records_dir_is_made_absolute(
 def test_sharded_local_channel_gives_each_host_its_share_and_the_diff_shows_it(tmp_path: Path) -> None:
     """ShardedByS3Key on a local directory: each host its share, as once the SDK uploaded it; two
     runs whose hosts saw different data have the difference named, file by file."""
-    from harness.diff.checks import compare
-    from harness.diff.protocol import CheckContext, Tolerance
-    from harness.jobspec import JobSpec
+    from harness.judge.checks import compare
+    from harness.judge.protocol import CheckContext, Tolerance
+    from harness.spec.job import JobSpec
 
     data, source = tmp_path / "data", tmp_path / "src"
     data.mkdir()
@@ -267,7 +267,7 @@ def test_secrets_a_job_prints_are_scrubbed_from_everything_recorded(
 ) -> None:
     """A job that prints its environment (debugging) must not put credentials into the record:
     neither the machine's (inherited on this rung) nor the job's own secret variables."""
-    from harness.jobspec import JobSpec
+    from harness.spec.job import JobSpec
 
     machine_secret, job_secret = "machine-secret-4f1c9e2a", "job-secret-9b7d3c1e"
     monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", machine_secret)

@@ -1,4 +1,4 @@
-"""Log analysis (``harness.diff.logs``) on logs printed by real torch processes.
+"""Log analysis (``harness.judge.logs``) on logs printed by real torch processes.
 
 The records under tests/data/logs/records/ were captured by tests/data/logs/capture.py: torchrun
 over gloo (torch 2.13 CPU, this machine) and NCCL (torch 2.11, an H100), each failure a real one
@@ -21,14 +21,14 @@ from typing import Any
 import pytest
 import yaml
 
-from harness.diff import logs
-from harness.diff.findings import Finding
-from harness.diff.protocol import CheckContext
-from harness.record import RunRecord
+from harness.judge import logs
+from harness.judge.findings import Finding
+from harness.judge.protocol import CheckContext
+from harness.record.run_record import RunRecord
 
 DATA = Path(__file__).resolve().parent / "data" / "logs"
 RECORDS = DATA / "records"
-CATALOGUE = yaml.safe_load((Path(logs.__file__).parents[1] / "signatures.yaml").read_text())
+CATALOGUE = yaml.safe_load((Path(logs.__file__).with_name("signatures.yaml")).read_text())
 CONTEXT = CheckContext()
 
 #: case: (cause, rank at fault, the job's frame in the title). Ranks are global; None: a host's launcher.

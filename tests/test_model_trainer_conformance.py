@@ -1,13 +1,13 @@
 """The SDK v3 ``ModelTrainer`` drivers as ``sagemaker-local`` runs them, and the emulation held to them.
 
-``launcher: model-trainer`` is emulated by harness/contract.py (``_model_trainer_env``,
+``launcher: model-trainer`` is emulated by harness/spec/host_contract.py (``_model_trainer_env``,
 ``model_trainer_cmd_args``, ``launch_command``) on the local and docker rungs; ``sagemaker-local``
 runs the SDK's local mode, so the real drivers (``sm_train.sh``, ``environment.py``,
 ``basic_script_driver.py`` / ``torchrun_driver.py``). Three runs cover the matrix (1 and 2 hosts;
 1 and 2 processes per host; no distribution and torchrun), each with hyperparameters of every
 type and two channels. The entry point (tests/data/toolkit/src/dump.py, shared with
 tests/test_toolkit.py) dumps what it got; what the drivers launched is compared, variable by
-variable, with what harness/contract.py builds for the same job and host *as local mode presents
+variable, with what harness/spec/host_contract.py builds for the same job and host *as local mode presents
 them* (the platform layer that local mode writes differently, docs/sagemaker.md: its job name
 with a timestamp, ``local_cpu``, the interface ``ethwe``, the harness's two probe channels, its
 shorter config files). What remains is what docs/toolkit.md ("ModelTrainer drivers") accepts,
@@ -27,9 +27,9 @@ from dumps import process_dumps
 
 from harness.backends.sagemaker_local import SageMakerLocalBackend, SageMakerLocalOptions
 from harness.backends.sagemaker_sdk import PROBE_CHANNEL, RECORD_CHANNEL
-from harness.contract import HostContract, Machine, host_contract
-from harness.jobspec import Channel, JobSpec
-from harness.record import RunRecord
+from harness.record.run_record import RunRecord
+from harness.spec.host_contract import HostContract, Machine, host_contract
+from harness.spec.job import Channel, JobSpec
 
 DATA = Path(__file__).resolve().parent / "data" / "toolkit"
 #: Hyperparameters of every type the job spec allows, in an order that is not sorted (the drivers
@@ -105,7 +105,7 @@ def as_local_mode_presents(job: JobSpec, training_job_name: str) -> JobSpec:
 
 
 def emulated(job: JobSpec, host: str, training_job_name: str) -> HostContract:
-    """What harness/contract.py builds for ``host`` of the job as local mode presents it, on a
+    """What harness/spec/host_contract.py builds for ``host`` of the job as local mode presents it, on a
     machine like the container (the engine's CPUs, no GPU, local mode's interface name)."""
     machine = Machine(num_cpus=os.cpu_count() or 1, network_interface=LOCAL_INTERFACE, python="python3")
     return host_contract(as_local_mode_presents(job, training_job_name), host, machine)

@@ -1,4 +1,4 @@
-"""NCCL's own INFO lines read into what it chose (``harness.diff.nccl``), and two rungs that chose
+"""NCCL's own INFO lines read into what it chose (``harness.judge.nccl``), and two rungs that chose
 another network. The lines are NCCL's as users posted them: sockets in a container, EFA through
 aws-ofi-nccl on p5en (NVIDIA/nccl#1597), InfiniBand."""
 
@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 from fake_records import make_record
 
-from harness.diff import nccl
-from harness.diff.protocol import CheckContext
-from harness.record import RunRecord
-from harness.verdict import judge, settle
+from harness.judge import nccl
+from harness.judge.protocol import CheckContext
+from harness.judge.verdict import judge, settle
+from harness.record.run_record import RunRecord
 
 pytestmark = pytest.mark.unit
 

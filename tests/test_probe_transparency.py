@@ -23,9 +23,9 @@ import pytest
 from transparency import assert_transparent, output_lines, same_output
 
 from harness.backends import get_backend
-from harness.jobspec import load_job
-from harness.record import RunRecord
-from harness.verdict import judge
+from harness.judge.verdict import judge
+from harness.record.run_record import RunRecord
+from harness.spec.job import load_job
 
 pytestmark = pytest.mark.slow
 

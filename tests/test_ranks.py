@@ -1,4 +1,4 @@
-"""The within-run checks (harness.diff.ranks) on canned records: collective matching by process
+"""The within-run checks (harness.judge.ranks) on canned records: collective matching by process
 group with point-to-point transfers paired across ranks, the script's parsed arguments on every
 rank (never a launcher's), and failed processes named with what they printed."""
 
@@ -10,10 +10,10 @@ from typing import Any
 import pytest
 from fake_records import make_record
 
-from harness.diff.findings import Finding
-from harness.jobspec import JobSpec
-from harness.record import RunRecord
-from harness.verdict import judge
+from harness.judge.findings import Finding
+from harness.judge.verdict import judge
+from harness.record.run_record import RunRecord
+from harness.spec.job import JobSpec
 
 pytestmark = pytest.mark.unit
 

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from harness.backends import get_backend
-from harness.jobspec import load_job
-from harness.verdict import judge
+from harness.judge.verdict import judge
+from harness.spec.job import load_job
 
 pytestmark = pytest.mark.slow
 

@@ -1,4 +1,4 @@
-"""The record's typed models (harness.record_models) and docs/run-record.md say the same."""
+"""The record's typed models (harness.record.models) and docs/run-record.md say the same."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from pydantic import BaseModel
 
-from harness.record_models import HostResult, Manifest, RankResult, Topology, manifest_problems
+from harness.record.models import HostResult, Manifest, RankResult, Topology, manifest_problems
 
 pytestmark = pytest.mark.unit
 

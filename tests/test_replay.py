@@ -1,4 +1,4 @@
-"""Differential replay (``harness.diff.replay``): a distributed run's first optimizer steps done
+"""Differential replay (``harness.judge.replay``): a distributed run's first optimizer steps done
 again in one process, from rank 0's initial weights and the global batches the ranks drew."""
 
 from __future__ import annotations
@@ -8,10 +8,10 @@ from typing import Any
 
 import pytest
 
-from harness.diff import replay
-from harness.diff.protocol import CheckContext
-from harness.jobspec import load_job
-from harness.ladder import climb
+from harness.judge import replay
+from harness.judge.protocol import CheckContext
+from harness.ladder.climbing import climb
+from harness.spec.job import load_job
 
 ROOT = Path(__file__).resolve().parent.parent
 FAULTS = ROOT / "tests" / "data" / "faults"

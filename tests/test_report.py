@@ -18,10 +18,10 @@ import pytest
 from fake_records import JOB, make_record
 
 from harness.cli import main
-from harness.diff.findings import Finding
-from harness.record import RunRecord, write_json
+from harness.judge.findings import Finding
+from harness.judge.verdict import Verdict, judge
+from harness.record.run_record import RunRecord, write_json
 from harness.report import comparison_warnings, record_labels, to_html, to_json, to_markdown
-from harness.verdict import Verdict, judge
 
 SVG = "{http://www.w3.org/2000/svg}"
 CURVE = [1.0, 0.8, 0.62, 0.5, 0.45, 0.41, 0.38, 0.36, 0.35, 0.345, 0.34, 0.338]

@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 from docker import DockerClient
 
-from harness import requirements
 from harness.backends import get_backend
-from harness.jobspec import JobSpec, load_job
-from harness.record import RunRecord
+from harness.record.run_record import RunRecord
+from harness.runtime import requirements
+from harness.spec.job import JobSpec, load_job
 
 PACKAGE, VERSION = "xmltodict", "0.14.2"  # tabulate came with Airflow: it must be in no extra
 MISSING = "harness-no-such-package-0f3a9c==1.0"

@@ -11,7 +11,7 @@ import pytest
 from harness.backends import get_backend, rung_options, rungs
 from harness.cli import main
 from harness.errors import JobSpecError, UsageError
-from harness.scenario import load_scenario
+from harness.ladder.scenario import load_scenario
 
 
 @pytest.mark.unit

@@ -13,10 +13,10 @@ import pytest
 
 from harness.backends import get_backend
 from harness.errors import HarnessError
-from harness.jobspec import JobSpec, load_job
-from harness.record import RunRecord
-from harness.s3 import S3Uri, upload_tree
-from harness.scenario import run_scenario
+from harness.ladder.scenario import run_scenario
+from harness.record.run_record import RunRecord
+from harness.spec.job import JobSpec, load_job
+from harness.spec.s3 import S3Uri, upload_tree
 
 pytestmark = [pytest.mark.slow, pytest.mark.localstack]
 

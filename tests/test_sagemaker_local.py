@@ -27,11 +27,11 @@ from harness.backends.sagemaker_local.isolation import isolated, rename_network
 from harness.backends.sagemaker_local.plan import SDK_NETWORK, run_network
 from harness.backends.sagemaker_sdk import ENTRYPOINT, sdk_missing_reason
 from harness.cli import main
-from harness.diff.protocol import Tolerance
 from harness.errors import RungFailed
-from harness.jobspec import Channel, JobSpec, load_job
-from harness.record import RunRecord
-from harness.verdict import judge
+from harness.judge.protocol import Tolerance
+from harness.judge.verdict import judge
+from harness.record.run_record import RunRecord
+from harness.spec.job import Channel, JobSpec, load_job
 
 ROOT = Path(__file__).resolve().parent.parent
 REFERENCE = ROOT / "scenarios" / "ddp_csv" / "job.yaml"
@@ -338,7 +338,7 @@ _RUNNER = """
 import sys
 from pathlib import Path
 from harness.backends.sagemaker_local import SageMakerLocalBackend, SageMakerLocalOptions
-from harness.jobspec import JobSpec
+from harness.spec.job import JobSpec
 job = JobSpec(name="sm-sleeper", source_dir=Path(sys.argv[1]), entry_point="train.py", instance_count=2)
 SageMakerLocalBackend(SageMakerLocalOptions(gpus=False, image=sys.argv[3], stop_grace_s=1)).run(job, Path(sys.argv[2]))
 """

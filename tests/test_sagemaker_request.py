@@ -22,7 +22,7 @@ from harness.backends.sagemaker import (
     validate_request,
 )
 from harness.errors import JobSpecError
-from harness.jobspec import Channel, Checkpoint, JobSpec, MetricDefinition, load_job
+from harness.spec.job import Channel, Checkpoint, JobSpec, MetricDefinition, load_job
 
 pytestmark = pytest.mark.unit
 

@@ -24,12 +24,12 @@ import pytest
 from harness.backends import get_backend
 from harness.backends.hosts import PROBE_DIR
 from harness.backends.sagemaker import SageMakerBackend, SageMakerOptions, training_job_request, with_probe
-from harness.diff.protocol import Tolerance
 from harness.errors import RungFailed
-from harness.jobspec import load_job
-from harness.record import RunRecord, log_text
+from harness.judge.protocol import Tolerance
+from harness.judge.verdict import judge
+from harness.record.run_record import RunRecord, log_text
 from harness.report import to_text
-from harness.verdict import judge
+from harness.spec.job import load_job
 
 pytestmark = [pytest.mark.slow, pytest.mark.localstack]
 pytest.importorskip("sagemaker.train", reason="the SageMaker SDK v3 is the [sagemaker] extra")

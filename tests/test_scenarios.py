@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from harness.jobspec import load_job
+from harness.ladder.scenario import all_scenarios, load_scenario, run_scenario
 from harness.report import to_text
-from harness.scenario import all_scenarios, load_scenario, run_scenario
+from harness.spec.job import load_job
 
 SCENARIOS = all_scenarios(Path(__file__).resolve().parent.parent / "scenarios")
 

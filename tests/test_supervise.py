@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from harness.interrupts import Interrupted
-from harness.supervise import HostLaunch, run_hosts
+from harness.runtime.interrupts import Interrupted
+from harness.runtime.supervise import HostLaunch, run_hosts
 
 
 def _running(marker: str) -> list[str]:

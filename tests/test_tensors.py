@@ -1,5 +1,5 @@
 """Checkpoints compared tensor by tensor: real torch and safetensors files in temporary
-directories, and one comparison of two run records through ``harness.diff.artifacts.compare``."""
+directories, and one comparison of two run records through ``harness.judge.artifacts.compare``."""
 
 from __future__ import annotations
 
@@ -17,14 +17,14 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
-from harness.artifacts import collect  # noqa: E402
 from harness.cli import main  # noqa: E402
-from harness.diff import artifacts, tensors  # noqa: E402
-from harness.diff.protocol import CheckContext, Tolerance  # noqa: E402
-from harness.diff.tensors import CheckpointError, compare, compare_state  # noqa: E402
-from harness.jobspec import JobSpec  # noqa: E402
-from harness.record import RecordWriter, RunRecord  # noqa: E402
-from harness.verdict import judge  # noqa: E402
+from harness.judge import artifacts, tensors  # noqa: E402
+from harness.judge.protocol import CheckContext, Tolerance  # noqa: E402
+from harness.judge.tensors import CheckpointError, compare, compare_state  # noqa: E402
+from harness.judge.verdict import judge  # noqa: E402
+from harness.record.archives import collect  # noqa: E402
+from harness.record.run_record import RecordWriter, RunRecord  # noqa: E402
+from harness.spec.job import JobSpec  # noqa: E402
 
 pytestmark = pytest.mark.unit
 

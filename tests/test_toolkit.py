@@ -4,7 +4,7 @@ The conformance matrix runs one job per combination that changes what the toolki
 hosts; 1 or several processes per host; no distribution or torchrun; an instance type with and
 without EFA), each with hyperparameters of every type and three channels (one sharded), through
 the real toolkit in the toolkit image. The entry point (tests/data/toolkit/src/dump.py) dumps what
-it got; what the toolkit launched is compared with what harness/contract.py builds for the same
+it got; what the toolkit launched is compared with what harness/spec/host_contract.py builds for the same
 job and host. The differences that remain are the ones docs/toolkit.md accepts, asserted exactly:
 a toolkit release that changes behaviour fails here.
 """
@@ -19,11 +19,11 @@ from typing import Any
 import pytest
 from dumps import process_dumps
 
-from harness import images
 from harness.backends import get_backend, toolkit
 from harness.backends.docker import PROBE_MOUNT
-from harness.contract import Machine, host_contract
-from harness.jobspec import JobSpec
+from harness.runtime import images
+from harness.spec.host_contract import Machine, host_contract
+from harness.spec.job import JobSpec
 
 DATA = Path(__file__).resolve().parent / "data" / "toolkit"
 VERSIONS = "sagemaker-training 5.1.4, sagemaker-pytorch-training 3.0.0"

@@ -17,9 +17,9 @@ from typing import Any
 
 import pytest
 
-from harness import interrupts
 from harness.backends import training_job
-from harness.interrupts import Interrupted
+from harness.runtime import interrupts
+from harness.runtime.interrupts import Interrupted
 
 pytestmark = pytest.mark.unit
 

@@ -1,4 +1,4 @@
-"""Environment variables the job read, tied to what went wrong (harness/diff/variables.py): a
+"""Environment variables the job read, tied to what went wrong (harness/judge/variables.py): a
 variable that differs between two rungs is named with both values when they diverge, an unset
 SageMaker name is named with the ones the contract sets when the job fails, and a variable that
 differs by design never turns parity into a divergence."""
@@ -13,11 +13,11 @@ import pytest
 from fake_records import make_record
 
 from harness.backends import get_backend
-from harness.diff import variables
-from harness.diff.protocol import CheckContext
-from harness.jobspec import load_job
-from harness.record import RunRecord
-from harness.verdict import judge, settle
+from harness.judge import variables
+from harness.judge.protocol import CheckContext
+from harness.judge.verdict import judge, settle
+from harness.record.run_record import RunRecord
+from harness.spec.job import load_job
 
 JOBS = Path(__file__).resolve().parent / "data" / "probe_jobs"
 

@@ -10,10 +10,10 @@ import pytest
 from fake_records import make_record
 
 from harness.cli import main
-from harness.diff.protocol import Tolerance
 from harness.errors import RecordError, UsageError
-from harness.record import RunRecord
-from harness.verdict import judge
+from harness.judge.protocol import Tolerance
+from harness.judge.verdict import judge
+from harness.record.run_record import RunRecord
 
 pytestmark = pytest.mark.unit
 
@@ -139,7 +139,7 @@ def test_show_marks_an_incomplete_record(tmp_path: Path, capsys) -> None:  # typ
 
 
 TOY_CHECKS = """
-from harness.diff import Finding, PairCheck, RunCheck
+from harness.judge import Finding, PairCheck, RunCheck
 
 
 def compare(baseline, candidate, context):

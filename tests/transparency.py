@@ -16,8 +16,8 @@ from collections import Counter
 from collections.abc import Iterable
 from typing import Any
 
-from harness.diff.logs import normalise
-from harness.record import RunRecord, log_text
+from harness.judge.logs import normalise
+from harness.record.run_record import RunRecord, log_text
 
 #: A traceback frame of the probe: its "File" line and the indented lines under it.
 _PROBE_FRAME = re.compile(r'^(?P<prefix>(?:\[[\w:]+\]:? ?)?)\s*File "[^"]*_harness_probe\.py", line \d+, in ')

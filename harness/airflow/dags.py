@@ -9,7 +9,7 @@ The DAG file is loaded with Airflow's own ``DagBag``; the task's request is
   with every boto3 call answered by a stub in this process; ``create_training_job`` is captured
   and stops the callable there, so that nothing ever reaches AWS.
 
-The request then becomes a job as ``--from-request`` makes one (:mod:`harness.request`): code on
+The request then becomes a job as ``--from-request`` makes one (:mod:`harness.spec.request`): code on
 S3 (``sagemaker_submit_directory``) maps to ``source_dir``, an image to the image. Every error
 names the DAG file, the DAG, the task and the field.
 
@@ -36,8 +36,8 @@ from typing import Any
 from unittest import mock
 
 from harness.errors import JobSpecError, UsageError
-from harness.jobspec import JobSpec, did_you_mean
-from harness.request import job_from_request
+from harness.spec.job import JobSpec, did_you_mean
+from harness.spec.request import job_from_request
 
 _INSTALL = "pip install 'sagemaker-parity-harness[airflow]' (apache-airflow 3 and its Amazon provider)"
 _KINDS = "a SageMakerTrainingOperator, or a PythonOperator (or @task) whose callable calls create_training_job"

@@ -34,13 +34,13 @@ try:
 except ImportError:  # Airflow < 3.2
     from airflow.exceptions import AirflowFailException  # type: ignore[no-redef,unused-ignore]
 
-from harness import interrupts
 from harness.airflow.dags import TrainingRequest, airflow_attr, request_of, template_context
-from harness.diff.protocol import Tolerance
 from harness.errors import HarnessError
-from harness.ladder import climb
-from harness.record import RunRecord
+from harness.judge.protocol import Tolerance
+from harness.ladder.climbing import climb
+from harness.record.run_record import RunRecord
 from harness.report import to_html, to_json, to_markdown, to_text
+from harness.runtime import interrupts
 
 
 class HarnessPreflightOperator(BaseOperator):
@@ -124,7 +124,7 @@ class HarnessPreflightOperator(BaseOperator):
             self.log.info("verdict of the ladder (Markdown):\n%s", to_markdown(verdict, at=reports["markdown"]))
             where = {key: str(path) for key, path in reports.items()}
             if remote:
-                from harness import s3
+                from harness.spec import s3
 
                 prefix = remote.rstrip("/") + "/"
                 s3.upload_tree(out, prefix)

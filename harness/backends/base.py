@@ -18,13 +18,14 @@ from typing import Any, ClassVar, Generic, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
-from harness import metrics, s3
-from harness.artifacts import ARCHIVES
-from harness.contract import HostContract
 from harness.errors import HarnessError, RungFailed, RungUnavailable, UsageError
-from harness.jobspec import JobSpec
-from harness.record import RecordFiles, RecordWriter, RunRecord, Status, new_run_id, write_json
-from harness.s3 import S3Uri
+from harness.record import log_metrics
+from harness.record.archives import ARCHIVES
+from harness.record.run_record import RecordFiles, RecordWriter, RunRecord, Status, new_run_id, write_json
+from harness.spec import s3
+from harness.spec.host_contract import HostContract
+from harness.spec.job import JobSpec
+from harness.spec.s3 import S3Uri
 
 Progress = Callable[[str, str], None]  # (host, line)
 
@@ -160,7 +161,7 @@ class Backend(ABC, Generic[PlanT]):
         files = RecordFiles(record.root)
         sources = {host: files.host_log(host) for host in job.hosts}
         sources.update({f"rank-{rank}": path for rank, path in files.rank_logs().items()})
-        write_json(record.root / "metrics.json", metrics.parse_logs(job.metric_definitions, sources))
+        write_json(record.root / "metrics.json", log_metrics.parse_logs(job.metric_definitions, sources))
         record.finish(status)
 
 

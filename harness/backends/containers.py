@@ -28,10 +28,10 @@ from docker.types import Mount
 
 from harness.backends.base import Progress
 from harness.backends.hosts import collect_failure
-from harness.contract import HostContract
 from harness.errors import ImageError
-from harness.jobspec import JobSpec
-from harness.record import RecordWriter, now, scrub, secret_values
+from harness.record.run_record import RecordWriter, now, scrub, secret_values
+from harness.spec.host_contract import HostContract
+from harness.spec.job import JobSpec
 
 MANAGED, RUN_ID, OWNER_PID, OWNER_HOST = "harness.managed", "harness.run_id", "harness.pid", "harness.hostname"
 WORK_DIR = "harness.work_dir"
@@ -133,11 +133,11 @@ def default_shm_size() -> str:
 
 def resolve_image(client: DockerClient, job: JobSpec, image_override: str | None) -> str:
     """The image the job's hosts run: for a script, the rung's ``image_override``, else the job's,
-    else :func:`harness.images.ensure_torch_image` (built here, no registry); a bring-your-own
+    else :func:`harness.runtime.images.ensure_torch_image` (built here, no registry); a bring-your-own
     image is the job's own. Pulled when the engine does not have it."""
     image = image_override or job.image if job.is_script_mode else job.image
     if image is None:
-        from harness.images import ensure_torch_image  # builds only what is missing
+        from harness.runtime.images import ensure_torch_image  # builds only what is missing
 
         return ensure_torch_image(client)
     try:

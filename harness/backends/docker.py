@@ -35,7 +35,6 @@ from docker.types import DeviceRequest, Mount, Ulimit
 from docker.utils import parse_bytes
 from pydantic import Field, NonNegativeFloat, PositiveFloat, field_validator
 
-from harness import artifacts, interrupts, requirements
 from harness.backends import toolkit
 from harness.backends.base import Backend, Capabilities, Plan, Progress, RungOptions
 from harness.backends.containers import (
@@ -69,11 +68,13 @@ from harness.backends.hosts import (
     stage_channels,
     write_host_tree,
 )
-from harness.contract import OPT_ML, HostContract, Machine, host_contract
-from harness.hang import DEFAULT_HANG_AFTER_S, HangWatch, hang_after
-from harness.jobspec import JobSpec
-from harness.record import RecordWriter, Status
-from harness.supervise import STOP_GRACE_S
+from harness.record import archives
+from harness.record.run_record import RecordWriter, Status
+from harness.runtime import interrupts, requirements
+from harness.runtime.hang_watch import DEFAULT_HANG_AFTER_S, HangWatch, hang_after
+from harness.runtime.supervise import STOP_GRACE_S
+from harness.spec.host_contract import OPT_ML, HostContract, Machine, host_contract
+from harness.spec.job import JobSpec
 
 PROBE_MOUNT = "/opt/harness/probe"
 RECORD_MOUNT = "/opt/harness/record"  # only its processes/ and ranks/ are mounted: the job never sees the manifest
@@ -107,7 +108,7 @@ def _can_raise(kind: int) -> bool:
 
 
 class DockerOptions(RungOptions):
-    #: Script-mode base image; default the job's, else :func:`harness.images.ensure_torch_image`.
+    #: Script-mode base image; default the job's, else :func:`harness.runtime.images.ensure_torch_image`.
     image: str | None = None
     #: Pass NVIDIA GPUs; default: when this machine has them and the engine can pass them.
     gpus: bool | None = None
@@ -192,7 +193,7 @@ class DockerBackend(EngineClient, Backend[DockerPlan]):
         facts: dict[str, Any] = {
             "work_dir": str(work),
             "image": (self.options.image or job.image if job.is_script_mode else job.image)
-            or "harness/torch (to be built by harness.images.ensure_torch_image)",
+            or "harness/torch (to be built by harness.runtime.images.ensure_torch_image)",
             "network": "a bridge network per run; each container's hostname and alias is its host name"
             if self.options.network == "bridge"
             else "shared: every container in the first one's network namespace "
@@ -291,7 +292,7 @@ class DockerBackend(EngineClient, Backend[DockerPlan]):
             save_checkpoints(job, trees, record)
             codes = {h: host_result(job, plan.hosts[h], c, trees[h], record) for h, c in containers.items()}
             requirements.collect_containers(job, setup, record)
-            record.manifest["artifacts"] = artifact_overview(artifacts.collect(trees, record.root))
+            record.manifest["artifacts"] = artifact_overview(archives.collect(trees, record.root))
             record.manifest["ranks"] = ranks_from_probe(record.root)
             if real:
                 toolkit.record_launched(record, plan.hosts)

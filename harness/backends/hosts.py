@@ -15,12 +15,12 @@ import shutil
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from harness import s3
 from harness.backends.base import copy_source
-from harness.contract import OPT_ML, PLATFORM_DIRS, HostContract, failure_message
 from harness.errors import RecordError
-from harness.jobspec import JobSpec
-from harness.record import RecordFiles, RecordWriter, file_tree, log_text, redact_env, write_json
+from harness.record.run_record import RecordFiles, RecordWriter, file_tree, log_text, redact_env, write_json
+from harness.spec import s3
+from harness.spec.host_contract import OPT_ML, PLATFORM_DIRS, HostContract, failure_message
+from harness.spec.job import JobSpec
 
 #: The probe, put first on every process's PYTHONPATH (mounted read-only in containers).
 PROBE_DIR = Path(__file__).resolve().parent.parent / "probe"

@@ -1,7 +1,7 @@
 """The ``local`` and ``local-gpu`` rungs: every host's processes on this machine, no containers.
 
 Each SageMaker host becomes a launcher process with its own ``/opt/ml`` tree built by
-:mod:`harness.contract`. With private namespaces (:mod:`harness.sandbox`) the job sees exactly
+:mod:`harness.spec.host_contract`. With private namespaces (:mod:`harness.runtime.sandbox`) the job sees exactly
 what SageMaker gives it: each host its own network (``algo-N`` resolve to distinct addresses on a
 private bridge, ``127.0.0.1`` is the host's own, port 7777 is free on each host), and ``/opt/ml``
 is the host's own tree, so scripts that hard-code ``/opt/ml`` paths write into the record's work
@@ -31,7 +31,6 @@ from pathlib import Path, PurePosixPath
 
 from pydantic import PositiveFloat
 
-from harness import artifacts, requirements, sandbox
 from harness.backends import orphans, toolkit
 from harness.backends.base import Backend, Capabilities, Plan, Progress, RungOptions
 from harness.backends.hosts import (
@@ -48,11 +47,13 @@ from harness.backends.hosts import (
     stage_channels,
     write_host_tree,
 )
-from harness.contract import OPT_ML, HostContract, Machine, host_contract
-from harness.hang import DEFAULT_HANG_AFTER_S, HangWatch, hang_after
-from harness.jobspec import Distribution, JobSpec
-from harness.record import RecordWriter, RunRecord, Status, write_json
-from harness.supervise import HostLaunch, run_hosts
+from harness.record import archives
+from harness.record.run_record import RecordWriter, RunRecord, Status, write_json
+from harness.runtime import requirements, sandbox
+from harness.runtime.hang_watch import DEFAULT_HANG_AFTER_S, HangWatch, hang_after
+from harness.runtime.supervise import HostLaunch, run_hosts
+from harness.spec.host_contract import OPT_ML, HostContract, Machine, host_contract
+from harness.spec.job import Distribution, JobSpec
 
 #: Inherited variables that would leak one launcher's view into another's.
 _INHERITED_NOISE = (
@@ -211,7 +212,7 @@ class LocalBackend(Backend[LocalPlan]):
                 collect_failure(
                     job, plan.hosts[host], trees[host], record, code, outcome.started_at[host], outcome.ended_at[host]
                 )
-            record.manifest["artifacts"] = artifact_overview(artifacts.collect(trees, record.root))
+            record.manifest["artifacts"] = artifact_overview(archives.collect(trees, record.root))
             record.manifest["ranks"] = ranks_from_probe(record.root)
         finally:
             shutil.rmtree(work, ignore_errors=True)

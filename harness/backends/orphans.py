@@ -22,7 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from harness.record import now, write_json
+from harness.record.run_record import now, write_json
 
 RUN_ID_ENV = "HARNESS_RUN_ID"
 OWNER_FILE = "owner.json"

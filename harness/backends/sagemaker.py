@@ -31,7 +31,6 @@ from typing import Any
 
 from pydantic import PositiveFloat
 
-from harness import artifacts, interrupts, requirements
 from harness.backends import training_job
 from harness.backends.base import Backend, Capabilities, Plan, Progress, RungOptions
 from harness.backends.hosts import PROBE_DIR, artifact_overview, ranks_from_probe
@@ -51,10 +50,12 @@ from harness.backends.sagemaker_sdk import (
     sdk_missing_reason,
     write_probe_channel,
 )
-from harness.contract import HostContract
 from harness.errors import JobSpecError, RungFailed
-from harness.jobspec import Channel, JobSpec
-from harness.record import RecordWriter, Status, pack_like_sagemaker, secret_values
+from harness.record import archives
+from harness.record.run_record import RecordWriter, Status, pack_like_sagemaker, secret_values
+from harness.runtime import interrupts, requirements
+from harness.spec.host_contract import HostContract
+from harness.spec.job import Channel, JobSpec
 
 #: Settings read from the environment when not given to the rung.
 ROLE_ENV, BUCKET_ENV = "HARNESS_SAGEMAKER_ROLE", "HARNESS_SAGEMAKER_BUCKET"
@@ -101,7 +102,7 @@ def unpack_probe(record_root: Path, hosts: Sequence[str]) -> tuple[bool, list[st
         return False, []
     with tempfile.TemporaryDirectory(prefix="harness-output-") as tmp:
         unpacked = Path(tmp)
-        refused = artifacts.extract(archive, unpacked)
+        refused = archives.extract(archive, unpacked)
         probe = unpacked / PROBE_OUTPUT
         if not probe.is_dir() or probe.is_symlink():
             return False, []
@@ -439,7 +440,7 @@ class SageMakerBackend(Backend[RequestPlan]):
                 "probe_reached", probe_reach(job, record) if found else "no: output.tar.gz holds no probe files"
             )
             record.manifest["ranks"] = ranks_from_probe(record.root)
-        record.manifest["artifacts"] = artifact_overview(artifacts.summarize_archives(record.root))
+        record.manifest["artifacts"] = artifact_overview(archives.summarize_archives(record.root))
         return "timeout" if stopped else status
 
     def _model_trainer(self, job: JobSpec, session: Any) -> Any:

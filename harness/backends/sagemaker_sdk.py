@@ -25,14 +25,14 @@ from typing import Any
 
 from harness.backends.hosts import PROBE_DIR
 from harness.errors import RungFailed
-from harness.jobspec import JobSpec
-from harness.record import RecordWriter
+from harness.record.run_record import RecordWriter
+from harness.spec.job import JobSpec
 
 #: The pip extra that installs the SDK (``pip install 'sagemaker-parity-harness[sagemaker]'``).
 SDK_EXTRA = "sagemaker"
 PROBE_CHANNEL, RECORD_CHANNEL = "harness_probe", "harness_record"
 #: Channels ModelTrainer adds after the user's (``code``, ``sm_drivers``) and the harness's own (the probe's,
-#: and ``harness_wheels`` for requirements.txt: :data:`harness.requirements.WHEELS_CHANNEL`).
+#: and ``harness_wheels`` for requirements.txt: :data:`harness.runtime.requirements.WHEELS_CHANNEL`).
 RESERVED_CHANNELS = ("code", "sm_drivers", PROBE_CHANNEL, RECORD_CHANNEL, "harness_wheels")
 DATA = PurePosixPath("/opt/ml/input/data")
 #: ModelTrainer's container command with ``source_code`` (sagemaker-core ``training/constants.py``).

@@ -1,8 +1,8 @@
 """The real SageMaker training toolkit on the docker rung, where the image has it.
 
-``launcher: toolkit`` is an emulation (:mod:`harness.contract`) on every rung the harness runs
+``launcher: toolkit`` is an emulation (:mod:`harness.spec.host_contract`) on every rung the harness runs
 itself: if it were wrong, every rung would agree with the others and disagree with SageMaker. An
-image that carries the toolkit (:func:`harness.images.ensure_toolkit_image`, or a PyTorch deep
+image that carries the toolkit (:func:`harness.runtime.images.ensure_toolkit_image`, or a PyTorch deep
 learning container loaded with ``docker load``) runs the toolkit itself instead: the rung gives
 each host the platform layer only (the ``/opt/ml/input/config`` files, the channels,
 ``TRAINING_JOB_NAME`` and the job's ``Environment``) and starts ``train``, and the toolkit derives
@@ -23,15 +23,21 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from harness.contract import HostContract
-from harness.images import TOOLKIT_IMAGE, TOOLKIT_LABEL, TOOLKIT_VERSIONS, python_json_in_image, toolkit_description
-from harness.jobspec import JobSpec
-from harness.record import RecordFiles, RecordWriter, redact_env, write_json
+from harness.record.run_record import RecordFiles, RecordWriter, redact_env, write_json
+from harness.runtime.images import (
+    TOOLKIT_IMAGE,
+    TOOLKIT_LABEL,
+    TOOLKIT_VERSIONS,
+    python_json_in_image,
+    toolkit_description,
+)
+from harness.spec.host_contract import HostContract
+from harness.spec.job import JobSpec
 
 __all__ = ["EMULATED", "found_in_image", "hand_over", "image_for", "record_launched"]
 
 #: The ``toolkit`` rung fact where the image has no toolkit and the contract's emulation runs.
-EMULATED = "emulated (harness/contract.py)"
+EMULATED = "emulated (harness/spec/host_contract.py)"
 #: The console script the DLCs run on ``docker run IMAGE train`` (sagemaker-training ``setup.py``).
 TRAIN = "train"
 _MODULE_VARIABLE = "SAGEMAKER_TRAINING_MODULE"
@@ -40,12 +46,12 @@ _MODULE_VARIABLE = "SAGEMAKER_TRAINING_MODULE"
 def image_for(client: Any, job: JobSpec, override: str | None) -> str:
     """The image the job's hosts run, as :func:`harness.backends.containers.resolve_image` finds
     it, except that ``harness/toolkit`` (the rung's ``image`` or the job's) names the toolkit
-    image, built here when missing (:func:`harness.images.ensure_toolkit_image`)."""
+    image, built here when missing (:func:`harness.runtime.images.ensure_toolkit_image`)."""
     from harness.backends.containers import resolve_image
 
     name = override or job.image if job.is_script_mode else job.image
     if job.is_script_mode and name in (TOOLKIT_IMAGE, f"{TOOLKIT_IMAGE}:latest"):
-        from harness.images import ensure_toolkit_image
+        from harness.runtime.images import ensure_toolkit_image
 
         return ensure_toolkit_image(client)
     return resolve_image(client, job, override)

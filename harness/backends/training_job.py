@@ -15,8 +15,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from harness import interrupts, s3
-from harness.record import RecordWriter, Status, scrub, write_json
+from harness.record.run_record import RecordWriter, Status, scrub, write_json
+from harness.runtime import interrupts
+from harness.spec import s3
 
 LOG_GROUP = "/aws/sagemaker/TrainingJobs"
 TERMINAL: dict[str, Status] = {"Completed": "succeeded", "Failed": "failed", "Stopped": "interrupted"}
@@ -79,10 +80,10 @@ def follow(
     signal, or when following it fails. Returns the last description and whether the harness
     stopped it for time.
 
-    While it follows, SIGINT, SIGTERM and SIGHUP only set a flag (:mod:`harness.interrupts`),
+    While it follows, SIGINT, SIGTERM and SIGHUP only set a flag (:mod:`harness.runtime.interrupts`),
     read between calls and every 0.2 s of the wait between polls: the job is stopped
     (``StopTrainingJob``, bounded by botocore's timeouts and retries), then
-    :class:`~harness.interrupts.Interrupted` is raised. A signal that came before (while the job
+    :class:`~harness.runtime.interrupts.Interrupted` is raised. A signal that came before (while the job
     was submitted) is taken at once."""
     try:
         with interrupts.deferred():

@@ -1573,7 +1573,7 @@ def _model_wrapped(wrapper, args, kwargs):
 #: dataset indices of each batch the step consumed, its loss, and each parameter's gradient norm
 #: after the distributed reduction; rank 0 keeps the weights it handed its DDP/FSDP wrapper. A
 #: one-process run given that record (``HARNESS_REPLAY``) draws the same global batches from the
-#: same weights and records the same (harness.diff.replay compares them).
+#: same weights and records the same (harness.judge.replay compares them).
 REPLAY_STEPS = 8
 REPLAY_FROM = os.environ.get("HARNESS_REPLAY", "")
 #: Weights above this size, or models with more parameters, are not kept.

@@ -41,7 +41,6 @@ import shutil
 
 from pydantic import NonNegativeFloat
 
-from harness import interrupts, requirements
 from harness.backends import orphans
 from harness.backends.base import Backend, Capabilities, Progress, RungOptions
 from harness.backends.containers import (
@@ -67,13 +66,14 @@ from harness.backends.sagemaker_local.run import (
     supervise,
 )
 from harness.backends.sagemaker_sdk import RESERVED_CHANNELS, sdk_missing_reason
-from harness.jobspec import JobSpec
-from harness.record import RecordWriter, Status
-from harness.supervise import STOP_GRACE_S
+from harness.record.run_record import RecordWriter, Status
+from harness.runtime import interrupts, requirements
+from harness.runtime.supervise import STOP_GRACE_S
+from harness.spec.job import JobSpec
 
 
 class SageMakerLocalOptions(RungOptions):
-    #: Script-mode base image; default the job's, else :func:`harness.images.ensure_torch_image`.
+    #: Script-mode base image; default the job's, else :func:`harness.runtime.images.ensure_torch_image`.
     image: str | None = None
     #: ``local_gpu``; default: when the engine can pass NVIDIA GPUs.
     gpus: bool | None = None

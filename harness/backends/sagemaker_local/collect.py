@@ -22,15 +22,15 @@ import yaml
 from docker import DockerClient
 from docker.models.containers import Container
 
-from harness import artifacts
 from harness.backends.containers import env_of, host_result
 from harness.backends.hosts import artifact_overview, ranks_from_probe
 from harness.backends.sagemaker_local.plan import SdkPlan
 from harness.backends.sagemaker_local.run import SdkRun, compose_containers
 from harness.backends.sagemaker_sdk import RECORD_CHANNEL, copy_probe_files, ignored_fact, probe_reach
 from harness.errors import RungFailed
-from harness.jobspec import JobSpec
-from harness.record import RecordWriter, redact_env, write_json
+from harness.record import archives
+from harness.record.run_record import RecordWriter, redact_env, write_json
+from harness.spec.job import JobSpec
 
 _EXPORT = re.compile(r"^export ([A-Za-z_][A-Za-z0-9_]*)='(.*)'$")
 
@@ -64,7 +64,7 @@ def collect(client: DockerClient, plan: SdkPlan, sdk: SdkRun, record: RecordWrit
     record.manifest["ranks"] = ranks_from_probe(record.root)
     trees, writers = _host_trees(plan, record)
     record.set_fact("model_dir_writers", writers)
-    record.manifest["artifacts"] = artifact_overview(artifacts.collect(trees, record.root))
+    record.manifest["artifacts"] = artifact_overview(archives.collect(trees, record.root))
     record.set_fact("probe_reached", probe_reach(job, record))
     return codes
 

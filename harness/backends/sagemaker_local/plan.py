@@ -20,7 +20,6 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from harness import requirements
 from harness.backends.base import Plan
 from harness.backends.containers import DOCKER_DEFAULT_SHM
 from harness.backends.sagemaker_sdk import (
@@ -32,8 +31,9 @@ from harness.backends.sagemaker_sdk import (
     sdk_hyperparameters,
     sdk_version,
 )
-from harness.contract import HostContract
-from harness.jobspec import JobSpec
+from harness.runtime import requirements
+from harness.spec.host_contract import HostContract
+from harness.spec.job import JobSpec
 
 #: The fixed network every local-mode run on an engine shares (``local_container.py``).
 SDK_NETWORK = "sagemaker-local"
@@ -201,7 +201,7 @@ def plan_job(rung: str, job: JobSpec, *, num_gpus: int, image: str | None, stop_
     facts = {
         "work_dir": str(work),
         "compose_project": compose_project(work),
-        "image": image or job.image or "harness/torch (built by harness.images.ensure_torch_image)",
+        "image": image or job.image or "harness/torch (built by harness.runtime.images.ensure_torch_image)",
         **sdk_facts(job, instance_type, num_gpus),
         "launcher_env": "set in each container by sm_drivers/scripts/environment.py "
         "(recorded from sm_training.env after the run)",

@@ -3,7 +3,7 @@
 The SDK blocks in ``ModelTrainer.train()`` until compose exits and keeps no handle on compose or
 its containers, so the harness runs it in a thread and watches the containers by their compose
 project: it streams each host's log as its container appears, and at ``max_run`` or on a signal
-(Ctrl-C, SIGTERM, SIGHUP: meanwhile only a flag, :mod:`harness.interrupts`) stops the containers
+(Ctrl-C, SIGTERM, SIGHUP: meanwhile only a flag, :mod:`harness.runtime.interrupts`) stops the containers
 as ``docker stop`` does and then compose itself. Afterwards it removes what the SDK leaves (it
 never runs ``down``), whatever the outcome.
 
@@ -30,7 +30,6 @@ from docker import DockerClient
 from docker.errors import APIError, BuildError, DockerException
 from docker.models.containers import Container
 
-from harness import interrupts, requirements
 from harness.backends.base import Progress, copy_source
 from harness.backends.containers import (
     LOG_DRAIN_S,
@@ -52,7 +51,8 @@ from harness.backends.sagemaker_sdk import (
     write_probe_channel,
 )
 from harness.errors import ImageError
-from harness.record import RecordWriter
+from harness.record.run_record import RecordWriter
+from harness.runtime import interrupts, requirements
 
 
 def prepare(plan: SdkPlan) -> None:
@@ -168,7 +168,7 @@ def supervise(
 ) -> bool:
     """Stream each host's log as its container appears; stop everything at ``max_run`` or on a
     signal (SIGINT, SIGTERM, SIGHUP), which meanwhile only sets a flag; once everything is
-    stopped, :class:`harness.interrupts.Interrupted` is raised. Returns whether ``max_run`` was reached."""
+    stopped, :class:`harness.runtime.interrupts.Interrupted` is raised. Returns whether ``max_run`` was reached."""
     try:
         with interrupts.deferred():
             timed_out = _watch(sdk, client, plan, record, progress, grace_s)

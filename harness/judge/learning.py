@@ -1,0 +1,184 @@
+"""The loss ledger across the step from fewer processes to more: does the distributed run learn
+as the run it was scaled from?
+
+The probe records, per rank and optimizer step, the loss ``backward()`` ran on, the samples
+consumed, the gradient norm after the distributed reduction and the learning rate
+(docs/run-record.md: ``steps``), so every job has curves, ``metric_definitions`` or not. A
+distributed step is the samples-weighted mean of its ranks' losses over the global batch.
+
+* Where both runs take the same global batch per step (a ``DistributedSampler`` hands the ranks
+  the slices of one permutation, so they draw the very batches one process draws), the first
+  steps must agree up to float rounding: the first step whose loss or gradient norm departs is
+  the finding, with both values. Where the first step's losses differ (randomness that is not
+  aligned: dropout, augmentation; or a loss of another scale), only a gap far beyond such noise
+  counts: the median ratio of gradient norms or losses over the first five steps outside
+  [0.4, 2.5].
+* Where the global batch grew (each rank takes the batch one process took), averaging over more
+  samples can only shrink the gradient's noise: a gradient norm 2.5 times the baseline's or more
+  means the updates were scaled (gradients summed, not averaged).
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import dataclass
+from typing import Any
+
+from harness.judge.findings import Finding
+from harness.judge.protocol import CheckContext
+from harness.record.run_record import RunRecord
+
+#: Steps compared: the ones float rounding cannot yet have carried apart.
+_EXACT_STEPS = 10
+_EXACT_RTOL = 1e-3
+#: Steps whose ratios are compared where the runs are not aligned: the first few, before two
+#: runs that learn at different rates have drifted to different places.
+_TREND_STEPS = 5
+
+
+@dataclass(frozen=True)
+class _Step:
+    loss: float | None
+    samples: int
+    grad_norm: float | None
+    lr: float | None
+
+
+def compare(baseline: RunRecord, candidate: RunRecord, context: CheckContext) -> list[Finding]:
+    base, base_world = _global_steps(baseline)
+    cand, cand_world = _global_steps(candidate)
+    if not base or not cand or cand_world <= base_world:
+        return []
+    steps = min(len(base), len(cand))
+    equal_batch = all(base[i].samples == cand[i].samples and base[i].samples for i in range(min(steps, 3)))
+    if equal_batch:
+        finding = _exact(base, cand, steps, baseline.rung, candidate.rung)
+        if finding is not None:
+            return [finding]
+        return _trend(base, cand, steps, baseline.rung, candidate.rung, lower=0.4)
+    grew = all(cand[i].samples > base[i].samples > 0 for i in range(min(steps, 3)))
+    return _trend(base, cand, steps, baseline.rung, candidate.rung, lower=None) if grew else []
+
+
+def _global_steps(record: RunRecord) -> tuple[list[_Step], int]:
+    """The run's optimizer steps over the global batch, and how many ranks took them."""
+    per_rank: dict[int, list[dict[str, Any]]] = {}
+    for rank, events in record.rank_events().items():
+        steps = [step for e in events if e.get("kind") == "steps" for step in _unpacked(e)]
+        if steps:
+            per_rank[rank] = steps
+    if not per_rank:
+        return [], 0
+    count = min(len(s) for s in per_rank.values())
+    merged = []
+    for index in range(count):
+        events = [steps[index] for steps in per_rank.values()]
+        samples = sum(int(e.get("samples") or 0) for e in events)
+        losses = [(_number(e.get("loss")), int(e.get("samples") or 0)) for e in events]
+        loss: float | None = None
+        values = [(value, n) for value, n in losses if value is not None]
+        if len(values) == len(losses):
+            weight = sum(n for _, n in values)
+            loss = sum(v * n for v, n in values) / weight if weight else statistics.fmean(v for v, _ in values)
+        first = per_rank[min(per_rank)][index]
+        merged.append(_Step(loss, samples, _number(first.get("grad_norm")), _number(first.get("lr"))))
+    return merged, len(per_rank)
+
+
+def _unpacked(event: dict[str, Any]) -> list[dict[str, Any]]:
+    """A ``steps`` event (one list per field) as one dict per step."""
+    fields = ("step", "loss", "backwards", "samples", "grad_norm", "lr")
+    columns = [event.get(name) for name in fields]
+    if not all(isinstance(column, list) for column in columns):
+        return []
+    return [dict(zip(fields, row, strict=False)) for row in zip(*columns, strict=False)]
+
+
+def _number(value: Any) -> float | None:
+    return float(value) if isinstance(value, int | float) else None
+
+
+def _close(a: float | None, b: float | None) -> bool:
+    if a is None or b is None:
+        return True
+    return abs(a - b) <= 1e-6 + _EXACT_RTOL * abs(a)
+
+
+def _exact(base: list[_Step], cand: list[_Step], steps: int, below: str, rung: str) -> Finding | None:
+    """The same global batches from the same weights: the first step that departs."""
+    if not (base[0].loss is not None and cand[0].loss is not None and _close(base[0].loss, cand[0].loss)):
+        return None  # not aligned: randomness the two runs do not share
+    for index in range(min(steps, _EXACT_STEPS)):
+        b, c = base[index], cand[index]
+        if _close(b.loss, c.loss) and _close(b.grad_norm, c.grad_norm) and _close(b.lr, c.lr):
+            continue
+        return _finding(base, cand, index, below, rung, exact=True)
+    return None
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return b / a if a and b is not None and a > 0 else None
+
+
+def _trend(
+    base: list[_Step], cand: list[_Step], steps: int, below: str, rung: str, lower: float | None
+) -> list[Finding]:
+    """Medians of the ratios over the first steps: far outside what noise gives."""
+    window = range(min(steps, _TREND_STEPS))
+    grads = [r for i in window if (r := _ratio(base[i].grad_norm, cand[i].grad_norm)) is not None]
+    losses = [r for i in window if (r := _ratio(base[i].loss, cand[i].loss)) is not None]
+    if len(grads) < 3:
+        return []
+    grad = statistics.median(grads)
+    loss = statistics.median(losses) if losses else 1.0
+    departs = grad >= 2.5 or (lower is not None and (grad <= lower or not 0.4 <= loss <= 2.5))
+    if not departs:
+        return []
+    index = next(
+        (i for i in window if (r := _ratio(base[i].grad_norm, cand[i].grad_norm)) is not None and not 0.4 < r < 2.5),
+        0,
+    )
+    return [_finding(base, cand, index, below, rung, exact=False, medians=(grad, loss))]
+
+
+def _finding(
+    base: list[_Step],
+    cand: list[_Step],
+    index: int,
+    below: str,
+    rung: str,
+    exact: bool,
+    medians: tuple[float, float] | None = None,
+) -> Finding:
+    b, c = base[index], cand[index]
+    what = []
+    for name, x, y in (
+        ("loss", b.loss, c.loss),
+        ("gradient norm", b.grad_norm, c.grad_norm),
+        ("learning rate", b.lr, c.lr),
+    ):
+        if x is not None and y is not None and not _close(x, y):
+            what.append(f"{name} {y:.6g} on {rung}, {x:.6g} on {below}" + (f" (x{y / x:.3g})" if x else ""))
+    evidence = [f"step {index}: {line}" for line in what]
+    evidence.append(
+        f"samples per step: {c.samples} on {rung}, {b.samples} on {below}"
+        + (" (the same global batches)" if exact else "")
+    )
+    if medians is not None:
+        evidence.append(
+            f"over the first steps, median ratio {rung}/{below}: gradient norm {medians[0]:.3g}, loss {medians[1]:.3g}"
+        )
+    return Finding(
+        kind="metrics",
+        severity="divergence",
+        title=f"{rung} learns differently from {below}"
+        + (f" from step {index}: {what[0]}" if what else f" from step {index}"),
+        evidence=evidence,
+        hint="a distributed step must apply the update one process applies to the same global batch: average "
+        "gradients over ranks once (DDP does; do not all-reduce them again, or sum without dividing), reduce the "
+        "loss by its mean, and scale the learning rate only with the global batch",
+        step=index,
+        cause="learning-differs",
+        explains=("weights-differ", "metric-divergence", "metric-length", "checkpoint-shapes"),
+        confidence=0.75 if exact else 0.6,
+    )
