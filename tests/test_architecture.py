@@ -166,10 +166,6 @@ RUNG_MODULES = (
     "harness.backends.sagemaker",
     "harness.backends.sagemaker_local",
 )
-#: Imports of a rung's own module from outside it, each with why it is still there.
-KNOWN_REACHES_INTO_A_RUNG = {
-    ("harness.ladder.bisect", "harness.backends.local"): "bisect asks the local plan whether hosts have own networks",
-}
 
 
 def _layer(module: str) -> str:
@@ -224,8 +220,7 @@ def test_no_module_reaches_into_a_rung_but_the_rung_itself() -> None:
         for target in targets
         if _rung_of(target) is not None and _rung_of(module) != _rung_of(target)
     )
-    assert [pair for pair in reaches if pair not in KNOWN_REACHES_INTO_A_RUNG] == []
-    assert sorted(KNOWN_REACHES_INTO_A_RUNG) == [pair for pair in reaches if pair in KNOWN_REACHES_INTO_A_RUNG]
+    assert reaches == []
 
 
 @pytest.mark.parametrize(

@@ -60,6 +60,9 @@ class Plan:
     job: JobSpec
     hosts: dict[str, HostContract]
     facts: dict[str, Any] = field(default_factory=dict)
+    #: Whether the job's hosts share one network (one loopback, ports common to all), unlike
+    #: SageMaker's instances: what ``harness bisect`` needs to know of a rung below another.
+    shared_network: bool = False
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -124,8 +127,26 @@ class Backend(ABC, Generic[PlanT]):
         if reason:
             raise RungUnavailable(self.name, reason)
 
+    def job_to_run(self, job: JobSpec) -> JobSpec:
+        """The job this rung runs for ``job`` (``single``: on one host, in one process)."""
+        return job
+
+    def run_again(self, job: JobSpec, record: RunRecord) -> tuple[JobSpec, dict[str, str]] | None:
+        """Where a run's record shows the rung must run the job otherwise (``single``: a script
+        that stopped for want of torchrun's variables runs under torchrun), that job and the facts
+        that say why; the first record is then replaced. None: the record stands."""
+        return None
+
     def run(self, job: JobSpec, records_dir: Path, *, progress: Progress | None = None) -> RunRecord:
         """Run ``job`` on this rung and return its complete record (also when the job fails)."""
+        record = self._run(self.job_to_run(job), records_dir, progress, {})
+        again = self.run_again(job, record)
+        if again is None:
+            return record
+        shutil.rmtree(record.root)
+        return self._run(again[0], records_dir, progress, again[1])
+
+    def _run(self, job: JobSpec, records_dir: Path, progress: Progress | None, facts: dict[str, str]) -> RunRecord:
         self.check(job)
         plan = self.plan(job)
         root = records_dir.resolve() / new_run_id(job.name, self.name)  # containers mount it: absolute
@@ -133,7 +154,7 @@ class Backend(ABC, Generic[PlanT]):
             raise UsageError(f"{root} already exists", hint="choose another --records directory")
         record = RecordWriter(root, job, self.name)
         record.start()
-        record.manifest["rung_facts"].update(plan.facts)
+        record.manifest["rung_facts"].update({**plan.facts, **facts})
         record.flush()  # a harness killed from here on leaves a record that says where its run was
         status: Status = "error"
         try:

@@ -36,7 +36,7 @@ from docker.utils import parse_bytes
 from pydantic import Field, NonNegativeFloat, PositiveFloat, field_validator
 
 from harness.backends import toolkit
-from harness.backends.base import Backend, Capabilities, Plan, Progress, RungOptions
+from harness.backends.base import Capabilities, Progress, RungOptions
 from harness.backends.containers import (
     LOG_DRAIN_S,
     RUN_ID,
@@ -56,20 +56,15 @@ from harness.backends.containers import (
     stop,
     teardown,
 )
+from harness.backends.host_rung import HostPlan, HostRung, HostsEnded, HostSession
 from harness.backends.hosts import (
     CHANNELS_FACT,
-    artifact_overview,
     compiled_probe,
-    ranks_from_probe,
     record_received,
-    restore_checkpoints,
     s3_unsupported,
-    save_checkpoints,
-    stage_channels,
     write_host_tree,
 )
-from harness.record import archives
-from harness.record.run_record import RecordWriter, Status
+from harness.record.run_record import RecordWriter
 from harness.runtime import interrupts, requirements
 from harness.runtime.hang_watch import DEFAULT_HANG_AFTER_S, HangWatch, hang_after
 from harness.runtime.supervise import STOP_GRACE_S
@@ -138,16 +133,15 @@ class DockerOptions(RungOptions):
 
 
 @dataclass
-class DockerPlan(Plan):
+class DockerPlan(HostPlan):
     """The contract, and what the run needs that the contract does not say."""
 
-    work_dir: Path = Path()
     shm_size: str = ""
     ulimits: dict[str, int] = field(default_factory=dict)
     gpus: dict[str, list[str]] = field(default_factory=dict)  # host → device ids; empty without GPUs
 
 
-class DockerBackend(EngineClient, Backend[DockerPlan]):
+class DockerBackend(EngineClient, HostRung[DockerPlan]):
     name = "docker"
     capabilities = Capabilities(gpus=True, separate_hosts=True, containers=True, hang_detection=True)
     Options = DockerOptions
@@ -233,82 +227,63 @@ class DockerBackend(EngineClient, Backend[DockerPlan]):
             job,
             contracts,
             facts,
+            shared_network=self.options.network == "shared",
             work_dir=work,
             shm_size=shm_size,
             ulimits=ulimits,
             gpus=gpus if machine.num_gpus else {},
         )
 
-    def _execute(self, plan: DockerPlan, record: RecordWriter, progress: Progress | None) -> Status:
-        client, job, work = self.client(), plan.job, plan.work_dir
-        labels = {**run_labels(str(record.manifest["run_id"])), WORK_DIR: str(work)}
-        containers: dict[str, Container] = {}
-        image = ""
-        try:  # everything made below carries the run's labels; the finally removes it by label
-            image = toolkit.image_for(client, job, self.options.image)
-            record.set_fact("image", image)
-            uses_toolkit = job.is_script_mode and job.launcher == "toolkit"
-            real = toolkit.found_in_image(client, image, labels) if uses_toolkit else None
-            if real:  # the image's own toolkit makes the launcher layer (docs/toolkit.md)
-                plan.hosts = toolkit.hand_over(plan.hosts, real)
-                record.set_fact("environment", "the contract's platform layer; the image's toolkit adds the rest")
-            if uses_toolkit:
-                record.set_fact("toolkit", real or toolkit.EMULATED)
-            network = client.networks.create(f"harness-{labels[RUN_ID]}", driver="bridge", labels=labels)
-            trees = {host: work / host / "opt_ml" for host in plan.hosts}
-            channels = stage_channels(job, work, record)
-            try:  # requirements.txt: the wheels, got by the host's pip before any container starts
-                setup = requirements.prepare_containers(client, image, job, list(plan.hosts), work, record, labels)
-            except requirements.InstallFailed as failed:
-                requirements.fail_containers(job, list(plan.hosts), record, failed)
-                return "failed"
-            mounts = {
-                host: self._prepare_host(job, contract, channels[host], trees[host], record)
-                for host, contract in plan.hosts.items()
-            }
-            restore_checkpoints(job, trees)
-            for host, contract in plan.hosts.items():
-                started = time.monotonic()
-                containers[host] = self._create(
-                    client,
-                    image,
-                    plan,
-                    requirements.container_contract(setup, job, contract, PROBE_MOUNT),
-                    mounts[host] + requirements.container_mounts(setup, host),
-                    network,
-                    labels,
-                )
-                created = time.monotonic()
-                containers[host].start()
-                record.host_result(
-                    host,
-                    container=containers[host].name,
-                    container_create_s=round(created - started, 3),
-                    container_start_s=round(time.monotonic() - created, 3),
-                )
-            timed_out, hung = self._supervise(containers, job.max_run, record, progress)
-            owned_by_root = [work, record.root / "processes", record.root / "ranks"]
-            shielded(lambda: reclaim(client, image, owned_by_root, labels))
-            save_checkpoints(job, trees, record)
-            codes = {h: host_result(job, plan.hosts[h], c, trees[h], record) for h, c in containers.items()}
-            requirements.collect_containers(job, setup, record)
-            record.manifest["artifacts"] = artifact_overview(archives.collect(trees, record.root))
-            record.manifest["ranks"] = ranks_from_probe(record.root)
-            if real:
-                toolkit.record_launched(record, plan.hosts)
-        finally:
-            shielded(lambda: teardown(client, labels, image, work))
-        if hung:
-            return "hung"
-        if timed_out:
-            return "timeout"
-        return "succeeded" if all(code == 0 for code in codes.values()) else "failed"
+    def session(self, plan: DockerPlan, record: RecordWriter) -> DockerSession:
+        return DockerSession(plan, record, self.options, self.client())
 
-    def _prepare_host(
-        self, job: JobSpec, contract: HostContract, channels: dict[str, Path], tree: Path, record: RecordWriter
-    ) -> list[Mount]:
-        """Write the host's /opt/ml tree and its ``received/`` record; return its mounts."""
-        write_host_tree(job, contract, tree)
+
+class DockerSession(HostSession[DockerPlan]):
+    """Each host a container on a bridge network made for the run; everything it makes carries
+    the run's labels, and :meth:`close` removes it by label."""
+
+    def __init__(self, plan: DockerPlan, record: RecordWriter, options: DockerOptions, client: DockerClient) -> None:
+        super().__init__(plan, record)
+        self.options, self.client = options, client
+        self.labels = {**run_labels(str(record.manifest["run_id"])), WORK_DIR: str(plan.work_dir)}
+        self.image = ""
+        self._toolkit: str | None = None  # the image's toolkit version, where it has one
+        self._network: Network | None = None
+        self._setup: requirements.ContainerSetup | None = None
+        self._mounts: dict[str, list[Mount]] = {}
+        self._containers: dict[str, Container] = {}
+
+    def start(self) -> None:
+        job, plan, record = self.job, self.plan, self.record
+        self.image = toolkit.image_for(self.client, job, self.options.image)
+        record.set_fact("image", self.image)
+        uses_toolkit = job.is_script_mode and job.launcher == "toolkit"
+        self._toolkit = toolkit.found_in_image(self.client, self.image, self.labels) if uses_toolkit else None
+        if self._toolkit:  # the image's own toolkit makes the launcher layer (docs/toolkit.md)
+            plan.hosts = toolkit.hand_over(plan.hosts, self._toolkit)
+            record.set_fact("environment", "the contract's platform layer; the image's toolkit adds the rest")
+        if uses_toolkit:
+            record.set_fact("toolkit", self._toolkit or toolkit.EMULATED)
+        self._network = self.client.networks.create(
+            f"harness-{self.labels[RUN_ID]}", driver="bridge", labels=self.labels
+        )
+
+    def install_requirements(self) -> bool:
+        """The wheels, got by the host's pip before any container starts."""
+        hosts = list(self.plan.hosts)
+        try:
+            self._setup = requirements.prepare_containers(
+                self.client, self.image, self.job, hosts, self.plan.work_dir, self.record, self.labels
+            )
+        except requirements.InstallFailed as failed:
+            requirements.fail_containers(self.job, hosts, self.record, failed)
+            return False
+        return True
+
+    def prepare_host(self, contract: HostContract, channels: dict[str, Path], tree: Path) -> None:
+        """Write the host's /opt/ml tree and its ``received/`` record; keep its mounts."""
+        record = self.record
+        write_host_tree(self.job, contract, tree)
         mounts = [
             Mount(str(OPT_ML), str(tree), type="bind"),
             Mount(PROBE_MOUNT, str(compiled_probe()), type="bind", read_only=True),
@@ -319,19 +294,42 @@ class DockerBackend(EngineClient, Backend[DockerPlan]):
         for sub in ("processes", "ranks"):
             (record.root / sub).mkdir(exist_ok=True)
             mounts.append(Mount(f"{RECORD_MOUNT}/{sub}", str(record.root / sub), type="bind"))
-        record_received(record, contract, self._env(job, contract))
-        return mounts
+        record_received(record, contract, self._env(contract))
+        self._mounts[contract.host] = mounts + requirements.container_mounts(self._setup, contract.host)
 
-    def _create(
-        self,
-        client: DockerClient,
-        image: str,
-        plan: DockerPlan,
-        contract: HostContract,
-        mounts: list[Mount],
-        network: Network,
-        labels: dict[str, str],
-    ) -> Container:
+    def run_hosts(self, progress: Progress | None) -> HostsEnded:
+        for host, contract in self.plan.hosts.items():
+            started = time.monotonic()
+            container = self._containers[host] = self._create(
+                requirements.container_contract(self._setup, self.job, contract, PROBE_MOUNT), self._mounts[host]
+            )
+            created = time.monotonic()
+            container.start()
+            self.record.host_result(
+                host,
+                container=container.name,
+                container_create_s=round(created - started, 3),
+                container_start_s=round(time.monotonic() - created, 3),
+            )
+        ended = self._supervise(progress)
+        owned_by_root = [self.plan.work_dir, self.record.root / "processes", self.record.root / "ranks"]
+        shielded(lambda: reclaim(self.client, self.image, owned_by_root, self.labels))
+        return ended
+
+    def collect_host(self, contract: HostContract, tree: Path) -> int:
+        return host_result(self.job, contract, self._containers[contract.host], tree, self.record)
+
+    def collected(self) -> None:
+        requirements.collect_containers(self.job, self._setup, self.record)
+        if self._toolkit:
+            toolkit.record_launched(self.record, self.plan.hosts)
+
+    def close(self) -> None:
+        shielded(lambda: teardown(self.client, self.labels, self.image, self.plan.work_dir))
+
+    def _create(self, contract: HostContract, mounts: list[Mount]) -> Container:
+        client, plan, labels, network = self.client, self.plan, self.labels, self._network
+        assert network is not None, "start() makes the network"
         host, job = contract.host, plan.job
         script = (
             {"entrypoint": contract.command, "working_dir": str(contract.cwd)}
@@ -354,9 +352,9 @@ class DockerBackend(EngineClient, Backend[DockerPlan]):
                 else {**networking, "extra_hosts": {other: "127.0.0.1" for other in job.hosts[1:]}}
             )
         return client.containers.create(
-            image,
+            self.image,
             name=f"{labels[RUN_ID]}-{host}",
-            environment=self._env(job, contract),
+            environment=self._env(contract),
             labels={**labels, "harness.host": host},
             mounts=mounts,
             shm_size=plan.shm_size,
@@ -366,15 +364,13 @@ class DockerBackend(EngineClient, Backend[DockerPlan]):
             **script,
         )
 
-    def _env(self, job: JobSpec, contract: HostContract) -> dict[str, str]:
-        return {**self.options.environment, **_container_env(job, contract)}
+    def _env(self, contract: HostContract) -> dict[str, str]:
+        return {**self.options.environment, **_container_env(self.job, contract)}
 
-    def _supervise(
-        self, containers: dict[str, Container], max_run: int, record: RecordWriter, progress: Progress | None
-    ) -> tuple[bool, bool]:
+    def _supervise(self, progress: Progress | None) -> HostsEnded:
         """Stream every host's log until all have exited; stop them all at ``max_run``, when no rank
-        makes progress for ``hang_after_s`` (after their stacks are dumped), or on Ctrl-C.
-        Returns (timed out, hung)."""
+        makes progress for ``hang_after_s`` (after their stacks are dumped), or on Ctrl-C."""
+        containers, record, max_run = self._containers, self.record, self.job.max_run
         pumps = [
             threading.Thread(target=pump_logs, args=(c, record.host_dir(h) / "log.txt", h, progress), daemon=True)
             for h, c in containers.items()
@@ -406,7 +402,7 @@ class DockerBackend(EngineClient, Backend[DockerPlan]):
                 for pump in pumps:
                     pump.join(timeout=LOG_DRAIN_S)
         interrupts.raise_if_requested()
-        return timed_out, hung
+        return HostsEnded(timed_out=timed_out, hung=hung)
 
 
 def signal_rank(containers: dict[str, Container], pid: int, host: str | None) -> None:

@@ -32,26 +32,21 @@ from pathlib import Path, PurePosixPath
 from pydantic import PositiveFloat
 
 from harness.backends import orphans, toolkit
-from harness.backends.base import Backend, Capabilities, Plan, Progress, RungOptions
+from harness.backends.base import Capabilities, Progress, RungOptions
+from harness.backends.host_rung import HostPlan, HostRung, HostsEnded, HostSession
 from harness.backends.hosts import (
     CHANNELS_FACT,
     PROBE_DIR,
-    artifact_overview,
     collect_failure,
     compiled_probe,
-    ranks_from_probe,
     record_received,
-    restore_checkpoints,
     s3_unsupported,
-    save_checkpoints,
-    stage_channels,
     write_host_tree,
 )
-from harness.record import archives
-from harness.record.run_record import RecordWriter, RunRecord, Status, write_json
+from harness.record.run_record import RecordWriter, RunRecord
 from harness.runtime import requirements, sandbox
 from harness.runtime.hang_watch import DEFAULT_HANG_AFTER_S, HangWatch, hang_after
-from harness.runtime.supervise import HostLaunch, run_hosts
+from harness.runtime.supervise import HostLaunch, Outcome, run_hosts
 from harness.spec.host_contract import OPT_ML, HostContract, Machine, host_contract
 from harness.spec.job import Distribution, JobSpec
 
@@ -110,16 +105,15 @@ class LocalOptions(RungOptions):
 
 
 @dataclass
-class LocalPlan(Plan):
+class LocalPlan(HostPlan):
     """The contract and the run's state: where the hosts' trees go, and whether namespaces hold them."""
 
-    work_dir: Path = Path()
     namespaced: bool = True
     #: Each host in its own network namespace (else, when namespaced, all in the run's one).
     host_networks: bool = True
 
 
-class LocalBackend(Backend[LocalPlan]):
+class LocalBackend(HostRung[LocalPlan]):
     name = "local"
     capabilities = Capabilities(gpus=False, separate_hosts=False, containers=False, hang_detection=True)
     Options = LocalOptions
@@ -178,61 +172,42 @@ class LocalBackend(Backend[LocalPlan]):
             facts["adapted"] = {"MASTER_ADDR": "127.0.0.1", "MASTER_PORT": port}
             contracts = {h: _degrade(c, port) for h, c in contracts.items()}
         return LocalPlan(
-            self.name, job, contracts, facts, work_dir=work, namespaced=degraded is None, host_networks=host_networks
+            self.name,
+            job,
+            contracts,
+            facts,
+            shared_network=not host_networks,
+            work_dir=work,
+            namespaced=degraded is None,
+            host_networks=host_networks,
         )
 
-    def _execute(self, plan: LocalPlan, record: RecordWriter, progress: Progress | None) -> Status:
-        job, work, namespaced = plan.job, plan.work_dir, plan.namespaced
-        try:
-            work.mkdir(parents=True)
-            orphans.claim(work, str(record.manifest["run_id"]), record.root)
-            channels = stage_channels(job, work, record)
-            if not requirements.install_local(job, plan.hosts, record):
-                return "failed"  # pip failed: recorded as the launchers fail, none started
-            network_of = sandbox.RunNetwork(job.hosts if plan.host_networks else None)
-            with network_of if namespaced else _no_network() as network:
-                launches = [
-                    self._prepare_host(job, contract, channels[host], work, record, network)
-                    for host, contract in plan.hosts.items()
-                ]
-                trees = {host: work / host / "opt_ml" for host in plan.hosts}
-                restore_checkpoints(job, trees)
-                after = hang_after(
-                    self.options.hang_after_s, "hang_after_s" in self.options.model_fields_set, job.max_run
-                )
-                record.set_fact("hang_after_s", after)
-                outcome = run_hosts(
-                    launches,
-                    max_run_s=job.max_run,
-                    sink=progress,
-                    hang=HangWatch(record.root, after, logs=lambda: [launch.log_path for launch in launches]),
-                )
-            save_checkpoints(job, trees, record)
-            for host, code in outcome.exit_codes.items():
-                collect_failure(
-                    job, plan.hosts[host], trees[host], record, code, outcome.started_at[host], outcome.ended_at[host]
-                )
-            record.manifest["artifacts"] = artifact_overview(archives.collect(trees, record.root))
-            record.manifest["ranks"] = ranks_from_probe(record.root)
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
-        if outcome.hung:
-            return "hung"
-        if outcome.timed_out:
-            return "timeout"
-        return "succeeded" if all(code == 0 for code in outcome.exit_codes.values()) else "failed"
+    def session(self, plan: LocalPlan, record: RecordWriter) -> LocalSession:
+        return LocalSession(plan, record, self.options)
 
-    def _prepare_host(
-        self,
-        job: JobSpec,
-        contract: HostContract,
-        channels: dict[str, Path],
-        work: Path,
-        record: RecordWriter,
-        network: sandbox.RunNetwork | None,
-    ) -> HostLaunch:
+
+class LocalSession(HostSession[LocalPlan]):
+    """Each host a launcher process on this machine, in its own namespaces where it can be."""
+
+    def __init__(self, plan: LocalPlan, record: RecordWriter, options: LocalOptions) -> None:
+        super().__init__(plan, record)
+        self.options = options
+        self._network: sandbox.RunNetwork | None = None
+        self._launches: list[HostLaunch] = []
+        self._outcome = Outcome()
+
+    def start(self) -> None:
+        self.plan.work_dir.mkdir(parents=True)
+        orphans.claim(self.plan.work_dir, str(self.record.manifest["run_id"]), self.record.root)
+        if self.plan.namespaced:
+            self._network = sandbox.RunNetwork(self.job.hosts if self.plan.host_networks else None).__enter__()
+
+    def install_requirements(self) -> bool:
+        return requirements.install_local(self.job, self.plan.hosts, self.record)
+
+    def prepare_host(self, contract: HostContract, channels: dict[str, Path], tree: Path) -> None:
+        job, record, work, network = self.job, self.record, self.plan.work_dir, self._network
         host = contract.host
-        tree = work / host / "opt_ml"
         write_host_tree(job, contract, tree)
         for name, source in channels.items():
             (tree / "input" / "data" / name).symlink_to(source, target_is_directory=True)
@@ -268,7 +243,30 @@ class LocalBackend(Backend[LocalPlan]):
                 keep=keep,
             )
             cwd = tree / PurePosixPath(contract.cwd).relative_to(OPT_ML)  # same directory, seen from outside
-        return HostLaunch(host, contract.command, env, cwd, record.host_dir(host) / "log.txt", preexec)
+        self._launches.append(HostLaunch(host, contract.command, env, cwd, record.host_dir(host) / "log.txt", preexec))
+
+    def run_hosts(self, progress: Progress | None) -> HostsEnded:
+        after = hang_after(self.options.hang_after_s, "hang_after_s" in self.options.model_fields_set, self.job.max_run)
+        self.record.set_fact("hang_after_s", after)
+        launches = self._launches
+        self._outcome = run_hosts(
+            launches,
+            max_run_s=self.job.max_run,
+            sink=progress,
+            hang=HangWatch(self.record.root, after, logs=lambda: [launch.log_path for launch in launches]),
+        )
+        return HostsEnded(timed_out=self._outcome.timed_out, hung=self._outcome.hung)
+
+    def collect_host(self, contract: HostContract, tree: Path) -> int:
+        host, outcome = contract.host, self._outcome
+        code = outcome.exit_codes[host]
+        collect_failure(self.job, contract, tree, self.record, code, outcome.started_at[host], outcome.ended_at[host])
+        return code
+
+    def close(self) -> None:
+        if self._network is not None:
+            self._network.__exit__(None, None, None)
+        shutil.rmtree(self.plan.work_dir, ignore_errors=True)
 
 
 class SingleBackend(LocalBackend):
@@ -285,19 +283,17 @@ class SingleBackend(LocalBackend):
 
     name = "single"
 
-    def run(self, job: JobSpec, records_dir: Path, *, progress: Progress | None = None) -> RunRecord:
-        record = super().run(single_process(job), records_dir, progress=progress)
+    def job_to_run(self, job: JobSpec) -> JobSpec:
+        return single_process(job)
+
+    def run_again(self, job: JobSpec, record: RunRecord) -> tuple[JobSpec, dict[str, str]] | None:
         if job.distribution != "torchrun" or not needs_process_group(record):
-            return record
-        shutil.rmtree(record.root)
-        retried = super().run(single_process(job, distribution="torchrun"), records_dir, progress=progress)
-        facts = {
-            **retried.manifest["rung_facts"],
-            "baseline": "under torchrun with one process (world size 1): "
-            "run as a plain script it stopped for want of what torchrun sets (a process group's variables)",
-        }
-        write_json(retried.root / "manifest.json", {**retried.manifest, "rung_facts": facts})
-        return RunRecord.load(retried.root)
+            return None
+        why = (
+            "under torchrun with one process (world size 1): "
+            "run as a plain script it stopped for want of what torchrun sets (a process group's variables)"
+        )
+        return single_process(job, distribution="torchrun"), {"baseline": why}
 
     @classmethod
     def job_as_run(cls, job: JobSpec) -> JobSpec:
@@ -383,14 +379,6 @@ def _network_facts(hosts: list[str], degraded: str | None, shared: str | None) -
         "each host's own; nothing routes off this machine",
         "hostnames": "algo-N resolve to each host's address on the bridge",
     }
-
-
-class _no_network:
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, *exc: object) -> None:
-        return None
 
 
 def _degrade(contract: HostContract, port: int) -> HostContract:

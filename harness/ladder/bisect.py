@@ -22,7 +22,6 @@ from typing import Any
 
 from harness.backends import get_backend
 from harness.backends.containers import default_shm_size
-from harness.backends.local import LocalPlan
 from harness.errors import HarnessError, UsageError
 from harness.judge.verdict import Verdict, judge
 from harness.record.run_record import RunRecord, redact_env
@@ -191,8 +190,7 @@ def _shares_a_network(lower: str, job: JobSpec) -> bool:
     """Whether the lower rung runs the job's hosts on one network: ``single`` (one host for all),
     or ``local`` where this machine gives no network namespace per host."""
     plan = get_backend(lower).plan(job)
-    own = isinstance(plan, LocalPlan) and plan.host_networks and len(plan.job.hosts) == len(job.hosts)
-    return len(job.hosts) > 1 and not own
+    return len(job.hosts) > 1 and (plan.shared_network or len(plan.job.hosts) != len(job.hosts))
 
 
 def _dimensions(options: dict[str, Any], *, shared_network: bool) -> list[tuple[str, str, dict[str, Any]]]:
