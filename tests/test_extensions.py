@@ -40,8 +40,8 @@ from harness.judge import Finding, PairCheck
 
 def _compare(baseline, candidate, context):
     label = candidate.manifest["rung_facts"].get("label", "-")
-    return [Finding("environment", "divergence", f"toy: {baseline.rung} -> {candidate.rung} ({label})",
-                    cause="toy-divergence")]
+    title = f"toy: {baseline.rung} -> {candidate.rung} ({label})"
+    return [Finding(kind="environment", severity="divergence", title=title, cause="toy-divergence")]
 
 
 TOY = PairCheck("toy", _compare)

@@ -119,8 +119,17 @@ def test_markdown_folds_the_whole_evidence_and_every_note() -> None:
         first_rung="docker",
         baseline_rung="local",
         findings=[
-            Finding("metrics", "divergence", "loss | diverges", evidence, hint="look", cause="metric-divergence"),
-            Finding("environment", "note", "torch differs", ["2.2 -> 2.3", "cuda none -> 12.1"]),
+            Finding(
+                kind="metrics",
+                severity="divergence",
+                title="loss | diverges",
+                evidence=evidence,
+                hint="look",
+                cause="metric-divergence",
+            ),
+            Finding(
+                kind="environment", severity="note", title="torch differs", evidence=["2.2 -> 2.3", "cuda none -> 12.1"]
+            ),
         ],
         records=["/data/runs/a", "/data/runs/b"],
     )

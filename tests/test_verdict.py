@@ -144,11 +144,14 @@ from harness.judge import Finding, PairCheck, RunCheck
 
 def compare(baseline, candidate, context):
     title = f"toy: {candidate.rung} vs {baseline.rung} at rtol {context.tolerance.metric_rtol}"
-    return [Finding("metrics", "divergence", title, cause="toy-pair")]
+    return [Finding(kind="metrics", severity="divergence", title=title, cause="toy-pair")]
 
 
 PAIR = PairCheck("toy-pair", compare)
-RUN = RunCheck("toy-run", lambda record, context: [Finding("ranks", "note", f"toy saw {record.rung}", cause="toy-run")])
+RUN = RunCheck(
+    "toy-run",
+    lambda record, context: [Finding(kind="toy", severity="note", title=f"toy saw {record.rung}", cause="toy-run")],
+)
 NOT_A_CHECK = print
 """
 

@@ -61,14 +61,22 @@ def compare(baseline: RunRecord, candidate: RunRecord, context: CheckContext) ->
             f"extra on {candidate.rung}: {n}" for n in extra
         ]
         if evidence:
-            findings.append(Finding("artifacts", "divergence", f"{archive} differs on {candidate.rung}", evidence))
+            findings.append(
+                Finding(
+                    kind="artifacts",
+                    severity="divergence",
+                    title=f"{archive} differs on {candidate.rung}",
+                    evidence=evidence,
+                )
+            )
         if new_writers:
             findings.append(
                 Finding(
-                    "artifacts",
-                    "note",
-                    f"{len(new_writers)} files in {archive} written by hosts or ranks {baseline.rung} does not have",
-                    _capped([f"{n}: {who}" for n, who in new_writers.items()]),
+                    kind="artifacts",
+                    severity="note",
+                    title=f"{len(new_writers)} files in {archive} written by hosts or ranks "
+                    f"{baseline.rung} does not have",
+                    evidence=_capped([f"{n}: {who}" for n, who in new_writers.items()]),
                     cause="topology-changes-artifacts",
                     confidence=0.2,
                 )
@@ -79,19 +87,19 @@ def compare(baseline: RunRecord, candidate: RunRecord, context: CheckContext) ->
         if rest:  # bytes differ whenever floats do (GPU vs CPU); only values can tell divergence
             findings.append(
                 Finding(
-                    "artifacts",
-                    "note",
-                    f"{len(rest)} files in {archive} differ byte-wise on {candidate.rung}",
-                    [f"{n}: {a[n]['size']} vs {b[n]['size']} bytes" for n in rest[:_SHOWN]],
+                    kind="artifacts",
+                    severity="note",
+                    title=f"{len(rest)} files in {archive} differ byte-wise on {candidate.rung}",
+                    evidence=[f"{n}: {a[n]['size']} vs {b[n]['size']} bytes" for n in rest[:_SHOWN]],
                 )
             )
         for name, hosts in theirs.get(archive, {}).get("clashes", {}).items():
             findings.append(
                 Finding(
-                    "artifacts",
-                    "note",
-                    f"{archive}: {name} written by several hosts on {candidate.rung}",
-                    [f"{name}: {', '.join(hosts)}"],
+                    kind="artifacts",
+                    severity="note",
+                    title=f"{archive}: {name} written by several hosts on {candidate.rung}",
+                    evidence=[f"{name}: {', '.join(hosts)}"],
                     hint="write model files from one rank, or give each host its own name",
                 )
             )
@@ -113,10 +121,10 @@ def check_run(record: RunRecord, context: CheckContext) -> list[Finding]:
     if lost:
         return [
             Finding(
-                "artifacts",
-                "divergence",
-                f"{len(lost)} checkpoint files differ between hosts and overwrite each other in one S3 prefix",
-                [
+                kind="artifacts",
+                severity="divergence",
+                title=f"{len(lost)} checkpoint files differ between hosts and overwrite each other in one S3 prefix",
+                evidence=[
                     f"{key}: {', '.join(clashes[key])} wrote different content; the last upload wins"
                     for key in sorted(lost)[:10]
                 ],
@@ -127,10 +135,10 @@ def check_run(record: RunRecord, context: CheckContext) -> list[Finding]:
         ]
     return [
         Finding(
-            "artifacts",
-            "note",
-            f"{len(clashes)} checkpoint files written by several hosts to one S3 prefix",
-            [f"{key}: {', '.join(hosts)} (identical content)" for key, hosts in sorted(clashes.items())[:10]],
+            kind="artifacts",
+            severity="note",
+            title=f"{len(clashes)} checkpoint files written by several hosts to one S3 prefix",
+            evidence=[f"{key}: {', '.join(hosts)} (identical content)" for key, hosts in sorted(clashes.items())[:10]],
             hint=hint,
             cause="checkpoint-clash-across-hosts",
             confidence=0.3,
@@ -176,10 +184,12 @@ def _damaged_archives(record: RunRecord) -> list[Finding]:
         if recorded is not None and size != recorded:
             findings.append(
                 Finding(
-                    "artifacts",
-                    "divergence",
-                    f"{archive} of the {record.rung} record is damaged: its files were not compared",
-                    [f"{path}: {'missing' if size is None else f'{size} bytes'}, {recorded} bytes when packed"],
+                    kind="artifacts",
+                    severity="divergence",
+                    title=f"{archive} of the {record.rung} record is damaged: its files were not compared",
+                    evidence=[
+                        f"{path}: {'missing' if size is None else f'{size} bytes'}, {recorded} bytes when packed"
+                    ],
                     hint="run the rung again: the record was changed or cut short after the run",
                     cause="artifact-unreadable",
                     confidence=0.6,
@@ -206,11 +216,11 @@ def _checkpoints(
                 said, hint = (exc.message, exc.hint) if isinstance(exc, ArchiveRefused) else (f"{exc}", None)
                 return set(changed), [
                     Finding(
-                        "artifacts",
-                        "divergence",
-                        f"{archive} cannot be read on {record.rung}: "
+                        kind="artifacts",
+                        severity="divergence",
+                        title=f"{archive} cannot be read on {record.rung}: "
                         f"{len(changed)} files whose bytes differ were not compared",
-                        [said],
+                        evidence=[said],
                         hint=hint or "run the rung again: the archive is damaged",
                         cause="artifact-unreadable",
                         confidence=0.6,
@@ -268,10 +278,10 @@ def _unread(where: str, a: object, b: object, base: str, cand: str) -> Finding:
     )
     hint = next((value.hint for value in (a, b) if isinstance(value, CheckpointError) and value.hint), None)
     return Finding(
-        "tensors",
-        "divergence",
-        title,
-        errors,
+        kind="tensors",
+        severity="divergence",
+        title=title,
+        evidence=errors,
         hint=hint,
         cause="checkpoint-unreadable" if len(unreadable) == 1 else "checkpoint-not-compared",
         confidence=0.6 if len(unreadable) == 1 else 0.3,
@@ -311,10 +321,10 @@ def _findings(where: str, diff: CheckpointDiff, base: str, cand: str, values_may
         title = f"{where}: {len(diff.missing)} tensors missing and {len(diff.extra)} extra on {cand}"
         findings.append(
             Finding(
-                "tensors",
-                "divergence",
-                title,
-                _capped(evidence),
+                kind="tensors",
+                severity="divergence",
+                title=title,
+                evidence=_capped(evidence),
                 cause="checkpoint-keys",
                 confidence=0.7,
                 hint="the two rungs saved different modules or different parts of one",
@@ -324,10 +334,10 @@ def _findings(where: str, diff: CheckpointDiff, base: str, cand: str, values_may
     if reshaped:
         findings.append(
             Finding(
-                "tensors",
-                "divergence",
-                f"{where}: {len(reshaped)} tensors change shape or dtype on {cand}",
-                _capped([_reshaped(t) for t in reshaped]),
+                kind="tensors",
+                severity="divergence",
+                title=f"{where}: {len(reshaped)} tensors change shape or dtype on {cand}",
+                evidence=_capped([_reshaped(t) for t in reshaped]),
                 cause="checkpoint-shapes",
                 confidence=0.7,
                 hint="a different model configuration, a sharded save (FSDP/ZeRO shards instead of a full state "
@@ -341,20 +351,20 @@ def _findings(where: str, diff: CheckpointDiff, base: str, cand: str, values_may
         tolerance = f"tolerance: rtol={diff.rtol}, atol={diff.atol} ({base} is the reference)"
         findings.append(
             Finding(
-                "tensors",
-                "divergence",
-                title,
-                [*_capped([_error(t) for t in worst]), tolerance],
+                kind="tensors",
+                severity="divergence",
+                title=title,
+                evidence=[*_capped([_error(t) for t in worst]), tolerance],
                 hint="the weights were trained differently: the first divergent metric step says when",
                 cause="weights-differ",
                 confidence=0.4,
             )
             if values_may_differ is None
             else Finding(
-                "tensors",
-                "note",
-                f"{title} (not compared: {values_may_differ})",
-                _capped([_error(t) for t in worst]),
+                kind="tensors",
+                severity="note",
+                title=f"{title} (not compared: {values_may_differ})",
+                evidence=_capped([_error(t) for t in worst]),
                 cause="topology-changes-numbers",
                 confidence=0.2,
             )
@@ -362,10 +372,10 @@ def _findings(where: str, diff: CheckpointDiff, base: str, cand: str, values_may
     if diff.values:
         findings.append(
             Finding(
-                "tensors",
-                "note",
-                f"{where}: {len(diff.values)} non-tensor entries differ on {cand}",
-                _capped([f"{v.name}: {v.value} on {base}, {v.other} on {cand}" for v in diff.values]),
+                kind="tensors",
+                severity="note",
+                title=f"{where}: {len(diff.values)} non-tensor entries differ on {cand}",
+                evidence=_capped([f"{v.name}: {v.value} on {base}, {v.other} on {cand}" for v in diff.values]),
                 cause="checkpoint-values",
             )
         )
@@ -381,10 +391,10 @@ def _rename_finding(where: str, rename: KeyRename, diff: CheckpointDiff, base: s
     values = [t for t in diff.tensors if t.name in renamed]
     agree = sum(t.within_tolerance for t in values)
     return Finding(
-        "tensors",
-        "divergence",
-        f"{where}: keys carry '{rename.segment}.' ({place}) on {rung} only",
-        [f"{len(rename.pairs)} keys renamed, for example:"]
+        kind="tensors",
+        severity="divergence",
+        title=f"{where}: keys carry '{rename.segment}.' ({place}) on {rung} only",
+        evidence=[f"{len(rename.pairs)} keys renamed, for example:"]
         + [f"{a!r} on {base} is {b!r} on {cand}" for a, b in rename.pairs[:3]]
         + [f"under the renamed keys, {agree} of {len(values)} tensors agree within tolerance"],
         hint=_RENAME_HINTS.get(rename.segment.split(".")[0], _RENAME_HINT),
@@ -397,17 +407,17 @@ def _agreement(where: str, diff: CheckpointDiff, cand: str) -> Finding:
     equal = sum(t.equal for t in diff.tensors)
     if diff.identical:
         return Finding(
-            "tensors",
-            "note",
-            f"{where}: bytes differ, tensors identical on {cand}",
-            [f"{equal} tensors bit-identical; the bytes differ only in layout or metadata"],
+            kind="tensors",
+            severity="note",
+            title=f"{where}: bytes differ, tensors identical on {cand}",
+            evidence=[f"{equal} tensors bit-identical; the bytes differ only in layout or metadata"],
         )
     close = [t for t in diff.tensors if not t.equal]
     return Finding(
-        "tensors",
-        "note",
-        f"{where}: bytes differ, values within tolerance on {cand}",
-        [
+        kind="tensors",
+        severity="note",
+        title=f"{where}: bytes differ, values within tolerance on {cand}",
+        evidence=[
             f"{equal} of {len(diff.tensors)} tensors identical, {len(close)} within rtol={diff.rtol}, atol={diff.atol}",
             f"largest errors: max abs {max(t.max_abs for t in close):.3g}, max rel {max(t.max_rel for t in close):.3g}",
         ],

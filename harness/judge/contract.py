@@ -20,17 +20,21 @@ def compare(baseline: RunRecord, candidate: RunRecord, context: CheckContext) ->
     if keys:
         findings.append(
             Finding(
-                "contract",
-                "note",
-                f"{len(keys)} SageMaker-relevant variables differ on {host}",
-                [f"{k}: {_short(a.get(k, '<unset>'))} -> {_short(b.get(k, '<unset>'))}" for k in keys[:20]],
+                kind="contract",
+                severity="note",
+                title=f"{len(keys)} SageMaker-relevant variables differ on {host}",
+                evidence=[f"{k}: {_short(a.get(k, '<unset>'))} -> {_short(b.get(k, '<unset>'))}" for k in keys[:20]],
             )
         )
     for name in ("hyperparameters.json", "resourceconfig.json", "inputdataconfig.json"):
         x = baseline.read_json(f"hosts/{host}/received/{name}")
         y = candidate.read_json(f"hosts/{host}/received/{name}")
         if x != y:
-            findings.append(Finding("contract", "note", f"{name} differs on {host}", changes(x, y)[:20]))
+            findings.append(
+                Finding(
+                    kind="contract", severity="note", title=f"{name} differs on {host}", evidence=changes(x, y)[:20]
+                )
+            )
     return findings + _channel_data(baseline, candidate)
 
 
@@ -59,10 +63,10 @@ def _channel_data(baseline: RunRecord, candidate: RunRecord) -> list[Finding]:
         return []
     return [
         Finding(
-            "contract",
-            "note",
-            f"the channels held different data on {candidate.rung}",
-            evidence,
+            kind="contract",
+            severity="note",
+            title=f"the channels held different data on {candidate.rung}",
+            evidence=evidence,
             hint="compare the channels' sources and distribution (ShardedByS3Key gives each host a share)",
             cause="channel-data-differs",
             confidence=0.4,

@@ -56,10 +56,10 @@ def compare(baseline: RunRecord, candidate: RunRecord, context: CheckContext) ->
             )
             findings.append(
                 Finding(
-                    "environment",
-                    "note",
-                    f"{len(lines)} environment differences on {candidate.rung}",
-                    shown,
+                    kind="environment",
+                    severity="note",
+                    title=f"{len(lines)} environment differences on {candidate.rung}",
+                    evidence=shown,
                     cause="environment",
                     confidence=0.3,
                 )
@@ -73,10 +73,10 @@ def compare(baseline: RunRecord, candidate: RunRecord, context: CheckContext) ->
     if changed:
         findings.append(
             Finding(
-                "environment",
-                "note",
-                f"how {candidate.rung} differs from {baseline.rung}",
-                changed[:_MAX_LINES],
+                kind="environment",
+                severity="note",
+                title=f"how {candidate.rung} differs from {baseline.rung}",
+                evidence=changed[:_MAX_LINES],
                 cause="rung-facts",
                 confidence=0.2,
             )

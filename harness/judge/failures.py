@@ -65,11 +65,11 @@ def compare(baseline: RunRecord, candidate: RunRecord, context: CheckContext) ->
     error = root_error(candidate, hosts=failed or None)
     return [
         Finding(
-            "failure",
-            "failure",
-            f"the job {candidate.status} on {candidate.rung} but succeeded on {baseline.rung}"
+            kind="failure",
+            severity="failure",
+            title=f"the job {candidate.status} on {candidate.rung} but succeeded on {baseline.rung}"
             + (f": {error.signature.title}" if error else ""),
-            [*(printed(error) if error else []), *describe_failure(candidate)],
+            evidence=[*(printed(error) if error else []), *describe_failure(candidate)],
             hint=error.signature.hint if error else None,
             cause="job-failed",
             confidence=0.3,

@@ -13,9 +13,6 @@ from typing import Any, Literal
 
 from harness.judge import library_errors
 
-Kind = Literal[
-    "failure", "metrics", "artifacts", "tensors", "contract", "environment", "logs", "ranks", "hyperparameters", "hang"
-]
 Severity = Literal["failure", "divergence", "note"]
 
 #: What every rank and the launcher print once a distributed job has gone wrong, whatever the
@@ -33,7 +30,7 @@ ECHOES = (
 )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Finding:
     """``severity``: ``failure`` and ``divergence`` decide the verdict; ``note`` only explains.
     ``confidence`` (0..1) orders findings of the same severity: how surely this is the cause.
@@ -42,9 +39,11 @@ class Finding:
     record, and is a note where it stands alone, so it can never turn parity into a departure.
     ``explains``: the causes this finding accounts for (uneven batches explain a collective
     mismatch and the hang that follows): the verdict ranks it above them and folds them into its
-    evidence."""
+    evidence. ``kind``: the family of signal, open to checks from entry points (the built-in ones
+    say ``failure``, ``metrics``, ``artifacts``, ``tensors``, ``contract``, ``environment``,
+    ``logs``, ``ranks``, ``hyperparameters``, ``hang``). Every field is given by name."""
 
-    kind: Kind
+    kind: str
     severity: Severity
     title: str
     evidence: list[str] = field(default_factory=list)

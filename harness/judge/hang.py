@@ -57,9 +57,9 @@ def check_run(record: RunRecord, context: CheckContext) -> list[Finding]:
             return []  # stuck before any rank existed: the rendezvous check says where (diff.rendezvous)
         return [
             Finding(
-                "hang",
-                "failure",
-                "the job stopped making progress (no stacks could be dumped)",
+                kind="hang",
+                severity="failure",
+                title="the job stopped making progress (no stacks could be dumped)",
                 cause="hang",
                 confidence=0.5,
             )
@@ -68,10 +68,10 @@ def check_run(record: RunRecord, context: CheckContext) -> list[Finding]:
         return [_waiting_apart(lines, evidence)]
     return [
         Finding(
-            "hang",
-            "failure",
-            f"the job hung: ranks {stuck} made no progress",
-            evidence,
+            kind="hang",
+            severity="failure",
+            title=f"the job hung: ranks {stuck} made no progress",
+            evidence=evidence,
             hint="ranks waiting in different collectives, or some ranks in a collective that others never reach, "
             "hang until the backend's timeout: make every rank issue the same collectives",
             cause="hang",
@@ -91,10 +91,10 @@ def _waiting_apart(lines: dict[str, list[int]], evidence: list[str]) -> Finding:
         f"{'rank' if len(r) == 1 else 'ranks'} {', '.join(map(str, r))} at {where}" for where, r in groups
     )
     return Finding(
-        "hang",
-        "failure",
-        f"the ranks hung in different places of the job's code: {shown}",
-        evidence,
+        kind="hang",
+        severity="failure",
+        title=f"the ranks hung in different places of the job's code: {shown}",
+        evidence=evidence,
         hint="every rank must reach the same collectives in the same order: the line the fewest ranks are at is "
         "usually the branch only they took (a wrapped model's forward issues a collective of its own)",
         cause="collective-mismatch",

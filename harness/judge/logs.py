@@ -438,10 +438,10 @@ def _judge(record: RunRecord, tl: Timeline) -> list[Finding]:
     ]
     findings = [
         Finding(
-            "logs",
-            "failure" if record.status != "succeeded" else "note",
-            title,
-            evidence,
+            kind="logs",
+            severity="failure" if record.status != "succeeded" else "note",
+            title=title,
+            evidence=evidence,
             hint=sig.hint,
             cause="collective-mismatch" if how == "site" else sig.id,
             rank=rank,
@@ -458,10 +458,10 @@ def _judge(record: RunRecord, tl: Timeline) -> list[Finding]:
         on = " and ".join(x for x in (ranks and f"ranks {ranks}", hosts and f"the launcher on {hosts}") if x)
         findings.append(
             Finding(
-                "logs",
-                "note",
-                f"errors on {on} follow from it (echoes)",
-                [f"{w} [{m.signature.id}] {m.where()[:300]}" for w, m in list(echoes.items())[:12]],
+                kind="logs",
+                severity="note",
+                title=f"errors on {on} follow from it (echoes)",
+                evidence=[f"{w} [{m.signature.id}] {m.where()[:300]}" for w, m in list(echoes.items())[:12]],
                 cause=findings[0].cause,
                 confidence=0.3,
             )

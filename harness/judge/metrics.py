@@ -61,10 +61,10 @@ def compare(baseline: RunRecord, candidate: RunRecord, context: CheckContext) ->
     if reason is not None:
         return [
             Finding(
-                "metrics",
-                "note",
-                f"loss curves of {baseline.rung} and {candidate.rung} are not compared",
-                [reason],
+                kind="metrics",
+                severity="note",
+                title=f"loss curves of {baseline.rung} and {candidate.rung} are not compared",
+                evidence=[reason],
                 hint="set batch_size_hyperparameter in the job to compare them at an equal global batch",
                 cause="topology-changes-numbers",
                 confidence=0.2,
@@ -77,10 +77,10 @@ def compare(baseline: RunRecord, candidate: RunRecord, context: CheckContext) ->
     if by_samples:
         findings.append(
             Finding(
-                "metrics",
-                "note",
-                f"{candidate.rung} consumes {sb} samples per step, {baseline.rung} {sa}",
-                [
+                kind="metrics",
+                severity="note",
+                title=f"{candidate.rung} consumes {sb} samples per step, {baseline.rung} {sa}",
+                evidence=[
                     f"world size {world_size(baseline)} -> {world_size(candidate)}",
                     "curves compared at equal samples seen",
                 ],
@@ -113,10 +113,10 @@ def compare(baseline: RunRecord, candidate: RunRecord, context: CheckContext) ->
             others = [d[1] for d in diverging if d[1] != source]
             findings.append(
                 Finding(
-                    "metrics",
-                    "divergence",
-                    f"{name} diverges at {where} on {candidate.rung}",
-                    [
+                    kind="metrics",
+                    severity="divergence",
+                    title=f"{name} diverges at {where} on {candidate.rung}",
+                    evidence=[
                         f"{where}: {ours_label}={a[step]!r} {theirs_label}={b[step]!r} on {source} "
                         f"(tolerance rtol={rtol}, atol={atol})",
                         *([f"also diverging: {', '.join(others)}"] if others else []),
@@ -130,10 +130,10 @@ def compare(baseline: RunRecord, candidate: RunRecord, context: CheckContext) ->
             source, na, nb = short[0]
             findings.append(
                 Finding(
-                    "metrics",
-                    "divergence",
-                    f"{name} has {nb} points on {candidate.rung}, {na} on {baseline.rung}",
-                    [f"{source}: the first {min(na, nb)} points agree"],
+                    kind="metrics",
+                    severity="divergence",
+                    title=f"{name} has {nb} points on {candidate.rung}, {na} on {baseline.rung}",
+                    evidence=[f"{source}: the first {min(na, nb)} points agree"],
                     step=min(na, nb),
                     cause="metric-length",
                     confidence=0.4,

@@ -68,11 +68,11 @@ def _hidden_failures(record: RunRecord, processes: list[dict[str, Any]]) -> list
     )
     return [
         Finding(
-            "ranks",
-            "failure",
-            f"the job reported success but {len(crashed)} of its processes failed"
+            kind="ranks",
+            severity="failure",
+            title=f"the job reported success but {len(crashed)} of its processes failed"
             + (f": {error.signature.title}" if error else ""),
-            [
+            evidence=[
                 *(printed(error) if error else []),
                 *(
                     f"{p['host']} pid {p['pid']}"
@@ -97,11 +97,11 @@ def _handled_failures(handled: list[dict[str, Any]]) -> list[Finding]:
         return []
     return [
         Finding(
-            "ranks",
-            "note",
-            f"{len(handled)} processes started by torch.multiprocessing failed; their parent was told "
+            kind="ranks",
+            severity="note",
+            title=f"{len(handled)} processes started by torch.multiprocessing failed; their parent was told "
             "(the error raised in it, or its elastic agent restarted them) and the job succeeded",
-            [
+            evidence=[
                 f"{p['host']} pid {p['pid']}"
                 + (f" rank {p['rank']}" if p.get("rank") is not None else "")
                 + f": exit {p.get('exit_code')}"
@@ -125,10 +125,10 @@ def _identical_batches(events: dict[int, list[dict[str, Any]]]) -> list[Finding]
         return []
     return [
         Finding(
-            "ranks",
-            "divergence",
-            f"all {len(digests)} ranks consumed identical batches ({len(same)} of {steps} steps)",
-            [f"batch {n + 1}: every rank read digest {digests[min(digests)][n]}" for n in same[:3]],
+            kind="ranks",
+            severity="divergence",
+            title=f"all {len(digests)} ranks consumed identical batches ({len(same)} of {steps} steps)",
+            evidence=[f"batch {n + 1}: every rank read digest {digests[min(digests)][n]}" for n in same[:3]],
             hint="shard the data per rank: DistributedSampler(dataset, num_replicas=world_size, rank=rank), "
             "or split the files by rank",
             step=same[0],
@@ -198,10 +198,10 @@ def _mismatch_in(group: Group, calls: dict[int, list[dict[str, Any]]]) -> tuple[
         among = f" in process group {list(group)}" if group is not None else ""
         when = min((c[index].get("t", 0.0) for c in calls.values() if index < len(c)), default=0.0)
         return when, Finding(
-            "ranks",
-            "failure",
-            f"rank {blame} issued a different collective (#{index + 1}{among}) than its peers{where}",
-            evidence,
+            kind="ranks",
+            severity="failure",
+            title=f"rank {blame} issued a different collective (#{index + 1}{among}) than its peers{where}",
+            evidence=evidence,
             hint="every rank must issue the same collectives in the same order with the same shapes; "
             "move rank-specific work (logging, eval, saving) outside collectives or guard all ranks alike",
             cause="collective-mismatch",
@@ -322,12 +322,12 @@ def _point_to_point(events: dict[int, list[dict[str, Any]]], status: str) -> lis
     severity: Severity = "divergence" if status == "succeeded" else "failure"
     return [
         Finding(
-            "ranks",
-            severity,
-            f"point-to-point transfers do not pair up: rank {culprit.rank} "
+            kind="ranks",
+            severity=severity,
+            title=f"point-to-point transfers do not pair up: rank {culprit.rank} "
             + ("sends" if culprit.direction == "send" else "receives")
             + (f" at {culprit.caller}" if culprit.caller else ""),
-            evidence[:12],
+            evidence=evidence[:12],
             hint="every send needs the matching recv on its peer, in the same order between the two ranks and "
             "of the same size; a recv nobody sends to waits until the process group's timeout",
             cause="p2p-mismatch",
@@ -353,10 +353,10 @@ def _parameter_drift(events: dict[int, list[dict[str, Any]]]) -> list[Finding]:
         if len({e["digest"] for e in by_rank.values()}) > 1:
             return [
                 Finding(
-                    "ranks",
-                    "divergence",
-                    f"parameters differ across ranks from optimizer step {step}",
-                    [
+                    kind="ranks",
+                    severity="divergence",
+                    title=f"parameters differ across ranks from optimizer step {step}",
+                    evidence=[
                         f"rank {rank}: sum={e['sum']:.9g} abs_sum={e['abs_sum']:.9g}"
                         for rank, e in sorted(by_rank.items())
                     ],
@@ -398,10 +398,10 @@ def _hyperparameters(record: RunRecord, processes: list[dict[str, Any]]) -> list
     keys = {key for key, _ in differ}
     return [
         Finding(
-            "hyperparameters",
-            "divergence",
-            f"{len(keys)} hyperparameters changed on the way into the script",
-            evidence,
+            kind="hyperparameters",
+            severity="divergence",
+            title=f"{len(keys)} hyperparameters changed on the way into the script",
+            evidence=evidence,
             hint="SageMaker passes every hyperparameter as a string (booleans as 'True'/'False' by the toolkit, "
             "'true'/'false' by ModelTrainer); argparse type=bool turns any non-empty string into True: "
             "parse booleans explicitly",
@@ -466,10 +466,10 @@ def _shared_writes(events: dict[int, list[dict[str, Any]]]) -> list[Finding]:
     if shared:
         findings.append(
             Finding(
-                "ranks",
-                "divergence",
-                f"{len(shared)} model files written by more than one rank",
-                [f"{Path(path).name}: ranks {sorted(ranks)}" for path, ranks in sorted(shared.items())[:10]],
+                kind="ranks",
+                severity="divergence",
+                title=f"{len(shared)} model files written by more than one rank",
+                evidence=[f"{Path(path).name}: ranks {sorted(ranks)}" for path, ranks in sorted(shared.items())[:10]],
                 hint="save from global rank 0 only (if dist.get_rank() == 0), or give each rank its own file name",
                 cause="model-written-by-several-ranks",
                 confidence=0.85,
@@ -478,10 +478,10 @@ def _shared_writes(events: dict[int, list[dict[str, Any]]]) -> list[Finding]:
     if outside:
         findings.append(
             Finding(
-                "ranks",
-                "note",
-                f"{len(outside)} files written outside the SageMaker contract paths",
-                [f"{path}: ranks {sorted(ranks)}" for path, ranks in sorted(outside.items())[:10]],
+                kind="ranks",
+                severity="note",
+                title=f"{len(outside)} files written outside the SageMaker contract paths",
+                evidence=[f"{path}: ranks {sorted(ranks)}" for path, ranks in sorted(outside.items())[:10]],
                 hint="only /opt/ml/model, /opt/ml/output and /opt/ml/checkpoints survive a SageMaker job",
                 cause="writes-outside-contract",
                 confidence=0.4,

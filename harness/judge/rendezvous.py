@@ -180,10 +180,10 @@ def check_run(record: RunRecord, context: CheckContext) -> list[Finding]:
         if wrong:
             findings.append(
                 Finding(
-                    "ranks",
-                    "failure" if ended_badly else "divergence",
-                    "ranks rendezvous on a host that does not serve the store",
-                    wrong,
+                    kind="ranks",
+                    severity="failure" if ended_badly else "divergence",
+                    title="ranks rendezvous on a host that does not serve the store",
+                    evidence=wrong,
                     hint="rendezvous where the contract says: MASTER_ADDR and MASTER_PORT as given (env://), "
                     "or the first of SM_HOSTS; never localhost in a job of several hosts",
                     cause="rendezvous-address",
@@ -194,10 +194,10 @@ def check_run(record: RunRecord, context: CheckContext) -> list[Finding]:
         if unfinished:
             findings.append(
                 Finding(
-                    "hang",
-                    "failure",
-                    "the rendezvous never completed",
-                    unfinished,
+                    kind="hang",
+                    severity="failure",
+                    title="the rendezvous never completed",
+                    evidence=unfinished,
                     hint="every rank must reach init_process_group with the same MASTER_ADDR:MASTER_PORT, "
                     "which rank 0's host serves; check that every host started and the port is reachable",
                     cause="rendezvous-timeout",

@@ -148,10 +148,10 @@ def compare(baseline: RunRecord, candidate: RunRecord, context: CheckContext) ->
         title += f"; {more} more variable{'s' if more > 1 else ''} read differ{'' if more > 1 else 's'}"
     return [
         Finding(
-            "environment",
-            "failure" if failed else "divergence",
-            title,
-            evidence,
+            kind="environment",
+            severity="failure" if failed else "divergence",
+            title=title,
+            evidence=evidence,
             hint="a variable of the environment each rung starts the job in (the user's shell on local, the "
             "image on docker, the service on SageMaker): give it in the job's `environment` so that every rung "
             "and SageMaker set the same value, or stop reading it",
@@ -234,10 +234,10 @@ def check_run(record: RunRecord, context: CheckContext) -> list[Finding]:
         cause = "env-var-unset"
     return [
         Finding(
-            "environment",
-            "failure",
-            title,
-            evidence,
+            kind="environment",
+            severity="failure",
+            title=title,
+            evidence=evidence,
             hint=hint,
             cause=cause,
             confidence=0.75 if first in named else 0.5 if first in sagemaker else 0.2,

@@ -165,10 +165,10 @@ def _findings_for(
     if below is None and record.status != "succeeded":
         findings.append(
             Finding(
-                "failure",
-                "failure",
-                f"the job {record.status} on {record.rung}",
-                describe_failure(record),
+                kind="failure",
+                severity="failure",
+                title=f"the job {record.status} on {record.rung}",
+                evidence=describe_failure(record),
                 cause="job-failed",
                 confidence=0.3,
             )
