@@ -7,6 +7,7 @@ user gets the message and the hint, never a traceback, and the documented exit c
 
 from __future__ import annotations
 
+import ast
 import importlib
 import inspect
 import json
@@ -109,6 +110,47 @@ def test_every_exception_class_of_the_harness_is_a_harness_error(module: str) ->
         if issubclass(cls, Exception) and not issubclass(cls, Warning) and not issubclass(cls, HarnessError)
     ]
     assert not outside, f"{module}: {outside} do not derive from harness.errors.HarnessError"
+
+
+def _raises_without_a_hint(source: str, errors: set[str]) -> list[int]:
+    """Lines of ``source`` that raise one of ``errors`` (class names) built without ``hint=``."""
+    return [
+        node.lineno
+        for node in ast.walk(ast.parse(source))
+        if isinstance(node, ast.Raise)
+        and isinstance(node.exc, ast.Call)
+        and getattr(node.exc.func, "id", getattr(node.exc.func, "attr", None)) in errors
+        and not any(keyword.arg in ("hint", None) for keyword in node.exc.keywords)
+    ]
+
+
+@pytest.mark.unit
+def test_every_harness_error_raised_says_what_to_do() -> None:
+    """A raise of a HarnessError (or a subclass) gives a hint, unless its class makes its own
+    (an ``__init__`` that passes ``hint=``): the hint is what the CLI prints under the error."""
+    errors: set[str] = set()
+    own_hint: set[str] = set()
+    for module in _modules():
+        try:
+            loaded = importlib.import_module(module)
+        except ImportError:  # an optional dependency (airflow): its errors are named by the others
+            continue
+        for cls in _classes(loaded, module):
+            if issubclass(cls, HarnessError):
+                errors.add(cls.__name__)
+                init = vars(cls).get("__init__")
+                if init is not None and "hint" not in inspect.signature(init).parameters:
+                    own_hint.add(cls.__name__)
+    assert {"NoRungCanRun", "RequiredRungUnavailable"} <= own_hint
+    assert {"HarnessError", "UsageError", "JobSpecError", "CheckpointError"} <= errors
+    missing = {
+        f"{path.relative_to(PACKAGE.parent)}:{line}"
+        for path in PACKAGE.rglob("*.py")
+        if "probe" not in path.parts
+        for line in _raises_without_a_hint(path.read_text(encoding="utf-8"), errors - own_hint)
+    }
+    assert sorted(missing) == []
+    assert _raises_without_a_hint("raise UsageError('x')\nraise UsageError('y', hint='z')", {"UsageError"}) == [1]
 
 
 @pytest.mark.unit
@@ -224,3 +266,15 @@ def test_requirements_pip_cannot_install_fail_the_run_and_the_record_gives_the_h
     assert main(["show", str(record)]) == 0
     out = " ".join(capsys.readouterr().out.split())
     assert "hint: fix requirements.txt in source_dir" in out and "log.txt" in out
+
+
+@pytest.mark.unit
+def test_a_scenarios_s3_data_that_is_no_s3_uri_is_refused_with_a_hint(tmp_path: Path) -> None:
+    from harness.errors import JobSpecError
+    from harness.ladder.scenario import load_scenario
+
+    (tmp_path / "scenario.yaml").write_text("s3_data: {'s3:/bucket/data': data}\nexpect: {outcome: parity}\n")
+    with pytest.raises(JobSpecError) as raised:
+        load_scenario(tmp_path)
+    assert "s3:/bucket/data" in raised.value.message and "s3://bucket/key" in raised.value.message
+    assert raised.value.hint

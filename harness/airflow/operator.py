@@ -98,6 +98,13 @@ class HarnessPreflightOperator(BaseOperator):
         if read.other_calls:
             self.log.info("its callable's other boto3 calls, answered by the stub: %s", ", ".join(read.other_calls))
         remote = self.destination if self.destination and self.destination.startswith("s3://") else None
+        if remote:  # before the ladder runs, not after: a destination it cannot write is known now
+            from harness.spec.s3 import S3Uri
+
+            try:
+                S3Uri.parse(remote)
+            except ValueError as exc:
+                raise AirflowFailException(f"destination: {exc}") from None
         scratch = Path(tempfile.mkdtemp(prefix="harness-preflight-")) if remote else None
         out = scratch or (Path(self.destination) if self.destination else _log_folder(context))
         try:
@@ -153,7 +160,10 @@ class HarnessPreflightOperator(BaseOperator):
         dag = context["dag"]
         origin = f"{dag.fileloc}: DAG {dag.dag_id!r}, task {self.training_task_id!r}"
         if self.training_task_id not in dag.task_dict:
-            raise HarnessError(f"{origin}: no such task in the DAG (training_task_id)")
+            raise HarnessError(
+                f"{origin}: no such task in the DAG (training_task_id)",
+                hint=f"name one of its tasks: {', '.join(sorted(dag.task_dict))}",
+            )
         ti = context["ti"]
         training = dag.get_task(self.training_task_id)
         run_context = ti._ti_context_from_server

@@ -125,7 +125,7 @@ class Backend(ABC, Generic[PlanT]):
         job.check_local_paths(f"job {job.name!r}")
         reason = self.unavailable_reason() or self.unsupported_reason(job)
         if reason:
-            raise RungUnavailable(self.name, reason)
+            raise RungUnavailable(self.name, reason, hint="`harness doctor` says what each rung needs on this machine")
 
     def job_to_run(self, job: JobSpec) -> JobSpec:
         """The job this rung runs for ``job`` (``single``: on one host, in one process)."""

@@ -192,12 +192,15 @@ def build_parser() -> argparse.ArgumentParser:
 
 def job_from_args(args: argparse.Namespace) -> JobSpec:
     if args.from_request and args.job:
-        raise UsageError("give a job file or --from-request, not both")
+        raise UsageError("give a job file or --from-request, not both", hint="docs/cli.md: where a job comes from")
     if args.from_airflow or args.task or args.logical_date:
         from harness.airflow import job_from_dag
 
         if args.job or args.from_request or not args.from_airflow or not args.task:
-            raise UsageError("--from-airflow DAG_FILE --task TASK_ID, without a job file or --from-request")
+            raise UsageError(
+                "--from-airflow DAG_FILE --task TASK_ID, without a job file or --from-request",
+                hint="docs/airflow.md: a job from a DAG's training task",
+            )
         return job_from_dag(args.from_airflow, args.task, logical_date=args.logical_date, source_dir=args.source_dir)
     if args.from_request:
         return load_request(args.from_request, source_dir=args.source_dir)
@@ -229,7 +232,10 @@ def rung_settings(args: argparse.Namespace, names: list[str]) -> dict[str, dict[
         takers = [name for name in names if setting in backend_class(name).Options.model_fields]
         others = [name for name in names if name not in takers]
         if not takers:
-            raise UsageError(f"{flag} does not apply here: " + "; ".join(_why_not(name, setting) for name in others))
+            raise UsageError(
+                f"{flag} does not apply here: " + "; ".join(_why_not(name, setting) for name in others),
+                hint=f"drop {flag}, or add a rung that takes it to --rungs",
+            )
         if others:
             print(
                 f"harness: {flag} applies to {', '.join(takers)} only: "

@@ -203,12 +203,19 @@ def sniff(head: bytes) -> Format | None:
     return None
 
 
+#: What a checkpoint that cannot be read tensor by tensor is compared as, and how to change that.
+_BYTES_ONLY = (
+    "its bytes are compared, not its tensors; write it with torch.save or safetensors, or check that it was "
+    "written whole"
+)
+
+
 def load(path: Path) -> dict[str, Any]:
     """A checkpoint as flat ``{dotted key: leaf}``, tensors memory-mapped where the format allows."""
     with path.open("rb") as handle:
         fmt = sniff(handle.read(SNIFF_BYTES))
     if fmt is None and not is_checkpoint_name(path.name):
-        raise CheckpointError(f"{path.name}: not a torch or safetensors checkpoint")
+        raise CheckpointError(f"{path.name}: not a torch or safetensors checkpoint", hint=_BYTES_ONLY)
     torch = _torch()
     if fmt == "safetensors":
         return _load_safetensors(path, torch)
@@ -266,9 +273,9 @@ def _load_safetensors(path: Path, torch: Any) -> dict[str, Any]:
         try:
             header = json.loads(handle.read(length))
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise CheckpointError(f"{path.name}: corrupt safetensors header ({exc})") from None
+            raise CheckpointError(f"{path.name}: corrupt safetensors header ({exc})", hint=_BYTES_ONLY) from None
         if not isinstance(header, dict):
-            raise CheckpointError(f"{path.name}: corrupt safetensors header (not a JSON object)")
+            raise CheckpointError(f"{path.name}: corrupt safetensors header (not a JSON object)", hint=_BYTES_ONLY)
         mapped = mmap.mmap(handle.fileno(), 0, access=mmap.ACCESS_COPY)
     base = torch.frombuffer(mapped, dtype=torch.uint8) if size > 8 + length else torch.empty(0, dtype=torch.uint8)
     flat: dict[str, Any] = {f"{_METADATA}.{k}": v for k, v in (header.pop(_METADATA, None) or {}).items()}
@@ -278,7 +285,9 @@ def _load_safetensors(path: Path, torch: Any) -> dict[str, Any]:
             begin, end = (8 + length + offset for offset in entry["data_offsets"])
             flat[name] = _view(base[begin:end], dtype, entry["shape"])
         except (KeyError, AttributeError, ValueError, TypeError, RuntimeError) as exc:
-            raise CheckpointError(f"{path.name}: tensor {name!r}: bad header entry {entry!r} ({exc})") from None
+            raise CheckpointError(
+                f"{path.name}: tensor {name!r}: bad header entry {entry!r} ({exc})", hint=_BYTES_ONLY
+            ) from None
     return flat
 
 

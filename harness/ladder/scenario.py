@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from harness.backends import get_backend, rung_options
 from harness.errors import JobSpecError, NoRungCanRun, UsageError
@@ -35,6 +35,7 @@ from harness.ladder import climbing
 from harness.record.run_record import RunRecord
 from harness.spec import s3
 from harness.spec.job import load_job
+from harness.spec.s3 import S3Uri
 
 
 class _Strict(BaseModel):
@@ -85,6 +86,13 @@ class ScenarioSpec(_Strict):
     tolerance: Tolerance = Field(default_factory=Tolerance)
     expect: Expectation
 
+    @field_validator("s3_data")
+    @classmethod
+    def _s3_uris(cls, value: dict[str, str]) -> dict[str, str]:
+        for uri in value:
+            S3Uri.parse(uri)  # a ValueError names the URI and the form expected
+        return value
+
 
 @dataclass
 class ScenarioResult:
@@ -122,7 +130,7 @@ def load_scenario(directory: Path) -> ScenarioSpec:
         for step in spec.steps:
             rung_options(step.rung, step.options)
     except (OSError, yaml.YAMLError, ValidationError) as exc:
-        raise JobSpecError(f"{path}: {exc}") from None
+        raise JobSpecError(f"{path}: {exc}", hint="scenarios/README.md describes scenario.yaml") from None
     except UsageError as exc:
         raise JobSpecError(f"{path}: {exc.message}", hint=exc.hint) from None
     return spec

@@ -231,7 +231,9 @@ def read_json_file(path: Path, *, what: str = "file") -> Any:
     except UnicodeDecodeError:
         raise RecordError(f"{path}: not a {what}: not UTF-8 text", hint=_DAMAGED) from None
     except OSError as exc:
-        raise RecordError(f"{path}: cannot read the {what}: {exc.strerror or exc}") from None
+        raise RecordError(
+            f"{path}: cannot read the {what}: {exc.strerror or exc}", hint="check the record's path and permissions"
+        ) from None
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:

@@ -370,7 +370,9 @@ def load_job(path: Path) -> JobSpec:
     except UnicodeDecodeError:
         raise JobSpecError(f"{path}: not a job file (not UTF-8 text)", hint="a job file is YAML") from None
     except OSError as exc:
-        raise JobSpecError(f"{path}: cannot read the job file: {exc.strerror or exc}") from None
+        raise JobSpecError(
+            f"{path}: cannot read the job file: {exc.strerror or exc}", hint="check the path and its permissions"
+        ) from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:

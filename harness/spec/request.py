@@ -307,7 +307,9 @@ def load_request(path: Path, *, source_dir: Path | None = None) -> JobSpec:
         raise JobSpecError(f"{path}: a directory, not a request file", hint="pass the path of a JSON request") from None
     except (OSError, UnicodeDecodeError) as exc:
         reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "not UTF-8 text"
-        raise JobSpecError(f"{path}: cannot read the request: {reason}") from None
+        raise JobSpecError(
+            f"{path}: cannot read the request: {reason}", hint="pass the path of a JSON request, readable and UTF-8"
+        ) from None
     try:
         request = json.loads(text)
     except json.JSONDecodeError as exc:

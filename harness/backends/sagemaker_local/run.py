@@ -106,7 +106,11 @@ def labelled_image(client: DockerClient, image: str, labels: dict[str, str]) -> 
     try:
         client.images.build(fileobj=io.BytesIO(dockerfile.encode()), tag=tag, rm=True, pull=False)
     except (BuildError, APIError) as exc:
-        raise ImageError(f"cannot tag {image} with the run's labels: {exc}") from exc
+        raise ImageError(
+            f"cannot tag {image} with the run's labels: {exc}",
+            hint="check that the Docker engine runs and has the image (`docker image ls`); "
+            "`harness gc` clears what crashed runs left",
+        ) from exc
     return tag
 
 
