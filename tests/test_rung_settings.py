@@ -25,7 +25,9 @@ def test_every_rung_declares_its_settings_and_capabilities() -> None:
 
 @pytest.mark.unit
 def test_an_unknown_setting_names_the_rung_the_key_and_the_choices() -> None:
-    with pytest.raises(UsageError, match=r"rung 'local' has no setting 'shm_size'; its settings: hang_after_s, probe"):
+    with pytest.raises(
+        UsageError, match=r"rung 'local' has no setting 'shm_size'\nHint: its settings: hang_after_s, probe"
+    ):
         get_backend("local", shm_size="64m")
 
 

@@ -114,9 +114,7 @@ def rung_options(name: str, options: dict[str, Any]) -> RungOptions:
         key = ".".join(str(part) for part in error["loc"]) or "options"
         choices = ", ".join(model.model_fields) or "none"
         if error["type"] == "extra_forbidden":
-            raise UsageError(
-                f"rung {name!r} has no setting {key!r}", hint=f"its settings: {choices}; docs/cli.md lists each"
-            ) from None
+            raise UsageError(f"rung {name!r} has no setting {key!r}", hint=f"its settings: {choices}") from None
         raise UsageError(
             f"rung {name!r} setting {key!r}: {error['msg']} (got {error.get('input')!r})",
             hint=f"its settings: {choices}",
