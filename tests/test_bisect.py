@@ -9,6 +9,7 @@ import pytest
 
 from harness.cli import main
 from harness.ladder.bisect import Bisection, Step, to_text
+from harness.testing import Canned, canned_rungs
 
 JOBS = Path(__file__).resolve().parent / "data" / "probe_jobs"
 
@@ -41,18 +42,19 @@ def test_the_loopback_rendezvous_is_bisected_to_the_network_model_from_one_proce
     assert step["agrees"] and step["outcome"] == "diverged (rendezvous-address)"  # succeeded, still named
 
 
-@pytest.mark.docker
-@pytest.mark.slow
-def test_the_network_model_is_no_dimension_where_local_gives_each_host_its_own(
-    scenarios: Path, torch_image: str, tmp_path: Path
-) -> None:
-    """local fails the loopback rendezvous as docker does: nothing departs, nothing is run."""
+@pytest.mark.unit
+def test_nothing_is_bisected_where_the_upper_rung_ends_as_the_lower_one(tmp_path: Path) -> None:
+    """local fails the loopback rendezvous as docker does (each host its own network): nothing
+    departs, and nothing is run but the two rungs (canned here; the scenario
+    fault_localhost_rendezvous shows both failing for real)."""
+    failed = Canned(status="failed", log=["RuntimeError: connect() to algo-1:7777 timed out"])
     report = tmp_path / "bisect.json"
-    job = scenarios / "fault_localhost_rendezvous" / "job.yaml"
-    code = main(["bisect", str(job), "--records", str(tmp_path / "records"), "--json", str(report)])
+    job = Path(__file__).resolve().parents[1] / "scenarios" / "fault_localhost_rendezvous" / "job.yaml"
+    with canned_rungs(lambda job, rung, options: failed, ["local", "docker"]):
+        code = main(["bisect", str(job), "--records", str(tmp_path / "records"), "--json", str(report)])
     result = json.loads(report.read_text())
     assert code == 1 and result["departure"].startswith("nothing to bisect: docker does not depart from local")
-    assert result["steps"] == []
+    assert result["steps"] == [] and len(list((tmp_path / "records").iterdir())) == 2
 
 
 @pytest.mark.docker
