@@ -30,7 +30,6 @@ RungSkippedWarning`` imports it before pytest registers it, which would warn tha
 from __future__ import annotations
 
 import argparse
-import html
 import json
 import os
 import re
@@ -38,10 +37,8 @@ import sys
 import warnings
 from collections import Counter
 from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
 from typing import NoReturn
-from urllib.parse import quote
 
 import pytest
 
@@ -51,6 +48,7 @@ from harness.judge.protocol import DEFAULT_ATOL, DEFAULT_RTOL, Tolerance
 from harness.ladder.climbing import DEFAULT_RUNGS, LadderResult, climb
 from harness.record.run_record import RunRecord
 from harness.report import to_json, to_text
+from harness.report.session_summary import ParityCheck, session_summary, verdict_words
 from harness.spec.job import JobSpec, load_job
 
 __all__ = ["LadderRunner", "RungSkippedWarning", "assert_parity"]
@@ -59,7 +57,6 @@ MARKER = "harness_parity"
 JobArg = JobSpec | str | os.PathLike[str]
 
 _RESULT = pytest.StashKey[LadderResult]()
-_DETAILS_LIMIT = 6000  # characters of one verdict in summary.md
 
 
 class RungSkippedWarning(UserWarning):
@@ -182,13 +179,14 @@ class LadderRunner:
         except HarnessError as exc:  # said once, outside the handler: no chained traceback
             error = exc
         if isinstance(error, RungUnavailable) and not isinstance(error, RequiredRungUnavailable):
-            self._keep(_Entry(self._request.node.nodeid, None, "skipped", error.message))
+            self._keep(ParityCheck(self._request.node.nodeid, None, reason=error.message))
             pytest.skip(error.message)
         if error is not None:
             message = f"harness: {error.message}" + (f"\nhint: {error.hint}" if error.hint else "")
-            self._keep(_Entry(self._request.node.nodeid, None, "error", message))
+            self._keep(ParityCheck(self._request.node.nodeid, None, reason=message))
             _fail(message)
-        self._keep(_Entry(self._request.node.nodeid, result, result.verdict.outcome))
+        records = result.records[0].root.parent if result.records else None
+        self._keep(ParityCheck(self._request.node.nodeid, result.verdict, records))
         _write_ladder(directory, self._request.node.nodeid, spec.name, chosen, result, tolerance)
         return result
 
@@ -213,9 +211,9 @@ class LadderRunner:
             directory = base.with_name(f"{base.name}-{number}")
         return directory
 
-    def _keep(self, entry: _Entry) -> None:
+    def _keep(self, check: ParityCheck) -> None:
         if self._recorder is not None:
-            self._recorder.entries.append(entry)
+            self._recorder.checks.append(check)
 
 
 @pytest.fixture
@@ -264,16 +262,6 @@ def _marker_args(
     return job, rungs, Tolerance(rtol, atol, tensor_rtol, tensor_atol), require
 
 
-@dataclass
-class _Entry:
-    """One ladder of the session: its result, or why there is none (``skipped``, ``error``)."""
-
-    test: str
-    result: LadderResult | None
-    outcome: str
-    reason: str = ""
-
-
 class Recorder:
     """Registered with ``--harness-record-dir``: keeps every ladder of the session and how pytest
     judged each test that climbed one, and writes ``summary.md`` (the Markdown a CI job posts on
@@ -284,7 +272,7 @@ class Recorder:
     def __init__(self, root: Path, worker: str | None) -> None:
         self.root = root
         self.summary = root / (f"summary-{worker}.md" if worker else "summary.md")
-        self.entries: list[_Entry] = []
+        self.checks: list[ParityCheck] = []
         self.tests: dict[str, str] = {}  # node id -> the test's outcome as pytest reports it
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
@@ -292,14 +280,14 @@ class Recorder:
 
     def pytest_sessionfinish(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
-        self.summary.write_text(_markdown(self.entries, self.tests, self.summary.parent), encoding="utf-8")
+        self.summary.write_text(session_summary(self.checks, self.tests, self.summary.parent), encoding="utf-8")
 
     def pytest_terminal_summary(self, terminalreporter: pytest.TerminalReporter) -> None:
         """``3 ladders of 3 tests (2 passed, 1 failed; verdicts: 1 diverged, 1 diverged (expected by
         the test), 1 parity)``: tests counted as pytest counted them, verdicts next to them."""
-        count, tests = len(self.entries), list(dict.fromkeys(entry.test for entry in self.entries))
+        count, tests = len(self.checks), list(dict.fromkeys(check.test for check in self.checks))
         outcomes = Counter(self.tests.get(test, "unfinished") for test in tests)
-        words = [_verdict_words(entry, self.tests.get(entry.test, "unfinished")) for entry in self.entries]
+        words = [verdict_words(check, self.tests.get(check.test, "unfinished")) for check in self.checks]
         verdicts = Counter(w.replace(", expected by the test", " (expected by the test)") for w in words)
         terminalreporter.write_sep("-", "harness")
         terminalreporter.write_line(
@@ -326,81 +314,6 @@ def _test_outcome(report: pytest.TestReport, before: str | None) -> str:
     if report.skipped:
         return "xfailed" if hasattr(report, "wasxfail") else "skipped"
     return before or "unfinished"
-
-
-def _verdict_words(entry: _Entry, test_outcome: str) -> str:
-    """The ladder's verdict, said with the test's outcome in mind: a departure that the test
-    expected (it passed, or was an expected failure) is ``diverged, expected by the test``."""
-    if entry.result is None:
-        return "not climbed"
-    outcome = entry.result.verdict.outcome
-    if outcome in ("diverged", "failed") and test_outcome in ("passed", "xfailed"):
-        return f"{outcome}, expected by the test"
-    return outcome.replace("-", " ")
-
-
-def _markdown(entries: list[_Entry], tests: dict[str, str] | None = None, where: Path | None = None) -> str:
-    """The session's checks: one table row each, with the test's outcome as pytest saw it next to
-    its ladder's verdict and a link to its records (relative to ``where``, the summary's
-    directory), then the verdict of each ladder that did not find parity, folded."""
-    if not entries:
-        return "## Parity checks\n\nNo parity check ran.\n"
-    tests = tests or {}
-    rows = [_row(entry, tests.get(entry.test, "unfinished"), where) for entry in entries]
-    details = [
-        _details(entry.test, entry.result, tests.get(entry.test, "unfinished"))
-        for entry in entries
-        if entry.result is not None and entry.result.verdict.outcome != "parity"
-    ]
-    header = ["| test | result | verdict | rungs | departs | records | notes |", "|---|---|---|---|---|---|---|"]
-    return "\n".join(["## Parity checks", "", *header, *rows, *details, ""])
-
-
-def _row(entry: _Entry, test_outcome: str, where: Path | None = None) -> str:
-    shown = test_outcome if test_outcome in ("passed", "skipped", "xfailed") else f"**{test_outcome.upper()}**"
-    words = _verdict_words(entry, test_outcome)
-    if entry.result is None:
-        return f"| `{entry.test}` | {shown} | none | none | | | {_cell(entry.reason)} |"
-    verdict = entry.result.verdict
-    if verdict.outcome in ("diverged", "failed") and "expected" not in words:
-        words = f"**{verdict.word}**"
-    departs = verdict.first_rung or ""
-    if verdict.first_rung and verdict.first_step is not None:
-        departs += f" at step {verdict.first_step}"
-    skipped = "; ".join(f"skipped {rung}: {reason}" for rung, reason in verdict.skipped.items())
-    return (
-        f"| `{entry.test}` | {shown} | {words} | {' → '.join(verdict.rungs)} | {departs} | "
-        f"{_links(entry.result, where)} | {_cell(skipped)} |"
-    )
-
-
-def _links(result: LadderResult, where: Path | None) -> str:
-    """Links to the ladder's directory and its verdict.json, relative to the summary."""
-    if not result.records:
-        return ""
-    directory = result.records[0].root.parent.absolute()
-    try:
-        path = Path(os.path.relpath(directory, where.absolute())).as_posix() if where is not None else str(directory)
-    except ValueError:  # another drive
-        path = str(directory)
-    target = quote(path)
-    return f"[records]({target}/) · [verdict.json]({target}/verdict.json)"
-
-
-def _details(test: str, result: LadderResult, test_outcome: str = "unfinished") -> str:
-    text = to_text(result.verdict)
-    if len(text) > _DETAILS_LIMIT:  # a comment holds 65,536 characters; verdict.json holds all
-        text = text[:_DETAILS_LIMIT] + "\n… (cut here: the whole verdict is in the ladder's verdict.json)"
-    fence = "`" * max(3, 1 + max((len(run) for run in re.findall(r"`+", text)), default=0))
-    words = _verdict_words(_Entry(test, result, result.verdict.outcome), test_outcome)
-    return (
-        f"\n<details><summary><code>{html.escape(test)}</code>: {html.escape(words)} "
-        f"(test {html.escape(test_outcome)})</summary>\n\n{fence}text\n{text}\n{fence}\n</details>"
-    )
-
-
-def _cell(text: str) -> str:
-    return text.replace("|", "\\|").replace("\n", " ")
 
 
 def _write_ladder(
