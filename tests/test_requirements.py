@@ -17,7 +17,7 @@ from pathlib import Path
 import pytest
 from docker import DockerClient
 
-from harness.backends import get_backend
+from harness.backends import get_backend, sdk_installs
 from harness.record.run_record import RunRecord
 from harness.runtime import requirements
 from harness.spec.job import JobSpec, load_job
@@ -273,7 +273,7 @@ def sdk_engine(engine: DockerClient) -> DockerClient:
 def test_sagemaker_local_plan_adds_the_wheels_channel(tmp_path: Path, cache: Path) -> None:
     plan = get_backend("sagemaker-local", gpus=False).plan(_job(tmp_path, f"{PACKAGE}=={VERSION}\n"))
     config = json.loads(plan.hosts["algo-1"].files["input/config/inputdataconfig.json"])
-    assert list(config)[-3:] == [requirements.WHEELS_CHANNEL, "code", "sm_drivers"]
+    assert list(config)[-3:] == [sdk_installs.WHEELS_CHANNEL, "code", "sm_drivers"]
     assert plan.hosts["algo-1"].env["PIP_NO_INDEX"] == "1"
     assert "sm_train.sh" in plan.facts["requirements"]["how"]
     assert not cache.exists()
@@ -293,7 +293,7 @@ def test_sagemaker_local_the_sdks_driver_installs_from_the_wheelhouse(
         assert info["installed"] == {PACKAGE: VERSION} and info["succeeded"] is True
         log = record.host_log(host).read_text()
         assert "install_requirements.py requirements.txt" in log  # the SDK's own sm_train.sh
-        assert f"Looking in links: /opt/ml/input/data/{requirements.WHEELS_CHANNEL}" in log
+        assert f"Looking in links: /opt/ml/input/data/{sdk_installs.WHEELS_CHANNEL}" in log
         assert f"imported {PACKAGE} {VERSION}" in log
 
 

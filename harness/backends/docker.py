@@ -35,7 +35,7 @@ from docker.types import DeviceRequest, Mount, Ulimit
 from docker.utils import parse_bytes
 from pydantic import Field, NonNegativeFloat, PositiveFloat, field_validator
 
-from harness.backends import toolkit
+from harness.backends import container_installs, toolkit
 from harness.backends.base import Capabilities, Progress, RungOptions
 from harness.backends.containers import (
     LOG_DRAIN_S,
@@ -221,7 +221,7 @@ class DockerBackend(EngineClient, HostRung[DockerPlan]):
         }
         if job.is_script_mode and job.launcher == "toolkit":
             facts["toolkit"] = f"{toolkit.EMULATED}, unless the image has the toolkit (decided when it is known)"
-        requirements.plan_fact(job, facts, self.name)
+        container_installs.plan_fact(job, facts)
         return DockerPlan(
             self.name,
             job,
@@ -249,7 +249,7 @@ class DockerSession(HostSession[DockerPlan]):
         self.image = ""
         self._toolkit: str | None = None  # the image's toolkit version, where it has one
         self._network: Network | None = None
-        self._setup: requirements.ContainerSetup | None = None
+        self._setup: container_installs.ContainerSetup | None = None
         self._mounts: dict[str, list[Mount]] = {}
         self._containers: dict[str, Container] = {}
 
@@ -272,11 +272,11 @@ class DockerSession(HostSession[DockerPlan]):
         """The wheels, got by the host's pip before any container starts."""
         hosts = list(self.plan.hosts)
         try:
-            self._setup = requirements.prepare_containers(
+            self._setup = container_installs.prepare_containers(
                 self.client, self.image, self.job, hosts, self.plan.work_dir, self.record, self.labels
             )
         except requirements.InstallFailed as failed:
-            requirements.fail_containers(self.job, hosts, self.record, failed)
+            container_installs.fail_containers(self.job, hosts, self.record, failed)
             return False
         return True
 
@@ -295,13 +295,13 @@ class DockerSession(HostSession[DockerPlan]):
             (record.root / sub).mkdir(exist_ok=True)
             mounts.append(Mount(f"{RECORD_MOUNT}/{sub}", str(record.root / sub), type="bind"))
         record_received(record, contract, self._env(contract))
-        self._mounts[contract.host] = mounts + requirements.container_mounts(self._setup, contract.host)
+        self._mounts[contract.host] = mounts + container_installs.container_mounts(self._setup, contract.host)
 
     def run_hosts(self, progress: Progress | None) -> HostsEnded:
         for host, contract in self.plan.hosts.items():
             started = time.monotonic()
             container = self._containers[host] = self._create(
-                requirements.container_contract(self._setup, self.job, contract, PROBE_MOUNT), self._mounts[host]
+                container_installs.container_contract(self._setup, self.job, contract, PROBE_MOUNT), self._mounts[host]
             )
             created = time.monotonic()
             container.start()
@@ -320,7 +320,7 @@ class DockerSession(HostSession[DockerPlan]):
         return host_result(self.job, contract, self._containers[contract.host], tree, self.record)
 
     def collected(self) -> None:
-        requirements.collect_containers(self.job, self._setup, self.record)
+        container_installs.collect_containers(self.job, self._setup, self.record)
         if self._toolkit:
             toolkit.record_launched(self.record, self.plan.hosts)
 

@@ -165,7 +165,7 @@ class LocalBackend(HostRung[LocalPlan]):
         }
         if job.is_script_mode and job.launcher == "toolkit":
             facts["toolkit"] = toolkit.EMULATED
-        requirements.plan_fact(job, facts, self.name)
+        requirements.plan_fact(job, facts)
         if degraded is not None:
             facts["file_system"] = "shared: every host sees this machine's whole file system (no mount namespaces)"
             port = _free_port()

@@ -32,7 +32,7 @@ from harness.spec.job import JobSpec
 SDK_EXTRA = "sagemaker"
 PROBE_CHANNEL, RECORD_CHANNEL = "harness_probe", "harness_record"
 #: Channels ModelTrainer adds after the user's (``code``, ``sm_drivers``) and the harness's own (the probe's,
-#: and ``harness_wheels`` for requirements.txt: :data:`harness.runtime.requirements.WHEELS_CHANNEL`).
+#: and ``harness_wheels`` for requirements.txt: :data:`harness.backends.sdk_installs.WHEELS_CHANNEL`).
 RESERVED_CHANNELS = ("code", "sm_drivers", PROBE_CHANNEL, RECORD_CHANNEL, "harness_wheels")
 DATA = PurePosixPath("/opt/ml/input/data")
 #: ModelTrainer's container command with ``source_code`` (sagemaker-core ``training/constants.py``).

@@ -11,13 +11,14 @@ on every host before they start the entry point, and fail the job if pip fails
   version. It is built under a lock (concurrent runs wait for one build), marked complete only
   after pip succeeded, and reused; the hosts' launchers run with its ``bin`` first on ``PATH``
   and its ``python`` as the interpreter (console scripts such as ``torchrun`` are given there too).
-* ``docker`` (in each container at start, before the launcher): the container's own Python runs
-  ``-m pip install -r requirements.txt`` (:mod:`harness.runtime.install_requirements` as the entrypoint,
-  which then ``exec``\\ s the launcher), offline, from a wheelhouse the host's pip made once
-  (``~/.cache/harness/requirements/wheels-<key>``, keyed by the file and the image's Python and
-  platform) and mounted read-only: a run works without network and repeats the same install.
+* ``docker``: in each container at start, from a wheelhouse the host's pip made once
+  (:func:`make_wheelhouse`: ``~/.cache/harness/requirements/wheels-<key>``, keyed by the file
+  and the image's Python and platform): :mod:`harness.backends.container_installs`.
 * ``sagemaker-local`` and ``sagemaker``: the SDK's own ``sm_train.sh`` installs, given
-  ``SourceCode(requirements="requirements.txt")`` (:func:`sdk_requirements`).
+  ``SourceCode(requirements="requirements.txt")`` (:func:`sdk_requirements`), offline from the
+  same wheelhouse on ``sagemaker-local``: :mod:`harness.backends.sdk_installs`.
+
+This module holds what they share and the ``local`` family's environment.
 
 Each host's ``received/requirements.json`` says what was installed (docs/run-record.md).
 """
@@ -37,7 +38,7 @@ import sys
 import tempfile
 from collections.abc import Iterator
 from dataclasses import dataclass, replace
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any
 
 from harness.errors import HarnessError
@@ -57,9 +58,7 @@ from harness.spec.job import JobSpec
 SCRIPT = Path(__file__).with_name("install_requirements.py")
 #: Bumped when what a cached environment or wheelhouse holds changes shape.
 CACHE_FORMAT = "1"
-SETUP_MOUNT = PurePosixPath("/opt/harness/setup")
-WHEELS_MOUNT = PurePosixPath("/opt/harness/wheels")
-_DONE = "harness-install.json"  # written last: an environment without it is incomplete
+DONE_MARK = "harness-install.json"  # written last: an environment without it is incomplete
 _LOG = "harness-install.log"
 
 
@@ -115,7 +114,7 @@ def _torch_version() -> str:
         return "none"
 
 
-def _file_record(path: Path) -> dict[str, Any]:
+def file_record(path: Path) -> dict[str, Any]:
     content = path.read_bytes()
     return {
         "file": REQUIREMENTS_FILE,
@@ -176,18 +175,9 @@ def activate_local(job: JobSpec, env: dict[str, str]) -> None:
         env["PATH"] = os.pathsep.join((str(cached.bin), env.get("PATH", os.defpath)))
 
 
-def plan_fact(job: JobSpec, facts: dict[str, Any], rung: str) -> None:
-    """The ``requirements`` rung fact of a plan: what will install ``requirements.txt``, and where."""
+def plan_fact(job: JobSpec, facts: dict[str, Any]) -> None:
+    """The ``requirements`` rung fact of a local plan: the cached environment the hosts run in."""
     if requirements_file(job) is None:
-        return
-    if rung == "docker":
-        how = (
-            "installed in each container at start, before the launcher, by the container's python "
-            f"(-m pip install -r {REQUIREMENTS_FILE}) with --no-index from a wheelhouse the host's pip "
-            f"made (mounted read-only at {WHEELS_MOUNT}); the entrypoint is {SCRIPT.name}, which then "
-            "execs the launcher's command"
-        )
-        facts["requirements"] = {"how": how, "cache": str(cache_root())}
         return
     cached = local_environment(job)
     assert cached is not None
@@ -211,7 +201,7 @@ def install_local(job: JobSpec, hosts: dict[str, HostContract], record: RecordWr
     command = requirements_command(job, Machine(num_cpus=1, python=str(cached.python)))
     announce = requirements_announcement(job, command)
     info: dict[str, Any] = {
-        **_file_record(job.source_dir / REQUIREMENTS_FILE),
+        **file_record(job.source_dir / REQUIREMENTS_FILE),
         "launcher": job.launcher,
         "emulated": "in the host launch, once for all hosts, in a cached environment",
         "environment": str(cached.path),
@@ -221,7 +211,7 @@ def install_local(job: JobSpec, hosts: dict[str, HostContract], record: RecordWr
         result, reused, output = _ensure_venv(cached, job.source_dir, announce)
     except InstallFailed as failed:
         info.update(command=command, exit_code=failed.returncode, stderr=failed.stderr, stage=failed.stage)
-        _fail_hosts(job, hosts, record, info, failed, command, started)
+        fail_hosts(job, hosts, record, info, failed, command, started)
         return False
     info.update(result, reused=reused, built_at=result.get("built_at"))
     lines = (
@@ -245,10 +235,10 @@ def install_local(job: JobSpec, hosts: dict[str, HostContract], record: RecordWr
 
 def _ensure_venv(cached: LocalEnvironment, source_dir: Path, announce: list[str]) -> tuple[dict[str, Any], bool, str]:
     """(the install's result, whether it was reused, pip's output). Under an exclusive lock, so
-    that concurrent runs build it once; an environment is complete only once ``_DONE`` exists."""
+    that concurrent runs build it once; an environment is complete only once ``DONE_MARK`` exists."""
     cached.path.parent.mkdir(parents=True, exist_ok=True)
     with _locked(cached.path.parent / f"{cached.path.name}.lock"):
-        done = cached.path / _DONE
+        done = cached.path / DONE_MARK
         if done.is_file():
             log = cached.path / _LOG
             return json.loads(done.read_text()), True, log.read_text(errors="replace") if log.is_file() else ""
@@ -286,7 +276,7 @@ def _build_venv(cached: LocalEnvironment, source_dir: Path, announce: list[str])
         "import site; " + "; ".join(f"site.addsitedir({p!r})" for p in shared) + "\n", encoding="utf-8"
     )
     _console_scripts(cached)
-    result_path = cached.path / f"{_DONE}.partial"
+    result_path = cached.path / f"{DONE_MARK}.partial"
     argv = [
         str(cached.python),
         "-I",
@@ -319,7 +309,7 @@ def _build_venv(cached: LocalEnvironment, source_dir: Path, announce: list[str])
             hint=f"fix {REQUIREMENTS_FILE} in source_dir (a package or version pip cannot find or build); {_SEE_LOG}",
         )
     result.update(built_at=now(), shares=shared)
-    (cached.path / _DONE).write_text(json.dumps(result, indent=2), encoding="utf-8")
+    (cached.path / DONE_MARK).write_text(json.dumps(result, indent=2), encoding="utf-8")
     result_path.unlink()
     return result
 
@@ -359,7 +349,7 @@ def _append_log(record: RecordWriter, host: str, lines: list[str]) -> None:
             log.write(f"{now()} {line}\n")
 
 
-def _fail_hosts(
+def fail_hosts(
     job: JobSpec,
     hosts: dict[str, HostContract] | list[str],
     record: RecordWriter,
@@ -391,141 +381,6 @@ def _fail_hosts(
             "hint": failed.hint,
         },
     )
-
-
-# --- docker --------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ContainerSetup:
-    """What each container needs to install the requirements at start: the wheelhouse and a
-    per-host directory holding the installer (where it writes its result)."""
-
-    wheelhouse: Path
-    wheelhouse_reused: bool
-    setup_dirs: dict[str, Path]
-    python: str = "python3"
-
-    def mounts(self, host: str) -> list[Any]:
-        from docker.types import Mount
-
-        return [
-            Mount(str(WHEELS_MOUNT), str(self.wheelhouse), type="bind", read_only=True),
-            Mount(str(SETUP_MOUNT), str(self.setup_dirs[host]), type="bind"),
-        ]
-
-    def wrap(self, job: JobSpec, contract: HostContract, probe_mount: str) -> HostContract:
-        """The contract with the installer in front of its command (``received/command.json``
-        keeps the launcher's own command)."""
-        announce = requirements_announcement(job, ["{python}", "-m", "pip", "install", "-r", REQUIREMENTS_FILE])
-        installer = [
-            self.python,
-            "-I",
-            str(SETUP_MOUNT / SCRIPT.name),
-            "--result",
-            str(SETUP_MOUNT / "result.json"),
-            "--pip-env",
-            "PIP_NO_INDEX=1",
-            "--pip-env",
-            f"PIP_FIND_LINKS={WHEELS_MOUNT}",
-            "--pip-env",
-            "PIP_DISABLE_PIP_VERSION_CHECK=1",
-            "--drop-path",
-            probe_mount,
-            *(arg for line in announce for arg in ("--announce", line)),
-            "--",
-        ]
-        return replace(contract, command=[*installer, *contract.command])
-
-
-def container_contract(
-    setup: ContainerSetup | None, job: JobSpec, contract: HostContract, probe_mount: str
-) -> HostContract:
-    """What the container runs: the installer in front of the launcher, where there are requirements."""
-    return contract if setup is None else setup.wrap(job, contract, probe_mount)
-
-
-def container_mounts(setup: ContainerSetup | None, host: str) -> list[Any]:
-    return [] if setup is None else setup.mounts(host)
-
-
-def prepare_containers(
-    client: Any, image: str, job: JobSpec, hosts: list[str], work: Path, record: RecordWriter, labels: dict[str, str]
-) -> ContainerSetup | None:
-    """The wheelhouse for the image's Python (built once on the host) and each host's setup
-    directory; None without ``requirements.txt``. Raises :class:`InstallFailed` when the host's
-    pip cannot get the wheels (a requirement that does not exist, ...)."""
-    path = requirements_file(job)
-    if path is None:
-        return None
-    target = image_python(client, image, labels)
-    wheelhouse, reused = _wheelhouse(path, target)
-    setup_dirs = {}
-    for host in hosts:
-        setup_dirs[host] = work / host / "setup"
-        setup_dirs[host].mkdir(parents=True, exist_ok=True)
-        shutil.copy2(SCRIPT, setup_dirs[host] / SCRIPT.name)
-    record.set_fact(
-        "requirements",
-        {
-            **record.manifest["rung_facts"].get("requirements", {}),
-            "wheelhouse": str(wheelhouse),
-            "image_python": _short_target(target),
-        },
-    )
-    return ContainerSetup(wheelhouse, reused, setup_dirs)
-
-
-def fail_containers(job: JobSpec, hosts: list[str], record: RecordWriter, failed: InstallFailed) -> None:
-    """The hosts of a run whose wheelhouse could not be made: failed as their launchers would
-    (the same pip error), no container started."""
-    assert job.source_dir is not None
-    command = requirements_command(job, Machine(num_cpus=1))
-    info = {
-        **_file_record(job.source_dir / REQUIREMENTS_FILE),
-        "launcher": job.launcher,
-        "command": command,
-        "emulated": "in each container at start, from a wheelhouse made on the host",
-        "exit_code": failed.returncode,
-        "stderr": failed.stderr,
-        "stage": failed.stage,
-    }
-    _fail_hosts(job, hosts, record, info, failed, command, now())
-
-
-def collect_containers(job: JobSpec, setup: ContainerSetup | None, record: RecordWriter) -> None:
-    """Each host's ``received/requirements.json`` from what its installer wrote; a host whose
-    install failed gets the launcher's failure message in place of the one for a failed script."""
-    if setup is None:
-        return
-    assert job.source_dir is not None
-    installed: dict[str, dict[str, str]] = {}
-    for host, directory in setup.setup_dirs.items():
-        info: dict[str, Any] = {
-            **_file_record(job.source_dir / REQUIREMENTS_FILE),
-            "launcher": job.launcher,
-            "emulated": "in the container at start, before the launcher, from the wheelhouse",
-            "wheelhouse": str(setup.wheelhouse),
-            "wheelhouse_reused": setup.wheelhouse_reused,
-            "wheels": sorted(p.name for p in setup.wheelhouse.glob("*.whl")),
-        }
-        result_file = directory / "result.json"
-        if not result_file.is_file():
-            info["exit_code"] = None  # stopped before the installer finished
-            write_json(record.host_dir(host) / "received" / "requirements.json", info)
-            continue
-        result = json.loads(result_file.read_text())
-        info.update(result)
-        write_json(record.host_dir(host) / "received" / "requirements.json", info)
-        installed[host] = result.get("installed", {})
-        if result.get("exit_code"):
-            message = requirements_failure_message(job, result["exit_code"], result["command"], result["stderr"])
-            (record.host_dir(host) / "failure").write_text(message)
-            record.host_result(host, failure_reason=message[:1024], failure_written_by="launcher")
-    if installed:
-        values = list(installed.values())
-        summary = values[0] if all(v == values[0] for v in values) else installed
-        record.set_fact("requirements", {**record.manifest["rung_facts"].get("requirements", {}), "installed": summary})
 
 
 def image_python(client: Any, image: str, labels: dict[str, str]) -> dict[str, Any]:
@@ -572,7 +427,7 @@ def _host_python() -> dict[str, str]:
     return {"tag": f"cp{sys.version_info[0]}{sys.version_info[1]}", "platform": sysconfig.get_platform()}
 
 
-def _wheelhouse(requirements: Path, target: dict[str, Any]) -> tuple[Path, bool]:
+def make_wheelhouse(requirements: Path, target: dict[str, Any]) -> tuple[Path, bool]:
     """Wheels of everything ``requirements`` needs for ``target`` (the image's Python), made by
     the host's pip with the host's index and certificates; (the folder, whether it was reused).
 
@@ -598,7 +453,7 @@ def _wheelhouse(requirements: Path, target: dict[str, Any]) -> tuple[Path, bool]
         *target.get("installed", []),
     )
     folder = cache_root() / f"wheels-{key[:16]}"
-    if (folder / _DONE).is_file():
+    if (folder / DONE_MARK).is_file():
         return folder, True
     folder.parent.mkdir(parents=True, exist_ok=True)
     partial = Path(tempfile.mkdtemp(prefix=f".{folder.name}-", dir=folder.parent))
@@ -656,15 +511,15 @@ def _wheelhouse(requirements: Path, target: dict[str, Any]) -> tuple[Path, bool]
                 + f"; {_SEE_LOG}",
             )
         kept = _drop_installed(partial, installed)
-        (partial / _DONE).write_text(
+        (partial / DONE_MARK).write_text(
             json.dumps(
-                {"argv": argv, "target": _short_target(target), "left_to_the_image": kept, "made_at": now()}, indent=2
+                {"argv": argv, "target": short_target(target), "left_to_the_image": kept, "made_at": now()}, indent=2
             )
         )
         try:
             partial.rename(folder)
         except OSError:  # another run made it first: use that one
-            if not (folder / _DONE).is_file():
+            if not (folder / DONE_MARK).is_file():
                 raise
     finally:
         shutil.rmtree(partial, ignore_errors=True)
@@ -700,7 +555,7 @@ def _canonical(name: str) -> str:
     return re.sub(r"[-_.]+", "-", name).lower()
 
 
-def _short_target(target: dict[str, Any]) -> dict[str, Any]:
+def short_target(target: dict[str, Any]) -> dict[str, Any]:
     return {key: value for key, value in target.items() if key != "installed"}
 
 
@@ -712,126 +567,3 @@ def _platform_tags(target: dict[str, Any], arch: str) -> list[str]:
         minor = int(version.split(".")[1])
         tags = [f"manylinux_2_{m}_{arch}" for m in range(minor, 16, -1)] + [f"manylinux2014_{arch}", *tags]
     return tags
-
-
-# --- sagemaker-local -----------------------------------------------------------------------------
-
-#: The input channel that carries the wheelhouse into the SDK's containers (the SDK controls the
-#: mounts: a channel is the only way in, as for the probe).
-WHEELS_CHANNEL = "harness_wheels"
-#: ``sm_train.sh`` runs the SDK's installer after ``cd`` to the code channel (``templates.py``).
-SDK_COMMAND = ["python3", "/opt/ml/input/data/sm_drivers/scripts/install_requirements.py", REQUIREMENTS_FILE]
-
-
-def sdk_channels(job: JobSpec) -> list[str]:
-    """The harness's extra channel for the SDK's containers, where the job has requirements."""
-    return [WHEELS_CHANNEL] if requirements_file(job) is not None else []
-
-
-def sdk_environment(job: JobSpec) -> dict[str, str]:
-    """``ModelTrainer(environment=...)`` additions: pip in the SDK's containers installs offline
-    from the wheelhouse channel. The SDK gives one environment to the whole container, so the
-    job's processes see these too (a rung fact says so)."""
-    if requirements_file(job) is None:
-        return {}
-    return {"PIP_NO_INDEX": "1", "PIP_FIND_LINKS": f"/opt/ml/input/data/{WHEELS_CHANNEL}"}
-
-
-def sdk_fact(job: JobSpec, facts: dict[str, Any]) -> None:
-    """The ``requirements`` rung fact of a ``sagemaker-local`` plan."""
-    if requirements_file(job) is None:
-        return
-    facts["requirements"] = {
-        "how": "installed by the SDK's own sm_train.sh (SourceCode.requirements='requirements.txt', set by the "
-        f"harness): `{' '.join(SDK_COMMAND)}` in the code channel, i.e. python3 -m pip install -r requirements.txt; "
-        f"offline, from a wheelhouse the host's pip made, given as the extra channel {WHEELS_CHANNEL} "
-        f"(PIP_NO_INDEX=1 and PIP_FIND_LINKS in the job's environment, which the job's processes see too)",
-        "cache": str(cache_root()),
-    }
-
-
-def prepare_sdk(
-    client: Any, image: str, job: JobSpec, ours: Path, labels: dict[str, str], record: RecordWriter
-) -> bool:
-    """The wheelhouse, copied into the channel directory ``ours/harness_wheels`` (channels are
-    mounted read-write: the cache itself is never given to a container). False when the host's
-    pip could not make it: every host is then failed as ``sm_train.sh`` fails, before compose runs."""
-    path = requirements_file(job)
-    if path is None:
-        return True
-    driver_job = job.model_copy(update={"launcher": "model-trainer"})
-    try:
-        target = image_python(client, image, labels)
-        wheelhouse, reused = _wheelhouse(path, target)
-    except InstallFailed as failed:
-        info = {
-            **_file_record(path),
-            "launcher": "SDK v3 sm_train.sh",
-            "command": SDK_COMMAND,
-            "emulated": "by the SDK's driver in each container, from a wheelhouse made on the host",
-            "exit_code": failed.returncode,
-            "stderr": failed.stderr,
-            "stage": failed.stage,
-        }
-        _fail_hosts(driver_job, job.hosts, record, info, failed, SDK_COMMAND, now())
-        return False
-    shutil.copytree(wheelhouse, ours / WHEELS_CHANNEL, ignore=shutil.ignore_patterns(_DONE))
-    record.set_fact(
-        "requirements",
-        {
-            **record.manifest["rung_facts"].get("requirements", {}),
-            "wheelhouse": str(wheelhouse),
-            "image_python": _short_target(target),
-        },
-    )
-    (ours / f"{WHEELS_CHANNEL}.json").write_text(json.dumps({"wheelhouse": str(wheelhouse), "reused": reused}))
-    return True
-
-
-def collect_sdk(job: JobSpec, ours: Path, record: RecordWriter) -> None:
-    """Each host's ``received/requirements.json`` from its log: the SDK's driver writes no report,
-    so what was installed is pip's ``Successfully installed`` line, and the install succeeded when
-    ``sm_train.sh`` went on to its driver (``Running ... driver``)."""
-    path = requirements_file(job)
-    made = ours / f"{WHEELS_CHANNEL}.json"
-    if path is None or not made.is_file():
-        return
-    wheelhouse = json.loads(made.read_text())
-    installed_by_host: dict[str, dict[str, str]] = {}
-    for host in job.hosts:
-        log = record.root / "hosts" / host / "log.txt"
-        lines = (
-            [line.partition(" ")[2] for line in log.read_text(errors="replace").splitlines()] if log.is_file() else []
-        )
-        installed: dict[str, str] = {}
-        for line in lines:
-            if line.startswith("Successfully installed "):
-                for item in line.split()[2:]:
-                    name, _, version = item.rpartition("-")
-                    installed[name] = version
-        went_on = any(line.startswith("Running ") and "river" in line for line in lines)
-        installed_by_host[host] = installed
-        write_json(
-            record.host_dir(host) / "received" / "requirements.json",
-            {
-                **_file_record(path),
-                "launcher": "SDK v3 sm_train.sh",
-                "command": SDK_COMMAND,
-                "cwd": "/opt/ml/input/data/code",
-                "emulated": f"by the SDK's driver in the container, from the {WHEELS_CHANNEL} channel",
-                "wheelhouse": wheelhouse["wheelhouse"],
-                "wheelhouse_reused": wheelhouse["reused"],
-                "wheels": sorted(p.name for p in (ours / WHEELS_CHANNEL).glob("*.whl")),
-                "installed": installed,
-                "succeeded": went_on,
-                "installed_from": "pip's 'Successfully installed' line in the log",
-            },
-        )
-    values = list(installed_by_host.values())
-    record.set_fact(
-        "requirements",
-        {
-            **record.manifest["rung_facts"].get("requirements", {}),
-            "installed": values[0] if all(v == values[0] for v in values) else installed_by_host,
-        },
-    )

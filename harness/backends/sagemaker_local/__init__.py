@@ -41,7 +41,7 @@ import shutil
 
 from pydantic import NonNegativeFloat
 
-from harness.backends import orphans
+from harness.backends import orphans, sdk_installs
 from harness.backends.base import Backend, Capabilities, Progress, RungOptions
 from harness.backends.containers import (
     EngineClient,
@@ -67,7 +67,7 @@ from harness.backends.sagemaker_local.run import (
 )
 from harness.backends.sagemaker_sdk import RESERVED_CHANNELS, sdk_missing_reason
 from harness.record.run_record import RecordWriter, Status
-from harness.runtime import interrupts, requirements
+from harness.runtime import interrupts
 from harness.runtime.supervise import STOP_GRACE_S
 from harness.spec.job import JobSpec
 
@@ -147,12 +147,12 @@ class SageMakerLocalBackend(EngineClient, Backend[SdkPlan]):
                 record.set_fact("run_image", run_image)
                 orphans.claim(plan.work_dir, str(record.manifest["run_id"]), record.root)  # for `harness gc`
                 prepare(plan)
-                if not requirements.prepare_sdk(client, image, job, plan.ours, labels, record):
+                if not sdk_installs.prepare_sdk(client, image, job, plan.ours, labels, record):
                     return "failed"  # the host's pip could not get the wheels: failed as sm_train.sh fails
                 sdk = SdkRun(local_model_trainer(plan, run_image), plan.ours / "compose.log", stdout)
                 timed_out = supervise(sdk, client, plan, record, progress, self.options.stop_grace_s)
                 codes = collect(client, plan, sdk, record)
-                requirements.collect_sdk(job, plan.ours, record)
+                sdk_installs.collect_sdk(job, plan.ours, record)
             finally:
                 with interrupts.deferred():  # a signal now is taken once everything is removed
                     shielded(lambda: cleanup(client, labels, run_image, plan.work_dir, isolation.network))

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any
 
+from harness.backends import sdk_installs
 from harness.backends.base import Plan
 from harness.backends.containers import DOCKER_DEFAULT_SHM
 from harness.backends.sagemaker_sdk import (
@@ -31,7 +32,6 @@ from harness.backends.sagemaker_sdk import (
     sdk_hyperparameters,
     sdk_version,
 )
-from harness.runtime import requirements
 from harness.spec.host_contract import HostContract
 from harness.spec.job import JobSpec
 
@@ -101,7 +101,7 @@ def compose_project(container_root: Path) -> str:
 
 def sdk_channels(job: JobSpec) -> list[str]:
     """Channel order in ``inputdataconfig.json``: the user's, the harness's, then ModelTrainer's."""
-    return [*job.channels, PROBE_CHANNEL, RECORD_CHANNEL, *requirements.sdk_channels(job), "code", "sm_drivers"]
+    return [*job.channels, PROBE_CHANNEL, RECORD_CHANNEL, *sdk_installs.sdk_channels(job), "code", "sm_drivers"]
 
 
 def sdk_input_data_config(job: JobSpec) -> dict[str, dict[str, str]]:
@@ -132,7 +132,7 @@ def sdk_environment(job: JobSpec) -> dict[str, str]:
         **job.environment,
         "PYTHONPATH": probe_python_path(job),
         "HARNESS_PROBE_DIR": str(DATA / RECORD_CHANNEL),
-        **requirements.sdk_environment(job),  # pip installs requirements.txt from the wheelhouse channel
+        **sdk_installs.sdk_environment(job),  # pip installs requirements.txt from the wheelhouse channel
     }
 
 
@@ -207,6 +207,6 @@ def plan_job(rung: str, job: JobSpec, *, num_gpus: int, image: str | None, stop_
         "(recorded from sm_training.env after the run)",
         "stop": f"SIGTERM, SIGKILL after {stop_grace_s:g} s",
     }
-    requirements.sdk_fact(job, facts)
+    sdk_installs.sdk_fact(job, facts)
     hosts = {host: host_contract(job, host, instance_type) for host in job.hosts}
     return SdkPlan(rung, job, hosts, facts, work_dir=work, instance_type=instance_type)

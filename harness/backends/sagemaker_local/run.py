@@ -30,6 +30,7 @@ from docker import DockerClient
 from docker.errors import APIError, BuildError, DockerException
 from docker.models.containers import Container
 
+from harness.backends import sdk_installs
 from harness.backends.base import Progress, copy_source
 from harness.backends.containers import (
     LOG_DRAIN_S,
@@ -80,7 +81,7 @@ def local_model_trainer(plan: SdkPlan, image: str) -> Any:
     channels = sdk_input_data(job)
     channels += [
         configs.InputData(channel_name=name, data_source=str(ours / name))
-        for name in (PROBE_CHANNEL, RECORD_CHANNEL, *requirements.sdk_channels(job))
+        for name in (PROBE_CHANNEL, RECORD_CHANNEL, *sdk_installs.sdk_channels(job))
     ]
     return model_trainer(
         job,
