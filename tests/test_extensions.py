@@ -109,7 +109,7 @@ def test_an_installed_rung_declares_its_settings_like_a_built_in_one(
     toy_package: None, capsys: pytest.CaptureFixture[str]
 ) -> None:
     assert get_backend("toy", label="mine").options.label == "mine"  # type: ignore[attr-defined]
-    with pytest.raises(UsageError, match="no setting 'colour'; its settings: hang_after_s, probe, label$"):
+    with pytest.raises(UsageError, match="no setting 'colour'\\nHint: its settings: hang_after_s, probe, label$"):
         get_backend("toy", colour="red")
     assert main(["doctor"]) == 0
     assert any(line.startswith("toy ") and "ready" in line for line in capsys.readouterr().out.splitlines())
