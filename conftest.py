@@ -100,7 +100,7 @@ def localstack() -> Iterator[dict[str, str]]:
     random value, so that a test can prove it was written nowhere."""
     import secrets
 
-    from harness import localstack as service
+    from harness.runtime import localstack as service
 
     pytest.importorskip("boto3", reason="S3 needs boto3 (the [s3] extra)")
     try:
