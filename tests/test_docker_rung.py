@@ -113,8 +113,10 @@ def test_shm_hungry_job_needs_more_than_dockers_64m(engine: DockerClient, torch_
     default = get_backend("docker").run(job, tmp_path)
     assert small.status == "failed"
     assert small.manifest["rung_facts"]["shm_size"] == "64m"
-    reason = small.manifest["hosts"]["algo-1"]["failure_reason"]
-    assert re.search(r"shared memory|No space left on device|Bus error", reason), reason
+    # The toolkit's failure file holds the head of the traceback; the worker's own error is in the log.
+    assert "DataLoader worker" in small.manifest["hosts"]["algo-1"]["failure_reason"]
+    log = small.host_log("algo-1").read_text()
+    assert re.search(r"shared memory|No space left on device|Bus error", log), log[-3000:]
     assert default.status == "succeeded", default.host_log("algo-1").read_text()[-3000:]
     assert default.manifest["rung_facts"]["shm_size_bytes"] >= 2**30
     assert len(default.metrics()["train:loss"]["algo-1"]) == 6

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import re
+import sys
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -172,9 +173,64 @@ def test_found_in_image_by_label_by_the_dlc_variable_or_not_at_all() -> None:
 
 
 @pytest.mark.unit
-def test_docker_plan_says_the_toolkit_is_decided_with_the_image() -> None:
-    plan = get_backend("docker", gpus=False).plan(MATRIX["1x1-none"])
-    assert plan.facts["toolkit"].startswith(toolkit.EMULATED)
+def test_docker_plan_runs_the_toolkit_by_default_and_another_image_decides_for_itself(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    job = MATRIX["1x1-none"]
+    monkeypatch.setattr(images, "toolkit_build_blocker", lambda client: None)
+    assert get_backend("docker", gpus=False).plan(job).facts["toolkit"].startswith(VERSIONS)
+    monkeypatch.setattr(images, "toolkit_build_blocker", lambda client: "no gcc here")
+    assert get_backend("docker", gpus=False).plan(job).facts["toolkit"] == f"{toolkit.EMULATED}: no gcc here"
+    assert get_backend("docker", gpus=False, image="harness/toolkit").plan(job).facts["toolkit"].startswith(VERSIONS)
+    assert get_backend("docker", gpus=False, image="mine:1").plan(job).facts["toolkit"].startswith(toolkit.EMULATED)
+
+
+@pytest.mark.unit
+def test_a_machine_that_cannot_build_the_toolkit_runs_the_emulation_and_says_why(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    built: list[str] = []
+    monkeypatch.setattr(images, "ensure_torch_image", lambda client: built.append("torch") or "harness/torch:1")
+    monkeypatch.setattr(images, "ensure_toolkit_image", lambda client: built.append("toolkit") or "harness/toolkit:1")
+    job = MATRIX["1x1-none"]
+    monkeypatch.setattr(images, "toolkit_build_blocker", lambda client: "no gcc here")
+    assert toolkit.image_for(None, job, None) == ("harness/torch:1", "no gcc here")
+    monkeypatch.setattr(images, "toolkit_build_blocker", lambda client: None)
+    assert toolkit.image_for(None, job, None) == ("harness/toolkit:1", None)
+
+    def fails(client: Any) -> str:
+        raise images.ImageError("pip wheel failed", hint="look at pip's output")
+
+    monkeypatch.setattr(images, "ensure_toolkit_image", fails)
+    assert toolkit.image_for(None, job, None) == ("harness/torch:1", "pip wheel failed")
+    with pytest.raises(images.ImageError):  # named explicitly, the toolkit image's failure is the run's
+        toolkit.image_for(None, job, "harness/toolkit")
+    assert built == ["torch", "toolkit", "torch"]
+
+
+@pytest.mark.unit
+def test_the_toolkit_build_blocker_names_what_this_machine_lacks(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    class Missing:
+        def get(self, name: str) -> Any:
+            raise images.ImageNotFound(name)
+
+    engine = type("Engine", (), {"images": Missing()})()
+    monkeypatch.setattr(images, "_IMAGE_PYTHON", "2.7")
+    assert "Python 2.7" in str(images.toolkit_build_blocker(engine))
+    monkeypatch.setattr(images, "_IMAGE_PYTHON", "{}.{}".format(*sys.version_info[:2]))
+    monkeypatch.setattr(images.shutil, "which", lambda name: None)
+    assert "gcc" in str(images.toolkit_build_blocker(engine))
+    monkeypatch.setattr(images.shutil, "which", lambda name: f"/usr/bin/{name}")
+    monkeypatch.setattr(images.sysconfig, "get_paths", lambda: {"include": str(tmp_path)})
+    assert "headers" in str(images.toolkit_build_blocker(engine))
+    labelled = type("Engine", (), {"images": _Images({})})()
+    labelled.images.get = lambda name: type("Image", (), {"labels": {images.TOOLKIT_LABEL: VERSIONS}})()
+    assert images.toolkit_build_blocker(labelled) is None  # built already: no headers needed
+    assert "headers" in str(images.toolkit_build_blocker(None))  # no engine to ask
+    (tmp_path / "Python.h").touch()
+    assert images.toolkit_build_blocker(engine) is None
 
 
 # --- the real toolkit ------------------------------------------------------------------------------

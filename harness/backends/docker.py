@@ -65,7 +65,7 @@ from harness.backends.hosts import (
     write_host_tree,
 )
 from harness.record.run_record import RecordWriter
-from harness.runtime import interrupts, requirements
+from harness.runtime import images, interrupts, requirements
 from harness.runtime.hang_watch import DEFAULT_HANG_AFTER_S, HangWatch, hang_after
 from harness.runtime.supervise import STOP_GRACE_S
 from harness.spec.host_contract import OPT_ML, HostContract, Machine, host_contract
@@ -162,6 +162,12 @@ class DockerBackend(EngineClient, HostRung[DockerPlan]):
             )
         return None
 
+    def _toolkit_blocker(self) -> str | None:
+        """Why the default toolkit image cannot be had here (the engine is asked whether it has it
+        only where it answers)."""
+        reachable = engine_unavailable_reason(self._docker) is None
+        return images.toolkit_build_blocker(self.client() if reachable else None)
+
     def _gpu_ids(self, job: JobSpec) -> dict[str, list[str]]:
         """Each host's own GPUs, as each instance has its own; all of them to every host where there
         are fewer GPUs than hosts (what local mode does, and recorded as such)."""
@@ -220,7 +226,8 @@ class DockerBackend(EngineClient, HostRung[DockerPlan]):
             "stop": f"SIGTERM, SIGKILL after {self.options.stop_grace_s:g} s",
         }
         if job.is_script_mode and job.launcher == "toolkit":
-            facts["toolkit"] = f"{toolkit.EMULATED}, unless the image has the toolkit (decided when it is known)"
+            default = (self.options.image or job.image) is None
+            facts["toolkit"] = toolkit.planned(job, self.options.image, self._toolkit_blocker() if default else None)
         container_installs.plan_fact(job, facts)
         return DockerPlan(
             self.name,
@@ -255,7 +262,7 @@ class DockerSession(HostSession[DockerPlan]):
 
     def start(self) -> None:
         job, plan, record = self.job, self.plan, self.record
-        self.image = toolkit.image_for(self.client, job, self.options.image)
+        self.image, unbuildable = toolkit.image_for(self.client, job, self.options.image)
         record.set_fact("image", self.image)
         uses_toolkit = job.is_script_mode and job.launcher == "toolkit"
         self._toolkit = toolkit.found_in_image(self.client, self.image, self.labels) if uses_toolkit else None
@@ -263,7 +270,8 @@ class DockerSession(HostSession[DockerPlan]):
             plan.hosts = toolkit.hand_over(plan.hosts, self._toolkit)
             record.set_fact("environment", "the contract's platform layer; the image's toolkit adds the rest")
         if uses_toolkit:
-            record.set_fact("toolkit", self._toolkit or toolkit.EMULATED)
+            emulated = toolkit.EMULATED + (f": {unbuildable}" if unbuildable else "")
+            record.set_fact("toolkit", self._toolkit or emulated)
         self._network = self.client.networks.create(
             f"harness-{self.labels[RUN_ID]}", driver="bridge", labels=self.labels
         )

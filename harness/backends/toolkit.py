@@ -23,6 +23,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from harness.errors import ImageError
 from harness.record.run_record import RecordFiles, RecordWriter, redact_env, write_json
 from harness.runtime.images import (
     TOOLKIT_IMAGE,
@@ -34,7 +35,7 @@ from harness.runtime.images import (
 from harness.spec.host_contract import HostContract
 from harness.spec.job import JobSpec
 
-__all__ = ["EMULATED", "found_in_image", "hand_over", "image_for", "record_launched"]
+__all__ = ["EMULATED", "found_in_image", "hand_over", "image_for", "planned", "record_launched"]
 
 #: The ``toolkit`` rung fact where the image has no toolkit and the contract's emulation runs.
 EMULATED = "emulated (harness/spec/host_contract.py)"
@@ -43,18 +44,43 @@ TRAIN = "train"
 _MODULE_VARIABLE = "SAGEMAKER_TRAINING_MODULE"
 
 
-def image_for(client: Any, job: JobSpec, override: str | None) -> str:
-    """The image the job's hosts run, as :func:`harness.backends.containers.resolve_image` finds
-    it, except that ``harness/toolkit`` (the rung's ``image`` or the job's) names the toolkit
-    image, built here when missing (:func:`harness.runtime.images.ensure_toolkit_image`)."""
+def image_for(client: Any, job: JobSpec, override: str | None) -> tuple[str, str | None]:
+    """The image the job's hosts run, and why it lacks the toolkit where the rung chose it.
+
+    A script with ``launcher: toolkit`` and no image of its own (the rung's ``image`` or the
+    job's) runs the toolkit image by default, built here when missing
+    (:func:`harness.runtime.images.ensure_toolkit_image`): the ladder a user climbs then tests
+    SageMaker's own launcher, not only the harness's emulation of it. Where this machine cannot
+    build it, the torch image runs the emulation, and the second value says why. ``harness/toolkit``
+    named explicitly is built too, and its failure is the run's. Any other image is
+    :func:`harness.backends.containers.resolve_image`'s."""
     from harness.backends.containers import resolve_image
+    from harness.runtime import images
 
     name = override or job.image if job.is_script_mode else job.image
     if job.is_script_mode and name in (TOOLKIT_IMAGE, f"{TOOLKIT_IMAGE}:latest"):
-        from harness.runtime.images import ensure_toolkit_image
+        return images.ensure_toolkit_image(client), None
+    if name is None and job.is_script_mode and job.launcher == "toolkit":
+        blocker = images.toolkit_build_blocker(client)
+        if blocker is None:
+            try:
+                return images.ensure_toolkit_image(client), None
+            except ImageError as exc:
+                blocker = exc.message
+        return images.ensure_torch_image(client), blocker
+    return resolve_image(client, job, override), None
 
-        return ensure_toolkit_image(client)
-    return resolve_image(client, job, override)
+
+def planned(job: JobSpec, override: str | None, blocker: str | None) -> str:
+    """The ``toolkit`` fact of a plan: which launcher layer the hosts will run, as far as it is
+    known before the image is (:func:`image_for` decides); ``blocker`` is
+    :func:`harness.runtime.images.toolkit_build_blocker`'s answer, asked only for the default image."""
+    name = override or job.image
+    if name in (TOOLKIT_IMAGE, f"{TOOLKIT_IMAGE}:latest") or (name is None and blocker is None):
+        return f"{toolkit_description()} (the {TOOLKIT_IMAGE} image, built here when missing)"
+    if name is None:
+        return f"{EMULATED}: {blocker}"
+    return f"{EMULATED}, unless the image has the toolkit (decided when it is known)"
 
 
 def found_in_image(client: Any, image: str, labels: dict[str, str]) -> str | None:

@@ -20,6 +20,7 @@ import os
 import shutil
 import subprocess
 import sys
+import sysconfig
 import tarfile
 import tempfile
 import time
@@ -263,6 +264,30 @@ def build_toolkit_wheelhouse(dest: Path, beside: Path | None = None) -> Path:
         shutil.rmtree(partial, ignore_errors=True)
     log.info("built toolkit wheelhouse %s in %.0f s", target, time.monotonic() - started)
     return target
+
+
+def toolkit_build_blocker(client: DockerClient | None) -> str | None:
+    """Why this machine cannot build the toolkit image, or None where it can, or where ``client``'s
+    engine has it already.
+
+    Asked before the build, so that a machine without a compiler runs the emulation at once, with
+    the reason, rather than after a failed ``pip wheel``: the toolkit's C extension needs gcc,
+    the Python headers, and a host Python of the image's version
+    (:func:`build_toolkit_wheelhouse`)."""
+    host = f"{sys.version_info[0]}.{sys.version_info[1]}"
+    if host != _IMAGE_PYTHON:
+        reason = f"the toolkit image is built by a Python {_IMAGE_PYTHON} (the image's), and the harness runs on {host}"
+    elif shutil.which("gcc") is None:
+        reason = "the toolkit image needs gcc on this machine (sagemaker-training compiles a C extension)"
+    elif not (Path(sysconfig.get_paths()["include"]) / "Python.h").is_file():
+        reason = f"the toolkit image needs the Python {host} headers on this machine (Python.h)"
+    else:
+        return None
+    try:
+        labels = client.images.get(f"{TOOLKIT_IMAGE}:latest").labels or {} if client else {}
+    except ImageNotFound:
+        labels = {}
+    return None if labels.get(TOOLKIT_LABEL) == toolkit_description() else reason
 
 
 def ensure_toolkit_image(client: DockerClient) -> str:
