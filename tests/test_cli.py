@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import time
+from typing import Any
 from pathlib import Path
 
 import pytest
@@ -148,3 +149,43 @@ def test_doctor_says_how_like_sagemaker_each_ready_rung_is(
     assert sagemaker in unavailable
     for i in unavailable:
         assert i + 1 == len(out) or not out[i + 1].startswith(" "), f"an unavailable rung is not planned: {out[i]}"
+
+
+@pytest.mark.unit
+def test_gc_calls_each_rungs_leftover_collector_once_container_rungs_first(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from harness.backends import registered, rungs
+    from harness.backends.base import Capabilities
+    from harness.testing import CannedRung
+
+    calls: list[str] = []
+
+    def collector(name: str, lines: list[str]) -> Any:
+        def collect() -> list[str]:
+            calls.append(name)
+            return lines
+
+        return collect
+
+    work_dirs, containers = collector("work dirs", ["run a: work dir removed"]), collector("containers", [])
+
+    def rung(name: str, with_containers: bool, collectors: tuple[Any, ...]) -> type[CannedRung]:
+        attributes = {
+            "name": name,
+            "capabilities": Capabilities(gpus=False, separate_hosts=False, containers=with_containers, hang_detection=False),
+            "leftover_collectors": classmethod(lambda cls: collectors),
+        }
+        return type(f"Rung_{name.replace('-', '_')}", (CannedRung,), attributes)
+
+    backends = {name: rung(name, False, ()) for name in rungs()}
+    backends.update(
+        local=rung("local", False, (work_dirs,)),
+        single=rung("single", False, (work_dirs,)),
+        docker=rung("docker", True, (containers,)),
+        **{"sagemaker-local": rung("sagemaker-local", True, (containers, work_dirs))},
+    )
+    with registered(backends):
+        assert main(["gc"]) == 0
+    assert calls == ["containers", "work dirs"]
+    assert capsys.readouterr().out.strip() == "run a: work dir removed"

@@ -102,6 +102,14 @@ class Backend(ABC, Generic[PlanT]):
     def unavailable_reason(self) -> str | None:
         """Why this rung cannot run on this machine at all, or None."""
 
+    @classmethod
+    def leftover_collectors(cls) -> tuple[Callable[[], list[str]], ...]:
+        """What ``harness gc`` calls for this rung: each collector removes what runs of the rung
+        whose harness is gone (``kill -9``, a runner's hard timeout) left on this machine, and
+        returns a line per run. Rungs that leave the same kind of thing name the same collector;
+        ``harness gc`` calls each once."""
+        return ()
+
     def unsupported_reason(self, job: JobSpec) -> str | None:
         """Why this rung cannot run this particular job, or None."""
         return None

@@ -158,6 +158,12 @@ def run_labels(run_id: str) -> dict[str, str]:
     return {MANAGED: "true", RUN_ID: run_id, OWNER_PID: str(os.getpid()), OWNER_HOST: socket.gethostname()}
 
 
+def gc_finished_runs() -> list[str]:
+    """:func:`gc` on the engine ``DOCKER_HOST`` names, where one answers: the container rungs'
+    leftover collector (``harness gc``)."""
+    return gc(client()) if engine_unavailable_reason() is None else []
+
+
 def gc(client: DockerClient, *, include_live: bool = False) -> list[str]:
     """Remove the containers, networks and volumes of harness runs that are over; return what went.
 

@@ -23,6 +23,7 @@ import tempfile
 import threading
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Literal
@@ -45,6 +46,7 @@ from harness.backends.containers import (
     default_shm_size,
     engine_gpus,
     engine_unavailable_reason,
+    gc_finished_runs,
     host_gpu_count,
     host_result,
     is_running,
@@ -149,6 +151,10 @@ class DockerBackend(EngineClient, HostRung[DockerPlan]):
 
     def unavailable_reason(self) -> str | None:
         return engine_unavailable_reason(self._docker, gpus=bool(self.options.gpus))
+
+    @classmethod
+    def leftover_collectors(cls) -> tuple[Callable[[], list[str]], ...]:
+        return (gc_finished_runs,)  # containers and networks, by the run's labels
 
     def unsupported_reason(self, job: JobSpec) -> str | None:
         s3_reason = s3_unsupported(job)

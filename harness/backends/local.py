@@ -26,6 +26,7 @@ import subprocess
 import sys
 import tempfile
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path, PurePosixPath
 
@@ -121,6 +122,10 @@ class LocalBackend(HostRung[LocalPlan]):
 
     def unavailable_reason(self) -> str | None:
         return None
+
+    @classmethod
+    def leftover_collectors(cls) -> tuple[Callable[[], list[str]], ...]:
+        return (orphans.gc,)  # launchers re-parented to init, work dirs (orphans.WORK_PREFIXES)
 
     def unsupported_reason(self, job: JobSpec) -> str | None:
         if not job.is_script_mode:

@@ -5,9 +5,10 @@ from __future__ import annotations
 import argparse
 import os
 import tempfile
+from collections.abc import Callable
 from pathlib import Path
 
-from harness.backends import get_backend, rungs
+from harness.backends import backend_class, get_backend, rungs
 from harness.cli.console import emit
 from harness.errors import HarnessError
 from harness.spec.job import JobSpec
@@ -50,14 +51,20 @@ def cmd_doctor(args: argparse.Namespace) -> int:
 
 
 def cmd_gc(args: argparse.Namespace) -> int:
-    """What runs whose harness is gone left: local processes and work dirs, and, where an engine
-    answers, labelled containers and networks."""
-    from harness.backends import containers, orphans
-
-    # Containers first: a run's containers write into its work dir (sagemaker-local mounts it),
-    # and a dir removed under a live writer comes back.
-    removed = containers.gc(containers.client()) if containers.engine_unavailable_reason() is None else []
-    removed = orphans.gc() + removed
+    """What runs whose harness is gone left, as each rung collects its own leftovers
+    (:meth:`harness.backends.base.Backend.leftover_collectors`), each collector once. Container
+    rungs first: a run's containers write into its work dir (sagemaker-local mounts it), and a dir
+    removed under a live writer comes back."""
+    classes = []
+    for rung in rungs():
+        try:
+            classes.append(backend_class(rung))
+        except HarnessError:  # a rung of a package that cannot be loaded leaves nothing of ours
+            continue
+    collectors: list[Callable[[], list[str]]] = []
+    for cls in sorted(classes, key=lambda cls: not cls.capabilities.containers):
+        collectors += [collector for collector in cls.leftover_collectors() if collector not in collectors]
+    removed = [line for collector in collectors for line in collector()]
     emit("\n".join(removed) if removed else "nothing to remove")
     return 0
 

@@ -38,6 +38,7 @@ checked on a real run. The phases live in their own modules: :mod:`.plan` (the d
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 
 from pydantic import NonNegativeFloat
 
@@ -47,6 +48,7 @@ from harness.backends.containers import (
     EngineClient,
     engine_gpus,
     engine_unavailable_reason,
+    gc_finished_runs,
     host_gpu_count,
     resolve_image,
     run_labels,
@@ -86,6 +88,11 @@ class SageMakerLocalBackend(EngineClient, Backend[SdkPlan]):
     capabilities = Capabilities(gpus=True, separate_hosts=True, containers=True, hang_detection=False)
     Options = SageMakerLocalOptions
     options: SageMakerLocalOptions
+
+    @classmethod
+    def leftover_collectors(cls) -> tuple[Callable[[], list[str]], ...]:
+        # the SDK's containers first: they write into the work dir, which a live writer would remake
+        return (gc_finished_runs, orphans.gc)
 
     def unavailable_reason(self) -> str | None:
         missing = sdk_missing_reason() or engine_unavailable_reason(self._docker, gpus=bool(self.options.gpus))
