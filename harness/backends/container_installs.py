@@ -15,10 +15,12 @@ from harness.record.run_record import RecordWriter, now, write_json
 from harness.runtime.requirements import (
     SCRIPT,
     InstallFailed,
+    add_to_fact,
     cache_root,
     fail_hosts,
     file_record,
     image_python,
+    installed_summary,
     make_wheelhouse,
     requirements_file,
     short_target,
@@ -119,14 +121,7 @@ def prepare_containers(
         setup_dirs[host] = work / host / "setup"
         setup_dirs[host].mkdir(parents=True, exist_ok=True)
         shutil.copy2(SCRIPT, setup_dirs[host] / SCRIPT.name)
-    record.set_fact(
-        "requirements",
-        {
-            **record.manifest["rung_facts"].get("requirements", {}),
-            "wheelhouse": str(wheelhouse),
-            "image_python": short_target(target),
-        },
-    )
+    add_to_fact(record, wheelhouse=str(wheelhouse), image_python=short_target(target))
     return ContainerSetup(wheelhouse, reused, setup_dirs)
 
 
@@ -177,6 +172,4 @@ def collect_containers(job: JobSpec, setup: ContainerSetup | None, record: Recor
             (record.host_dir(host) / "failure").write_text(message)
             record.host_result(host, failure_reason=message[:1024], failure_written_by="launcher")
     if installed:
-        values = list(installed.values())
-        summary = values[0] if all(v == values[0] for v in values) else installed
-        record.set_fact("requirements", {**record.manifest["rung_facts"].get("requirements", {}), "installed": summary})
+        add_to_fact(record, installed=installed_summary(installed))

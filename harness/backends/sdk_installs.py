@@ -13,10 +13,12 @@ from harness.record.run_record import RecordWriter, now, write_json
 from harness.runtime.requirements import (
     DONE_MARK,
     InstallFailed,
+    add_to_fact,
     cache_root,
     fail_hosts,
     file_record,
     image_python,
+    installed_summary,
     make_wheelhouse,
     requirements_file,
     short_target,
@@ -86,14 +88,7 @@ def prepare_sdk(
         fail_hosts(driver_job, job.hosts, record, info, failed, SDK_COMMAND, now())
         return False
     shutil.copytree(wheelhouse, ours / WHEELS_CHANNEL, ignore=shutil.ignore_patterns(DONE_MARK))
-    record.set_fact(
-        "requirements",
-        {
-            **record.manifest["rung_facts"].get("requirements", {}),
-            "wheelhouse": str(wheelhouse),
-            "image_python": short_target(target),
-        },
-    )
+    add_to_fact(record, wheelhouse=str(wheelhouse), image_python=short_target(target))
     (ours / f"{WHEELS_CHANNEL}.json").write_text(json.dumps({"wheelhouse": str(wheelhouse), "reused": reused}))
     return True
 
@@ -137,11 +132,4 @@ def collect_sdk(job: JobSpec, ours: Path, record: RecordWriter) -> None:
                 "installed_from": "pip's 'Successfully installed' line in the log",
             },
         )
-    values = list(installed_by_host.values())
-    record.set_fact(
-        "requirements",
-        {
-            **record.manifest["rung_facts"].get("requirements", {}),
-            "installed": values[0] if all(v == values[0] for v in values) else installed_by_host,
-        },
-    )
+    add_to_fact(record, installed=installed_summary(installed_by_host))

@@ -189,6 +189,18 @@ def plan_fact(job: JobSpec, facts: dict[str, Any]) -> None:
     }
 
 
+def add_to_fact(record: RecordWriter, **values: Any) -> None:
+    """Add ``values`` to the run's ``requirements`` fact, which a rung fills in phases (the plan,
+    the wheelhouse, the install)."""
+    record.set_fact("requirements", {**record.manifest["rung_facts"].get("requirements", {}), **values})
+
+
+def installed_summary(by_host: dict[str, Any]) -> Any:
+    """What the hosts installed: one answer where every host installed the same, else per host."""
+    values = list(by_host.values())
+    return values[0] if all(value == values[0] for value in values) else by_host
+
+
 def install_local(job: JobSpec, hosts: dict[str, HostContract], record: RecordWriter) -> bool:
     """Build or reuse the job's cached environment and record it for every host. False when pip
     failed: every host is then recorded as its launcher fails (exit 1, the failure message), and
@@ -226,10 +238,7 @@ def install_local(job: JobSpec, hosts: dict[str, HostContract], record: RecordWr
     for host in hosts:
         _append_log(record, host, lines)
         write_json(record.host_dir(host) / "received" / "requirements.json", info)
-    record.set_fact(
-        "requirements",
-        {**record.manifest["rung_facts"].get("requirements", {}), "installed": result.get("installed", {})},
-    )
+    add_to_fact(record, installed=result.get("installed", {}))
     return True
 
 
@@ -373,14 +382,7 @@ def fail_hosts(
             failure_reason=message[:1024],
             failure_written_by="launcher",
         )
-    record.set_fact(
-        "requirements",
-        {
-            **record.manifest["rung_facts"].get("requirements", {}),
-            "failed": failed.message,
-            "hint": failed.hint,
-        },
-    )
+    add_to_fact(record, failed=failed.message, hint=failed.hint)
 
 
 def image_python(client: Any, image: str, labels: dict[str, str]) -> dict[str, Any]:
