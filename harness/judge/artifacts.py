@@ -344,6 +344,7 @@ def _findings(where: str, diff: CheckpointDiff, base: str, cand: str, values_may
                 "dict), or a cast (.half(), autocast, bf16) before saving on one rung",
             )
         )
+    findings += _nonfinite(where, diff, base, cand)
     worst = diff.beyond_tolerance
     if worst:
         compared = [t for t in diff.tensors if not t.shape_differs]
@@ -384,6 +385,38 @@ def _findings(where: str, diff: CheckpointDiff, base: str, cand: str, values_may
     return findings
 
 
+def _nonfinite(where: str, diff: CheckpointDiff, base: str, cand: str) -> list[Finding]:
+    """Weights that are NaN or infinite on one rung only: a departure whatever the topology,
+    which changes the numbers but never makes a finite model non-finite."""
+    found = []
+    for side, other, index in ((cand, base, 1), (base, cand, 0)):
+        broken = [t for t in diff.tensors if t.nonfinite[index]]
+        if not broken:
+            continue
+        count = sum(t.nonfinite[index] for t in broken)
+        found.append(
+            Finding(
+                kind="tensors",
+                severity="divergence",
+                title=f"{where}: {len(broken)} tensors hold NaN or infinite values on {side}, finite on {other}",
+                evidence=_capped([f"{t.name}: {t.nonfinite[index]} of {t.numel} elements not finite" for t in broken])
+                + [f"{count} elements in all"],
+                hint="an update applied a non-finite gradient on that rung: look for the first step whose loss or "
+                "gradient norm is not finite there (a NaN or inf skip decided per rank while gradients are averaged, "
+                "fp16 without a gradient scaler, a division by a count that can be zero)",
+                cause="weights-non-finite",
+                confidence=0.85,
+                explains=("weights-differ",),
+            )
+        )
+    return found
+
+
+def rename_hint(segment: str) -> str:
+    """How to save keys without the wrapper's ``segment`` (its first part names the wrapper)."""
+    return _RENAME_HINTS.get(segment.split(".")[0], _RENAME_HINT)
+
+
 def _rename_finding(where: str, rename: KeyRename, diff: CheckpointDiff, base: str, cand: str) -> Finding:
     rung = cand if rename.side == "candidate" else base
     place = {"": "a prefix", "*": "a segment"}.get(rename.scope, f"a segment under '{rename.scope}.'")
@@ -397,7 +430,7 @@ def _rename_finding(where: str, rename: KeyRename, diff: CheckpointDiff, base: s
         evidence=[f"{len(rename.pairs)} keys renamed, for example:"]
         + [f"{a!r} on {base} is {b!r} on {cand}" for a, b in rename.pairs[:3]]
         + [f"under the renamed keys, {agree} of {len(values)} tensors agree within tolerance"],
-        hint=_RENAME_HINTS.get(rename.segment.split(".")[0], _RENAME_HINT),
+        hint=rename_hint(rename.segment),
         cause="checkpoint-key-prefix",
         confidence=0.8,
     )

@@ -360,11 +360,15 @@ def _parameter_drift(events: dict[int, list[dict[str, Any]]]) -> list[Finding]:
                         f"rank {rank}: sum={e['sum']:.9g} abs_sum={e['abs_sum']:.9g}"
                         for rank, e in sorted(by_rank.items())
                     ],
-                    hint="replicas drift apart when gradients are not all-reduced (no DDP wrapper, no_sync() left on, "
+                    hint="replicas drift apart when gradients are not all-reduced (no DDP wrapper, a forward that "
+                    "bypasses it such as model.module(...) or another method of the module, no_sync() left on, "
                     "a parameter updated outside the optimizer) or when ranks start from different seeds",
                     step=step,
                     cause="parameter-drift",
                     confidence=0.8,
+                    # ranks that apply different updates make a replay against one process, the
+                    # curves and the saved weights differ as consequences
+                    explains=("replay-differs", "learning-differs", "weights-differ"),
                 )
             ]
     return []

@@ -98,6 +98,8 @@ class TensorDiff:
     beyond: int = 0
     max_abs: float = 0.0
     max_rel: float = 0.0
+    #: Elements that are NaN or infinite on one side only: (on the baseline, on the candidate).
+    nonfinite: tuple[int, int] = (0, 0)
 
     @property
     def shape_differs(self) -> bool:
@@ -342,9 +344,9 @@ def compare_tensor(
     diff = TensorDiff(name, other, shape, other_shape, dtype, other_dtype, numel=a.numel())
     if shape != other_shape or (a.dtype == b.dtype and _bit_equal(a, b)):
         return diff
-    differing, beyond, max_abs, max_rel = _stats(a, b, rtol=rtol, atol=atol)
+    differing, beyond, max_abs, max_rel, nonfinite = _stats(a, b, rtol=rtol, atol=atol)
     return TensorDiff(
-        name, other, shape, other_shape, dtype, other_dtype, a.numel(), differing, beyond, max_abs, max_rel
+        name, other, shape, other_shape, dtype, other_dtype, a.numel(), differing, beyond, max_abs, max_rel, nonfinite
     )
 
 
@@ -389,14 +391,17 @@ def _chunks(a: torch.Tensor, b: torch.Tensor) -> Iterator[tuple[torch.Tensor, to
             yield a[i : i + step].reshape(-1), b[i : i + step].reshape(-1)
 
 
-def _stats(a: torch.Tensor, b: torch.Tensor, *, rtol: float, atol: float) -> tuple[int, int, float, float]:
-    """(differing, beyond tolerance, max abs error, max rel error), one chunk at a time in
-    float64 (complex128 for complex tensors) so the tolerance test is exact for float32 inputs."""
+def _stats(
+    a: torch.Tensor, b: torch.Tensor, *, rtol: float, atol: float
+) -> tuple[int, int, float, float, tuple[int, int]]:
+    """(differing, beyond tolerance, max abs error, max rel error, non-finite on one side only:
+    (baseline, candidate)), one chunk at a time in float64 (complex128 for complex tensors) so
+    the tolerance test is exact for float32 inputs."""
     import torch
 
     wide = torch.complex128 if a.is_complex() or b.is_complex() else torch.float64
     may_nan = a.is_floating_point() or a.is_complex() or b.is_floating_point() or b.is_complex()
-    differing = beyond = 0
+    differing = beyond = nonfinite_a = nonfinite_b = 0
     max_abs = max_rel = 0.0
     for xc, yc in _chunks(a, b):
         if a.dtype == b.dtype and _bit_equal(xc, yc):
@@ -405,6 +410,9 @@ def _stats(a: torch.Tensor, b: torch.Tensor, *, rtol: float, atol: float) -> tup
         same = x == y
         if may_nan:
             same |= x.isnan() & y.isnan()
+            finite_x, finite_y = x.isfinite(), y.isfinite()
+            nonfinite_a += int((~finite_x & finite_y).sum())
+            nonfinite_b += int((finite_x & ~finite_y).sum())
         err = (x - y).abs().masked_fill_(same, 0.0).nan_to_num_(nan=math.inf, posinf=math.inf)
         mag = x.abs()
         # tolerance per element; a NaN or infinite reference tolerates nothing it is not equal to
@@ -413,7 +421,7 @@ def _stats(a: torch.Tensor, b: torch.Tensor, *, rtol: float, atol: float) -> tup
         differing += same.numel() - int(same.sum())
         beyond += int((err > tol).sum())
         max_abs, max_rel = max(max_abs, float(err.max())), max(max_rel, float(rel.max()))
-    return differing, beyond, max_abs, max_rel
+    return differing, beyond, max_abs, max_rel, (nonfinite_a, nonfinite_b)
 
 
 def _value_diffs(

@@ -176,6 +176,12 @@ def _findings_for(
     return rank_findings(settle(findings))
 
 
+#: Notes that say what a parity verdict rests on: which steps the replay compared and what it
+#: left out, and what a topology change leaves uncompared (curves, weights). A parity verdict
+#: keeps them, so that it never reads as a comparison that was not made.
+WHAT_WAS_COMPARED = ("replay-compared", "topology-changes-numbers", "checkpoint-not-compared")
+
+
 def judge(
     records: list[RunRecord],
     *,
@@ -188,6 +194,7 @@ def judge(
     verdict = Verdict(
         "parity", [r.rung for r in records], skipped=dict(skipped or {}), records=[str(r.root) for r in records]
     )
+    uncompared: list[Finding] = []
     for index, record in enumerate(records):
         below = records[index - 1] if index else None
         findings = _findings_for(record, below, checks, context)
@@ -199,6 +206,8 @@ def judge(
             verdict.first_step = min(steps) if steps else None
             verdict.findings = findings
             return verdict
+        uncompared += [f for f in findings if f.cause in WHAT_WAS_COMPARED]
     if len(records) < 2:
         verdict.outcome = "nothing-compared"
+    verdict.findings = uncompared
     return verdict

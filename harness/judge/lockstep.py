@@ -1,0 +1,190 @@
+"""Ranks that fall out of step: one late for a collective its peers timed out in, one that left
+the training loop early without an error.
+
+Both end as another rank's error (a timeout, a lost connection) that names the victim, not the
+rank that caused it; what each rank did (its collectives, its batches and optimizer steps, how its
+process ended) says which rank fell out of step and where. A rank stuck in a *different*
+collective is :mod:`harness.judge.ranks`' collective mismatch: it times out or hangs itself, where
+a late rank is busy in its own code and never does.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from datetime import UTC, datetime
+from typing import Any
+
+from harness.judge.findings import ECHOES, Finding
+from harness.judge.protocol import CheckContext
+from harness.record.run_record import RunRecord
+
+#: A collective that gave up waiting: gloo ("Timed out waiting 2000ms for recv operation"), NCCL's
+#: watchdog ("Watchdog caught collective operation timeout: ... Timeout(ms)=600000"), a store's
+#: wait ("Socket Timeout", "wait timeout after 30000ms").
+_TIMEOUT = re.compile(r"timed out|timeout", re.IGNORECASE)
+_MILLISECONDS = re.compile(r"(?:waiting |Timeout\(ms\)=|timeout after )(\d+)\s*(?:ms|milliseconds)?", re.IGNORECASE)
+#: What a rank whose peer is gone prints (gloo, NCCL, the TCP store).
+_PEER_LOST = re.compile(r"Connection closed by peer|Connection reset by peer|Broken pipe|remote process exited")
+#: What these findings account for: the victims' errors, and what the verdict would otherwise
+#: blame (the ranks' collective sequences differ in length).
+_EXPLAINED = (*ECHOES, "collective-timeout", "collective-mismatch", "peer-connection-lost")
+
+
+def check_run(record: RunRecord, context: CheckContext) -> list[Finding]:
+    if record.status == "succeeded":
+        return []
+    ranks = {int(p["rank"]): p for p in record.processes() if p.get("rank") is not None and _launched_rank(p)}
+    if len(ranks) < 2:
+        return []
+    events = record.rank_events()
+    return [*_late_ranks(ranks, events), *_left_early(record, ranks, events)]
+
+
+def _launched_rank(process: dict[str, Any]) -> bool:
+    """A rank's own process, not a child it started that inherited its rank."""
+    return process.get("inherited_rank") is None
+
+
+def _collectives(events: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
+    return [e for e in events if e.get("kind") == "collective" and not e.get("group")]
+
+
+def _late_ranks(ranks: dict[int, dict[str, Any]], events: dict[int, list[dict[str, Any]]]) -> list[Finding]:
+    """Ranks that timed out in a collective of the default group, and ranks that never reached it
+    and did not time out themselves: those were still in their own code (a rank stuck in another
+    collective would have timed out there too)."""
+    timed_out = {r: p for r, p in ranks.items() if _TIMEOUT.search(str(p.get("exception") or ""))}
+    if not timed_out:
+        return []
+    calls = {rank: _collectives(events.get(rank, [])) for rank in ranks}
+    reached = min(len(calls[r]) for r in timed_out)
+    if reached == 0:
+        return []
+    late = sorted(r for r in ranks if r not in timed_out and len(calls[r]) < reached)
+    if not late:
+        return []
+    waited = calls[min(timed_out)][reached - 1]
+    where = f"{waited['op']} #{reached} at {waited.get('caller')}"
+    exception = str(timed_out[min(timed_out)].get("exception") or "").strip().splitlines()
+    millis = _MILLISECONDS.search(" ".join(exception))
+    limit = f" after {int(millis.group(1)) / 1000:g} s" if millis else ""
+    evidence = [
+        f"rank {r}: entered {where} at {_clock(calls[r][reached - 1].get('t'))} and timed out"
+        for r in sorted(timed_out)
+    ]
+    evidence += [f"rank {min(timed_out)} raised: {exception[0][:300]}"] if exception else []
+    for rank in late:
+        last = _last_seen(events.get(rank, []))
+        ended = ranks[rank].get("exit_code")
+        how = "was stopped by the launcher" if ended is None else f"ended with exit code {ended}"
+        evidence.append(
+            f"rank {rank}: never reached {where}; last seen {last} and it did not time out itself: "
+            f"it was still in its own code when its peers gave up, then {how}"
+        )
+    names = ", ".join(str(r) for r in sorted(timed_out))
+    late_names = ", ".join(str(r) for r in late)
+    return [
+        Finding(
+            kind="ranks",
+            severity="failure",
+            title=f"rank{'s' if len(late) > 1 else ''} {late_names} had not reached {where} when "
+            f"rank{'s' if len(timed_out) > 1 else ''} {names} gave up waiting{limit} (the process group's timeout)",
+            evidence=evidence,
+            hint="a rank that works alone before a collective (rank 0 preprocessing, downloading, evaluating or "
+            "saving) must finish within the process group's timeout: raise init_process_group(timeout=...), or do "
+            "that work before init_process_group, on every rank, or in a separate step",
+            cause="late-rank",
+            rank=late[0],
+            confidence=0.97,
+            explains=_EXPLAINED,
+        )
+    ]
+
+
+def _left_early(
+    record: RunRecord, ranks: dict[int, dict[str, Any]], events: dict[int, list[dict[str, Any]]]
+) -> list[Finding]:
+    """Ranks whose process ended without an error (exit 0) in a run whose other ranks failed,
+    after fewer batches than those peers drew and with their loader's epoch unfinished: they left
+    the loop on a decision of their own (early stopping, a target loss, a skipped step), and the
+    peers' next collective had no partner."""
+    failed = sorted(r for r, p in ranks.items() if p.get("exception") or p.get("exit_code") not in (0, None))
+    clean = sorted(r for r, p in ranks.items() if p.get("exit_code") == 0 and not p.get("exception"))
+    if not failed or not clean:
+        return []
+    drawn = {rank: _batches(events.get(rank, [])) for rank in ranks}
+    most = max(drawn[r][0] for r in failed)
+    early = [r for r in clean if drawn[r][0] < most and drawn[r][1]]
+    if not early:
+        return []
+    evidence = []
+    for rank in early:
+        batches, unfinished = drawn[rank]
+        evidence.append(
+            f"rank {rank}: left its loop at {unfinished} after {batches} batches and "
+            f"{_steps(events.get(rank, []))} optimizer steps, with the epoch unfinished, and ended without an error "
+            f"(exit 0) at {ranks[rank].get('ended_at')}"
+        )
+        line = _last_line(record, rank)
+        if line:
+            evidence.append(f"rank {rank} printed last: {line}")
+    for rank in failed:
+        error = str(ranks[rank].get("exception") or "").strip().splitlines()
+        lost = " (lost its peer)" if error and _PEER_LOST.search(error[0]) else ""
+        evidence.append(
+            f"rank {rank}: drew {drawn[rank][0]} batches, took {_steps(events.get(rank, []))} optimizer steps, "
+            f"then failed{lost}" + (f": {error[0][:200]}" if error else "")
+        )
+    names = ", ".join(str(r) for r in early)
+    return [
+        Finding(
+            kind="ranks",
+            severity="failure",
+            title=f"rank{'s' if len(early) > 1 else ''} {names} left the training loop early without an error "
+            f"({', '.join(str(drawn[r][0]) for r in early)} batches against up to {most} on the ranks that failed)",
+            evidence=evidence,
+            hint="every rank must leave the loop at the same step: decide to stop (early stopping, a target loss, "
+            "a time budget, a non-finite loss) from a value every rank agrees on, e.g. all_reduce the flag "
+            "(MAX or MIN) before acting on it",
+            cause="rank-left-early",
+            rank=early[0],
+            confidence=0.96,
+            explains=_EXPLAINED,
+        )
+    ]
+
+
+def _batches(events: list[dict[str, Any]]) -> tuple[int, str | None]:
+    """(batches drawn over every loader pass, the site of a pass left unfinished or None)."""
+    passes = [e for e in events if e.get("kind") == "data_epoch"]
+    unfinished = next((str(e.get("site")) for e in reversed(passes) if not e.get("finished")), None)
+    return sum(int(e.get("batches") or 0) for e in passes), unfinished
+
+
+def _steps(events: list[dict[str, Any]]) -> int:
+    steps = [s for e in events if e.get("kind") == "steps" for s in e.get("step") or []]
+    return max(steps) + 1 if steps else 0
+
+
+def _last_seen(events: list[dict[str, Any]]) -> str:
+    if not events:
+        return "nowhere (the probe recorded nothing)"
+    last = events[-1]
+    what = {"dist_init": "init_process_group"}.get(str(last.get("kind")), str(last.get("kind")))
+    if last.get("kind") == "collective":
+        what = f"{last.get('op')} (completed by every rank)"
+    where = last.get("caller") or last.get("site")
+    return f"after {what}" + (f" at {where}" if where else "") + f" at {_clock(last.get('t'))}"
+
+
+def _last_line(record: RunRecord, rank: int) -> str | None:
+    path = record.rank_logs().get(rank)
+    if path is None:
+        return None
+    lines = [line for line in path.read_text(errors="replace").splitlines() if line.strip()]
+    return lines[-1][:300] if lines else None
+
+
+def _clock(t: Any) -> str:
+    return datetime.fromtimestamp(float(t), tz=UTC).strftime("%H:%M:%S.%f")[:-3] if isinstance(t, int | float) else "?"

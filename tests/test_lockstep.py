@@ -1,0 +1,118 @@
+"""Ranks out of step (a late rank, a rank that left the loop early), a state dict a wrapper
+renamed, weights that turned non-finite on one rung, and what a parity verdict says it did not
+compare: each judged on canned records."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from fake_records import make_record
+
+from harness.judge import artifacts, tensors
+from harness.judge.verdict import judge
+from harness.spec.job import JobSpec
+
+pytestmark = pytest.mark.unit
+
+JOB = JobSpec(name="fake", source_dir="src", entry_point="train.py", distribution="torchrun", processes_per_host=4)
+TIMED_OUT = "RuntimeError: [gloo/transport/tcp/unbound_buffer.cc:78] Timed out waiting 2000ms for recv operation"
+PEER_LOST = "RuntimeError: [gloo/transport/tcp/pair.cc:553] Connection closed by peer [10.0.0.2]:19849"
+
+
+def collective(t: float, line: int = 78) -> dict[str, Any]:
+    return {"t": t, "kind": "collective", "op": "broadcast", "shapes": [[2, 8]], "caller": f"train.py:{line}"}
+
+
+def started(t: float) -> dict[str, Any]:
+    return {"t": t, "kind": "dist_init", "caller": "train.py:68"}
+
+
+def epoch(batches: int, finished: bool) -> dict[str, Any]:
+    return {"t": 2.0, "kind": "data_epoch", "site": "train.py:48", "batches": batches, "finished": finished}
+
+
+def rank(number: int, exit_code: int | None, exception: str | None = None) -> dict[str, Any]:
+    return {"rank": number, "exit_code": exit_code, "exception": exception, "ended_at": "2026-12-07T08:18:17.597Z"}
+
+
+def test_a_rank_still_in_its_own_code_when_its_peers_time_out_is_late_not_mismatched(tmp_path: Path) -> None:
+    events = {0: [started(1.0)], **{r: [started(1.0), collective(1.5)] for r in (1, 2, 3)}}
+    processes = [rank(0, None), *(rank(r, 1, TIMED_OUT) for r in (1, 2, 3))]
+    record = make_record(tmp_path, "local", status="failed", rank_events=events, processes=processes, job=JOB)
+    verdict = judge([record])
+    first = verdict.findings[0]
+    assert first.cause == "late-rank" and first.rank == 0
+    assert first.title.startswith("rank 0 had not reached broadcast #1 at train.py:78 when ranks 1, 2, 3 gave up")
+    assert "after 2 s" in first.title
+    assert "collective-mismatch" not in verdict.causes[:1]
+
+
+def test_a_rank_that_times_out_itself_was_waiting_elsewhere_and_is_no_late_rank(tmp_path: Path) -> None:
+    events = {0: [started(1.0), collective(1.2, line=90)], **{r: [started(1.0), collective(1.5)] for r in (1, 2, 3)}}
+    events[1].append(collective(1.6))
+    processes = [rank(r, 1, TIMED_OUT) for r in range(4)]
+    record = make_record(tmp_path, "local", status="failed", rank_events=events, processes=processes, job=JOB)
+    assert "late-rank" not in judge([record]).causes
+
+
+def test_a_rank_that_ended_cleanly_before_its_peers_left_the_loop_early(tmp_path: Path) -> None:
+    events = {r: [started(1.0), epoch(9, False)] for r in (0, 2, 3)}
+    events[1] = [started(1.0), epoch(8, False)]
+    processes = [rank(1, 0), *(rank(r, 1, PEER_LOST) for r in (0, 2, 3))]
+    record = make_record(tmp_path, "local", status="failed", rank_events=events, processes=processes, job=JOB)
+    first = judge([record]).findings[0]
+    assert first.cause == "rank-left-early" and first.rank == 1
+    assert "8 batches against up to 9" in first.title
+    assert any("rank 0: drew 9 batches" in line and "(lost its peer)" in line for line in first.evidence)
+
+
+def test_a_rank_that_finished_its_epochs_is_not_early(tmp_path: Path) -> None:
+    """Uneven shards exhaust a rank's sampler: its epoch is finished, which the data ledger explains."""
+    events = {r: [started(1.0), epoch(9, True)] for r in (0, 2, 3)}
+    events[1] = [started(1.0), epoch(8, True)]
+    processes = [rank(1, 0), *(rank(r, 1, PEER_LOST) for r in (0, 2, 3))]
+    record = make_record(tmp_path, "local", status="failed", rank_events=events, processes=processes, job=JOB)
+    assert "rank-left-early" not in judge([record]).causes
+
+
+def test_a_state_dict_that_carries_the_wrappers_prefix_is_named(tmp_path: Path) -> None:
+    refused = (
+        "RuntimeError: Error(s) in loading state_dict for Regressor:\n"
+        '\tMissing key(s) in state_dict: "body.0.weight", "body.0.bias", "head.weight". \n'
+        '\tUnexpected key(s) in state_dict: "module.body.0.weight", "module.body.0.bias", "module.head.weight". '
+    )
+    processes = [rank(0, 1, refused), rank(1, 0)]
+    record = make_record(tmp_path, "local", status="failed", processes=processes, job=JOB)
+    first = judge([record]).findings[0]
+    assert first.cause == "checkpoint-key-prefix" and first.rank == 0
+    assert "the loaded keys carry 'module.'" in first.title
+    assert first.hint == "save model.module.state_dict() instead of the DDP wrapper's state_dict()"
+    other = refused.replace("module.body.0.weight", "encoder.weight")
+    unrelated = make_record(tmp_path, "local", status="failed", processes=[rank(0, 1, other.replace("module.", "x"))])
+    assert "checkpoint-key-prefix" not in judge([unrelated]).causes
+
+
+def test_weights_that_turn_non_finite_on_one_rung_depart_whatever_the_topology() -> None:
+    finite = {"w": torch.ones(4), "b": torch.zeros(2)}
+    broken = {"w": torch.tensor([1.0, float("nan"), float("inf"), 1.0]), "b": torch.zeros(2) + 0.5}
+    diff = tensors.compare_state(finite, broken)
+    assert {t.name: t.nonfinite for t in diff.tensors} == {"w": (0, 2), "b": (0, 0)}
+    found = artifacts._findings("model.tar.gz:model.pt", diff, "single", "local", "the world size changes")
+    causes = [f.cause for f in found if f.severity != "note"]
+    assert causes == ["weights-non-finite"]
+    assert found[0].title == "model.tar.gz:model.pt: 1 tensors hold NaN or infinite values on local, finite on single"
+    reverse = tensors.compare_state(broken, finite)
+    assert {t.name: t.nonfinite for t in reverse.tensors}["w"] == (2, 0)
+
+
+def test_parity_says_what_it_did_not_compare(tmp_path: Path) -> None:
+    """A parity verdict keeps the notes on what a topology change left uncompared."""
+    single = make_record(tmp_path, "single", losses=[1.0, 0.5])
+    local = make_record(tmp_path, "local", losses=[1.0, 0.5], job=JOB)
+    verdict = judge([single, local])
+    assert verdict.outcome == "parity"
+    assert verdict.findings and {f.severity for f in verdict.findings} == {"note"}
+    assert "topology-changes-numbers" in {f.cause for f in verdict.findings}
