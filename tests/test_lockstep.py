@@ -116,3 +116,13 @@ def test_parity_says_what_it_did_not_compare(tmp_path: Path) -> None:
     assert verdict.outcome == "parity"
     assert verdict.findings and {f.severity for f in verdict.findings} == {"note"}
     assert "topology-changes-numbers" in {f.cause for f in verdict.findings}
+
+
+def test_a_replay_left_out_for_batch_statistics_names_the_batchnorm_layers(tmp_path: Path) -> None:
+    from harness.judge import replay
+
+    entries = [["0.weight", [4, 4], "float32", "cpu", True], ["1.running_mean", [4], "float32", "cpu", "buffer"]]
+    with_bn = make_record(tmp_path, "local", rank_events={0: [{"t": 1.0, "kind": "model", "entries": entries}]})
+    assert "normalises over the batch (1)" in replay._batch_statistics(with_bn)
+    plain = make_record(tmp_path, "local", rank_events={0: [{"t": 1.0, "kind": "model", "entries": entries[:1]}]})
+    assert replay._batch_statistics(plain) == ""

@@ -58,6 +58,28 @@ def _names(record: RunRecord) -> list[str]:
     return []
 
 
+def _batch_statistics(record: RunRecord) -> str:
+    """Where the model keeps running batch statistics (BatchNorm's buffers), what they say about
+    a loss that is not the ranks' mean: each rank normalises over its own batch, unless
+    SyncBatchNorm makes the statistics global (then the loss would have been the mean)."""
+    for event in record.rank_events().get(0, []):
+        if event.get("kind") == "model":
+            layers = sorted(
+                {
+                    str(entry[0]).rsplit(".", 1)[0]
+                    for entry in event.get("entries", [])
+                    if str(entry[0]).endswith("running_mean")
+                }
+            )
+            if layers:
+                return (
+                    f"; the model normalises over the batch ({', '.join(layers[:4])}): without SyncBatchNorm each "
+                    "rank's statistics are its own batch's, not the global batch's"
+                )
+            return ""
+    return ""
+
+
 def _left_out(replay: list[dict[str, Any]], step: int, mine: dict[str, Any]) -> str | None:
     """Why ``step`` of the replay (``mine``: its ``replay_step``) is not comparable, or None."""
     notes = [e for e in replay if e.get("kind") == "replay"]
@@ -153,7 +175,7 @@ def check_run(record: RunRecord, context: CheckContext) -> list[Finding]:
         shares = [steps.get(step, {}) for steps in ranks.values()]
         left_out = _loss_not_a_mean(ours[step], shares, sums=told_global_batch)
         if left_out is not None:
-            left_out = f"step {step} and after: {left_out}"
+            left_out = f"step {step} and after: {left_out}{_batch_statistics(record)}"
             break
         a, b = ours[step].get("param_norms"), theirs[step].get("param_norms")
         if not a or not b or len(a) != len(b):
