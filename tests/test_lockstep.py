@@ -126,3 +126,34 @@ def test_a_replay_left_out_for_batch_statistics_names_the_batchnorm_layers(tmp_p
     assert "normalises over the batch (1)" in replay._batch_statistics(with_bn)
     plain = make_record(tmp_path, "local", rank_events={0: [{"t": 1.0, "kind": "model", "entries": entries[:1]}]})
     assert replay._batch_statistics(plain) == ""
+
+
+def steps(lrs: list[float]) -> dict[str, Any]:
+    return {"t": 3.0, "kind": "steps", "step": list(range(len(lrs))), "lr": lrs, "loss": [1.0] * len(lrs)}
+
+
+def test_ranks_that_apply_different_learning_rates_are_named_before_their_drift(tmp_path: Path) -> None:
+    events = {r: [steps([0.3, 0.3, 0.15])] for r in (0, 2, 3)}
+    events[1] = [steps([0.3, 0.3, 0.3])]
+    drift = {"kind": "params", "sum": 1.0, "abs_sum": 1.0}
+    for r in events:
+        events[r].append({**drift, "t": 4.0, "step": 2, "digest": "b" if r == 1 else "a"})
+    verdict = judge([make_record(tmp_path, "local", rank_events=events, job=JOB)])
+    first = verdict.findings[0]
+    assert first.cause == "learning-rate-differs-across-ranks" and first.step == 2 and first.rank == 1
+    assert "rank 1 0.3 against 0.15" in first.title
+    assert "parameter-drift" not in verdict.causes  # folded under it
+    same = {r: [steps([0.3, 0.3, 0.15])] for r in range(4)}
+    assert judge([make_record(tmp_path, "local", rank_events=same, job=JOB)]).causes == []
+
+
+def test_ranks_of_a_sharding_wrapper_hold_different_parameters_by_design(tmp_path: Path) -> None:
+    """FSDP's flat shards: digests and each rank's gradient norm differ across ranks; no drift."""
+    wrapped = {"t": 0.5, "kind": "model", "wrapper": "FullyShardedDataParallel", "entries": []}
+    events = {
+        r: [wrapped, {"t": 4.0, "kind": "params", "step": 0, "sum": r, "abs_sum": r, "digest": str(r)}]
+        for r in range(4)
+    }
+    assert "parameter-drift" not in judge([make_record(tmp_path, "local", rank_events=events, job=JOB)]).causes
+    replicated = {r: evs[1:] for r, evs in events.items()}
+    assert "parameter-drift" in judge([make_record(tmp_path, "local", rank_events=replicated, job=JOB)]).causes

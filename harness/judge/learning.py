@@ -25,6 +25,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from harness.judge.findings import Finding
+from harness.judge.model import shards_parameters
 from harness.judge.protocol import CheckContext
 from harness.record.run_record import RunRecord
 
@@ -70,6 +71,7 @@ def _global_steps(record: RunRecord) -> tuple[list[_Step], int]:
     if not per_rank:
         return [], 0
     count = min(len(s) for s in per_rank.values())
+    own_part = shards_parameters(record.rank_events())  # each rank's norm is of its own shard
     merged = []
     for index in range(count):
         events = [steps[index] for steps in per_rank.values()]
@@ -81,7 +83,8 @@ def _global_steps(record: RunRecord) -> tuple[list[_Step], int]:
             weight = sum(n for _, n in values)
             loss = sum(v * n for v, n in values) / weight if weight else statistics.fmean(v for v, _ in values)
         first = per_rank[min(per_rank)][index]
-        merged.append(_Step(loss, samples, _number(first.get("grad_norm")), _number(first.get("lr"))))
+        norm = None if own_part else _number(first.get("grad_norm"))
+        merged.append(_Step(loss, samples, norm, _number(first.get("lr"))))
     return merged, len(per_rank)
 
 

@@ -11,6 +11,7 @@ a late rank is busy in its own code and never does.
 from __future__ import annotations
 
 import re
+from collections import Counter
 from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
@@ -32,13 +33,56 @@ _EXPLAINED = (*ECHOES, "collective-timeout", "collective-mismatch", "peer-connec
 
 
 def check_run(record: RunRecord, context: CheckContext) -> list[Finding]:
+    events = record.rank_events()
+    found = _learning_rates(events)
     if record.status == "succeeded":
-        return []
+        return found
     ranks = {int(p["rank"]): p for p in record.processes() if p.get("rank") is not None and _launched_rank(p)}
     if len(ranks) < 2:
+        return found
+    return [*_late_ranks(ranks, events), *_left_early(record, ranks, events), *found]
+
+
+def _learning_rates(events: dict[int, list[dict[str, Any]]]) -> list[Finding]:
+    """The learning rate every rank's optimizer applied at each step (the loss ledger's, of the
+    first parameter group): ranks that apply one averaged gradient at different rates drift apart."""
+    rates: dict[int, dict[int, float]] = {}
+    for rank, evs in events.items():
+        for event in evs:
+            if (
+                event.get("kind") == "steps"
+                and isinstance(event.get("step"), list)
+                and isinstance(event.get("lr"), list)
+            ):
+                for step, lr in zip(event["step"], event["lr"], strict=False):
+                    if isinstance(lr, int | float):
+                        rates.setdefault(rank, {})[int(step)] = float(lr)
+    if len(rates) < 2:
         return []
-    events = record.rank_events()
-    return [*_late_ranks(ranks, events), *_left_early(record, ranks, events)]
+    for step in sorted(set.intersection(*(set(r) for r in rates.values()))):
+        at = {rank: r[step] for rank, r in sorted(rates.items())}
+        if max(at.values()) - min(at.values()) <= 1e-9 * max(abs(v) for v in at.values()):
+            continue
+        usual = Counter(at.values()).most_common(1)[0][0]
+        odd = [rank for rank, lr in at.items() if lr != usual]
+        return [
+            Finding(
+                kind="ranks",
+                severity="divergence",
+                title=f"the ranks applied different learning rates from optimizer step {step}: "
+                f"{', '.join(f'rank {r} {at[r]:.6g}' for r in odd[:4])} against {usual:.6g} on the others",
+                evidence=[f"rank {rank}: lr {lr:.6g} at step {step}" for rank, lr in at.items()][:16],
+                hint="a schedule driven by a value of one rank's own (ReduceLROnPlateau given its shard's validation "
+                "loss, a scheduler stepped on some ranks only): reduce the metric across ranks before "
+                "scheduler.step(metric), and step it on every rank",
+                step=step,
+                cause="learning-rate-differs-across-ranks",
+                rank=odd[0],
+                confidence=0.9,
+                explains=("parameter-drift", "replay-differs", "learning-differs", "weights-differ"),
+            )
+        ]
+    return []
 
 
 def _launched_rank(process: dict[str, Any]) -> bool:

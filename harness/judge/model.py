@@ -30,6 +30,22 @@ _CONSEQUENCES = (
 _FIELDS = ("shape", "dtype", "device", "requires_grad")
 
 
+#: Wrappers whose ranks each hold another part of the parameters (FSDP's flat shards; FSDP2 and
+#: DTensor parameters say so themselves, in the ``params`` event's ``sharded``).
+SHARDING_WRAPPERS = frozenset({"FullyShardedDataParallel"})
+
+
+def shards_parameters(events: dict[int, list[dict[str, Any]]]) -> bool:
+    """Whether the ranks hold different parts of the parameters: their digests, and the gradient
+    norms each rank takes over its own part, differ across ranks and from one process by design."""
+    return any(
+        (e.get("kind") == "model" and e.get("wrapper") in SHARDING_WRAPPERS)
+        or (e.get("kind") == "params" and e.get("sharded"))
+        for evs in events.values()
+        for e in evs
+    )
+
+
 def check_run(record: RunRecord, context: CheckContext) -> list[Finding]:
     wraps: dict[tuple[int, tuple[int, ...] | None], dict[int, dict[str, Any]]] = defaultdict(dict)
     for rank, events in record.rank_events().items():

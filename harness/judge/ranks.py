@@ -16,6 +16,7 @@ from typing import Any
 
 from harness.judge.failures import printed, root_error
 from harness.judge.findings import Finding, Severity
+from harness.judge.model import shards_parameters
 from harness.judge.protocol import CheckContext
 from harness.record.run_record import RunRecord
 
@@ -339,7 +340,10 @@ def _point_to_point(events: dict[int, list[dict[str, Any]]], status: str) -> lis
 
 def _parameter_drift(events: dict[int, list[dict[str, Any]]]) -> list[Finding]:
     """Replicas whose parameters differ at the same optimizer step. Sharded parameters (FSDP,
-    DTensor: the probe marks the step ``sharded``) differ across ranks by design: not compared."""
+    DTensor: :func:`harness.judge.model.shards_parameters`) differ across ranks by design: not
+    compared."""
+    if shards_parameters(events):
+        return []
     params = {
         rank: {e["step"]: e for e in evs if e["kind"] == "params" and not e.get("sharded")}
         for rank, evs in events.items()
