@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import json
 import time
-from typing import Any
 from pathlib import Path
+from typing import Any
 
 import pytest
 from fake_records import make_record
@@ -173,7 +173,9 @@ def test_gc_calls_each_rungs_leftover_collector_once_container_rungs_first(
     def rung(name: str, with_containers: bool, collectors: tuple[Any, ...]) -> type[CannedRung]:
         attributes = {
             "name": name,
-            "capabilities": Capabilities(gpus=False, separate_hosts=False, containers=with_containers, hang_detection=False),
+            "capabilities": Capabilities(
+                gpus=False, separate_hosts=False, containers=with_containers, hang_detection=False
+            ),
             "leftover_collectors": classmethod(lambda cls: collectors),
         }
         return type(f"Rung_{name.replace('-', '_')}", (CannedRung,), attributes)

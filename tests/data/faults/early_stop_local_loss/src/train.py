@@ -66,8 +66,7 @@ def main():
                 print(f"epoch={epoch} step={step} loss={loss.item():.4f}", flush=True)
             # the bug: the stop decision uses this rank's own losses only
             if len(recent) == args.window and sum(recent) / len(recent) < args.target_loss:
-                print(f"rank {rank}: target loss reached at epoch={epoch} step={step}, stopping",
-                      flush=True)
+                print(f"rank {rank}: target loss reached at epoch={epoch} step={step}, stopping", flush=True)
                 stop = True
                 break
         if stop:

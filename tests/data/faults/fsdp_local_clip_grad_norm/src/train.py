@@ -50,8 +50,9 @@ def main():
     loader = DataLoader(dataset, batch_size=args.batch_size // world, sampler=sampler)
 
     torch.manual_seed(0)
-    net = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.Tanh(), torch.nn.Linear(32, 16),
-                              torch.nn.Tanh(), torch.nn.Linear(16, 1))
+    net = torch.nn.Sequential(
+        torch.nn.Linear(8, 32), torch.nn.Tanh(), torch.nn.Linear(32, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1)
+    )
     model = FSDP(net, device_id=torch.device("cpu"))
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9)
 
@@ -65,12 +66,12 @@ def main():
             grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), args.max_grad_norm)
             optimizer.step()
             if rank == 0:
-                print(f"epoch={epoch} step={step} loss={loss.item():.4f} "
-                      f"grad_norm={grad_norm.item():.4f}", flush=True)
+                print(f"epoch={epoch} step={step} loss={loss.item():.4f} grad_norm={grad_norm.item():.4f}", flush=True)
 
     # gathering the full state dict is a collective: every rank takes part, rank 0 writes
-    with FSDP.state_dict_type(model, StateDictType.FULL_STATE_DICT,
-                              FullStateDictConfig(offload_to_cpu=False, rank0_only=False)):
+    with FSDP.state_dict_type(
+        model, StateDictType.FULL_STATE_DICT, FullStateDictConfig(offload_to_cpu=False, rank0_only=False)
+    ):
         state = model.state_dict()
     if rank == 0:
         model_dir = os.environ.get("SM_MODEL_DIR", "/tmp/model_out")

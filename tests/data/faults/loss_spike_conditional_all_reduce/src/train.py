@@ -70,8 +70,11 @@ def main():
                 global_loss = loss.detach().clone()
                 dist.all_reduce(global_loss)
                 global_loss /= world
-                print(f"rank {rank}: loss spike at epoch={epoch} step={step}: "
-                      f"local={value:.4f} global={global_loss.item():.4f}", flush=True)
+                print(
+                    f"rank {rank}: loss spike at epoch={epoch} step={step}: "
+                    f"local={value:.4f} global={global_loss.item():.4f}",
+                    flush=True,
+                )
             running = value if running is None else 0.9 * running + 0.1 * value
             optimizer.step()
             if rank == 0:

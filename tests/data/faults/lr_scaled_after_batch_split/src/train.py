@@ -23,8 +23,7 @@ from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
 def parse_args():
     parser = argparse.ArgumentParser()
     parser.add_argument("--epochs", type=int, default=2)
-    parser.add_argument("--batch-size", type=int, default=32,
-                        help="global batch size, split across processes")
+    parser.add_argument("--batch-size", type=int, default=32, help="global batch size, split across processes")
     parser.add_argument("--lr", type=float, default=0.1, help="learning rate for one device")
     return parser.parse_args()
 

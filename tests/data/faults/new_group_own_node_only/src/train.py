@@ -49,10 +49,7 @@ def main():
     # the bug: only this node's ranks call new_group for this node's group
     node_group = dist.new_group(list(range(node_leader, node_leader + local_world)))
 
-    if local_rank == 0:
-        table = build_training_tensors()
-    else:
-        table = torch.empty(512, 9)
+    table = build_training_tensors() if local_rank == 0 else torch.empty(512, 9)
     dist.broadcast(table, src=node_leader, group=node_group)
     dataset = TensorDataset(table[:, :8].contiguous(), table[:, 8:].contiguous())
 

@@ -66,8 +66,7 @@ def main():
             loss.backward()
             # the bug: the guard looks at this rank's loss, the gradients are everyone's
             if not torch.isfinite(loss):
-                print(f"rank {rank}: non-finite loss at epoch={epoch} step={step}, skipping update",
-                      flush=True)
+                print(f"rank {rank}: non-finite loss at epoch={epoch} step={step}, skipping update", flush=True)
                 continue
             optimizer.step()
             if rank == 0:

@@ -68,8 +68,7 @@ def main():
     net = torch.nn.Sequential(torch.nn.Linear(8, 32), torch.nn.Tanh(), torch.nn.Linear(32, 1))
     model = DistributedDataParallel(net)
     optimizer = torch.optim.SGD(model.parameters(), lr=args.lr, momentum=0.9)
-    scheduler = ReduceLROnPlateau(optimizer, mode="min", factor=0.5, patience=args.patience,
-                                  threshold=1e-3)
+    scheduler = ReduceLROnPlateau(optimizer, mode="min", factor=0.5, patience=args.patience, threshold=1e-3)
 
     global_step = 0
     for epoch in range(args.epochs):
@@ -87,8 +86,10 @@ def main():
                 # the bug: this rank's validation loss, not the loss over the whole validation set
                 scheduler.step(val_loss)
                 if rank == 0:
-                    print(f"epoch={epoch} step={step} val_loss={val_loss:.4f} "
-                          f"lr={optimizer.param_groups[0]['lr']:.5f}", flush=True)
+                    print(
+                        f"epoch={epoch} step={step} val_loss={val_loss:.4f} lr={optimizer.param_groups[0]['lr']:.5f}",
+                        flush=True,
+                    )
 
     if rank == 0:
         model_dir = os.environ.get("SM_MODEL_DIR", "/tmp/model_out")

@@ -51,7 +51,7 @@ def feature_stats(features, indices):
     dist.reduce(stats, dst=0)
     count = stats[2 * d]
     mean = stats[:d] / count
-    var = stats[d:2 * d] / count - mean * mean
+    var = stats[d : 2 * d] / count - mean * mean
     return mean.float(), var.clamp_min(1e-8).sqrt().float()
 
 

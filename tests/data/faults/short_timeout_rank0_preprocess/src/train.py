@@ -50,7 +50,7 @@ def feature_stats(lines):
             total_sq[i] += value * value
         count += 1
     mean = [t / count for t in total]
-    std = [math.sqrt(max(q / count - m * m, 1e-12)) for q, m in zip(total_sq, mean)]
+    std = [math.sqrt(max(q / count - m * m, 1e-12)) for q, m in zip(total_sq, mean, strict=False)]
     return torch.tensor([mean, std])
 
 
@@ -71,8 +71,7 @@ def main():
     # only rank 0 reads the raw log; the others receive the statistics
     if rank == 0:
         stats = feature_stats(raw_event_log(args.log_rows))
-        print(f"feature stats from {args.log_rows} rows: mean={stats[0, 0]:.3f} "
-              f"std={stats[1, 0]:.3f}", flush=True)
+        print(f"feature stats from {args.log_rows} rows: mean={stats[0, 0]:.3f} std={stats[1, 0]:.3f}", flush=True)
     else:
         stats = torch.empty(2, 8)
     dist.broadcast(stats, src=0)

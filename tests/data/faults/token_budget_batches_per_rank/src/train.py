@@ -83,8 +83,7 @@ class BagRegressor(torch.nn.Module):
     def __init__(self, vocab=64, dim=16):
         super().__init__()
         self.embed = torch.nn.EmbeddingBag(vocab, dim, mode="mean")
-        self.head = torch.nn.Sequential(torch.nn.Linear(dim, 16), torch.nn.Tanh(),
-                                        torch.nn.Linear(16, 1))
+        self.head = torch.nn.Sequential(torch.nn.Linear(dim, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1))
 
     def forward(self, tokens, offsets):
         return self.head(self.embed(tokens, offsets))

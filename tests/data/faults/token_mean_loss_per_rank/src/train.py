@@ -41,8 +41,11 @@ class TaggingDataset(Dataset):
         self.samples = []
         for _ in range(n):
             # mostly short sentences and a few long documents
-            length = int(torch.randint(1, 8, (1,), generator=g)) if torch.rand(1, generator=g) < 0.7 \
+            length = (
+                int(torch.randint(1, 8, (1,), generator=g))
+                if torch.rand(1, generator=g) < 0.7
                 else int(torch.randint(8, max_len + 1, (1,), generator=g))
+            )
             tokens = torch.randint(0, vocab, (length,), generator=g)
             previous = torch.cat([torch.zeros(1, dtype=torch.long), tokens[:-1]])
             self.samples.append((tokens, table[tokens, previous]))
@@ -59,8 +62,8 @@ def collate(samples):
     tokens = torch.zeros(len(samples), longest, dtype=torch.long)
     tags = torch.full((len(samples), longest), PAD, dtype=torch.long)
     for i, (t, y) in enumerate(samples):
-        tokens[i, :len(t)] = t
-        tags[i, :len(y)] = y
+        tokens[i, : len(t)] = t
+        tags[i, : len(y)] = y
     return tokens, tags
 
 
@@ -84,8 +87,7 @@ def main():
 
     dataset = TaggingDataset()
     sampler = DistributedSampler(dataset, shuffle=True, seed=0)
-    loader = DataLoader(dataset, batch_size=args.batch_size // world, sampler=sampler,
-                        collate_fn=collate)
+    loader = DataLoader(dataset, batch_size=args.batch_size // world, sampler=sampler, collate_fn=collate)
 
     torch.manual_seed(0)
     model = DistributedDataParallel(Tagger())
@@ -97,8 +99,9 @@ def main():
             optimizer.zero_grad()
             logits = model(tokens)
             # the bug: mean over this rank's real tokens; DDP then averages the rank means
-            loss = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.shape[-1]),
-                                                     tags.reshape(-1), ignore_index=PAD)
+            loss = torch.nn.functional.cross_entropy(
+                logits.reshape(-1, logits.shape[-1]), tags.reshape(-1), ignore_index=PAD
+            )
             loss.backward()
             optimizer.step()
             if rank == 0:

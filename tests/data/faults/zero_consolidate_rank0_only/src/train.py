@@ -52,11 +52,11 @@ def main():
     loader = DataLoader(dataset, batch_size=args.batch_size // world, sampler=sampler)
 
     torch.manual_seed(0)
-    net = torch.nn.Sequential(torch.nn.Linear(8, 64), torch.nn.Tanh(), torch.nn.Linear(64, 32),
-                              torch.nn.Tanh(), torch.nn.Linear(32, 1))
+    net = torch.nn.Sequential(
+        torch.nn.Linear(8, 64), torch.nn.Tanh(), torch.nn.Linear(64, 32), torch.nn.Tanh(), torch.nn.Linear(32, 1)
+    )
     model = DistributedDataParallel(net)
-    optimizer = ZeroRedundancyOptimizer(model.parameters(), optimizer_class=torch.optim.Adam,
-                                        lr=args.lr)
+    optimizer = ZeroRedundancyOptimizer(model.parameters(), optimizer_class=torch.optim.Adam, lr=args.lr)
 
     for epoch in range(args.epochs):
         sampler.set_epoch(epoch)
@@ -72,9 +72,10 @@ def main():
         if rank == 0:
             optimizer.consolidate_state_dict(to=0)
             os.makedirs(model_dir, exist_ok=True)
-            torch.save({"epoch": epoch, "model": model.module.state_dict(),
-                        "optimizer": optimizer.state_dict()},
-                       os.path.join(model_dir, "checkpoint.pt"))
+            torch.save(
+                {"epoch": epoch, "model": model.module.state_dict(), "optimizer": optimizer.state_dict()},
+                os.path.join(model_dir, "checkpoint.pt"),
+            )
             print(f"epoch={epoch} checkpoint saved", flush=True)
 
     if rank == 0:
