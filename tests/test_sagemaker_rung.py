@@ -109,13 +109,14 @@ class _Finished:
     def _created(self, params: dict[str, Any], **_: Any) -> None:
         self.submitted = params
         name = params["TrainingJobName"]
-        start = dt.datetime(2026, 11, 23, 9, 0, tzinfo=dt.UTC)
+        # an hour ago: CloudWatch Logs (and LocalStack) refuse events older than 14 days
+        start = dt.datetime.now(dt.UTC).replace(microsecond=0) - dt.timedelta(hours=1)
         logs = self.boto.client("logs")
         logs.create_log_group(logGroupName="/aws/sagemaker/TrainingJobs") if not logs.describe_log_groups(
             logGroupNamePrefix="/aws/sagemaker/TrainingJobs"
         )["logGroups"] else None
         for host in ("algo-1", "algo-2"):
-            stream = f"{name}/{host}-1763888400"
+            stream = f"{name}/{host}-{int(start.timestamp())}"
             logs.create_log_stream(logGroupName="/aws/sagemaker/TrainingJobs", logStreamName=stream)
             lines = (self.replayed.root / "hosts" / host / "log.txt").read_text().splitlines()
             events = [
