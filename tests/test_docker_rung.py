@@ -24,6 +24,7 @@ from terminal import terminal_signals
 
 from harness.backends import get_backend
 from harness.backends.containers import gc, host_gpu_count, run_labels
+from harness.backends.docker import container_name, network_name
 from harness.record.run_record import RunRecord
 from harness.spec.job import JobSpec, load_job
 
@@ -77,7 +78,7 @@ def test_reference_job_on_two_containers_matches_local_exactly(
                 seen["containers"] = {
                     c.attrs["Config"]["Hostname"]: c.attrs["NetworkSettings"]["Networks"] for c in containers
                 }
-                seen["network"] = engine.networks.get(f"harness-{run_id}").attrs
+                seen["network"] = engine.networks.get(network_name(run_id)).attrs
             except Exception as exc:  # a failing callback must not end the log stream it runs in
                 seen["error"] = exc
 
@@ -267,6 +268,46 @@ def test_gpus_are_split_between_hosts_and_nccl_is_verbose(engine: DockerClient) 
     assert env["NCCL_DEBUG"] == "INFO" and env["NCCL_ALGO"] == "Ring"
     assert env["SM_NUM_GPUS"] == str(len(gpus["algo-1"]))
     assert json.loads(env["SM_HOSTS"]) == ["algo-1", "algo-2"]
+
+
+_REVERSE_LOOKUP = """\
+import socket
+
+address = socket.gethostbyname(socket.gethostname())
+# c10d's store asks this of every client's address (IPv4-mapped, on its dual-stack socket).
+print("peer name:", socket.getnameinfo((f"::ffff:{address}", 0, 0, 0), 0)[0])
+"""
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+def test_a_peer_address_has_a_name_however_long_the_job_name(
+    engine: DockerClient, torch_image: str, tmp_path: Path
+) -> None:
+    # With a network name over 63 characters Docker's DNS answers no reverse lookup: getnameinfo
+    # failed after 10 s (EAI_AGAIN), once per c10d store connection.
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "train.py").write_text(_REVERSE_LOOKUP)
+    job = JobSpec(
+        name="a-job-name-as-long-as-sagemaker-allows-which-is-63-characters-x",
+        source_dir=source,
+        entry_point="train.py",
+    )
+    record = get_backend("docker", gpus=False, image=torch_image).run(job, tmp_path / "records")
+    log = record.host_log("algo-1").read_text()
+    assert record.status == "succeeded", log[-3000:]
+    assert f"peer name: {container_name(record.manifest['run_id'], 'algo-1')}." in log, log[-3000:]
+
+
+@pytest.mark.unit
+def test_network_and_container_names_are_one_dns_label_each_and_name_their_run() -> None:
+    assert network_name("short-run") == "harness-short-run"
+    assert container_name("short-run", "algo-2") == "short-run-algo-2"
+    long = "x" * 80
+    assert len(network_name(long)) == len(container_name(long, "algo-1")) == 63
+    assert network_name(long).startswith("harness-xxx") and container_name(long, "algo-1").startswith("xxx")
+    assert container_name(long, "algo-1") != container_name(long, "algo-2")
 
 
 @pytest.mark.unit

@@ -14,6 +14,7 @@ pid and host name, and is removed by label in a ``finally`` (success, failure, t
 from __future__ import annotations
 
 import functools
+import hashlib
 import os
 import resource
 import shutil
@@ -279,7 +280,7 @@ class DockerSession(HostSession[DockerPlan]):
             emulated = toolkit.EMULATED + (f": {unbuildable}" if unbuildable else "")
             record.set_fact("toolkit", self._toolkit or emulated)
         self._network = self.client.networks.create(
-            f"harness-{self.labels[RUN_ID]}", driver="bridge", labels=self.labels
+            network_name(self.labels[RUN_ID]), driver="bridge", labels=self.labels
         )
 
     def install_requirements(self) -> bool:
@@ -353,7 +354,7 @@ class DockerSession(HostSession[DockerPlan]):
         devices = (
             [DeviceRequest(driver="nvidia", device_ids=plan.gpus[host], capabilities=[["gpu"]])] if plan.gpus else None
         )
-        first = f"{labels[RUN_ID]}-{job.hosts[0]}"
+        first = container_name(labels[RUN_ID], job.hosts[0])
         networking: dict[str, Any] = {
             "hostname": host,
             "network": network.name,
@@ -367,7 +368,7 @@ class DockerSession(HostSession[DockerPlan]):
             )
         return client.containers.create(
             self.image,
-            name=f"{labels[RUN_ID]}-{host}",
+            name=container_name(labels[RUN_ID], host),
             environment=self._env(contract),
             labels={**labels, "harness.host": host},
             mounts=mounts,
@@ -426,6 +427,24 @@ def signal_rank(containers: dict[str, Container], pid: int, host: str | None) ->
     container = containers.get(host or "")
     if container is not None:
         quietly(lambda: container.exec_run(["/bin/sh", "-c", f"kill -USR1 {int(pid)}"], detach=True))
+
+
+def dns_label(name: str) -> str:
+    """``name`` cut to one DNS label (63 characters), a digest of the whole keeping it unique.
+    Docker's DNS answers a reverse lookup of a container's address with ``<container>.<network>``;
+    with either name longer it answers nothing, and every ``getnameinfo`` on a peer's address
+    (c10d's store does one per client connection) waits out the resolver: 10 s each."""
+    if len(name) <= 63:
+        return name
+    return f"{name[:50]}-{hashlib.sha256(name.encode()).hexdigest()[:12]}"
+
+
+def network_name(run_id: str) -> str:
+    return dns_label(f"harness-{run_id}")
+
+
+def container_name(run_id: str, host: str) -> str:
+    return dns_label(f"{run_id}-{host}")
 
 
 def _container_env(job: JobSpec, contract: HostContract) -> dict[str, str]:
