@@ -13,7 +13,8 @@ from harness.ladder.scenario import all_scenarios, load_scenario, run_scenario
 
 FAULTS = Path(__file__).resolve().parent / "data" / "faults"
 #: One fault per mechanism: the data ledger (batches, shards, order), the model ledger, the loss
-#: ledger, hosts that share a file, the launcher's rank, ranks hung apart, a library's refusal.
+#: ledger, hosts that share a file, the launcher's rank, ranks hung apart, a library's refusal,
+#: samples one process loads otherwise.
 CLIMBED = (
     "uneven_manual_shards",
     "local_rank_sharding",
@@ -24,6 +25,7 @@ CLIMBED = (
     "rank_from_host_index",
     "eval_rank0_through_ddp",
     "sampler_replicas_per_node",
+    "reduce_stats_not_all_reduce",
 )
 
 

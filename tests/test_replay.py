@@ -86,6 +86,72 @@ dist.destroy_process_group()
 """
 
 
+#: Correct DDP jobs whose ranks' samples one process cannot load alike: ``augment`` adds noise
+#: from Python's ``random`` in the data set; ``pad`` pads each batch to its longest sequence (one
+#: process pads the global batch, each rank its own share).
+LOADED_OTHERWISE_JOBS = {
+    "augment": """
+import random
+import torch, torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader, Dataset, DistributedSampler
+
+
+class Noisy(Dataset):
+    def __init__(self):
+        g = torch.Generator().manual_seed(0)
+        self.x = torch.randn(128, 8, generator=g)
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        x = self.x[i] + random.gauss(0.0, 0.01)
+        return x, self.x[i].sum(0, keepdim=True)
+
+
+dist.init_process_group("gloo")
+random.seed(0)
+dataset = Noisy()
+loader = DataLoader(dataset, batch_size=8, sampler=DistributedSampler(dataset, shuffle=True, seed=0))
+torch.manual_seed(0)
+model = DistributedDataParallel(torch.nn.Sequential(torch.nn.Linear(8, 16), torch.nn.Tanh(), torch.nn.Linear(16, 1)))
+optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+for features, target in loader:
+    optimizer.zero_grad()
+    torch.nn.functional.mse_loss(model(features), target).backward()
+    optimizer.step()
+dist.destroy_process_group()
+""",
+    "pad": """
+import torch, torch.distributed as dist
+from torch.nn.parallel import DistributedDataParallel
+from torch.nn.utils.rnn import pad_sequence
+from torch.utils.data import DataLoader, DistributedSampler
+
+g = torch.Generator().manual_seed(0)
+sequences = [torch.randn(int(n), 4, generator=g) for n in torch.randint(2, 12, (128,), generator=g)]
+dataset = [(s, s.sum().reshape(1)) for s in sequences]
+
+
+def collate(items):
+    return pad_sequence([x for x, _ in items], batch_first=True), torch.stack([y for _, y in items])
+
+
+dist.init_process_group("gloo")
+loader = DataLoader(dataset, batch_size=8, collate_fn=collate, sampler=DistributedSampler(dataset, seed=0))
+torch.manual_seed(0)
+model = DistributedDataParallel(torch.nn.Linear(4, 1))
+optimizer = torch.optim.SGD(model.parameters(), lr=0.01)
+for padded, target in loader:
+    optimizer.zero_grad()
+    torch.nn.functional.mse_loss(model(padded).sum(1), target).backward()
+    optimizer.step()
+dist.destroy_process_group()
+""",
+}
+
+
 def _ladder(job_yaml: Path, records: Path) -> Any:
     return climb(load_job(job_yaml), records, rungs=["single", "local"])
 
@@ -193,3 +259,21 @@ def test_a_replay_whose_processes_recorded_as_one_is_left_out() -> None:
     assert replay._left_out(alone, 0, {"loaders": [1]}) is None
     assert "another loader" in (replay._left_out(alone, 0, {"loaders": [0]}) or "")
     assert "drew no replayed batch" in (replay._left_out(alone, 1, {"loaders": [1]}) or "")
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(LOADED_OTHERWISE_JOBS))
+def test_samples_one_process_loads_otherwise_by_chance_or_padding_are_left_out(name: str, tmp_path: Path) -> None:
+    # Randomness while loading, or shapes that depend on the batch, are no evidence that the ranks'
+    # data set differs from one process's: never a divergence.
+    (tmp_path / "src").mkdir()
+    (tmp_path / "src" / "train.py").write_text(LOADED_OTHERWISE_JOBS[name])
+    (tmp_path / "job.yaml").write_text(
+        f"name: {name}\nsource_dir: src\nentry_point: train.py\ndistribution: torchrun\n"
+        "instance_count: 2\nprocesses_per_host: 2\n"
+    )
+    result = _ladder(tmp_path / "job.yaml", tmp_path / "records")
+    assert result.verdict.outcome == "parity", [f.title for f in result.verdict.findings]
+    [note] = replay.check_run(result.records[-1], CheckContext())
+    assert note.title == "replay: nothing compared"
+    assert "step 0 and after: the samples differ when drawn again" in note.evidence[-1]

@@ -112,6 +112,105 @@ def _left_out(replay: list[dict[str, Any]], step: int, mine: dict[str, Any]) -> 
     return None
 
 
+def _loaded_otherwise(replay: list[dict[str, Any]], step: int) -> dict[str, Any] | None:
+    """The first draw up to ``step`` whose ranks' shares one process loaded with other values:
+    the same shapes, and no random number drawn while loading (so no augmentation, no padding);
+    None where every share was equal, or where a difference may be randomness."""
+    if sum(1 for e in replay if e.get("kind") == "dist_init") > 1:
+        return None
+    for event in sorted((e for e in replay if e.get("kind") == "replay" and "draw" in e), key=lambda e: e["draw"]):
+        if int(event["draw"]) > step:
+            return None
+        if event.get("data") != "equal":
+            return event if event.get("same_shapes_no_random") else None
+    return None
+
+
+def _sharded_channels(record: RunRecord) -> str:
+    channels = (record.manifest.get("job") or {}).get("channels") or {}
+    return ", ".join(sorted(name for name, c in channels.items() if (c or {}).get("distribution") == "ShardedByS3Key"))
+
+
+def _rooted_result(record: RunRecord, only: int) -> dict[str, Any] | None:
+    """A collective whose result only ``only`` received (``reduce``, ``gather`` to it), issued by
+    every rank before its first batch: what leaves the other ranks a value of their own."""
+    found = None
+    for rank, events in record.iter_rank_events().items():
+        mine = None
+        for event in events:
+            if event.get("kind") == "batch":
+                break
+            if event.get("kind") == "collective" and event.get("root") == only:
+                mine = event
+                break
+        if mine is None:
+            return None
+        if rank == only:
+            found = mine
+    return found
+
+
+def _samples_differ(
+    record: RunRecord,
+    replay: RunRecord,
+    ranks: dict[int, dict[int, dict[str, Any]]],
+    step: int,
+    note: dict[str, Any],
+) -> Finding:
+    differ = sorted(int(r) for r in note.get("ranks") or [])
+    alike = [r for r in sorted(ranks) if r not in differ]
+    draw = int(note["draw"])
+    evidence = [
+        f"draw {draw} (step {step}): one process given the same dataset indices loads other samples than "
+        f"rank{'s' if len(differ) > 1 else ''} {', '.join(map(str, differ))} did"
+        + (f"; rank{'s' if len(alike) > 1 else ''} {', '.join(map(str, alike))} loaded the same" if alike else ""),
+        "the same shapes, and loading drew no random number (no augmentation, no padding): the data set holds "
+        "other values on those ranks",
+    ]
+    indices = (ranks.get(differ[0], {}).get(step, {}).get("indices") or [[]])[-1] or []
+    if indices:
+        evidence.append(f"rank {differ[0]}'s indices at step {step}: {indices[:8]}{' ...' if len(indices) > 8 else ''}")
+    evidence.append(f"replayed on single: {replay.root.relative_to(record.root).as_posix()}")
+    rooted = _rooted_result(record, alike[0]) if len(alike) == 1 else None
+    failed = record.status != "succeeded"
+    explains = ("replay-differs", "learning-differs", "weights-differ", "metric-divergence", "parameter-drift")
+    if rooted is not None:
+        where = rooted.get("user") or rooted.get("caller") or "?"
+        return Finding(
+            kind="ranks",
+            severity="failure" if failed else "divergence",
+            title=f"only rank {alike[0]} received the result of {rooted['op']} (collective #{rooted['seq']}, {where}), "
+            "and only its data matches one process: the other ranks used what the collective leaves them",
+            evidence=[
+                f"{rooted['op']}(dst={alike[0]}) at {where}: every rank called it before its first batch; off its "
+                "root the output is the rank's own or a half-reduced value",
+                *evidence,
+            ],
+            hint=f"every rank uses the result: call all_reduce (or all_gather) instead of {rooted['op']}, or "
+            f"broadcast the result from rank {alike[0]}",
+            step=step,
+            cause="reduced-value-used-off-root",
+            rank=differ[0],
+            confidence=0.93,
+            explains=(*explains, "samples-differ-from-one-process"),
+        )
+    return Finding(
+        kind="ranks",
+        severity="failure" if failed else "divergence",
+        title=f"rank {differ[0]} loads other samples than one process for the same dataset indices"
+        + (f" ({len(differ)} of {len(ranks)} ranks)" if len(differ) > 1 else ""),
+        evidence=evidence,
+        hint="what a rank loads must not depend on its rank: statistics, vocabularies or preprocessing computed "
+        "from the rank's own shard give every rank another data set; compute them over the whole data set "
+        "(all_reduce the sums) or once, then broadcast",
+        step=step,
+        cause="samples-differ-from-one-process",
+        rank=differ[0],
+        confidence=0.9,
+        explains=explains,
+    )
+
+
 def _batches(share: dict[str, Any]) -> int:
     """Batches a step consumed from the loader of its last one (the loader it trained from)."""
     loaders = share.get("loaders") or []
@@ -158,6 +257,13 @@ def check_run(record: RunRecord, context: CheckContext) -> list[Finding]:
     told_global_batch = bool((record.manifest.get("job") or {}).get("batch_size_hyperparameter"))
     compared, left_out = 0, None
     for step in sorted(theirs):
+        loaded = _loaded_otherwise(mine, step)
+        if loaded is not None:
+            sharded = _sharded_channels(record)
+            if sharded:
+                left_out = f"step {step} and after: each host loads its own data (channels {sharded} sharded by key)"
+                break
+            return [_samples_differ(record, replay, ranks, step, loaded)]
         if step not in ours:
             failed = f" (the job {replay.status} there)" if replay.status != "succeeded" else ""
             left_out = f"step {step} and after: the one process took no step {step} with a replayed batch{failed}"

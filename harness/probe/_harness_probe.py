@@ -112,6 +112,9 @@ _COLLECTIVES = (
 _SENDS = ("send", "isend", "send_object_list")
 _RECVS = ("recv", "irecv", "recv_object_list")
 _POINT_TO_POINT = _SENDS + _RECVS + ("batch_isend_irecv",)
+#: Collectives whose result only their root (``dst``) receives: on the other ranks the output is
+#: left as it was, or half-reduced.
+_ROOTED_RESULTS = ("reduce", "gather", "gather_object")
 #: Arguments that legitimately differ between ranks of one collective (only the root holds the
 #: list; objects are anything), so they are not part of what ranks must agree on.
 _ASYMMETRIC = frozenset(
@@ -727,6 +730,25 @@ def digest(obj, hasher):
         hasher.update(repr(obj).encode())
 
 
+def shapes(obj):
+    """The shapes of a batch's tensors in the order :func:`digest` reads them ("8x8|8x1"): what
+    tells a share padded to another length from one holding other values."""
+    found = []
+
+    def walk(item):
+        if _is_tensor(item):
+            found.append("x".join(str(n) for n in item.shape))
+        elif isinstance(item, (list, tuple)):
+            for part in item:
+                walk(part)
+        elif isinstance(item, dict):
+            for key in sorted(item, key=str):
+                walk(item[key])
+
+    walk(obj)
+    return "|".join(found)
+
+
 def batch_size(batch):
     """Samples in a batch: the first dimension of its first tensor (or array)."""
     while isinstance(batch, (list, tuple)) and batch:
@@ -905,6 +927,11 @@ def _record_collective(c10d, name, function, args, kwargs):
     ranks = _group(c10d, group)
     if ranks is not None:
         event["group"] = ranks
+    if name in _ROOTED_RESULTS:
+        root = bound.get("dst")
+        if root is None and bound.get("group_dst") is not None and ranks is not None:
+            root = ranks[int(bound["group_dst"])]
+        event["root"] = None if root is None else int(root)
     if name in _SENDS or name in _RECVS:
         event.update(_peer(c10d, name, bound, group, ranks))
     elif name == "batch_isend_irecv":
@@ -1301,6 +1328,7 @@ def _batch_consumed(iterator, batch):
             _replayed_batch(batch)
     rank.counters["batches"] += 1
     _STEP["samples"] += size or 0
+    extra = {"shapes": shapes(batch)} if rank.counters["steps"] < REPLAY_STEPS else {}
     rank.emit(
         "batch",
         n=rank.counters["batches"],
@@ -1310,6 +1338,7 @@ def _batch_consumed(iterator, batch):
         epoch=epoch.epoch,
         i=epoch.batches,
         step=rank.counters["steps"],
+        **extra,
     )
 
 
@@ -1581,7 +1610,7 @@ _REPLAY_MAX_BYTES = 64 << 20
 _REPLAY_MAX_PARAMS = 4096
 #: Per DataLoader iterator (by id): index lists drawn and not yet consumed (prefetched).
 _DRAWN = {}
-_REPLAY = {"plan": None, "iterator": None, "k": 0, "weights": None, "rng": None, "consumed": 0}
+_REPLAY = {"plan": None, "iterator": None, "k": 0, "weights": None, "rng": None, "consumed": 0, "loading": None}
 
 
 def _optimizer_made(result, args):
@@ -1672,7 +1701,7 @@ def _replay_plan():
         where = passes.pop()
         for j in range(count):
             batches.append([i for share in shares for i in share[1][j]])
-            parts.append([(d[j]["size"], d[j]["digest"]) for d in drawn])
+            parts.append([(d[j]["size"], d[j]["digest"], d[j].get("shapes")) for d in drawn])
     if len(batches) > 1 and second is None:
         del batches[1:], parts[1:]  # a first step of two batches, and no second step to show it was one ahead
     init = os.path.join(directory, "rank-0.init.pt")
@@ -1768,6 +1797,8 @@ def _replayed_indices(iterator, indices):
         _rank_or_process_note(draw=_REPLAY["consumed"], data="indices outside the dataset (%d samples)" % size)
         return None
     _REPLAY["k"] += 1
+    # Loaded in this process, the batch is a function of its indices unless loading draws random numbers.
+    _REPLAY["loading"] = _loading_random_state() if getattr(iterator, "_num_workers", 1) == 0 else None
     return replayed
 
 
@@ -1790,15 +1821,39 @@ def _replayed_batch(batch):
     _REPLAY["consumed"] += 1
     if k >= len(plan["parts"]):
         return
-    start, differs = 0, None
-    for rank, (size, recorded) in enumerate(plan["parts"][k]):
+    before, _REPLAY["loading"] = _REPLAY.get("loading"), None
+    deterministic = before is not None and before == _loading_random_state()
+    start, differs = 0, []
+    for rank, (size, recorded, recorded_shapes) in enumerate(plan["parts"][k]):
+        share = _slice(batch, start, start + (size or 0))
         hasher = hashlib.blake2b(digest_size=12)
-        digest(_slice(batch, start, start + (size or 0)), hasher)
-        if hasher.hexdigest() != recorded and differs is None:
-            differs = rank
+        digest(share, hasher)
+        if hasher.hexdigest() != recorded:
+            differs.append(rank)
+            deterministic = deterministic and recorded_shapes is not None and recorded_shapes == shapes(share)
         start += size or 0
-    _rank_or_process_note(draw=k, data="equal" if differs is None else "differs on rank %d" % differs)
+    if not differs:
+        _rank_or_process_note(draw=k, data="equal")
+    else:
+        # Same shapes, and no random number drawn while loading: the ranks' data set holds other values.
+        _rank_or_process_note(
+            draw=k, data="differs on rank %d" % differs[0], ranks=differs, same_shapes_no_random=deterministic
+        )
     _REPLAY["rng"] = _random_state()
+
+
+def _loading_random_state():
+    """The random generators a data set or collate draws augmentation from: torch's, Python's
+    and NumPy's (where imported)."""
+    import random
+
+    hasher = hashlib.blake2b(_random_state().encode(), digest_size=12)
+    hasher.update(repr(random.getstate()).encode())
+    numpy = sys.modules.get("numpy")
+    if numpy is not None:
+        state = numpy.random.get_state()
+        hasher.update(state[1].tobytes() + repr(state[2:]).encode())
+    return hasher.hexdigest()
 
 
 def _random_state():
