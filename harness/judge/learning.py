@@ -50,6 +50,11 @@ def compare(baseline: RunRecord, candidate: RunRecord, context: CheckContext) ->
     cand, cand_world = _global_steps(candidate)
     if not base or not cand or cand_world <= base_world:
         return []
+    schedule = _schedule_length(baseline, candidate) or _schedule_end(baseline, candidate, base, cand)
+    return [*schedule, *_learning(baseline, candidate, base, cand)]
+
+
+def _learning(baseline: RunRecord, candidate: RunRecord, base: list[_Step], cand: list[_Step]) -> list[Finding]:
     steps = min(len(base), len(cand))
     equal_batch = all(base[i].samples == cand[i].samples and base[i].samples for i in range(min(steps, 3)))
     if equal_batch:
@@ -59,6 +64,109 @@ def compare(baseline: RunRecord, candidate: RunRecord, context: CheckContext) ->
         return _trend(base, cand, steps, baseline.rung, candidate.rung, lower=0.4)
     grew = all(cand[i].samples > base[i].samples > 0 for i in range(min(steps, 3)))
     return _trend(base, cand, steps, baseline.rung, candidate.rung, lower=None) if grew else []
+
+
+#: Schedules whose rate follows the steps taken alone (not a metric, as ``ReduceLROnPlateau``).
+_STEP_DRIVEN = frozenset(
+    (
+        "LambdaLR",
+        "MultiplicativeLR",
+        "StepLR",
+        "MultiStepLR",
+        "ConstantLR",
+        "LinearLR",
+        "ExponentialLR",
+        "SequentialLR",
+        "PolynomialLR",
+        "CosineAnnealingLR",
+        "ChainedScheduler",
+        "CyclicLR",
+        "CosineAnnealingWarmRestarts",
+        "OneCycleLR",
+    )
+)
+_SCHEDULE_HINT = (
+    "size the schedule from the steps each rank takes (len(train_loader) after the DistributedSampler, divided "
+    "by the accumulation steps, times the epochs), not from the dataset's length and the one-process batch"
+)
+_SCHEDULE_EXPLAINS = ("learning-differs", "weights-differ", "metric-divergence", "python-exception", "job-failed")
+
+
+def _schedules(record: RunRecord) -> list[list[Any]]:
+    """Rank 0's schedules as the job made them: [class, attribute, length or None, times stepped]."""
+    events = record.rank_events().get(0) or []
+    last = next((e for e in reversed(events) if e.get("kind") == "schedules"), None)
+    return [list(m) for m in (last or {}).get("made") or [] if isinstance(m, list) and len(m) == 4]
+
+
+def _schedule_length(baseline: RunRecord, candidate: RunRecord) -> list[Finding]:
+    """A schedule made for a number of steps: the share of it each run stepped through. One
+    process steps through its schedule as the job sized it; where the ranks step through another
+    share of theirs (or past its end, which OneCycleLR refuses), the schedule was sized from
+    something that does not shrink as the ranks' loaders do."""
+    made = zip(_schedules(baseline), _schedules(candidate), strict=False)
+    for (name, attribute, base_length, base_steps), (other, _, length, steps) in made:
+        if name != other or not base_length or not length:
+            continue
+        base_share, share = base_steps / base_length, steps / length
+        if candidate.status != "succeeded":
+            departs = steps > length and base_steps <= base_length  # stepped past its end
+        else:
+            departs = abs(share - base_share) > 0.05 * max(share, base_share)
+        if not departs:
+            continue
+        return [
+            Finding(
+                kind="metrics",
+                severity="failure" if candidate.status != "succeeded" else "divergence",
+                title=f"the learning-rate schedule ({name}, {attribute}={length}) was stepped {steps} times on "
+                f"{candidate.rung}: {share:.0%} of what it was made for; on {baseline.rung} {base_steps} of "
+                f"{base_length} ({base_share:.0%})",
+                evidence=[
+                    f"{baseline.rung}: {name}({attribute}={base_length}), stepped {base_steps} times",
+                    f"{candidate.rung} (rank 0): {name}({attribute}={length}), stepped {steps} times"
+                    + (f" before the job {candidate.status}" if candidate.status != "succeeded" else ""),
+                ],
+                hint=_SCHEDULE_HINT,
+                cause="lr-schedule-length-differs",
+                confidence=0.9,
+                explains=_SCHEDULE_EXPLAINS,
+            )
+        ]
+    return []
+
+
+def _schedule_end(baseline: RunRecord, candidate: RunRecord, base: list[_Step], cand: list[_Step]) -> list[Finding]:
+    """Where a schedule hides its length (a ``LambdaLR`` of the job's own): the learning rate at
+    the end of each run, as a share of its peak. A schedule that anneals in one process and
+    stops short on the ranks ends elsewhere; warm-up and plateaus that end at the peak, and
+    schedules driven by a metric, are not compared."""
+    names = {m[0] for m in _schedules(baseline)} | {m[0] for m in _schedules(candidate)}
+    if not names or not names <= _STEP_DRIVEN or baseline.status != "succeeded" or candidate.status != "succeeded":
+        return []
+    rates = [[s.lr for s in steps if s.lr is not None] for steps in (base, cand)]
+    if min(len(r) for r in rates) < 4 or min(max(r) for r in rates) <= 0:
+        return []
+    (base_end, base_peak), (end, peak) = ((r[-1], max(r)) for r in rates)
+    if base_end / base_peak > 0.5 or end / peak - base_end / base_peak <= 0.25:
+        return []
+    return [
+        Finding(
+            kind="metrics",
+            severity="divergence",
+            title=f"the learning rate ends at {end / peak:.0%} of its peak on {candidate.rung} and at "
+            f"{base_end / base_peak:.0%} on {baseline.rung}: the schedule ({', '.join(sorted(names))}) covers another "
+            "share of the ranks' training",
+            evidence=[
+                f"{baseline.rung}: {len(rates[0])} steps, learning rate peak {base_peak:.6g}, last {base_end:.6g}",
+                f"{candidate.rung} (rank 0): {len(rates[1])} steps, peak {peak:.6g}, last {end:.6g}",
+            ],
+            hint=_SCHEDULE_HINT,
+            cause="lr-schedule-length-differs",
+            confidence=0.8,
+            explains=_SCHEDULE_EXPLAINS,
+        )
+    ]
 
 
 def _global_steps(record: RunRecord) -> tuple[list[_Step], int]:

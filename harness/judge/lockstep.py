@@ -34,7 +34,7 @@ _EXPLAINED = (*ECHOES, "collective-timeout", "collective-mismatch", "peer-connec
 
 def check_run(record: RunRecord, context: CheckContext) -> list[Finding]:
     events = record.rank_events()
-    found = _learning_rates(events)
+    found = [*_skipped_steps(events), *_learning_rates(events)]
     if record.status == "succeeded":
         return found
     ranks = {int(p["rank"]): p for p in record.processes() if p.get("rank") is not None and _launched_rank(p)}
@@ -80,6 +80,50 @@ def _learning_rates(events: dict[int, list[dict[str, Any]]]) -> list[Finding]:
                 rank=odd[0],
                 confidence=0.9,
                 explains=("parameter-drift", "replay-differs", "learning-differs", "weights-differ"),
+            )
+        ]
+    return []
+
+
+def _skipped_steps(events: dict[int, list[dict[str, Any]]]) -> list[Finding]:
+    """A pass over the data in which every rank drew the same batches and some took fewer
+    optimizer steps: a decision to skip the update made from a value of the rank's own (a gradient
+    scaler's overflow check over a rank's own shard, a NaN guard on its own loss)."""
+    passes: dict[tuple[str, int], dict[int, tuple[int, int]]] = {}
+    for rank, evs in events.items():
+        for event in evs:
+            if event.get("kind") == "data_epoch" and event.get("finished"):
+                key = (str(event.get("site")), int(event.get("epoch") or 0))
+                passes.setdefault(key, {})[rank] = (int(event.get("batches") or 0), int(event.get("steps") or 0))
+    for (site, epoch), counts in passes.items():
+        if len(counts) != len(events) or len(counts) < 2 or len({b for b, _ in counts.values()}) != 1:
+            continue
+        steps = {rank: s for rank, (_, s) in sorted(counts.items())}
+        most = max(steps.values())
+        fewer = [rank for rank, s in steps.items() if s < most]
+        if not fewer:
+            continue
+        batches = next(iter(counts.values()))[0]
+        return [
+            Finding(
+                kind="ranks",
+                severity="divergence",
+                title=f"rank {fewer[0]} took {steps[fewer[0]]} optimizer steps in epoch {epoch} of {site} where "
+                f"{'its peers' if len(fewer) == 1 else 'others'} took {most}, over the same {batches} batches",
+                evidence=[f"rank {rank}: {batches} batches, {s} optimizer steps" for rank, s in steps.items()][:16],
+                hint="skipping an update must be decided alike on every rank: a gradient scaler on a sharded model "
+                "checks only the rank's own shard for overflow (FSDP: ShardedGradScaler); a guard on the rank's own "
+                "loss or gradients sees only its batch (all_reduce the flag first)",
+                cause="steps-skipped-on-some-ranks",
+                rank=fewer[0],
+                confidence=0.9,
+                explains=(
+                    "parameter-drift",
+                    "replay-differs",
+                    "learning-differs",
+                    "weights-differ",
+                    "weights-non-finite",
+                ),
             )
         ]
     return []

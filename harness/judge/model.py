@@ -11,7 +11,7 @@ parameter that differs, with both values, and explains what the wrapper did next
 
 from __future__ import annotations
 
-from collections import defaultdict
+from collections import Counter, defaultdict
 from typing import Any
 
 from harness.judge.findings import ECHOES, Finding
@@ -60,7 +60,85 @@ def check_run(record: RunRecord, context: CheckContext) -> list[Finding]:
     for (_, group), by_rank in sorted(wraps.items(), key=lambda item: item[0][0]):
         if len({e.get("digest") for e in by_rank.values()}) > 1:
             return [_differs(by_rank, group, failed)]
-    return []
+    first = {
+        rank: next((e for e in events if e.get("kind") == "first_step"), None)
+        for rank, events in record.rank_events().items()
+    }
+    held = {rank: event for rank, event in sorted(first.items()) if event is not None}
+    return [*_added_after_wrap(held, failed), *_optimizer_state(held, failed)]
+
+
+#: What ranks that each train their own copy of some parameters lead to.
+_DRIFT = ("parameter-drift", "replay-differs", "learning-differs", "weights-differ")
+
+
+def _added_after_wrap(held: dict[int, dict[str, Any]], failed: bool) -> list[Finding]:
+    """Parameters registered on the model after it was handed to DDP (``model.module.head = ...``)
+    and trained: DDP reduces the gradients of the parameters it was given, so each rank trains
+    its own copy of these on its own shard."""
+    added = {rank: e for rank, e in held.items() if e.get("added_count")}
+    if not added or len(held) < 2:  # one process has no copies to keep alike
+        return []
+    rank, event = next(iter(added.items()))
+    names = [str(n) for n in event.get("added_after_wrap") or []]
+    return [
+        Finding(
+            kind="ranks",
+            severity="failure" if failed else "divergence",
+            title=f"{event['added_count']} trained parameters were added to the model after it was handed to "
+            f"DistributedDataParallel ({', '.join(names[:3])}{', ...' if event['added_count'] > 3 else ''}): DDP does "
+            "not average their gradients, so each rank trains its own copy",
+            evidence=[
+                f"rank {r}: {e['added_count']} parameters not among those DDP was given, at its first optimizer step"
+                for r, e in added.items()
+            ][:8]
+            + [f"added: {', '.join(names)}"],
+            hint="build the whole model (heads included) before wrapping it in DistributedDataParallel, or wrap "
+            "again after adding parameters",
+            cause="parameters-added-after-wrap",
+            rank=rank,
+            confidence=0.92,
+            explains=_DRIFT,
+        )
+    ]
+
+
+def _optimizer_state(held: dict[int, dict[str, Any]], failed: bool) -> list[Finding]:
+    """The optimizer's state at each rank's first step (which steps its entries count): a
+    checkpoint's state loaded on some ranks only starts their optimizers elsewhere (Adam's
+    moments, its step count), and the same averaged gradient moves each rank's weights apart."""
+    if len(held) < 2:
+        return []
+    states = {rank: (bool(e.get("state_entries")), tuple(e.get("state_steps") or ())) for rank, e in held.items()}
+    if len(set(states.values())) < 2:
+        return []
+    usual = Counter(states.values()).most_common(1)[0][0]
+    odd = [rank for rank, state in states.items() if state != usual]
+
+    def said(rank: int) -> str:
+        event = held[rank]
+        if not event.get("state_entries"):
+            return f"rank {rank}: {event.get('optimizer')} held no state"
+        steps = ", ".join(f"{s:g}" for s in event.get("state_steps") or []) or "none"
+        return (
+            f"rank {rank}: {event.get('optimizer')} held state for {event['state_entries']} parameters (step {steps})"
+        )
+
+    return [
+        Finding(
+            kind="ranks",
+            severity="failure" if failed else "divergence",
+            title="the ranks' optimizers started from different states: "
+            + "; ".join(said(rank) for rank in [*odd[:1], next(r for r in states if r not in odd)]),
+            evidence=[said(rank) for rank in states][:16],
+            hint="load the optimizer's state on every rank (each from the checkpoint, with map_location), not only "
+            "on the rank that reads the checkpoint; DDP broadcasts the weights at wrap time, never the optimizer",
+            cause="optimizer-state-differs-across-ranks",
+            rank=odd[0],
+            confidence=0.9,
+            explains=_DRIFT,
+        )
+    ]
 
 
 def _differs(by_rank: dict[int, dict[str, Any]], group: tuple[int, ...] | None, failed: bool) -> Finding:

@@ -1396,6 +1396,9 @@ def instrument_optimizer(module):
         rank.emit("params", flush=True, step=step, sum=total, abs_sum=absolute, digest=hasher.hexdigest(), **fields)
 
     def pre(optimizer, args, kwargs):
+        if not _FIRST_STEP["seen"]:
+            _FIRST_STEP["seen"] = True
+            _quietly("first step", _first_step, optimizer)
         # A step given a closure (Lightning's automatic optimization, LBFGS) runs the forward and
         # backward inside it: the step's loss and gradients are there only once it returns.
         if _closure(args, kwargs) is None:
@@ -1410,6 +1413,40 @@ def instrument_optimizer(module):
     module.register_optimizer_step_post_hook(hook)
     module.Optimizer.__init__ = _hook(
         module.Optimizer.__init__, before=lambda args, kwargs: args, after=_optimizer_made
+    )
+
+
+#: Models handed to DDP: (a weak reference, the ids of the parameters it was given).
+_WRAPPED = []
+_FIRST_STEP = {"seen": False}
+
+
+def _first_step(optimizer):
+    """What a rank holds at its first optimizer step, which its peers must hold alike: the
+    optimizer's state (a checkpoint's, loaded on some ranks only, is there on those alone) and
+    the parameters registered after the model was handed to DDP (DDP never reduces their
+    gradients)."""
+    rank = _rank()
+    if rank is None:
+        return
+    steps = set()
+    for state in optimizer.state.values():
+        value = state.get("step") if isinstance(state, dict) else None
+        if value is not None:
+            steps.add(float(value))
+    added = []
+    for reference, known in _WRAPPED:
+        model = reference()
+        if model is not None:
+            added += [n for n, t in model.named_parameters() if id(t) not in known and t.requires_grad]
+    rank.emit(
+        "first_step",
+        flush=True,
+        optimizer=type(optimizer).__name__,
+        state_entries=len(optimizer.state),
+        state_steps=sorted(steps)[:8],
+        added_after_wrap=added[:8],
+        added_count=len(added),
     )
 
 
@@ -1580,6 +1617,10 @@ def _model_wrapped(wrapper, args, kwargs):
         )
     hasher = hashlib.blake2b(digest_size=12)
     hasher.update(json.dumps(entries).encode())
+    if wrapper == "DistributedDataParallel":
+        import weakref
+
+        _WRAPPED.append((weakref.ref(model), frozenset(id(t) for t in model.parameters())))
     group = kwargs.get("process_group")
     ranks = None
     if group is not None:
@@ -1883,12 +1924,62 @@ def instrument_serialization(module):
     module.save = _hook(module.save, before=before_save)
 
 
+#: Learning-rate schedules made for a number of steps, by the attribute that holds it.
+_SCHEDULE_LENGTHS = {
+    "OneCycleLR": "total_steps",
+    "CosineAnnealingLR": "T_max",
+    "LinearLR": "total_iters",
+    "PolynomialLR": "total_iters",
+}
+#: Per schedule made (by id): [its class, the attribute and the length it was made for (None for
+#: a schedule not made for a number of steps), the times the job stepped it].
+_SCHEDULES = {}
+
+
+def instrument_lr_scheduler(module):
+    """Schedules made for a number of steps: how many they were made for and how many times the
+    job stepped them (``scheduler.step()`` after it was made), written at exit. One process
+    sizes its schedule to its own steps; a schedule sized from the dataset, not from the loader a
+    rank iterates, covers another share of the ranks' training (docs/report.md)."""
+    base = getattr(module, "LRScheduler", None)
+    if base is None or "__init__" not in vars(base):
+        return
+
+    def made(result, args):
+        scheduler = args[0] if args else None
+        if scheduler is None or _rank() is None or id(scheduler) in _SCHEDULES or len(_SCHEDULES) >= 16:
+            return
+        attribute = _SCHEDULE_LENGTHS.get(type(scheduler).__name__)
+        length = getattr(scheduler, attribute, None) if attribute else None
+        if not isinstance(length, int) or isinstance(length, bool):
+            attribute = length = None
+        _SCHEDULES[id(scheduler)] = [type(scheduler).__name__, attribute, length, 0]
+
+    def stepped(args, kwargs):
+        entry = _SCHEDULES.get(id(args[0])) if args else None
+        if entry is not None:
+            entry[3] += 1
+
+    base.__init__ = _hook(base.__init__, before=lambda args, kwargs: args, after=made)
+    base.step = _hook(base.step, before=stepped)
+    plateau = getattr(module, "ReduceLROnPlateau", None)  # makes itself without the base's __init__
+    if plateau is not None and "__init__" in vars(plateau):
+        plateau.__init__ = _hook(plateau.__init__, before=lambda args, kwargs: args, after=made)
+
+
+def _schedules_ended():
+    rank = _rank()
+    if rank is not None and _SCHEDULES:
+        rank.emit("schedules", flush=True, made=[list(entry) for entry in _SCHEDULES.values()][:8])
+
+
 #: module name → instrumentation applied right after the module is executed (before anyone
 #: can bind its names), so ``from torch.distributed import all_reduce`` gets the wrapper too.
 _HOOKS = {
     "torch.distributed.distributed_c10d": instrument_distributed,
     "torch.utils.data.dataloader": instrument_dataloader,
     "torch.optim.optimizer": instrument_optimizer,
+    "torch.optim.lr_scheduler": instrument_lr_scheduler,
     "torch.serialization": instrument_serialization,
     "torch.autograd": instrument_autograd,
     "torch.nn.parallel.distributed": instrument_model_wrappers,
@@ -1978,6 +2069,7 @@ def _before_os_exit():
     if rank is None:
         return
     _quietly("loss ledger", flush_steps)
+    _quietly("schedules", _schedules_ended)
     _quietly("data ledger", close_abandoned)
     rank.close()
 
@@ -1986,6 +2078,7 @@ def _at_exit():
     if _rank() is not None:
         _quietly("gpus", _name_gpus)
         _quietly("loss ledger", flush_steps)
+        _quietly("schedules", _schedules_ended)
     process = _process()
     fields = {"ended_at": now(), "exit_code": process.exit_code}
     if _PROCESS_STEPS["n"]:
