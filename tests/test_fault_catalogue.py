@@ -14,7 +14,7 @@ from harness.ladder.scenario import all_scenarios, load_scenario, run_scenario
 FAULTS = Path(__file__).resolve().parent / "data" / "faults"
 #: One fault per mechanism: the data ledger (batches, shards, order), the model ledger, the loss
 #: ledger, hosts that share a file, the launcher's rank, ranks hung apart, a library's refusal,
-#: samples one process loads otherwise.
+#: samples one process loads otherwise, what a rank holds at its first step, a schedule's length.
 CLIMBED = (
     "uneven_manual_shards",
     "local_rank_sharding",
@@ -26,6 +26,8 @@ CLIMBED = (
     "eval_rank0_through_ddp",
     "sampler_replicas_per_node",
     "reduce_stats_not_all_reduce",
+    "task_heads_added_after_ddp_wrap",
+    "onecycle_steps_from_dataset_len",
 )
 
 

@@ -1,0 +1,197 @@
+"""What each rank held and did that its peers must match: the optimizer steps it took over the
+same batches, the optimizer state and the parameters at its first step, the share of its
+learning-rate schedule it stepped through. Each judged on canned records."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+from fake_records import make_record
+
+from harness.judge.verdict import judge
+from harness.record.run_record import RunRecord, Status
+from harness.spec.job import JobSpec
+
+pytestmark = pytest.mark.unit
+
+RANKS = JobSpec(name="fake", source_dir="src", entry_point="train.py", distribution="torchrun", processes_per_host=4)
+ONE = JobSpec(name="fake", source_dir="src", entry_point="train.py", distribution="torchrun")
+
+
+def epoch(batches: int, steps: int, epoch: int = 0) -> dict[str, Any]:
+    return {
+        "kind": "data_epoch",
+        "site": "train.py:48",
+        "epoch": epoch,
+        "batches": batches,
+        "steps": steps,
+        "finished": True,
+    }
+
+
+def first_step(entries: int = 0, steps: list[float] | None = None, added: list[str] | None = None) -> dict[str, Any]:
+    return {
+        "kind": "first_step",
+        "optimizer": "AdamW",
+        "state_entries": entries,
+        "state_steps": steps or [],
+        "added_after_wrap": added or [],
+        "added_count": len(added or []),
+    }
+
+
+def ledger(rates: list[float]) -> dict[str, Any]:
+    count = len(rates)
+    return {
+        "kind": "steps",
+        "step": list(range(count)),
+        "loss": [1.0] * count,
+        "backwards": [1] * count,
+        "samples": [16] * count,
+        "grad_norm": [None] * count,
+        "lr": rates,
+    }
+
+
+def schedules(*made: list[Any]) -> dict[str, Any]:
+    return {"kind": "schedules", "made": list(made)}
+
+
+def four(tmp_path: Path, events: dict[int, list[dict[str, Any]]], status: Status = "succeeded") -> RunRecord:
+    return make_record(tmp_path, "local", status=status, rank_events=events, job=RANKS)
+
+
+def test_a_rank_that_skipped_the_steps_its_peers_took_over_the_same_batches_is_named(tmp_path: Path) -> None:
+    # A plain GradScaler on FSDP: the rank whose shard overflowed skips every step.
+    events = {r: [epoch(16, 16), epoch(16, 16, epoch=1)] for r in range(3)} | {3: [epoch(16, 0), epoch(16, 0, 1)]}
+    first = judge([four(tmp_path, events)]).findings[0]
+    assert (first.cause, first.rank) == ("steps-skipped-on-some-ranks", 3)
+    assert (
+        first.title
+        == "rank 3 took 0 optimizer steps in epoch 0 of train.py:48 where its peers took 16, over the same 16 batches"
+    )
+
+
+@pytest.mark.parametrize(
+    "counts",
+    [
+        [(16, 4)] * 4,  # gradient accumulation, alike on every rank
+        [(16, 16), (16, 16), (16, 16), (15, 15)],  # uneven batches: another check's finding
+    ],
+)
+def test_ranks_that_step_alike_or_draw_other_batch_counts_skip_nothing(
+    tmp_path: Path, counts: list[tuple[int, int]]
+) -> None:
+    events = {r: [epoch(*c)] for r, c in enumerate(counts)}
+    assert "steps-skipped-on-some-ranks" not in judge([four(tmp_path, events)]).causes
+
+
+def test_parameters_added_after_the_ddp_wrap_are_named_with_the_drift_they_cause(tmp_path: Path) -> None:
+    added = ["heads.score.weight", "heads.score.bias"]
+    events = {r: [first_step(added=added)] for r in range(4)}
+    first = judge([four(tmp_path, events)]).findings[0]
+    assert first.cause == "parameters-added-after-wrap" and "parameter-drift" in first.explains
+    assert first.title.startswith("2 trained parameters were added to the model after it was handed to")
+    assert "added: heads.score.weight, heads.score.bias" in first.evidence
+
+
+def test_one_process_has_no_copies_to_keep_alike(tmp_path: Path) -> None:
+    record = make_record(tmp_path, "single", rank_events={0: [first_step(added=["head.weight"])]}, job=ONE)
+    assert judge([record]).causes == []
+
+
+def test_an_optimizer_state_loaded_on_one_rank_only_is_named(tmp_path: Path) -> None:
+    events = {0: [first_step(6, [128.0])], **{r: [first_step()] for r in (1, 2, 3)}}
+    first = judge([four(tmp_path, events)]).findings[0]
+    assert (first.cause, first.rank) == ("optimizer-state-differs-across-ranks", 0)
+    assert "rank 0: AdamW held state for 6 parameters (step 128)" in first.title
+    assert "rank 1: AdamW held no state" in first.title
+
+
+def test_optimizer_states_alike_or_sharded_alike_are_no_finding(tmp_path: Path) -> None:
+    fresh = {r: [first_step()] for r in range(4)}
+    # ZeRO: each rank holds the state of its own partition, all at the same step.
+    zero = {r: [first_step(entries=2 + r, steps=[64.0])] for r in range(4)}
+    for events in (fresh, zero):
+        assert "optimizer-state-differs-across-ranks" not in judge([four(tmp_path, events)]).causes
+
+
+def _pair(
+    tmp_path: Path,
+    single: list[dict[str, Any]],
+    ranks: list[dict[str, Any]],
+    status: Status = "succeeded",
+) -> list[RunRecord]:
+    one = make_record(tmp_path, "single", rank_events={0: single}, job=ONE)
+    return [one, four(tmp_path, dict.fromkeys(range(4), ranks), status=status)]
+
+
+def test_a_schedule_stepped_past_the_length_the_ranks_were_given_is_the_cause_of_the_failure(tmp_path: Path) -> None:
+    # OneCycleLR sized from the dataset's length: one process steps it 62 times of 62, each rank
+    # 15 of 14, and OneCycleLR refuses the 15th.
+    records = _pair(
+        tmp_path,
+        [ledger([0.1] * 62), schedules(["OneCycleLR", "total_steps", 62, 62])],
+        [ledger([0.1] * 15), schedules(["OneCycleLR", "total_steps", 14, 15])],
+        status="failed",
+    )
+    first = judge(records).findings[0]
+    assert first.cause == "lr-schedule-length-differs" and first.severity == "failure"
+    assert first.title.startswith("the learning-rate schedule (OneCycleLR, total_steps=14) was stepped 15 times")
+
+
+@pytest.mark.parametrize(
+    ("single", "ranks"),
+    [
+        (["OneCycleLR", "total_steps", 62, 62], ["OneCycleLR", "total_steps", 16, 16]),  # sized from the loader
+        (["CosineAnnealingLR", "T_max", 2, 2], ["CosineAnnealingLR", "T_max", 2, 2]),  # per epoch
+    ],
+)
+def test_schedules_each_run_steps_through_alike_are_no_finding(
+    tmp_path: Path, single: list[Any], ranks: list[Any]
+) -> None:
+    records = _pair(tmp_path, [ledger([0.1] * 62), schedules(single)], [ledger([0.1] * 16), schedules(ranks)])
+    assert "lr-schedule-length-differs" not in judge(records).causes
+
+
+def _cosine(steps: int, of: int) -> list[float]:
+    import math
+
+    return [0.1 * 0.5 * (1 + math.cos(math.pi * min(i, of) / of)) for i in range(steps)]
+
+
+def test_a_schedule_of_the_jobs_own_that_stops_short_on_the_ranks_is_named(tmp_path: Path) -> None:
+    # A LambdaLR cosine over the one-process step count: the ranks take a quarter of the steps.
+    records = _pair(
+        tmp_path,
+        [ledger(_cosine(64, 64)), schedules(["LambdaLR", None, None, 64])],
+        [ledger(_cosine(16, 64)), schedules(["LambdaLR", None, None, 16])],
+    )
+    first = judge(records).findings[0]
+    assert first.cause == "lr-schedule-length-differs"
+    assert first.title.startswith("the learning rate ends at 87% of its peak on local and at 0% on single")
+
+
+@pytest.mark.parametrize(
+    ("name", "single", "ranks"),
+    [
+        (
+            "LambdaLR",
+            [0.1 * min(1.0, i / 40) for i in range(64)],
+            [0.1 * min(1.0, i / 40) for i in range(16)],
+        ),  # warm-up
+        ("ReduceLROnPlateau", [0.1] * 32 + [0.01] * 32, [0.1] * 16),  # driven by a metric
+        ("LambdaLR", _cosine(64, 64), _cosine(16, 16)),  # sized from the loader
+    ],
+)
+def test_warm_up_metric_driven_and_well_sized_schedules_are_no_finding(
+    tmp_path: Path, name: str, single: list[float], ranks: list[float]
+) -> None:
+    records = _pair(
+        tmp_path,
+        [ledger(single), schedules([name, None, None, len(single)])],
+        [ledger(ranks), schedules([name, None, None, len(ranks)])],
+    )
+    assert "lr-schedule-length-differs" not in judge(records).causes
