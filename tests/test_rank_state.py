@@ -195,3 +195,21 @@ def test_warm_up_metric_driven_and_well_sized_schedules_are_no_finding(
         [ledger(ranks), schedules([name, None, None, len(ranks)])],
     )
     assert "lr-schedule-length-differs" not in judge(records).causes
+
+
+READY_TWICE = "[rank0]: RuntimeError: Expected to mark a variable ready only once. This error is caused by one of"
+
+
+@pytest.mark.parametrize("reentrant", [True, False])
+def test_ddp_marking_a_parameter_ready_twice_is_put_down_to_reentrant_checkpointing_only_where_the_job_used_it(
+    tmp_path: Path, reentrant: bool
+) -> None:
+    wrapped = {"kind": "model", "wrapper": "DistributedDataParallel", "options": {"find_unused_parameters": True}}
+    used = {"kind": "activation_checkpoint", "reentrant": reentrant, "caller": "train.py:91"}
+    record = four(tmp_path, {r: [wrapped, used] for r in range(4)}, status="failed")
+    (record.root / "ranks" / "rank-0.log").write_text(READY_TWICE + "\n")
+    causes = judge([record]).causes
+    if reentrant:
+        assert causes[0] == "reentrant-checkpoint-with-ddp"
+    else:
+        assert "reentrant-checkpoint-with-ddp" not in causes and "parameter-ready-twice" in causes

@@ -65,7 +65,55 @@ def check_run(record: RunRecord, context: CheckContext) -> list[Finding]:
         for rank, events in record.rank_events().items()
     }
     held = {rank: event for rank, event in sorted(first.items()) if event is not None}
-    return [*_added_after_wrap(held, failed), *_optimizer_state(held, failed)]
+    return [*_added_after_wrap(held, failed), *_optimizer_state(held, failed), *_reentrant_checkpoint(record)]
+
+
+def _reentrant_checkpoint(record: RunRecord) -> list[Finding]:
+    """DDP's "marked as ready twice" where the job recomputes activations in reentrant backward
+    passes and the wrapper searches for unused parameters (or was told the graph is static):
+    a combination DDP does not support, whatever the error's list of reasons begins with."""
+    if record.status == "succeeded":
+        return []
+    reentrant = wrapped = None
+    for events in record.rank_events().values():
+        for event in events:
+            if event.get("kind") == "activation_checkpoint" and event.get("reentrant"):
+                reentrant = reentrant or event
+            elif event.get("kind") == "model" and any((event.get("options") or {}).values()):
+                wrapped = wrapped or event
+    if reentrant is None or wrapped is None:
+        return []
+    said = next(
+        (
+            (rank, line.strip()[:300])
+            for rank, path in sorted(record.rank_logs().items())
+            for line in path.read_text(errors="replace").splitlines()
+            if "Expected to mark a variable ready only once" in line
+        ),
+        None,
+    )
+    if said is None:
+        return []
+    options = ", ".join(f"{k}=True" for k, v in (wrapped.get("options") or {}).items() if v)
+    return [
+        Finding(
+            kind="ranks",
+            severity="failure",
+            title=f"activation checkpointing with use_reentrant=True ({reentrant.get('caller')}) under "
+            f"DistributedDataParallel({options}): DDP saw a parameter's gradient twice in one backward pass",
+            evidence=[
+                f"checkpoint(..., use_reentrant=True) at {reentrant.get('caller')}",
+                f"{wrapped.get('wrapper')}({options}) at {wrapped.get('caller')}",
+                f"rank {said[0]}: {said[1]}",
+            ],
+            hint="pass use_reentrant=False to torch.utils.checkpoint.checkpoint (the non-reentrant variant works "
+            f"with {options}), or drop {options.split('=')[0]}",
+            cause="reentrant-checkpoint-with-ddp",
+            rank=said[0],
+            confidence=0.95,
+            explains=("parameter-ready-twice", "python-exception", *ECHOES),
+        )
+    ]
 
 
 #: What ranks that each train their own copy of some parameters lead to.

@@ -1625,10 +1625,12 @@ def _model_wrapped(wrapper, args, kwargs):
     ranks = None
     if group is not None:
         ranks = _quietly("model ledger", _group, torch.distributed.distributed_c10d, group)
+    options = {k: kwargs[k] for k in ("find_unused_parameters", "static_graph") if isinstance(kwargs.get(k), bool)}
     rank.emit(
         "model",
         flush=True,
         wrapper=wrapper,
+        options=options,
         group=ranks,
         caller=user_line() or caller(),
         count=len(entries),
@@ -1967,6 +1969,27 @@ def instrument_lr_scheduler(module):
         plateau.__init__ = _hook(plateau.__init__, before=lambda args, kwargs: args, after=made)
 
 
+def instrument_checkpoint(module):
+    """Activation checkpointing: whether the job recomputes in a reentrant backward pass (the
+    default where ``use_reentrant`` is not given), which DDP's unused-parameter search and static
+    graph do not support; recorded at the first call of each process."""
+    seen = {"done": False}
+
+    def called(args, kwargs):
+        if seen["done"] or _rank() is None:
+            return
+        seen["done"] = True
+        reentrant = kwargs.get("use_reentrant")
+        _rank().emit(
+            "activation_checkpoint",
+            flush=True,
+            reentrant=True if reentrant is None else bool(reentrant),
+            caller=user_line() or caller(),
+        )
+
+    module.checkpoint = _hook(module.checkpoint, before=called)
+
+
 def _schedules_ended():
     rank = _rank()
     if rank is not None and _SCHEDULES:
@@ -1980,6 +2003,7 @@ _HOOKS = {
     "torch.utils.data.dataloader": instrument_dataloader,
     "torch.optim.optimizer": instrument_optimizer,
     "torch.optim.lr_scheduler": instrument_lr_scheduler,
+    "torch.utils.checkpoint": instrument_checkpoint,
     "torch.serialization": instrument_serialization,
     "torch.autograd": instrument_autograd,
     "torch.nn.parallel.distributed": instrument_model_wrappers,
