@@ -173,7 +173,7 @@ def _global_steps(record: RunRecord) -> tuple[list[_Step], int]:
     """The run's optimizer steps over the global batch, and how many ranks took them."""
     per_rank: dict[int, list[dict[str, Any]]] = {}
     for rank, events in record.rank_events().items():
-        steps = [step for e in events if e.get("kind") == "steps" for step in _unpacked(e)]
+        steps = [step for e in events for step in unpacked(e)]
         if steps:
             per_rank[rank] = steps
     if not per_rank:
@@ -196,13 +196,17 @@ def _global_steps(record: RunRecord) -> tuple[list[_Step], int]:
     return merged, len(per_rank)
 
 
-def _unpacked(event: dict[str, Any]) -> list[dict[str, Any]]:
-    """A ``steps`` event (one list per field) as one dict per step."""
-    fields = ("step", "loss", "backwards", "samples", "grad_norm", "lr")
-    columns = [event.get(name) for name in fields]
-    if not all(isinstance(column, list) for column in columns):
+def unpacked(event: dict[str, Any]) -> list[dict[str, Any]]:
+    """A ``steps`` event of the loss ledger (one list per field) as one dict per step; a field
+    the event lacks is None in each."""
+    if event.get("kind") != "steps" or not isinstance(event.get("step"), list):
         return []
-    return [dict(zip(fields, row, strict=False)) for row in zip(*columns, strict=False)]
+    fields = ("step", "loss", "backwards", "samples", "grad_norm", "lr")
+    columns = [event[name] if isinstance(event.get(name), list) else [] for name in fields]
+    return [
+        {name: column[i] if i < len(column) else None for name, column in zip(fields, columns, strict=True)}
+        for i in range(len(event["step"]))
+    ]
 
 
 def _number(value: Any) -> float | None:

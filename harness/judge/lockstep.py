@@ -17,6 +17,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from harness.judge.findings import ECHOES, Finding
+from harness.judge.learning import unpacked
 from harness.judge.protocol import CheckContext
 from harness.record.run_record import RunRecord
 
@@ -48,15 +49,9 @@ def _learning_rates(events: dict[int, list[dict[str, Any]]]) -> list[Finding]:
     first parameter group): ranks that apply one averaged gradient at different rates drift apart."""
     rates: dict[int, dict[int, float]] = {}
     for rank, evs in events.items():
-        for event in evs:
-            if (
-                event.get("kind") == "steps"
-                and isinstance(event.get("step"), list)
-                and isinstance(event.get("lr"), list)
-            ):
-                for step, lr in zip(event["step"], event["lr"], strict=False):
-                    if isinstance(lr, int | float):
-                        rates.setdefault(rank, {})[int(step)] = float(lr)
+        for taken in (taken for event in evs for taken in unpacked(event)):
+            if isinstance(taken["lr"], int | float):
+                rates.setdefault(rank, {})[int(taken["step"])] = float(taken["lr"])
     if len(rates) < 2:
         return []
     for step in sorted(set.intersection(*(set(r) for r in rates.values()))):
@@ -251,7 +246,7 @@ def _batches(events: list[dict[str, Any]]) -> tuple[int, str | None]:
 
 
 def _steps(events: list[dict[str, Any]]) -> int:
-    steps = [s for e in events if e.get("kind") == "steps" for s in e.get("step") or []]
+    steps = [int(step["step"]) for event in events for step in unpacked(event)]
     return max(steps) + 1 if steps else 0
 
 

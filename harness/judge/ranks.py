@@ -116,7 +116,9 @@ def _handled_failures(handled: list[dict[str, Any]]) -> list[Finding]:
 
 
 def _identical_batches(events: dict[int, list[dict[str, Any]]]) -> list[Finding]:
-    digests = {rank: [e["digest"] for e in evs if e["kind"] == "batch"] for rank, evs in events.items()}
+    digests = {
+        rank: [e["digest"] for e in evs if e["kind"] == "batch" and "digest" in e] for rank, evs in events.items()
+    }
     digests = {rank: d for rank, d in digests.items() if d}
     if len(digests) < 2:
         return []

@@ -1312,15 +1312,24 @@ def _indices_drawn(iterator, indices):
                 drawn.append(list(indices))
 
 
+#: Batches of each pass whose content is digested.
+_DIGESTED_BATCHES = 32
+
+
 def _batch_consumed(iterator, batch):
     rank = _rank()
     if rank is None:
         return
     epoch = _current_epoch(iterator)
     epoch.consumed(batch)
-    hasher = hashlib.blake2b(digest_size=12)
-    digest(batch, hasher)
     size = batch_size(batch)
+    extra = {}
+    # The first batches of a pass show ranks reading the same data; digesting every batch is the
+    # largest cost per step (docs/benchmarks.md), so the rest carry none.
+    if epoch.batches <= _DIGESTED_BATCHES or rank.counters["steps"] < REPLAY_STEPS:
+        hasher = hashlib.blake2b(digest_size=12)
+        digest(batch, hasher)
+        extra["digest"] = hasher.hexdigest()
     if rank.counters["steps"] < REPLAY_STEPS:
         drawn = _DRAWN.get(id(iterator))
         _STEP["indices"].append((epoch.loader, drawn.popleft() if drawn else None))
@@ -1328,11 +1337,11 @@ def _batch_consumed(iterator, batch):
             _replayed_batch(batch)
     rank.counters["batches"] += 1
     _STEP["samples"] += size or 0
-    extra = {"shapes": shapes(batch)} if rank.counters["steps"] < REPLAY_STEPS else {}
+    if rank.counters["steps"] < REPLAY_STEPS:
+        extra["shapes"] = shapes(batch)
     rank.emit(
         "batch",
         n=rank.counters["batches"],
-        digest=hasher.hexdigest(),
         size=size,
         loader=epoch.loader,
         epoch=epoch.epoch,
