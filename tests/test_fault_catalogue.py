@@ -28,6 +28,7 @@ CLIMBED = (
     "reduce_stats_not_all_reduce",
     "task_heads_added_after_ddp_wrap",
     "onecycle_steps_from_dataset_len",
+    "iterable_not_sharded",
 )
 
 

@@ -1849,8 +1849,10 @@ def _replayed_indices(iterator, indices):
         _rank_or_process_note(draw=_REPLAY["consumed"], data="indices outside the dataset (%d samples)" % size)
         return None
     _REPLAY["k"] += 1
-    # Loaded in this process, the batch is a function of its indices unless loading draws random numbers.
-    _REPLAY["loading"] = _loading_random_state() if getattr(iterator, "_num_workers", 1) == 0 else None
+    # Loaded in this process from a map-style data set (an iterable one ignores the indices), the
+    # batch is a function of its indices unless loading draws random numbers.
+    loaded_here = getattr(iterator, "_num_workers", 1) == 0 and getattr(iterator, "_dataset_kind", 1) == 0
+    _REPLAY["loading"] = _loading_random_state() if loaded_here else None
     return replayed
 
 
