@@ -177,6 +177,11 @@ def _examples(bits: int, limit: int = 5) -> list[int]:
     return found
 
 
+#: Ranks that cut their shards from data sets of their own (a split seeded per rank) load, for
+#: the same positions, other samples than one process: the replay's finding follows from this one.
+_SHARDS_DIFFER = ("samples-differ-from-one-process",)
+
+
 def _coverage(site: str, epochs: list[list[_Pass]], world: int) -> list[Finding]:
     """Within each finished epoch drawn by every rank: samples drawn by more than one rank (or
     twice by one) beyond the sampler's padding, and samples no rank drew beyond ``drop_last``.
@@ -264,6 +269,7 @@ def _map_coverage(site: str, group: list[_Pass]) -> Finding | None:
             "group (num_replicas=LOCAL_WORLD_SIZE or rank=LOCAL_RANK shards per host, not per job)",
             cause="data-unseen",
             confidence=0.85,
+            explains=_SHARDS_DIFFER,
         )
     return Finding(
         kind="ranks",
@@ -275,6 +281,7 @@ def _map_coverage(site: str, group: list[_Pass]) -> Finding | None:
         "every rank (its default), and the rank and world size of the process group",
         cause="data-overlap",
         confidence=0.85,
+        explains=_SHARDS_DIFFER,
     )
 
 
