@@ -213,3 +213,16 @@ def test_ddp_marking_a_parameter_ready_twice_is_put_down_to_reentrant_checkpoint
         assert causes[0] == "reentrant-checkpoint-with-ddp"
     else:
         assert "reentrant-checkpoint-with-ddp" not in causes and "parameter-ready-twice" in causes
+
+
+@pytest.mark.parametrize("status", ["succeeded", "failed"])
+def test_ranks_that_took_no_step_where_one_process_took_some_trained_nothing(tmp_path: Path, status: Status) -> None:
+    # A per-rank batch larger than the rank's shard with drop_last=True: every loader is empty.
+    started = {"kind": "dist_init", "caller": "train.py:60"}
+    records = _pair(tmp_path, [ledger([0.1] * 6)], [started], status=status)
+    causes = judge(records).causes
+    if status == "succeeded":
+        assert causes[0] == "ranks-took-no-steps"
+        assert judge(records).findings[0].title == "no rank took an optimizer step on local; single took 6"
+    else:  # a run that failed is judged by its failure
+        assert "ranks-took-no-steps" not in causes

@@ -48,10 +48,40 @@ class _Step:
 def compare(baseline: RunRecord, candidate: RunRecord, context: CheckContext) -> list[Finding]:
     base, base_world = _global_steps(baseline)
     cand, cand_world = _global_steps(candidate)
+    if base and not cand:
+        return _no_steps(baseline, candidate, len(base))
     if not base or not cand or cand_world <= base_world:
         return []
     schedule = _schedule_length(baseline, candidate) or _schedule_end(baseline, candidate, base, cand)
     return [*schedule, *_learning(baseline, candidate, base, cand)]
+
+
+def _no_steps(baseline: RunRecord, candidate: RunRecord, steps: int) -> list[Finding]:
+    """A distributed run that ended well and whose ranks took no optimizer step, where one
+    process took some: nothing was trained (a loader each rank finds empty: a per-rank batch
+    larger than its shard with ``drop_last``), and the weights it saves are the initial ones."""
+    ranks = candidate.rank_events()
+    if candidate.status != "succeeded" or len(ranks) < 2:
+        return []
+    passes = [e for events in ranks.values() for e in events if e.get("kind") == "data_epoch"]
+    drawn = sum(int(e.get("batches") or 0) for e in passes)
+    return [
+        Finding(
+            kind="metrics",
+            severity="divergence",
+            title=f"no rank took an optimizer step on {candidate.rung}; {baseline.rung} took {steps}",
+            evidence=[
+                f"{baseline.rung}: {steps} optimizer steps",
+                f"{candidate.rung}: {len(ranks)} ranks, none stepped, {drawn} batches drawn",
+            ],
+            hint="every rank must draw batches: a per-rank batch size larger than the rank's shard with "
+            "drop_last=True gives an empty loader (divide the global batch by the world size), and a loop bounded "
+            "by a step count computed for one process may end before it starts",
+            cause="ranks-took-no-steps",
+            confidence=0.9,
+            explains=("weights-differ", "metric-divergence", "metric-length"),
+        )
+    ]
 
 
 def _learning(baseline: RunRecord, candidate: RunRecord, base: list[_Step], cand: list[_Step]) -> list[Finding]:
