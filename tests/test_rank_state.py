@@ -226,3 +226,15 @@ def test_ranks_that_took_no_step_where_one_process_took_some_trained_nothing(tmp
         assert judge(records).findings[0].title == "no rank took an optimizer step on local; single took 6"
     else:  # a run that failed is judged by its failure
         assert "ranks-took-no-steps" not in causes
+
+
+def test_a_parity_verdict_says_when_the_ranks_trained_from_no_data_loader(tmp_path: Path) -> None:
+    # A loop that indexes tensors from a sampler of its own: the data ledger saw nothing.
+    records = _pair(tmp_path, [ledger([0.1] * 8)], [ledger([0.1] * 2)])
+    verdict = judge(records)
+    assert verdict.outcome == "parity"
+    assert "data-not-observed" in [f.cause for f in verdict.findings]
+    started = {"kind": "epoch_start", "loader": 0, "site": "train.py:48", "epoch": 0}
+    loader_pass = [started, {**epoch(2, 2), "loader": 0}, ledger([0.1] * 2)]
+    observed = judge(_pair(tmp_path, [ledger([0.1] * 8)], loader_pass))
+    assert "data-not-observed" not in [f.cause for f in observed.findings]

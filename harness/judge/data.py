@@ -64,7 +64,7 @@ class _Pass:
 def check_run(record: RunRecord, context: CheckContext) -> list[Finding]:
     passes = _passes(record.rank_events())
     if not passes:
-        return []
+        return _unobserved(record)
     world = len({p.rank for p in passes})
     failed = record.status != "succeeded"
     findings: list[Finding] = []
@@ -85,6 +85,29 @@ def check_run(record: RunRecord, context: CheckContext) -> list[Finding]:
         if repeated is not None:
             findings.append(repeated)
     return findings
+
+
+def _unobserved(record: RunRecord) -> list[Finding]:
+    """Ranks that trained (took optimizer steps) from no ``DataLoader``: what each drew was not
+    observed, so shards that overlap or repeat cannot be seen; a parity verdict says so."""
+    events = record.rank_events()
+    trained = [rank for rank, evs in events.items() if any(e.get("kind") == "steps" and e.get("step") for e in evs)]
+    if len(trained) < 2:
+        return []
+    return [
+        Finding(
+            kind="ranks",
+            severity="note",
+            title="the ranks trained from no DataLoader: which samples each drew was not compared",
+            evidence=[
+                f"ranks {', '.join(map(str, sorted(trained)[:8]))} took optimizer steps; no loader pass was recorded"
+            ],
+            hint="the data ledger reads torch.utils.data.DataLoader; a loop that indexes tensors itself, or a loader "
+            "of another library, is not observed",
+            cause="data-not-observed",
+            confidence=0.1,
+        )
+    ]
 
 
 def _passes(events: dict[int, list[dict[str, Any]]]) -> list[_Pass]:

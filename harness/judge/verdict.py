@@ -179,7 +179,7 @@ def _findings_for(
 #: Notes that say what a parity verdict rests on: which steps the replay compared and what it
 #: left out, and what a topology change leaves uncompared (curves, weights). A parity verdict
 #: keeps them, so that it never reads as a comparison that was not made.
-WHAT_WAS_COMPARED = ("replay-compared", "topology-changes-numbers", "checkpoint-not-compared")
+WHAT_WAS_COMPARED = ("replay-compared", "topology-changes-numbers", "checkpoint-not-compared", "data-not-observed")
 
 
 def judge(
