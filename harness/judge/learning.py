@@ -52,7 +52,8 @@ def compare(baseline: RunRecord, candidate: RunRecord, context: CheckContext) ->
         return _no_steps(baseline, candidate, len(base))
     if not base or not cand or cand_world <= base_world:
         return []
-    schedule = _schedule_length(baseline, candidate) or _schedule_end(baseline, candidate, base, cand)
+    made = _schedules(baseline), _schedules(candidate)
+    schedule = _schedule_length(baseline, candidate, made) or _schedule_end(baseline, candidate, made, base, cand)
     return [*schedule, *_learning(baseline, candidate, base, cand)]
 
 
@@ -129,13 +130,12 @@ def _schedules(record: RunRecord) -> list[list[Any]]:
     return [list(m) for m in (last or {}).get("made") or [] if isinstance(m, list) and len(m) == 4]
 
 
-def _schedule_length(baseline: RunRecord, candidate: RunRecord) -> list[Finding]:
+def _schedule_length(baseline: RunRecord, candidate: RunRecord, made: tuple[list[list[Any]], ...]) -> list[Finding]:
     """A schedule made for a number of steps: the share of it each run stepped through. One
     process steps through its schedule as the job sized it; where the ranks step through another
     share of theirs (or past its end, which OneCycleLR refuses), the schedule was sized from
     something that does not shrink as the ranks' loaders do."""
-    made = zip(_schedules(baseline), _schedules(candidate), strict=False)
-    for (name, attribute, base_length, base_steps), (other, _, length, steps) in made:
+    for (name, attribute, base_length, base_steps), (other, _, length, steps) in zip(*made, strict=False):
         if name != other or not base_length or not length:
             continue
         base_share, share = base_steps / base_length, steps / length
@@ -166,12 +166,18 @@ def _schedule_length(baseline: RunRecord, candidate: RunRecord) -> list[Finding]
     return []
 
 
-def _schedule_end(baseline: RunRecord, candidate: RunRecord, base: list[_Step], cand: list[_Step]) -> list[Finding]:
+def _schedule_end(
+    baseline: RunRecord,
+    candidate: RunRecord,
+    made: tuple[list[list[Any]], ...],
+    base: list[_Step],
+    cand: list[_Step],
+) -> list[Finding]:
     """Where a schedule hides its length (a ``LambdaLR`` of the job's own): the learning rate at
     the end of each run, as a share of its peak. A schedule that anneals in one process and
     stops short on the ranks ends elsewhere; warm-up and plateaus that end at the peak, and
     schedules driven by a metric, are not compared."""
-    names = {m[0] for m in _schedules(baseline)} | {m[0] for m in _schedules(candidate)}
+    names = {m[0] for schedules in made for m in schedules}
     if not names or not names <= _STEP_DRIVEN or baseline.status != "succeeded" or candidate.status != "succeeded":
         return []
     rates = [[s.lr for s in steps if s.lr is not None] for steps in (base, cand)]

@@ -15,6 +15,7 @@ from collections import Counter, defaultdict
 from typing import Any
 
 from harness.judge.findings import ECHOES, Finding
+from harness.judge.logs import timeline
 from harness.judge.protocol import CheckContext
 from harness.record.run_record import RunRecord
 
@@ -83,15 +84,7 @@ def _reentrant_checkpoint(record: RunRecord) -> list[Finding]:
                 wrapped = wrapped or event
     if reentrant is None or wrapped is None:
         return []
-    said = next(
-        (
-            (rank, line.strip()[:300])
-            for rank, path in sorted(record.rank_logs().items())
-            for line in path.read_text(errors="replace").splitlines()
-            if "Expected to mark a variable ready only once" in line
-        ),
-        None,
-    )
+    said = next((m for m in timeline(record).matches if m.signature.id == "parameter-ready-twice"), None)
     if said is None:
         return []
     options = ", ".join(f"{k}=True" for k, v in (wrapped.get("options") or {}).items() if v)
@@ -104,12 +97,12 @@ def _reentrant_checkpoint(record: RunRecord) -> list[Finding]:
             evidence=[
                 f"checkpoint(..., use_reentrant=True) at {reentrant.get('caller')}",
                 f"{wrapped.get('wrapper')}({options}) at {wrapped.get('caller')}",
-                f"rank {said[0]}: {said[1]}",
+                said.where(),
             ],
             hint="pass use_reentrant=False to torch.utils.checkpoint.checkpoint (the non-reentrant variant works "
             f"with {options}), or drop {options.split('=')[0]}",
             cause="reentrant-checkpoint-with-ddp",
-            rank=said[0],
+            rank=said.rank,
             confidence=0.95,
             explains=("parameter-ready-twice", "python-exception", *ECHOES),
         )
