@@ -238,3 +238,86 @@ def test_a_parity_verdict_says_when_the_ranks_trained_from_no_data_loader(tmp_pa
     loader_pass = [started, {**epoch(2, 2), "loader": 0}, ledger([0.1] * 2)]
     observed = judge(_pair(tmp_path, [ledger([0.1] * 8)], loader_pass))
     assert "data-not-observed" not in [f.cause for f in observed.findings]
+
+
+def wrapped(group: list[int] | None = None, unregistered: str | None = None) -> dict[str, Any]:
+    loose = {"count": 1, "names": ["features.projection"], "digest": unregistered} if unregistered else None
+    return {
+        "kind": "model",
+        "wrapper": "DistributedDataParallel",
+        "caller": "train.py:85",
+        "digest": "same",
+        "entries": [],
+        "group": group,
+        "unregistered": loose,
+    }
+
+
+def params(step: int, digest: str) -> dict[str, Any]:
+    return {"kind": "params", "step": step, "sum": 1.0, "abs_sum": 2.0, "digest": digest}
+
+
+@pytest.mark.parametrize("alike", [True, False])
+def test_a_plain_tensor_attribute_that_differs_across_ranks_is_named(tmp_path: Path, alike: bool) -> None:
+    events = {r: [wrapped(unregistered="p" if alike else f"p{r}")] for r in range(4)}
+    causes = judge([four(tmp_path, events)]).causes
+    if alike:  # a cached constant made alike everywhere
+        assert "unregistered-tensor-differs-across-ranks" not in causes
+    else:
+        assert causes[0] == "unregistered-tensor-differs-across-ranks"
+
+
+@pytest.mark.parametrize("split_along_groups", [True, False])
+def test_replicas_wrapped_over_node_groups_that_split_along_them_are_named(
+    tmp_path: Path, split_along_groups: bool
+) -> None:
+    groups = {0: [0, 1], 1: [0, 1], 2: [2, 3], 3: [2, 3]}
+    digests = {0: "a", 1: "a", 2: "b", 3: "b"} if split_along_groups else {0: "a", 1: "c", 2: "b", 3: "b"}
+    events = {r: [wrapped(group=groups[r]), params(0, digests[r])] for r in range(4)}
+    verdict = judge([four(tmp_path, events)])
+    if split_along_groups:
+        first = verdict.findings[0]
+        assert first.cause == "wrapper-group-not-world" and "parameter-drift" in first.explains
+        assert first.title.startswith("DistributedDataParallel was given a process group of 2 of the 4 ranks")
+    else:  # drift within a group: not the group's doing
+        assert "wrapper-group-not-world" not in verdict.causes and "parameter-drift" in verdict.causes
+
+
+def test_a_wrapper_over_the_whole_world_is_no_group_finding(tmp_path: Path) -> None:
+    events = {r: [wrapped(group=[0, 1, 2, 3]), params(0, "a")] for r in range(4)}
+    assert judge([four(tmp_path, events)]).causes == []
+
+
+@pytest.mark.parametrize("outside", [0, 6])
+def test_an_optimizer_stepping_tensors_no_wrapper_holds_is_named(tmp_path: Path, outside: int) -> None:
+    step = {**first_step(), "stepped": 6, "outside_wrappers": outside, "outside_shapes": [[64, 16]]}
+    causes = judge([four(tmp_path, {r: [step] for r in range(4)})]).causes
+    assert (causes[:1] == ["optimizer-params-not-in-model"]) == bool(outside)
+
+
+def loss(pos_weight: float) -> dict[str, Any]:
+    return {
+        "type": "BCEWithLogitsLoss",
+        "digest": f"w{pos_weight}",
+        "shown": {"pos_weight": [pos_weight], "reduction": "mean"},
+    }
+
+
+def test_loss_weights_counted_on_each_rank_s_shard_are_named_with_each_rank_s_value(tmp_path: Path) -> None:
+    weights = {0: 99.0, 1: 65.7, 2: 99.0, 3: 199.0}
+    events = {r: [{**first_step(), "losses": [loss(w)]}] for r, w in weights.items()}
+    first = judge([four(tmp_path, events)]).findings[0]
+    assert (first.cause, first.rank) == ("loss-differs-across-ranks", 1)
+    assert "rank 1: BCEWithLogitsLoss(pos_weight=[65.7])" in first.evidence
+    alike = {r: [{**first_step(), "losses": [loss(99.0)]}] for r in range(4)}
+    assert judge([four(tmp_path, alike)]).causes == []
+
+
+@pytest.mark.parametrize("hook", ["fp16_compress_hook", "bf16_compress_hook"])
+def test_gradients_that_turn_non_finite_in_a_float16_hook_while_the_loss_is_finite_are_put_down_to_it(
+    tmp_path: Path, hook: str
+) -> None:
+    registered = {"kind": "comm_hook", "hook": hook, "caller": "train.py:93"}
+    overflowed = {**ledger([0.1] * 2), "loss": [2.3e10, 2.1e10], "grad_norm": [float("nan"), float("nan")]}
+    causes = judge([four(tmp_path, {r: [registered, overflowed] for r in range(4)})]).causes
+    assert ("comm-hook-fp16-overflow" in causes) == (hook == "fp16_compress_hook")

@@ -11,6 +11,7 @@ parameter that differs, with both values, and explains what the wrapper did next
 
 from __future__ import annotations
 
+import math
 from collections import Counter, defaultdict
 from typing import Any
 
@@ -66,7 +67,218 @@ def check_run(record: RunRecord, context: CheckContext) -> list[Finding]:
         for rank, events in record.rank_events().items()
     }
     held = {rank: event for rank, event in sorted(first.items()) if event is not None}
-    return [*_added_after_wrap(held, failed), *_optimizer_state(held, failed), *_reentrant_checkpoint(record)]
+    return [
+        *_unregistered_differ(wraps, failed),
+        *_group_not_world(wraps, record.rank_events()),
+        *_added_after_wrap(held, failed),
+        *_outside_wrappers(held, failed),
+        *_optimizer_state(held, failed),
+        *_loss_differs(held, failed),
+        *_comm_hook_overflow(record.rank_events(), failed),
+        *_reentrant_checkpoint(record),
+    ]
+
+
+def _unregistered_differ(
+    wraps: dict[tuple[int, tuple[int, ...] | None], dict[int, dict[str, Any]]], failed: bool
+) -> list[Finding]:
+    """Tensors the model keeps as plain attributes, neither parameter nor buffer, that differ
+    across the ranks of one wrapper: the wrapper broadcasts parameters and buffers only, so each
+    rank computes another function and the averaged gradients mix them."""
+    for _, by_rank in sorted(wraps.items(), key=lambda item: item[0][0]):
+        held = {rank: e["unregistered"] for rank, e in by_rank.items() if e.get("unregistered")}
+        if len(held) < 2 or len({h.get("digest") for h in held.values()}) < 2:
+            continue
+        classes: dict[str, list[int]] = defaultdict(list)
+        for rank, tensors in sorted(held.items()):
+            classes[str(tensors.get("digest"))].append(rank)
+        names = [str(n) for n in next(iter(held.values())).get("names") or []]
+        where = next(iter(by_rank.values())).get("caller")
+        return [
+            Finding(
+                kind="ranks",
+                severity="failure" if failed else "divergence",
+                title=f"tensors the model keeps outside its parameters and buffers ({', '.join(names[:3])}) differ "
+                f"across ranks when wrapped in {next(iter(by_rank.values())).get('wrapper')}"
+                + (f" ({where})" if where else "")
+                + ": the wrapper never synchronises them, so each rank computes another function",
+                evidence=[
+                    f"{'ranks' if len(ranks) > 1 else 'rank'} {', '.join(map(str, ranks))}: digest {digest} of "
+                    f"{', '.join(names)}"
+                    for digest, ranks in classes.items()
+                ],
+                hint="register such tensors as buffers (self.register_buffer(name, tensor), persistent so that "
+                "the checkpoint keeps them too) so that the wrapper broadcasts them from rank 0, or make them from a "
+                "generator seeded alike on every rank",
+                cause="unregistered-tensor-differs-across-ranks",
+                confidence=0.9,
+                explains=_DRIFT,
+            )
+        ]
+    return []
+
+
+def _group_not_world(
+    wraps: dict[tuple[int, tuple[int, ...] | None], dict[int, dict[str, Any]]],
+    events: dict[int, list[dict[str, Any]]],
+) -> list[Finding]:
+    """Replicas wrapped over a process group smaller than the job, whose parameters then split
+    exactly along those groups: each group averages its own gradients and trains its own model."""
+    groups = {
+        rank: tuple(event["group"])
+        for (_, group), by_rank in wraps.items()
+        if group is not None
+        for rank, event in by_rank.items()
+        if event.get("wrapper") not in SHARDING_WRAPPERS
+    }
+    world = sorted(events)
+    if len(world) < 2 or set(groups) != set(world) or all(len(g) == len(world) for g in groups.values()):
+        return []
+    params = {rank: {e["step"]: e["digest"] for e in evs if e.get("kind") == "params"} for rank, evs in events.items()}
+    common = sorted(set.intersection(*(set(p) for p in params.values())))
+    for step in common:
+        by_digest: dict[str, set[int]] = defaultdict(set)
+        for rank in world:
+            by_digest[params[rank][step]].add(rank)
+        if len(by_digest) < 2:
+            continue
+        if {frozenset(ranks) for ranks in by_digest.values()} != {frozenset(g) for g in groups.values()}:
+            return []
+        wrapper = next(e for by_rank in wraps.values() for e in by_rank.values())
+        where = wrapper.get("caller")
+        return [
+            Finding(
+                kind="ranks",
+                severity="divergence",
+                title=f"{wrapper.get('wrapper')} was given a process group of {len(groups[world[0]])} of the "
+                f"{len(world)} ranks" + (f" ({where})" if where else "") + ": each group averages its own "
+                f"gradients and trains its own model, which split from step {step}",
+                evidence=[
+                    *(
+                        f"ranks {', '.join(map(str, sorted(g)))}: one wrapper group"
+                        for g in sorted(set(groups.values()))
+                    ),
+                    *(
+                        f"ranks {', '.join(map(str, sorted(ranks)))}: parameters digest {digest} at step {step}"
+                        for digest, ranks in by_digest.items()
+                    ),
+                ],
+                hint="wrap the model over the whole job (leave process_group unset) where every rank holds a replica; "
+                "per-node groups are for collectives such as SyncBatchNorm's, not for the gradient average",
+                step=step,
+                cause="wrapper-group-not-world",
+                confidence=0.9,
+                explains=_DRIFT,
+            )
+        ]
+    return []
+
+
+def _outside_wrappers(held: dict[int, dict[str, Any]], failed: bool) -> list[Finding]:
+    """An optimizer that steps tensors no wrapper holds and no backward reaches: made before FSDP
+    flattened the model into its own parameters, it holds the tensors FSDP replaced."""
+    outside = {rank: e for rank, e in held.items() if e.get("outside_wrappers")}
+    if not outside:
+        return []
+    rank, event = next(iter(outside.items()))
+    shapes = ", ".join("x".join(map(str, s)) or "scalar" for s in event.get("outside_shapes") or [])
+    return [
+        Finding(
+            kind="ranks",
+            severity="failure" if failed else "divergence",
+            title=f"the optimizer steps {event['outside_wrappers']} of its {event.get('stepped')} tensors that no "
+            "distribution wrapper holds and no backward reached: the model it was meant to train is never updated",
+            evidence=[
+                f"rank {r}: {e['outside_wrappers']} of {e.get('stepped')} tensors of {e.get('optimizer')} outside "
+                "every DDP/FSDP wrapper, with no gradient, at its first step"
+                for r, e in outside.items()
+            ][:8]
+            + ([f"shapes: {shapes}"] if shapes else []),
+            hint="make the optimizer after wrapping the model, from the wrapper's parameters "
+            "(FSDP replaces the module's parameters with its own flat ones): model = FSDP(model); "
+            "optimizer = AdamW(model.parameters())",
+            cause="optimizer-params-not-in-model",
+            rank=rank,
+            confidence=0.93,
+            explains=(*_DRIFT, "ranks-took-no-steps"),
+        )
+    ]
+
+
+def _loss_differs(held: dict[int, dict[str, Any]], failed: bool) -> list[Finding]:
+    """Loss modules set up differently on the ranks (a ``pos_weight`` or class ``weight`` counted
+    on the rank's own shard): DDP then averages the gradients of different objectives."""
+    losses = {rank: e["losses"] for rank, e in held.items() if isinstance(e.get("losses"), list)}
+    if len(losses) < 2 or len({tuple(x.get("digest") for x in v) for v in losses.values()}) < 2:
+        return []
+    reference = min(losses)
+    for index, ours in enumerate(losses[reference]):
+        differ = {
+            rank: theirs[index]
+            for rank, theirs in losses.items()
+            if index < len(theirs) and theirs[index].get("digest") != ours.get("digest")
+        }
+        if not differ:
+            continue
+        settings = {rank: theirs[index].get("shown") or {} for rank, theirs in losses.items() if index < len(theirs)}
+        names = [k for k in ours.get("shown") or {} if any(s.get(k) != ours["shown"][k] for s in settings.values())]
+        return [
+            Finding(
+                kind="ranks",
+                severity="failure" if failed else "divergence",
+                title=f"the ranks' {ours.get('type')} differ ({', '.join(names) or 'its tensors'}): each rank "
+                "minimises another objective and the wrapper averages their gradients",
+                evidence=[
+                    f"rank {rank}: {ours.get('type')}("
+                    + ", ".join(f"{k}={shown.get(k)}" for k in names or list(shown)[:3])
+                    + ")"
+                    for rank, shown in sorted(settings.items())
+                ][:8],
+                hint="compute loss weights (pos_weight, class weights) from the whole dataset, or all_reduce the "
+                "counts before making the loss, so that every rank minimises the same loss",
+                cause="loss-differs-across-ranks",
+                rank=min(differ),
+                confidence=0.9,
+                explains=_DRIFT,
+            )
+        ]
+    return []
+
+
+def _comm_hook_overflow(events: dict[int, list[dict[str, Any]]], failed: bool) -> list[Finding]:
+    """A communication hook that reduces gradients in float16, where the reduced gradient is not
+    finite although the loss it came from is: the gradients overflowed float16's range (65504)
+    in the hook, not in the model."""
+    hooked = {rank: e for rank, evs in events.items() for e in evs if e.get("kind") == "comm_hook"}
+    hooks = list(hooked.values())
+    if not hooks or not any(word in hooks[0].get("hook", "").lower() for word in ("fp16", "half")):
+        return []
+    for rank, evs in sorted(events.items()):
+        for step in _ledger(evs):
+            loss, norm = step["loss"], step["grad_norm"]
+            if isinstance(loss, float) and math.isfinite(loss) and isinstance(norm, float) and not math.isfinite(norm):
+                return [
+                    Finding(
+                        kind="ranks",
+                        severity="failure" if failed else "divergence",
+                        title=f"gradients overflow float16 in the communication hook {hooks[0].get('hook')} "
+                        f"({hooks[0].get('caller')}): from step {step['step']} the reduced gradient is not finite "
+                        "although the loss is",
+                        evidence=[
+                            f"rank {rank}, step {step['step']}: loss {loss:.6g}, gradient norm after the reduction "
+                            f"{norm}",
+                            f"{hooks[0].get('hook')} registered at {hooks[0].get('caller')} on {len(hooked)} ranks",
+                        ],
+                        hint="gradients beyond 65504 do not fit float16: scale the targets or the loss so gradients "
+                        "stay in range, or use bf16_compress_hook or no compression hook",
+                        step=int(step["step"]),
+                        cause="comm-hook-fp16-overflow",
+                        rank=rank,
+                        confidence=0.93,
+                        explains=(*_DRIFT, "weights-non-finite"),
+                    )
+                ]
+    return []
 
 
 def _reentrant_checkpoint(record: RunRecord) -> list[Finding]:
@@ -241,3 +453,13 @@ def _first_difference(a: dict[str, Any], b: dict[str, Any], rank_a: int, rank_b:
         return f"the models of ranks {rank_a} and {rank_b} differ beyond the entries recorded", []
     more = [f"{len(differences) - 1} more entries differ"] if len(differences) > 1 else []
     return differences[0], [*differences[1:3], *more]
+
+
+def _ledger(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The loss ledger's steps (``steps`` events hold one list per field)."""
+    return [
+        {"step": step, "loss": loss, "grad_norm": norm}
+        for e in events
+        if e.get("kind") == "steps" and isinstance(e.get("step"), list)
+        for step, loss, norm in zip(e["step"], e.get("loss") or [], e.get("grad_norm") or [], strict=False)
+    ]

@@ -64,6 +64,7 @@ import subprocess
 import sys
 import threading
 import time
+import weakref
 
 DIR = os.environ.get("HARNESS_PROBE_DIR", "")
 HOST = os.environ.get("HARNESS_HOST") or "host"
@@ -1427,6 +1428,8 @@ def instrument_optimizer(module):
 
 #: Models handed to DDP: (a weak reference, the ids of the parameters it was given).
 _WRAPPED = []
+#: Every DDP and FSDP wrapper made (weak references): the tensors they train.
+_WRAPPERS = []
 _FIRST_STEP = {"seen": False}
 
 
@@ -1456,7 +1459,55 @@ def _first_step(optimizer):
         state_steps=sorted(steps)[:8],
         added_after_wrap=added[:8],
         added_count=len(added),
+        **_outside_wrappers(optimizer),
+        losses=_loss_settings(),
     )
+
+
+def _outside_wrappers(optimizer):
+    """The trainable tensors this optimizer steps that no distribution wrapper holds and no
+    backward reached (an optimizer made before FSDP flattened the model holds the tensors FSDP
+    replaced: it steps nothing)."""
+    wrappers = [w for w in (reference() for reference in _WRAPPERS) if w is not None]
+    if not wrappers:
+        return {}
+    held = {id(p) for w in wrappers for p in w.parameters()}
+    params = [p for group in optimizer.param_groups for p in group["params"] if p.requires_grad]
+    outside = [p for p in params if id(p) not in held and p.grad is None]
+    return {
+        "stepped": len(params),
+        "outside_wrappers": len(outside),
+        "outside_shapes": [list(p.shape) for p in outside[:4]],
+    }
+
+
+#: Loss modules made before the first optimizer step (weak references): their settings and
+#: weights (``pos_weight``, class ``weight``) must be alike on every rank.
+_LOSSES = weakref.WeakSet()
+
+
+def _loss_made(result, loss):
+    if not _FIRST_STEP["seen"]:
+        _LOSSES.add(loss)
+
+
+def _loss_settings():
+    """Per loss module: its class, the settings a user chooses (``reduction``, ``ignore_index``,
+    ``label_smoothing``...) and a digest of its tensors, with their first values for evidence."""
+    settings = []
+    for loss in list(_LOSSES)[:8]:
+        hasher = hashlib.blake2b(digest_size=12)
+        shown = {}
+        chosen = {k: v for k, v in sorted(vars(loss).items()) if not k.startswith("_") and k != "training"}
+        for name, value in [*sorted(loss._buffers.items()), *chosen.items()]:
+            if _is_tensor(value):
+                digest_tensor(value, hasher)
+                shown[name] = [round(float(v), 6) for v in value.detach().flatten()[:4].tolist()]
+            elif isinstance(value, (bool, int, float, str)) or value is None:
+                hasher.update(f"{name}={value!r}".encode())
+                shown[name] = value
+        settings.append({"type": type(loss).__name__, "digest": hasher.hexdigest(), "shown": shown})
+    return sorted(settings, key=lambda entry: (entry["type"], entry["digest"]))
 
 
 def _closure(args, kwargs):
@@ -1588,10 +1639,31 @@ def instrument_model_wrappers(module):
     for name in ("DistributedDataParallel", "FullyShardedDataParallel"):
         wrapper = getattr(module, name, None)
         if wrapper is not None and "__init__" in vars(wrapper):
-            wrapper.__init__ = _hook(wrapper.__init__, before=functools.partial(_model_wrapped, name))
+            wrapper.__init__ = _hook(
+                wrapper.__init__, before=functools.partial(_model_wrapped, name), after=_wrapper_made
+            )
+        for method in ("register_comm_hook", "_register_builtin_comm_hook"):
+            if wrapper is not None and method in vars(wrapper):
+                setattr(wrapper, method, _hook(getattr(wrapper, method), before=_comm_hook))
     single_process = getattr(module, "DataParallel", None)
     if single_process is not None and "__init__" in vars(single_process):
         single_process.__init__ = _hook(single_process.__init__, before=_data_parallel)
+
+
+def _wrapper_made(result, wrapper):
+    if wrapper is not None:
+        _WRAPPERS.append(weakref.ref(wrapper))
+
+
+def _comm_hook(args, kwargs):
+    """A communication hook replaces the wrapper's all-reduce of gradients (compression to
+    float16 or bfloat16, PowerSGD): what the ranks average is no longer what they computed."""
+    rank = _rank()
+    hook = kwargs.get("hook", args[2] if len(args) > 2 else args[1] if len(args) > 1 else None)
+    name = getattr(hook, "__qualname__", None) or getattr(hook, "name", None) or str(hook)
+    module = getattr(hook, "__module__", None)
+    if rank is not None:
+        rank.emit("comm_hook", flush=True, hook=str(name), module=module, caller=user_line() or caller())
 
 
 def _data_parallel(args, kwargs):
@@ -1603,10 +1675,12 @@ _MODEL_ENTRIES = 5000
 
 
 def _model_wrapped(wrapper, args, kwargs):
+    """The ``model`` event of a rank's wrapper being made; returns that wrapper (for
+    :func:`_wrapper_made`)."""
     rank = _rank()
     model = args[1] if len(args) > 1 else kwargs.get("module")
     if rank is None or model is None or not hasattr(model, "named_parameters"):
-        return
+        return None
     import torch
 
     entries = []
@@ -1627,8 +1701,6 @@ def _model_wrapped(wrapper, args, kwargs):
     hasher = hashlib.blake2b(digest_size=12)
     hasher.update(json.dumps(entries).encode())
     if wrapper == "DistributedDataParallel":
-        import weakref
-
         _WRAPPED.append((weakref.ref(model), frozenset(id(t) for t in model.parameters())))
     group = kwargs.get("process_group")
     ranks = None
@@ -1645,7 +1717,23 @@ def _model_wrapped(wrapper, args, kwargs):
         count=len(entries),
         digest=hasher.hexdigest(),
         entries=entries[:_MODEL_ENTRIES],
+        unregistered=_unregistered_tensors(model),
     )
+    return args[0]
+
+
+def _unregistered_tensors(model):
+    """Tensors a module keeps as plain attributes (neither parameter nor buffer): the wrapper
+    never broadcasts them, so a rank that made its own (a random projection after per-rank
+    seeding) computes another function. Their names and a digest of their values."""
+    names = []
+    hasher = hashlib.blake2b(digest_size=12)
+    for prefix, module in model.named_modules():
+        for name, value in sorted(vars(module).items()):
+            if _is_tensor(value):
+                names.append(f"{prefix}.{name}" if prefix else name)
+                digest_tensor(value, hasher)
+    return {"count": len(names), "names": names[:8], "digest": hasher.hexdigest()} if names else None
 
 
 # ---- differential replay ----------------------------------------------------------------------
@@ -1949,6 +2037,13 @@ _SCHEDULE_LENGTHS = {
 _SCHEDULES = {}
 
 
+def instrument_losses(module):
+    """The loss modules made before the first optimizer step (:func:`_loss_settings`)."""
+    base = getattr(module, "_Loss", None)
+    if base is not None and "__init__" in vars(base):
+        base.__init__ = _hook(base.__init__, before=lambda args, kwargs: args[0] if args else None, after=_loss_made)
+
+
 def instrument_lr_scheduler(module):
     """Schedules made for a number of steps: how many they were made for and how many times the
     job stepped them (``scheduler.step()`` after it was made), written at exit. One process
@@ -2013,6 +2108,7 @@ _HOOKS = {
     "torch.distributed.distributed_c10d": instrument_distributed,
     "torch.utils.data.dataloader": instrument_dataloader,
     "torch.optim.optimizer": instrument_optimizer,
+    "torch.nn.modules.loss": instrument_losses,
     "torch.optim.lr_scheduler": instrument_lr_scheduler,
     "torch.utils.checkpoint": instrument_checkpoint,
     "torch.serialization": instrument_serialization,
