@@ -345,3 +345,46 @@ def test_the_ledgers_record_what_each_step_drew_computed_and_wrapped(tmp_path: P
         ["weight", [1, 3], "float32", "cpu", True],
         ["bias", [1], "float32", "cpu", True],
     ]
+
+
+def test_the_rank_state_a_wrapper_never_synchronises_is_recorded(tmp_path: Path) -> None:
+    """What the ranks must hold alike and no wrapper synchronises: tensors kept as plain module
+    attributes, loss modules' weights and settings, a communication hook, and optimizer tensors
+    no wrapper holds (a tensor stepped beside the model here)."""
+    code = program(
+        """
+        from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
+        from torch.nn.parallel import DistributedDataParallel
+        torch.manual_seed(0)
+        class Features(torch.nn.Module):
+            def __init__(self):
+                super().__init__()
+                self.projection = torch.randn(3, 4)  # neither parameter nor buffer
+                self.head = torch.nn.Linear(4, 1)
+            def forward(self, x):
+                return self.head(x @ self.projection)
+        model = DistributedDataParallel(Features())
+        model.register_comm_hook(state=None, hook=default_hooks.fp16_compress_hook)
+        stray = torch.zeros(5, requires_grad=True)
+        optimizer = torch.optim.SGD([*model.parameters(), stray], lr=0.1)
+        loss_fn = torch.nn.BCEWithLogitsLoss(pos_weight=torch.tensor([3.0]))
+        for _ in range(2):
+            optimizer.zero_grad()
+            loss = loss_fn(model(torch.randn(8, 3)).squeeze(1), torch.ones(8))
+            loss.backward()
+            optimizer.step()
+        print(round(loss.item(), 4), flush=True)
+        """
+    )
+    assert_same(tmp_path, code)
+    assert not probe_errors(tmp_path)
+    recorded = events(tmp_path)
+    (model,) = [e for e in recorded if e["kind"] == "model"]
+    assert model["unregistered"]["names"] == ["projection"] and model["unregistered"]["count"] == 1
+    (hook,) = [e for e in recorded if e["kind"] == "comm_hook"]
+    line = next(n for n, text in enumerate(code.splitlines(), 1) if "register_comm_hook" in text)
+    assert hook["hook"] == "fp16_compress_hook" and hook["caller"] == f"<string>:{line}"
+    (first,) = [e for e in recorded if e["kind"] == "first_step"]
+    assert (first["stepped"], first["outside_wrappers"], first["outside_shapes"]) == (3, 1, [[5]])
+    (loss,) = first["losses"]
+    assert loss["type"] == "BCEWithLogitsLoss" and loss["shown"] == {"pos_weight": [3.0], "reduction": "mean"}

@@ -20,15 +20,19 @@ RANKS = JobSpec(name="fake", source_dir="src", entry_point="train.py", distribut
 ONE = JobSpec(name="fake", source_dir="src", entry_point="train.py", distribution="torchrun")
 
 
-def epoch(batches: int, steps: int, epoch: int = 0) -> dict[str, Any]:
-    return {
+def epoch(batches: int, steps: int, epoch: int = 0) -> list[dict[str, Any]]:
+    """A finished pass over loader 0: its start and its end."""
+    started = {"kind": "epoch_start", "loader": 0, "site": "train.py:48", "epoch": epoch}
+    ended = {
         "kind": "data_epoch",
+        "loader": 0,
         "site": "train.py:48",
         "epoch": epoch,
         "batches": batches,
         "steps": steps,
         "finished": True,
     }
+    return [started, ended]
 
 
 def first_step(entries: int = 0, steps: list[float] | None = None, added: list[str] | None = None) -> dict[str, Any]:
@@ -65,7 +69,7 @@ def four(tmp_path: Path, events: dict[int, list[dict[str, Any]]], status: Status
 
 def test_a_rank_that_skipped_the_steps_its_peers_took_over_the_same_batches_is_named(tmp_path: Path) -> None:
     # A plain GradScaler on FSDP: the rank whose shard overflowed skips every step.
-    events = {r: [epoch(16, 16), epoch(16, 16, epoch=1)] for r in range(3)} | {3: [epoch(16, 0), epoch(16, 0, 1)]}
+    events = {r: [*epoch(16, 16), *epoch(16, 16, epoch=1)] for r in range(3)} | {3: [*epoch(16, 0), *epoch(16, 0, 1)]}
     first = judge([four(tmp_path, events)]).findings[0]
     assert (first.cause, first.rank) == ("steps-skipped-on-some-ranks", 3)
     assert (
@@ -84,7 +88,7 @@ def test_a_rank_that_skipped_the_steps_its_peers_took_over_the_same_batches_is_n
 def test_ranks_that_step_alike_or_draw_other_batch_counts_skip_nothing(
     tmp_path: Path, counts: list[tuple[int, int]]
 ) -> None:
-    events = {r: [epoch(*c)] for r, c in enumerate(counts)}
+    events = {r: epoch(*c) for r, c in enumerate(counts)}
     assert "steps-skipped-on-some-ranks" not in judge([four(tmp_path, events)]).causes
 
 
@@ -234,8 +238,7 @@ def test_a_parity_verdict_says_when_the_ranks_trained_from_no_data_loader(tmp_pa
     verdict = judge(records)
     assert verdict.outcome == "parity"
     assert "data-not-observed" in [f.cause for f in verdict.findings]
-    started = {"kind": "epoch_start", "loader": 0, "site": "train.py:48", "epoch": 0}
-    loader_pass = [started, {**epoch(2, 2), "loader": 0}, ledger([0.1] * 2)]
+    loader_pass = [*epoch(2, 2), ledger([0.1] * 2)]
     observed = judge(_pair(tmp_path, [ledger([0.1] * 8)], loader_pass))
     assert "data-not-observed" not in [f.cause for f in observed.findings]
 

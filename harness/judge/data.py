@@ -41,7 +41,7 @@ _UNEVEN_CONSEQUENCES = (
 
 
 @dataclass
-class _Pass:
+class LoaderPass:
     """One rank's pass over one loader (one epoch), from its events."""
 
     rank: int
@@ -62,16 +62,16 @@ class _Pass:
 
 
 def check_run(record: RunRecord, context: CheckContext) -> list[Finding]:
-    passes = _passes(record.rank_events())
-    if not passes:
+    drawn = passes(record.rank_events())
+    if not drawn:
         return _unobserved(record)
-    world = len({p.rank for p in passes})
+    world = len({p.rank for p in drawn})
     failed = record.status != "succeeded"
     findings: list[Finding] = []
-    by_epoch: dict[tuple[str, int], list[_Pass]] = defaultdict(list)
-    for one in passes:
+    by_epoch: dict[tuple[str, int], list[LoaderPass]] = defaultdict(list)
+    for one in drawn:
         by_epoch[(one.site, one.epoch)].append(one)
-    training_sites = {p.site for p in passes if p.steps > 0}
+    training_sites = {p.site for p in drawn if p.steps > 0}
     for (site, epoch), group in sorted(by_epoch.items(), key=lambda item: (item[0][1], item[0][0])):
         if site not in training_sites or len(group) < 2:
             continue
@@ -110,15 +110,15 @@ def _unobserved(record: RunRecord) -> list[Finding]:
     ]
 
 
-def _passes(events: dict[int, list[dict[str, Any]]]) -> list[_Pass]:
+def passes(events: dict[int, list[dict[str, Any]]]) -> list[LoaderPass]:
     """Every rank's loader passes, from ``epoch_start`` (the loader's site), ``batch`` (counted:
     a rank that hangs mid-epoch never closes it) and ``data_epoch`` (what was drawn)."""
-    passes = []
+    found = []
     for rank, evs in events.items():
         sites: dict[Any, str] = {}
-        current: dict[tuple[Any, Any], _Pass] = {}
+        current: dict[tuple[Any, Any], LoaderPass] = {}
         numbered: dict[str, int] = defaultdict(int)
-        last: _Pass | None = None
+        last: LoaderPass | None = None
         for event in evs:
             kind = event.get("kind")
             if kind == "epoch_start":
@@ -126,10 +126,10 @@ def _passes(events: dict[int, list[dict[str, Any]]]) -> list[_Pass]:
                 site = sites.setdefault(loader, str(event.get("site") or f"loader {loader}"))
                 # Epochs are counted per site: a job that makes a new DataLoader every epoch
                 # (the same line) draws its epochs 0, 1, 2 from three loaders.
-                one = _Pass(rank, site, numbered[site], info=event)
+                one = LoaderPass(rank, site, numbered[site], info=event)
                 numbered[site] += 1
                 current[(loader, event.get("epoch", 0))] = one
-                passes.append(one)
+                found.append(one)
             elif kind == "batch" and "loader" in event:
                 last = current.get((event["loader"], event.get("epoch", 0)))
                 if last is not None:
@@ -144,14 +144,14 @@ def _passes(events: dict[int, list[dict[str, Any]]]) -> list[_Pass]:
                 if ended is not None:
                     ended.closed = event
                     ended.steps = max(ended.steps, int(event.get("steps") or 0))
-    return passes
+    return found
 
 
 def _ranks(ranks: list[int]) -> str:
     return ("rank " if len(ranks) == 1 else "ranks ") + ", ".join(map(str, sorted(ranks)))
 
 
-def _uneven(site: str, epoch: int, group: list[_Pass], failed: bool) -> Finding | None:
+def _uneven(site: str, epoch: int, group: list[LoaderPass], failed: bool) -> Finding | None:
     counts: dict[int, list[int]] = defaultdict(list)
     for one in group:
         counts[one.batches].append(one.rank)
@@ -205,7 +205,7 @@ def _examples(bits: int, limit: int = 5) -> list[int]:
 _SHARDS_DIFFER = ("samples-differ-from-one-process",)
 
 
-def _coverage(site: str, epochs: list[list[_Pass]], world: int) -> list[Finding]:
+def _coverage(site: str, epochs: list[list[LoaderPass]], world: int) -> list[Finding]:
     """Within each finished epoch drawn by every rank: samples drawn by more than one rank (or
     twice by one) beyond the sampler's padding, and samples no rank drew beyond ``drop_last``.
     The first epoch that shows either is the finding."""
@@ -222,12 +222,12 @@ def _coverage(site: str, epochs: list[list[_Pass]], world: int) -> list[Finding]
     return []
 
 
-def _batch(group: list[_Pass]) -> int:
+def _batch(group: list[LoaderPass]) -> int:
     """The largest samples-per-batch among the ranks' passes."""
     return max((int(p.end.get("samples") or 0) // max(1, p.batches) for p in group), default=1)
 
 
-def _equal_shards(group: list[_Pass]) -> bool:
+def _equal_shards(group: list[LoaderPass]) -> bool:
     """Whether every rank drew about as many samples (within a batch): a sharding scheme. A
     scheme where one rank draws for all (accelerate's ``dispatch_batches``) or ranks draw what
     they like is not judged for overlap."""
@@ -235,7 +235,7 @@ def _equal_shards(group: list[_Pass]) -> bool:
     return max(counts) - min(counts) <= max(1, _batch(group))
 
 
-def _map_coverage(site: str, group: list[_Pass]) -> Finding | None:
+def _map_coverage(site: str, group: list[LoaderPass]) -> Finding | None:
     if not _equal_shards(group):
         return None
     lengths = {p.end.get("length") for p in group}
@@ -325,7 +325,7 @@ def _shared_pairs(masks: dict[int, int], limit: int = 3, budget: int = 2000) -> 
     return found
 
 
-def _iterable_coverage(site: str, group: list[_Pass]) -> Finding | None:
+def _iterable_coverage(site: str, group: list[LoaderPass]) -> Finding | None:
     """Iterable datasets have no indices: samples are compared by content digest (a consistent
     subsample on large epochs, the same on every rank, so overlaps are estimated)."""
     if not _equal_shards(group):
@@ -357,7 +357,7 @@ def _iterable_coverage(site: str, group: list[_Pass]) -> Finding | None:
     )
 
 
-def _order_repeats(site: str, epochs: list[list[_Pass]]) -> Finding | None:
+def _order_repeats(site: str, epochs: list[list[LoaderPass]]) -> Finding | None:
     """A shuffling sampler that hands every rank the same order every epoch (DistributedSampler
     without ``set_epoch``)."""
     orders: dict[int, list[tuple[int, str, list[Any]]]] = defaultdict(list)

@@ -16,6 +16,7 @@ from collections.abc import Iterable
 from datetime import UTC, datetime
 from typing import Any
 
+from harness.judge.data import passes
 from harness.judge.findings import ECHOES, Finding
 from harness.judge.learning import unpacked
 from harness.judge.protocol import CheckContext
@@ -84,13 +85,12 @@ def _skipped_steps(events: dict[int, list[dict[str, Any]]]) -> list[Finding]:
     """A pass over the data in which every rank drew the same batches and some took fewer
     optimizer steps: a decision to skip the update made from a value of the rank's own (a gradient
     scaler's overflow check over a rank's own shard, a NaN guard on its own loss)."""
-    passes: dict[tuple[str, int], dict[int, tuple[int, int]]] = {}
-    for rank, evs in events.items():
-        for event in evs:
-            if event.get("kind") == "data_epoch" and event.get("finished"):
-                key = (str(event.get("site")), int(event.get("epoch") or 0))
-                passes.setdefault(key, {})[rank] = (int(event.get("batches") or 0), int(event.get("steps") or 0))
-    for (site, epoch), counts in passes.items():
+    finished: dict[tuple[str, int], dict[int, tuple[int, int]]] = {}
+    for one in passes(events):
+        if one.end.get("finished"):
+            batches = int(one.end.get("batches") or one.batches)
+            finished.setdefault((one.site, one.epoch), {})[one.rank] = (batches, int(one.end.get("steps") or 0))
+    for (site, epoch), counts in finished.items():
         if len(counts) != len(events) or len(counts) < 2 or len({b for b, _ in counts.values()}) != 1:
             continue
         steps = {rank: s for rank, (_, s) in sorted(counts.items())}

@@ -1499,7 +1499,8 @@ def _loss_settings():
         hasher = hashlib.blake2b(digest_size=12)
         shown = {}
         chosen = {k: v for k, v in sorted(vars(loss).items()) if not k.startswith("_") and k != "training"}
-        for name, value in [*sorted(loss._buffers.items()), *chosen.items()]:
+        buffers = [(name, value) for name, value in sorted(loss._buffers.items()) if value is not None]
+        for name, value in [*buffers, *chosen.items()]:
             if _is_tensor(value):
                 digest_tensor(value, hasher)
                 shown[name] = [round(float(v), 6) for v in value.detach().flatten()[:4].tolist()]
