@@ -246,3 +246,28 @@ def test_explanations_chain_to_the_finding_nothing_explains() -> None:
         "consequence: collective-mismatch (collective-mismatch)",
         "consequence: hang (hang)",
     ]
+
+
+@pytest.mark.parametrize("ranks_reach", [512, 2048])
+def test_a_sampler_with_replacement_is_compared_with_one_process_by_the_parts_of_the_dataset_it_reached(
+    tmp_path: Path, ranks_reach: int
+) -> None:
+    # A class-balancing WeightedRandomSampler over each rank's shard of 512 whose positions were
+    # used as dataset indices: every rank draws from the first quarter only.
+    import random
+
+    draw = random.Random(0)
+
+    def drawn(reach: int, count: int) -> list[dict[str, Any]]:
+        indices = draw.choices(range(reach), k=count)
+        return epoch(indices, length=2048, batch=16, replacement=True)
+
+    one = make_record(tmp_path, "single", rank_events={0: drawn(2048, 2048)})
+    ranks = make_record(tmp_path, "local", rank_events={r: drawn(ranks_reach, 512) for r in range(4)})
+    verdict = judge([one, ranks])
+    if ranks_reach == 2048:  # the same distribution: no part is missed
+        assert "data-unseen" not in verdict.causes
+    else:
+        first = verdict.findings[0]
+        assert first.cause == "data-unseen"
+        assert first.title.startswith(f"the ranks never drew from samples 512..2047 of {SITE}")

@@ -324,3 +324,47 @@ def test_gradients_that_turn_non_finite_in_a_float16_hook_while_the_loss_is_fini
     overflowed = {**ledger([0.1] * 2), "loss": [2.3e10, 2.1e10], "grad_norm": [float("nan"), float("nan")]}
     causes = judge([four(tmp_path, {r: [registered, overflowed] for r in range(4)})]).causes
     assert ("comm-hook-fp16-overflow" in causes) == (hook == "fp16_compress_hook")
+
+
+@pytest.mark.parametrize("spread", [True, False])
+def test_a_loss_that_turned_nan_on_one_rank_and_spread_through_the_average_is_named(
+    tmp_path: Path, spread: bool
+) -> None:
+    # A masked mean over a per-rank batch with nothing masked: 0/0 on rank 2 at step 3.
+    nan = float("nan")
+
+    def rank(r: int) -> list[dict[str, Any]]:
+        losses = [0.5, 0.4, 0.3, nan if r == 2 else 0.2]
+        # without the spread, every rank skipped the step alike: no gradient was reduced
+        norms = [1.0, 1.0, 1.0, nan if spread else None]
+        return [{**ledger([0.1] * 4), "loss": losses, "grad_norm": norms}]
+
+    verdict = judge([four(tmp_path, {r: rank(r) for r in range(4)})])
+    if spread:
+        first = verdict.findings[0]
+        assert (first.cause, first.rank, first.step) == ("loss-non-finite-on-some-ranks", 2, 3)
+        assert first.title.startswith("the loss turned non-finite at optimizer step 3 on rank 2 while ranks 0, 1, 3")
+    else:
+        assert "loss-non-finite-on-some-ranks" not in verdict.causes
+
+
+@pytest.mark.parametrize("alike", [True, False])
+def test_a_partitioning_optimizer_given_its_parameters_in_another_order_on_a_rank_is_named(
+    tmp_path: Path, alike: bool
+) -> None:
+    # AdamW's decay and no-decay groups made from sets: each process orders them its own way.
+    names = ["module.a.weight", "module.b.weight", "module.a.bias", "module.b.bias"]
+    order = {r: names if alike or r != 2 else [names[1], names[0], *names[2:]] for r in range(4)}
+    events = {
+        r: [{**first_step(), "optimizer": "ZeroRedundancyOptimizer", "partitioned_order": order[r]}] for r in order
+    }
+    causes = judge([four(tmp_path, events)]).causes
+    if alike:
+        assert causes == []
+    else:
+        assert causes[0] == "optimizer-param-order-differs-across-ranks"
+        assert (
+            judge([four(tmp_path, events)])
+            .findings[0]
+            .title.endswith("parameter 0 is module.b.weight on rank 2 and module.a.weight on rank 0")
+        )

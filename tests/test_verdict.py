@@ -67,6 +67,20 @@ def test_identical_batches_on_every_rank(tmp_path: Path) -> None:
     assert judge([make_record(tmp_path, "local", losses=CURVE, rank_events=sharded)]).outcome == "nothing-compared"
 
 
+@pytest.mark.parametrize("orders", [["o0", "o1", "o2"], ["o", "o", "o"]])
+def test_identical_batches_from_other_indices_come_from_a_random_stream_seeded_alike(
+    tmp_path: Path, orders: list[str]
+) -> None:
+    # A Dataset whose samples are random windows from its worker's generator, seeded alike on
+    # every rank: the sampler hands each rank other indices, and the batches are the same.
+    def drawn(rank: int) -> list[dict[str, object]]:
+        return [*_batches(["a", "b", "c"]), {"kind": "data_epoch", "bitmap": "x", "order": orders[rank]}]
+
+    verdict = judge([make_record(tmp_path, "local", losses=CURVE, rank_events={r: drawn(r) for r in range(3)})])
+    alike = len(set(orders)) == 1
+    assert verdict.causes[0] == ("data-not-sharded" if alike else "random-stream-same-on-every-rank")
+
+
 def _call(op: str, shape: list[int], line: int) -> dict[str, object]:
     return {"kind": "collective", "op": op, "shapes": [shape], "caller": f"train.py:{line}"}
 

@@ -57,6 +57,7 @@ BUILTIN: tuple[Check, ...] = (
     RunCheck("state-dicts", state_dicts.check_run),
     RunCheck("variables-unset", variables.check_run),
     PairCheck("failures", failures.compare),
+    PairCheck("data-against-baseline", data.compare),
     PairCheck("metrics", metrics.compare),
     PairCheck("learning", learning.compare),
     PairCheck("artifacts", artifacts.compare),

@@ -87,6 +87,87 @@ def check_run(record: RunRecord, context: CheckContext) -> list[Finding]:
     return findings
 
 
+#: A sampler that draws with replacement is compared with one process's by region: the dataset
+#: cut into this many equal parts, a part from which one process drew at least
+#: ``_REGION_DRAWN`` distinct samples and the ranks together none cannot come from one
+#: distribution (the chance is below e**-8 where the ranks drew at least half as many samples).
+_REGIONS = 64
+_REGION_DRAWN = 16
+
+
+def compare(baseline: RunRecord, candidate: RunRecord, context: CheckContext) -> list[Finding]:
+    """Samplers that draw with replacement (class-balancing ``WeightedRandomSampler``) overlap by
+    design, so within a run nothing is judged of them; against one process drawing from the same
+    loader, parts of the dataset it drew from often and no rank ever touched are data the
+    distributed run never saw (indices taken from the wrong list: positions within a rank's
+    shard used as dataset indices)."""
+    ours, theirs = _with_replacement(baseline), _with_replacement(candidate)
+    for site in sorted(ours.keys() & theirs.keys()):
+        (length, one, one_total, _), (other_length, union, total, ranks) = ours[site], theirs[site]
+        if length != other_length or length < _REGIONS * _REGION_DRAWN or ranks < 2 or 2 * total < one_total:
+            continue
+        size = length // _REGIONS
+        region = (1 << size) - 1
+        drew = {r: ((one >> (r * size)) & region).bit_count() for r in range(_REGIONS)}
+        missed = [r for r in range(_REGIONS) if drew[r] and not (union >> (r * size)) & region]
+        if not any(drew[r] >= _REGION_DRAWN for r in missed):
+            continue
+        never = sum(drew[r] for r in missed)
+        spans = _spans([(r * size, (r + 1) * size - 1) for r in missed])
+        return [
+            Finding(
+                kind="ranks",
+                severity="divergence",
+                title=f"the ranks never drew from samples {spans[0]} of {site}, which one process drew from: "
+                f"{len(missed)} of {_REGIONS} parts of the dataset unseen",
+                evidence=[
+                    f"one process ({baseline.rung}): {one_total} samples drawn with replacement, {one.bit_count()} "
+                    f"distinct of {length}, {never} of them in parts no rank drew from",
+                    f"{ranks} ranks ({candidate.rung}): {total} samples, {union.bit_count()} distinct, the highest "
+                    f"index {union.bit_length() - 1}",
+                    "parts never drawn: " + ", ".join(spans[:6]) + (", ..." if len(spans) > 6 else ""),
+                ],
+                hint="a sampler of a rank's shard yields positions within that shard: map them to dataset indices "
+                "(shard_indices[i]), or give the weighted sampler a weight per dataset index and shard its draws "
+                "per rank",
+                cause="data-unseen",
+                confidence=0.85,
+                explains=("learning-differs", "weights-differ", "replay-differs", "samples-differ-from-one-process"),
+            )
+        ]
+    return []
+
+
+def _with_replacement(record: RunRecord) -> dict[str, tuple[int, int, int, int]]:
+    """Per loader site drawn with replacement that training followed: the dataset's length, the
+    union of every rank's draws over every finished pass, the samples drawn and the ranks."""
+    found: dict[str, tuple[int, int, int, int]] = {}
+    drawn = passes(record.rank_events())
+    training = {p.site for p in drawn if p.steps > 0}
+    for one in drawn:
+        end = one.end
+        bits = _bits(end)
+        if one.site not in training or not end.get("replacement") or not end.get("finished") or bits is None:
+            continue
+        length, union, total, ranks = found.get(one.site, (int(end.get("length") or 0), 0, 0, 0))
+        found[one.site] = (length, union | bits, total + int(end.get("samples") or 0), ranks)
+    for site in found:
+        length, union, total, _ = found[site]
+        found[site] = (length, union, total, len({p.rank for p in drawn if p.site == site}))
+    return found
+
+
+def _spans(ranges: list[tuple[int, int]]) -> list[str]:
+    """Adjacent index ranges joined, as "512..1023"."""
+    joined: list[list[int]] = []
+    for start, stop in ranges:
+        if joined and joined[-1][1] + 1 == start:
+            joined[-1][1] = stop
+        else:
+            joined.append([start, stop])
+    return [f"{a}..{b}" for a, b in joined]
+
+
 def _unobserved(record: RunRecord) -> list[Finding]:
     """Ranks that trained (took optimizer steps) from no ``DataLoader``: what each drew was not
     observed, so shards that overlap or repeat cannot be seen; a parity verdict says so."""

@@ -10,6 +10,7 @@ a late rank is busy in its own code and never does.
 
 from __future__ import annotations
 
+import math
 import re
 from collections import Counter
 from collections.abc import Iterable
@@ -36,7 +37,7 @@ _EXPLAINED = (*ECHOES, "collective-timeout", "collective-mismatch", "peer-connec
 
 def check_run(record: RunRecord, context: CheckContext) -> list[Finding]:
     events = record.rank_events()
-    found = [*_skipped_steps(events), *_learning_rates(events)]
+    found = [*_skipped_steps(events), *_learning_rates(events), *_non_finite_losses(events)]
     if record.status == "succeeded":
         return found
     ranks = {int(p["rank"]): p for p in record.processes() if p.get("rank") is not None and _launched_rank(p)}
@@ -79,6 +80,69 @@ def _learning_rates(events: dict[int, list[dict[str, Any]]]) -> list[Finding]:
             )
         ]
     return []
+
+
+def _non_finite_losses(events: dict[int, list[dict[str, Any]]]) -> list[Finding]:
+    """A loss that turned non-finite on some ranks only, whose NaN the gradient average carried to
+    the ranks whose own loss was finite (their reduced gradient, or their parameters after it, are
+    not finite): the cause lies in what those ranks computed on their own batch (a mean over a
+    count that is zero in a small per-rank batch, one bad record), not in the learning rate or
+    the precision. A job that skips such a step alike on every rank shows no spread: no finding."""
+    ledgers = {rank: {int(t["step"]): t for e in evs for t in unpacked(e)} for rank, evs in events.items()}
+    ledgers = {rank: ledger for rank, ledger in ledgers.items() if ledger}
+    if len(ledgers) < 2:
+        return []
+    for step in sorted(set.intersection(*(set(ledger) for ledger in ledgers.values()))):
+        losses = {rank: ledger[step]["loss"] for rank, ledger in sorted(ledgers.items())}
+        if not all(isinstance(v, int | float) for v in losses.values()):
+            continue
+        bad = [rank for rank, v in losses.items() if not math.isfinite(v)]
+        if not bad:
+            continue
+        good = [rank for rank in losses if rank not in bad]
+        spread = [rank for rank in good if _not_finite_after(events[rank], ledgers[rank], step)]
+        if not good or not spread:
+            return []
+        return [
+            Finding(
+                kind="ranks",
+                severity="divergence",
+                title=f"the loss turned non-finite at optimizer step {step} on {_ranks(bad)} while "
+                f"{_ranks(good)} computed a finite one: the gradient average carried it to every replica",
+                evidence=[f"rank {rank}: loss {losses[rank]:.6g} at step {step}" for rank in losses][:16]
+                + [f"{_ranks(spread)}: gradient or parameters not finite from step {step}, their own loss finite"],
+                hint="look at what those ranks computed on their own batch: a mean divided by a count that can be "
+                "zero in a per-rank batch (clamp it, or reduce the sum and the count across ranks), a record that "
+                "is not finite; decide to skip a step alike on every rank (all_reduce a flag)",
+                step=step,
+                cause="loss-non-finite-on-some-ranks",
+                rank=bad[0],
+                confidence=0.9,
+                explains=(
+                    "weights-non-finite",
+                    "replay-differs",
+                    "learning-differs",
+                    "weights-differ",
+                    "parameter-drift",
+                ),
+            )
+        ]
+    return []
+
+
+def _not_finite_after(events: list[dict[str, Any]], ledger: dict[int, dict[str, Any]], step: int) -> bool:
+    """Whether a rank's reduced gradient at ``step``, or its parameters at a later step, are not finite."""
+    norm = ledger[step].get("grad_norm")
+    if isinstance(norm, int | float) and not math.isfinite(norm):
+        return True
+    return any(
+        e.get("kind") == "params" and int(e.get("step", -1)) >= step and not math.isfinite(float(e.get("sum", 0.0)))
+        for e in events
+    )
+
+
+def _ranks(ranks: list[int]) -> str:
+    return ("rank " if len(ranks) == 1 else "ranks ") + ", ".join(map(str, ranks))
 
 
 def _skipped_steps(events: dict[int, list[dict[str, Any]]]) -> list[Finding]:

@@ -72,6 +72,7 @@ def check_run(record: RunRecord, context: CheckContext) -> list[Finding]:
         *_group_not_world(wraps, record.rank_events()),
         *_added_after_wrap(held, failed),
         *_outside_wrappers(held, failed),
+        *_partition_order(held, failed),
         *_optimizer_state(held, failed),
         *_loss_differs(held, failed),
         *_comm_hook_overflow(record.rank_events(), failed),
@@ -201,6 +202,40 @@ def _outside_wrappers(held: dict[int, dict[str, Any]], failed: bool) -> list[Fin
             rank=rank,
             confidence=0.93,
             explains=(*_DRIFT, "ranks-took-no-steps"),
+        )
+    ]
+
+
+def _partition_order(held: dict[int, dict[str, Any]], failed: bool) -> list[Finding]:
+    """An optimizer that partitions its parameters across ranks by the order it holds them in
+    (``ZeroRedundancyOptimizer``), given them in another order on some rank (param groups built
+    from a ``set``, whose order differs per process): each rank updates and broadcasts a partition
+    its peers think is another, so tensors overwrite each other."""
+    orders = {rank: tuple(e["partitioned_order"]) for rank, e in held.items() if e.get("partitioned_order")}
+    if len(orders) < 2 or len(set(orders.values())) < 2:
+        return []
+    reference = min(orders)
+    odd = next(rank for rank, order in orders.items() if order != orders[reference])
+    ours, theirs = orders[reference], orders[odd]
+    position = next((i for i, (a, b) in enumerate(zip(ours, theirs, strict=False)) if a != b), len(ours))
+    return [
+        Finding(
+            kind="ranks",
+            severity="failure" if failed else "divergence",
+            title=f"{held[odd].get('optimizer')} partitions the parameters by the order it holds them in, and the "
+            f"ranks hold them in other orders: parameter {position} is "
+            f"{theirs[position] if position < len(theirs) else 'absent'} on rank {odd} and "
+            f"{ours[position] if position < len(ours) else 'absent'} on rank {reference}",
+            evidence=[
+                f"rank {rank}: " + ", ".join(order[:4]) + (", ..." if len(order) > 4 else "")
+                for rank, order in sorted(orders.items())
+            ][:8],
+            hint="build the parameter groups in a deterministic order (a list from model.named_parameters(), never "
+            "a set), the same on every rank",
+            cause="optimizer-param-order-differs-across-ranks",
+            rank=odd,
+            confidence=0.92,
+            explains=_DRIFT,
         )
     ]
 

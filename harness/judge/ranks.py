@@ -126,12 +126,34 @@ def _identical_batches(events: dict[int, list[dict[str, Any]]]) -> list[Finding]
     same = [n for n in range(steps) if len({d[n] for d in digests.values()}) == 1]
     if not steps or len(same) < max(1, steps // 2):
         return []
+    evidence = [f"batch {n + 1}: every rank read digest {digests[min(digests)][n]}" for n in same[:3]]
+    orders = _index_orders(events)
+    if len(orders) == len(digests) and len(set(orders.values())) == len(orders):
+        # Each rank drew other dataset indices, and the batches are the same all the same.
+        return [
+            Finding(
+                kind="ranks",
+                severity="divergence",
+                title=f"all {len(digests)} ranks consumed identical batches ({len(same)} of {steps} steps) although "
+                "each drew other dataset indices: what a sample holds comes from a random stream seeded alike on "
+                "every rank, not from its index",
+                evidence=[
+                    *evidence,
+                    *(f"rank {rank}: indices drawn in order {order}" for rank, order in orders.items()),
+                ],
+                hint="seed the random draws of a Dataset or its workers per rank (a seed plus the rank in "
+                "worker_init_fn or the generator), or make each sample a function of its index",
+                step=same[0],
+                cause="random-stream-same-on-every-rank",
+                confidence=0.9,
+            )
+        ]
     return [
         Finding(
             kind="ranks",
             severity="divergence",
             title=f"all {len(digests)} ranks consumed identical batches ({len(same)} of {steps} steps)",
-            evidence=[f"batch {n + 1}: every rank read digest {digests[min(digests)][n]}" for n in same[:3]],
+            evidence=evidence,
             hint="shard the data per rank: DistributedSampler(dataset, num_replicas=world_size, rank=rank), "
             "or split the files by rank",
             step=same[0],
@@ -139,6 +161,16 @@ def _identical_batches(events: dict[int, list[dict[str, Any]]]) -> list[Finding]
             confidence=0.9,
         )
     ]
+
+
+def _index_orders(events: dict[int, list[dict[str, Any]]]) -> dict[int, str]:
+    """Per rank, the order digest of the dataset indices its first map-style loader pass drew."""
+    orders = {}
+    for rank, evs in sorted(events.items()):
+        first = next((e for e in evs if e.get("kind") == "data_epoch" and e.get("bitmap")), None)
+        if first is not None and first.get("order"):
+            orders[rank] = str(first["order"])
+    return orders
 
 
 #: Point-to-point calls (probe events ``collective`` with ``dir`` and ``peer``): they pair up across

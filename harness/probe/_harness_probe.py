@@ -1314,7 +1314,7 @@ def _indices_drawn(iterator, indices):
 
 
 #: Batches of each pass whose content is digested.
-_DIGESTED_BATCHES = 32
+_DIGESTED_BATCHES = 8
 
 
 def _batch_consumed(iterator, batch):
@@ -1471,14 +1471,17 @@ def _outside_wrappers(optimizer):
     wrappers = [w for w in (reference() for reference in _WRAPPERS) if w is not None]
     if not wrappers:
         return {}
-    held = {id(p) for w in wrappers for p in w.parameters()}
+    names = {id(p): name for w in wrappers for name, p in w.named_parameters()}
     params = [p for group in optimizer.param_groups for p in group["params"] if p.requires_grad]
-    outside = [p for p in params if id(p) not in held and p.grad is None]
-    return {
-        "stepped": len(params),
-        "outside_wrappers": len(outside),
-        "outside_shapes": [list(p.shape) for p in outside[:4]],
-    }
+    outside = [p for p in params if id(p) not in names and p.grad is None]
+    shapes = [list(p.shape) for p in outside[:4]]
+    fields = {"stepped": len(params), "outside_wrappers": len(outside), "outside_shapes": shapes}
+    if callable(getattr(optimizer, "partition_parameters", None)):
+        # ZeroRedundancyOptimizer: each rank updates the parameters of its partition, cut by the
+        # order the optimizer holds them in, and broadcasts them to its peers in that order.
+        order = [names.get(id(p), "?") for group in optimizer.param_groups for p in group["params"]]
+        fields["partitioned_order"] = order[:_MODEL_ENTRIES]
+    return fields
 
 
 #: Loss modules made before the first optimizer step (weak references): their settings and
