@@ -349,8 +349,9 @@ def test_the_ledgers_record_what_each_step_drew_computed_and_wrapped(tmp_path: P
 
 def test_the_rank_state_a_wrapper_never_synchronises_is_recorded(tmp_path: Path) -> None:
     """What the ranks must hold alike and no wrapper synchronises: tensors kept as plain module
-    attributes, loss modules' weights and settings, a communication hook, and optimizer tensors
-    no wrapper holds (a tensor stepped beside the model here)."""
+    attributes, loss modules' weights and settings, a communication hook, optimizer tensors no
+    wrapper holds (a tensor stepped beside the model here) and the order a partitioning optimizer
+    holds its parameters in."""
     code = program(
         """
         from torch.distributed.algorithms.ddp_comm_hooks import default_hooks
@@ -366,7 +367,8 @@ def test_the_rank_state_a_wrapper_never_synchronises_is_recorded(tmp_path: Path)
         model = DistributedDataParallel(Features())
         model.register_comm_hook(state=None, hook=default_hooks.fp16_compress_hook)
         stray = torch.zeros(5, requires_grad=True)
-        optimizer = torch.optim.SGD([*model.parameters(), stray], lr=0.1)
+        from torch.distributed.optim import ZeroRedundancyOptimizer
+        optimizer = ZeroRedundancyOptimizer([*model.parameters(), stray], optimizer_class=torch.optim.SGD, lr=0.1)
         loss_fn = torch.nn.BCEWithLogitsLoss(pos_weight=torch.tensor([3.0]))
         for _ in range(2):
             optimizer.zero_grad()
@@ -386,5 +388,6 @@ def test_the_rank_state_a_wrapper_never_synchronises_is_recorded(tmp_path: Path)
     assert hook["hook"] == "fp16_compress_hook" and hook["caller"] == f"<string>:{line}"
     (first,) = [e for e in recorded if e["kind"] == "first_step"]
     assert (first["stepped"], first["outside_wrappers"], first["outside_shapes"]) == (3, 1, [[5]])
+    assert first["partitioned_order"] == ["module.head.weight", "module.head.bias", "?"]
     (loss,) = first["losses"]
     assert loss["type"] == "BCEWithLogitsLoss" and loss["shown"] == {"pos_weight": [3.0], "reduction": "mean"}

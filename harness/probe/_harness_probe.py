@@ -1476,7 +1476,7 @@ def _outside_wrappers(optimizer):
     outside = [p for p in params if id(p) not in names and p.grad is None]
     shapes = [list(p.shape) for p in outside[:4]]
     fields = {"stepped": len(params), "outside_wrappers": len(outside), "outside_shapes": shapes}
-    if callable(getattr(optimizer, "partition_parameters", None)):
+    if callable(getattr(optimizer, "_partition_parameters", None)):
         # ZeroRedundancyOptimizer: each rank updates the parameters of its partition, cut by the
         # order the optimizer holds them in, and broadcasts them to its peers in that order.
         order = [names.get(id(p), "?") for group in optimizer.param_groups for p in group["params"]]
