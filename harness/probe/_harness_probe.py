@@ -2407,7 +2407,23 @@ def _reader():
 
 
 def _where(frame):
-    """(the reading line, the job's own line that led to it where a library read it)."""
+    """(the reading line, the job's own line that led to it where a library read it, whether
+    the job read it itself). A library reads many names from one line (torch's configuration
+    modules read some 330 while torch is imported, deep in the import's stack): the walk down to
+    the job's line is made once per reading line and the line that called it."""
+    caller = frame.f_back
+    key = (frame.f_code, frame.f_lineno, caller and caller.f_code, caller and caller.f_lineno)
+    known = _WHERE.get(key)
+    if known is None:
+        known = _WHERE[key] = _walk_to_job(frame)
+    return known
+
+
+#: :func:`_where`'s answers, by the reading line and the line that called it.
+_WHERE = {}
+
+
+def _walk_to_job(frame):
     at = "%s:%d" % (frame.f_code.co_filename, frame.f_lineno)
     first = frame
     while frame is not None:
