@@ -25,7 +25,7 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import Any
 
-from harness.judge.findings import ECHOES, Finding
+from harness.judge.findings import ECHOES, Finding, ranks_named
 from harness.judge.protocol import CheckContext
 from harness.record.run_record import RunRecord
 
@@ -228,10 +228,6 @@ def passes(events: dict[int, list[dict[str, Any]]]) -> list[LoaderPass]:
     return found
 
 
-def _ranks(ranks: list[int]) -> str:
-    return ("rank " if len(ranks) == 1 else "ranks ") + ", ".join(map(str, sorted(ranks)))
-
-
 def _uneven(site: str, epoch: int, group: list[LoaderPass], failed: bool) -> Finding | None:
     counts: dict[int, list[int]] = defaultdict(list)
     for one in group:
@@ -241,7 +237,7 @@ def _uneven(site: str, epoch: int, group: list[LoaderPass], failed: bool) -> Fin
     most, fewest = max(counts), min(counts)
     if not all(p.end.get("finished") for p in group if p.batches == fewest):
         return None  # the ranks behind stopped mid-epoch (a crash, a hang elsewhere): no uneven data
-    evidence = [f"{_ranks(r)} drew {n} batches" for n, r in sorted(counts.items(), reverse=True)]
+    evidence = [f"{ranks_named(r)} drew {n} batches" for n, r in sorted(counts.items(), reverse=True)]
     ahead = min(counts[most])
     extra = next(p for p in group if p.rank == ahead)
     met = extra.after_batch.get(fewest + 1)
@@ -255,7 +251,7 @@ def _uneven(site: str, epoch: int, group: list[LoaderPass], failed: bool) -> Fin
         kind="ranks",
         severity="failure" if failed else "note",
         title=f"ranks draw different numbers of batches from {site} in epoch {epoch}: "
-        f"{_ranks(counts[most])} {most}, {_ranks(counts[fewest])} {fewest}",
+        f"{ranks_named(counts[most])} {most}, {ranks_named(counts[fewest])} {fewest}",
         evidence=evidence,
         hint="give every rank the same number of batches: DistributedSampler (it pads the shards to one "
         "length), drop_last=True, or torch.distributed.algorithms.Join for inputs that are uneven by design",
@@ -334,7 +330,7 @@ def _map_coverage(site: str, group: list[LoaderPass]) -> Finding | None:
             severity="divergence",
             title=f"every rank drew the same {next(iter(masks.values())).bit_count()} samples of {site} in epoch "
             f"{group[0].epoch}, each in an order of its own",
-            evidence=[f"{_ranks([p.rank for p in group])}: the same samples, {len(orders)} different orders"],
+            evidence=[f"{ranks_named([p.rank for p in group])}: the same samples, {len(orders)} different orders"],
             hint="shard the data per rank: DistributedSampler(dataset) instead of shuffle=True",
             cause="data-not-sharded",
             confidence=0.85,

@@ -57,3 +57,8 @@ class Finding:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def ranks_named(ranks: list[int]) -> str:
+    """ "rank 2" or "ranks 0, 1, 3": how evidence names a group of ranks."""
+    return ("rank " if len(ranks) == 1 else "ranks ") + ", ".join(map(str, sorted(ranks)))

@@ -27,7 +27,7 @@ from typing import Any
 from harness.judge.findings import Finding
 from harness.judge.model import shards_parameters
 from harness.judge.protocol import CheckContext
-from harness.record.run_record import RunRecord
+from harness.record.run_record import RunRecord, loss_ledger_steps
 
 #: Steps compared: the ones float rounding cannot yet have carried apart.
 _EXACT_STEPS = 10
@@ -209,7 +209,7 @@ def _global_steps(record: RunRecord) -> tuple[list[_Step], int]:
     """The run's optimizer steps over the global batch, and how many ranks took them."""
     per_rank: dict[int, list[dict[str, Any]]] = {}
     for rank, events in record.rank_events().items():
-        steps = [step for e in events for step in unpacked(e)]
+        steps = [step for e in events for step in loss_ledger_steps(e)]
         if steps:
             per_rank[rank] = steps
     if not per_rank:
@@ -230,19 +230,6 @@ def _global_steps(record: RunRecord) -> tuple[list[_Step], int]:
         norm = None if own_part else _number(first.get("grad_norm"))
         merged.append(_Step(loss, samples, norm, _number(first.get("lr"))))
     return merged, len(per_rank)
-
-
-def unpacked(event: dict[str, Any]) -> list[dict[str, Any]]:
-    """A ``steps`` event of the loss ledger (one list per field) as one dict per step; a field
-    the event lacks is None in each."""
-    if event.get("kind") != "steps" or not isinstance(event.get("step"), list):
-        return []
-    fields = ("step", "loss", "backwards", "samples", "grad_norm", "lr")
-    columns = [event[name] if isinstance(event.get(name), list) else [] for name in fields]
-    return [
-        {name: column[i] if i < len(column) else None for name, column in zip(fields, columns, strict=True)}
-        for i in range(len(event["step"]))
-    ]
 
 
 def _number(value: Any) -> float | None:

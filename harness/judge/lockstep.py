@@ -18,10 +18,9 @@ from datetime import UTC, datetime
 from typing import Any
 
 from harness.judge.data import passes
-from harness.judge.findings import ECHOES, Finding
-from harness.judge.learning import unpacked
+from harness.judge.findings import ECHOES, Finding, ranks_named
 from harness.judge.protocol import CheckContext
-from harness.record.run_record import RunRecord
+from harness.record.run_record import RunRecord, loss_ledger_steps
 
 #: A collective that gave up waiting: gloo ("Timed out waiting 2000ms for recv operation"), NCCL's
 #: watchdog ("Watchdog caught collective operation timeout: ... Timeout(ms)=600000"), a store's
@@ -43,7 +42,7 @@ def check_run(record: RunRecord, context: CheckContext) -> list[Finding]:
     ranks = {int(p["rank"]): p for p in record.processes() if p.get("rank") is not None and _launched_rank(p)}
     if len(ranks) < 2:
         return found
-    return [*_late_ranks(ranks, events), *_left_early(record, ranks, events), *found]
+    return [*_lateranks_named(ranks, events), *_left_early(record, ranks, events), *found]
 
 
 def _learning_rates(events: dict[int, list[dict[str, Any]]]) -> list[Finding]:
@@ -51,7 +50,7 @@ def _learning_rates(events: dict[int, list[dict[str, Any]]]) -> list[Finding]:
     first parameter group): ranks that apply one averaged gradient at different rates drift apart."""
     rates: dict[int, dict[int, float]] = {}
     for rank, evs in events.items():
-        for taken in (taken for event in evs for taken in unpacked(event)):
+        for taken in (taken for event in evs for taken in loss_ledger_steps(event)):
             if isinstance(taken["lr"], int | float):
                 rates.setdefault(rank, {})[int(taken["step"])] = float(taken["lr"])
     if len(rates) < 2:
@@ -88,7 +87,7 @@ def _non_finite_losses(events: dict[int, list[dict[str, Any]]]) -> list[Finding]
     not finite): the cause lies in what those ranks computed on their own batch (a mean over a
     count that is zero in a small per-rank batch, one bad record), not in the learning rate or
     the precision. A job that skips such a step alike on every rank shows no spread: no finding."""
-    ledgers = {rank: {int(t["step"]): t for e in evs for t in unpacked(e)} for rank, evs in events.items()}
+    ledgers = {rank: {int(t["step"]): t for e in evs for t in loss_ledger_steps(e)} for rank, evs in events.items()}
     ledgers = {rank: ledger for rank, ledger in ledgers.items() if ledger}
     if len(ledgers) < 2:
         return []
@@ -107,10 +106,10 @@ def _non_finite_losses(events: dict[int, list[dict[str, Any]]]) -> list[Finding]
             Finding(
                 kind="ranks",
                 severity="divergence",
-                title=f"the loss turned non-finite at optimizer step {step} on {_ranks(bad)} while "
-                f"{_ranks(good)} computed a finite one: the gradient average carried it to every replica",
+                title=f"the loss turned non-finite at optimizer step {step} on {ranks_named(bad)} while "
+                f"{ranks_named(good)} computed a finite one: the gradient average carried it to every replica",
                 evidence=[f"rank {rank}: loss {losses[rank]:.6g} at step {step}" for rank in losses][:16]
-                + [f"{_ranks(spread)}: gradient or parameters not finite from step {step}, their own loss finite"],
+                + [f"{ranks_named(spread)}: gradient or parameters not finite from step {step}, their own loss finite"],
                 hint="look at what those ranks computed on their own batch: a mean divided by a count that can be "
                 "zero in a per-rank batch (clamp it, or reduce the sum and the count across ranks), a record that "
                 "is not finite; decide to skip a step alike on every rank (all_reduce a flag)",
@@ -139,10 +138,6 @@ def _not_finite_after(events: list[dict[str, Any]], ledger: dict[int, dict[str, 
         e.get("kind") == "params" and int(e.get("step", -1)) >= step and not math.isfinite(float(e.get("sum", 0.0)))
         for e in events
     )
-
-
-def _ranks(ranks: list[int]) -> str:
-    return ("rank " if len(ranks) == 1 else "ranks ") + ", ".join(map(str, ranks))
 
 
 def _skipped_steps(events: dict[int, list[dict[str, Any]]]) -> list[Finding]:
@@ -197,7 +192,7 @@ def _collectives(events: Iterable[dict[str, Any]]) -> list[dict[str, Any]]:
     return [e for e in events if e.get("kind") == "collective" and not e.get("group")]
 
 
-def _late_ranks(ranks: dict[int, dict[str, Any]], events: dict[int, list[dict[str, Any]]]) -> list[Finding]:
+def _lateranks_named(ranks: dict[int, dict[str, Any]], events: dict[int, list[dict[str, Any]]]) -> list[Finding]:
     """Ranks that timed out in a collective of the default group, and ranks that never reached it
     and did not time out themselves: those were still in their own code (a rank stuck in another
     collective would have timed out there too)."""
@@ -310,7 +305,7 @@ def _batches(events: list[dict[str, Any]]) -> tuple[int, str | None]:
 
 
 def _steps(events: list[dict[str, Any]]) -> int:
-    steps = [int(step["step"]) for event in events for step in unpacked(event)]
+    steps = [int(step["step"]) for event in events for step in loss_ledger_steps(event)]
     return max(steps) + 1 if steps else 0
 
 

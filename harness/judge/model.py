@@ -15,10 +15,10 @@ import math
 from collections import Counter, defaultdict
 from typing import Any
 
-from harness.judge.findings import ECHOES, Finding
+from harness.judge.findings import ECHOES, Finding, ranks_named
 from harness.judge.logs import timeline
 from harness.judge.protocol import CheckContext
-from harness.record.run_record import RunRecord
+from harness.record.run_record import RunRecord, loss_ledger_steps
 
 #: What a model that differs across ranks leads to in the wrapper and the collectives after it.
 _CONSEQUENCES = (
@@ -104,9 +104,7 @@ def _unregistered_differ(
                 + (f" ({where})" if where else "")
                 + ": the wrapper never synchronises them, so each rank computes another function",
                 evidence=[
-                    f"{'ranks' if len(ranks) > 1 else 'rank'} {', '.join(map(str, ranks))}: digest {digest} of "
-                    f"{', '.join(names)}"
-                    for digest, ranks in classes.items()
+                    f"{ranks_named(ranks)}: digest {digest} of {', '.join(names)}" for digest, ranks in classes.items()
                 ],
                 hint="register such tensors as buffers (self.register_buffer(name, tensor), persistent so that "
                 "the checkpoint keeps them too) so that the wrapper broadcasts them from rank 0, or make them from a "
@@ -285,24 +283,24 @@ def _comm_hook_overflow(events: dict[int, list[dict[str, Any]]], failed: bool) -
     finite although the loss it came from is: the gradients overflowed float16's range (65504)
     in the hook, not in the model."""
     hooked = {rank: e for rank, evs in events.items() for e in evs if e.get("kind") == "comm_hook"}
-    hooks = list(hooked.values())
-    if not hooks or not any(word in hooks[0].get("hook", "").lower() for word in ("fp16", "half")):
+    hook = next(iter(hooked.values()), None)
+    if hook is None or not any(word in hook.get("hook", "").lower() for word in ("fp16", "half")):
         return []
     for rank, evs in sorted(events.items()):
-        for step in _ledger(evs):
+        for step in (step for event in evs for step in loss_ledger_steps(event)):
             loss, norm = step["loss"], step["grad_norm"]
             if isinstance(loss, float) and math.isfinite(loss) and isinstance(norm, float) and not math.isfinite(norm):
                 return [
                     Finding(
                         kind="ranks",
                         severity="failure" if failed else "divergence",
-                        title=f"gradients overflow float16 in the communication hook {hooks[0].get('hook')} "
-                        f"({hooks[0].get('caller')}): from step {step['step']} the reduced gradient is not finite "
+                        title=f"gradients overflow float16 in the communication hook {hook.get('hook')} "
+                        f"({hook.get('caller')}): from step {step['step']} the reduced gradient is not finite "
                         "although the loss is",
                         evidence=[
                             f"rank {rank}, step {step['step']}: loss {loss:.6g}, gradient norm after the reduction "
                             f"{norm}",
-                            f"{hooks[0].get('hook')} registered at {hooks[0].get('caller')} on {len(hooked)} ranks",
+                            f"{hook.get('hook')} registered at {hook.get('caller')} on {len(hooked)} ranks",
                         ],
                         hint="gradients beyond 65504 do not fit float16: scale the targets or the loss so gradients "
                         "stay in range, or use bf16_compress_hook or no compression hook",
@@ -441,10 +439,7 @@ def _differs(by_rank: dict[int, dict[str, Any]], group: tuple[int, ...] | None, 
     evidence = [
         f"{first}",
         *rest,
-        *(
-            f"{'ranks' if len(ranks) > 1 else 'rank'} {', '.join(map(str, ranks))}: model digest {digest}"
-            for digest, ranks in digests.items()
-        ),
+        *(f"{ranks_named(ranks)}: model digest {digest}" for digest, ranks in digests.items()),
     ]
     return Finding(
         kind="ranks",
@@ -488,13 +483,3 @@ def _first_difference(a: dict[str, Any], b: dict[str, Any], rank_a: int, rank_b:
         return f"the models of ranks {rank_a} and {rank_b} differ beyond the entries recorded", []
     more = [f"{len(differences) - 1} more entries differ"] if len(differences) > 1 else []
     return differences[0], [*differences[1:3], *more]
-
-
-def _ledger(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The loss ledger's steps (``steps`` events hold one list per field)."""
-    return [
-        {"step": step, "loss": loss, "grad_norm": norm}
-        for e in events
-        if e.get("kind") == "steps" and isinstance(e.get("step"), list)
-        for step, loss, norm in zip(e["step"], e.get("loss") or [], e.get("grad_norm") or [], strict=False)
-    ]

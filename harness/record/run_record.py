@@ -216,6 +216,19 @@ class RecordWriter:
 _DAMAGED = "the record is damaged or was not written by this harness: run the job again for a new one"
 
 
+def loss_ledger_steps(event: dict[str, Any]) -> list[dict[str, Any]]:
+    """A ``steps`` event of the loss ledger (one list per field) as one dict per step; a field
+    the event lacks is None in each."""
+    if event.get("kind") != "steps" or not isinstance(event.get("step"), list):
+        return []
+    fields = ("step", "loss", "backwards", "samples", "grad_norm", "lr")
+    columns = [event[name] if isinstance(event.get(name), list) else [] for name in fields]
+    return [
+        {name: column[i] if i < len(column) else None for name, column in zip(fields, columns, strict=True)}
+        for i in range(len(event["step"]))
+    ]
+
+
 def is_number(value: Any) -> bool:
     """A JSON number (not a boolean, which Python counts as an int)."""
     return isinstance(value, int | float) and not isinstance(value, bool)
