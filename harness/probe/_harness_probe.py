@@ -2411,8 +2411,8 @@ def _where(frame):
     the job read it itself). A library reads many names from one line (torch's configuration
     modules read some 330 while torch is imported, deep in the import's stack): the walk down to
     the job's line is made once per reading line and the line that called it."""
-    caller = frame.f_back
-    key = (frame.f_code, frame.f_lineno, caller and caller.f_code, caller and caller.f_lineno)
+    calling = frame.f_back
+    key = (frame.f_code, frame.f_lineno, calling and calling.f_code, calling and calling.f_lineno)
     known = _WHERE.get(key)
     if known is None:
         known = _WHERE[key] = _walk_to_job(frame)
