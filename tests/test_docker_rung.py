@@ -300,6 +300,34 @@ def test_a_peer_address_has_a_name_however_long_the_job_name(
     assert f"peer name: {container_name(record.manifest['run_id'], 'algo-1')}." in log, log[-3000:]
 
 
+_LATE_LOOKUP = """\
+import os, socket, time
+
+if os.environ["SM_CURRENT_HOST"] == "algo-2":
+    time.sleep(5)  # algo-1 has ended and its container stopped
+    print("algo-1 is at", socket.gethostbyname("algo-1"), flush=True)
+"""
+
+
+@pytest.mark.docker
+@pytest.mark.slow
+def test_a_host_that_ended_first_still_resolves_for_its_peers(
+    engine: DockerClient, torch_image: str, tmp_path: Path
+) -> None:
+    # Docker's DNS forgets a stopped container: on a loaded CI the toolkit of algo-2 asked for algo-1
+    # 0.1 s after algo-1 had ended, and retried for 15 minutes. A SageMaker instance outlives its program.
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "train.py").write_text(_LATE_LOOKUP)
+    job = JobSpec(name="late-lookup", source_dir=source, entry_point="train.py", instance_count=2, max_run=120)
+    record = get_backend("docker", gpus=False, image=torch_image).run(job, tmp_path / "records")
+    log = record.host_log("algo-2").read_text()
+    assert record.status == "succeeded", log[-3000:]
+    ended = {host: record.manifest["hosts"][host]["ended_at"] for host in ("algo-1", "algo-2")}
+    assert ended["algo-1"] < ended["algo-2"], ended
+    assert re.search(r"algo-1 is at \d+\.\d+\.\d+\.\d+", log), log[-3000:]
+
+
 @pytest.mark.unit
 def test_network_and_container_names_are_one_dns_label_each_and_name_their_run() -> None:
     assert network_name("short-run") == "harness-short-run"

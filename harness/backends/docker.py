@@ -1,7 +1,9 @@
 """The ``docker`` rung: one container per SageMaker host, on a network made for the run.
 
 The service runs ``docker run image train`` once per instance; here each host ``algo-N`` is a
-container with hostname and network alias ``algo-N`` on a private bridge network, its own
+container with hostname and network alias ``algo-N`` on a private bridge network (every host's
+name also in every container's ``/etc/hosts``, so that it resolves, as on the service, after its
+container has exited), its own
 ``/opt/ml`` bind-mounted from a tree written from the contract as the local rung writes it,
 channels and the probe mounted read-only. What a machine rather than the contract decides
 (``/dev/shm``, ulimits, GPUs, CPUs) is an explicit setting, recorded in ``rung_facts``.
@@ -13,8 +15,10 @@ pid and host name, and is removed by label in a ``finally`` (success, failure, t
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import hashlib
+import ipaddress
 import os
 import resource
 import shutil
@@ -30,10 +34,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 from docker import DockerClient
-from docker.errors import DockerException
+from docker.errors import APIError, DockerException
 from docker.models.containers import Container
 from docker.models.networks import Network
-from docker.types import DeviceRequest, Mount, Ulimit
+from docker.types import DeviceRequest, IPAMConfig, IPAMPool, Mount, Ulimit
 from docker.utils import parse_bytes
 from pydantic import Field, NonNegativeFloat, PositiveFloat, field_validator
 
@@ -79,6 +83,8 @@ RECORD_MOUNT = "/opt/harness/record"  # only its processes/ and ranks/ are mount
 #: ``--ulimit memlock=-1 --ulimit stack=67108864``: what NVIDIA's framework containers ask for, so
 #: pinned memory and deep recursion behave as on a training instance rather than under Docker's
 #: 64 KiB memlock. SageMaker's own limits are not documented (UNVERIFIED).
+#: Tries at taking the subnet Docker picked, which a run started at the same time may take first.
+_NETWORK_ATTEMPTS = 3
 DEFAULT_ULIMITS = {"memlock": -1, "stack": 67108864}
 
 
@@ -201,7 +207,8 @@ class DockerBackend(EngineClient, HostRung[DockerPlan]):
             "work_dir": str(work),
             "image": (self.options.image or job.image if job.is_script_mode else job.image)
             or "harness/torch (to be built by harness.runtime.images.ensure_torch_image)",
-            "network": "a bridge network per run; each container's hostname and alias is its host name"
+            "network": "a bridge network per run; each container's hostname and alias is its host name, and every "
+            "host's fixed address is in each container's /etc/hosts (a host resolves after its container ends)"
             if self.options.network == "bridge"
             else "shared: every container in the first one's network namespace "
             "(one loopback; algo-N resolve to 127.0.0.1; every host reports the first one's hostname)",
@@ -263,6 +270,7 @@ class DockerSession(HostSession[DockerPlan]):
         self.image = ""
         self._toolkit: str | None = None  # the image's toolkit version, where it has one
         self._network: Network | None = None
+        self._addresses: dict[str, str] = {}
         self._setup: container_installs.ContainerSetup | None = None
         self._mounts: dict[str, list[Mount]] = {}
         self._containers: dict[str, Container] = {}
@@ -279,8 +287,8 @@ class DockerSession(HostSession[DockerPlan]):
         if uses_toolkit:
             emulated = toolkit.EMULATED + (f": {unbuildable}" if unbuildable else "")
             record.set_fact("toolkit", self._toolkit or emulated)
-        self._network = self.client.networks.create(
-            network_name(self.labels[RUN_ID]), driver="bridge", labels=self.labels
+        self._network, self._addresses = network_with_addresses(
+            self.client, network_name(self.labels[RUN_ID]), self.labels, job.hosts
         )
 
     def install_requirements(self) -> bool:
@@ -358,7 +366,10 @@ class DockerSession(HostSession[DockerPlan]):
         networking: dict[str, Any] = {
             "hostname": host,
             "network": network.name,
-            "networking_config": {network.name: client.api.create_endpoint_config(aliases=[host])},
+            "networking_config": {
+                network.name: client.api.create_endpoint_config(aliases=[host], ipv4_address=self._addresses[host])
+            },
+            "extra_hosts": self._addresses,
         }
         if self.options.network == "shared":
             networking = (
@@ -418,6 +429,35 @@ class DockerSession(HostSession[DockerPlan]):
                     pump.join(timeout=LOG_DRAIN_S)
         interrupts.raise_if_requested()
         return HostsEnded(timed_out=timed_out, hung=hung)
+
+
+def network_with_addresses(
+    client: DockerClient, name: str, labels: dict[str, str], hosts: list[str]
+) -> tuple[Network, dict[str, str]]:
+    """The run's bridge network and each host's fixed address on it.
+
+    Docker's DNS forgets a container once it exits, and a host that ends first would make its name
+    unresolvable to a peer still starting (the toolkit's ``_wait_hostname_resolution`` then retries
+    for 15 minutes). Fixed addresses, written into every ``/etc/hosts``, outlive the container as a
+    SageMaker instance outlives its program. Docker fixes addresses only on a subnet given at
+    creation: the subnet Docker picks from its own pools is taken, and given back to it."""
+    for _ in range(_NETWORK_ATTEMPTS - 1):
+        with contextlib.suppress(APIError):  # another run took the subnet in between
+            return _network_on_a_fixed_subnet(client, name, labels, hosts)
+    return _network_on_a_fixed_subnet(client, name, labels, hosts)
+
+
+def _network_on_a_fixed_subnet(
+    client: DockerClient, name: str, labels: dict[str, str], hosts: list[str]
+) -> tuple[Network, dict[str, str]]:
+    picked = client.networks.create(name, driver="bridge", labels=labels)
+    picked.reload()
+    config = picked.attrs["IPAM"]["Config"][0]
+    picked.remove()
+    pool = IPAMPool(subnet=config["Subnet"], gateway=config["Gateway"])
+    network = client.networks.create(name, driver="bridge", labels=labels, ipam=IPAMConfig(pool_configs=[pool]))
+    free = (str(a) for a in ipaddress.ip_network(config["Subnet"]).hosts() if str(a) != config["Gateway"])
+    return network, {host: next(free) for host in hosts}
 
 
 def signal_rank(containers: dict[str, Container], pid: int, host: str | None) -> None:
