@@ -24,7 +24,7 @@ from terminal import terminal_signals
 
 from harness.backends import get_backend
 from harness.backends.containers import gc, host_gpu_count, run_labels
-from harness.backends.docker import container_name, network_name
+from harness.backends.docker_network import container_name, network_name
 from harness.record.run_record import RunRecord
 from harness.spec.job import JobSpec, load_job
 

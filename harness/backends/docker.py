@@ -15,10 +15,7 @@ pid and host name, and is removed by label in a ``finally`` (success, failure, t
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import hashlib
-import ipaddress
 import os
 import resource
 import shutil
@@ -34,10 +31,10 @@ from pathlib import Path
 from typing import Any, Literal
 
 from docker import DockerClient
-from docker.errors import APIError, DockerException
+from docker.errors import DockerException
 from docker.models.containers import Container
 from docker.models.networks import Network
-from docker.types import DeviceRequest, IPAMConfig, IPAMPool, Mount, Ulimit
+from docker.types import DeviceRequest, Mount, Ulimit
 from docker.utils import parse_bytes
 from pydantic import Field, NonNegativeFloat, PositiveFloat, field_validator
 
@@ -63,6 +60,7 @@ from harness.backends.containers import (
     stop,
     teardown,
 )
+from harness.backends.docker_network import container_name, network_name, network_with_addresses
 from harness.backends.host_rung import HostPlan, HostRung, HostsEnded, HostSession
 from harness.backends.hosts import (
     CHANNELS_FACT,
@@ -83,8 +81,6 @@ RECORD_MOUNT = "/opt/harness/record"  # only its processes/ and ranks/ are mount
 #: ``--ulimit memlock=-1 --ulimit stack=67108864``: what NVIDIA's framework containers ask for, so
 #: pinned memory and deep recursion behave as on a training instance rather than under Docker's
 #: 64 KiB memlock. SageMaker's own limits are not documented (UNVERIFIED).
-#: Tries at taking the subnet Docker picked, which a run started at the same time may take first.
-_NETWORK_ATTEMPTS = 3
 DEFAULT_ULIMITS = {"memlock": -1, "stack": 67108864}
 
 
@@ -431,35 +427,6 @@ class DockerSession(HostSession[DockerPlan]):
         return HostsEnded(timed_out=timed_out, hung=hung)
 
 
-def network_with_addresses(
-    client: DockerClient, name: str, labels: dict[str, str], hosts: list[str]
-) -> tuple[Network, dict[str, str]]:
-    """The run's bridge network and each host's fixed address on it.
-
-    Docker's DNS forgets a container once it exits, and a host that ends first would make its name
-    unresolvable to a peer still starting (the toolkit's ``_wait_hostname_resolution`` then retries
-    for 15 minutes). Fixed addresses, written into every ``/etc/hosts``, outlive the container as a
-    SageMaker instance outlives its program. Docker fixes addresses only on a subnet given at
-    creation: the subnet Docker picks from its own pools is taken, and given back to it."""
-    for _ in range(_NETWORK_ATTEMPTS - 1):
-        with contextlib.suppress(APIError):  # another run took the subnet in between
-            return _network_on_a_fixed_subnet(client, name, labels, hosts)
-    return _network_on_a_fixed_subnet(client, name, labels, hosts)
-
-
-def _network_on_a_fixed_subnet(
-    client: DockerClient, name: str, labels: dict[str, str], hosts: list[str]
-) -> tuple[Network, dict[str, str]]:
-    picked = client.networks.create(name, driver="bridge", labels=labels)
-    picked.reload()
-    config = picked.attrs["IPAM"]["Config"][0]
-    picked.remove()
-    pool = IPAMPool(subnet=config["Subnet"], gateway=config["Gateway"])
-    network = client.networks.create(name, driver="bridge", labels=labels, ipam=IPAMConfig(pool_configs=[pool]))
-    free = (str(a) for a in ipaddress.ip_network(config["Subnet"]).hosts() if str(a) != config["Gateway"])
-    return network, {host: next(free) for host in hosts}
-
-
 def signal_rank(containers: dict[str, Container], pid: int, host: str | None) -> None:
     """SIGUSR1 to a rank's process inside its host's container (the pid is the container's own),
     so that the probe dumps its stacks; a rank of unknown host is left alone, as pids repeat
@@ -467,24 +434,6 @@ def signal_rank(containers: dict[str, Container], pid: int, host: str | None) ->
     container = containers.get(host or "")
     if container is not None:
         quietly(lambda: container.exec_run(["/bin/sh", "-c", f"kill -USR1 {int(pid)}"], detach=True))
-
-
-def dns_label(name: str) -> str:
-    """``name`` cut to one DNS label (63 characters), a digest of the whole keeping it unique.
-    Docker's DNS answers a reverse lookup of a container's address with ``<container>.<network>``;
-    with either name longer it answers nothing, and every ``getnameinfo`` on a peer's address
-    (c10d's store does one per client connection) waits out the resolver: 10 s each."""
-    if len(name) <= 63:
-        return name
-    return f"{name[:50]}-{hashlib.sha256(name.encode()).hexdigest()[:12]}"
-
-
-def network_name(run_id: str) -> str:
-    return dns_label(f"harness-{run_id}")
-
-
-def container_name(run_id: str, host: str) -> str:
-    return dns_label(f"{run_id}-{host}")
 
 
 def _container_env(job: JobSpec, contract: HostContract) -> dict[str, str]:
