@@ -405,6 +405,11 @@ DAMAGE: dict[str, tuple[Callable[[Path], None], str, bool]] = {
         "ranks/rank-0.jsonl:2: not a probe event: the line is the number 123, not an object",
         False,
     ),
+    "batches event without its rows": (
+        _write("ranks/rank-0.jsonl", '{"t": 1, "kind": "batches", "columns": ["n", "size"], "rows": [[1, 16], [2]]}\n'),
+        "ranks/rank-0.jsonl:1: a batches event without its columns and rows",
+        False,
+    ),
     "process record cut short": (
         _truncate("processes/algo-1-100.json", 30),
         "processes/algo-1-100.json: the process record is cut short (truncated)",

@@ -13,7 +13,7 @@ from fake_records import JOB, make_record
 
 from harness.backends.hosts import ranks_from_probe
 from harness.errors import RecordError
-from harness.record.run_record import README_TEMPLATE, RecordWriter, RunRecord
+from harness.record.run_record import README_TEMPLATE, RecordWriter, RunRecord, read_events
 
 DOCS = Path(__file__).resolve().parent.parent / "docs" / "run-record.md"
 
@@ -105,3 +105,22 @@ def test_the_reference_job_leaves_a_complete_record(scenarios: Path, tmp_path: P
     assert sorted(ranks) == ["0", "1", "2", "3"]
     assert all(rank["ended_at"] for rank in ranks.values()), ranks
     assert all(rank["ended_at"] >= record.manifest["started_at"] for rank in ranks.values())
+
+
+@pytest.mark.unit
+def test_a_batches_event_is_read_as_the_batch_events_it_stands_for(tmp_path: Path) -> None:
+    lines = [
+        {"t": 1.0, "kind": "batch", "n": 1, "size": 16, "digest": "ab"},
+        {"t": 2.0, "kind": "batches", "columns": ["n", "size", "step"], "rows": [[2, 16, 1], [3, 8, 2]]},
+        {"t": 3.0, "kind": "collective", "op": "all_reduce"},
+        {"t": 4.0, "kind": "batches", "columns": ["n", "size", "step"], "rows": [[4, 16, 3]]},
+    ]
+    path = tmp_path / "rank-0.jsonl"
+    path.write_text("".join(json.dumps(line) + "\n" for line in lines))
+    assert list(read_events(path)) == [
+        lines[0],
+        {"t": 2.0, "kind": "batch", "n": 2, "size": 16, "step": 1},
+        {"t": 2.0, "kind": "batch", "n": 3, "size": 8, "step": 2},
+        lines[2],
+        {"t": 4.0, "kind": "batch", "n": 4, "size": 16, "step": 3},
+    ]

@@ -20,6 +20,7 @@ from typing import Any
 import pytest
 
 from harness.backends.hosts import PROBE_DIR
+from harness.record.run_record import read_events
 
 pytest.importorskip("torch")
 pytestmark = pytest.mark.slow  # real interpreters with torch, a few seconds each
@@ -73,8 +74,7 @@ def processes(tmp: Path) -> list[dict[str, Any]]:
 
 
 def events(tmp: Path, rank: int = 0) -> list[dict[str, Any]]:
-    path = tmp / "on" / "ranks" / f"rank-{rank}.jsonl"
-    return [json.loads(line) for line in path.read_text().splitlines()]
+    return list(read_events(tmp / "on" / "ranks" / f"rank-{rank}.jsonl"))
 
 
 def without_probe_frames(text: str) -> str:

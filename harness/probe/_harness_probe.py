@@ -412,6 +412,7 @@ class Rank:
         self.events = open(self.base + ".jsonl", "a", encoding="utf-8")
         self.lock = threading.Lock()
         self.counters = {"batches": 0, "collectives": 0, "steps": 0}
+        self.unwritten = []  # batches not yet written (:meth:`batch`)
         self.stacks = open(self.base + ".stacks.txt", "a")
         # A handler the job installed already keeps running after the dump (chain); the default
         # action (terminate) is not chained: the dump replaces it.
@@ -423,9 +424,25 @@ class Rank:
     def emit(self, kind, flush=False, **fields):
         line = scrubbed(json.dumps({"t": time.time(), "kind": kind, **fields}, default=repr))
         with self.lock:
+            self._write_batches()  # the batches before this event go before it
             self.events.write(line + "\n")
             if flush:
                 self.events.flush()
+
+    def batch(self, row):
+        """A batch of no more note than :data:`BATCH_COLUMNS`: kept, and written with the next
+        event, the heartbeat or every :data:`_BATCHES_PER_EVENT` batches, as one ``batches``
+        event (an event per batch was the probe's largest cost per step)."""
+        with self.lock:
+            self.unwritten.append(row)
+            if len(self.unwritten) >= _BATCHES_PER_EVENT:
+                self._write_batches()
+
+    def _write_batches(self):
+        if self.unwritten:
+            rows, self.unwritten = self.unwritten, []
+            event = {"t": time.time(), "kind": "batches", "columns": BATCH_COLUMNS, "rows": rows}
+            self.events.write(json.dumps(event) + "\n")
 
     def _beat(self):
         while True:
@@ -435,6 +452,7 @@ class Rank:
                     {"pid": os.getpid(), "host": os.environ.get("HARNESS_HOST"), "t": time.time(), **self.counters},
                 )
                 with self.lock:
+                    self._write_batches()
                     self.events.flush()
             except (OSError, ValueError):
                 return
@@ -451,11 +469,17 @@ class Rank:
             return
         with self.lock:
             if not self.events.closed:
+                self._write_batches()
                 self.events.flush()
 
 
 PROCESS = None
 RANK = None
+#: What a ``batches`` event holds of each batch, a row per batch: the rank's count of batches,
+#: the batch's samples, its loader, the loader's pass, its place in the pass, and the rank's
+#: optimizer steps before it. The record's reader makes a ``batch`` event of each row.
+BATCH_COLUMNS = ("n", "size", "loader", "epoch", "i", "step")
+_BATCHES_PER_EVENT = 256
 
 
 def _process():
@@ -472,7 +496,13 @@ def _process():
 def _rank():
     """This process's rank stream, or None (not a rank, or a forked child of one)."""
     rank = RANK
-    return rank if rank is not None and rank.pid == os.getpid() else None
+    return rank if rank is not None and rank.pid == _PID[0] else None
+
+
+#: This process's pid, kept current in a forked child: ``os.getpid()`` is a system call, and
+#: :func:`_rank` is asked several times a step.
+_PID = [os.getpid()]
+os.register_at_fork(after_in_child=lambda: _PID.__setitem__(0, os.getpid()))
 
 
 def start_rank(rank):
@@ -701,7 +731,14 @@ def user_line():
 def digest_tensor(tensor, hasher):
     """Cheap, exact for small tensors: shape, dtype and up to 1 MiB of the data's bytes."""
     hasher.update(repr((tuple(tensor.shape), str(tensor.dtype))).encode())
-    flat = tensor.detach().reshape(-1)
+    tensor = tensor.detach()
+    if tensor.device.type == "cpu" and tensor.is_contiguous() and tensor.numel() * tensor.element_size() <= 1 << 20:
+        try:  # the bytes in place, as the copy below would hold them (most batches)
+            hasher.update(tensor.numpy())
+            return
+        except (TypeError, RuntimeError, ValueError):
+            pass
+    flat = tensor.reshape(-1)
     if flat.device.type != "cpu":
         flat = flat[: 1 << 18].cpu()
     data = flat.contiguous().view(-1)
@@ -1011,8 +1048,12 @@ _EPOCHS = None
 #: Map-style datasets up to this many samples get an exact bitmap of the samples drawn (2 MiB
 #: raw at the bound, far less compressed); larger ones are ledgered by counts and order only.
 _BITMAP_LIMIT = 1 << 24
-#: Indices drawn are folded into the ledger in bulk, this many at a time.
+#: Indices drawn are folded into the ledger in bulk, this many at a time; up to this many, in
+#: Python (a pass of a small dataset), more with torch.
 _FOLD_EVERY = 1 << 16
+_FOLD_IN_PYTHON = 1 << 12
+#: The bytes 0 and 1 as the digits "0" and "1".
+_BINARY_DIGITS = bytes.maketrans(b"\x00\x01", b"01")
 #: Samples of an iterable dataset are ledgered by content digest; beyond this many, a
 #: consistent subsample (the same on every rank: by the digest's value) is kept.
 _DIGEST_LIMIT = 1 << 16
@@ -1086,9 +1127,7 @@ class _Epoch:
         # Indices are buffered as they are drawn (C speed) and folded into the mask in bulk.
         self.buffer, self.mask, self.indexed = array.array("q"), None, not self.iterable
         if self.length and self.length <= _BITMAP_LIMIT:
-            import torch
-
-            self.mask = torch.zeros(self.length, dtype=torch.bool)
+            self.mask = bytearray(self.length)  # a byte a sample: 1 once drawn
         self.digests, self.keep = set(), 0  # iterable: sample digests, kept where digest % 2**keep == 0
         self.batches = self.samples = self.repeats = 0
         self.repeated, self.first = [], []
@@ -1134,33 +1173,50 @@ class _Epoch:
             self.first.extend(buffer[: 8 - len(self.first)].tolist())
         if self.mask is None:
             return
+        if self.through is None and len(buffer) <= _FOLD_IN_PYTHON:
+            self._fold_few(buffer)
+            return
         import torch
 
+        mask = torch.frombuffer(self.mask, dtype=torch.bool)  # the bytearray itself
         drawn = torch.frombuffer(buffer, dtype=torch.int64)
         if self.through is not None:  # positions in a Subset: the dataset's own indices
             drawn = self.through[drawn[(drawn >= 0) & (drawn < len(self.through))]]
         drawn = drawn[(drawn >= 0) & (drawn < self.length)]
         unique = torch.unique(drawn)
-        again = unique[self.mask[unique]]
+        again = unique[mask[unique]]
         self.repeats += int(drawn.numel() - unique.numel()) + int(again.numel())
         if len(self.repeated) < 5 and again.numel():
             self.repeated.extend(again[: 5 - len(self.repeated)].tolist())
-        self.mask[unique] = True
+        mask[unique] = True
+
+    def _fold_few(self, buffer):
+        """:meth:`fold` of a short pass, in Python: torch's fixed cost per call would outweigh it."""
+        mask, length, unique, again = self.mask, self.length, set(), []
+        for index in buffer:
+            if not 0 <= index < length:
+                continue
+            if index in unique:
+                self.repeats += 1
+                continue
+            unique.add(index)
+            if mask[index]:
+                again.append(index)
+        self.repeats += len(again)
+        if len(self.repeated) < 5 and again:
+            self.repeated.extend(sorted(again)[: 5 - len(self.repeated)])
+        for index in unique:
+            mask[index] = 1
 
     def bitmap(self):
-        """The mask packed eight samples a byte (sample i: byte i // 8, bit i % 8), compressed."""
+        """The mask packed eight samples a byte (sample i: byte i // 8, bit i % 8), compressed:
+        the bytes read as the binary digits of one number, sample 0 its lowest bit."""
         import base64
         import zlib
 
-        import torch
-
-        mask = self.mask
-        pad = (-mask.numel()) % 8
-        if pad:
-            mask = torch.cat([mask, torch.zeros(pad, dtype=torch.bool)])
-        weights = torch.tensor([1, 2, 4, 8, 16, 32, 64, 128], dtype=torch.uint8)
-        packed = (mask.view(-1, 8).to(torch.uint8) * weights).sum(1, dtype=torch.uint8)
-        return base64.b64encode(zlib.compress(bytes(packed.tolist()), 6)).decode()
+        digits = bytes(self.mask).translate(_BINARY_DIGITS)[::-1] or b"0"
+        packed = int(digits, 2).to_bytes((len(self.mask) + 7) // 8, "little")
+        return base64.b64encode(zlib.compress(packed, 6)).decode()
 
     def consumed(self, batch):
         self.batches += 1
@@ -1313,8 +1369,9 @@ def _indices_drawn(iterator, indices):
                 drawn.append(list(indices))
 
 
-#: Batches of each pass whose content is digested.
+#: Batches whose content is digested: of a loader's first pass, and of each later one.
 _DIGESTED_BATCHES = 8
+_DIGESTED_LATER = 2
 
 
 def _batch_consumed(iterator, batch):
@@ -1327,7 +1384,8 @@ def _batch_consumed(iterator, batch):
     extra = {}
     # The first batches of a pass show ranks reading the same data; digesting every batch is the
     # largest cost per step (docs/benchmarks.md), so the rest carry none.
-    if epoch.batches <= _DIGESTED_BATCHES or rank.counters["steps"] < REPLAY_STEPS:
+    digested = _DIGESTED_BATCHES if epoch.epoch == 0 else _DIGESTED_LATER
+    if epoch.batches <= digested or rank.counters["steps"] < REPLAY_STEPS:
         hasher = hashlib.blake2b(digest_size=12)
         digest(batch, hasher)
         extra["digest"] = hasher.hexdigest()
@@ -1340,16 +1398,11 @@ def _batch_consumed(iterator, batch):
     _STEP["samples"] += size or 0
     if rank.counters["steps"] < REPLAY_STEPS:
         extra["shapes"] = shapes(batch)
-    rank.emit(
-        "batch",
-        n=rank.counters["batches"],
-        size=size,
-        loader=epoch.loader,
-        epoch=epoch.epoch,
-        i=epoch.batches,
-        step=rank.counters["steps"],
-        **extra,
-    )
+    n, step = rank.counters["batches"], rank.counters["steps"]
+    if extra:
+        rank.emit("batch", n=n, size=size, loader=epoch.loader, epoch=epoch.epoch, i=epoch.batches, step=step, **extra)
+    else:
+        rank.batch((n, size, epoch.loader, epoch.epoch, epoch.batches, step))
 
 
 def _epoch_ended(iterator):
@@ -1397,8 +1450,7 @@ def instrument_optimizer(module):
             params = [p for group in optimizer.param_groups for p in group["params"]]
             sharded = any(_sharded(p) for p in params)
             params = [_local(p) for p in params]
-            total = sum(float(p.double().sum()) for p in params)
-            absolute = sum(float(p.double().abs().sum()) for p in params)
+            total, absolute = _sums(params)
             hasher = hashlib.blake2b(digest_size=12)
             for p in params:
                 digest_tensor(p, hasher)
@@ -1431,6 +1483,25 @@ _WRAPPED = []
 #: Every DDP and FSDP wrapper made (weak references): the tensors they train.
 _WRAPPERS = []
 _FIRST_STEP = {"seen": False}
+
+
+def _sums(params):
+    """The sum and the sum of magnitudes of all ``params``, in float64: read from the device in
+    one go where they share one (two reads a parameter otherwise)."""
+    import torch
+
+    if not params:
+        return 0.0, 0.0
+    try:
+        sums = torch.stack([p.sum(dtype=torch.float64) for p in params])
+        norms = torch.stack([torch.linalg.vector_norm(p, 1, dtype=torch.float64) for p in params])
+        total, absolute = torch.stack([sums.sum(), norms.sum()]).tolist()
+        return total, absolute
+    except (RuntimeError, TypeError):
+        return (
+            sum(float(p.double().sum()) for p in params),
+            sum(float(p.double().abs().sum()) for p in params),
+        )
 
 
 def _first_step(optimizer):
@@ -1618,7 +1689,11 @@ def _read_all(scalars):
     import torch
 
     try:
-        return torch.stack([t.reshape(()) for t in scalars]).double().cpu().tolist()
+        try:
+            stacked = torch.stack(scalars)  # losses are 0-dim as a rule
+        except RuntimeError:
+            stacked = torch.stack([t.reshape(()) for t in scalars])
+        return stacked.double().cpu().reshape(-1).tolist()
     except (RuntimeError, TypeError):
         return [float(t) for t in scalars]
 
@@ -1802,7 +1877,7 @@ def _replay_plan():
                 kind = event.get("kind")
                 if kind == "replay_step":
                     events["steps"][event["step"]] = event
-                elif kind == "batch" and event.get("step", REPLAY_STEPS) < REPLAY_STEPS:
+                elif kind == "batch" and event.get("step", REPLAY_STEPS) < REPLAY_STEPS:  # whole: they carry shapes
                     events["batches"].setdefault(event["step"], []).append(event)
                 elif kind == "epoch_start":
                     site = _user_site(event["site"])

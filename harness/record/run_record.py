@@ -331,7 +331,8 @@ class RecordFiles:
 def read_events(path: Path) -> Iterator[dict[str, Any]]:
     """The JSON events of one ``.jsonl`` file, in order. A rank killed while writing leaves its
     last line cut short: that line is dropped. Any other line that is not a JSON object with a
-    ``kind`` is a broken record."""
+    ``kind`` is a broken record. The probe writes most batches as rows of one ``batches`` event:
+    each row is read as the ``batch`` event it stands for."""
     with path.open(encoding="utf-8", errors="replace") as handle:
         for number, line in enumerate(handle, 1):
             if not line.strip():
@@ -345,7 +346,20 @@ def read_events(path: Path) -> Iterator[dict[str, Any]]:
             if not isinstance(event, dict) or not isinstance(event.get("kind"), str):
                 what = 'has no "kind"' if isinstance(event, dict) else f"is {_kind(event)}, not an object"
                 raise RecordError(f"{path}:{number}: not a probe event: the line {what}", hint=_DAMAGED)
-            yield event
+            if event["kind"] == "batches":
+                yield from _batch_rows(event, f"{path}:{number}")
+            else:
+                yield event
+
+
+def _batch_rows(event: dict[str, Any], where: str) -> Iterator[dict[str, Any]]:
+    columns, rows = event.get("columns"), event.get("rows")
+    if not isinstance(columns, list) or not isinstance(rows, list):
+        rows = None
+    if rows is None or not all(isinstance(row, list) and len(row) == len(columns) for row in rows):
+        raise RecordError(f"{where}: a batches event without its columns and rows", hint=_DAMAGED)
+    for row in rows:
+        yield {"t": event.get("t"), "kind": "batch", **dict(zip(columns, row, strict=True))}
 
 
 def metrics_problems(metrics: Any) -> list[str]:
