@@ -354,9 +354,11 @@ def read_events(path: Path) -> Iterator[dict[str, Any]]:
 
 def _batch_rows(event: dict[str, Any], where: str) -> Iterator[dict[str, Any]]:
     columns, rows = event.get("columns"), event.get("rows")
-    if not isinstance(columns, list) or not isinstance(rows, list):
-        rows = None
-    if rows is None or not all(isinstance(row, list) and len(row) == len(columns) for row in rows):
+    if (
+        not isinstance(columns, list)
+        or not isinstance(rows, list)
+        or not all(isinstance(row, list) and len(row) == len(columns) for row in rows)
+    ):
         raise RecordError(f"{where}: a batches event without its columns and rows", hint=_DAMAGED)
     for row in rows:
         yield {"t": event.get("t"), "kind": "batch", **dict(zip(columns, row, strict=True))}
