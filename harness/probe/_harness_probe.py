@@ -1468,7 +1468,7 @@ def instrument_optimizer(module):
             for p in params:
                 digest_tensor(p, hasher)
         fields = {"sharded": True} if sharded else {}
-        rank.emit("params", flush=True, step=step, sum=total, abs_sum=absolute, digest=hasher.hexdigest(), **fields)
+        rank.emit("params", step=step, sum=total, abs_sum=absolute, digest=hasher.hexdigest(), **fields)
 
     def pre(optimizer, args, kwargs):
         if not _FIRST_STEP["seen"]:
@@ -1499,22 +1499,22 @@ _FIRST_STEP = {"seen": False}
 
 
 def _sums(params):
-    """The sum and the sum of magnitudes of all ``params``, in float64: read from the device in
-    one go where they share one (two reads a parameter otherwise)."""
+    """The sum and the sum of magnitudes of all ``params``, in float64: a small model's as one
+    vector (two operations, one read from the device), a larger one's parameter by parameter
+    (without copying it whole)."""
     import torch
 
-    if not params:
-        return 0.0, 0.0
-    try:
-        sums = torch.stack([p.sum(dtype=torch.float64) for p in params])
-        norms = torch.stack([torch.linalg.vector_norm(p, 1, dtype=torch.float64) for p in params])
-        total, absolute = torch.stack([sums.sum(), norms.sum()]).tolist()
-        return total, absolute
-    except (RuntimeError, TypeError):
-        return (
-            sum(float(p.double().sum()) for p in params),
-            sum(float(p.double().abs().sum()) for p in params),
-        )
+    if params and sum(p.numel() for p in params) <= _SUMMED_AS_ONE:
+        try:
+            flat = torch.cat([p.reshape(-1) for p in params]).double()
+            return tuple(torch.stack([flat.sum(), flat.abs().sum()]).tolist())
+        except (RuntimeError, TypeError):  # parameters on several devices
+            pass
+    return sum(float(p.double().sum()) for p in params), sum(float(p.double().abs().sum()) for p in params)
+
+
+#: Parameters of up to this many elements in all are summed as one vector.
+_SUMMED_AS_ONE = 1 << 20
 
 
 def _first_step(optimizer):
@@ -1645,8 +1645,10 @@ def _step_taken(optimizer):
 #: The gradient norm is taken at every step until this one (where runs are compared step by
 #: step), then every ``HARNESS_PARAM_EVERY`` steps: it costs a pass over every gradient.
 _NORM_EVERY_STEP_UNTIL = 32
-#: Steps are written this many to an event (and by the heartbeat, and at exit).
-_STEPS_PER_EVENT = 64
+#: Steps are written by the heartbeat every second, in its own thread (which runs while the job's
+#: waits in a collective or on the device), and at exit; by the job's thread only when this many
+#: are pending.
+_STEPS_PER_EVENT = 1024
 
 
 def flush_steps():
