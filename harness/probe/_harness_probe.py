@@ -430,9 +430,9 @@ class Rank:
                 self.events.flush()
 
     def batch(self, row):
-        """A batch of no more note than :data:`BATCH_COLUMNS`: kept, and written with the next
-        event, the heartbeat or every :data:`_BATCHES_PER_EVENT` batches, as one ``batches``
-        event (an event per batch was the probe's largest cost per step)."""
+        """A batch with nothing to say beyond :data:`BATCH_COLUMNS`: kept, and written before
+        the next event, by the heartbeat, or every :data:`_BATCHES_PER_EVENT` batches, as one
+        ``batches`` event (an event per batch was the probe's largest cost per step)."""
         with self.lock:
             self.unwritten.append(row)
             if len(self.unwritten) >= _BATCHES_PER_EVENT:
