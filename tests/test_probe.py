@@ -104,6 +104,31 @@ def probe_errors(tmp: Path) -> list[str]:
     return [e for p in processes(tmp) for e in p.get("probe_errors", [])]
 
 
+def test_an_exception_the_jobs_signal_handler_raises_in_the_probes_work_reaches_the_job(tmp_path: Path) -> None:
+    """torchrun's and the elastic agent's workers turn SIGTERM into ``SignalException``; where the
+    signal lands while the probe is at work, the probe kept it as its own error and the worker
+    went on (a corpus run under load: the agent's SIGTERM during the probe's wait for its tee)."""
+    code = textwrap.dedent("""
+    import os, signal
+    import _harness_probe
+
+    class SignalException(Exception):
+        pass
+
+    def handler(signum, frame):
+        raise SignalException(f"Process {os.getpid()} got signal: {signum}")
+
+    signal.signal(signal.SIGTERM, handler)
+    try:
+        _harness_probe._quietly("work", os.kill, os.getpid(), signal.SIGTERM)
+    except SignalException:
+        print("the job's handler reached the job", flush=True)
+    """)
+    on = run(code, tmp_path, probe=True)
+    assert on.returncode == 0 and "the job's handler reached the job" in on.stdout, on.stderr
+    assert not probe_errors(tmp_path)
+
+
 def test_a_list_whose_first_element_has_a_shape_is_no_tensor_list(tmp_path: Path) -> None:
     """accelerate's DataLoaderDispatcher broadcasts ``[TensorInformation(shape, dtype), False]``:
     the probe measured every element because the first had ``.shape``, and raised into the job."""

@@ -261,10 +261,36 @@ def _quietly(what, function, *args, **kwargs):
     try:
         return function(*args, **kwargs)
     except Exception as exc:
+        if _raised_by_a_signal_handler(exc):
+            raise
         _probe_error(what, exc)
         return None
     finally:
         _OWN.depth -= 1
+
+
+#: The signals whose handlers :func:`_raised_by_a_signal_handler` knows.
+_HANDLED_SIGNALS = tuple(
+    getattr(signal, name)
+    for name in ("SIGTERM", "SIGINT", "SIGHUP", "SIGQUIT", "SIGUSR1", "SIGUSR2")
+    if hasattr(signal, name)
+)
+
+
+def _raised_by_a_signal_handler(exc):
+    """Whether ``exc`` came from a Python signal handler that ran while the probe was at work
+    (torch's elastic agent and torchrun turn SIGTERM into ``SignalException`` so): the job's
+    exception, which must reach the job, not the probe's failure."""
+    tb = exc.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    if tb is None:
+        return False
+    for signum in _HANDLED_SIGNALS:
+        handler = signal.getsignal(signum)
+        if getattr(getattr(handler, "__func__", handler), "__code__", None) is tb.tb_frame.f_code:
+            return True
+    return False
 
 
 #: Per thread: how deep the probe is in work of its own (:func:`_quietly`).
