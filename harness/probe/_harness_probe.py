@@ -613,6 +613,12 @@ def _untee():
         poll = select.poll()
         poll.register(done, select.POLLIN | select.POLLHUP)
         poll.poll(2000)
+    except Exception as exc:
+        # A signal the job's handler turns into an exception during this wait, which only the
+        # probe adds: without the probe the process would be gone, and at exit Python would only
+        # print the exception (the exit status stays), so it is dropped.
+        if not _raised_by_a_signal_handler(exc):
+            raise
     finally:
         os.close(done)
 
