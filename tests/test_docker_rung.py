@@ -270,6 +270,15 @@ def test_gpus_are_split_between_hosts_and_nccl_is_verbose(engine: DockerClient) 
     assert json.loads(env["SM_HOSTS"]) == ["algo-1", "algo-2"]
 
 
+def _script_on_docker(tmp_path: Path, image: str, script: str, **spec: Any) -> RunRecord:
+    """``script`` as a job's ``train.py``, run on the docker rung in ``image``."""
+    source = tmp_path / "src"
+    source.mkdir()
+    (source / "train.py").write_text(script)
+    job = JobSpec(source_dir=source, entry_point="train.py", **spec)
+    return get_backend("docker", gpus=False, image=image).run(job, tmp_path / "records")
+
+
 _REVERSE_LOOKUP = """\
 import socket
 
@@ -286,15 +295,8 @@ def test_a_peer_address_has_a_name_however_long_the_job_name(
 ) -> None:
     # With a network name over 63 characters Docker's DNS answers no reverse lookup: getnameinfo
     # failed after 10 s (EAI_AGAIN), once per c10d store connection.
-    source = tmp_path / "src"
-    source.mkdir()
-    (source / "train.py").write_text(_REVERSE_LOOKUP)
-    job = JobSpec(
-        name="a-job-name-as-long-as-sagemaker-allows-which-is-63-characters-x",
-        source_dir=source,
-        entry_point="train.py",
-    )
-    record = get_backend("docker", gpus=False, image=torch_image).run(job, tmp_path / "records")
+    name = "a-job-name-as-long-as-sagemaker-allows-which-is-63-characters-x"
+    record = _script_on_docker(tmp_path, torch_image, _REVERSE_LOOKUP, name=name)
     log = record.host_log("algo-1").read_text()
     assert record.status == "succeeded", log[-3000:]
     assert f"peer name: {container_name(record.manifest['run_id'], 'algo-1')}." in log, log[-3000:]
@@ -316,11 +318,7 @@ def test_a_host_that_ended_first_still_resolves_for_its_peers(
 ) -> None:
     # Docker's DNS forgets a stopped container: on a loaded CI the toolkit of algo-2 asked for algo-1
     # 0.1 s after algo-1 had ended, and retried for 15 minutes. A SageMaker instance outlives its program.
-    source = tmp_path / "src"
-    source.mkdir()
-    (source / "train.py").write_text(_LATE_LOOKUP)
-    job = JobSpec(name="late-lookup", source_dir=source, entry_point="train.py", instance_count=2, max_run=120)
-    record = get_backend("docker", gpus=False, image=torch_image).run(job, tmp_path / "records")
+    record = _script_on_docker(tmp_path, torch_image, _LATE_LOOKUP, name="late-lookup", instance_count=2, max_run=120)
     log = record.host_log("algo-2").read_text()
     assert record.status == "succeeded", log[-3000:]
     ended = {host: record.manifest["hosts"][host]["ended_at"] for host in ("algo-1", "algo-2")}

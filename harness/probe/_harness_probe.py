@@ -1443,11 +1443,11 @@ def _batch_consumed(iterator, batch):
     _STEP["samples"] += size or 0
     if rank.counters["steps"] < REPLAY_STEPS:
         extra["shapes"] = shapes(batch)
-    n, step = rank.counters["batches"], rank.counters["steps"]
+    row = (rank.counters["batches"], size, epoch.loader, epoch.epoch, epoch.batches, rank.counters["steps"])
     if extra:
-        rank.emit("batch", n=n, size=size, loader=epoch.loader, epoch=epoch.epoch, i=epoch.batches, step=step, **extra)
+        rank.emit("batch", **dict(zip(BATCH_COLUMNS, row)), **extra)  # noqa: B905 - the probe runs on older Pythons too
     else:
-        rank.batch((n, size, epoch.loader, epoch.epoch, epoch.batches, step))
+        rank.batch(row)
 
 
 def _epoch_ended(iterator):
