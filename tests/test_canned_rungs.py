@@ -48,8 +48,8 @@ def test_the_same_global_steps_on_every_rung_are_parity(tmp_path: Path) -> None:
     assert [r.rung for r in result.records] == ["single", "local", "docker"]
     assert [r.status for r in result.records] == ["succeeded"] * 3
     # `single` takes the job as the real rung does: one host, one process
-    assert result.records[0].manifest["hosts"].keys() == {"algo-1"}
-    assert result.records[1].manifest["hosts"].keys() == {"algo-1", "algo-2"}
+    assert result.records[0].manifest.hosts.keys() == {"algo-1"}
+    assert result.records[1].manifest.hosts.keys() == {"algo-1", "algo-2"}
 
 
 def test_a_rung_that_learns_otherwise_is_named_with_its_first_step_and_the_rungs_above_are_not_run(

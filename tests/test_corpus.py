@@ -144,7 +144,7 @@ def assert_fails_alike(with_probe: RunRecord, without: RunRecord, run_unique: li
     assert with_probe.status == without.status
 
     def failed(record: RunRecord) -> set[str]:
-        return {host for host, result in record.manifest["hosts"].items() if result.get("exit_code") != 0}
+        return {host for host, result in record.manifest.hosts.items() if result.exit_code != 0}
 
     assert failed(with_probe) == failed(without)
     errors = errors_printed(with_probe)
@@ -161,7 +161,7 @@ def _canonical(name: str) -> str:
 def assert_installed_offline(record: RunRecord, requirements: Path) -> None:
     """A container rung installed the job's pinned packages from the host's wheelhouse (pip
     offline, the wheels' folder as its find-links), at the pinned versions."""
-    facts = record.manifest["rung_facts"].get("requirements", {})
+    facts = record.manifest.rung_facts.get("requirements", {})
     assert facts.get("wheelhouse"), facts
     installed = {_canonical(name): version for name, version in facts.get("installed", {}).items()}
     for line in requirements.read_text().splitlines():

@@ -93,7 +93,7 @@ def test_reference_job_on_two_containers_matches_local_exactly(
     assert sorted(seen["containers"]) == ["algo-1", "algo-2"]
     for host, networks in seen["containers"].items():
         assert list(networks) == [network["Name"]] and host in networks[network["Name"]]["Aliases"]
-    assert {docker_record.manifest["ranks"][r]["host"] for r in ("2", "3")} == {"algo-2"}
+    assert {docker_record.manifest.ranks[r].host for r in ("2", "3")} == {"algo-2"}
     # gloo on CPU reduces in the same order for the same world size, wherever the ranks run, so the
     # curve (and the saved weights) must be bit-identical: tolerance 0.
     docker_loss = docker_record.metrics()["train:loss"]["algo-1"]
@@ -113,13 +113,13 @@ def test_shm_hungry_job_needs_more_than_dockers_64m(engine: DockerClient, torch_
     small = get_backend("docker", shm_size="64m").run(job, tmp_path)
     default = get_backend("docker").run(job, tmp_path)
     assert small.status == "failed"
-    assert small.manifest["rung_facts"]["shm_size"] == "64m"
+    assert small.manifest.rung_facts["shm_size"] == "64m"
     # The toolkit's failure file holds the head of the traceback; the worker's own error is in the log.
-    assert "DataLoader worker" in small.manifest["hosts"]["algo-1"]["failure_reason"]
+    assert "DataLoader worker" in (small.manifest.hosts["algo-1"].failure_reason or "")
     log = small.host_log("algo-1").read_text()
     assert re.search(r"shared memory|No space left on device|Bus error", log), log[-3000:]
     assert default.status == "succeeded", default.host_log("algo-1").read_text()[-3000:]
-    assert default.manifest["rung_facts"]["shm_size_bytes"] >= 2**30
+    assert default.manifest.rung_facts["shm_size_bytes"] >= 2**30
     assert len(default.metrics()["train:loss"]["algo-1"]) == 6
 
 
@@ -185,7 +185,7 @@ def test_max_run_stops_every_container(engine: DockerClient, torch_image: str, t
         load_job(_sleeper_job(tmp_path, 3)), tmp_path / "records"
     )
     assert record.status == "timeout"
-    assert {host: result["exit_code"] for host, result in record.manifest["hosts"].items()} == {
+    assert {host: result.exit_code for host, result in record.manifest.hosts.items()} == {
         "algo-1": 137,
         "algo-2": 137,
     }  # python as PID 1 ignores SIGTERM, so SIGKILL ends it, as under `docker stop`
@@ -210,8 +210,8 @@ def test_ctrl_c_mid_run_leaves_no_container_or_network(engine: DockerClient, tor
     assert _labelled("containers", f"harness.run_id={run_id}") == []
     assert _labelled("networks", f"harness.run_id={run_id}") == []
     manifest = RunRecord.load(records / run_id).manifest
-    assert manifest["status"] == "interrupted"
-    assert not Path(manifest["rung_facts"]["work_dir"]).exists()
+    assert manifest.status == "interrupted"
+    assert not Path(manifest.rung_facts["work_dir"]).exists()
 
 
 def _wait_for_running_containers(engine: DockerClient, records: Path, count: int, timeout_s: float = 300) -> str:
@@ -299,7 +299,7 @@ def test_a_peer_address_has_a_name_however_long_the_job_name(
     record = _script_on_docker(tmp_path, torch_image, _REVERSE_LOOKUP, name=name)
     log = record.host_log("algo-1").read_text()
     assert record.status == "succeeded", log[-3000:]
-    assert f"peer name: {container_name(record.manifest['run_id'], 'algo-1')}." in log, log[-3000:]
+    assert f"peer name: {container_name(record.manifest.run_id, 'algo-1')}." in log, log[-3000:]
 
 
 _LATE_LOOKUP = """\
@@ -321,7 +321,7 @@ def test_a_host_that_ended_first_still_resolves_for_its_peers(
     record = _script_on_docker(tmp_path, torch_image, _LATE_LOOKUP, name="late-lookup", instance_count=2, max_run=120)
     log = record.host_log("algo-2").read_text()
     assert record.status == "succeeded", log[-3000:]
-    ended = {host: record.manifest["hosts"][host]["ended_at"] for host in ("algo-1", "algo-2")}
+    ended = {host: record.manifest.hosts[host].ended_at for host in ("algo-1", "algo-2")}
     assert ended["algo-1"] < ended["algo-2"], ended
     assert re.search(r"algo-1 is at \d+\.\d+\.\d+\.\d+", log), log[-3000:]
 
@@ -394,7 +394,7 @@ def test_a_stuck_job_is_stopped_with_every_ranks_stack(
     options = {"image": torch_image, "stop_grace_s": 1} if rung == "docker" else {}
     record = get_backend(rung, hang_after_s=5, **options).run(job, tmp_path / "records")
     assert record.status == "hung"
-    assert record.manifest["rung_facts"]["hang_after_s"] == 5
+    assert record.manifest.rung_facts["hang_after_s"] == 5
     stacks = {rank: (record.root / "ranks" / f"rank-{rank}.stacks.txt").read_text() for rank in (0, 1)}
     assert 'train.py", line 9' in stacks[1], stacks[1]  # time.sleep
     assert 'train.py", line 10' in stacks[0], stacks[0]  # the second all_reduce
@@ -418,7 +418,7 @@ def test_a_job_stopped_at_max_run_has_its_stacks_taken_first(tmp_path: Path) -> 
         max_run=20,
     )
     record = get_backend("local", hang_after_s=600).run(job, tmp_path / "records")
-    assert record.status == "timeout" and record.manifest["rung_facts"]["hang_after_s"] == 600
+    assert record.status == "timeout" and record.manifest.rung_facts["hang_after_s"] == 600
     assert 'train.py", line 9' in (record.root / "ranks" / "rank-1.stacks.txt").read_text()
 
 
@@ -455,5 +455,5 @@ def test_sigterm_to_a_ladder_mid_job_leaves_nothing_and_marks_the_record(
     assert _labelled("containers", f"harness.run_id={run_id}") == []
     assert _labelled("networks", f"harness.run_id={run_id}") == []
     manifest = RunRecord.load(records / run_id).manifest
-    assert manifest["status"] == "interrupted" and manifest["complete"]
-    assert not Path(manifest["rung_facts"]["work_dir"]).exists()
+    assert manifest.status == "interrupted" and manifest.complete
+    assert not Path(manifest.rung_facts["work_dir"]).exists()

@@ -39,7 +39,7 @@ from harness.judge import Finding, PairCheck
 
 
 def _compare(baseline, candidate, context):
-    label = candidate.manifest["rung_facts"].get("label", "-")
+    label = candidate.manifest.rung_facts.get("label", "-")
     title = f"toy: {baseline.rung} -> {candidate.rung} ({label})"
     return [Finding(kind="environment", severity="divergence", title=title, cause="toy-divergence")]
 

@@ -25,7 +25,7 @@ def test_local_gpu_runs_nccl_and_matches_local(scenarios: Path, records: Path) -
     cpu = get_backend("local").run(job, records)
     gpu = get_backend("local-gpu").run(job, records)
     assert gpu.status == "succeeded", (gpu.root / "hosts" / "algo-1" / "log.txt").read_text()
-    assert gpu.manifest["rung_facts"]["machine"]["num_gpus"] >= 1
+    assert gpu.manifest.rung_facts["machine"]["num_gpus"] >= 1
     env = (gpu.root / "hosts" / "algo-1" / "received" / "env.json").read_text()
     assert '"SM_NUM_GPUS": "' in env and '"SM_NUM_GPUS": "0"' not in env
     # GPU kernels differ from CPU ones in the last bits: measured on an H100, the printed losses

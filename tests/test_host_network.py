@@ -206,7 +206,7 @@ class _Run:
         record = RunRecord.load(next((self.tmp_path / "records").iterdir()))
         assert _holders(self.namespaces) == []
         assert _our_links() == self.links_before  # nothing was ever made in the machine's namespace
-        assert not Path(record.manifest["rung_facts"]["work_dir"]).exists()
+        assert not Path(record.manifest.rung_facts["work_dir"]).exists()
         return record
 
 
@@ -231,7 +231,7 @@ def test_each_host_has_its_own_network_and_nothing_is_left(tmp_path: Path) -> No
     (tmp_path / "control" / "go").touch()
     record = run.finish(0)
     assert record.status == "succeeded"
-    facts = record.manifest["rung_facts"]
+    facts = record.manifest.rung_facts
     assert facts["network"].startswith("one network namespace per host, bridged")
     assert "algo-2 at 10.0.0.3" in facts["network"] and facts["machine"]["network_interface"] == "eth0"
     env = json.loads((record.root / "hosts" / "algo-2" / "received" / "env.json").read_text())
@@ -271,7 +271,7 @@ def test_without_bridges_the_hosts_share_one_loopback(tmp_path: Path, monkeypatc
     (tmp_path / "control" / "go").touch()  # the job checks, then ends at once
     record = get_backend("local").run(job, tmp_path / "records")
     assert record.status == "succeeded"
-    facts = record.manifest["rung_facts"]
+    facts = record.manifest.rung_facts
     assert facts["network"].startswith("one network namespace for the run") and "no veth here" in facts["network"]
     assert facts["machine"]["network_interface"] == "lo"
     checks = {}
@@ -347,4 +347,4 @@ def test_each_host_has_its_own_tmp_shm_and_home(tmp_path: Path) -> None:
         assert said["shm"] == shm.f_frsize * shm.f_blocks  # as large as this machine's
     home = Path.home()
     assert not [p for d in (Path("/tmp"), Path("/var/tmp"), Path("/dev/shm"), home) for p in d.glob("harness-own-*")]
-    assert "/dev/shm" in record.manifest["rung_facts"]["file_system"]
+    assert "/dev/shm" in record.manifest.rung_facts["file_system"]

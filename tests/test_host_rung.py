@@ -23,9 +23,9 @@ def test_a_rung_of_one_module_and_one_registration_runs_the_job_as_local_does(tm
         result = climb(job, tmp_path, rungs=["local", "plain-hosts"])
     assert [record.rung for record in result.records] == ["local", "plain-hosts"]
     plain = result.records[1]
-    assert plain.status == "succeeded", plain.manifest.get("error")
-    assert plain.manifest["hosts"]["algo-1"]["exit_code"] == 0
-    assert plain.manifest["artifacts"]["model.tar.gz"]["files"] > 0
-    assert sorted(plain.manifest["ranks"]) == ["0", "1"], plain.manifest["ranks"]
+    assert plain.status == "succeeded", plain.manifest.error
+    assert plain.manifest.hosts["algo-1"].exit_code == 0
+    assert plain.manifest.artifacts["model.tar.gz"].files > 0
+    assert sorted(plain.manifest.ranks) == ["0", "1"], plain.manifest.ranks
     assert result.verdict.outcome == "parity", result.verdict.findings
-    assert not Path(plain.manifest["rung_facts"]["work_dir"]).exists()  # the session removed what it made
+    assert not Path(plain.manifest.rung_facts["work_dir"]).exists()  # the session removed what it made

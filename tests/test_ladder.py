@@ -63,8 +63,8 @@ def test_the_reference_job_is_at_parity_with_its_single_process_run(
     assert code == 0
     assert json.loads(report.read_text())["outcome"] == "parity"
     (single,) = [RunRecord.load(p) for p in records.iterdir() if "-single-" in p.name]
-    assert single.manifest["topology"]["world_size"] == 1
-    assert "under torchrun with one process" in single.manifest["rung_facts"]["baseline"]
+    assert single.manifest.topology.world_size == 1
+    assert "under torchrun with one process" in single.manifest.rung_facts["baseline"]
 
 
 @pytest.mark.slow

@@ -37,10 +37,10 @@ def reference_record(tmp_path_factory: pytest.TempPathFactory) -> RunRecord:
 def test_reference_job_record(reference_record: RunRecord) -> None:
     record = reference_record
     manifest = record.manifest
-    assert record.status == "succeeded" and manifest["complete"]
-    assert {h: r["exit_code"] for h, r in manifest["hosts"].items()} == {"algo-1": 0, "algo-2": 0}
-    assert sorted(manifest["ranks"]) == ["0", "1", "2", "3"]
-    assert {manifest["ranks"][r]["host"] for r in ("2", "3")} == {"algo-2"}
+    assert record.status == "succeeded" and manifest.complete
+    assert {h: r.exit_code for h, r in manifest.hosts.items()} == {"algo-1": 0, "algo-2": 0}
+    assert sorted(manifest.ranks) == ["0", "1", "2", "3"]
+    assert {manifest.ranks[r].host for r in ("2", "3")} == {"algo-2"}
     assert sorted(record.rank_logs()) == [0, 1, 2, 3]
     first = record.rank_logs()[0].read_text().splitlines()
     assert any("step=0 loss=" in line for line in first)
@@ -73,7 +73,7 @@ def test_hardcoded_opt_ml_writes_the_hosts_tree_not_the_machine(scenarios: Path,
         text = tar.extractfile("algo-2.txt").read().decode()  # type: ignore[union-attr]
     assert "hostname algo-2" in text
     assert Path("/opt/ml").exists() == existed
-    assert "mounted on /opt/ml" in record.manifest["rung_facts"]["opt_ml"]
+    assert "mounted on /opt/ml" in record.manifest.rung_facts["opt_ml"]
 
 
 def _write_job(tmp_path: Path, script: str, **extra: object) -> Path:
@@ -91,9 +91,9 @@ def test_failing_job_gives_failed_record_and_exit_1(tmp_path: Path, capsys: pyte
     assert main(["run", str(job), "--records", str(tmp_path / "records")]) == 1
     record = RunRecord.load(next((tmp_path / "records").iterdir()))
     assert record.status == "failed"
-    result = record.manifest["hosts"]["algo-1"]
-    assert result["exit_code"] == 1 and result["failure_written_by"] == "launcher"
-    assert "ValueError: bad shape in layer 3" in result["failure_reason"]
+    result = record.manifest.hosts["algo-1"]
+    assert result.exit_code == 1 and result.failure_written_by == "launcher"
+    assert "ValueError: bad shape in layer 3" in (result.failure_reason or "")
 
 
 def _orphan_script(marker: str) -> str:
@@ -109,7 +109,7 @@ def test_max_run_stops_every_process(tmp_path: Path) -> None:
     marker = f"harness-sleeper-{os.getpid()}"
     job = load_job(_write_job(tmp_path, _orphan_script(marker), max_run=2, instance_count=2))
     record = get_backend("local").run(job, tmp_path / "records")
-    assert record.status == "timeout" and record.manifest["complete"]
+    assert record.status == "timeout" and record.manifest.complete
     assert _processes_with(marker) == []
 
 
@@ -142,9 +142,9 @@ def test_a_signal_stops_everything_and_marks_the_record(
     assert harness.wait(timeout=60) == exit_code
     assert f"stopped by {signal.Signals(signum).name}" in harness.stderr.read()
     record = RunRecord.load(next((tmp_path / "records").iterdir()))
-    assert record.status == "interrupted" and record.manifest["complete"]
+    assert record.status == "interrupted" and record.manifest.complete
     assert _processes_with(marker) == []
-    assert not Path(record.manifest["rung_facts"]["work_dir"]).exists()
+    assert not Path(record.manifest.rung_facts["work_dir"]).exists()
 
 
 def test_ladder_of_the_same_rung_twice_is_parity(
@@ -183,7 +183,7 @@ def without_namespaces(monkeypatch: pytest.MonkeyPatch) -> None:
 def test_degraded_rung_still_runs_distributed_jobs(scenarios: Path, records: Path) -> None:
     record = get_backend("local").run(load_job(scenarios / "ddp_csv" / "job.yaml"), records)
     assert record.status == "succeeded"
-    facts = record.manifest["rung_facts"]
+    facts = record.manifest.rung_facts
     assert facts["adapted"]["MASTER_ADDR"] == "127.0.0.1" and facts["namespaces"].startswith("none")
     env = json.loads((record.root / "hosts" / "algo-1" / "received" / "env.json").read_text())
     assert env["SM_MODEL_DIR"].endswith("algo-1/opt_ml/model")
@@ -194,7 +194,7 @@ def test_degraded_rung_refuses_writes_to_the_real_opt_ml(scenarios: Path, record
     record = get_backend("local").run(load_job(scenarios / "hardcoded_opt_ml" / "job.yaml"), records)
     assert record.status == "failed"
     # whichever host is refused first fails the job, and the other is stopped before it says why
-    reasons = [result.get("failure_reason") or "" for result in record.manifest["hosts"].values()]
+    reasons = [result.failure_reason or "" for result in record.manifest.hosts.values()]
     assert any("this rung does not emulate /opt/ml" in reason for reason in reasons), reasons
     assert not Path("/opt/ml/model/algo-1.txt").exists() and not Path("/opt/ml/model/algo-2.txt").exists()
 
@@ -209,7 +209,7 @@ def test_one_failing_host_stops_the_others(tmp_path: Path) -> None:
     job = load_job(_write_job(tmp_path, script, instance_count=2, max_run=120))
     record = get_backend("local").run(job, tmp_path / "records")
     assert record.status == "failed"  # not "timeout": algo-1 was stopped when algo-2 failed
-    assert record.manifest["hosts"]["algo-2"]["exit_code"] == 3
+    assert record.manifest.hosts["algo-2"].exit_code == 3
 
 
 def test_relative_records_dir_is_made_absolute(
@@ -293,7 +293,7 @@ def test_secrets_a_job_prints_are_scrubbed_from_everything_recorded(
     ]
     assert [record.status for record in records] == ["succeeded", "failed"]
     assert "WANDB_API_KEY <redacted>" in (records[0].root / "hosts" / "algo-1" / "log.txt").read_text()
-    assert "login refused for <redacted>" in json.dumps(records[1].manifest["ranks"])
+    assert "login refused for <redacted>" in json.dumps(records[1].manifest.ranks)
     verdict = judge(records)
     reports = tmp_path / "reports"
     reports.mkdir()
@@ -326,7 +326,7 @@ def test_gc_stops_what_a_killed_harness_left(tmp_path: Path, capsys: pytest.Capt
     left = _processes_with(marker)
     assert len(left) == 2, left  # both hosts' grandchildren run on without the harness
     record = next((tmp_path / "records").iterdir())
-    work = Path(RunRecord.load(record).manifest["rung_facts"]["work_dir"])
+    work = Path(RunRecord.load(record).manifest.rung_facts["work_dir"])
     assert work.is_dir()
     assert main(["gc"]) == 0
     assert f"run {record.name}: " in capsys.readouterr().out

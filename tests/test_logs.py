@@ -157,7 +157,7 @@ def test_root_cause_of_a_captured_failure(case: str) -> None:
     if frame:
         assert f"at {frame}" in finding.title
     if rank is not None:
-        assert finding.title.startswith(f"rank {rank} ({run.manifest['ranks'][str(rank)]['host']})")
+        assert finding.title.startswith(f"rank {rank} ({run.manifest.ranks[str(rank)].host})")
 
 
 @pytest.mark.unit
@@ -286,9 +286,8 @@ def test_chunk_boundaries_change_nothing(monkeypatch: pytest.MonkeyPatch) -> Non
 @pytest.mark.unit
 def test_lines_without_timestamp_sort_last(tmp_path: Path) -> None:
     (tmp_path / "ranks").mkdir()
-    (tmp_path / "manifest.json").write_text(
-        json.dumps({"format_version": 1, "rung": "t", "status": "failed", "topology": {"hosts": []}, "ranks": {}})
-    )
+    manifest = json.loads((RECORDS / "crash" / "manifest.json").read_text())
+    (tmp_path / "manifest.json").write_text(json.dumps({**manifest, "ranks": {}}))
     (tmp_path / "ranks" / "rank-0.log").write_text("ValueError: printed without a timestamp\n")
     (tmp_path / "ranks" / "rank-1.log").write_text("2026-11-23T05:00:00.000001Z KeyError: 'x'\n")
     assert root_finding(logs.check_run(RunRecord.load(tmp_path), CONTEXT)).rank == 1

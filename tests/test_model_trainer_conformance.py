@@ -264,7 +264,7 @@ def test_a_channel_name_with_a_hyphen_fails_the_drivers(engine: DockerClient, to
         == "/opt/ml/input/data/extra-data"
     )
     record = SageMakerLocalBackend(SageMakerLocalOptions(gpus=False)).run(job, tmp_path)
-    assert record.status == "failed" and record.manifest["hosts"]["algo-1"]["exit_code"] == 1
+    assert record.status == "failed" and record.manifest.hosts["algo-1"].exit_code == 1
     log = record.host_log("algo-1").read_text()
     assert "export: `SM_CHANNEL_EXTRA-DATA=/opt/ml/input/data/extra-data': not a valid identifier" in log
     # the rung packs /opt/ml/output/data whatever the job did: the archive is there, and holds no

@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
 import pytest
 from pydantic import BaseModel
 
+from harness.errors import RecordError
 from harness.record.models import HostResult, Manifest, RankResult, Topology, manifest_problems
+from harness.record.run_record import RecordWriter, RunRecord
+from tests.fake_records import JOB
 
 pytestmark = pytest.mark.unit
 
@@ -17,7 +21,8 @@ DOC = Path(__file__).resolve().parents[1] / "docs" / "run-record.md"
 
 def _manifest_rows() -> dict[str, str]:
     """The manifest table of the page: key (each of a row's names) → the row's text."""
-    section = DOC.read_text(encoding="utf-8").split("## manifest.json", 1)[1].split("\n\n", 2)[1]
+    blocks = DOC.read_text(encoding="utf-8").split("## manifest.json", 1)[1].split("\n\n")
+    section = next(block for block in blocks if block.startswith("| key |"))
     rows: dict[str, str] = {}
     for line in section.splitlines()[2:]:
         keys, _, meaning = line.strip("|").partition("|")
@@ -58,4 +63,31 @@ def test_a_manifest_the_harness_writes_is_checked_as_written() -> None:
         "hosts.algo-1.exit_code: expected an integer, got the string '0'",
         "ranks: keys must be rank numbers, got ['zero']",
     ]
-    assert manifest_problems(manifest, strict=False) == manifest_problems(manifest)[1:]
+
+
+def test_the_writer_refuses_a_part_of_the_wrong_type_where_it_is_set_and_writes_nothing(tmp_path: Path) -> None:
+    writer = RecordWriter(tmp_path / "run", JOB, "local")
+    writer.start()
+    written = (writer.root / "manifest.json").read_text()
+    with pytest.raises(RecordError, match=r"about to write artifacts\.model\.tar\.gz\.files: expected an integer"):
+        writer.update(artifacts={"model.tar.gz": {"files": "3", "clashes": {}}})
+    with pytest.raises(RecordError, match=r"about to write hosts\.algo-1\.exit_code: expected an integer"):
+        writer.host_result("algo-1", exit_code="0")
+    assert (writer.root / "manifest.json").read_text() == written
+
+
+def test_the_file_holds_only_the_parts_a_rung_set_and_a_reader_gets_them_typed(tmp_path: Path) -> None:
+    writer = RecordWriter(tmp_path / "run", JOB, "local")
+    writer.start()
+    writer.host_result("algo-1", exit_code=3, started_at="2026-01-01T00:00:00.000Z")
+    writer.update(artifacts={"model.tar.gz": {"files": 2, "clashes": {}}})
+    writer.finish("failed")
+    on_disk = json.loads((writer.root / "manifest.json").read_text())
+    assert "checkpoints" not in on_disk and "error" not in on_disk and "uploaded" not in on_disk
+    assert on_disk["hosts"] == {"algo-1": {"exit_code": 3, "started_at": "2026-01-01T00:00:00.000Z"}}
+    manifest = RunRecord.load(writer.root).manifest
+    assert isinstance(manifest.hosts["algo-1"], HostResult) and manifest.failed_hosts() == {
+        "algo-1": manifest.hosts["algo-1"]
+    }
+    assert manifest.artifacts["model.tar.gz"].files == 2 and manifest.checkpoints is None
+    assert manifest.job.hyperparameters == {"lr": 0.1, "flag": False} and manifest.topology.world_size == 1

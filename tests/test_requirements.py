@@ -114,7 +114,7 @@ def test_local_installs_into_a_cached_environment_reused_and_never_into_the_user
         assert fingerprint["packages"][PACKAGE] == VERSION
     environment = Path(str(_requirements(first)["environment"]))
     assert environment.parent == cache and (environment / "bin" / "python").exists()
-    assert first.manifest["rung_facts"]["requirements"]["installed"] == {PACKAGE: VERSION}
+    assert first.manifest.rung_facts["requirements"]["installed"] == {PACKAGE: VERSION}
     built = (environment / "harness-install.json").stat()
 
     second = get_backend("local").run(job, tmp_path / "records")
@@ -171,17 +171,17 @@ def test_local_bad_requirements_fail_the_job_with_pips_reason(
 ) -> None:
     job = _job(tmp_path, f"{MISSING}\n", launcher=launcher, instance_count=2)
     record = get_backend("local").run(job, tmp_path / "records")
-    assert record.status == "failed" and "error" not in record.manifest
+    assert record.status == "failed" and record.manifest.error is None
     for host in ("algo-1", "algo-2"):
-        result = record.manifest["hosts"][host]
-        assert result["exit_code"] == 1 and result["failure_written_by"] == "launcher"
-        assert result["failure_reason"].startswith(says)
+        result = record.manifest.hosts[host]
+        assert result.exit_code == 1 and result.failure_written_by == "launcher"
+        assert result.failure_reason.startswith(says)
         assert f"No matching distribution found for {MISSING}" in record.host_log(host).read_text()
         assert "imported" not in record.host_log(host).read_text()
     if launcher == "toolkit":
-        assert f"No matching distribution found for {MISSING}" in record.manifest["hosts"]["algo-1"]["failure_reason"]
+        assert f"No matching distribution found for {MISSING}" in (record.manifest.hosts["algo-1"].failure_reason or "")
     assert not [p for p in cache.iterdir() if p.is_dir()]  # a failed environment is not cached
-    assert record.manifest["ranks"] == {}
+    assert record.manifest.ranks == {}
 
 
 # --- docker ----------------------------------------------------------------------------------------
@@ -213,7 +213,7 @@ def test_docker_installs_in_each_container_from_the_hosts_wheelhouse(
             "--",
             "train.py",
         ]  # the launcher's own command, not the installer's
-    assert record.manifest["rung_facts"]["requirements"]["installed"] == {PACKAGE: VERSION}
+    assert record.manifest.rung_facts["requirements"]["installed"] == {PACKAGE: VERSION}
     again = get_backend("docker", gpus=False).run(job, tmp_path / "records")
     assert again.status == "succeeded" and _requirements(again)["wheelhouse_reused"] is True
     assert _requirements(again)["wheelhouse"] == _requirements(record)["wheelhouse"]
@@ -226,12 +226,12 @@ def test_docker_bad_requirements_fail_before_any_container(
 ) -> None:
     job = _job(tmp_path, f"{MISSING}\n")
     record = get_backend("docker", gpus=False).run(job, tmp_path / "records")
-    assert record.status == "failed" and "error" not in record.manifest
-    result = record.manifest["hosts"]["algo-1"]
-    assert result["exit_code"] == 1 and result["failure_written_by"] == "launcher"
-    assert result["failure_reason"].startswith("InstallRequirementsError")
-    assert f"No matching distribution found for {MISSING}" in result["failure_reason"]
-    assert "container" not in result
+    assert record.status == "failed" and record.manifest.error is None
+    result = record.manifest.hosts["algo-1"]
+    assert result.exit_code == 1 and result.failure_written_by == "launcher"
+    assert result.failure_reason.startswith("InstallRequirementsError")
+    assert f"No matching distribution found for {MISSING}" in result.failure_reason
+    assert "container" not in result.model_dump()
 
 
 @pytest.mark.docker
@@ -248,10 +248,10 @@ def test_docker_install_failing_in_the_container_is_the_launchers_failure(
     job = _job(tmp_path, f'{MISSING}; python_full_version == "{image_python}"\n', launcher="toolkit")
     record = get_backend("docker", gpus=False).run(job, tmp_path / "records")
     assert record.status == "failed"
-    result = record.manifest["hosts"]["algo-1"]
-    assert result["exit_code"] == 1 and result["failure_written_by"] == "launcher"
-    assert result["failure_reason"].startswith("InstallRequirementsError:\nExitCode 1\n")
-    assert f"No matching distribution found for {MISSING.split('==')[0]}" in result["failure_reason"]
+    result = record.manifest.hosts["algo-1"]
+    assert result.exit_code == 1 and result.failure_written_by == "launcher"
+    assert result.failure_reason.startswith("InstallRequirementsError:\nExitCode 1\n")
+    assert f"No matching distribution found for {MISSING.split('==')[0]}" in result.failure_reason
     log = record.host_log("algo-1").read_text()
     assert "Looking in links: /opt/harness/wheels" in log and "imported" not in log
     assert _requirements(record)["exit_code"] == 1
@@ -305,8 +305,8 @@ def test_sagemaker_local_bad_requirements_fail_before_compose(
 ) -> None:
     job = _job(tmp_path, f"{MISSING}\n")
     record = get_backend("sagemaker-local", gpus=False).run(job, tmp_path / "records")
-    assert record.status == "failed" and "error" not in record.manifest
-    result = record.manifest["hosts"]["algo-1"]
-    assert result["exit_code"] == 1 and result["failure_written_by"] == "launcher"
-    assert result["failure_reason"].startswith("Training Execution failed")  # what sm_train.sh writes
+    assert record.status == "failed" and record.manifest.error is None
+    result = record.manifest.hosts["algo-1"]
+    assert result.exit_code == 1 and result.failure_written_by == "launcher"
+    assert result.failure_reason.startswith("Training Execution failed")  # what sm_train.sh writes
     assert f"No matching distribution found for {MISSING}" in record.host_log("algo-1").read_text()

@@ -47,7 +47,7 @@ def test_s3_reference_job_is_parity_on_every_rung_and_uploads_its_artifacts(
         channels = record.read_json("hosts/algo-2/received/channels.json") if record.rung != "sagemaker-local" else None
         if channels is not None:
             assert channels["train"]["files"] == {"train.csv": 69224}
-        uploaded = record.manifest["uploaded"]
+        uploaded = record.manifest.uploaded
         assert set(uploaded) == {"model.tar.gz", "output.tar.gz"}
         for archive, uri in uploaded.items():
             assert uri.endswith(f"/{record.root.name}/output/{archive}")
@@ -61,7 +61,7 @@ def test_s3_reference_job_is_parity_on_every_rung_and_uploads_its_artifacts(
         text=True,
         check=True,
     ).stdout
-    assert f"uploaded model.tar.gz: {result.records[0].manifest['uploaded']['model.tar.gz']}" in shown
+    assert f"uploaded model.tar.gz: {result.records[0].manifest.uploaded['model.tar.gz']}" in shown
 
 
 def test_sharded_channel_gives_each_host_its_own_keys(
@@ -107,7 +107,7 @@ def test_missing_s3_data_is_a_clear_error_and_a_complete_record(
         get_backend("local").run(job, records)
     (record_dir,) = records.iterdir()
     record = RunRecord.load(record_dir)
-    assert record.status == "error" and record.manifest["complete"]
+    assert record.status == "error" and record.manifest.complete
 
 
 def test_cli_localstack_env_points_boto3_at_it(localstack: dict[str, str]) -> None:
@@ -145,10 +145,11 @@ def test_checkpoints_are_restored_before_the_job_and_synced_per_run(
     record = get_backend("local").run(job, records)
     assert record.status == "succeeded"
     assert "found ['checkpoint-3.pt']" in (record.root / "hosts" / "algo-2" / "log.txt").read_text()
-    checkpoints = record.manifest["checkpoints"]
+    checkpoints = record.manifest.checkpoints
+    assert checkpoints is not None
     run_prefix = f"{base}/harness-runs/{record.root.name}/checkpoints"
-    assert checkpoints["s3_uri"] == f"s3://harness-tests/{run_prefix}"
-    assert checkpoints["clashes_with_different_content"] == ["checkpoint-4.pt"]  # each host wrote its name
+    assert checkpoints.s3_uri == f"s3://harness-tests/{run_prefix}"
+    assert checkpoints.clashes_with_different_content == ["checkpoint-4.pt"]  # each host wrote its name
     s3 = _s3(localstack["endpoint"])
     listed = s3.list_objects_v2(Bucket="harness-tests", Prefix=f"{base}/checkpoints")["Contents"]
     assert [o["Key"] for o in listed] == [f"{base}/checkpoints/checkpoint-3.pt"]  # the job's prefix: untouched

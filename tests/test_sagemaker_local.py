@@ -50,7 +50,7 @@ def _left_behind(engine: DockerClient, record: RunRecord) -> list[str]:
     """Containers of the run (by its label and by its compose project), its network (by label and
     by name), its image tag, its compose processes, its work dir, and the SDK's shared network
     where no container holds it."""
-    facts = record.manifest["rung_facts"]
+    facts = record.manifest.rung_facts
     found = [c.name for c in engine.containers.list(all=True, filters={"label": f"harness.run_id={record.root.name}"})]
     found += [
         c.name
@@ -243,8 +243,8 @@ def test_reference_job_through_the_sdk_matches_local_exactly(
     assert record.status == "succeeded", record.host_log("algo-1").read_text()[-3000:]
     local = RunRecord.load(_local_record(job, tmp_path))
     # Hosts, their exit and what the SDK wrote for each of them.
-    assert list(record.manifest["hosts"]) == ["algo-1", "algo-2"]
-    assert all(h["exit_code"] == 0 for h in record.manifest["hosts"].values())
+    assert list(record.manifest.hosts) == ["algo-1", "algo-2"]
+    assert all(h.exit_code == 0 for h in record.manifest.hosts.values())
     for host in ("algo-1", "algo-2"):
         received = record.root / "hosts" / host / "received"
         assert json.loads((received / "resourceconfig.json").read_text())["current_host"] == host
@@ -255,9 +255,9 @@ def test_reference_job_through_the_sdk_matches_local_exactly(
         log = record.host_log(host).read_text().splitlines()
         assert log[0].split(" ", 1)[0].endswith("Z") and "Training Container Execution Completed" in log[-1]
     # The probe got into every process, with the right host.
-    assert {r["host"] for r in record.manifest["ranks"].values()} == {"algo-1", "algo-2"}
+    assert {r.host for r in record.manifest.ranks.values()} == {"algo-1", "algo-2"}
     assert sorted(record.rank_logs()) == [0, 1, 2, 3]
-    assert record.manifest["rung_facts"]["probe_reached"]["not_reached"] == "none"
+    assert record.manifest.rung_facts["probe_reached"]["not_reached"] == "none"
     # gloo on CPU: bit-identical curve and weights, so the verdict holds at zero tolerance.
     loss = record.metrics()["train:loss"]["algo-1"]
     assert len(loss) == 64 and loss == local.metrics()["train:loss"]["algo-1"]
@@ -303,14 +303,14 @@ def test_a_failing_host_is_recorded_and_nothing_is_left(engine: DockerClient, to
     """,
     )
     record = SageMakerLocalBackend(SageMakerLocalOptions(gpus=False, image=torch_image)).run(job, tmp_path / "records")
-    assert record.status == "failed" and "forged" not in record.manifest
-    ignored = record.manifest["rung_facts"]["probe_files_ignored"]
+    assert record.status == "failed" and "forged" not in record.manifest.as_file()
+    ignored = record.manifest.rung_facts["probe_files_ignored"]
     assert "manifest.json" in ignored and "processes/algo-1-999999.json" in ignored
     assert not (record.root / "processes" / "algo-1-999999.json").exists()
     assert any(record.root.glob("processes/algo-1-*.json"))  # the probe's own files are there
-    hosts = record.manifest["hosts"]
-    assert hosts["algo-1"]["exit_code"] == 0 and hosts["algo-2"]["exit_code"] == 3
-    assert "CalledProcessError" in hosts["algo-2"]["failure_reason"]  # the v3 driver writes its own traceback
+    hosts = record.manifest.hosts
+    assert hosts["algo-1"].exit_code == 0 and hosts["algo-2"].exit_code == 3
+    assert "CalledProcessError" in hosts["algo-2"].failure_reason  # the v3 driver writes its own traceback
     per_host = record.read_json("artifacts/summary.json")["output.tar.gz"]["per_host"]
     assert per_host == {
         "algo-1": {"algo-1.txt": per_host["algo-1"]["algo-1.txt"]},
@@ -411,7 +411,7 @@ def test_sigterm_mid_job_stops_everything_and_marks_the_record(
     )
     try:
         record_dir = _once_both_hosts_are_up(records, harness)
-        facts = RunRecord.load(record_dir).manifest["rung_facts"]
+        facts = RunRecord.load(record_dir).manifest.rung_facts
         assert _processes_naming(facts["work_dir"]), "compose should be running"
         labelled = engine.networks.list(filters={"label": f"harness.run_id={record_dir.name}"})
         assert [n.name for n in labelled] == [facts["adapted"]["network"]]  # the run's own, which gc can find
@@ -422,7 +422,7 @@ def test_sigterm_mid_job_stops_everything_and_marks_the_record(
         if harness.poll() is None:
             harness.kill()
     record = RunRecord.load(record_dir)
-    assert record.status == "interrupted" and record.manifest["complete"]
+    assert record.status == "interrupted" and record.manifest.complete
     assert _left_behind(engine, record) == []
 
 
@@ -449,12 +449,12 @@ def test_two_ladders_started_together_both_give_a_verdict(
     runs = [RunRecord.load(next((out / "records").glob("*-sagemaker-local-*"))) for out, _ in ladders]
     assert all(run.status == "succeeded" for run in runs)
     first, second = (run.manifest for run in runs)
-    assert first["started_at"] < second["ended_at"] and second["started_at"] < first["ended_at"], "they overlapped"
-    networks = {run.manifest["rung_facts"]["adapted"]["network"] for run in runs}
+    assert first.started_at < (second.ended_at or "") and second.started_at < (first.ended_at or ""), "they overlapped"
+    networks = {run.manifest.rung_facts["adapted"]["network"] for run in runs}
     assert len(networks) == 2
     for run in runs:
         compose = yaml.safe_load((run.root / "sdk" / "docker-compose.yaml").read_text())
-        assert compose["networks"][SDK_NETWORK]["name"] == run.manifest["rung_facts"]["adapted"]["network"]
+        assert compose["networks"][SDK_NETWORK]["name"] == run.manifest.rung_facts["adapted"]["network"]
         assert _left_behind(engine, run) == []
 
 

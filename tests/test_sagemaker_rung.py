@@ -243,7 +243,7 @@ def test_submitted_job_is_followed_into_a_record_at_parity_with_local(
         record = backend.run(job, records)
         service.stubber.assert_no_pending_responses()
     name = service.submitted["TrainingJobName"]
-    assert record.status == "succeeded" and record.manifest["rung_facts"]["training_job_name"] == name
+    assert record.status == "succeeded" and record.manifest.rung_facts["training_job_name"] == name
     # what ModelTrainer sent is what the dry-run prints, the probe's channel and variables included
     assert (
         service.submitted
@@ -253,11 +253,11 @@ def test_submitted_job_is_followed_into_a_record_at_parity_with_local(
     )
     assert service.submitted["Environment"]["HARNESS_PROBE_DIR"] == "/opt/ml/output/data/harness-probe"
     # the probe's files came back in output.tar.gz: out of the archive, into the record
-    assert sorted(record.manifest["ranks"]) == ["0", "1", "2", "3"]
+    assert sorted(record.manifest.ranks) == ["0", "1", "2", "3"]
     assert (record.root / "hosts" / "algo-2" / "fingerprint.json").is_file()
     # ... and only the probe's: a manifest.json the job left there never replaces the record's
-    assert "forged" not in record.manifest and record.manifest["rung"] == "sagemaker"
-    assert "harness-probe/manifest.json" in record.manifest["rung_facts"]["probe_files_ignored"]
+    assert "forged" not in record.manifest.as_file() and record.manifest.rung == "sagemaker"
+    assert "harness-probe/manifest.json" in record.manifest.rung_facts["probe_files_ignored"]
     assert (
         record.read_json("artifacts/summary.json")["output.tar.gz"]["files"].keys()
         == local_run.read_json("artifacts/summary.json")["output.tar.gz"]["files"].keys()
@@ -288,8 +288,8 @@ def test_failed_job_keeps_the_service_failure_reason(
     with service.stubber:
         record = _backend(aws).run(job, records)
     assert record.status == "failed"
-    assert record.manifest["hosts"]["algo-1"]["exit_code"] == 1
-    assert record.manifest["hosts"]["algo-1"]["failure_reason"] == reason
+    assert record.manifest.hosts["algo-1"].exit_code == 1
+    assert record.manifest.hosts["algo-1"].failure_reason == reason
     verdict = judge([local_run, record])
     assert verdict.outcome == "failed" and verdict.first_rung == "sagemaker"
 

@@ -277,7 +277,7 @@ def test_conformance_of_the_emulation_with_the_real_toolkit(
     backend = get_backend("docker", gpus=False, image=toolkit_image)
     record = backend.run(job, tmp_path)
     assert record.status == "succeeded", record.host_log(job.hosts[0]).read_text()[-3000:]
-    assert record.manifest["rung_facts"]["toolkit"] == VERSIONS
+    assert record.manifest.rung_facts["toolkit"] == VERSIONS
     emulated = get_backend("docker", gpus=False).plan(job).hosts  # what the emulated path would give
     dumps = process_dumps(record)
     torchrun = job.distribution == "torchrun"
@@ -337,22 +337,22 @@ def test_a_failed_script_gets_the_same_failure_reason(toolkit_image: str, torch_
     job = MATRIX["1x1-none"].model_copy(update={"name": "tk-fail", "entry_point": "fail.py"})
     real = get_backend("docker", gpus=False, image=toolkit_image).run(job, tmp_path)
     emulated = get_backend("docker", gpus=False, image=torch_image).run(job, tmp_path)
-    assert real.manifest["rung_facts"]["toolkit"] == VERSIONS
-    assert emulated.manifest["rung_facts"]["toolkit"] == toolkit.EMULATED
-    ours, theirs = emulated.manifest["hosts"]["algo-1"], real.manifest["hosts"]["algo-1"]
-    assert real.status == emulated.status == "failed" and theirs["exit_code"] == ours["exit_code"] == 1
+    assert real.manifest.rung_facts["toolkit"] == VERSIONS
+    assert emulated.manifest.rung_facts["toolkit"] == toolkit.EMULATED
+    ours, theirs = emulated.manifest.hosts["algo-1"], real.manifest.hosts["algo-1"]
+    assert real.status == emulated.status == "failed" and theirs.exit_code == ours.exit_code == 1
     command = host_contract(job, "algo-1", Machine(num_cpus=1, python="python3")).command
-    assert ours["failure_reason"] == (
+    assert ours.failure_reason == (
         'ExecuteUserScriptError:\nExitCode 1\nErrorMessage "raise ValueError("bad shape: (3, 4)")\n'
         f' ValueError: bad shape: (3, 4)"\nCommand "{" ".join(command)}"'
     )
     # The toolkit splits what it read at the pipe's chunk boundaries (process.watch reads 4 KiB or
     # less, whatever is there), and Python writes a traceback's last line in pieces ("ValueError",
     # ": ", the message): under load its ErrorMessage has those pieces on lines of their own.
-    expected = ours["failure_reason"].replace('Command "python3 ', f'Command "{INTERPRETER} ')
-    assert _unchunked(theirs["failure_reason"]) == _unchunked(expected)
+    expected = ours.failure_reason.replace('Command "python3 ', f'Command "{INTERPRETER} ')
+    assert _unchunked(theirs.failure_reason) == _unchunked(expected)
     # The toolkit's file is found in /opt/ml/output like one the job wrote: the rung cannot tell them apart.
-    assert (ours["failure_written_by"], theirs["failure_written_by"]) == ("launcher", "job")
+    assert (ours.failure_written_by, theirs.failure_written_by) == ("launcher", "job")
 
 
 def _unchunked(message: str) -> str:

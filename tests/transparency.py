@@ -122,13 +122,11 @@ def assert_transparent(
     """Alike with and without the probe; ``ignore`` and ``run_unique``: see :func:`output_lines`
     and :func:`artifact_hashes`."""
     ignore, run_unique = tuple(ignore), tuple(run_unique)
-    assert (
-        with_probe.manifest["rung_facts"].get("probe") == "on" and without.manifest["rung_facts"].get("probe") == "off"
-    )
+    assert with_probe.manifest.rung_facts.get("probe") == "on" and without.manifest.rung_facts.get("probe") == "off"
     assert with_probe.status == without.status
 
     def exits(record: RunRecord) -> dict[str, Any]:
-        return {host: result.get("exit_code") for host, result in record.manifest["hosts"].items()}
+        return {host: result.exit_code for host, result in record.manifest.hosts.items()}
 
     assert exits(with_probe) == exits(without)
     equal, differing = same_output(output_lines(with_probe, ignore), output_lines(without, ignore))

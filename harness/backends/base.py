@@ -162,22 +162,22 @@ class Backend(ABC, Generic[PlanT]):
             raise UsageError(f"{root} already exists", hint="choose another --records directory")
         record = RecordWriter(root, job, self.name)
         record.start()
-        record.manifest["rung_facts"].update({**plan.facts, **facts})
-        record.flush()  # a harness killed from here on leaves a record that says where its run was
+        # a harness killed from here on leaves a record that says where its run was
+        record.update(rung_facts={**plan.facts, **facts})
         status: Status = "error"
         try:
             outcome = self._execute(plan, record, progress)
             if self.uploads_artifacts and job.output_path is not None:
-                record.manifest["uploaded"] = upload_artifacts(record.root, job.output_path)
+                record.update(uploaded=upload_artifacts(record.root, job.output_path))
             status = outcome
         except KeyboardInterrupt:
             status = "interrupted"
             raise
         except HarnessError as exc:
-            record.manifest["error"] = exc.message
+            record.manifest.error = exc.message
             raise
         except Exception as exc:  # an engine, SDK or OS error: translated here, at the rung's boundary
-            record.manifest["error"] = f"{type(exc).__name__}: {exc}"
+            record.manifest.error = f"{type(exc).__name__}: {exc}"
             raise RungFailed(
                 f"rung {self.name!r} broke down: {type(exc).__name__}: {exc}",
                 hint=f"the record {root} keeps what ran until then",

@@ -262,7 +262,7 @@ class DockerSession(HostSession[DockerPlan]):
     def __init__(self, plan: DockerPlan, record: RecordWriter, options: DockerOptions, client: DockerClient) -> None:
         super().__init__(plan, record)
         self.options, self.client = options, client
-        self.labels = {**run_labels(str(record.manifest["run_id"])), WORK_DIR: str(plan.work_dir)}
+        self.labels = {**run_labels(record.manifest.run_id), WORK_DIR: str(plan.work_dir)}
         self.image = ""
         self._toolkit: str | None = None  # the image's toolkit version, where it has one
         self._network: Network | None = None

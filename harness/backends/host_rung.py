@@ -109,8 +109,9 @@ class HostRung(Backend[HostPlanT]):
             save_checkpoints(job, trees, record)
             codes = {host: session.collect_host(contract, trees[host]) for host, contract in plan.hosts.items()}
             session.collected()
-            record.manifest["artifacts"] = artifact_overview(archives.collect(trees, record.root))
-            record.manifest["ranks"] = ranks_from_probe(record.root)
+            record.update(
+                artifacts=artifact_overview(archives.collect(trees, record.root)), ranks=ranks_from_probe(record.root)
+            )
         finally:
             session.close()
         if ended.hung:

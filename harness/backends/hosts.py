@@ -17,6 +17,7 @@ from typing import Any
 
 from harness.backends.base import copy_source
 from harness.errors import RecordError
+from harness.record.models import CheckpointsResult
 from harness.record.run_record import RecordFiles, RecordWriter, file_tree, log_text, redact_env, write_json
 from harness.spec import s3
 from harness.spec.host_contract import OPT_ML, PLATFORM_DIRS, HostContract, failure_message
@@ -116,12 +117,14 @@ def save_checkpoints(job: JobSpec, trees: dict[str, Path], record: RecordWriter)
             for key, entry in file_tree(tree / where).items():
                 digests.setdefault(key, {})[host] = entry["sha256"]
     clashes = {key: sorted(hosts) for key, hosts in digests.items() if len(hosts) > 1}
-    record.manifest["checkpoints"] = {
-        "s3_uri": prefix,
-        "files": {key: sorted(hosts) for key, hosts in digests.items()},
-        "clashes": clashes,
-        "clashes_with_different_content": sorted(k for k in clashes if len(set(digests[k].values())) > 1),
-    }
+    record.update(
+        checkpoints=CheckpointsResult(
+            s3_uri=prefix,
+            files={key: sorted(hosts) for key, hosts in digests.items()},
+            clashes=clashes,
+            clashes_with_different_content=sorted(k for k in clashes if len(set(digests[k].values())) > 1),
+        )
+    )
 
 
 def stage_channels(job: JobSpec, work: Path, record: RecordWriter) -> dict[str, dict[str, Path]]:

@@ -203,7 +203,7 @@ class LocalSession(HostSession[LocalPlan]):
 
     def start(self) -> None:
         self.plan.work_dir.mkdir(parents=True)
-        orphans.claim(self.plan.work_dir, str(self.record.manifest["run_id"]), self.record.root)
+        orphans.claim(self.plan.work_dir, self.record.manifest.run_id, self.record.root)
         if self.plan.namespaced:
             self._network = sandbox.RunNetwork(self.job.hosts if self.plan.host_networks else None).__enter__()
 
@@ -218,7 +218,7 @@ class LocalSession(HostSession[LocalPlan]):
             (tree / "input" / "data" / name).symlink_to(source, target_is_directory=True)
         env = {
             **_host_env(contract, record.root if self.options.probe else None),
-            orphans.RUN_ID_ENV: str(record.manifest["run_id"]),
+            orphans.RUN_ID_ENV: record.manifest.run_id,
         }  # how `harness gc` finds them if we die
         requirements.activate_local(job, env)
         record_received(record, contract, env)

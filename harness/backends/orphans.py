@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+from harness.record.models import Manifest, parse_manifest
 from harness.record.run_record import now, write_json
 
 RUN_ID_ENV = "HARNESS_RUN_ID"
@@ -120,15 +121,12 @@ def _mark_record(root: Path, owner: dict[str, Any]) -> bool:
     """A record left ``running`` by the killed harness becomes ``interrupted`` (still incomplete)."""
     manifest_path = root / "manifest.json"
     try:
-        manifest = json.loads(manifest_path.read_text())
+        manifest = parse_manifest(json.loads(manifest_path.read_text()))
     except (OSError, ValueError):
         return False
-    if manifest.get("status") != "running":
+    if not isinstance(manifest, Manifest) or manifest.status != "running":
         return False
-    manifest.update(
-        status="interrupted",
-        ended_at=now(),
-        error=f"the harness (pid {owner['pid']}) was killed; `harness gc` stopped what it left",
-    )
-    write_json(manifest_path, manifest)
+    manifest.status, manifest.ended_at = "interrupted", now()
+    manifest.error = f"the harness (pid {owner['pid']}) was killed; `harness gc` stopped what it left"
+    write_json(manifest_path, manifest.as_file())
     return True

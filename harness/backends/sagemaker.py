@@ -439,8 +439,8 @@ class SageMakerBackend(Backend[RequestPlan]):
             record.set_fact(
                 "probe_reached", probe_reach(job, record) if found else "no: output.tar.gz holds no probe files"
             )
-            record.manifest["ranks"] = ranks_from_probe(record.root)
-        record.manifest["artifacts"] = artifact_overview(archives.summarize_archives(record.root))
+            record.update(ranks=ranks_from_probe(record.root))
+        record.update(artifacts=artifact_overview(archives.summarize_archives(record.root)))
         return "timeout" if stopped else status
 
     def _model_trainer(self, job: JobSpec, session: Any) -> Any:

@@ -144,7 +144,7 @@ def collect(description: dict[str, Any], hosts: list[str], record: RecordWriter)
             try:
                 s3.download(uri, record.root / "artifacts")
             except s3.S3Error as exc:
-                record.manifest.setdefault("artifacts_missing", {})[name] = exc.message
+                record.update(artifacts_missing={**record.manifest.artifacts_missing, name: exc.message})
     failure = description.get("FailureReason")
     for host in hosts:
         received = record.host_dir(host) / "received"

@@ -13,12 +13,13 @@ from harness.cli.job_commands import print_verdict
 from harness.cli.why_failed import exit_code, failure_line, why_it_failed
 from harness.judge.protocol import Tolerance
 from harness.judge.verdict import judge
+from harness.record.models import HostResult, Manifest, RankResult
 from harness.record.run_record import RunRecord
 from harness.report import comparison_warnings
 
 
 def cmd_diff(args: argparse.Namespace) -> int:
-    records = [RunRecord.load(args.baseline, strict=True), RunRecord.load(args.candidate, strict=True)]
+    records = [RunRecord.load(args.baseline), RunRecord.load(args.candidate)]
     report_files(args)
     for warning in comparison_warnings(records):  # another job or topology: compared all the same, but said
         emit(f"harness: warning: {warning}", err=True)
@@ -27,7 +28,7 @@ def cmd_diff(args: argparse.Namespace) -> int:
 
 
 def cmd_show(args: argparse.Namespace) -> int:
-    record = RunRecord.load(args.record, strict=True)
+    record = RunRecord.load(args.record)
     for line in show_lines(record):
         emit(line)
     return 0
@@ -37,40 +38,40 @@ def show_lines(record: RunRecord) -> Iterator[str]:
     """A record, readable: what ran and how it ended, each host (exit code, the failure's line,
     its log), each rank, each metric once, the artifacts, the rung's facts."""
     m = record.manifest
-    yield f"{m['run_id']}: job {m['job']['name']} on {m['rung']}, {m['status']}"
-    if not m["complete"]:
+    yield f"{m.run_id}: job {m.job.name} on {m.rung}, {m.status}"
+    if not m.complete:
         yield "  INCOMPLETE: the run was cut off (the harness stopped before it ended)"
     yield f"  record: {record.root} (file paths below are relative to it; README.md says what each file holds)"
-    yield f"  started {m['started_at']}, ended {m['ended_at'] or '-'}{_took(m)}; harness {m['harness_version']}"
-    topology = m["topology"]
+    yield f"  started {m.started_at}, ended {m.ended_at or '-'}{_took(m)}; harness {m.harness_version}"
+    topology = m.topology
     yield (
-        f"  {plural(len(topology['hosts']), 'host')} x {plural(topology['processes_per_host'], 'process')}, "
-        f"world size {topology['world_size']} ({topology['distribution']}, {topology['launcher']} launcher)"
+        f"  {plural(len(topology.hosts), 'host')} x {plural(topology.processes_per_host, 'process')}, "
+        f"world size {topology.world_size} ({topology.distribution}, {topology.launcher} launcher)"
     )
-    if m["status"] not in ("succeeded", "running"):
+    if m.status not in ("succeeded", "running"):
         yield from why_it_failed(record, relative=True)[:-1]  # all but "more: harness show"
     yield "hosts"
-    for host in topology["hosts"]:
-        result = m["hosts"].get(host, {})
-        yield f"  {host}: exit {exit_code(result.get('exit_code'))}"
-        if result.get("failure_reason"):
-            by = f" (written by the {result['failure_written_by']})" if result.get("failure_written_by") else ""
+    for host in topology.hosts:
+        result = m.hosts.get(host, HostResult())
+        yield f"  {host}: exit {exit_code(result.exit_code)}"
+        if result.failure_reason:
+            by = f" (written by the {result.failure_written_by})" if result.failure_written_by else ""
             yield f"    failure{by}:"
-            yield from wrapped(failure_line(result["failure_reason"]), "      ")
+            yield from wrapped(failure_line(result.failure_reason), "      ")
         if record.host_log(host).is_file():
             yield f"    log: {_relative(record, record.host_log(host))}"
-    ranks, logs, stacks = m["ranks"], record.rank_logs(), record.rank_stacks()
+    ranks, logs, stacks = m.ranks, record.rank_logs(), record.rank_stacks()
     if ranks or logs:
         yield "ranks"
     for rank in sorted({int(r) for r in ranks} | set(logs)):
-        info = ranks.get(str(rank), {})
-        on = f" on {info['host']}" if info.get("host") else ""
-        pid = f" (pid {info['pid']})" if info.get("pid") is not None else ""
-        ended = f", ended {info['ended_at']}" if info.get("ended_at") else ""
-        source = f" ({info['ended_at_from']})" if ended and info.get("ended_at_from") not in (None, "probe") else ""
+        info = ranks.get(str(rank), RankResult())
+        on = f" on {info.host}" if info.host else ""
+        pid = f" (pid {info.pid})" if info.pid is not None else ""
+        ended = f", ended {info.ended_at}" if info.ended_at else ""
+        source = f" ({info.ended_at_from})" if ended and info.ended_at_from not in (None, "probe") else ""
         yield f"  rank {rank}{on}{pid}{ended}{source}"
-        if info.get("exception"):
-            yield from wrapped(str(info["exception"]), "    exception: ", "      ")
+        if info.exception:
+            yield from wrapped(info.exception, "    exception: ", "      ")
         if rank in logs:
             yield f"    log: {_relative(record, logs[rank])}"
         if rank in stacks and stacks[rank].stat().st_size:
@@ -80,40 +81,40 @@ def show_lines(record: RunRecord) -> Iterator[str]:
         yield "metrics"
     for name, sources in metrics.items():
         yield from _metric_lines(name, sources)
-    artifacts = m.get("artifacts") or {}
-    if artifacts:
+    if m.artifacts:
         yield "artifacts"
-    for archive, info in artifacts.items():
-        clashes = info.get("clashes") or {}
+    for archive, archived in m.artifacts.items():
+        clashes = archived.clashes
         yield (
-            f"  {archive}: {plural(info.get('files', 0), 'file')}"
+            f"  {archive}: {plural(archived.files, 'file')}"
             + (f", {len(clashes)} written by several hosts: {', '.join(sorted(clashes))}" if clashes else "")
         )
-    for archive, uri in (m.get("uploaded") or {}).items():
+    for archive, uri in m.uploaded.items():
         yield f"  uploaded {archive}: {uri}"
-    if m.get("checkpoints"):
-        points = m["checkpoints"]
-        clashes = points["clashes"]
+    if m.checkpoints:
+        points = m.checkpoints
         yield (
-            f"checkpoints: {plural(len(points['files']), 'file')} synced to {points['s3_uri']}"
-            + (f", {len(clashes)} written by several hosts" if clashes else "")
+            f"checkpoints: {plural(len(points.files), 'file')} synced to {points.s3_uri}"
+            + (f", {len(points.clashes)} written by several hosts" if points.clashes else "")
         )
-    if m["rung_facts"]:
+    if m.rung_facts:
         yield "rung facts"
-        yield from _facts(m["rung_facts"], "  ")
+        yield from _facts(m.rung_facts, "  ")
 
 
 def _relative(record: RunRecord, path: Path) -> str:
     return path.relative_to(record.root).as_posix()
 
 
-def _took(manifest: dict[str, Any]) -> str:
+def _took(manifest: Manifest) -> str:
     import datetime as dt
 
+    if manifest.ended_at is None:
+        return ""
     try:
-        start = dt.datetime.fromisoformat(manifest["started_at"].replace("Z", "+00:00"))
-        end = dt.datetime.fromisoformat(manifest["ended_at"].replace("Z", "+00:00"))
-    except (AttributeError, TypeError, ValueError):
+        start = dt.datetime.fromisoformat(manifest.started_at.replace("Z", "+00:00"))
+        end = dt.datetime.fromisoformat(manifest.ended_at.replace("Z", "+00:00"))
+    except ValueError:
         return ""
     return f" (took {duration((end - start).total_seconds())})"
 

@@ -43,10 +43,6 @@ def failure_line(reason: str) -> str:
     return (errors or lines or [reason.strip()])[-1]
 
 
-def _failing_hosts(record: RunRecord) -> dict[str, dict[str, Any]]:
-    return {h: r for h, r in record.manifest["hosts"].items() if r.get("exit_code") not in (0, None)}
-
-
 def why_it_failed(record: RunRecord, *, relative: bool = False) -> list[str]:
     """A failed run in a few lines: its first error (the logs check: which rank, which known
     failure, the line), each failing host's exit code, the log files to open (``relative``: to
@@ -57,7 +53,7 @@ def why_it_failed(record: RunRecord, *, relative: bool = False) -> list[str]:
         finding = next(iter(logs.check_run(record, CheckContext())), None)
     except HarnessError:
         finding = None
-    failing = _failing_hosts(record)
+    failing = record.manifest.failed_hosts()
     where = _WHERE.match(finding.evidence[0]) if finding and finding.evidence else None
     look: list[str] = []
     if finding is not None:
@@ -67,22 +63,21 @@ def why_it_failed(record: RunRecord, *, relative: bool = False) -> list[str]:
             look.append(f"{record.root / where['source']}:{where['line']}")  # made relative below
     elif failing:
         host, result = next(iter(failing.items()))
-        reason = result.get("failure_reason")
+        reason = result.failure_reason
         lines += wrapped(
-            f"{host} exited with {exit_code(result.get('exit_code'))}"
-            + (f": {failure_line(reason)}" if reason else ""),
+            f"{host} exited with {exit_code(result.exit_code)}" + (f": {failure_line(reason)}" if reason else ""),
             "  cause: ",
             "    ",
         )
     elif record.status == "timeout":
-        lines.append(f"  cause: the job ran past max_run ({record.manifest['job'].get('max_run')} s) and was stopped")
+        lines.append(f"  cause: the job ran past max_run ({record.manifest.job.max_run} s) and was stopped")
     if record.status == "hung":
         lines.append("  the job stopped making progress: every rank's stacks were dumped, then it was stopped")
         look += [str(path) for path in record.rank_stacks().values() if path.stat().st_size]
-    if record.manifest.get("error"):
-        lines += wrapped(str(record.manifest["error"]), "  harness error: ", "    ")
+    if record.manifest.error:
+        lines += wrapped(record.manifest.error, "  harness error: ", "    ")
     if failing:
-        lines.append("  exit codes: " + ", ".join(f"{h} {exit_code(r.get('exit_code'))}" for h, r in failing.items()))
+        lines.append("  exit codes: " + ", ".join(f"{h} {exit_code(r.exit_code)}" for h, r in failing.items()))
     look += [str(record.host_log(host)) for host in failing or record.hosts if record.host_log(host).is_file()]
     look = [path for path in look if not any(other.startswith(f"{path}:") for other in look)]  # path:line says it
     if relative:

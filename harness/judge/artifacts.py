@@ -110,10 +110,10 @@ def check_run(record: RunRecord, context: CheckContext) -> list[Finding]:
     """Within one run: checkpoint keys several hosts uploaded to the one S3 prefix (SageMaker syncs
     every instance's LocalPath to the same prefix, so the last upload wins). Where the hosts'
     files differed, a host resuming from the prefix gets another host's state."""
-    checkpoints = record.manifest.get("checkpoints") or {}
-    clashes, lost = checkpoints.get("clashes") or {}, set(checkpoints.get("clashes_with_different_content") or [])
-    if not clashes:
+    checkpoints = record.manifest.checkpoints
+    if checkpoints is None or not checkpoints.clashes:
         return []
+    clashes, lost = checkpoints.clashes, set(checkpoints.clashes_with_different_content)
     hint = (
         "give each host its own checkpoint file names (include the host or the global rank), "
         "or save checkpoints from global rank 0 only"

@@ -20,10 +20,10 @@ from harness.spec.host_contract import GPUS_PER_INSTANCE
 
 
 def check_run(record: RunRecord, context: CheckContext) -> list[Finding]:
-    job = record.manifest.get("job") or {}
-    instance = str(job.get("instance_type") or "")
+    job = record.manifest.job
+    instance = job.instance_type or ""
     gpus = GPUS_PER_INSTANCE.get(instance, 0)
-    if gpus < 2 or job.get("distribution", "none") != "none":
+    if gpus < 2 or job.distribution != "none":
         return []  # a distributed job: the rung chose its processes (single runs one by design)
     processes = record.processes()
     training = [p for p in processes if int(p.get("optimizer_steps") or 0) > 0]

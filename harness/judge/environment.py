@@ -64,7 +64,7 @@ def compare(baseline: RunRecord, candidate: RunRecord, context: CheckContext) ->
                     confidence=0.3,
                 )
             )
-    facts_a, facts_b = baseline.manifest.get("rung_facts", {}), candidate.manifest.get("rung_facts", {})
+    facts_a, facts_b = baseline.manifest.rung_facts, candidate.manifest.rung_facts
     changed = [
         f"{k}: {facts_a.get(k)!r} -> {facts_b.get(k)!r}"
         for k in sorted(set(facts_a) | set(facts_b))

@@ -47,21 +47,20 @@ def printed(match: Match) -> list[str]:
 def describe_failure(record: RunRecord) -> list[str]:
     """Evidence of a failed run: per failing host its exit code, failure reason and log tail."""
     evidence = [f"{record.rung}: status {record.status}"]
-    for host, result in record.manifest.get("hosts", {}).items():
-        if result.get("exit_code") not in (0, None):
-            evidence.append(f"{host} exited with {result['exit_code']}")
-            if result.get("failure_reason"):
-                evidence.append(f"{host} failure: {result['failure_reason'].splitlines()[0][:200]}")
-            evidence += [f"{host} | {line}" for line in _tail(record, host)]
-    if record.manifest.get("error"):
-        evidence.append(f"harness error: {record.manifest['error']}")
+    for host, result in record.manifest.failed_hosts().items():
+        evidence.append(f"{host} exited with {result.exit_code}")
+        if result.failure_reason:
+            evidence.append(f"{host} failure: {result.failure_reason.splitlines()[0][:200]}")
+        evidence += [f"{host} | {line}" for line in _tail(record, host)]
+    if record.manifest.error:
+        evidence.append(f"harness error: {record.manifest.error}")
     return evidence
 
 
 def compare(baseline: RunRecord, candidate: RunRecord, context: CheckContext) -> list[Finding]:
     if candidate.status == "succeeded" or baseline.status != "succeeded":
         return []
-    failed = [h for h, r in candidate.manifest.get("hosts", {}).items() if r.get("exit_code") not in (0, None)]
+    failed = list(candidate.manifest.failed_hosts())
     error = root_error(candidate, hosts=failed or None)
     return [
         Finding(

@@ -291,12 +291,12 @@ def timeline(record: RunRecord, cat: Catalogue | None = None) -> Timeline:
     and the only output of a rank without a log of its own. A line a host log repeats from a rank
     log is dropped, so each error counts once."""
     cat = cat or catalogue()
-    ranks = {int(r): v for r, v in (record.manifest.get("ranks") or {}).items()}
-    hosts: dict[int, str | None] = {r: v.get("host") for r, v in ranks.items()}
+    ranks = {int(r): v for r, v in record.manifest.ranks.items()}
+    hosts: dict[int, str | None] = {r: v.host for r, v in ranks.items()}
     local = {
-        (v.get("host"), int(v["local_rank"])): r
+        (v.host, int(v.local_rank)): r
         for r, v in ranks.items()  # str in the local rung's records
-        if str(v.get("local_rank", "")).isdigit()
+        if v.local_rank is not None and str(v.local_rank).isdigit()
     }
     matches: list[Match] = []
     last: dict[int, str] = {}
@@ -309,7 +309,7 @@ def timeline(record: RunRecord, cat: Catalogue | None = None) -> Timeline:
         if record.host_log(host).is_file():
             found = _matches(record, record.host_log(host), cat, None, host, local)
             matches += [m for m in found if m.text not in seen]
-            if not found and (record.manifest.get("hosts", {}).get(host) or {}).get("exit_code") not in (0, None):
+            if not found and host in record.manifest.failed_hosts():
                 matches += _last_words(record, host, cat)
     return Timeline(tuple(sorted(matches, key=lambda m: m.time)), hosts, last)
 

@@ -415,7 +415,7 @@ def _parameter_drift(events: dict[int, list[dict[str, Any]]]) -> list[Finding]:
 def _hyperparameters(record: RunRecord, processes: list[dict[str, Any]]) -> list[Finding]:
     """What the script's parser made of each hyperparameter, in every process that runs the
     entry point (every rank), never a launcher's own parser (torchrun's, accelerate's)."""
-    given = record.manifest["job"]["hyperparameters"]
+    given = record.manifest.job.hyperparameters
     if not given:
         return []
     parsers = _script_parsers(record, processes)
@@ -460,8 +460,7 @@ def _script_parsers(record: RunRecord, processes: list[dict[str, Any]]) -> list[
     (a shell entry point that runs Python, an image's ``train``), every process that parsed its
     command line and is no launcher (a console script or module of an installed package)."""
     parsed = [p for p in processes if isinstance(p.get("parsed_args"), dict) and p["parsed_args"]]
-    job = record.manifest.get("job") or {}
-    entry = PurePosixPath(str(job.get("entry_point") or "train")).parts
+    entry = PurePosixPath(record.manifest.job.entry_point or "train").parts
     running = [p for p in parsed if entry and _script(p)[-len(entry) :] == entry]
     return running or [p for p in parsed if not _launcher(p)]
 

@@ -127,8 +127,8 @@ def _loaded_otherwise(replay: list[dict[str, Any]], step: int) -> dict[str, Any]
 
 
 def _sharded_channels(record: RunRecord) -> str:
-    channels = (record.manifest.get("job") or {}).get("channels") or {}
-    return ", ".join(sorted(name for name, c in channels.items() if (c or {}).get("distribution") == "ShardedByS3Key"))
+    channels = record.manifest.job.channels
+    return ", ".join(sorted(name for name, c in channels.items() if c.distribution == "ShardedByS3Key"))
 
 
 def _rooted_result(record: RunRecord, only: int) -> dict[str, Any] | None:
@@ -254,7 +254,7 @@ def check_run(record: RunRecord, context: CheckContext) -> list[Finding]:
     mine = replay.rank_events().get(0, [])
     theirs, ours = ranks.get(0, {}), _steps(mine)
     names = _names(record)
-    told_global_batch = bool((record.manifest.get("job") or {}).get("batch_size_hyperparameter"))
+    told_global_batch = bool(record.manifest.job.batch_size_hyperparameter)
     compared, left_out = 0, None
     for step in sorted(theirs):
         loaded = _loaded_otherwise(mine, step)

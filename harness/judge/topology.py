@@ -16,7 +16,7 @@ from harness.record.run_record import RunRecord
 
 
 def world_size(record: RunRecord) -> int:
-    return int(record.manifest["topology"]["world_size"])
+    return record.manifest.topology.world_size
 
 
 def numbers_not_comparable(baseline: RunRecord, candidate: RunRecord) -> str | None:
@@ -24,7 +24,7 @@ def numbers_not_comparable(baseline: RunRecord, candidate: RunRecord) -> str | N
     before, after = world_size(baseline), world_size(candidate)
     if before == after:
         return None
-    if any(record.manifest["job"].get("batch_size_hyperparameter") for record in (baseline, candidate)):
+    if any(record.manifest.job.batch_size_hyperparameter for record in (baseline, candidate)):
         return None
     return (
         f"the world size changes ({before} -> {after}) and the job names no per-process batch size "

@@ -97,8 +97,8 @@ def failure_text(record: RunRecord) -> str:
     """What the record says about its failure: the processes' exceptions, the hosts' failure
     reasons and the last lines every host printed."""
     parts = [str(p.get("exception") or "") for p in record.processes()]
-    for host, result in record.manifest.get("hosts", {}).items():
-        parts.append(str(result.get("failure_reason") or ""))
+    for host, result in record.manifest.hosts.items():
+        parts.append(result.failure_reason or "")
         path = record.host_log(host)
         if path.is_file():
             lines = path.read_text(errors="replace").splitlines()[-_LOG_TAIL:]

@@ -1,6 +1,7 @@
-"""The record's files as types: the manifest, which ``RecordWriter`` checks before each write and
-``RunRecord.load`` on reading, and the probe's process records (docs/run-record.md documents
-every field; a test holds the page to these models).
+"""The record's files as types: the manifest, which rungs write and readers read as a
+:class:`Manifest` (``RecordWriter.manifest``, ``RunRecord.manifest``), checked before each write and
+on reading, and the probe's process records (docs/run-record.md documents every field; a test
+holds the page to these models).
 
 Strict types: JSON has no coercion, so the string ``"4"`` is not a world size. Keys that are not
 declared are kept as written (a newer harness's, a rung's), never refused.
@@ -30,14 +31,33 @@ def json_kind(value: Any) -> str:
 
 
 class _Part(BaseModel):
-    model_config = ConfigDict(strict=True, extra="allow")
+    # validate_assignment: a rung that sets a part of the manifest gets the part's type (a dict it
+    # gives becomes the model), and a value of the wrong type fails where it was set.
+    model_config = ConfigDict(strict=True, extra="allow", validate_assignment=True)
+
+
+class ChannelSection(_Part):
+    """One channel of the job, as given (docs/job-spec.md)."""
+
+    source: str
+    content_type: str | None = None
+    input_mode: str = "File"
+    distribution: str = "FullyReplicated"
 
 
 class JobSection(_Part):
-    """The job as given (docs/job-spec.md), its environment's secret-looking values redacted."""
+    """The job as given (docs/job-spec.md), its environment's secret-looking values redacted: the
+    fields the judge reads are declared here, the rest of the spec is kept as written."""
 
     name: str
     hyperparameters: dict[str, Any]
+    entry_point: str | None = None
+    instance_type: str | None = None
+    distribution: str = "none"
+    channels: dict[str, ChannelSection] = Field(default_factory=dict)
+    max_run: int | None = None
+    batch_size_hyperparameter: str | None = None
+    environment: dict[str, str] = Field(default_factory=dict)
 
 
 class Topology(_Part):
@@ -59,6 +79,11 @@ class HostResult(_Part):
     failure_reason: str | None = None
     failure_written_by: str | None = None
 
+    @property
+    def failed(self) -> bool:
+        """The launcher ended with an exit code other than 0 (a host still running has none)."""
+        return self.exit_code not in (0, None)
+
 
 class RankResult(_Part):
     """How one rank's process ended, from the probe's process record."""
@@ -67,6 +92,7 @@ class RankResult(_Part):
     pid: int | None = None
     local_rank: int | str | None = None  # the launcher's LOCAL_RANK, as some write it: a string
     ended_at: str | None = None
+    ended_at_from: str | None = None
     exception: str | None = None
 
 
@@ -81,12 +107,15 @@ class CheckpointsResult(_Part):
     """What the job's ``checkpoint_s3_uri`` held after the run."""
 
     s3_uri: str
-    files: dict[str, Any]
-    clashes: dict[str, Any]
+    files: dict[str, list[str]]
+    clashes: dict[str, list[str]]
+    clashes_with_different_content: list[str] = Field(default_factory=list)
 
 
 class Manifest(_Part):
-    """``manifest.json``: one run, written from before its first process starts until it ends."""
+    """``manifest.json``: one run, written from before its first process starts until it ends.
+    The writer sets its parts as typed values (``RecordWriter.update``); readers get it typed
+    (``RunRecord.manifest``). Keys with a default are left out of the file until a rung sets them."""
 
     format_version: int
     harness_version: str
@@ -102,8 +131,9 @@ class Manifest(_Part):
     ranks: dict[str, RankResult]
     rung_facts: dict[str, Any]
     artifacts: dict[str, ArchiveResult] = Field(default_factory=dict)
+    artifacts_missing: dict[str, str] = Field(default_factory=dict)
     checkpoints: CheckpointsResult | None = None
-    uploaded: dict[str, Any] = Field(default_factory=dict)
+    uploaded: dict[str, str] = Field(default_factory=dict)
     error: str | None = None
 
     @field_validator("ranks")
@@ -113,6 +143,14 @@ class Manifest(_Part):
             raise ValueError(f"keys must be rank numbers, got {sorted(ranks)[:3]}")
         return ranks
 
+    def failed_hosts(self) -> dict[str, HostResult]:
+        """The hosts whose launcher ended with an exit code other than 0."""
+        return {host: result for host, result in self.hosts.items() if result.failed}
+
+    def as_file(self) -> dict[str, Any]:
+        """The manifest as its file holds it: the keys set so far (a default no rung set stays out)."""
+        return self.model_dump(exclude_unset=True)
+
 
 class ProcessRecord(_Part):
     """``processes/<host>-<pid>.json``: one Python process the probe saw."""
@@ -120,10 +158,6 @@ class ProcessRecord(_Part):
     host: str
     pid: int
 
-
-#: What a reader cannot do without: a manifest written by hand (a test's, a benchmark's) may hold
-#: only these; every other key is checked when it is there (``RunRecord.load(strict=False)``).
-ESSENTIAL = ("format_version", "rung", "status", "topology", "topology.hosts")
 
 #: Pydantic's error types, as what was expected.
 _EXPECTED = {
@@ -137,16 +171,21 @@ _EXPECTED = {
 }
 
 
-def manifest_problems(manifest: dict[str, Any], *, strict: bool = True) -> list[str]:
-    """What is wrong with a manifest, as ``key: problem`` lines (none: it is fine); without
-    ``strict`` only the :data:`ESSENTIAL` keys must be there."""
+def parse_manifest(manifest: dict[str, Any]) -> Manifest | list[str]:
+    """The manifest, typed; or what is wrong with it, as ``key: problem`` lines."""
     try:
-        Manifest.model_validate(manifest)
+        parsed = Manifest.model_validate(manifest)
     except ValidationError as exc:
-        return [_said(error) for error in exc.errors() if strict or not _optional_here(error)]
-    if strict and not manifest["topology"]["hosts"]:
+        return said(exc)
+    if not parsed.topology.hosts:
         return ["topology.hosts: expected at least one host, got an empty list"]
-    return []
+    return parsed
+
+
+def manifest_problems(manifest: dict[str, Any]) -> list[str]:
+    """What is wrong with a manifest, as ``key: problem`` lines (none: it is fine)."""
+    parsed = parse_manifest(manifest)
+    return [] if isinstance(parsed, Manifest) else parsed
 
 
 def process_problems(process: dict[str, Any]) -> list[str]:
@@ -154,12 +193,13 @@ def process_problems(process: dict[str, Any]) -> list[str]:
     try:
         ProcessRecord.model_validate(process)
     except ValidationError as exc:
-        return [_said(error) for error in exc.errors()]
+        return said(exc)
     return []
 
 
-def _optional_here(error: Any) -> bool:
-    return error["type"] == "missing" and ".".join(str(part) for part in error["loc"]) not in ESSENTIAL
+def said(exc: ValidationError) -> list[str]:
+    """Pydantic's errors as ``key: problem`` lines, in words."""
+    return [_said(error) for error in exc.errors()]
 
 
 def _said(error: Any) -> str:

@@ -20,11 +20,22 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from pydantic import ValidationError
+
 from harness._version import __version__
 from harness.errors import RecordError
+from harness.record.models import (
+    HostResult,
+    JobSection,
+    Manifest,
+    Topology,
+    manifest_problems,
+    parse_manifest,
+    process_problems,
+    said,
+)
 from harness.record.models import Status as Status  # the record's statuses, as readers import them
 from harness.record.models import json_kind as _kind
-from harness.record.models import manifest_problems, process_problems
 from harness.spec.job import JobSpec
 
 FORMAT_VERSION = 1
@@ -130,27 +141,27 @@ class RecordWriter:
 
     def __init__(self, root: Path, job: JobSpec, rung: str, *, run_id: str | None = None) -> None:
         self.root = root
-        self.manifest: dict[str, Any] = {
-            "format_version": FORMAT_VERSION,
-            "harness_version": __version__,
-            "run_id": run_id or root.name,
-            "rung": rung,
-            "job": {**job.model_dump(mode="json"), "environment": redact_env(job.environment)},
-            "topology": {
-                "hosts": job.hosts,
-                "processes_per_host": job.processes_per_host,
-                "world_size": job.world_size,
-                "distribution": job.distribution,
-                "launcher": job.launcher,
-            },
-            "started_at": now(),
-            "ended_at": None,
-            "status": "running",
-            "complete": False,
-            "hosts": {},
-            "ranks": {},
-            "rung_facts": {},
-        }
+        self.manifest = Manifest(
+            format_version=FORMAT_VERSION,
+            harness_version=__version__,
+            run_id=run_id or root.name,
+            rung=rung,
+            job=JobSection.model_validate({**job.model_dump(mode="json"), "environment": redact_env(job.environment)}),
+            topology=Topology(
+                hosts=job.hosts,
+                processes_per_host=job.processes_per_host,
+                world_size=job.world_size,
+                distribution=job.distribution,
+                launcher=job.launcher,
+            ),
+            started_at=now(),
+            ended_at=None,
+            status="running",
+            complete=False,
+            hosts={},
+            ranks={},
+            rung_facts={},
+        )
 
     def start(self) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -161,26 +172,32 @@ class RecordWriter:
         """The record's ``README.md``: what each file is (:data:`README_TEMPLATE`)."""
         m = self.manifest
         return README_TEMPLATE.format(
-            run_id=m["run_id"],
-            job=m["job"]["name"],
-            rung=m["rung"],
-            hosts=len(m["topology"]["hosts"]),
-            processes=m["topology"]["processes_per_host"],
-            started_at=m["started_at"],
-            format_version=m["format_version"],
-            harness_version=m["harness_version"],
+            run_id=m.run_id,
+            job=m.job.name,
+            rung=m.rung,
+            hosts=len(m.topology.hosts),
+            processes=m.topology.processes_per_host,
+            started_at=m.started_at,
+            format_version=m.format_version,
+            harness_version=m.harness_version,
         )
 
     def flush(self) -> None:
         """The manifest, checked against its format first: a rung that breaks the format fails
         here, where it wrote, not in a reader later."""
-        problems = manifest_problems(self.manifest)
-        if problems:
-            raise RecordError(
-                f"{self.root / MANIFEST}: the harness was about to write {problems[0]}",
-                hint="a bug of the rung that set this key: report it with the record",
-            )
-        write_json(self.root / MANIFEST, self.manifest)
+        data = self.manifest.as_file()
+        self._refuse(manifest_problems(data))
+        write_json(self.root / MANIFEST, data)
+
+    def update(self, **parts: Any) -> None:
+        """Set parts of the manifest (``artifacts=...``, ``error=...``) and write it; a value not
+        of the part's type fails here, in the rung that set it."""
+        try:
+            for key, value in parts.items():
+                setattr(self.manifest, key, value)
+        except ValidationError as exc:
+            self._refuse(said(exc))
+        self.flush()
 
     def host_dir(self, host: str) -> Path:
         path = self.root / "hosts" / host
@@ -188,19 +205,31 @@ class RecordWriter:
         return path
 
     def set_fact(self, key: str, value: Any) -> None:
-        self.manifest["rung_facts"][key] = value
+        self.manifest.rung_facts[key] = value
         self.flush()
 
     def host_result(self, host: str, **result: Any) -> None:
-        self.manifest["hosts"].setdefault(host, {}).update(result)
+        try:
+            current = self.manifest.hosts.setdefault(host, HostResult())
+            for key, value in result.items():
+                setattr(current, key, value)
+        except ValidationError as exc:
+            self._refuse([f"hosts.{host}.{problem}" for problem in said(exc)])
         self.flush()
 
     def finish(self, status: Status, *, error: str | None = None) -> None:
-        self.manifest.update(status=status, ended_at=now(), complete=status != "running")
+        self.manifest.status, self.manifest.ended_at, self.manifest.complete = status, now(), status != "running"
         if error:
-            self.manifest["error"] = error
+            self.manifest.error = error
         self._drop_empty_stacks()
         self.flush()
+
+    def _refuse(self, problems: list[str]) -> None:
+        if problems:
+            raise RecordError(
+                f"{self.root / MANIFEST}: the harness was about to write {problems[0]}",
+                hint="a bug of the rung that set this key: report it with the record",
+            )
 
     def _drop_empty_stacks(self) -> None:
         """Every rank opens ``rank-N.stacks.txt`` in case it hangs; those no dump was written
@@ -385,24 +414,25 @@ def metrics_problems(metrics: Any) -> list[str]:
 
 def _raise_problems(path: Path, problems: list[str]) -> None:
     if problems:
-        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-        raise RecordError(f"{path}: {problems[0]}{more}", hint=_DAMAGED)
+        raise _damaged(path, problems)
+
+
+def _damaged(path: Path, problems: list[str]) -> RecordError:
+    more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+    return RecordError(f"{path}: {problems[0]}{more}", hint=_DAMAGED)
 
 
 @dataclass(frozen=True)
 class RunRecord(RecordFiles):
     """A run record read back from disk; the only thing diffs and reports consume."""
 
-    manifest: dict[str, Any]
+    manifest: Manifest
 
     @classmethod
-    def load(cls, root: Path, *, strict: bool = False) -> RunRecord:
+    def load(cls, root: Path) -> RunRecord:
         """The record at ``root``, its manifest checked against the documented format
         (:class:`harness.record.models.Manifest`): a missing key or a value of the wrong type is a
-        :class:`RecordError` naming the file and the key. Without ``strict`` a manifest written by
-        hand (a test's, a benchmark's) may hold only what readers cannot do without (rung, status,
-        topology.hosts); the keys it does hold are checked all the same. ``strict``: every key the
-        harness writes must be there (the CLI reads any directory it is given that way)."""
+        :class:`RecordError` naming the file and the key."""
         manifest_path = root / MANIFEST
         if not root.is_dir():
             what = "no such directory" if not root.exists() else "a file, not a record directory"
@@ -422,8 +452,10 @@ class RunRecord(RecordFiles):
                 f"{root}: record format {version!r}, this harness reads {FORMAT_VERSION}",
                 hint=f"re-run the job with harness {__version__}",
             )
-        _raise_problems(manifest_path, manifest_problems(manifest, strict=strict))
-        return cls(root, manifest)
+        parsed = parse_manifest(manifest)
+        if isinstance(parsed, list):
+            raise _damaged(manifest_path, parsed)
+        return cls(root, parsed)
 
     def rank_events(self) -> dict[int, list[dict[str, Any]]]:
         """Each rank's probe events, read once: a record read back is complete, and most checks
@@ -444,15 +476,15 @@ class RunRecord(RecordFiles):
 
     @property
     def rung(self) -> str:
-        return str(self.manifest["rung"])
+        return self.manifest.rung
 
     @property
     def status(self) -> str:
-        return str(self.manifest["status"])
+        return self.manifest.status
 
     @property
     def hosts(self) -> list[str]:
-        return list(self.manifest["topology"]["hosts"])
+        return list(self.manifest.topology.hosts)
 
     def metrics(self) -> dict[str, dict[str, list[float]]]:
         """``metrics.json``, checked: every value a number (``{}`` when the run wrote none)."""

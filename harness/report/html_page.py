@@ -221,15 +221,15 @@ def _table(headers: list[str], rows: list[list[Any]]) -> str:
 def _timeline(records: list[tuple[str, RunRecord]]) -> str:
     rows = []
     for label, record in records:
-        for host, result in record.manifest.get("hosts", {}).items():
-            reason = result.get("failure_reason") or ""
+        for host, result in record.manifest.hosts.items():
+            reason = result.failure_reason or ""
             rows.append(
                 [
                     label,
                     host,
-                    result.get("started_at") or "",
-                    result.get("ended_at") or "",
-                    "" if result.get("exit_code") is None else result["exit_code"],
+                    result.started_at or "",
+                    result.ended_at or "",
+                    "" if result.exit_code is None else result.exit_code,
                     reason.splitlines()[0][:160] if reason else "",
                 ]
             )

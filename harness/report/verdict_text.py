@@ -53,13 +53,13 @@ def comparison_warnings(records: Sequence[RunRecord]) -> list[str]:
     warnings = []
     base, base_label = records[0], labels[0]
     for record, label in zip(records[1:], labels[1:], strict=True):
-        ours, theirs = base.manifest.get("job", {}).get("name"), record.manifest.get("job", {}).get("name")
+        ours, theirs = base.manifest.job.name, record.manifest.job.name
         if ours != theirs:
             warnings.append(
                 f"the records are of different jobs: {ours!r} ({base_label}, {base.root.name}) and {theirs!r} "
                 f"({label}, {record.root.name}); the verdict compares them all the same"
             )
-        a, b = base.manifest.get("topology", {}), record.manifest.get("topology", {})
+        a, b = base.manifest.topology.model_dump(), record.manifest.topology.model_dump()
         changed = [
             f"{key.replace('_', ' ')} {_plain(a.get(key))} -> {_plain(b.get(key))}"
             for key in sorted(set(a) | set(b))

@@ -192,7 +192,7 @@ def plan_fact(job: JobSpec, facts: dict[str, Any]) -> None:
 def add_to_fact(record: RecordWriter, **values: Any) -> None:
     """Add ``values`` to the run's ``requirements`` fact, which a rung fills in phases (the plan,
     the wheelhouse, the install)."""
-    record.set_fact("requirements", {**record.manifest["rung_facts"].get("requirements", {}), **values})
+    record.set_fact("requirements", {**record.manifest.rung_facts.get("requirements", {}), **values})
 
 
 def installed_summary(by_host: dict[str, Any]) -> Any:

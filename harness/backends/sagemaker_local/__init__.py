@@ -141,7 +141,7 @@ class SageMakerLocalBackend(EngineClient, Backend[SdkPlan]):
         """Prepare the SDK's container root, run ``train()`` under the harness's clock, collect
         what it wrote; whatever happens, remove what the SDK and the run left."""
         client, job = self.client(), plan.job
-        labels = run_labels(str(record.manifest["run_id"]))
+        labels = run_labels(record.manifest.run_id)
         run_image = ""
         with isolated(plan.work_dir, labels) as isolation:  # a lock, where runs must take turns, is held to the end
             for key, value in isolation.facts.items():
@@ -152,7 +152,7 @@ class SageMakerLocalBackend(EngineClient, Backend[SdkPlan]):
                 run_image = labelled_image(client, image, labels)
                 record.set_fact("image", image)
                 record.set_fact("run_image", run_image)
-                orphans.claim(plan.work_dir, str(record.manifest["run_id"]), record.root)  # for `harness gc`
+                orphans.claim(plan.work_dir, record.manifest.run_id, record.root)  # for `harness gc`
                 prepare(plan)
                 if not sdk_installs.prepare_sdk(client, image, job, plan.ours, labels, record):
                     return "failed"  # the host's pip could not get the wheels: failed as sm_train.sh fails

@@ -61,10 +61,10 @@ def collect(client: DockerClient, plan: SdkPlan, sdk: SdkRun, record: RecordWrit
             record.set_fact("probe_files_ignored", ignored_fact(ignored, f"the {RECORD_CHANNEL} channel"))
     else:
         record.set_fact("probe_reached", "no: nothing in the harness_record channel")
-    record.manifest["ranks"] = ranks_from_probe(record.root)
+    record.update(ranks=ranks_from_probe(record.root))
     trees, writers = _host_trees(plan, record)
     record.set_fact("model_dir_writers", writers)
-    record.manifest["artifacts"] = artifact_overview(archives.collect(trees, record.root))
+    record.update(artifacts=artifact_overview(archives.collect(trees, record.root)))
     record.set_fact("probe_reached", probe_reach(job, record))
     return codes
 

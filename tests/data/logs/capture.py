@@ -168,7 +168,7 @@ def _manifest(
         "harness_version": "capture",
         "run_id": root.name,
         "rung": "capture",
-        "job": {"name": case},
+        "job": {"name": case, "hyperparameters": {}},
         "started_at": started,
         "ended_at": now(),
         "status": status,
