@@ -58,14 +58,15 @@ def steps_event(
 
 
 @dataclass
-class CannedPlan(Plan):
+class CannedPlan(Plan[JobSpec]):
     canned: Canned = field(default_factory=Canned)
 
 
-class CannedRung(Backend[CannedPlan]):
+class CannedRung(Backend[JobSpec, CannedPlan]):
     """A rung whose run is :attr:`respond`'s answer (see :func:`canned_rungs`)."""
 
     name = "canned"
+    workload = "training"
     capabilities = Capabilities(gpus=False, separate_hosts=False, containers=False, hang_detection=False)
     respond: Respond = staticmethod(lambda job, rung, options: Canned())
 
@@ -107,8 +108,8 @@ def canned_rung(name: str, respond: Respond) -> type[CannedRung]:
 
 
 @contextlib.contextmanager
-def canned_rungs(respond: Respond, names: Sequence[str]) -> Iterator[dict[str, type[Backend[Any]]]]:
+def canned_rungs(respond: Respond, names: Sequence[str]) -> Iterator[dict[str, type[Backend[Any, Any]]]]:
     """Canned rungs stand in for the rungs ``names`` while the block runs (this process only)."""
-    backends: dict[str, type[Backend[Any]]] = {name: canned_rung(name, respond) for name in names}
+    backends: dict[str, type[Backend[Any, Any]]] = {name: canned_rung(name, respond) for name in names}
     with registered(backends):
         yield backends

@@ -235,3 +235,20 @@ def test_the_layer_check_sees_an_arrow_back_up(graph: dict[str, set[str]], upwar
     order = list(LAYERS)
     found = [(m, t) for m, ts in graph.items() for t in ts if order.index(_layer(t)) > order.index(_layer(m))]
     assert bool(found) == upward
+
+
+#: The flow every workload shares (docs/architecture.md, "A workload"): it takes a job as a
+#: ``harness.spec.workload.Workload``, never as training's ``JobSpec``.
+GENERIC_FLOW = (
+    "harness.spec.workload",
+    "harness.backends.base",
+    "harness.record.run_record",
+    "harness.record.models",
+    "harness.judge.protocol",
+    "harness.judge.verdict",
+)
+
+
+def test_the_flow_every_workload_shares_imports_no_training_spec() -> None:
+    graph = import_graph()
+    assert {module: "harness.spec.job" for module in GENERIC_FLOW if "harness.spec.job" in graph[module]} == {}

@@ -347,9 +347,9 @@ DAMAGE: dict[str, tuple[Callable[[Path], None], str, bool]] = {
         "manifest.json: hosts: expected an object, got a list",
         True,
     ),
-    "no hyperparameters": (
-        _edit_json("manifest.json", _without("hyperparameters", "job")),
-        "manifest.json: job.hyperparameters: missing",
+    "no job name": (
+        _edit_json("manifest.json", _without("name", "job")),
+        "manifest.json: job.name: missing",
         True,
     ),
     "world size a word": (

@@ -293,7 +293,7 @@ def test_secrets_a_job_prints_are_scrubbed_from_everything_recorded(
     ]
     assert [record.status for record in records] == ["succeeded", "failed"]
     assert "WANDB_API_KEY <redacted>" in (records[0].root / "hosts" / "algo-1" / "log.txt").read_text()
-    assert "login refused for <redacted>" in json.dumps(records[1].manifest.ranks)
+    assert "login refused for <redacted>" in records[1].manifest.model_dump_json(include={"ranks"})
     verdict = judge(records)
     reports = tmp_path / "reports"
     reports.mkdir()

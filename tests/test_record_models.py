@@ -49,7 +49,7 @@ def test_a_manifest_the_harness_writes_is_checked_as_written() -> None:
         "run_id": "r",
         "rung": "local",
         "job": {"name": "j", "hyperparameters": {}},
-        "topology": {"hosts": ["algo-1"], "processes_per_host": 1, "world_size": 1, "distribution": "none"},
+        "topology": {"hosts": ["algo-1"], "processes_per_host": 1, "distribution": "none"},
         "started_at": "2026-01-01T00:00:00.000Z",
         "ended_at": None,
         "status": "running",
@@ -59,7 +59,7 @@ def test_a_manifest_the_harness_writes_is_checked_as_written() -> None:
         "rung_facts": {},
     }
     assert manifest_problems(manifest) == [
-        "topology.launcher: missing",
+        "topology.world_size: missing",
         "hosts.algo-1.exit_code: expected an integer, got the string '0'",
         "ranks: keys must be rank numbers, got ['zero']",
     ]

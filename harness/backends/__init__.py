@@ -35,7 +35,7 @@ BUILTIN_RUNGS: dict[str, str] = {
 
 
 #: Rungs registered in this process (:func:`registered`), which stand in for any rung of their name.
-_REGISTERED: dict[str, type[Backend[Any]]] = {}
+_REGISTERED: dict[str, type[Backend[Any, Any]]] = {}
 
 
 def rungs() -> dict[str, str]:
@@ -48,7 +48,7 @@ def rungs() -> dict[str, str]:
 
 
 @contextlib.contextmanager
-def registered(backends: Mapping[str, type[Backend[Any]]]) -> Iterator[None]:
+def registered(backends: Mapping[str, type[Backend[Any, Any]]]) -> Iterator[None]:
     """``backends`` (rung name → class) stand in for the rungs of those names while the block
     runs, for this process only: how :mod:`harness.testing` puts a canned rung under the ladder
     and the CLI without an installed package."""
@@ -83,7 +83,7 @@ def parse_rung_list(text: str, *, where: str) -> list[str]:
     return names
 
 
-def backend_class(name: str) -> type[Backend[Any]]:
+def backend_class(name: str) -> type[Backend[Any, Any]]:
     """The class behind rung ``name`` (imports its module, and with it the rung's dependencies)."""
     check_rung_names([name])
     if name in _REGISTERED:
@@ -121,7 +121,7 @@ def rung_options(name: str, options: dict[str, Any]) -> RungOptions:
         ) from None
 
 
-def get_backend(name: str, **options: Any) -> Backend[Any]:
+def get_backend(name: str, **options: Any) -> Backend[Any, Any]:
     """The rung called ``name``; ``options`` are that rung's settings (e.g. docker's ``shm_size``),
     checked against the settings it declares."""
     return backend_class(name)(rung_options(name, options))

@@ -24,8 +24,8 @@ from harness.record.archives import ARCHIVES
 from harness.record.run_record import RecordFiles, RecordWriter, RunRecord, Status, new_run_id, write_json
 from harness.spec import s3
 from harness.spec.host_contract import HostContract
-from harness.spec.job import JobSpec
 from harness.spec.s3 import S3Uri
+from harness.spec.workload import Workload
 
 Progress = Callable[[str, str], None]  # (host, line)
 
@@ -52,12 +52,15 @@ class RungOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+SpecT = TypeVar("SpecT", bound=Workload)
+
+
 @dataclass
-class Plan:
+class Plan(Generic[SpecT]):
     """What a rung would do: printable (the dry-run) and then executed as is."""
 
     rung: str
-    job: JobSpec
+    job: SpecT
     hosts: dict[str, HostContract]
     facts: dict[str, Any] = field(default_factory=dict)
     #: Whether the job's hosts share one network (one loopback, ports common to all), unlike
@@ -78,14 +81,17 @@ class Plan:
         return json.dumps(self.to_dict(), indent=2)
 
 
-PlanT = TypeVar("PlanT", bound=Plan)
+PlanT = TypeVar("PlanT", bound=Plan[Any])
 
 
-class Backend(ABC, Generic[PlanT]):
-    """A rung: one way of running a job, behind the same contract and record. ``PlanT`` is the
-    rung's own plan: the printable contract, plus the state its execution needs as typed fields."""
+class Backend(ABC, Generic[SpecT, PlanT]):
+    """A rung: one way of running a job, behind the same contract and record. ``SpecT`` is the
+    workload it runs (:class:`~harness.spec.job.JobSpec` for training), ``PlanT`` the rung's own
+    plan: the printable contract, plus the state its execution needs as typed fields."""
 
     name: ClassVar[str]
+    #: The kind of job this rung runs (``Workload.kind``): the ladder refuses a rung for a job of another.
+    workload: ClassVar[str]
     capabilities: ClassVar[Capabilities]
     #: The settings this rung takes (``harness.backends.get_backend`` validates against it).
     Options: ClassVar[type[RungOptions]] = RungOptions
@@ -110,42 +116,42 @@ class Backend(ABC, Generic[PlanT]):
         ``harness gc`` calls each once."""
         return ()
 
-    def unsupported_reason(self, job: JobSpec) -> str | None:
+    def unsupported_reason(self, job: SpecT) -> str | None:
         """Why this rung cannot run this particular job, or None."""
         return None
 
     @classmethod
-    def job_as_run(cls, job: JobSpec) -> JobSpec:
+    def job_as_run(cls, job: SpecT) -> SpecT:
         """The job as this rung runs it: the same, but for a rung that runs another topology
         (``single``: one host, one process)."""
         return job
 
     @abstractmethod
-    def plan(self, job: JobSpec) -> PlanT:
+    def plan(self, job: SpecT) -> PlanT:
         """The exact per-host contract and commands, without running anything."""
 
     @abstractmethod
     def _execute(self, plan: PlanT, record: RecordWriter, progress: Progress | None) -> Status:
         """Run the plan, writing logs and per-host results into ``record``."""
 
-    def check(self, job: JobSpec) -> None:
+    def check(self, job: SpecT) -> None:
         """Raise :class:`RungUnavailable` (or :class:`JobSpecError`) before anything starts."""
         job.check_local_paths(f"job {job.name!r}")
         reason = self.unavailable_reason() or self.unsupported_reason(job)
         if reason:
             raise RungUnavailable(self.name, reason, hint="`harness doctor` says what each rung needs on this machine")
 
-    def job_to_run(self, job: JobSpec) -> JobSpec:
+    def job_to_run(self, job: SpecT) -> SpecT:
         """The job this rung runs for ``job`` (``single``: on one host, in one process)."""
         return job
 
-    def run_again(self, job: JobSpec, record: RunRecord) -> tuple[JobSpec, dict[str, str]] | None:
+    def run_again(self, job: SpecT, record: RunRecord) -> tuple[SpecT, dict[str, str]] | None:
         """Where a run's record shows the rung must run the job otherwise (``single``: a script
         that stopped for want of torchrun's variables runs under torchrun), that job and the facts
         that say why; the first record is then replaced. None: the record stands."""
         return None
 
-    def run(self, job: JobSpec, records_dir: Path, *, progress: Progress | None = None) -> RunRecord:
+    def run(self, job: SpecT, records_dir: Path, *, progress: Progress | None = None) -> RunRecord:
         """Run ``job`` on this rung and return its complete record (also when the job fails)."""
         record = self._run(self.job_to_run(job), records_dir, progress, {})
         again = self.run_again(job, record)
@@ -154,7 +160,7 @@ class Backend(ABC, Generic[PlanT]):
         shutil.rmtree(record.root)
         return self._run(again[0], records_dir, progress, again[1])
 
-    def _run(self, job: JobSpec, records_dir: Path, progress: Progress | None, facts: dict[str, str]) -> RunRecord:
+    def _run(self, job: SpecT, records_dir: Path, progress: Progress | None, facts: dict[str, str]) -> RunRecord:
         self.check(job)
         plan = self.plan(job)
         root = records_dir.resolve() / new_run_id(job.name, self.name)  # containers mount it: absolute
@@ -186,7 +192,7 @@ class Backend(ABC, Generic[PlanT]):
             self._finish(job, record, status)
         return RunRecord.load(root)
 
-    def _finish(self, job: JobSpec, record: RecordWriter, status: Status) -> None:
+    def _finish(self, job: SpecT, record: RecordWriter, status: Status) -> None:
         files = RecordFiles(record.root)
         sources = {host: files.host_log(host) for host in job.hosts}
         sources.update({f"rank-{rank}": path for rank, path in files.rank_logs().items()})
@@ -204,11 +210,3 @@ def upload_artifacts(record_root: Path, output_path: str) -> dict[str, str]:
         for archive in ARCHIVES.values()
         if (record_root / "artifacts" / archive).is_file()
     }
-
-
-def copy_source(job: JobSpec, destination: Path) -> None:
-    """The job's ``source_dir`` as the container sees it at ``/opt/ml/code``."""
-    if job.source_dir is not None:
-        shutil.copytree(
-            job.source_dir, destination, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__", ".git")
-        )

@@ -29,10 +29,11 @@ from harness.backends.hosts import (
 from harness.record import archives
 from harness.record.run_record import RecordWriter, Status
 from harness.spec.host_contract import HostContract
+from harness.spec.job import JobSpec
 
 
 @dataclass
-class HostPlan(Plan):
+class HostPlan(Plan[JobSpec]):
     """A host rung's plan: the contract, and the work dir that holds the hosts' trees."""
 
     work_dir: Path = Path()
@@ -86,8 +87,10 @@ class HostSession(ABC, Generic[HostPlanT]):
         """Remove everything the run made (processes, containers, networks, the work dir)."""
 
 
-class HostRung(Backend[HostPlanT]):
+class HostRung(Backend[JobSpec, HostPlanT]):
     """A rung of the host family: :meth:`session` is all it adds to a plan."""
+
+    workload = "training"
 
     @abstractmethod
     def session(self, plan: HostPlanT, record: RecordWriter) -> HostSession[HostPlanT]:

@@ -15,7 +15,6 @@ import shutil
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from harness.backends.base import copy_source
 from harness.errors import RecordError
 from harness.record.models import CheckpointsResult
 from harness.record.run_record import RecordFiles, RecordWriter, file_tree, log_text, redact_env, write_json
@@ -37,6 +36,14 @@ def compiled_probe() -> Path:
         with contextlib.suppress(OSError, py_compile.PyCompileError):
             py_compile.compile(str(source), cfile=importlib.util.cache_from_source(str(source)), doraise=True)
     return PROBE_DIR
+
+
+def copy_source(job: JobSpec, destination: Path) -> None:
+    """The job's ``source_dir`` as the container sees it at ``/opt/ml/code``."""
+    if job.source_dir is not None:
+        shutil.copytree(
+            job.source_dir, destination, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__", ".git")
+        )
 
 
 def write_host_tree(job: JobSpec, contract: HostContract, tree: Path) -> None:

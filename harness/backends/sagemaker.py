@@ -274,7 +274,7 @@ def _matches(pattern: str, value: str) -> bool:
 
 
 @dataclass
-class RequestPlan(Plan):
+class RequestPlan(Plan[JobSpec]):
     """The dry-run of the ``sagemaker`` rung: the request itself, printable as is."""
 
     request: dict[str, Any] = field(default_factory=dict)
@@ -306,8 +306,9 @@ class SageMakerOptions(RungOptions):
     probe: bool = True
 
 
-class SageMakerBackend(Backend[RequestPlan]):
+class SageMakerBackend(Backend[JobSpec, RequestPlan]):
     name = "sagemaker"
+    workload = "training"
     capabilities = Capabilities(gpus=True, separate_hosts=True, containers=True, hang_detection=False)
     Options = SageMakerOptions
     options: SageMakerOptions

@@ -19,7 +19,7 @@ from harness.report import to_html, to_json, to_markdown, to_text
 from harness.spec.job import JobSpec
 
 
-def _run_rung(job: JobSpec, backend: Backend[Any], args: argparse.Namespace) -> RunRecord:
+def _run_rung(job: JobSpec, backend: Backend[Any, Any], args: argparse.Namespace) -> RunRecord:
     rung = backend.name
     progress = RungProgress(rung, backend.job_as_run(job), args.verbose)
     callback: Progress = progress

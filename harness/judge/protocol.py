@@ -52,6 +52,8 @@ class RunCheck:
 
     name: str
     check: RunCheckFn
+    #: The workload whose records it judges (``manifest.workload``); a check that names none is training's.
+    workload: str = "training"
 
     def __call__(self, record: RunRecord, context: CheckContext) -> list[Finding]:
         return self.check(record, context)
@@ -63,6 +65,8 @@ class PairCheck:
 
     name: str
     check: PairCheckFn
+    #: The workload whose records it judges (``manifest.workload``); a check that names none is training's.
+    workload: str = "training"
 
     def __call__(self, baseline: RunRecord, candidate: RunRecord, context: CheckContext) -> list[Finding]:
         return self.check(baseline, candidate, context)

@@ -32,6 +32,8 @@ from typing import Any
 from harness.judge.findings import Finding
 from harness.judge.protocol import CheckContext
 from harness.record.run_record import RunRecord
+from harness.spec.job import JobSpec
+from harness.spec.workload import Workload
 
 #: Where a distributed record keeps its replay (a record of the ``single`` rung).
 REPLAY_DIR = "replay"
@@ -362,6 +364,14 @@ def replayable(record: RunRecord) -> bool:
     first = next((e for e in events if e.get("kind") == "replay_step"), None)
     indices = (first or {}).get("indices") or []
     return bool(indices) and isinstance(indices[-1], list)
+
+
+def replay_job(record: RunRecord, job: Workload) -> JobSpec | None:
+    """The job that replays ``record`` in one process (into :func:`replay_root`), or None where
+    it cannot be replayed: a job of another workload, or a run without what a replay needs."""
+    if not isinstance(job, JobSpec) or not replayable(record):
+        return None
+    return job.model_copy(update={"environment": {**job.environment, "HARNESS_REPLAY": str(record.root)}})
 
 
 def replay_root(record: RunRecord) -> Path:

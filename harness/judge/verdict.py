@@ -14,6 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field, replace
 from typing import Any, Literal
 
+from harness.errors import UsageError
 from harness.judge.checks import registered
 from harness.judge.failures import describe_failure
 from harness.judge.findings import Finding
@@ -189,8 +190,16 @@ def judge(
     skipped: dict[str, str] | None = None,
 ) -> Verdict:
     """Walk the ladder upwards; stop at the first rung that fails or diverges. One record alone
-    can fail its own checks, but never be at parity: there was nothing to compare it with."""
-    checks, context = registered(), CheckContext(tolerance)
+    can fail its own checks, but never be at parity: there was nothing to compare it with. The
+    records are judged by the checks of their workload."""
+    workloads = sorted({record.manifest.workload for record in records})
+    if len(workloads) > 1:
+        raise UsageError(
+            f"the records are of different workloads ({', '.join(workloads)}): no check judges one against another",
+            hint="compare records of one workload",
+        )
+    checks = tuple(check for check in registered() if check.workload in workloads)
+    context = CheckContext(tolerance)
     verdict = Verdict(
         "parity", [r.rung for r in records], skipped=dict(skipped or {}), records=[str(r.root) for r in records]
     )

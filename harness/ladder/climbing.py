@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from harness.backends import check_rung_names, get_backend
 from harness.backends.base import Progress
@@ -16,11 +16,15 @@ from harness.judge.protocol import Tolerance
 from harness.judge.verdict import Verdict, judge
 from harness.record.run_record import RunRecord
 from harness.spec.job import JobSpec
+from harness.spec.workload import Workload
 
-#: What a ladder climbs when no rungs are named, cheapest first (time, then money): the
+#: What a training ladder climbs when no rungs are named, cheapest first (time, then money): the
 #: single-process baseline, then every rung this machine can run with the core install; the
-#: others are reported as skipped, with the reason.
-DEFAULT_RUNGS = ("single", "local", "local-gpu", "docker", "sagemaker-local")
+#: others are reported as skipped, with the reason. (A workload names its own: ``default_rungs``.)
+DEFAULT_RUNGS = JobSpec.default_rungs
+
+
+SpecT = TypeVar("SpecT", bound=Workload)
 
 
 @dataclass(frozen=True)
@@ -37,8 +41,8 @@ class Step:
         changes = {**self.overrides, **self.options}
         return self.rung + (f"({', '.join(f'{k}={v}' for k, v in changes.items())})" if changes else "")
 
-    def job(self, base: JobSpec) -> JobSpec:
-        return JobSpec.model_validate({**base.model_dump(), **self.overrides}) if self.overrides else base
+    def job(self, base: SpecT) -> SpecT:
+        return base.with_changes(self.overrides)
 
 
 @dataclass
@@ -49,10 +53,10 @@ class LadderResult:
 
 
 def climb(
-    job: JobSpec,
+    job: Workload,
     records_dir: Path,
     *,
-    rungs: Sequence[str | Step] = DEFAULT_RUNGS,
+    rungs: Sequence[str | Step] | None = None,
     tolerance: Tolerance = Tolerance(),
     options: Callable[[str], dict[str, Any]] = lambda rung: {},
     progress: Callable[[str], Progress | None] = lambda rung: None,
@@ -62,11 +66,12 @@ def climb(
 ) -> LadderResult:
     """Run ``job`` on each rung in order and judge the records; stop at the first rung that fails
     or departs from the one below (the rungs above it are listed as not run, with the reason),
-    unless ``keep_going``. A rung is a name (its settings from ``options``) or a :class:`Step`.
+    unless ``keep_going``. A rung is a name (its settings from ``options``) or a :class:`Step`;
+    without any, the job's ``default_rungs``. Every rung must run the job's workload.
     Every rung's settings, and whether each rung in ``require`` can run, are checked before the
     first one runs; raises :class:`NoRungCanRun` when no rung at all can run here,
     :class:`RequiredRungUnavailable` when a required one cannot."""
-    steps = [rung if isinstance(rung, Step) else Step(rung, options(rung)) for rung in rungs]
+    steps = [rung if isinstance(rung, Step) else Step(rung, options(rung)) for rung in rungs or job.default_rungs]
     check_rung_names([step.rung for step in steps])
     missing = [rung for rung in require if rung not in {step.rung for step in steps}]
     if missing:
@@ -75,6 +80,12 @@ def climb(
             hint="require only rungs of the ladder (--rungs)",
         )
     backends = [get_backend(step.rung, **step.options) for step in steps]  # bad settings: before anything runs
+    other = next((backend for backend in backends if backend.workload != job.kind), None)
+    if other is not None:
+        raise UsageError(
+            f"rung {other.name!r} runs {other.workload} jobs; {job.name!r} is of the {job.kind} workload",
+            hint="climb the rungs of the job's own workload",
+        )
     unavailable: dict[str, str] = {}
     for step, backend in zip(steps, backends, strict=True):
         try:
@@ -95,8 +106,9 @@ def climb(
             not_run[step.label] = f"the ladder departed at {departed}; --keep-going runs the rungs above it"
             continue
         record = backend.run(step.job(job), records_dir, progress=progress(step.rung))
-        if not replayed and any(r.rung == "single" for r in records) and replay.replayable(record):
-            replayed = replay_in_one_process(record, step.job(job))
+        replay_job = replay.replay_job(record, step.job(job)) if any(r.rung == "single" for r in records) else None
+        if not replayed and replay_job is not None:
+            replayed = replay_in_one_process(record, replay_job)
         on_record(record)
         records.append(record)
     if not records:
@@ -106,11 +118,10 @@ def climb(
     return LadderResult(verdict, records, skipped)
 
 
-def replay_in_one_process(record: RunRecord, job: JobSpec) -> bool:
+def replay_in_one_process(record: RunRecord, replay_job: JobSpec) -> bool:
     """The first distributed run of a ladder that climbs from ``single`` replayed in one process
-    (:mod:`harness.judge.replay`), into its own record's ``replay/``; False where the ``single``
-    rung cannot run the job."""
-    replay_job = job.model_copy(update={"environment": {**job.environment, "HARNESS_REPLAY": str(record.root)}})
+    (:func:`harness.judge.replay.replay_job`), into its own record's ``replay/``; False where the
+    ``single`` rung cannot run the job."""
     single = get_backend("single")
     try:
         single.check(replay_job)

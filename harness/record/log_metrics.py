@@ -8,7 +8,7 @@ rank log, so that curves can be compared per source. A point is a float, as in C
 from __future__ import annotations
 
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from harness.record.run_record import log_text
@@ -17,7 +17,7 @@ from harness.spec.job import MetricDefinition
 Series = dict[str, dict[str, list[float]]]  # metric name → source (host or rank-N) → values
 
 
-def parse_lines(definitions: list[MetricDefinition], lines: Iterable[str]) -> dict[str, list[float]]:
+def parse_lines(definitions: Sequence[MetricDefinition], lines: Iterable[str]) -> dict[str, list[float]]:
     compiled = [(d.name, re.compile(d.regex)) for d in definitions]
     values: dict[str, list[float]] = {name: [] for name, _ in compiled}
     for line in lines:
@@ -30,7 +30,7 @@ def parse_lines(definitions: list[MetricDefinition], lines: Iterable[str]) -> di
     return values
 
 
-def parse_logs(definitions: list[MetricDefinition], logs: dict[str, Path]) -> Series:
+def parse_logs(definitions: Sequence[MetricDefinition], logs: dict[str, Path]) -> Series:
     """Parse each source's log; sources without a single point are left out."""
     series: Series = {d.name: {} for d in definitions}
     for source, path in logs.items():

@@ -50,7 +50,7 @@ class JobSection(_Part):
     fields the judge reads are declared here, the rest of the spec is kept as written."""
 
     name: str
-    hyperparameters: dict[str, Any]
+    hyperparameters: dict[str, Any] = Field(default_factory=dict)
     entry_point: str | None = None
     instance_type: str | None = None
     distribution: str = "none"
@@ -66,8 +66,8 @@ class Topology(_Part):
     hosts: list[str]
     processes_per_host: int
     world_size: int
-    distribution: str
-    launcher: str
+    distribution: str | None = None  # training: none or torchrun
+    launcher: str | None = None  # training: toolkit or model-trainer
 
 
 class HostResult(_Part):
@@ -121,6 +121,9 @@ class Manifest(_Part):
     harness_version: str
     run_id: str
     rung: str
+    #: The kind of job (``training``): a record is judged by the checks of its own workload.
+    #: Records written before workloads had kinds are training's.
+    workload: str = "training"
     job: JobSection
     topology: Topology
     started_at: str

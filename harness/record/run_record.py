@@ -36,7 +36,7 @@ from harness.record.models import (
 )
 from harness.record.models import Status as Status  # the record's statuses, as readers import them
 from harness.record.models import json_kind as _kind
-from harness.spec.job import JobSpec
+from harness.spec.workload import Workload
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -62,6 +62,12 @@ def new_run_id(job_name: str, rung: str) -> str:
 def redact_env(env: dict[str, str]) -> dict[str, str]:
     """Environment as recorded: values of secret-looking names are replaced, never stored."""
     return {key: ("<redacted>" if _SECRET_NAME.search(key) else value) for key, value in env.items()}
+
+
+def _redacted(section: dict[str, Any]) -> dict[str, Any]:
+    """A spec's section of the manifest, the values of its ``environment``'s secret-looking names redacted."""
+    environment = section.get("environment")
+    return {**section, "environment": redact_env(environment)} if isinstance(environment, dict) else section
 
 
 def secret_values(env: dict[str, str]) -> tuple[bytes, ...]:
@@ -139,21 +145,16 @@ docs/run-record.md in the harness's repository. `harness show {run_id}` summaris
 class RecordWriter:
     """Writes one run record; owned by the rung while it runs."""
 
-    def __init__(self, root: Path, job: JobSpec, rung: str, *, run_id: str | None = None) -> None:
+    def __init__(self, root: Path, job: Workload, rung: str, *, run_id: str | None = None) -> None:
         self.root = root
         self.manifest = Manifest(
             format_version=FORMAT_VERSION,
             harness_version=__version__,
             run_id=run_id or root.name,
             rung=rung,
-            job=JobSection.model_validate({**job.model_dump(mode="json"), "environment": redact_env(job.environment)}),
-            topology=Topology(
-                hosts=job.hosts,
-                processes_per_host=job.processes_per_host,
-                world_size=job.world_size,
-                distribution=job.distribution,
-                launcher=job.launcher,
-            ),
+            workload=job.kind,
+            job=JobSection.model_validate(_redacted(job.record_section())),
+            topology=Topology.model_validate(job.topology()),
             started_at=now(),
             ended_at=None,
             status="running",

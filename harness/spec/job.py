@@ -15,9 +15,9 @@ from __future__ import annotations
 
 import difflib
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import yaml
 from pydantic import (
@@ -121,7 +121,11 @@ class Checkpoint(_Strict):
 
 
 class JobSpec(_Strict):
-    """One SageMaker-style training job; the single input of every rung."""
+    """One SageMaker-style training job; the single input of every training rung (a
+    :class:`harness.spec.workload.Workload` of kind ``training``)."""
+
+    kind: ClassVar[str] = "training"
+    default_rungs: ClassVar[tuple[str, ...]] = ("single", "local", "local-gpu", "docker", "sagemaker-local")
 
     name: JobName
     source_dir: Path | None = None
@@ -209,6 +213,21 @@ class JobSpec(_Strict):
     def hosts(self) -> list[str]:
         """SageMaker's host names, sorted as in ``resourceconfig.json``."""
         return [f"algo-{i}" for i in range(1, self.instance_count + 1)]
+
+    def record_section(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+    def topology(self) -> dict[str, Any]:
+        return {
+            "hosts": self.hosts,
+            "processes_per_host": self.processes_per_host,
+            "world_size": self.world_size,
+            "distribution": self.distribution,
+            "launcher": self.launcher,
+        }
+
+    def with_changes(self, changes: Mapping[str, Any]) -> JobSpec:
+        return JobSpec.model_validate({**self.model_dump(), **changes}) if changes else self
 
     @property
     def is_script_mode(self) -> bool:

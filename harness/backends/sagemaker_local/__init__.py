@@ -83,8 +83,9 @@ class SageMakerLocalOptions(RungOptions):
     stop_grace_s: NonNegativeFloat = STOP_GRACE_S
 
 
-class SageMakerLocalBackend(EngineClient, Backend[SdkPlan]):
+class SageMakerLocalBackend(EngineClient, Backend[JobSpec, SdkPlan]):
     name = "sagemaker-local"
+    workload = "training"
     capabilities = Capabilities(gpus=True, separate_hosts=True, containers=True, hang_detection=False)
     Options = SageMakerLocalOptions
     options: SageMakerLocalOptions

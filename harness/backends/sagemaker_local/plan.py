@@ -42,7 +42,7 @@ OURS = "_harness"
 
 
 @dataclass
-class SdkPlan(Plan):
+class SdkPlan(Plan[JobSpec]):
     """The predicted contract, and where and how the SDK will run the job."""
 
     work_dir: Path = field(kw_only=True)  # the SDK's container root, made when the run starts

@@ -31,7 +31,7 @@ from docker.errors import APIError, BuildError, DockerException
 from docker.models.containers import Container
 
 from harness.backends import sdk_installs
-from harness.backends.base import Progress, copy_source
+from harness.backends.base import Progress
 from harness.backends.containers import (
     LOG_DRAIN_S,
     RUN_ID,
@@ -42,6 +42,7 @@ from harness.backends.containers import (
     stop,
     teardown,
 )
+from harness.backends.hosts import copy_source
 from harness.backends.sagemaker_local.plan import SdkPlan, compose_project, sdk_environment
 from harness.backends.sagemaker_sdk import (
     PROBE_CHANNEL,
