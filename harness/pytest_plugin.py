@@ -13,10 +13,12 @@ for a check in one of two ways:
   :func:`assert_parity` fails the test with the verdict. For jobs built in Python, or tests that
   expect a divergence.
 
-``job`` is a :class:`~harness.spec.job.JobSpec` or a job file, relative to pytest's rootdir.
+``job`` is a :class:`~harness.spec.job.JobSpec` (or a spec of another workload) or a job file,
+relative to pytest's rootdir.
 ``rtol``/``atol`` are the tolerance of metric curves, ``tensor_rtol``/``tensor_atol`` that of
 checkpoint tensors (:class:`~harness.judge.protocol.Tolerance`). Rungs: the test's own, else
-``--harness-rungs``, else :data:`harness.ladder.climbing.DEFAULT_RUNGS`. A rung that cannot run here is
+``--harness-rungs``, else the job's ``default_rungs`` (training's:
+:data:`harness.ladder.climbing.DEFAULT_RUNGS`). A rung that cannot run here is
 left out and reported as a :class:`RungSkippedWarning`; a test of which no rung can run, or of
 which only one rung ran (nothing was compared), is skipped with every rung's reason, unless a rung
 it names in ``require`` could not run: then it fails. Records go under ``--harness-record-dir``
@@ -49,12 +51,13 @@ from harness.ladder.climbing import DEFAULT_RUNGS, LadderResult, climb
 from harness.record.run_record import RunRecord
 from harness.report import to_json, to_text
 from harness.report.session_summary import ParityCheck, session_summary, verdict_words
-from harness.spec.job import JobSpec, load_job
+from harness.spec.job_files import load_spec
+from harness.spec.workload import Workload
 
 __all__ = ["LadderRunner", "RungSkippedWarning", "assert_parity"]
 
 MARKER = "harness_parity"
-JobArg = JobSpec | str | os.PathLike[str]
+JobArg = Workload | str | os.PathLike[str]
 
 _RESULT = pytest.StashKey[LadderResult]()
 
@@ -171,10 +174,12 @@ class LadderRunner:
     ) -> LadderResult:
         """The call without its :class:`RungSkippedWarning` (the marker warns in the call phase)."""
         __tracebackhide__ = True
-        chosen, directory = self._rungs(rungs), self._directory()
+        directory = self._directory()
+        chosen: list[str] = []
         error: HarnessError | None = None
         try:
-            spec = job if isinstance(job, JobSpec) else load_job(self._request.config.rootpath / job)
+            spec = load_spec(self._request.config.rootpath / job) if isinstance(job, str | os.PathLike) else job
+            chosen = self._rungs(rungs, spec)
             result = climb(spec, directory, rungs=chosen, tolerance=tolerance, require=require)
         except HarnessError as exc:  # said once, outside the handler: no chained traceback
             error = exc
@@ -190,12 +195,12 @@ class LadderRunner:
         _write_ladder(directory, self._request.node.nodeid, spec.name, chosen, result, tolerance)
         return result
 
-    def _rungs(self, rungs: Sequence[str] | str | None) -> list[str]:
+    def _rungs(self, rungs: Sequence[str] | str | None, spec: Workload) -> list[str]:
         if isinstance(rungs, str):
             rungs = rungs.split(",")
         if rungs:
             return list(rungs)
-        return list(self._request.config.getoption("harness_rungs") or DEFAULT_RUNGS)
+        return list(self._request.config.getoption("harness_rungs") or spec.default_rungs)
 
     def _directory(self) -> Path:
         """A directory for this ladder that no earlier ladder or session wrote (made by the first

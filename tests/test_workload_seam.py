@@ -1,5 +1,5 @@
-"""A workload other than training: a spec, its rungs and its checks from another package, one
-module each and one registration each, nothing of the harness edited. The ladder, the record and
+"""A workload other than training: a spec (and its job files' loader), its rungs and its checks from
+another package, one module each and one registration each, nothing of the harness edited. The ladder, the record and
 the verdict take it as they take a training job; the training checks never judge its records,
 and a training rung is refused for it."""
 
@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 
+from harness.cli import main
 from harness.errors import UsageError
 from harness.judge.verdict import judge
 from harness.ladder import climb
@@ -52,6 +53,11 @@ class EchoSpec(BaseModel):
 
     def with_changes(self, changes: Mapping[str, Any]) -> "EchoSpec":
         return EchoSpec.model_validate({**self.model_dump(), **changes})
+
+
+def load(data, *, origin, base_dir):
+    """A job file of the echo workload (``workload: echo``)."""
+    return EchoSpec.model_validate(data)
 '''
 
 ECHO_RUNG = '''
@@ -115,6 +121,9 @@ TRAINING_ONLY = PairCheck("always-diverges", _always)
 '''
 
 ENTRY_POINTS = """\
+[harness.workloads]
+echo = echo_harness.spec:load
+
 [harness.rungs]
 echo-here = echo_harness.rung:EchoHere
 echo-there = echo_harness.rung:EchoThere
@@ -178,3 +187,26 @@ def test_records_of_two_workloads_are_not_judged_against_each_other(echo: type, 
     training = make_record(tmp_path / "training", "local", losses=[1.0])
     with pytest.raises(UsageError, match=r"different workloads \(echo, training\)"):
         judge([training, echo_record])
+
+
+def test_a_job_file_names_its_workload_and_the_command_line_climbs_that_workloads_ladder(
+    echo: type, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "job.yaml").write_text("workload: echo\nname: ping-loud\nreplicas: 3\n")
+    code = main(["ladder", str(tmp_path / "job.yaml"), "--records", str(tmp_path / "records")])
+    out = capsys.readouterr().out
+    assert code == 1 and "DIVERGED" in out and "echo-answer-differs" in out, out
+    runs = sorted(p.name for p in (tmp_path / "records").iterdir())
+    assert [run.rsplit("-", 2)[0] for run in runs] == ["ping-loud-echo-here", "ping-loud-echo-there"]
+    assert main(["bisect", str(tmp_path / "job.yaml"), "--between", "echo-here,echo-there"]) == 2
+    assert "is of the echo workload" in capsys.readouterr().err
+
+
+def test_a_job_file_of_a_workload_not_known_here_is_refused_with_the_ones_that_are(
+    echo: type, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    (tmp_path / "job.yaml").write_text("workload: ecko\nname: ping\n")
+    assert main(["ladder", str(tmp_path / "job.yaml"), "--records", str(tmp_path / "records")]) == 2
+    err = capsys.readouterr().err
+    assert "workload: 'ecko' is not a workload known here; did you mean 'echo'?" in err, err
+    assert "training, echo" in err and not (tmp_path / "records").exists()

@@ -16,8 +16,9 @@ from harness.backends import backend_class, check_rung_names, rungs
 from harness.errors import UsageError
 from harness.judge.protocol import Tolerance
 from harness.ladder.climbing import DEFAULT_RUNGS
-from harness.spec.job import JobSpec, load_job
+from harness.spec.job_files import load_spec
 from harness.spec.request import load_request
+from harness.spec.workload import Workload
 
 
 class _Parser(argparse.ArgumentParser):
@@ -190,7 +191,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def job_from_args(args: argparse.Namespace) -> JobSpec:
+def job_from_args(args: argparse.Namespace) -> Workload:
     if args.from_request and args.job:
         raise UsageError("give a job file or --from-request, not both", hint="docs/cli.md: where a job comes from")
     if args.from_airflow or args.task or args.logical_date:
@@ -206,7 +207,7 @@ def job_from_args(args: argparse.Namespace) -> JobSpec:
         return load_request(args.from_request, source_dir=args.source_dir)
     if args.job is None:
         raise UsageError("no job given", hint="pass a job file, e.g. scenarios/ddp_csv/job.yaml")
-    return load_job(args.job)
+    return load_spec(args.job)
 
 
 #: Command-line flags that set a rung setting: each applies to the rungs that declare the setting.

@@ -9,7 +9,7 @@ import threading
 import time
 from typing import IO
 
-from harness.spec.job import JobSpec
+from harness.spec.workload import Workload
 
 #: The width the CLI wraps its lines to.
 WIDTH = 100
@@ -50,8 +50,9 @@ def plural(count: int, word: str) -> str:
     return f"{count} {word}{'' if count == 1 else 'es' if word.endswith('s') else 's'}"
 
 
-def _topology(job: JobSpec) -> str:
-    return f"{plural(job.instance_count, 'host')} x {plural(job.processes_per_host, 'process')}"
+def _topology(job: Workload) -> str:
+    topology = job.topology()
+    return f"{plural(len(topology['hosts']), 'host')} x {plural(topology['processes_per_host'], 'process')}"
 
 
 def duration(seconds: float) -> str:
@@ -64,7 +65,7 @@ class RungProgress:
     CI log, a file) a line every ``HARNESS_PROGRESS_EVERY`` seconds with the same, and one when
     the rung ends; ``-v`` streams every line the job prints instead."""
 
-    def __init__(self, rung: str, job: JobSpec, verbose: bool) -> None:
+    def __init__(self, rung: str, job: Workload, verbose: bool) -> None:
         self.rung, self.verbose, self.start = rung, verbose, time.monotonic()
         self.tty = sys.stderr.isatty()
         self.last: tuple[str, str] | None = None

@@ -11,15 +11,17 @@ from harness.backends.base import Backend, Progress
 from harness.cli.arguments import job_from_args, report_files, rung_settings, writable_dir
 from harness.cli.console import RungProgress, emit
 from harness.cli.why_failed import why_it_failed
+from harness.errors import UsageError
 from harness.judge.protocol import Tolerance
 from harness.judge.verdict import Verdict
-from harness.ladder.climbing import DEFAULT_RUNGS, climb
+from harness.ladder.climbing import climb
 from harness.record.run_record import RunRecord
 from harness.report import to_html, to_json, to_markdown, to_text
 from harness.spec.job import JobSpec
+from harness.spec.workload import Workload
 
 
-def _run_rung(job: JobSpec, backend: Backend[Any, Any], args: argparse.Namespace) -> RunRecord:
+def _run_rung(job: Workload, backend: Backend[Any, Any], args: argparse.Namespace) -> RunRecord:
     rung = backend.name
     progress = RungProgress(rung, backend.job_as_run(job), args.verbose)
     callback: Progress = progress
@@ -57,7 +59,7 @@ def print_verdict(verdict: Verdict, args: argparse.Namespace) -> int:
 
 def cmd_ladder(args: argparse.Namespace) -> int:
     job = job_from_args(args)
-    names = parse_rung_list(args.rungs, where="--rungs") if args.rungs is not None else list(DEFAULT_RUNGS)
+    names = parse_rung_list(args.rungs, where="--rungs") if args.rungs is not None else list(job.default_rungs)
     required = parse_rung_list(args.require, where="--require") if args.require is not None else []
     settings = rung_settings(args, names)
     writable_dir(args.records, "--records")
@@ -95,6 +97,11 @@ def cmd_bisect(args: argparse.Namespace) -> int:
     from harness.ladder import bisect
 
     job = job_from_args(args)
+    if not isinstance(job, JobSpec):
+        raise UsageError(
+            f"bisect splits what changes between two training rungs; {job.name!r} is of the {job.kind} workload",
+            hint="climb its ladder: harness ladder",
+        )
     lower, _, upper = args.between.partition(",")
     settings = rung_settings(args, [upper])[upper]
     result = bisect.bisect(

@@ -376,6 +376,11 @@ def _known_keys(loc: tuple[Any, ...]) -> list[str]:
 
 def load_job(path: Path) -> JobSpec:
     """Read and validate a YAML job file."""
+    return job_from_mapping(read_job_file(path), origin=str(path), base_dir=path.resolve().parent)
+
+
+def read_job_file(path: Path) -> Any:
+    """A job file's YAML, parsed; :class:`JobSpecError` where it cannot be read or is not YAML."""
     try:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
@@ -399,4 +404,4 @@ def load_job(path: Path) -> JobSpec:
         where = f":{mark.line + 1}:{mark.column + 1}" if mark is not None else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
         raise JobSpecError(f"{path}{where}: not valid YAML: {problem}", hint=SPEC_HINT) from None
-    return job_from_mapping(data, origin=str(path), base_dir=path.resolve().parent)
+    return data
