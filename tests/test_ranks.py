@@ -232,3 +232,45 @@ def test_a_failed_rung_names_its_error(tmp_path: Path) -> None:
     (finding,) = [f for f in judge([base, failed]).findings if f.cause == "job-failed"]
     assert finding.title.endswith(": shared memory (/dev/shm) exhausted")
     assert finding.evidence[0].startswith("printed: hosts/algo-1/log.txt:")
+
+
+def made(ranks: list[int] | None, line: int = 40, t: float = 1.0, **fields: Any) -> dict[str, Any]:
+    return {"kind": "new_group", "ranks": ranks, "caller": f"train.py:{line}", "t": t, **fields}
+
+
+def test_each_node_creating_only_its_own_group_is_a_collective_mismatch(tmp_path: Path) -> None:
+    """fault new_group_own_node_only: gloo sometimes pairs the two same-named groups anyway and
+    the run succeeds; the ranks' creations differ all the same."""
+    events = {r: [made([0, 1] if r < 2 else [2, 3]), call("broadcast", [512, 9], t=2.0)] for r in range(4)}
+    (finding,) = [f for f in findings(tmp_path, events) if f.severity != "note"]
+    assert finding.cause == "collective-mismatch" and finding.severity == "failure"
+    assert finding.title == (
+        "the ranks created different process groups at new_group #1 at train.py:40: "
+        "ranks 0, 1 made group [0, 1]; ranks 2, 3 made group [2, 3]"
+    )
+
+
+def test_every_rank_creating_every_group_in_order_is_no_mismatch(tmp_path: Path) -> None:
+    events = {r: [made([0, 1]), made([2, 3]), made(None), call("broadcast", [4], t=2.0)] for r in range(4)}
+    assert causes(findings(tmp_path, events)) == []
+
+
+def test_groups_created_by_their_members_alone_with_local_synchronization_are_no_mismatch(tmp_path: Path) -> None:
+    events = {r: [made([0, 1] if r < 2 else [2, 3], local_synchronization=True)] for r in range(4)}
+    assert causes(findings(tmp_path, events)) == []
+
+
+def test_a_rank_that_went_on_without_creating_the_group_is_named_and_one_that_stopped_is_not(tmp_path: Path) -> None:
+    went_on = {
+        0: [made([0, 1]), call("barrier", t=2.0)],
+        1: [made([0, 1]), call("barrier", t=2.0)],
+        2: [call("barrier", t=2.0)],
+    }
+    (finding,) = [f for f in findings(tmp_path / "on", went_on) if f.severity != "note"]
+    assert finding.rank == 2 and "rank 2 never made it" in finding.title
+    stopped = {
+        0: [made([0, 1]), call("barrier", t=2.0)],
+        1: [made([0, 1]), call("barrier", t=2.0)],
+        2: [call("barrier", t=0.5)],
+    }
+    assert "collective-mismatch" not in causes(findings(tmp_path / "stopped", stopped, status="failed"))

@@ -15,7 +15,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any
 
 from harness.judge.failures import printed, root_error
-from harness.judge.findings import Finding, Severity
+from harness.judge.findings import ECHOES, Finding, Severity, ranks_named
 from harness.judge.model import shards_parameters
 from harness.judge.protocol import CheckContext
 from harness.record.run_record import RunRecord
@@ -27,6 +27,7 @@ def check_run(record: RunRecord, context: CheckContext) -> list[Finding]:
     return [
         *_hidden_failures(record, processes),
         *_identical_batches(events),
+        *_group_creation_mismatch(events),
         *_collective_mismatch(events),
         *_point_to_point(events, record.status),
         *_parameter_drift(events),
@@ -199,6 +200,74 @@ def _collective_mismatch(events: dict[int, list[dict[str, Any]]]) -> list[Findin
         if finding is not None:
             found.append(finding)
     return [min(found, key=lambda pair: pair[0])[1]] if found else []
+
+
+def _group_creation_mismatch(events: dict[int, list[dict[str, Any]]]) -> list[Finding]:
+    """``new_group`` is entered by every rank of the job for every group, in the same order, even by
+    ranks outside the group: torch names a group by how many were created before it, so ranks that
+    create different groups in one slot give them one name and share its store keys (they hang, or
+    pair with the wrong peers). The n-th creation of every rank must name the same members. A rank
+    with fewer creations counts only where it went on past its peers' (a rank that stopped early
+    is another finding's). Creations with ``use_local_synchronization`` are their members' alone."""
+    made = {
+        rank: [e for e in evs if e["kind"] == "new_group" and not e.get("local_synchronization")]
+        for rank, evs in events.items()
+    }
+    if len(made) < 2 or not any(made.values()):
+        return []
+    for index in range(max(len(calls) for calls in made.values())):
+        when = min(calls[index].get("t", 0.0) for calls in made.values() if index < len(calls))
+        members = {
+            rank: _frozen(calls[index].get("ranks")) if index < len(calls) else _NOT_CREATED
+            for rank, calls in made.items()
+            if index < len(calls) or any(e.get("t", 0.0) > when for e in events[rank])
+        }
+        if len(set(members.values())) < 2:
+            continue
+        by_choice: dict[Any, list[int]] = {}
+        for rank, chosen in sorted(members.items()):
+            by_choice.setdefault(chosen, []).append(rank)
+        said = "; ".join(
+            f"{ranks_named(ranks)} {'never made it' if chosen is _NOT_CREATED else f'made {_members(chosen)}'}"
+            for chosen, ranks in by_choice.items()
+        )
+        odd = sorted(by_choice.items(), key=lambda item: (-len(item[1]), item[1][0]))[-1][1]
+        call = made[odd[0]][index] if index < len(made[odd[0]]) else None
+        where = f" at {call['caller']}" + (f" (called from {call['user']})" if call.get("user") else "") if call else ""
+        return [
+            Finding(
+                kind="ranks",
+                severity="failure",
+                title=f"the ranks created different process groups at new_group #{index + 1}{where}: {said}",
+                evidence=[
+                    f"rank {rank} new_group #{index + 1}: "
+                    + (
+                        f"{_members(made[rank][index].get('ranks'))} at {made[rank][index].get('caller')}"
+                        if index < len(made[rank])
+                        else "none (it went on without creating it)"
+                    )
+                    for rank in sorted(members)
+                ][:16],
+                hint="every rank must call new_group for every group, in the same order, also for the groups it "
+                "is not a member of: create all of them on every rank and keep the one it belongs to "
+                "(dist.new_subgroups does), or pass use_local_synchronization=True",
+                cause="collective-mismatch",
+                rank=odd[0],
+                confidence=0.95,
+                explains=_GROUP_CONSEQUENCES,
+            )
+        ]
+    return []
+
+
+#: A rank that went on without creating a group its peers created.
+_NOT_CREATED = object()
+#: What ranks that share one group's name and store keys then show.
+_GROUP_CONSEQUENCES = (*ECHOES, "collective-timeout", "peer-connection-lost", "late-rank", "rank-left-early")
+
+
+def _members(chosen: Any) -> str:
+    return "a group of every rank" if chosen is None else f"group {list(chosen)}"
 
 
 def _signature(call: dict[str, Any]) -> tuple[Any, ...]:

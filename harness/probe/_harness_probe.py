@@ -879,6 +879,37 @@ def instrument_distributed(c10d):
     for name in _COLLECTIVES + _POINT_TO_POINT:
         if callable(getattr(c10d, name, None)):
             setattr(c10d, name, _wrap_collective(c10d, name, getattr(c10d, name)))
+    if callable(getattr(c10d, "new_group", None)):
+        c10d.new_group = _wrap_new_group(c10d.new_group)
+
+
+def _wrap_new_group(function):
+    """Every process group the rank creates, before creating it (a creation that never returns is
+    on record): ``new_group`` must be entered by every rank of the job for every group, in the
+    same order, unless ``use_local_synchronization`` lets only the members enter it."""
+
+    @functools.wraps(function)
+    def new_group(*args, **kwargs):
+        if _rank() is not None:
+            _quietly("new_group", _record_new_group, function, args, kwargs)
+        return function(*args, **kwargs)
+
+    return new_group
+
+
+def _record_new_group(function, args, kwargs):
+    bound = _bind(function, args, kwargs)
+    members = bound.get("ranks")
+    if members is not None:
+        members = [int(r) for r in members]
+        if bound.get("sort_ranks", True):
+            members.sort()
+    event = {"ranks": members, "local_synchronization": bool(bound.get("use_local_synchronization", False))}
+    event["caller"] = caller()
+    user = user_line()
+    if user is not None and user != event["caller"]:
+        event["user"] = user
+    _rank().emit("new_group", flush=True, **event)
 
 
 def _endpoint(args, kwargs):
