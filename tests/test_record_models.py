@@ -7,12 +7,12 @@ import re
 from pathlib import Path
 
 import pytest
+from fake_records import JOB
 from pydantic import BaseModel
 
 from harness.errors import RecordError
 from harness.record.models import HostResult, Manifest, RankResult, Topology, manifest_problems
 from harness.record.run_record import RecordWriter, RunRecord
-from tests.fake_records import JOB
 
 pytestmark = pytest.mark.unit
 

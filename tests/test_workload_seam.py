@@ -9,12 +9,12 @@ import sys
 from pathlib import Path
 
 import pytest
+from fake_records import make_record
 
 from harness.cli import main
 from harness.errors import UsageError
 from harness.judge.verdict import judge
 from harness.ladder import climb
-from tests.fake_records import make_record
 
 pytestmark = pytest.mark.unit
 
