@@ -9,6 +9,7 @@ interpreter) and is not part of the graph.
 from __future__ import annotations
 
 import ast
+import re
 from collections import Counter
 from pathlib import Path
 
@@ -252,3 +253,12 @@ GENERIC_FLOW = (
 def test_the_flow_every_workload_shares_imports_no_training_spec() -> None:
     graph = import_graph()
     assert {module: "harness.spec.job" for module in GENERIC_FLOW if "harness.spec.job" in graph[module]} == {}
+
+
+def test_tests_import_their_helpers_by_their_own_names() -> None:
+    """``fake_records``, not ``tests.fake_records``: an installed package that ships a top-level
+    ``tests`` (CI installs several) shadows this directory as a package."""
+    here = Path(__file__).resolve().parent
+    assert [
+        p.name for p in sorted(here.glob("*.py")) if re.search(r"^(from|import) tests\.", p.read_text(), re.M)
+    ] == []
