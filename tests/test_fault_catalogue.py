@@ -14,7 +14,8 @@ from harness.ladder.scenario import all_scenarios, load_scenario, run_scenario
 FAULTS = Path(__file__).resolve().parent / "data" / "faults"
 #: One fault per mechanism: the data ledger (batches, shards, order), the model ledger, the loss
 #: ledger, hosts that share a file, the launcher's rank, ranks hung apart, a library's refusal,
-#: samples one process loads otherwise, what a rank holds at its first step, a schedule's length.
+#: samples one process loads otherwise, what a rank holds at its first step, a schedule's length,
+#: the process groups each rank creates.
 CLIMBED = (
     "uneven_manual_shards",
     "local_rank_sharding",
@@ -29,6 +30,7 @@ CLIMBED = (
     "task_heads_added_after_ddp_wrap",
     "onecycle_steps_from_dataset_len",
     "iterable_not_sharded",
+    "new_group_own_node_only",
 )
 
 
