@@ -271,3 +271,43 @@ def test_a_sampler_with_replacement_is_compared_with_one_process_by_the_parts_of
         first = verdict.findings[0]
         assert first.cause == "data-unseen"
         assert first.title.startswith(f"the ranks never drew from samples 512..2047 of {SITE}")
+
+
+def told(events: list[dict[str, Any]], epoch: int) -> list[dict[str, Any]]:
+    """``events`` of one pass whose sampler was told ``set_epoch(epoch)``."""
+    return [{**e, "sampler_epoch": epoch} if e["kind"] == "epoch_start" else e for e in events]
+
+
+def test_ranks_whose_samplers_are_at_different_epochs_are_named_before_what_it_does_to_the_data(
+    tmp_path: Path,
+) -> None:
+    """fault b6a_resume_start_epoch_rank0_only: rank 0 alone read the checkpoint and resumed at epoch 1."""
+    quarters = [list(range(r, 64, 4)) for r in range(4)]
+    events = {0: told(epoch(list(range(1, 64, 4))), 1), **{r: told(epoch(quarters[r]), 0) for r in (1, 2, 3)}}
+    (finding,) = [f for f in verdict_findings(tmp_path, events) if f.severity != "note"]
+    assert finding.cause == "ranks-at-different-epochs" and finding.rank == 0
+    assert finding.title.endswith("ranks 1, 2, 3 at epoch 0; rank 0 at epoch 1")
+    assert "data-overlap" in finding.explains
+
+
+def test_ranks_told_the_same_epoch_are_no_finding(tmp_path: Path) -> None:
+    halves = [list(range(0, 64, 2)), list(range(1, 64, 2))]
+    assert causes(verdict_findings(tmp_path, {r: told(epoch(halves[r]), 3) for r in range(2)})) == []
+
+
+def trained_after_wrap(step: int = 20) -> dict[str, Any]:
+    names = ["backbone.0.weight", "backbone.0.bias", "backbone.2.weight", "backbone.2.bias"]
+    return {"kind": "trainable_after_wrap", "step": step, "names": names, "count": 4}
+
+
+def test_parameters_unfrozen_after_the_wrap_are_named_with_the_step(tmp_path: Path) -> None:
+    """fault b6b_unfreeze_backbone_after_ddp_wrap."""
+    halves = [list(range(0, 64, 2)), list(range(1, 64, 2))]
+    events = {r: [*epoch(halves[r]), trained_after_wrap()] for r in range(2)}
+    (finding,) = [f for f in verdict_findings(tmp_path, events) if f.severity != "note"]
+    assert finding.cause == "trainable-after-wrap" and finding.step == 20
+    assert finding.title.startswith("4 parameters frozen when DistributedDataParallel wrapped the model were trained")
+
+
+def test_parameters_unfrozen_in_one_process_are_no_finding(tmp_path: Path) -> None:
+    assert causes(verdict_findings(tmp_path, {0: [*epoch(list(range(64))), trained_after_wrap()]})) == []

@@ -75,9 +75,9 @@ def check_run(record: RunRecord, context: CheckContext) -> list[Finding]:
     for (site, epoch), group in sorted(by_epoch.items(), key=lambda item: (item[0][1], item[0][0])):
         if site not in training_sites or len(group) < 2:
             continue
-        uneven = _uneven(site, epoch, group, failed)
-        if uneven is not None:
-            findings.append(uneven)
+        first = _epochs_differ(site, epoch, group, failed) or _uneven(site, epoch, group, failed)
+        if first is not None:
+            findings.append(first)
             break  # later epochs of a run whose collectives have shifted say nothing more
     for site in sorted(training_sites):
         findings += _coverage(site, [g for (s, _), g in sorted(by_epoch.items()) if s == site], world)
@@ -85,6 +85,50 @@ def check_run(record: RunRecord, context: CheckContext) -> list[Finding]:
         if repeated is not None:
             findings.append(repeated)
     return findings
+
+
+def _epochs_differ(site: str, epoch: int, group: list[LoaderPass], failed: bool) -> Finding | None:
+    """The epoch each rank's sampler was told (``set_epoch``) for this pass: ranks that disagree
+    draw their shards of different permutations (overlapping, leaving samples out) and, where a
+    rank resumed at a later epoch, run fewer passes than their peers."""
+    said_epochs = {p.rank: p.info.get("sampler_epoch") for p in group}
+    told = {rank: value for rank, value in said_epochs.items() if isinstance(value, int)}
+    if len(told) < len(said_epochs) or len(set(told.values())) < 2:
+        return None
+    by_epoch: dict[int, list[int]] = defaultdict(list)
+    for rank, value in sorted(told.items()):
+        by_epoch[value].append(rank)
+    usual = max(by_epoch.items(), key=lambda item: (len(item[1]), -item[0]))[0]
+    odd = sorted(r for value, ranks in by_epoch.items() if value != usual for r in ranks)
+    said = "; ".join(f"{ranks_named(ranks)} at epoch {value}" for value, ranks in sorted(by_epoch.items()))
+    return Finding(
+        kind="data",
+        severity="failure" if failed else "divergence",
+        title=f"the ranks' samplers were at different epochs in pass {epoch + 1} of {site}: {said}",
+        evidence=[f"rank {r}: set_epoch({told[r]}) before pass {epoch + 1}" for r in sorted(told)][:16],
+        hint="every rank must call sampler.set_epoch with the same epoch: an epoch counter restored on some ranks "
+        "only (a checkpoint read by rank 0 alone) or kept per rank differs; broadcast the resumed training state "
+        "from the rank that read it",
+        cause="ranks-at-different-epochs",
+        rank=odd[0],
+        confidence=0.9,
+        explains=_EPOCHS_CONSEQUENCES,
+    )
+
+
+#: What ranks whose samplers are at different epochs then show.
+_EPOCHS_CONSEQUENCES = (
+    *ECHOES,
+    "data-overlap",
+    "data-unseen",
+    "uneven-batches",
+    "collective-mismatch",
+    "collective-timeout",
+    "peer-connection-lost",
+    "late-rank",
+    "rank-left-early",
+    "parameter-drift",
+)
 
 
 #: A sampler that draws with replacement is compared with one process's by region: the dataset

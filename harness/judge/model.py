@@ -71,6 +71,7 @@ def check_run(record: RunRecord, context: CheckContext) -> list[Finding]:
         *_unregistered_differ(wraps, failed),
         *_group_not_world(wraps, record.rank_events()),
         *_added_after_wrap(held, failed),
+        *_trainable_after_wrap(record.rank_events(), failed),
         *_outside_wrappers(held, failed),
         *_partition_order(held, failed),
         *_optimizer_state(held, failed),
@@ -382,6 +383,40 @@ def _added_after_wrap(held: dict[int, dict[str, Any]], failed: bool) -> list[Fin
             hint="build the whole model (heads included) before wrapping it in DistributedDataParallel, or wrap "
             "again after adding parameters",
             cause="parameters-added-after-wrap",
+            rank=rank,
+            confidence=0.92,
+            explains=_DRIFT,
+        )
+    ]
+
+
+def _trainable_after_wrap(events: dict[int, list[dict[str, Any]]], failed: bool) -> list[Finding]:
+    """Parameters that were frozen when DDP wrapped their model and trained later (a backbone
+    unfrozen at some epoch): DDP registered no reduction for them when it was made, so each rank
+    steps its copy with its own gradient, and no error says so."""
+    seen = {
+        rank: next((e for e in evs if e.get("kind") == "trainable_after_wrap"), None) for rank, evs in events.items()
+    }
+    unfrozen = {rank: e for rank, e in sorted(seen.items()) if e is not None}
+    if not unfrozen or len(events) < 2:  # one process has no copies to keep alike
+        return []
+    rank, event = next(iter(unfrozen.items()))
+    names = [str(n) for n in event.get("names") or []]
+    count = int(event.get("count") or len(names))
+    return [
+        Finding(
+            kind="ranks",
+            severity="failure" if failed else "divergence",
+            title=f"{count} parameters frozen when DistributedDataParallel wrapped the model were trained from "
+            f"optimizer step {event.get('step')} ({', '.join(names[:3])}{', ...' if count > 3 else ''}): DDP "
+            "averages the gradients only of the parameters that required grad when it was made, so each rank "
+            "trains its own copy of these",
+            evidence=[f"{ranks_named(list(unfrozen))}: trainable by step {event.get('step')}: {', '.join(names)}"],
+            hint="wrap the model in DistributedDataParallel again after changing requires_grad (unfreezing a "
+            "backbone), or make those parameters trainable before wrapping and keep them out of the optimizer "
+            "until they are to train",
+            step=event.get("step"),
+            cause="trainable-after-wrap",
             rank=rank,
             confidence=0.92,
             explains=_DRIFT,

@@ -1212,9 +1212,11 @@ class _Epoch:
         self.steps_at_start = rank.counters["steps"] if rank is not None else 0
         self.closed = False
         if rank is not None:  # a rank that hangs in this epoch never closes it: its loader is named here
-            rank.emit(
-                "epoch_start", flush=True, loader=self.loader, site=self.site, epoch=self.epoch, **self.describe()
-            )
+            fields = self.describe()
+            told = getattr(inner, "epoch", None)  # DistributedSampler.set_epoch's: every rank must say the same
+            if isinstance(told, int) and not isinstance(told, bool):
+                fields["sampler_epoch"] = told
+            rank.emit("epoch_start", flush=True, loader=self.loader, site=self.site, epoch=self.epoch, **fields)
 
     def describe(self):
         return {
@@ -1520,6 +1522,7 @@ def instrument_optimizer(module):
         rank.counters["steps"] += 1
         if step % PARAM_EVERY:
             return
+        _quietly("model ledger", _trainable_after_wrap, rank, step)
         import torch
 
         with torch.no_grad():
@@ -1554,8 +1557,29 @@ def instrument_optimizer(module):
     )
 
 
-#: Models handed to DDP: (a weak reference, the ids of the parameters it was given).
+#: Models handed to DDP: (a weak reference, the ids of the parameters it was given, the ids of
+#: those that did not require grad then: DDP never averages their gradients).
 _WRAPPED = []
+#: Whether a parameter frozen when DDP wrapped its model was seen trainable (said once).
+_UNFROZEN = {"said": False}
+
+
+def _trainable_after_wrap(rank, step):
+    """Parameters that did not require grad when DDP wrapped their model and do now (a backbone
+    unfrozen after the wrap): DDP registered no reduction for them, so each rank steps them with
+    its own gradient. Looked at with the parameter digests, every ``HARNESS_PARAM_EVERY`` steps."""
+    if _UNFROZEN["said"]:
+        return
+    names = []
+    for reference, _, frozen in _WRAPPED:
+        model = reference()
+        if model is not None and frozen:
+            names += [n for n, t in model.named_parameters() if id(t) in frozen and t.requires_grad]
+    if names:
+        _UNFROZEN["said"] = True
+        rank.emit("trainable_after_wrap", flush=True, step=step, names=names[:8], count=len(names))
+
+
 #: Every DDP and FSDP wrapper made (weak references): the tensors they train.
 _WRAPPERS = []
 _FIRST_STEP = {"seen": False}
@@ -1594,7 +1618,7 @@ def _first_step(optimizer):
         if value is not None:
             steps.add(float(value))
     added = []
-    for reference, known in _WRAPPED:
+    for reference, known, _ in _WRAPPED:
         model = reference()
         if model is not None:
             added += [n for n, t in model.named_parameters() if id(t) not in known and t.requires_grad]
@@ -1858,7 +1882,8 @@ def _model_wrapped(wrapper, args, kwargs):
     hasher = hashlib.blake2b(digest_size=12)
     hasher.update(json.dumps(entries).encode())
     if wrapper == "DistributedDataParallel":
-        _WRAPPED.append((weakref.ref(model), frozenset(id(t) for t in model.parameters())))
+        frozen = frozenset(id(t) for t in model.parameters() if not t.requires_grad)
+        _WRAPPED.append((weakref.ref(model), frozenset(id(t) for t in model.parameters()), frozen))
     group = kwargs.get("process_group")
     ranks = None
     if group is not None:
