@@ -416,3 +416,45 @@ def test_the_rank_state_a_wrapper_never_synchronises_is_recorded(tmp_path: Path)
     assert first["partitioned_order"] == ["module.head.weight", "module.head.bias", "?"]
     (loss,) = first["losses"]
     assert loss["type"] == "BCEWithLogitsLoss" and loss["shown"] == {"pos_weight": [3.0], "reduction": "mean"}
+
+
+def test_groups_epochs_and_parameters_unfrozen_after_the_wrap_are_recorded_as_the_job_ran_them(tmp_path: Path) -> None:
+    """``new_group`` before the group exists; the epoch the sampler was told; parameters frozen at
+    DDP's wrap that train later, said once, and never for a model wrapped again after unfreezing."""
+    code = program(
+        """
+        from torch.nn.parallel import DistributedDataParallel
+        from torch.utils.data import DataLoader, DistributedSampler, TensorDataset
+        pair = dist.new_group([0])
+        everyone = dist.new_group(use_local_synchronization=True)
+        data = TensorDataset(torch.arange(16.0).reshape(8, 2), torch.zeros(8, 1))
+        sampler = DistributedSampler(data, shuffle=False)
+        torch.manual_seed(0)
+        net = torch.nn.Sequential(torch.nn.Linear(2, 2), torch.nn.Linear(2, 1))
+        net[0].requires_grad_(False)
+        model = DistributedDataParallel(net)
+        optimizer = torch.optim.SGD(net.parameters(), lr=0.1)
+        for epoch in (5, 6):
+            sampler.set_epoch(epoch)
+            if epoch == 6:
+                net[0].requires_grad_(True)
+                if os.environ.get("WRAP_AGAIN"):
+                    model = DistributedDataParallel(net)
+            for x, y in DataLoader(data, batch_size=1, sampler=sampler):
+                optimizer.zero_grad()
+                torch.nn.functional.mse_loss(model(x), y).backward()
+                optimizer.step()
+        print(round(sum(float(p.sum()) for p in net.parameters()), 4))
+        """
+    )
+    assert_same(tmp_path / "once", code)
+    seen = events(tmp_path / "once")
+    assert [(e["ranks"], e["local_synchronization"]) for e in seen if e["kind"] == "new_group"] == [
+        ([0], False),
+        (None, True),
+    ]
+    assert [e.get("sampler_epoch") for e in seen if e["kind"] == "epoch_start"] == [5, 6]
+    (unfrozen,) = [e for e in seen if e["kind"] == "trainable_after_wrap"]
+    assert (unfrozen["step"], unfrozen["names"], unfrozen["count"]) == (10, ["0.weight", "0.bias"], 2)
+    assert_same(tmp_path / "again", code, env={"WRAP_AGAIN": "1"})
+    assert not [e for e in events(tmp_path / "again") if e["kind"] == "trainable_after_wrap"]

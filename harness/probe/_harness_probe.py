@@ -1883,6 +1883,7 @@ def _model_wrapped(wrapper, args, kwargs):
     hasher.update(json.dumps(entries).encode())
     if wrapper == "DistributedDataParallel":
         frozen = frozenset(id(t) for t in model.parameters() if not t.requires_grad)
+        _WRAPPED[:] = [entry for entry in _WRAPPED if entry[0]() is not model]  # wrapped again: the last wrap counts
         _WRAPPED.append((weakref.ref(model), frozenset(id(t) for t in model.parameters()), frozen))
     group = kwargs.get("process_group")
     ranks = None
