@@ -90,6 +90,19 @@ def test_contract_variables_are_left_to_the_contract_check(tmp_path: Path) -> No
     assert not [f for f in judge([base, cand]).findings if f.cause == "env-var-differs"]
 
 
+@pytest.mark.unit
+def test_the_topology_torchrun_gives_each_worker_differs_by_design(tmp_path: Path) -> None:
+    """faults b6c_join_metric_allreduce_uneven, b6c_accum_tail_window_unsynced: LOCAL_WORLD_SIZE,
+    read by the job, is 1 on single and 2 on local; it was named as a lead."""
+    topology = {"LOCAL_WORLD_SIZE": "1", "GROUP_RANK": "0", "ROLE_WORLD_SIZE": "1"}
+    base = make_record(
+        tmp_path, "single", losses=[1.0], processes=[_process({k: _read(v) for k, v in topology.items()})]
+    )
+    spread = {"LOCAL_WORLD_SIZE": "2", "GROUP_RANK": "1", "ROLE_WORLD_SIZE": "4"}
+    cand = make_record(tmp_path, "local", losses=[2.0], processes=[_process({k: _read(v) for k, v in spread.items()})])
+    assert not [f for f in judge([base, cand]).findings if f.cause == "env-var-differs"]
+
+
 def _with_contract(record: RunRecord, env: dict[str, str]) -> RunRecord:
     path = record.root / "hosts" / "algo-1" / "received" / "env.json"
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -25,10 +25,22 @@ from harness.judge.findings import Finding
 from harness.judge.protocol import CheckContext
 from harness.record.run_record import RunRecord, log_text
 
-#: Names compared elsewhere (the contract check), the harness's own, and those torchrun's
-#: elastic agent sets for its own machinery (an error file per attempt, the signals it forwards,
-#: its store): they differ with every launch and say nothing about the job.
-_NOT_HERE = (*RELEVANT, "LOCAL_RANK", "HARNESS_", "TORCHELASTIC_")
+#: Names compared elsewhere (the contract check), the harness's own, those torchrun's elastic
+#: agent sets for its own machinery (an error file per attempt, the signals it forwards, its
+#: store), and the topology it gives each worker: they differ with every launch, or with the
+#: topology every rung above ``single`` changes by design, and say nothing about the job.
+_NOT_HERE = (
+    *RELEVANT,
+    "LOCAL_RANK",
+    "LOCAL_WORLD_SIZE",
+    "GROUP_RANK",
+    "GROUP_WORLD_SIZE",
+    "ROLE_RANK",
+    "ROLE_WORLD_SIZE",
+    "ROLE_NAME",
+    "HARNESS_",
+    "TORCHELASTIC_",
+)
 _LIBRARY_PATH = re.compile(r".*[/\\](?:site-packages|dist-packages)[/\\]|.*[/\\]lib[/\\]python\d[\d.]*[/\\]")
 _MAX_SHOWN = 20
 _LOG_TAIL = 60
