@@ -50,7 +50,8 @@ def shards_parameters(events: dict[int, list[dict[str, Any]]]) -> bool:
 
 def check_run(record: RunRecord, context: CheckContext) -> list[Finding]:
     wraps: dict[tuple[int, tuple[int, ...] | None], dict[int, dict[str, Any]]] = defaultdict(dict)
-    for rank, events in record.rank_events().items():
+    by_rank_events = record.rank_events()  # a copy per call: read once
+    for rank, events in by_rank_events.items():
         count: dict[tuple[int, ...] | None, int] = defaultdict(int)
         for event in events:
             if event.get("kind") != "model":
@@ -64,19 +65,19 @@ def check_run(record: RunRecord, context: CheckContext) -> list[Finding]:
             return [_differs(by_rank, group, failed)]
     first = {
         rank: next((e for e in events if e.get("kind") == "first_step"), None)
-        for rank, events in record.rank_events().items()
+        for rank, events in by_rank_events.items()
     }
     held = {rank: event for rank, event in sorted(first.items()) if event is not None}
     return [
         *_unregistered_differ(wraps, failed),
-        *_group_not_world(wraps, record.rank_events()),
+        *_group_not_world(wraps, by_rank_events),
         *_added_after_wrap(held, failed),
-        *_trainable_after_wrap(record.rank_events(), failed),
+        *_trainable_after_wrap(by_rank_events, failed),
         *_outside_wrappers(held, failed),
         *_partition_order(held, failed),
         *_optimizer_state(held, failed),
         *_loss_differs(held, failed),
-        *_comm_hook_overflow(record.rank_events(), failed),
+        *_comm_hook_overflow(by_rank_events, failed),
         *_reentrant_checkpoint(record),
     ]
 

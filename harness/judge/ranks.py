@@ -215,12 +215,13 @@ def _group_creation_mismatch(events: dict[int, list[dict[str, Any]]]) -> list[Fi
     }
     if len(made) < 2 or not any(made.values()):
         return []
+    last = {rank: max((e.get("t", 0.0) for e in evs), default=0.0) for rank, evs in events.items()}
     for index in range(max(len(calls) for calls in made.values())):
         when = min(calls[index].get("t", 0.0) for calls in made.values() if index < len(calls))
         members = {
             rank: _frozen(calls[index].get("ranks")) if index < len(calls) else _NOT_CREATED
             for rank, calls in made.items()
-            if index < len(calls) or any(e.get("t", 0.0) > when for e in events[rank])
+            if index < len(calls) or last[rank] > when
         }
         if len(set(members.values())) < 2:
             continue
