@@ -310,6 +310,9 @@ def test_point_to_point_events_name_their_peer(tmp_path: Path) -> None:
         tmp_path, f"import runpy; runpy.run_path({str(script)!r}, run_name='__main__')", env={"RANK": None}
     )
     assert on.stdout.splitlines() == ["0 [1.0, 1.0, 1.0] [1.0, 1.0]", "1 [0.0, 0.0, 0.0] [1.0, 1.0]"]
+    # Each rank learnt its rank at init_process_group, with gloo's threads running: its tee is a
+    # new interpreter, not a fork, and copies the rank's lines all the same.
+    assert "1 [0.0, 0.0, 0.0] [1.0, 1.0]" in (tmp_path / "on" / "ranks" / "rank-1.log").read_text()
     calls = [e for e in events(tmp_path, 1) if e["kind"] == "collective"]
     assert [(c["op"], c.get("dir"), c.get("peer")) for c in calls] == [
         ("isend", "send", 0),

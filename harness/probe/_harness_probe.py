@@ -42,7 +42,9 @@ on stdout and on stderr, same files. The rules that hold it (tests/test_probe_tr
 What stays visible, by construction: a traceback through a hooked call shows one frame of this
 file (``File ".../_harness_probe.py", line N, in ...`` and its source line); a rank has one
 more daemon thread (``harness-heartbeat``); its stdout/stderr are pipes to the tee (as they are
-under every launcher the harness runs); ``sys.meta_path[0]`` is the probe's import hook.
+under every launcher the harness runs), a process forked from the rank before the job's code ran
+(so it shows the rank's command line) and re-parented to init; ``sys.meta_path[0]`` is the
+probe's import hook.
 """
 
 import array
@@ -59,8 +61,8 @@ import json
 import os
 import platform
 import re
+import selectors
 import signal
-import subprocess
 import sys
 import threading
 import time
@@ -132,75 +134,6 @@ _ASYMMETRIC = frozenset(
 )
 #: Object lists: only their length must agree.
 _OBJECT_LISTS = frozenset(("object_list", "scatter_object_output_list"))
-_TEE = r"""
-import datetime, os, re, selectors, signal, sys
-if os.fork():  # the tee detaches: it is nobody's child, so a job's os.wait() never meets it
-    os._exit(0)
-for name in ("SIGINT", "SIGTERM", "SIGHUP"):  # it ends when its writers have: their last words pass
-    signal.signal(getattr(signal, name), signal.SIG_IGN)
-try:
-    log = open(sys.argv[1], "ab", buffering=0)
-except OSError:
-    log = None
-pattern = re.compile(sys.argv[2], re.I)
-secrets = [v.encode() for k, v in os.environ.items() if pattern.search(k) and len(v) >= 8]
-done = int(sys.argv[3])  # held open until the tee ends: the rank waits on it at exit
-routes = {int(a): int(b) for a, b in (pair.split(":") for pair in sys.argv[4:])}  # pipe -> where it went
-pending = dict.fromkeys(routes, b"")
-broken = set()
-selector = selectors.DefaultSelector()
-for fd in routes:
-    selector.register(fd, selectors.EVENT_READ)
-
-
-def record(line):
-    global log
-    if log is None:
-        return
-    stamp = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="microseconds")
-    for secret in secrets:
-        line = line.replace(secret, b"<redacted>")
-    try:
-        log.write(stamp.replace("+00:00", "Z").encode() + b" " + line)
-    except OSError:
-        log = None
-
-
-def forward(target, data):
-    view = memoryview(data)
-    while view and target not in broken:
-        try:
-            view = view[os.write(target, view):]
-        except InterruptedError:
-            continue
-        except OSError:  # the reader went away: keep draining, as a closed pipe would not block
-            broken.add(target)
-
-
-while routes:
-    for key, _ in selector.select():
-        fd = key.fd
-        try:
-            data = os.read(fd, 1 << 16)
-        except InterruptedError:
-            continue
-        except OSError:
-            data = b""
-        if not data:
-            if pending[fd]:
-                record(pending[fd] + b"\n")
-            selector.unregister(fd)
-            del routes[fd]
-            continue
-        forward(routes[fd], data)
-        lines = (pending[fd] + data).split(b"\n")
-        pending[fd] = lines.pop()
-        if len(pending[fd]) > 1 << 16:  # a progress bar redrawn with \r, never a newline
-            lines.append(pending[fd])
-            pending[fd] = b""
-        for line in lines:
-            record(line + b"\n")
-"""
 
 
 def now():
@@ -226,10 +159,12 @@ def scrubbed(text):
 
 
 def write_json(path, data):
+    """``data`` at ``path`` whole or not at all. Compact: with an indent, ``json`` encodes in
+    Python, not C, some ten times slower, and a process's record is rewritten several times."""
     os.makedirs(os.path.dirname(path), exist_ok=True)
     tmp = "%s.%d.tmp" % (path, os.getpid())
     with open(tmp, "w", encoding="utf-8") as handle:
-        handle.write(scrubbed(json.dumps(data, indent=1, default=repr)))
+        handle.write(scrubbed(json.dumps(data, separators=(",", ":"), default=repr)))
     os.replace(tmp, path)
 
 
@@ -561,7 +496,9 @@ def tee_output(rank):
     """Copy fds 1 and 2 into ``ranks/rank-N.log`` on their way to where they went: each stream
     through its own pipe (one pipe where both went to one place already, to keep their order).
     At exit the rank gives its fds back and waits (2 s at most) for the tee to pass its last
-    lines on, so that they come before whatever the launcher prints about the rank's end."""
+    lines on, so that they come before whatever the launcher prints about the rank's end.
+    The tee is a fork of this process, made before the job has imported anything: a new
+    interpreter (``python -S``) cost each rank some 20 ms of CPU and 30 ms of its start."""
     _flush_streams()
     try:
         os.fstat(1)
@@ -573,13 +510,22 @@ def tee_output(rank):
     pipes = {fd: os.pipe() for fd in streams}  # fd -> (read, write)
     done_read, done_write = os.pipe()
     try:
-        routes = ["%d:%d" % (read, fd) for fd, (read, _) in pipes.items()]
-        tee = subprocess.Popen(
-            [sys.executable, "-S", "-c", _TEE, path, _SECRET.pattern, str(done_write), *routes],
-            stdin=subprocess.DEVNULL,
-            pass_fds=[done_write, *(r for r, _ in pipes.values())],
-        )
-        tee.wait()  # the tee's first process leaves at once; the tee itself runs on, detached
+        routes = {read: fd for fd, (read, _) in pipes.items()}
+        if _one_thread():
+            first = os.fork()
+            if first == 0:
+                _tee_process(path, done_write, routes)  # never returns
+            os.waitpid(first, 0)  # the tee's first process leaves at once; the tee itself runs on, detached
+        else:  # a fork of a process with threads may hang on a lock one held: a new interpreter
+            import subprocess
+
+            arguments = [os.path.dirname(_PROBE_FILE), path, str(done_write), *("%d:%d" % r for r in routes.items())]
+            subprocess.run(
+                [sys.executable, "-S", "-c", _TEE_IN_NEW_INTERPRETER, *arguments],
+                stdin=subprocess.DEVNULL,
+                pass_fds=[done_write, *routes],
+                check=False,
+            )
         saved = {fd: os.dup(fd) for fd in (1, 2)}
         os.dup2(pipes[1][1], 1)
         os.dup2(pipes[2][1] if 2 in pipes else pipes[1][1], 2)
@@ -596,6 +542,112 @@ def tee_output(rank):
 
 
 _TEE_STATE = {}
+#: The tee started where this process has threads already (its rank was learnt late, at
+#: ``init_process_group``): the probe's directory, the log, ``done``, then pipe:fd pairs.
+_TEE_IN_NEW_INTERPRETER = """
+import sys
+sys.path.insert(0, sys.argv[1])
+import _harness_probe
+routes = dict(tuple(int(n) for n in pair.split(":")) for pair in sys.argv[4:])
+_harness_probe._tee_process(sys.argv[2], int(sys.argv[3]), routes)
+"""
+
+
+def _one_thread():
+    """Whether this process runs a single thread (Python's or native), so that a fork is safe."""
+    try:
+        return len(os.listdir("/proc/self/task")) == 1
+    except OSError:
+        return False
+
+
+def _tee_process(path, done, routes):
+    """The forked child: it forks again and leaves, so that the tee is nobody's child and a
+    job's ``os.wait()`` never meets it; the tee keeps only its pipes, ``done`` and the streams'
+    destinations (fds 1 and 2), and never returns into the job's code."""
+    try:
+        if os.fork():
+            os._exit(0)
+        keep = {1, 2, done, *routes}
+        try:
+            open_fds = [int(name) for name in os.listdir("/proc/self/fd")]
+        except OSError:
+            open_fds = range(3, 1024)
+        for fd in open_fds:
+            if fd not in keep:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        null = os.open(os.devnull, os.O_RDONLY)
+        if null != 0:
+            os.dup2(null, 0)
+            os.close(null)
+        _tee(path, routes)
+    finally:
+        os._exit(0)
+
+
+def _tee(path, routes):
+    """Pass each pipe's bytes on to where its stream went (``routes``: pipe -> fd) as they come,
+    and write its lines, timestamped and with secret values redacted, to ``path``. Ends when
+    every writer has closed its end; signals that end the job do not end it first, so the job's
+    last words pass."""
+    for name in ("SIGINT", "SIGTERM", "SIGHUP"):
+        signal.signal(getattr(signal, name), signal.SIG_IGN)
+    try:
+        log = [open(path, "ab", buffering=0)]
+    except OSError:
+        log = [None]
+    secrets = [v.encode() for k, v in os.environ.items() if _SECRET.search(k) and len(v) >= 8]
+    pending = dict.fromkeys(routes, b"")
+    broken = set()
+    selector = selectors.DefaultSelector()
+    for fd in routes:
+        selector.register(fd, selectors.EVENT_READ)
+
+    def record(line):
+        if log[0] is None:
+            return
+        stamp = datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="microseconds")
+        for secret in secrets:
+            line = line.replace(secret, b"<redacted>")
+        try:
+            log[0].write(stamp.replace("+00:00", "Z").encode() + b" " + line)
+        except OSError:
+            log[0] = None
+
+    def forward(target, data):
+        view = memoryview(data)
+        while view and target not in broken:
+            try:
+                view = view[os.write(target, view) :]
+            except InterruptedError:
+                continue
+            except OSError:  # the reader went away: keep draining, as a closed pipe would not block
+                broken.add(target)
+
+    while routes:
+        for key, _ in selector.select():
+            fd = key.fd
+            try:
+                data = os.read(fd, 1 << 16)
+            except InterruptedError:
+                continue
+            except OSError:
+                data = b""
+            if not data:
+                if pending[fd]:
+                    record(pending[fd] + b"\n")
+                selector.unregister(fd)
+                del routes[fd]
+                continue
+            forward(routes[fd], data)
+            lines = (pending[fd] + data).split(b"\n")
+            pending[fd] = lines.pop()
+            if len(pending[fd]) > 1 << 16:  # a progress bar redrawn with \r, never a newline
+                lines.append(pending[fd])
+                pending[fd] = b""
+            for line in lines:
+                record(line + b"\n")
 
 
 def _untee():
@@ -672,23 +724,46 @@ def base_fingerprint():
 
 
 def _packages():
-    """{name: version} of every installed distribution, from the header lines of its metadata:
-    parsed whole (``dist.metadata``, twice with ``dist.version``), a few hundred of them took
-    170 ms of a process's start; their headers, 15 ms."""
-    import importlib.metadata  # here, not at the top: only the first process of a host needs it
-
+    """{name: version} of every installed distribution on ``sys.path``, the first of a name as
+    ``importlib.metadata.version`` answers, from the header lines of its metadata (a
+    ``.dist-info``'s ``METADATA``, an ``.egg-info``'s ``PKG-INFO``). Read here rather than with
+    ``importlib.metadata``: importing it took 32 ms of the process's start (email, zipfile, csv),
+    the listing itself 5 ms."""
     packages = {}
-    for dist in importlib.metadata.distributions():
-        text = dist.read_text("METADATA") or dist.read_text("PKG-INFO") or dist.read_text("") or ""  # as dist.metadata
-        name = version = None
-        for line in text.partition("\n\n")[0].splitlines():
-            if line.startswith("Name:"):
-                name = line[5:].strip()
-            elif line.startswith("Version:"):
-                version = line[8:].strip()
-        if name:
-            packages[name.lower()] = version
+    for entry in sys.path:
+        try:
+            names = sorted(os.listdir(entry or "."))
+        except OSError:  # not a directory (a zip, a path that is gone)
+            continue
+        for name in names:
+            if name.endswith(".dist-info"):
+                path = os.path.join(entry, name, "METADATA")
+            elif name.endswith(".egg-info"):
+                path = os.path.join(entry, name)
+                path = os.path.join(path, "PKG-INFO") if os.path.isdir(path) else path
+            else:
+                continue
+            name_and_version = _metadata_header(path)
+            if name_and_version[0] and name_and_version[0].lower() not in packages:
+                packages[name_and_version[0].lower()] = name_and_version[1]
     return dict(sorted(packages.items()))
+
+
+def _metadata_header(path):
+    """(Name, Version) from a metadata file's headers: the lines before the first blank one."""
+    name = version = None
+    try:
+        with open(path, encoding="utf-8", errors="replace") as handle:
+            for line in handle:
+                if not line.strip():
+                    break
+                if line.startswith("Name:"):
+                    name = line[5:].strip()
+                elif line.startswith("Version:"):
+                    version = line[8:].strip()
+    except OSError:
+        pass
+    return name, version
 
 
 _GPUS = {"named": False}
@@ -743,6 +818,14 @@ _PROBE_DIR = os.path.dirname(_PROBE_FILE) + os.sep
 _LIBRARY = re.compile(r"[/\\](?:site-packages|dist-packages)[/\\]|[/\\]lib[/\\]python\d[\d.]*[/\\]|^<frozen")
 
 
+@functools.lru_cache(maxsize=None)
+def _library_file(filename):
+    """Whether code in ``filename`` is an installed package's, the standard library's or Python's
+    own (``<frozen ...>``, ``<string>``): asked for every frame of every stack the probe walks,
+    so answered once per file."""
+    return filename.startswith("<") or _LIBRARY.search(filename) is not None
+
+
 def _frames():
     """The caller's stack, innermost first, without the probe's own frames."""
     frame = sys._getframe(1)
@@ -768,7 +851,7 @@ def user_line():
     standard library (None where only libraries are on the stack)."""
     for frame in _frames():
         filename = frame.f_code.co_filename
-        if not _LIBRARY.search(filename) and not filename.startswith("<"):
+        if not _library_file(filename):
             return "%s:%d" % (filename, frame.f_lineno)
     return None
 
@@ -2501,6 +2584,11 @@ _SCRATCH = {"system": (), "seen": set()}
 _STDLIB = re.compile(r"[/\\]lib[/\\]python\d[\d.]*[/\\](?!.*(?:site|dist)-packages)|^<frozen")
 
 
+@functools.lru_cache(maxsize=None)
+def _stdlib_file(filename):
+    return _STDLIB.search(filename) is not None
+
+
 def _scratch_opened(path, mode):
     """A ``scratch`` event when the job's own code opens a file outside ``/opt/ml`` (directly or
     through the standard library: ``open``, ``pathlib``, ``json``): the first frame beyond the
@@ -2509,9 +2597,9 @@ def _scratch_opened(path, mode):
         return
     for frame in _frames():
         filename = frame.f_code.co_filename
-        if _STDLIB.search(filename):
+        if _stdlib_file(filename):
             continue
-        if _LIBRARY.search(filename) or filename.startswith("<"):
+        if _library_file(filename):
             return
         _SCRATCH["seen"].add((path, mode))
         _rank().emit("scratch", flush=True, path=path, mode=mode, caller="%s:%d" % (filename, frame.f_lineno))
@@ -2607,7 +2695,7 @@ def _walk_to_job(frame):
     first = frame
     while frame is not None:
         filename = frame.f_code.co_filename
-        if not _LIBRARY.search(filename) and not filename.startswith(("<", _PROBE_DIR)):
+        if not _library_file(filename) and not filename.startswith(_PROBE_DIR):
             return at, (None if frame is first else "%s:%d" % (filename, frame.f_lineno)), frame is first
         frame = frame.f_back
     return at, None, False
