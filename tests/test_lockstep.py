@@ -157,3 +157,47 @@ def test_ranks_of_a_sharding_wrapper_hold_different_parameters_by_design(tmp_pat
     assert "parameter-drift" not in judge([make_record(tmp_path, "local", rank_events=events, job=JOB)]).causes
     replicated = {r: evs[1:] for r, evs in events.items()}
     assert "parameter-drift" in judge([make_record(tmp_path, "local", rank_events=replicated, job=JOB)]).causes
+
+
+def ledger(norms: list[float], backwards: list[int]) -> list[dict[str, Any]]:
+    """A DDP model's wrap and the loss ledger of its steps: one gradient norm per step."""
+    wrapped = {"t": 0.5, "kind": "model", "wrapper": "DistributedDataParallel", "entries": [], "group": None}
+    n = len(norms)
+    steps = {"t": 3.0, "kind": "steps", "step": list(range(n)), "loss": [1.0] * n, "lr": [0.1] * n}
+    return [wrapped, {**steps, "grad_norm": norms, "backwards": backwards}]
+
+
+def test_steps_taken_with_gradients_ddp_never_averaged_are_named(tmp_path: Path) -> None:
+    """The short accumulation window at an epoch's end, all of it inside no_sync(): the ranks' norms
+    part at that step and agree again after it, where DDP averaged."""
+    averaged = [1.26, 0.74, 0.67, 1.07]
+    events = {r: ledger([*averaged, 1.2 + r / 10, *averaged], [4, 4, 4, 4, 2, 4, 4, 4, 4]) for r in range(4)}
+    verdict = judge([make_record(tmp_path, "local", rank_events=events, job=JOB)])
+    first = verdict.findings[0]
+    assert first.cause == "step-with-unaveraged-gradients" and first.step == 4
+    assert "rank 0 1.2, rank 1 1.3, rank 2 1.4, rank 3 1.5" in first.evidence[0]
+    assert "backward passes before those steps: 2; before the steps that agree: 4" in first.evidence
+
+
+@pytest.mark.parametrize(
+    "case",
+    ["every step averaged", "averaging stops for good", "sharded", "a subgroup", "no DDP"],
+)
+def test_ranks_whose_gradients_differ_by_design_are_no_unaveraged_step(case: str, tmp_path: Path) -> None:
+    averaged = [1.26, 0.74, 0.67, 1.07]
+    if case == "every step averaged":
+        events = {r: ledger(averaged * 2, [4] * 8) for r in range(4)}
+    elif case == "averaging stops for good":  # local SGD after its warm-up
+        events = {r: ledger([*averaged, *(1.0 + r / 10 + s for s in range(4))], [1] * 8) for r in range(4)}
+    else:
+        events = {r: ledger([*averaged, 1.2 + r / 10, *averaged], [1] * 9) for r in range(4)}
+        for r in events:
+            model = events[r][0]
+            if case == "sharded":
+                model["wrapper"] = "FullyShardedDataParallel"
+            elif case == "a subgroup":
+                model["group"] = [0, 1] if r < 2 else [2, 3]
+            else:
+                events[r] = events[r][1:]
+    verdict = judge([make_record(tmp_path, "local", rank_events=events, job=JOB)])
+    assert "step-with-unaveraged-gradients" not in verdict.causes

@@ -19,6 +19,7 @@ from typing import Any
 
 from harness.judge.data import passes
 from harness.judge.findings import ECHOES, Finding, ranks_named
+from harness.judge.model import SHARDING_WRAPPERS
 from harness.judge.protocol import CheckContext
 from harness.record.run_record import RunRecord, loss_ledger_steps
 
@@ -36,7 +37,12 @@ _EXPLAINED = (*ECHOES, "collective-timeout", "collective-mismatch", "peer-connec
 
 def check_run(record: RunRecord, context: CheckContext) -> list[Finding]:
     events = record.rank_events()
-    found = [*_skipped_steps(events), *_learning_rates(events), *_non_finite_losses(events)]
+    found = [
+        *_skipped_steps(events),
+        *_learning_rates(events),
+        *_non_finite_losses(events),
+        *_unaveraged_gradients(events),
+    ]
     if record.status == "succeeded":
         return found
     ranks = {int(p["rank"]): p for p in record.processes() if p.get("rank") is not None and _launched_rank(p)}
@@ -79,6 +85,69 @@ def _learning_rates(events: dict[int, list[dict[str, Any]]]) -> list[Finding]:
             )
         ]
     return []
+
+
+def _unaveraged_gradients(events: dict[int, list[dict[str, Any]]]) -> list[Finding]:
+    """Optimizer steps at which the ranks of one DistributedDataParallel model held different
+    gradients, where at the steps around them they held the same one: DDP averages the gradients
+    of a backward pass that synchronises, so after it every rank's gradient, and its norm, is the
+    same whatever its own batch and parameters; a step whose backward passes all ran without
+    synchronising (inside ``no_sync()``) applies each rank's own. Departures must be followed by
+    steps that agree again: a job that stops averaging for good (local SGD after its warm-up,
+    parameters DDP was told to ignore) is left alone, as are sharded models (each rank's norm is
+    of its own shard) and DDP over a subgroup."""
+    wraps = [e for evs in events.values() for e in evs if e.get("kind") == "model"]
+    if not any(w.get("wrapper") == "DistributedDataParallel" for w in wraps) or any(
+        w.get("wrapper") in SHARDING_WRAPPERS or w.get("group") for w in wraps
+    ):
+        return []
+    ledgers = {rank: {int(t["step"]): t for e in evs for t in loss_ledger_steps(e)} for rank, evs in events.items()}
+    ledgers = {rank: ledger for rank, ledger in sorted(ledgers.items()) if ledger}
+    if len(ledgers) < 2 or len(ledgers) != len(events):
+        return []
+    agree: dict[int, bool] = {}
+    for step in sorted(set.intersection(*(set(ledger) for ledger in ledgers.values()))):
+        norms = [ledger[step]["grad_norm"] for ledger in ledgers.values()]
+        if all(isinstance(n, int | float) and math.isfinite(n) for n in norms):
+            agree[step] = max(norms) - min(norms) <= 1e-6 * max(abs(n) for n in norms)
+    if sum(agree.values()) < 2:
+        return []
+    steps = sorted(agree)
+    departed = [s for i, s in enumerate(steps) if not agree[s] and any(agree[later] for later in steps[i + 1 :])]
+    if not departed:
+        return []
+    first = departed[0]
+    evidence = [
+        f"step {first}: " + ", ".join(f"rank {r} {ledger[first]['grad_norm']:.6g}" for r, ledger in ledgers.items())
+    ]
+    usual = _most_common(ledger[s]["backwards"] for ledger in ledgers.values() for s in steps if agree[s])
+    odd = _most_common(ledger[s]["backwards"] for ledger in ledgers.values() for s in departed)
+    if odd != usual:
+        evidence.append(f"backward passes before those steps: {odd}; before the steps that agree: {usual}")
+    named = ", ".join(map(str, departed[:6])) + (f" and {len(departed) - 6} more" if len(departed) > 6 else "")
+    return [
+        Finding(
+            kind="ranks",
+            severity="divergence",
+            title=f"the ranks stepped with gradients DDP never averaged at optimizer step{'s' * (len(departed) > 1)} "
+            f"{named}: their gradient norms differ there, where at the {sum(agree.values())} other steps compared "
+            "every rank held the same averaged gradient",
+            evidence=evidence,
+            hint="every backward pass before those steps ran without DDP's gradient synchronisation (inside "
+            "model.no_sync()): let the last backward pass before each optimizer step synchronise, a short "
+            "accumulation window at the end of an epoch included (sync when (i + 1) % accum == 0 or i + 1 == "
+            "len(loader)), or all-reduce the gradients before that step",
+            step=first,
+            cause="step-with-unaveraged-gradients",
+            rank=min(ledgers),
+            confidence=0.9,
+            explains=("parameter-drift", "replay-differs", "learning-differs", "weights-differ"),
+        )
+    ]
+
+
+def _most_common(values: Iterable[Any]) -> Any:
+    return Counter(values).most_common(1)[0][0]
 
 
 def _non_finite_losses(events: dict[int, list[dict[str, Any]]]) -> list[Finding]:
