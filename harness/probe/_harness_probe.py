@@ -578,10 +578,11 @@ def _tee_process(path, done, routes):
             if fd not in keep:
                 with contextlib.suppress(OSError):
                     os.close(fd)
-        null = os.open(os.devnull, os.O_RDONLY)
-        if null != 0:
-            os.dup2(null, 0)
-            os.close(null)
+        if 0 not in keep:  # a rank started without stdin may have a pipe there
+            null = os.open(os.devnull, os.O_RDONLY)
+            if null != 0:
+                os.dup2(null, 0)
+                os.close(null)
         _tee(path, routes)
     finally:
         os._exit(0)
