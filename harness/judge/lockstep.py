@@ -19,7 +19,7 @@ from typing import Any
 
 from harness.judge.data import passes
 from harness.judge.findings import ECHOES, Finding, ranks_named
-from harness.judge.model import SHARDING_WRAPPERS
+from harness.judge.model import shards_parameters
 from harness.judge.protocol import CheckContext
 from harness.record.run_record import RunRecord, loss_ledger_steps
 
@@ -97,12 +97,11 @@ def _unaveraged_gradients(events: dict[int, list[dict[str, Any]]]) -> list[Findi
     parameters DDP was told to ignore) is left alone, as are sharded models (each rank's norm is
     of its own shard) and DDP over a subgroup."""
     wraps = [e for evs in events.values() for e in evs if e.get("kind") == "model"]
-    if not any(w.get("wrapper") == "DistributedDataParallel" for w in wraps) or any(
-        w.get("wrapper") in SHARDING_WRAPPERS or w.get("group") for w in wraps
-    ):
+    if not any(w.get("wrapper") == "DistributedDataParallel" for w in wraps) or any(w.get("group") for w in wraps):
         return []
-    ledgers = {rank: {int(t["step"]): t for e in evs for t in loss_ledger_steps(e)} for rank, evs in events.items()}
-    ledgers = {rank: ledger for rank, ledger in sorted(ledgers.items()) if ledger}
+    if shards_parameters(events):
+        return []
+    ledgers = _step_ledgers(events)
     if len(ledgers) < 2 or len(ledgers) != len(events):
         return []
     agree: dict[int, bool] = {}
@@ -146,6 +145,12 @@ def _unaveraged_gradients(events: dict[int, list[dict[str, Any]]]) -> list[Findi
     ]
 
 
+def _step_ledgers(events: dict[int, list[dict[str, Any]]]) -> dict[int, dict[int, dict[str, Any]]]:
+    """Each rank's loss ledger by optimizer step, for the ranks that have one, by rank."""
+    ledgers = {rank: {int(t["step"]): t for e in evs for t in loss_ledger_steps(e)} for rank, evs in events.items()}
+    return {rank: ledger for rank, ledger in sorted(ledgers.items()) if ledger}
+
+
 def _most_common(values: Iterable[Any]) -> Any:
     return Counter(values).most_common(1)[0][0]
 
@@ -156,8 +161,7 @@ def _non_finite_losses(events: dict[int, list[dict[str, Any]]]) -> list[Finding]
     not finite): the cause lies in what those ranks computed on their own batch (a mean over a
     count that is zero in a small per-rank batch, one bad record), not in the learning rate or
     the precision. A job that skips such a step alike on every rank shows no spread: no finding."""
-    ledgers = {rank: {int(t["step"]): t for e in evs for t in loss_ledger_steps(e)} for rank, evs in events.items()}
-    ledgers = {rank: ledger for rank, ledger in ledgers.items() if ledger}
+    ledgers = _step_ledgers(events)
     if len(ledgers) < 2:
         return []
     for step in sorted(set.intersection(*(set(ledger) for ledger in ledgers.values()))):

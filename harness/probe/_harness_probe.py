@@ -745,9 +745,9 @@ def _packages():
                 path = os.path.join(path, "PKG-INFO") if os.path.isdir(path) else path
             else:
                 continue
-            name_and_version = _metadata_header(path)
-            if name_and_version[0] and name_and_version[0].lower() not in packages:
-                packages[name_and_version[0].lower()] = name_and_version[1]
+            package, version = _metadata_header(path)
+            if package and package.lower() not in packages:
+                packages[package.lower()] = version
     return dict(sorted(packages.items()))
 
 
